@@ -1,0 +1,46 @@
+"""Exceptions raised by agl. Every message says what was wrong and what to do next."""
+
+from __future__ import annotations
+
+__all__ = [
+    "AglError",
+    "NotFoundError",
+    "InvalidQueryError",
+    "InvalidStatusTransitionError",
+    "PluginError",
+    "PluginNotFoundError",
+    "MissingDependencyError",
+    "StoreClosedError",
+]
+
+
+class AglError(Exception):
+    """Base of every error agl raises on purpose."""
+
+
+class NotFoundError(AglError, LookupError):
+    """An id (rollout, attempt, resources, worker) names nothing in the store."""
+
+
+class InvalidQueryError(AglError, ValueError):
+    """A query asked for something the store cannot do: an unknown sort field, a negative limit, ..."""
+
+
+class InvalidStatusTransitionError(AglError, ValueError):
+    """A status change the store's state machine does not allow."""
+
+
+class StoreClosedError(AglError, RuntimeError):
+    """The store was used after ``close()``."""
+
+
+class PluginError(AglError):
+    """A plugin could not be found or loaded."""
+
+
+class PluginNotFoundError(PluginError, LookupError):
+    """No plugin of the asked kind has the asked name."""
+
+
+class MissingDependencyError(PluginError, ImportError):
+    """A plugin or feature needs an optional package that is not installed; the message names what to install."""
