@@ -1,0 +1,85 @@
+"""The algorithm interface, and the kernel's baseline algorithm (entry point ``baseline`` in ``agl.algorithms``)."""
+
+from __future__ import annotations
+
+import abc
+import statistics
+from collections.abc import Sequence
+from typing import Any, Optional
+
+import msgspec
+
+from agl_kernel import semconv
+from agl_kernel.models import EnqueueRequest, RolloutConfig, RolloutMode
+from agl_kernel.store.base import LightningStore
+
+__all__ = ["Algorithm", "Baseline", "BaselineReport", "RolloutOutcome"]
+
+
+class Algorithm(abc.ABC):
+    """Drives training: puts work into the store, reads the results back, publishes better resources."""
+
+    @abc.abstractmethod
+    async def run(
+        self, store: LightningStore, train_dataset: Sequence[Any], val_dataset: Optional[Sequence[Any]] = None
+    ) -> Any:
+        """Train on ``train_dataset`` (validating on ``val_dataset``) through ``store``; returns a report."""
+
+
+class RolloutOutcome(msgspec.Struct, frozen=True, kw_only=True):
+    rollout_id: str
+    input: Any
+    status: str
+    reward: Optional[float]
+    attempts: int
+
+
+class BaselineReport(msgspec.Struct, frozen=True, kw_only=True):
+    outcomes: list[RolloutOutcome]
+    by_status: dict[str, int]
+    mean_reward: Optional[float]
+
+
+async def final_reward(store: LightningStore, rollout_id: str) -> Optional[float]:
+    """The value of the last ``agl.reward`` span of the rollout's newest attempt, if any."""
+    spans = await store.query_spans(rollout_id, "latest", name=semconv.REWARD_SPAN, sort_order="desc", limit=1)
+    if not spans.items:
+        return None
+    value = spans.items[0].attributes.get(semconv.REWARD_VALUE)
+    return None if value is None else float(value)
+
+
+class Baseline(Algorithm):
+    """Runs every task once and reports rewards: for debugging an agent through the whole loop."""
+
+    def __init__(self, *, config: Optional[RolloutConfig] = None, timeout: Optional[float] = None) -> None:
+        self.config = config
+        self.timeout = timeout
+
+    async def run(
+        self, store: LightningStore, train_dataset: Sequence[Any], val_dataset: Optional[Sequence[Any]] = None
+    ) -> BaselineReport:
+        requests = [EnqueueRequest(input=task, mode=RolloutMode.TRAIN, config=self.config) for task in train_dataset]
+        requests += [EnqueueRequest(input=task, mode=RolloutMode.VAL, config=self.config) for task in val_dataset or ()]
+        rollouts = await store.enqueue_many_rollouts(requests)
+        await store.wait_for_rollouts([r.rollout_id for r in rollouts], timeout=self.timeout)
+        outcomes = []
+        for rollout in rollouts:
+            rollout = await store.get_rollout(rollout.rollout_id)
+            reward = await final_reward(store, rollout.rollout_id) if rollout.attempt_count else None
+            outcomes.append(
+                RolloutOutcome(
+                    rollout_id=rollout.rollout_id,
+                    input=rollout.input,
+                    status=rollout.status.value,
+                    reward=reward,
+                    attempts=rollout.attempt_count,
+                )
+            )
+        by_status: dict[str, int] = {}
+        for outcome in outcomes:
+            by_status[outcome.status] = by_status.get(outcome.status, 0) + 1
+        rewards = [o.reward for o in outcomes if o.reward is not None]
+        return BaselineReport(
+            outcomes=outcomes, by_status=by_status, mean_reward=statistics.fmean(rewards) if rewards else None
+        )

@@ -1,0 +1,143 @@
+"""The ``agl`` command line: ``agl plugins``, ``agl demo`` and the commands that plugins add.
+
+Plugins add commands with the ``agl_register_commands`` hook; it is called the first time a command that is not
+built in is looked up (or ``--help`` lists them), so built-in commands start without loading any plugin.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from typing import Any, Optional
+
+import click
+
+from agl_kernel.errors import AglError
+from agl_kernel.plugins import KINDS
+
+__all__ = ["cli", "main"]
+
+
+class _AglGroup(click.Group):
+    """A click group that asks plugins for their commands lazily and shows agl errors without a traceback."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._commands_from: Any = None  # the plugin manager whose commands were added
+        self._plugin_command_names: set[str] = set()
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> Optional[click.Command]:
+        if cmd_name not in self.commands or cmd_name in self._plugin_command_names:
+            self.add_plugin_commands()
+        return super().get_command(ctx, cmd_name)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        self.add_plugin_commands()
+        return super().list_commands(ctx)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except AglError as err:
+            raise click.ClickException(str(err)) from err
+
+    def add_plugin_commands(self) -> None:
+        """Add the commands of every ``agl_register_commands`` implementation (again if the plugin manager was
+        reset). One that fails, or that replaces a built-in command, is reported with a warning; the others'
+        commands stay."""
+        from agl_kernel.plugins import AglPluginWarning, get_plugin_manager
+
+        manager = get_plugin_manager()
+        if manager is self._commands_from:
+            return
+        for name in self._plugin_command_names:
+            self.commands.pop(name, None)
+        builtins = dict(self.commands)
+        # Each implementation is called on its own so that one broken plugin does not hide the others' commands.
+        for impl in manager.hook.agl_register_commands.get_hookimpls():
+            try:
+                impl.function(**{name: self for name in impl.argnames})
+            except Exception as err:  # noqa: BLE001 - a plugin's bug must not take the CLI down
+                warnings.warn(
+                    f"The agl plugin {impl.plugin_name!r} failed to add its commands: {type(err).__name__}: {err}",
+                    AglPluginWarning,
+                    stacklevel=2,
+                )
+            for name, command in builtins.items():
+                if self.commands.get(name) is not command:
+                    self.commands[name] = command
+                    warnings.warn(
+                        f"The agl plugin {impl.plugin_name!r} tried to replace the built-in command {name!r}; "
+                        f"the built-in is kept. Give the plugin's command another name.",
+                        AglPluginWarning,
+                        stacklevel=2,
+                    )
+        self._plugin_command_names = set(self.commands) - set(builtins)
+        self._commands_from = manager
+
+
+@click.group(cls=_AglGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="agl-kernel", prog_name="agl")
+def cli() -> None:
+    """agl: train AI agents with reinforcement learning and prompt optimization."""
+
+
+@cli.command("plugins")
+@click.option("--kind", type=click.Choice(KINDS), default=None, help="Only plugins of this kind.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of a table.")
+@click.option("--check", is_flag=True, help="Import every plugin and report the ones that fail to load.")
+def plugins_command(kind: Optional[str], as_json: bool, check: bool) -> None:
+    """List installed plugins: kind, name, distribution, version and module.
+
+    AGL_DISABLE_PLUGIN_AUTOLOAD=1 hides all but the kernel's built-ins; AGL_PLUGINS=a,b shows only those
+    distributions or entry-point names (and the built-ins).
+    """
+    import msgspec
+
+    from agl_kernel.plugins import list_plugins
+
+    infos = list_plugins(kind, check=check)
+    failed = [info for info in infos if info.error]
+    if as_json:
+        click.echo(json.dumps([msgspec.structs.asdict(info) for info in infos], indent=2))
+        raise SystemExit(1 if failed else 0)
+
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title="agl plugins")
+    for column in ("kind", "name", "distribution", "version"):
+        table.add_column(column)
+    table.add_column("module", overflow="fold")
+    if check:
+        table.add_column("loads")
+    for info in infos:
+        row = [escape(text) for text in (info.kind, info.name, info.distribution, info.version, info.module)]
+        table.add_row(*row, *(["[red]no[/red]" if info.error else "[green]yes[/green]"] if check else []))
+    console = Console()
+    console.print(table)
+    for info in failed:
+        console.print(f"[red]{escape(info.kind)}/{escape(info.name)}[/red]: {escape(info.error or '')}", highlight=False)
+    if failed:
+        raise SystemExit(1)
+
+
+@cli.command("demo")
+@click.option("--store", default="memory", show_default=True, help="The store, by name (see `agl plugins`).")
+@click.option("--tasks", "n_tasks", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--workers", "n_workers", type=click.IntRange(min=1), default=4, show_default=True)
+def demo_command(store: str, n_tasks: int, n_workers: int) -> None:
+    """Train the baseline algorithm on a toy arithmetic agent, in this process."""
+    from agl_kernel._demo import run_demo
+
+    run_demo(store=store, n_tasks=n_tasks, n_workers=n_workers)
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    """Entry point of the ``agl`` console script."""
+    cli.main(args=argv, prog_name="agl")
+
+
+if __name__ == "__main__":
+    main()

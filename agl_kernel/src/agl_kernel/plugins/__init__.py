@@ -1,0 +1,40 @@
+"""agl's plugin system: entry-point discovery and loading by name, and pluggy hooks (project ``agl``).
+
+Components are picked by name from the entry-point groups ``agl.<kind>`` (see :data:`KINDS`) with
+:func:`load_component` / :func:`create_component`; hook implementations live in the ``agl.plugins`` group and
+are called through :func:`get_plugin_manager`. Two environment switches limit what is visible:
+``AGL_DISABLE_PLUGIN_AUTOLOAD=1`` (only the kernel's built-ins) and ``AGL_PLUGINS=dist-or-name,...`` (only those,
+plus the built-ins). See ``docs/writing-plugins.md``.
+"""
+
+from agl_kernel.plugins._loading import (
+    DISABLE_AUTOLOAD_ENV,
+    KERNEL_DISTRIBUTION,
+    KINDS,
+    PLUGINS_ENV,
+    AglPluginWarning,
+    PluginInfo,
+    create_component,
+    entry_point_group,
+    list_plugins,
+    load_component,
+)
+from agl_kernel.plugins._manager import get_plugin_manager, reset_plugin_manager
+from agl_kernel.plugins.hookspecs import hookimpl, hookspec
+
+__all__ = [
+    "DISABLE_AUTOLOAD_ENV",
+    "KERNEL_DISTRIBUTION",
+    "KINDS",
+    "PLUGINS_ENV",
+    "AglPluginWarning",
+    "PluginInfo",
+    "create_component",
+    "entry_point_group",
+    "get_plugin_manager",
+    "hookimpl",
+    "hookspec",
+    "list_plugins",
+    "load_component",
+    "reset_plugin_manager",
+]

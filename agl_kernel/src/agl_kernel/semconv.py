@@ -1,0 +1,10 @@
+"""Span names and attribute keys agl itself writes, defined once (the ``agl.*`` namespace)."""
+
+REWARD_SPAN = "agl.reward"
+"""A span carrying a reward; its value sits in the :data:`REWARD_VALUE` attribute."""
+REWARD_VALUE = "agl.reward.value"
+EXCEPTION_SPAN = "agl.exception"
+"""A span recording an exception raised by agent code (``exception.type`` / ``exception.message`` attributes)."""
+EXCEPTION_TYPE = "exception.type"
+EXCEPTION_MESSAGE = "exception.message"
+EXCEPTION_STACKTRACE = "exception.stacktrace"
