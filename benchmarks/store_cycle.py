@@ -1,0 +1,121 @@
+"""Full rollout-cycle throughput of a store: enqueue → dequeue → 10 spans → succeed, with 1, 8 and 32 workers.
+
+    python benchmarks/store_cycle.py --store memory
+    python benchmarks/store_cycle.py --store sqlite --option path=/tmp/bench.db
+
+Every worker is an asyncio task in this process sharing one store instance. Prints the median of --repeat runs
+(a fresh store for each) as a table, or JSON with --json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import uuid
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _cycle import median_of, run_cycles  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.progress import Progress  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from agl_kernel.models import AttemptStatus, Span  # noqa: E402
+from agl_kernel.plugins import create_component  # noqa: E402
+
+
+class AglOps:
+    """The cycle's four steps on an agl store."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+
+    async def enqueue(self, index: int) -> Any:
+        return await self.store.enqueue_rollout({"task": index})
+
+    async def dequeue(self, worker_id: str) -> Any:
+        return await self.store.dequeue_rollout(worker_id=worker_id)
+
+    async def add_span(self, attempted: Any, index: int) -> Any:
+        return await self.store.add_span(
+            Span(
+                rollout_id=attempted.rollout_id,
+                attempt_id=attempted.attempt.attempt_id,
+                trace_id=attempted.attempt.attempt_id,
+                span_id=uuid.uuid4().hex[:16],
+                name=f"step-{index}",
+                attributes={"index": index},
+            )
+        )
+
+    async def succeed(self, attempted: Any) -> Any:
+        return await self.store.update_attempt(
+            attempted.rollout_id, attempted.attempt.attempt_id, status=AttemptStatus.SUCCEEDED
+        )
+
+
+def parse_options(pairs: list[str], scratch: str) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--option takes key=value, not {pair!r}")
+        options[key] = value.replace("{tmp}", scratch)
+    return options
+
+
+async def measure(store_name: str, options: dict[str, Any], workers: int, rollouts: int) -> dict[str, float]:
+    store = create_component("stores", store_name, **options)
+    try:
+        return await run_cycles(AglOps(store), workers=workers, rollouts=rollouts)
+    finally:
+        await store.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--store", default="memory", help="store plugin name (agl plugins --kind stores)")
+    parser.add_argument("--option", action="append", default=[], help="store option key=value ({tmp} = scratch dir)")
+    parser.add_argument("--workers", default="1,8,32", help="comma-separated worker counts")
+    parser.add_argument("--rollouts", type=int, default=3000, help="rollouts per run")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per worker count; the median is reported")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    args = parser.parse_args()
+    worker_counts = [int(w) for w in args.workers.split(",")]
+
+    results: dict[int, dict[str, float]] = {}
+    console = Console(stderr=True)
+    with tempfile.TemporaryDirectory() as scratch, Progress(console=console, transient=True) as progress:
+        task = progress.add_task(f"store={args.store}", total=len(worker_counts) * args.repeat)
+        for workers in worker_counts:
+            runs = []
+            for run in range(args.repeat):
+                options = parse_options(args.option, os.path.join(scratch, f"w{workers}-r{run}"))
+                runs.append(asyncio.run(measure(args.store, options, workers, args.rollouts)))
+                progress.advance(task)
+            results[workers] = median_of(runs)
+
+    if args.json:
+        print(json.dumps({"store": args.store, "rollouts": args.rollouts, "repeat": args.repeat, "results": results}))
+        return
+    table = Table(title=f"store_cycle: store={args.store}, {args.rollouts} rollouts x 10 spans, median of {args.repeat}")
+    for column in ("workers", "rollouts/s", "spans/s", "dequeue p50 ms", "dequeue p99 ms"):
+        table.add_column(column, justify="right")
+    for workers, r in results.items():
+        table.add_row(
+            str(workers),
+            f"{r['rollouts_per_s']:,.0f}",
+            f"{r['spans_per_s']:,.0f}",
+            f"{r['dequeue_p50_ms']:.3f}",
+            f"{r['dequeue_p99_ms']:.3f}",
+        )
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,152 @@
+"""The ``agl`` command line, in-process with click's runner (the third-party plugin's command is tested from a
+subprocess in test_plugins.py)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+import pytest
+from click.testing import CliRunner
+
+import agl_kernel
+from agl_kernel.cli import cli
+from agl_kernel.plugins import AglPluginWarning, get_plugin_manager, hookimpl, load_component, reset_plugin_manager
+from agl_kernel.plugins import _manager
+
+BUILTINS = {"stores/memory", "tracers/noop", "algorithms/baseline", "strategies/shm", "runners/simple"}
+
+
+@pytest.fixture(autouse=True)
+def clean_plugin_state(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    for switch in ("AGL_PLUGINS", "AGL_DISABLE_PLUGIN_AUTOLOAD"):
+        monkeypatch.delenv(switch, raising=False)
+    reset_plugin_manager()
+    yield
+    reset_plugin_manager()
+
+
+def invoke(*args: str) -> Any:
+    return CliRunner().invoke(cli, list(args), prog_name="agl", catch_exceptions=False)
+
+
+class GreetPlugin:
+    @hookimpl
+    def agl_register_commands(self, cli: click.Group) -> None:
+        @cli.command("greet")
+        def greet() -> None:
+            """Greet."""
+            click.echo("hi")
+
+        @cli.command("find-store")
+        @click.argument("name")
+        def find_store(name: str) -> None:
+            """Load a store by name."""
+            click.echo(load_component("stores", name).__name__)
+
+
+class BrokenCommandsPlugin:
+    @hookimpl
+    def agl_register_commands(self, cli: click.Group) -> None:
+        raise RuntimeError("boom")
+
+
+class HijackingPlugin:
+    @hookimpl
+    def agl_register_commands(self, cli: click.Group) -> None:
+        @cli.command("plugins")
+        def fake() -> None:
+            click.echo("hijacked")
+
+
+def test_version() -> None:
+    result = invoke("--version")
+    assert result.exit_code == 0 and result.output.strip() == f"agl, version {agl_kernel.__version__}"
+
+
+def test_console_script_is_installed() -> None:
+    script = Path(sys.executable).with_name("agl")
+    result = subprocess.run([script, "--version"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout.strip() == f"agl, version {agl_kernel.__version__}"
+
+
+def test_plugins_table_shows_builtins_with_their_distribution() -> None:
+    result = CliRunner(env={"COLUMNS": "200"}).invoke(cli, ["plugins"])
+    assert result.exit_code == 0, result.output
+    for column in ("kind", "name", "distribution", "version", "module"):
+        assert column in result.output
+    lines = result.output.splitlines()
+    memory = next(line for line in lines if " memory " in line)
+    assert "stores" in memory and "agl-kernel" in memory and agl_kernel.__version__ in memory
+    assert "agl_kernel.store.memory:InMemoryLightningStore" in memory
+
+
+def test_plugins_json_and_kind_filter() -> None:
+    listed = json.loads(invoke("plugins", "--json").output)
+    assert BUILTINS <= {f"{item['kind']}/{item['name']}" for item in listed}
+    assert all(set(item) == {"kind", "name", "distribution", "version", "module", "error"} for item in listed)
+    stores = json.loads(invoke("plugins", "--json", "--kind", "stores").output)
+    assert {item["kind"] for item in stores} == {"stores"} and "memory" in {item["name"] for item in stores}
+
+
+def test_plugins_check_imports_each_builtin() -> None:
+    result = invoke("plugins", "--json", "--check")
+    assert result.exit_code == 0
+    checked = json.loads(result.output)
+    builtins = [item for item in checked if f"{item['kind']}/{item['name']}" in BUILTINS]
+    assert len(builtins) == len(BUILTINS) and all(item["error"] is None for item in builtins)
+
+
+def test_unknown_kind_is_a_usage_error() -> None:
+    result = CliRunner().invoke(cli, ["plugins", "--kind", "widgets"])
+    assert result.exit_code == 2 and "stores" in result.output and "algorithms" in result.output
+
+
+def test_builtin_commands_do_not_build_the_plugin_manager() -> None:
+    assert invoke("plugins", "--json").exit_code == 0
+    assert _manager._manager is None
+
+
+def test_help_lists_builtin_and_plugin_commands() -> None:
+    get_plugin_manager().register(GreetPlugin())
+    result = invoke("--help")
+    assert "plugins" in result.output and "demo" in result.output and "greet" in result.output
+
+
+def test_plugin_commands_run_and_agl_errors_are_reported_without_traceback() -> None:
+    get_plugin_manager().register(GreetPlugin())
+    assert invoke("greet").output == "hi\n"
+    assert invoke("find-store", "memory").output.strip() == "InMemoryLightningStore"
+    result = CliRunner().invoke(cli, ["find-store", "nope"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "Error: No stores plugin named 'nope'. Available stores:" in result.output and "memory" in result.output
+
+
+def test_a_failing_plugin_warns_and_the_others_commands_stay() -> None:
+    manager = get_plugin_manager()
+    manager.register(GreetPlugin())
+    manager.register(BrokenCommandsPlugin(), name="broken-commands")
+    with pytest.warns(AglPluginWarning, match="'broken-commands' failed to add its commands: RuntimeError: boom"):
+        result = invoke("greet")
+    assert result.output == "hi\n"
+
+
+def test_a_plugin_cannot_replace_a_builtin_command() -> None:
+    get_plugin_manager().register(HijackingPlugin(), name="hijacker")
+    with pytest.warns(AglPluginWarning, match="'hijacker' tried to replace the built-in command 'plugins'"):
+        assert "plugins" in invoke("--help").output
+    result = invoke("plugins", "--json")
+    assert "hijacked" not in result.output and json.loads(result.output)
+
+
+def test_plugin_commands_follow_a_reset_of_the_plugin_manager() -> None:
+    get_plugin_manager().register(GreetPlugin())
+    assert invoke("greet").exit_code == 0
+    reset_plugin_manager()
+    result = CliRunner().invoke(cli, ["greet"])
+    assert result.exit_code == 2 and "No such command 'greet'" in result.output
