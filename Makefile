@@ -1,0 +1,28 @@
+# The two entry points of the README: `make demo` (set up, run the main job) and `make test` (set up, run tests).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+SOURCES := requirements-dev.txt $(wildcard agl_kernel/pyproject.toml plugins/*/pyproject.toml)
+
+.PHONY: setup test demo bench clean
+
+setup: $(STAMP)
+
+$(STAMP): $(SOURCES)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
+	$(BIN)/python -m pip install -q --no-build-isolation -r requirements-dev.txt
+	touch $(STAMP)
+
+test: setup
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+demo: setup
+	$(BIN)/agl demo
+
+bench: setup
+	$(BIN)/python benchmarks/store_cycle.py --store memory
+
+clean:
+	rm -rf $(VENV) .agl
