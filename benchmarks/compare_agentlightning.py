@@ -76,8 +76,6 @@ INSTALL_LOG = VENV_DIR / "install.log"
 SIDE_LOG = VENV_DIR / "side-stderr.log"
 SIDE_SCRIPT = BENCHMARKS_DIR / "_agentlightning_side.py"
 SPAN_MODES = ("store-seq", "local-seq")
-# Options an agl store gets unless --agl-option names them; {tmp} is a fresh scratch directory for every run.
-DEFAULT_STORE_OPTIONS = {"sqlite": ["path={tmp}/bench.db"]}
 
 err = Console(stderr=True)
 
@@ -228,15 +226,14 @@ class AgentLightningSide:
 
 
 def store_options(store: str, extra: list[str]) -> list[str]:
-    """The key=value options of one agl store: its defaults, overridden by --agl-option STORE:key=value."""
-    mine = [option.partition(":")[2] for option in extra if option.partition(":")[0] == store]
-    given = {pair.partition("=")[0] for pair in mine}
-    return [pair for pair in DEFAULT_STORE_OPTIONS.get(store, []) if pair.partition("=")[0] not in given] + mine
+    """The key=value options of one agl store, from --agl-option STORE:key=value (a store that keeps a file gets
+    one in a fresh scratch directory unless ``path`` is given: see store_cycle.parse_options)."""
+    return [option.partition(":")[2] for option in extra if option.partition(":")[0] == store]
 
 
 def run_agl(store: str, pairs: list[str], workers: int, rollouts: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="agl-bench-") as scratch:
-        return asyncio.run(measure(store, parse_options(pairs, scratch), workers, rollouts))
+        return asyncio.run(measure(store, parse_options(store, pairs, scratch), workers, rollouts))
 
 
 # ---------------------------------------------------------------------------------------------------- main
@@ -256,7 +253,7 @@ def parse_args() -> argparse.Namespace:
         default=[],
         metavar="STORE:KEY=VALUE",
         help="an option for one agl store ({tmp} = a fresh scratch dir per run); "
-        "sqlite defaults to path={tmp}/bench.db",
+        "a store's file defaults to {tmp}/bench.db",
     )
     parser.add_argument(
         "--agentlightning-span-mode",

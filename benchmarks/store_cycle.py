@@ -1,7 +1,7 @@
 """Full rollout-cycle throughput of a store: enqueue → dequeue → 10 spans → succeed, with 1, 8 and 32 workers.
 
     python benchmarks/store_cycle.py --store memory
-    python benchmarks/store_cycle.py --store sqlite --option path=/tmp/bench.db
+    python benchmarks/store_cycle.py --store sqlite --option synchronous=FULL
 
 Every worker is an asyncio task in this process sharing one store instance. Prints the median of --repeat runs
 (a fresh store for each) as a table, or JSON with --json.
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import inspect
 import json
 import os
 import sys
@@ -26,7 +27,7 @@ from rich.progress import Progress  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from agl_kernel.models import AttemptStatus, Span  # noqa: E402
-from agl_kernel.plugins import create_component  # noqa: E402
+from agl_kernel.plugins import create_component, load_component  # noqa: E402
 
 
 class AglOps:
@@ -59,13 +60,21 @@ class AglOps:
         )
 
 
-def parse_options(pairs: list[str], scratch: str) -> dict[str, Any]:
+def parse_options(store_name: str, pairs: list[str], scratch: str) -> dict[str, Any]:
+    """``key=value`` pairs; values that read as JSON (numbers, true/false) are converted. A store that keeps a file
+    gets one in the scratch directory unless ``path`` is given, so runs never share or litter a file."""
     options: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep:
             raise SystemExit(f"--option takes key=value, not {pair!r}")
-        options[key] = value.replace("{tmp}", scratch)
+        value = value.replace("{tmp}", scratch)
+        try:
+            options[key] = json.loads(value)
+        except ValueError:
+            options[key] = value
+    if "path" not in options and "path" in inspect.signature(load_component("stores", store_name)).parameters:
+        options["path"] = os.path.join(scratch, "bench.db")
     return options
 
 
@@ -95,7 +104,9 @@ def main() -> None:
         for workers in worker_counts:
             runs = []
             for run in range(args.repeat):
-                options = parse_options(args.option, os.path.join(scratch, f"w{workers}-r{run}"))
+                run_dir = os.path.join(scratch, f"w{workers}-r{run}")
+                os.makedirs(run_dir)
+                options = parse_options(args.store, args.option, run_dir)
                 runs.append(asyncio.run(measure(args.store, options, workers, args.rollouts)))
                 progress.advance(task)
             results[workers] = median_of(runs)
@@ -103,7 +114,8 @@ def main() -> None:
     if args.json:
         print(json.dumps({"store": args.store, "rollouts": args.rollouts, "repeat": args.repeat, "results": results}))
         return
-    table = Table(title=f"store_cycle: store={args.store}, {args.rollouts} rollouts x 10 spans, median of {args.repeat}")
+    title = f"store_cycle: store={args.store}, {args.rollouts} rollouts x 10 spans, median of {args.repeat}"
+    table = Table(title=title)
     for column in ("workers", "rollouts/s", "spans/s", "dequeue p50 ms", "dequeue p99 ms"):
         table.add_column(column, justify="right")
     for workers, r in results.items():

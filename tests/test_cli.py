@@ -19,7 +19,7 @@ from agl_kernel.cli import cli
 from agl_kernel.plugins import AglPluginWarning, get_plugin_manager, hookimpl, load_component, reset_plugin_manager
 from agl_kernel.plugins import _manager
 
-BUILTINS = {"stores/memory", "tracers/noop", "algorithms/baseline", "strategies/shm", "runners/simple"}
+BUILTINS = {"stores/memory", "tracers/noop", "algorithms/baseline", "strategies/shm", "runners/litagent"}
 
 
 @pytest.fixture(autouse=True)
@@ -150,3 +150,37 @@ def test_plugin_commands_follow_a_reset_of_the_plugin_manager() -> None:
     reset_plugin_manager()
     result = CliRunner().invoke(cli, ["greet"])
     assert result.exit_code == 2 and "No such command 'greet'" in result.output
+
+
+def _agl(cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
+    import os
+
+    return subprocess.run(
+        [sys.executable, "-m", "agl_kernel.cli", *args],
+        cwd=cwd, capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "200", **env},
+    )
+
+
+def test_demo_defaults_to_the_sqlite_file_and_says_where_it_is(tmp_path: Path) -> None:
+    import asyncio
+
+    from agl_kernel.store.defaults import make_store
+
+    result = _agl(tmp_path, "demo", "--tasks", "4", "--workers", "2")
+    assert result.returncode == 0, result.stderr
+    db = tmp_path / ".agl" / "agl.db"
+    assert f"at {db}" in result.stdout
+    assert db.is_file()
+
+    async def stored_statuses() -> list[str]:
+        async with make_store(path=db) as store:  # a later process finds the run's rollouts in the file
+            return [r.status.value for r in (await store.query_rollouts()).items]
+
+    assert asyncio.run(stored_statuses()) == ["succeeded"] * 4
+
+
+def test_demo_without_the_sqlite_plugin_warns_that_nothing_is_kept(tmp_path: Path) -> None:
+    result = _agl(tmp_path, "demo", "--tasks", "2", AGL_DISABLE_PLUGIN_AUTOLOAD="1")
+    assert result.returncode == 0, result.stderr
+    assert "(in memory)" in result.stdout and "pip install agl-store-sqlite" in result.stderr
+    assert not (tmp_path / ".agl").exists()

@@ -124,14 +124,15 @@ def plugins_command(kind: Optional[str], as_json: bool, check: bool) -> None:
 
 
 @cli.command("demo")
-@click.option("--store", default="memory", show_default=True, help="The store, by name (see `agl plugins`).")
+@click.option("--store", default=None, help="The store, by name (see `agl plugins`). Default: sqlite.")
+@click.option("--path", default=None, help="The store's file, for stores that keep one. Default: ./.agl/agl.db.")
 @click.option("--tasks", "n_tasks", type=click.IntRange(min=1), default=20, show_default=True)
 @click.option("--workers", "n_workers", type=click.IntRange(min=1), default=4, show_default=True)
-def demo_command(store: str, n_tasks: int, n_workers: int) -> None:
+def demo_command(store: Optional[str], path: Optional[str], n_tasks: int, n_workers: int) -> None:
     """Train the baseline algorithm on a toy arithmetic agent, in this process."""
     from agl_kernel._demo import run_demo
 
-    run_demo(store=store, n_tasks=n_tasks, n_workers=n_workers)
+    run_demo(store=store, path=path, n_tasks=n_tasks, n_workers=n_workers)
 
 
 def main(argv: Optional[list[str]] = None) -> None:

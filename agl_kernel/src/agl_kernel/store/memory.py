@@ -139,10 +139,15 @@ class InMemoryLightningStore(LightningStore):
     # ------------------------------------------------------------------------------------------------ mutations
     # Callers hold the lock, and call `_wake()` after releasing it.
 
-    def _put_rollout(self, rollout: Rollout) -> None:
+    def _put_rollout(self, rollout: Rollout, *, requeue: bool = False) -> None:
+        """Store `rollout`; a rollout entering a queued status (or explicitly re-queued) joins the back of the queue."""
         previous = self._rollouts.get(rollout.rollout_id)
         self._rollouts[rollout.rollout_id] = rollout
-        if rollout.status in policy.QUEUED_STATUSES and (previous is None or previous.status != rollout.status):
+        if rollout.status not in policy.QUEUED_STATUSES:
+            self._queue_ticket.pop(rollout.rollout_id, None)  # stale deque entries are skipped by `_pop_queue`
+        if rollout.status in policy.QUEUED_STATUSES and (
+            requeue or previous is None or previous.status != rollout.status
+        ):
             self._next_ticket += 1
             self._queue_ticket[rollout.rollout_id] = self._next_ticket
             self._queue.append((rollout.rollout_id, self._next_ticket))
@@ -357,7 +362,8 @@ class InMemoryLightningStore(LightningStore):
         with self._lock:
             self._check_open()
             if rollout_id_in is not None:
-                candidates = [self._rollouts[r] for r in dict.fromkeys(rollout_id_in) if r in self._rollouts]
+                wanted = set(rollout_id_in)
+                candidates = [r for r in self._rollouts.values() if r.rollout_id in wanted]
             else:
                 candidates = list(self._rollouts.values())
         if status_in is not None:
@@ -391,12 +397,13 @@ class InMemoryLightningStore(LightningStore):
                 changes["resources_id"] = None if resources_id is None else self._resources_id_for(resources_id)
             if status is not UNSET:
                 status = RolloutStatus(status)
-                if policy.check_rollout_transition(rollout, status):
+                # Queuing a rollout that is queued already still moves it to the back of the queue.
+                if policy.check_rollout_transition(rollout, status) or status in policy.QUEUED_STATUSES:
                     changes["status"] = status
                     changes["end_time"] = time.time() if status.is_terminal else None
             if changes:
                 rollout = replace(rollout, **changes)
-                self._put_rollout(rollout)
+                self._put_rollout(rollout, requeue="status" in changes)
         self._wake()
         return rollout
 
