@@ -9,7 +9,7 @@ import pytest
 from agl_kernel import semconv
 from agl_kernel.algorithm import Baseline
 from agl_kernel.models import PromptTemplate, RolloutConfig
-from agl_kernel.runner import SimpleRunner
+from agl_kernel.runner import LitAgentRunner
 from agl_kernel.store.memory import InMemoryLightningStore
 from agl_kernel.strategy import SharedMemoryStrategy
 
@@ -49,7 +49,7 @@ def test_every_task_runs_once_and_rewards_come_back():
 
 def test_sync_agent_gets_the_resources_the_rollout_pinned():
     def agent(task, resources):
-        return 1.0 if resources.resources["prompt"].format(x=task) == f"say {task}" else 0.0
+        return 1.0 if resources["prompt"].format(x=task) == f"say {task}" else 0.0
 
     report, _, _ = run(_execute(agent, [1, 2], resources={"prompt": PromptTemplate(template="say {x}")}))
     assert [o.reward for o in report.outcomes] == [1.0, 1.0]
@@ -83,13 +83,13 @@ def test_agent_without_retries_ends_failed_and_counted():
 
 
 def test_a_crashing_runner_stops_the_run_instead_of_hanging():
-    class BrokenRunner(SimpleRunner):
+    class BrokenRunner(LitAgentRunner):
         async def run(self, store, agent, *, stop):
             raise OSError("runner lost its connection")
 
     async def main():
         async with InMemoryLightningStore() as store:
-            strategy = SharedMemoryStrategy(n_runners=1, runner_factory=lambda i: BrokenRunner())
+            strategy = SharedMemoryStrategy(n_runners=1, runner_factory=lambda i, tracer: BrokenRunner())
             await strategy.execute_async(store=store, algorithm=Baseline(), agent=lambda t, r: 1.0, train_dataset=[1])
 
     with pytest.raises(RuntimeError, match="crashed") as info:

@@ -43,7 +43,7 @@ FIXTURE = REPO / "tests" / "fixtures" / "agl_example_plugin"
 TEMPLATE = REPO / "plugins" / "_template"
 BUILTINS = {
     ("algorithms", "baseline"),
-    ("runners", "simple"),
+    ("runners", "litagent"),
     ("stores", "memory"),
     ("strategies", "shm"),
     ("tracers", "noop"),

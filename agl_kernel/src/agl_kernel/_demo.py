@@ -6,20 +6,17 @@ on purpose now and then) and returns a reward; the rollouts, their attempts and 
 
 from __future__ import annotations
 
-import asyncio
 import random
 from typing import Any, Optional
 
 from rich.console import Console
 from rich.table import Table
 
-from agl_kernel.algorithm import Baseline, BaselineReport
-from agl_kernel.models import ResourcesUpdate
-from agl_kernel.plugins import create_component
-from agl_kernel.strategy import SharedMemoryStrategy
+from agl_kernel.algorithm import BaselineReport
+from agl_kernel.trainer import Trainer
 
 
-async def arithmetic_agent(task: dict[str, Any], resources: Optional[ResourcesUpdate]) -> float:
+async def arithmetic_agent(task: dict[str, Any], resources: dict[str, Any]) -> float:
     """Adds two numbers, and slips by one a fifth of the time; reward 1 for a right answer."""
     answer = task["a"] + task["b"] + (1 if random.random() < 0.2 else 0)
     return 1.0 if answer == task["a"] + task["b"] else 0.0
@@ -30,17 +27,18 @@ def make_tasks(n_tasks: int, seed: int = 0) -> list[dict[str, int]]:
     return [{"a": rng.randint(0, 99), "b": rng.randint(0, 99)} for _ in range(n_tasks)]
 
 
-def run_demo(*, store: str = "memory", n_tasks: int = 20, n_workers: int = 4, console: Optional[Console] = None) -> BaselineReport:
+def run_demo(
+    *,
+    store: Optional[str] = None,
+    path: Optional[str] = None,
+    n_tasks: int = 20,
+    n_workers: int = 4,
+    console: Optional[Console] = None,
+) -> BaselineReport:
+    """Run the toy loop on ``store`` (by name; default: the SQLite file at ``path`` or ``./.agl/agl.db``)."""
     console = console or Console()
-    console.print(f"[bold]agl demo[/bold]: {n_tasks} tasks, {n_workers} runners, store [cyan]{store}[/cyan]")
-
-    async def main() -> BaselineReport:
-        async with create_component("stores", store) as lightning_store:
-            return await SharedMemoryStrategy(n_runners=n_workers).execute_async(
-                store=lightning_store, algorithm=Baseline(), agent=arithmetic_agent, train_dataset=make_tasks(n_tasks)
-            )
-
-    report = asyncio.run(main())
+    with Trainer(n_runners=n_workers, store=store, store_path=path, console=console) as trainer:
+        report = trainer.dev(arithmetic_agent, make_tasks(n_tasks))
     table = Table(title="rollouts")
     for column in ("rollout", "task", "status", "reward", "attempts"):
         table.add_column(column)

@@ -4,20 +4,29 @@ from __future__ import annotations
 
 import abc
 import statistics
+import time
 from collections.abc import Sequence
 from typing import Any, Optional
 
 import msgspec
 
 from agl_kernel import semconv
-from agl_kernel.models import EnqueueRequest, RolloutConfig, RolloutMode
+from agl_kernel.models import EnqueueRequest, Rollout, RolloutConfig, RolloutMode, RolloutStatus
+from agl_kernel.progress import NoProgress, ProgressReporter
 from agl_kernel.store.base import LightningStore
 
 __all__ = ["Algorithm", "Baseline", "BaselineReport", "RolloutOutcome"]
 
 
 class Algorithm(abc.ABC):
-    """Drives training: puts work into the store, reads the results back, publishes better resources."""
+    """Drives training: puts work into the store, reads the results back, publishes better resources.
+
+    The trainer sets ``adapter`` (spans → training data; ``None`` if the user chose none) and ``progress``
+    (where to report rollouts as they end) before :meth:`run`.
+    """
+
+    adapter: Optional[Any] = None
+    progress: ProgressReporter = NoProgress()
 
     @abc.abstractmethod
     async def run(
@@ -62,24 +71,43 @@ class Baseline(Algorithm):
         requests = [EnqueueRequest(input=task, mode=RolloutMode.TRAIN, config=self.config) for task in train_dataset]
         requests += [EnqueueRequest(input=task, mode=RolloutMode.VAL, config=self.config) for task in val_dataset or ()]
         rollouts = await store.enqueue_many_rollouts(requests)
-        await store.wait_for_rollouts([r.rollout_id for r in rollouts], timeout=self.timeout)
-        outcomes = []
-        for rollout in rollouts:
-            rollout = await store.get_rollout(rollout.rollout_id)
-            reward = await final_reward(store, rollout.rollout_id) if rollout.attempt_count else None
-            outcomes.append(
-                RolloutOutcome(
-                    rollout_id=rollout.rollout_id,
-                    input=rollout.input,
-                    status=rollout.status.value,
-                    reward=reward,
-                    attempts=rollout.attempt_count,
-                )
-            )
+        ended = await self._wait(store, [r.rollout_id for r in rollouts])
+        outcomes = [ended.get(r.rollout_id) or await self._outcome(store, r) for r in rollouts]
         by_status: dict[str, int] = {}
         for outcome in outcomes:
             by_status[outcome.status] = by_status.get(outcome.status, 0) + 1
         rewards = [o.reward for o in outcomes if o.reward is not None]
         return BaselineReport(
             outcomes=outcomes, by_status=by_status, mean_reward=statistics.fmean(rewards) if rewards else None
+        )
+
+    async def _wait(self, store: LightningStore, rollout_ids: list[str]) -> dict[str, RolloutOutcome]:
+        """Wait (woken by the store) until every rollout ends or ``timeout`` passes, reporting progress on the
+        way; the outcomes of the rollouts that ended."""
+        deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        ended: dict[str, RolloutOutcome] = {}
+        pending = list(rollout_ids)
+        with self.progress:
+            self.progress.start("baseline", len(rollout_ids))
+            while pending:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    break
+                for rollout in await store.wait_for_rollouts(pending, timeout=min(left or 0.5, 0.5)):
+                    ended[rollout.rollout_id] = await self._outcome(store, rollout)
+                pending = [r for r in pending if r not in ended]
+                succeeded = sum(o.status == RolloutStatus.SUCCEEDED.value for o in ended.values())
+                rewards = [o.reward for o in ended.values() if o.reward is not None]
+                self.progress.rollouts(done=len(ended), succeeded=succeeded, rewards=rewards)
+        return ended
+
+    @staticmethod
+    async def _outcome(store: LightningStore, rollout: Rollout) -> RolloutOutcome:
+        rollout = await store.get_rollout(rollout.rollout_id)
+        return RolloutOutcome(
+            rollout_id=rollout.rollout_id,
+            input=rollout.input,
+            status=rollout.status.value,
+            reward=await final_reward(store, rollout.rollout_id) if rollout.attempt_count else None,
+            attempts=rollout.attempt_count,
         )

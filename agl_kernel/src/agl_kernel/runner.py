@@ -1,36 +1,47 @@
-"""The runner interface, and the kernel's simple runner (entry point ``simple`` in ``agl.runners``).
+"""The runner interface, and the kernel's runner for LitAgents (entry point ``litagent`` in ``agl.runners``).
 
-A runner takes rollouts from the store, runs the agent on each, and reports the outcome. The simple runner runs
-one rollout at a time in the current event loop; richer runners (timeouts that cancel the agent, worker
-processes, heartbeats with system stats) are plugins.
+A runner takes rollouts from the store (waiting on the store's push notification, never sleep-polling), runs the
+agent on each inside the tracer's context, and reports the outcome. :class:`LitAgentRunner` also sends heartbeats
+with system stats, stops an agent that runs past its rollout's ``timeout_seconds`` or whose rollout is
+cancelled, stores a failed agent's exception as a span, and calls the ``agl_on_rollout_start/end`` hooks.
 """
 
 from __future__ import annotations
 
 import abc
 import asyncio
-import inspect
+import contextvars
+import ctypes
+import logging
+import os
+import socket
+import threading
 import time
 import traceback
 import uuid
-from collections.abc import Awaitable, Callable
-from typing import Any, Optional, Union
+from collections.abc import Sequence
+from typing import Any, Callable, Optional
 
 from agl_kernel import semconv
-from agl_kernel.models import AttemptedRollout, AttemptStatus, ResourcesUpdate, Span, SpanStatus
+from agl_kernel.agent import LitAgent, as_lit_agent
+from agl_kernel.models import AttemptedRollout, AttemptStatus, Resource, Span, SpanStatus
 from agl_kernel.store.base import LightningStore
 from agl_kernel.tracer import NoOpTracer, Tracer
 
-__all__ = ["Agent", "Runner", "SimpleRunner"]
+__all__ = ["AgentStopped", "LitAgentRunner", "Runner"]
 
-Agent = Callable[[Any, Optional[ResourcesUpdate]], Union[Optional[float], Awaitable[Optional[float]]]]
-"""A plain agent: ``agent(task_input, resources)`` returns a reward (or ``None``), sync or async."""
+log = logging.getLogger(__name__)
 
 
 class Runner(abc.ABC):
     @abc.abstractmethod
-    async def run(self, store: LightningStore, agent: Agent, *, stop: asyncio.Event) -> int:
+    async def run(self, store: LightningStore, agent: Any, *, stop: asyncio.Event) -> int:
         """Run rollouts from ``store`` until ``stop`` is set; returns how many this runner finished."""
+
+
+class AgentStopped(BaseException):
+    """Raised inside a sync agent's thread to stop it (timeout or cancelled rollout). A BaseException, so that
+    an agent's ``except Exception`` does not swallow it."""
 
 
 def _span(attempted: AttemptedRollout, name: str, attributes: dict[str, Any], status: SpanStatus) -> Span:
@@ -48,46 +59,207 @@ def _span(attempted: AttemptedRollout, name: str, attributes: dict[str, Any], st
     )
 
 
-class SimpleRunner(Runner):
-    """Dequeues (waiting on the store's push notification, not polling), runs the agent, stores its reward as an
-    ``agl.reward`` span, and marks the attempt succeeded — or failed, with the exception stored as a span."""
+def exception_span(attempted: AttemptedRollout, exc: BaseException, message: Optional[str] = None) -> Span:
+    """The ``agl.exception`` span that records why an attempt failed."""
+    message = message or str(exc)
+    attributes = {
+        semconv.EXCEPTION_TYPE: type(exc).__qualname__,
+        semconv.EXCEPTION_MESSAGE: message,
+        semconv.EXCEPTION_STACKTRACE: "".join(traceback.format_exception(exc)),
+    }
+    return _span(attempted, semconv.EXCEPTION_SPAN, attributes, SpanStatus(status_code="ERROR", description=message))
 
-    def __init__(self, *, worker_id: Optional[str] = None, tracer: Optional[Tracer] = None, wait_seconds: float = 1.0):
+
+def system_stats() -> dict[str, Any]:
+    """Cheap facts about this worker process, sent with every heartbeat."""
+    stats: dict[str, Any] = {"pid": os.getpid(), "host": socket.gethostname()}
+    try:
+        stats["load_1m"] = os.getloadavg()[0]
+        with open("/proc/self/statm") as statm:
+            stats["rss_mb"] = round(int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
+    except (OSError, AttributeError, ValueError):  # not Linux: the stats that exist are enough
+        pass
+    return stats
+
+
+class _AgentThread:
+    """Runs a sync agent in its own daemon thread so that the event loop stays free and the agent can be stopped:
+    :meth:`stop` raises :class:`AgentStopped` inside the thread at its next Python bytecode (a call blocked in C
+    finishes first)."""
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        self.future: asyncio.Future = asyncio.get_running_loop().create_future()
+        loop = self.future.get_loop()
+        context = contextvars.copy_context()
+
+        def target() -> None:
+            try:
+                result: Any = context.run(fn)
+            except BaseException as exc:  # handed to the loop, which re-raises it in the runner
+                loop.call_soon_threadsafe(_settle, self.future, None, exc)
+            else:
+                loop.call_soon_threadsafe(_settle, self.future, result, None)
+
+        self.thread = threading.Thread(target=target, name="agl-agent", daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        if self.thread.ident is not None and self.thread.is_alive():
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self.thread.ident), ctypes.py_object(AgentStopped))
+
+
+def _settle(future: asyncio.Future, result: Any, exc: Optional[BaseException]) -> None:
+    if not future.done():
+        future.set_exception(exc) if exc is not None else future.set_result(result)
+
+
+class LitAgentRunner(Runner):
+    """Runs a :class:`~agl_kernel.agent.LitAgent` (or a plain function) on rollouts from the store, one at a time.
+
+    - ``tracer``: records what the agent does (default: the no-op tracer; rewards are stored either way).
+    - ``heartbeat_interval``: seconds between heartbeats (worker stats, and the attempt's sign of life).
+    - ``wait_seconds``: how long one dequeue call waits for work before the runner checks ``stop`` again.
+    - ``stop_grace``: seconds a stopped agent gets to finish before the runner gives up on it and moves on.
+    """
+
+    def __init__(
+        self,
+        *,
+        worker_id: Optional[str] = None,
+        tracer: Optional[Tracer] = None,
+        heartbeat_interval: float = 5.0,
+        wait_seconds: float = 1.0,
+        stop_grace: float = 1.0,
+    ) -> None:
         self.worker_id = worker_id or f"worker-{uuid.uuid4().hex[:8]}"
         self.tracer = tracer or NoOpTracer()
+        self.heartbeat_interval = heartbeat_interval
         self.wait_seconds = wait_seconds
+        self.stop_grace = stop_grace
+        self.finished = 0
 
-    async def run(self, store: LightningStore, agent: Agent, *, stop: asyncio.Event) -> int:
-        finished = 0
+    async def run(self, store: LightningStore, agent: Any, *, stop: asyncio.Event) -> int:
+        lit_agent = as_lit_agent(agent)
+        await store.update_worker(self.worker_id, heartbeat_stats=system_stats())
         while not stop.is_set():
             attempted = await store.dequeue_rollout(worker_id=self.worker_id, timeout=self.wait_seconds)
             if attempted is not None:
-                await self.run_one(store, agent, attempted)
-                finished += 1
-        return finished
+                await self.run_one(store, lit_agent, attempted)
+        return self.finished
 
-    async def run_one(self, store: LightningStore, agent: Agent, attempted: AttemptedRollout) -> AttemptStatus:
-        resources = await store.get_resources(attempted.resources_id) if attempted.resources_id else None
-        attempt_id = attempted.attempt.attempt_id
-        await store.update_attempt(attempted.rollout_id, attempt_id, status=AttemptStatus.RUNNING)
+    async def run_one(self, store: LightningStore, agent: Any, attempted: AttemptedRollout) -> AttemptStatus:
+        """Run the agent on one dequeued rollout and mark its attempt; returns the attempt's final status."""
+        from agl_kernel.plugins import get_plugin_manager
+
+        agent = as_lit_agent(agent)
+        hook = get_plugin_manager().hook
+        rollout_id, attempt_id = attempted.rollout_id, attempted.attempt.attempt_id
+        hook.agl_on_rollout_start(rollout=attempted, attempt=attempted.attempt, runner=self)
+        status = AttemptStatus.FAILED
         try:
-            with self.tracer.trace_context(rollout_id=attempted.rollout_id, attempt_id=attempt_id, store=store):
-                reward = agent(attempted.input, resources)
-                if inspect.isawaitable(reward):
-                    reward = await reward
-            await self.tracer.flush()
-            if reward is not None:
-                attributes = {semconv.REWARD_VALUE: float(reward)}
-                await store.add_span(_span(attempted, semconv.REWARD_SPAN, attributes, SpanStatus(status_code="OK")))
-            status = AttemptStatus.SUCCEEDED
-        except Exception as exc:  # the agent's failure is the rollout's outcome, not the runner's
-            attributes = {
-                semconv.EXCEPTION_TYPE: type(exc).__qualname__,
-                semconv.EXCEPTION_MESSAGE: str(exc),
-                semconv.EXCEPTION_STACKTRACE: traceback.format_exc(),
-            }
-            error = SpanStatus(status_code="ERROR", description=str(exc))
-            await store.add_span(_span(attempted, semconv.EXCEPTION_SPAN, attributes, error))
-            status = AttemptStatus.FAILED
-        await store.update_attempt(attempted.rollout_id, attempt_id, status=status)
+            await store.update_attempt(rollout_id, attempt_id, status=AttemptStatus.RUNNING)
+            status, spans = await self._execute(store, agent, attempted)
+            if spans:
+                await store.add_many_spans(spans)
+            await store.update_attempt(rollout_id, attempt_id, status=status)
+        finally:
+            self.finished += 1
+            hook.agl_on_rollout_end(rollout=attempted, attempt=attempted.attempt, runner=self, status=status)
         return status
+
+    async def _execute(
+        self, store: LightningStore, agent: LitAgent, attempted: AttemptedRollout
+    ) -> tuple[AttemptStatus, list[Span]]:
+        """Run the agent to its end, its timeout or its rollout's cancellation; the status and spans to store."""
+        try:
+            resources = await self._resources(store, attempted)
+        except Exception as exc:  # e.g. the pinned resources were deleted: the attempt fails, the runner goes on
+            return AttemptStatus.FAILED, [exception_span(attempted, exc)]
+        method = agent.rollout_for(attempted)
+        is_async = agent.is_async(attempted)
+        trace = lambda: self.tracer.trace_context(  # noqa: E731
+            rollout_id=attempted.rollout_id, attempt_id=attempted.attempt.attempt_id, store=store
+        )
+
+        def run_sync() -> Any:
+            with trace():
+                return method(attempted.input, resources, attempted)
+
+        async def run_async() -> Any:
+            with trace():
+                return await method(attempted.input, resources, attempted)
+
+        thread = None if is_async else _AgentThread(run_sync)
+        work: asyncio.Future = asyncio.ensure_future(run_async()) if is_async else thread.future  # type: ignore[union-attr]
+        watch = asyncio.create_task(self._watch(store, attempted))
+        deadline = attempted.config.timeout_seconds
+        remaining = None if deadline is None else max(0.0, attempted.attempt.start_time + deadline - time.time())
+        try:
+            done, _ = await asyncio.wait({work, watch}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:  # the runner itself is stopped (Ctrl-C): stop the agent too
+            await self._stop_agent(work, thread)
+            raise
+        finally:
+            watch.cancel()
+        if work in done:
+            try:
+                status, spans = AttemptStatus.SUCCEEDED, self._result_spans(attempted, work.result())
+            except Exception as exc:  # the agent's failure is the rollout's outcome, not the runner's
+                status, spans = AttemptStatus.FAILED, [exception_span(attempted, exc)]
+            await self.tracer.flush()
+            return status, spans
+        await self._stop_agent(work, thread)
+        await self.tracer.flush()
+        if watch in done:
+            message = f"the rollout ended ({watch.result()}) while the agent ran; the agent was stopped"
+            return AttemptStatus.FAILED, [exception_span(attempted, AgentStopped(message))]
+        message = f"the agent ran past timeout_seconds={deadline} and was stopped"
+        return AttemptStatus.TIMEOUT, [exception_span(attempted, TimeoutError(message))]
+
+    async def _resources(self, store: LightningStore, attempted: AttemptedRollout) -> dict[str, Resource]:
+        if attempted.resources_id is None:
+            return {}
+        return dict((await store.get_resources(attempted.resources_id)).resources)
+
+    async def _watch(self, store: LightningStore, attempted: AttemptedRollout) -> str:
+        """Heartbeats while the agent runs; returns the rollout's status if it ends (e.g. cancelled) meanwhile."""
+        rollout_id, attempt_id = attempted.rollout_id, attempted.attempt.attempt_id
+        while True:
+            try:
+                ended = await store.wait_for_rollouts([rollout_id], timeout=self.heartbeat_interval)
+                if ended:
+                    return ended[0].status.value
+                await store.update_attempt(rollout_id, attempt_id)  # a heartbeat
+                await store.update_worker(self.worker_id, heartbeat_stats=system_stats())
+            except Exception as exc:  # a missed heartbeat must not stop the agent; the next one may get through
+                log.warning("heartbeat of %s on worker %s failed: %s", attempt_id, self.worker_id, exc)
+                await asyncio.sleep(self.heartbeat_interval)
+
+    async def _stop_agent(self, work: asyncio.Future, thread: Optional[_AgentThread]) -> None:
+        if thread is not None:
+            thread.stop()
+        else:
+            work.cancel()
+        try:
+            await asyncio.wait_for(asyncio.shield(work), self.stop_grace)
+        except asyncio.TimeoutError:
+            log.warning("agent on worker %s did not stop within %.1fs; leaving it behind", self.worker_id, self.stop_grace)
+        except BaseException:  # its AgentStopped / CancelledError / own error: it has stopped, which is the point
+            pass
+
+    @staticmethod
+    def _result_spans(attempted: AttemptedRollout, result: Any) -> list[Span]:
+        """Spans for what the agent returned: a reward span for a number, the spans themselves for spans."""
+        if result is None:
+            return []
+        if isinstance(result, (bool, int, float)):
+            attributes = {semconv.REWARD_VALUE: float(result)}
+            return [_span(attempted, semconv.REWARD_SPAN, attributes, SpanStatus(status_code="OK"))]
+        if isinstance(result, Sequence) and all(isinstance(s, Span) for s in result):
+            import msgspec
+
+            ids = {"rollout_id": attempted.rollout_id, "attempt_id": attempted.attempt.attempt_id, "sequence_id": 0}
+            return [msgspec.structs.replace(span, **ids) for span in result]
+        raise TypeError(
+            f"an agent returns a reward (a number), None or a list of Spans, not {type(result).__name__}"
+        )

@@ -8,8 +8,9 @@ from collections.abc import Callable, Sequence
 from typing import Any, Optional
 
 from agl_kernel.algorithm import Algorithm
-from agl_kernel.runner import Agent, Runner, SimpleRunner
+from agl_kernel.runner import LitAgentRunner, Runner
 from agl_kernel.store.base import LightningStore
+from agl_kernel.tracer import Tracer
 
 __all__ = ["ExecutionStrategy", "SharedMemoryStrategy"]
 
@@ -17,52 +18,49 @@ __all__ = ["ExecutionStrategy", "SharedMemoryStrategy"]
 class ExecutionStrategy(abc.ABC):
     """Where the algorithm and the runners run: one process, several processes, several machines."""
 
+    def execute(self, **kwargs: Any) -> Any:
+        """:meth:`execute_async` in a new event loop."""
+        return asyncio.run(self.execute_async(**kwargs))
+
     @abc.abstractmethod
-    def execute(
+    async def execute_async(
         self,
         *,
         store: LightningStore,
         algorithm: Algorithm,
-        agent: Agent,
+        agent: Any,
         train_dataset: Sequence[Any],
         val_dataset: Optional[Sequence[Any]] = None,
+        tracer: Optional[Tracer] = None,
     ) -> Any:
-        """Run the algorithm to completion with runners serving ``agent``; returns the algorithm's report."""
+        """Run the algorithm to completion with runners serving ``agent`` (traced by ``tracer``); returns the
+        algorithm's report."""
 
 
 class SharedMemoryStrategy(ExecutionStrategy):
     """The algorithm and ``n_runners`` runners as asyncio tasks of one event loop, sharing one store."""
 
-    def __init__(self, *, n_runners: int = 1, runner_factory: Optional[Callable[[int], Runner]] = None) -> None:
+    def __init__(self, *, n_runners: int = 1, runner_factory: Optional[Callable[..., Runner]] = None) -> None:
         if n_runners < 1:
             raise ValueError(f"n_runners must be at least 1, not {n_runners}")
         self.n_runners = n_runners
-        self.runner_factory = runner_factory or (lambda index: SimpleRunner(worker_id=f"runner-{index}", wait_seconds=0.5))
-
-    def execute(
-        self,
-        *,
-        store: LightningStore,
-        algorithm: Algorithm,
-        agent: Agent,
-        train_dataset: Sequence[Any],
-        val_dataset: Optional[Sequence[Any]] = None,
-    ) -> Any:
-        return asyncio.run(self.execute_async(store=store, algorithm=algorithm, agent=agent,
-                                              train_dataset=train_dataset, val_dataset=val_dataset))
+        self.runner_factory = runner_factory or (
+            lambda index, tracer: LitAgentRunner(worker_id=f"runner-{index}", tracer=tracer, wait_seconds=0.5)
+        )
 
     async def execute_async(
         self,
         *,
         store: LightningStore,
         algorithm: Algorithm,
-        agent: Agent,
+        agent: Any,
         train_dataset: Sequence[Any],
         val_dataset: Optional[Sequence[Any]] = None,
+        tracer: Optional[Tracer] = None,
     ) -> Any:
         stop = asyncio.Event()
         runners = [
-            asyncio.create_task(self.runner_factory(i).run(store, agent, stop=stop), name=f"agl-runner-{i}")
+            asyncio.create_task(self.runner_factory(i, tracer).run(store, agent, stop=stop), name=f"agl-runner-{i}")
             for i in range(self.n_runners)
         ]
         algo = asyncio.create_task(algorithm.run(store, train_dataset, val_dataset), name="agl-algorithm")

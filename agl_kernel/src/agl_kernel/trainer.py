@@ -1,0 +1,118 @@
+"""The Trainer: wires an algorithm, runners, a store, a tracer and an adapter under an execution strategy.
+
+    trainer = Trainer(algorithm="baseline", n_runners=4)      # every component by instance or registered name
+    report = trainer.fit(agent, train_dataset, val_dataset)
+    report = trainer.dev(agent, dataset)                       # the whole loop with the baseline algorithm
+
+With no ``store`` the run uses the durable default, the SQLite file ``./.agl/agl.db`` (``store_path`` moves it),
+so a run can be inspected afterwards (``agl rollouts``, the dashboard) and survives a crash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any, Optional, Union
+
+from rich.console import Console
+
+from agl_kernel.algorithm import Algorithm, Baseline
+from agl_kernel.models import Resource
+from agl_kernel.plugins import create_component
+from agl_kernel.progress import NoProgress, RichProgress
+from agl_kernel.store.base import LightningStore
+from agl_kernel.store.defaults import describe_store, make_store
+from agl_kernel.strategy import ExecutionStrategy
+
+__all__ = ["Trainer"]
+
+Spec = Union[str, type, Any, None]
+
+
+class Trainer:
+    """Runs training. Components are instances, classes or names registered in their entry-point group.
+
+    - ``algorithm``: ``agl.algorithms`` (default ``baseline``).
+    - ``n_runners``: how many runners serve the agent (tasks in one process under ``shm``, processes under ``cs``).
+    - ``store``: ``agl.stores`` (default: SQLite at ``store_path`` or ``./.agl/agl.db``).
+    - ``tracer``: ``agl.tracers`` (default ``noop``; ``otel`` records every LLM call the agent makes).
+    - ``adapter``: ``agl.adapters``, handed to the algorithm (``None``: the algorithm's own choice).
+    - ``strategy``: ``agl.strategies`` (default ``shm``), made with ``n_runners``.
+    - ``initial_resources``: named resources published before the run; rollouts pin the latest version.
+    - ``progress``: show a live progress bar on the console.
+    """
+
+    def __init__(
+        self,
+        *,
+        algorithm: Spec = "baseline",
+        n_runners: int = 1,
+        store: Spec = None,
+        store_path: Union[str, os.PathLike, None] = None,
+        tracer: Spec = "noop",
+        adapter: Spec = None,
+        strategy: Spec = "shm",
+        initial_resources: Optional[Mapping[str, Resource]] = None,
+        progress: bool = True,
+        console: Optional[Console] = None,
+    ) -> None:
+        if n_runners < 1:
+            raise ValueError(f"n_runners must be at least 1, not {n_runners}")
+        self.n_runners = n_runners
+        self.algorithm: Algorithm = create_component("algorithms", algorithm)
+        self.store: LightningStore = make_store(store, path=store_path)
+        self.tracer = create_component("tracers", tracer)
+        self.adapter = None if adapter is None else create_component("adapters", adapter)
+        strategy_options = {"n_runners": n_runners} if isinstance(strategy, (str, type)) else {}
+        self.strategy: ExecutionStrategy = create_component("strategies", strategy, **strategy_options)
+        self.initial_resources = dict(initial_resources or {})
+        self.console = console or Console()
+        self.progress = progress
+
+    def fit(self, agent: Any, train_dataset: Sequence[Any], val_dataset: Optional[Sequence[Any]] = None) -> Any:
+        """Train ``agent`` on ``train_dataset`` (validating on ``val_dataset``); returns the algorithm's report."""
+        return asyncio.run(self.fit_async(agent, train_dataset, val_dataset))
+
+    def dev(self, agent: Any, dataset: Sequence[Any], val_dataset: Optional[Sequence[Any]] = None) -> Any:
+        """Run ``agent`` on every task of ``dataset`` through the whole loop with the baseline algorithm (whatever
+        ``algorithm`` was given), for debugging an agent before training it."""
+        return asyncio.run(self.fit_async(agent, dataset, val_dataset, algorithm=Baseline()))
+
+    async def fit_async(
+        self,
+        agent: Any,
+        train_dataset: Sequence[Any],
+        val_dataset: Optional[Sequence[Any]] = None,
+        *,
+        algorithm: Optional[Algorithm] = None,
+    ) -> Any:
+        algorithm = algorithm or self.algorithm
+        if self.adapter is not None:
+            algorithm.adapter = self.adapter
+        algorithm.progress = RichProgress(self.console) if self.progress else NoProgress()
+        self.console.print(
+            f"[bold]agl[/bold] {type(algorithm).__name__} with {self.n_runners} runner(s) "
+            f"({type(self.strategy).__name__}); store [cyan]{describe_store(self.store)}[/cyan]"
+        )
+        if self.initial_resources:
+            update = await self.store.add_resources(self.initial_resources)
+            self.console.print(f"published resources {update.resources_id} v{update.version}")
+        return await self.strategy.execute_async(
+            store=self.store,
+            algorithm=algorithm,
+            agent=agent,
+            train_dataset=train_dataset,
+            val_dataset=val_dataset,
+            tracer=self.tracer,
+        )
+
+    def close(self) -> None:
+        """Close the store (a trainer can run ``fit``/``dev`` any number of times before)."""
+        asyncio.run(self.store.close())
+
+    def __enter__(self) -> "Trainer":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
