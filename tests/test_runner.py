@@ -271,3 +271,54 @@ def test_trainer_takes_components_by_name_and_fit_runs_the_algorithm():
     assert sorted(o.reward for o in report.outcomes) == pytest.approx([0.2, 0.4, 0.6])
     with pytest.raises(Exception, match="Available"):
         Trainer(algorithm="no-such-algorithm")
+
+
+# ------------------------------------------------------------------------------------------------ agl runner
+
+
+def test_agl_runner_process_serves_a_shared_file_and_sigterm_retries_its_rollout(tmp_path: Path):
+    """`agl runner` on a SQLite file another process enqueues into; SIGTERM mid-rollout stops it within seconds
+    and fails the attempt at once, so the rollout is requeued without waiting for the watchdog."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from agl_store_sqlite import SqliteLightningStore
+
+    db = tmp_path / "agl.db"
+    agents = Path(__file__).with_name("cs_agents.py")
+
+    async def enqueue():
+        async with SqliteLightningStore(db) as store:
+            quick = await store.enqueue_rollout({"seconds": 0})
+            slow = await store.enqueue_rollout({"seconds": 60}, config=RolloutConfig(max_attempts=2))
+            return quick.rollout_id, slow.rollout_id
+
+    quick_id, slow_id = run(enqueue())
+    command = [sys.executable, "-m", "agl_kernel.cli", "runner", "--path", str(db), "--agent", f"{agents}:slow"]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": ""})
+
+    async def wait_running():
+        async with SqliteLightningStore(db) as store:
+            assert len(await store.wait_for_rollouts([quick_id], timeout=30)) == 1
+            for _ in range(300):
+                if (await store.get_rollout(slow_id)).status is RolloutStatus.RUNNING:
+                    return
+                await asyncio.sleep(0.05)
+            raise AssertionError("the slow rollout never started")
+
+    run(wait_running())
+    t0 = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=10)
+    assert time.monotonic() - t0 < 5 and process.returncode == 0, stderr
+    assert "stopped after 1 rollout(s)" in stderr
+
+    async def outcome():
+        async with SqliteLightningStore(db) as store:
+            return await store.get_rollout(slow_id), (await store.query_attempts(slow_id)).items
+
+    slow, attempts = run(outcome())
+    assert slow.status is RolloutStatus.REQUEUING
+    assert [a.status for a in attempts] == [AttemptStatus.FAILED]

@@ -28,7 +28,7 @@ from agl_kernel.models import AttemptedRollout, AttemptStatus, Resource, Span, S
 from agl_kernel.store.base import LightningStore
 from agl_kernel.tracer import NoOpTracer, Tracer
 
-__all__ = ["AgentStopped", "LitAgentRunner", "Runner"]
+__all__ = ["AgentStopped", "LitAgentRunner", "Runner", "run_runners"]
 
 log = logging.getLogger(__name__)
 
@@ -162,8 +162,11 @@ class LitAgentRunner(Runner):
             if spans:
                 await store.add_many_spans(spans)
             await store.update_attempt(rollout_id, attempt_id, status=status)
-        finally:
             self.finished += 1
+        except asyncio.CancelledError:  # the runner is stopped mid-rollout: fail the attempt so it is retried now
+            await self._abandon(store, attempted)
+            raise
+        finally:
             hook.agl_on_rollout_end(rollout=attempted, attempt=attempted.attempt, runner=self, status=status)
         return status
 
@@ -216,6 +219,16 @@ class LitAgentRunner(Runner):
         message = f"the agent ran past timeout_seconds={deadline} and was stopped"
         return AttemptStatus.TIMEOUT, [exception_span(attempted, TimeoutError(message))]
 
+    async def _abandon(self, store: LightningStore, attempted: AttemptedRollout) -> None:
+        """Mark the attempt failed (with why) before the runner goes away, within a second or not at all."""
+        stopped = AgentStopped(f"runner {self.worker_id} was stopped while the agent ran")
+        rollout_id, attempt_id = attempted.rollout_id, attempted.attempt.attempt_id
+        try:
+            await asyncio.wait_for(store.add_span(exception_span(attempted, stopped)), 1.0)
+            await asyncio.wait_for(store.update_attempt(rollout_id, attempt_id, status=AttemptStatus.FAILED), 1.0)
+        except (Exception, asyncio.CancelledError) as exc:  # the watchdog's unresponsive check is the fallback
+            log.warning("could not mark attempt %s failed on the way out: %r", attempt_id, exc)
+
     async def _resources(self, store: LightningStore, attempted: AttemptedRollout) -> dict[str, Resource]:
         if attempted.resources_id is None:
             return {}
@@ -224,16 +237,19 @@ class LitAgentRunner(Runner):
     async def _watch(self, store: LightningStore, attempted: AttemptedRollout) -> str:
         """Heartbeats while the agent runs; returns the rollout's status if it ends (e.g. cancelled) meanwhile."""
         rollout_id, attempt_id = attempted.rollout_id, attempted.attempt.attempt_id
+        interval = self.heartbeat_interval
+        if attempted.config.unresponsive_seconds is not None:  # beat well within the store's patience
+            interval = min(interval, attempted.config.unresponsive_seconds / 3)
         while True:
             try:
-                ended = await store.wait_for_rollouts([rollout_id], timeout=self.heartbeat_interval)
+                ended = await store.wait_for_rollouts([rollout_id], timeout=interval)
                 if ended:
                     return ended[0].status.value
                 await store.update_attempt(rollout_id, attempt_id)  # a heartbeat
                 await store.update_worker(self.worker_id, heartbeat_stats=system_stats())
             except Exception as exc:  # a missed heartbeat must not stop the agent; the next one may get through
                 log.warning("heartbeat of %s on worker %s failed: %s", attempt_id, self.worker_id, exc)
-                await asyncio.sleep(self.heartbeat_interval)
+                await asyncio.sleep(interval)
 
     async def _stop_agent(self, work: asyncio.Future, thread: Optional[_AgentThread]) -> None:
         if thread is not None:
@@ -263,3 +279,51 @@ class LitAgentRunner(Runner):
         raise TypeError(
             f"an agent returns a reward (a number), None or a list of Spans, not {type(result).__name__}"
         )
+
+
+async def run_runners(
+    store: LightningStore,
+    agent: Any,
+    *,
+    n_runners: int = 1,
+    tracer: Optional[Tracer] = None,
+    worker_prefix: Optional[str] = None,
+    parent_pid: Optional[int] = None,
+    stop: Optional[asyncio.Event] = None,
+) -> int:
+    """Serve ``agent`` with ``n_runners`` runners on ``store`` until ``stop`` is set (or SIGINT/SIGTERM, or the
+    process ``parent_pid`` is gone: a runner started by a trainer never outlives it); how many rollouts they ran.
+    On the way out, an agent still running is stopped and its attempt marked failed, so it is retried at once."""
+    import signal
+
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(signum, stop.set)
+        except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or not Unix
+            pass
+    prefix = worker_prefix or f"{socket.gethostname()}-{os.getpid()}"
+    runners = [
+        LitAgentRunner(worker_id=f"{prefix}-{i}" if n_runners > 1 else prefix, tracer=tracer) for i in range(n_runners)
+    ]
+    tasks = [asyncio.create_task(r.run(store, agent, stop=asyncio.Event())) for r in runners]
+
+    async def orphan_check() -> None:
+        while parent_pid is not None and os.getppid() == parent_pid:
+            await asyncio.sleep(0.5)
+        if parent_pid is not None:
+            log.warning("the process that started these runners (pid %s) is gone; stopping", parent_pid)
+            stop.set()
+
+    watchers = [asyncio.create_task(stop.wait()), asyncio.create_task(orphan_check())]
+    try:
+        await asyncio.wait([*tasks, watchers[0]], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in [*tasks, *watchers]:
+            task.cancel()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+    for result in results:
+        if isinstance(result, Exception):
+            raise result
+    return sum(r.finished for r in runners)

@@ -1,0 +1,68 @@
+"""A calculator agent, pure Python (no LLM): the smallest agent that exercises the whole agl loop.
+
+Each task is an arithmetic question with its answer, e.g. ``{"question": "(3 + 4) * 2", "answer": 14}``. The agent
+reads the question, calls its calculator tool (recorded as an ``operation`` span), rounds the result to the number
+of decimals its prompt template asks for and earns reward 1.0 for a right answer, 0.0 otherwise. A question the
+tool cannot evaluate (division by zero) makes the agent raise: a failed attempt with the exception recorded.
+
+    agl dev --agent contrib/calc_agent/calc_agent.py:calc_agent --dataset contrib/calc_agent/calc_agent.py:dataset
+"""
+
+from __future__ import annotations
+
+import ast
+import operator
+import random
+from typing import Any
+
+from agl_kernel.agent import rollout
+from agl_kernel.emit import operation
+
+_OPERATORS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
+
+
+def _evaluate(node: ast.AST) -> float:
+    if isinstance(node, ast.Expression):
+        return _evaluate(node.body)
+    if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)):
+        return node.value
+    if isinstance(node, ast.BinOp) and type(node.op) in _OPERATORS:
+        return _OPERATORS[type(node.op)](_evaluate(node.left), _evaluate(node.right))
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        return -_evaluate(node.operand)
+    raise ValueError(f"the calculator cannot evaluate {ast.dump(node)}")
+
+
+@operation("calculator")
+def calculator(expression: str) -> float:
+    """The agent's tool: + - * / and parentheses, nothing else (no eval)."""
+    return _evaluate(ast.parse(expression, mode="eval"))
+
+
+@rollout
+def calc_agent(task: dict[str, Any], resources: dict[str, Any]) -> float:
+    """Answer ``task["question"]``; reward 1.0 when it matches ``task["answer"]``. The prompt template resource
+    ``decimals`` (if published) sets the rounding, the agent's only tunable behaviour."""
+    decimals = int(resources["decimals"].format()) if "decimals" in resources else 2
+    result = round(calculator(task["question"]), decimals)
+    return 1.0 if abs(result - task["answer"]) < 1e-9 else 0.0
+
+
+def make_dataset(n: int = 40, seed: int = 0, with_errors: bool = False) -> list[dict[str, Any]]:
+    """``n`` questions; with ``with_errors`` every tenth divides by zero."""
+    rng = random.Random(seed)
+    tasks = []
+    for i in range(n):
+        a, b, c = rng.randint(1, 20), rng.randint(1, 20), rng.randint(1, 9)
+        op = rng.choice(["+", "-", "*", "/"])
+        if with_errors and i % 10 == 9:
+            tasks.append({"question": f"{a} / ({c} - {c})", "answer": 0})
+            continue
+        question = f"({a} {op} {b}) * {c}"
+        tasks.append({"question": question, "answer": round(_evaluate(ast.parse(question, mode="eval")), 2)})
+    return tasks
+
+
+def dataset() -> list[dict[str, Any]]:
+    """The default dataset for ``agl dev --dataset ...:dataset``."""
+    return make_dataset()

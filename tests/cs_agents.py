@@ -1,0 +1,25 @@
+"""Agents for the client-server tests: runner processes import them from this file by path."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+
+def pid_then_hang_once(task, resources):
+    """First attempt of each task: write this process's pid to ``task['pid_file']`` and hang (until killed)."""
+    marker = Path(task["pid_file"])
+    if not marker.exists():
+        marker.write_text(str(os.getpid()))
+        while True:
+            time.sleep(0.05)
+    return 1.0
+
+
+def slow(task, resources):
+    """Busy for ``task['seconds']`` (in short sleeps, so that it can be stopped between them)."""
+    deadline = time.monotonic() + task["seconds"]
+    while time.monotonic() < deadline:
+        time.sleep(0.02)
+    return 1.0
