@@ -2,8 +2,11 @@
 
     python benchmarks/store_cycle.py --store memory
     python benchmarks/store_cycle.py --store sqlite --option synchronous=FULL
+    python benchmarks/store_cycle.py --store sqlite --remote   # through `agl store serve` and HTTP
 
-Every worker is an asyncio task in this process sharing one store instance. Prints the median of --repeat runs
+Every worker is an asyncio task in this process sharing one store instance. With --remote, the store runs in an
+`agl store serve` subprocess (a fresh one per run, on a free port) and the workers share one LightningStoreClient;
+the table then also shows the server's start-up time (process start to /health OK) and its RSS after the run. Prints the median of --repeat runs
 (a fresh store for each) as a table, or JSON with --json.
 """
 
@@ -86,6 +89,60 @@ async def measure(store_name: str, options: dict[str, Any], workers: int, rollou
         await store.close()
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def measure_remote(store_name: str, options: dict[str, Any], workers: int, rollouts: int) -> dict[str, float]:
+    """The same cycle through `agl store serve` (a subprocess) and LightningStoreClient."""
+    import subprocess
+    import time
+
+    import httpx
+
+    from agl_kernel.client import LightningStoreClient
+
+    port = _free_port()
+    command = [sys.executable, "-m", "agl_kernel.cli", "store", "serve", "--backend", store_name, "--port", str(port)]
+    for key, value in options.items():
+        command += ["--path", str(value)] if key == "path" else ["--option", f"{key}={json.dumps(value)}"]
+    started = time.perf_counter()
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with httpx.AsyncClient() as probe:
+            while True:
+                if server.poll() is not None:
+                    raise SystemExit(f"agl store serve exited: {server.stderr.read().decode() if server.stderr else ''}")
+                try:
+                    if (await probe.get(f"{url}/health", timeout=1)).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    await asyncio.sleep(0.01)
+        startup = time.perf_counter() - started
+        client = LightningStoreClient(url)
+        try:
+            result = await run_cycles(AglOps(client), workers=workers, rollouts=rollouts)
+        finally:
+            await client.close()
+        return {**result, "server_startup_s": startup, "server_rss_mb": _rss_mb(server.pid)}
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--store", default="memory", help="store plugin name (agl plugins --kind stores)")
@@ -94,6 +151,7 @@ def main() -> None:
     parser.add_argument("--rollouts", type=int, default=3000, help="rollouts per run")
     parser.add_argument("--repeat", type=int, default=3, help="runs per worker count; the median is reported")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--remote", action="store_true", help="run the store in `agl store serve`, over HTTP")
     args = parser.parse_args()
     worker_counts = [int(w) for w in args.workers.split(",")]
 
@@ -107,24 +165,30 @@ def main() -> None:
                 run_dir = os.path.join(scratch, f"w{workers}-r{run}")
                 os.makedirs(run_dir)
                 options = parse_options(args.store, args.option, run_dir)
-                runs.append(asyncio.run(measure(args.store, options, workers, args.rollouts)))
+                run_once = measure_remote if args.remote else measure
+                runs.append(asyncio.run(run_once(args.store, options, workers, args.rollouts)))
                 progress.advance(task)
             results[workers] = median_of(runs)
 
     if args.json:
-        print(json.dumps({"store": args.store, "rollouts": args.rollouts, "repeat": args.repeat, "results": results}))
+        print(json.dumps({"store": args.store, "remote": args.remote, "rollouts": args.rollouts, "repeat": args.repeat,
+                          "results": results}))
         return
-    title = f"store_cycle: store={args.store}, {args.rollouts} rollouts x 10 spans, median of {args.repeat}"
+    where = " over HTTP (agl store serve)" if args.remote else ""
+    title = f"store_cycle: store={args.store}{where}, {args.rollouts} rollouts x 10 spans, median of {args.repeat}"
     table = Table(title=title)
-    for column in ("workers", "rollouts/s", "spans/s", "dequeue p50 ms", "dequeue p99 ms"):
+    columns = ["workers", "rollouts/s", "spans/s", "dequeue p50 ms", "dequeue p99 ms"]
+    for column in columns + (["server start s", "server RSS MB"] if args.remote else []):
         table.add_column(column, justify="right")
     for workers, r in results.items():
+        remote_cells = [f"{r['server_startup_s']:.2f}", f"{r['server_rss_mb']:.0f}"] if args.remote else []
         table.add_row(
             str(workers),
             f"{r['rollouts_per_s']:,.0f}",
             f"{r['spans_per_s']:,.0f}",
             f"{r['dequeue_p50_ms']:.3f}",
             f"{r['dequeue_p99_ms']:.3f}",
+            *remote_cells,
         )
     Console().print(table)
 

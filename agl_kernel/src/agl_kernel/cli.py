@@ -1,4 +1,4 @@
-"""The ``agl`` command line: ``agl plugins``, ``agl demo`` and the commands that plugins add.
+"""The ``agl`` command line: ``agl plugins``, ``agl demo``, ``agl rollouts why`` and the commands plugins add.
 
 Plugins add commands with the ``agl_register_commands`` hook; it is called the first time a command that is not
 built in is looked up (or ``--help`` lists them), so built-in commands start without loading any plugin.
@@ -133,6 +133,65 @@ def demo_command(store: Optional[str], path: Optional[str], n_tasks: int, n_work
     from agl_kernel._demo import run_demo
 
     run_demo(store=store, path=path, n_tasks=n_tasks, n_workers=n_workers)
+
+
+@cli.group("rollouts")
+def rollouts_group() -> None:
+    """Inspect the rollouts in a store."""
+
+
+@rollouts_group.command("why")
+@click.argument("rollout_id")
+@click.option("--store", default=None, help="The store, by name (see `agl plugins`). Default: sqlite.")
+@click.option("--path", default=None, help="The store's file. Default: ./.agl/agl.db.")
+@click.option("--url", default=None, help="The URL of a store server (`agl store serve`), instead of a file.")
+@click.option("--attempt", "attempt_id", default="latest", show_default=True, help="Which attempt.")
+@click.option("--agent-match", default=None, help="Only LLM calls of agents whose name matches this regex.")
+@click.option("--merge", is_flag=True, help="Merge consecutive calls whose tokens continue each other.")
+@click.option("--final-reward", type=click.Choice(["all", "last", "none"]), default="all", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def rollouts_why_command(
+    rollout_id: str,
+    store: Optional[str],
+    path: Optional[str],
+    url: Optional[str],
+    attempt_id: str,
+    agent_match: Optional[str],
+    merge: bool,
+    final_reward: str,
+    as_json: bool,
+) -> None:
+    """Show the training data (triplets) a rollout gives, and why each LLM call that gave none did not."""
+    import asyncio
+
+    from agl_kernel import _why
+    from agl_kernel.adapters import TripletAdapter
+
+    try:
+        adapter = TripletAdapter(agent_match=agent_match, merge=merge, final_reward=final_reward)  # type: ignore[arg-type]
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="--agent-match") from err
+    report = asyncio.run(_why.explain(_why.open_store(store, path, url), rollout_id, attempt_id, adapter))
+    if as_json:
+        click.echo(_why.to_json(report))
+        return
+    from rich.console import Console
+
+    _why.render(report, Console())
+
+
+def _add_builtin_commands() -> None:
+    from agl_kernel._train_cli import dev_command, runner_command
+
+    cli.add_command(dev_command)
+    cli.add_command(runner_command)
+
+    from agl_kernel.server._cli import store_group
+
+    cli.add_command(store_group)
+
+
+_add_builtin_commands()
 
 
 def main(argv: Optional[list[str]] = None) -> None:

@@ -334,6 +334,13 @@ class Triplet(_Struct, kw_only=True):
     attempt_id: Optional[str] = None
     span_id: Optional[str] = None
     metadata: dict[str, Any] = {}
+    step_reward: Optional[float] = None
+    """The sum of the per-step rewards given to this LLM call (or to an operation around it), if any."""
+    final_reward: Optional[float] = None
+    """The attempt's final reward, when the adapter applies it to this triplet. ``reward`` is the sum of the two."""
+    response_mask: Optional[list[int]] = None
+    """For merged calls: 1 for each response token the model generated, 0 for the tokens in between (tool
+    results, user turns) that continue the conversation; ``None`` when every response token is the model's."""
 
 
 # ---------------------------------------------------------------------------------------------------- queries

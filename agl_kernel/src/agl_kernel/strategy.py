@@ -1,9 +1,14 @@
-"""The execution-strategy interface, and the kernel's shared-memory strategy (``shm`` in ``agl.strategies``)."""
+"""The execution-strategy interface and the kernel's strategies: ``shm`` (one process) and ``cs`` (client-server)."""
 
 from __future__ import annotations
 
 import abc
 import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, Optional
 
@@ -12,7 +17,7 @@ from agl_kernel.runner import LitAgentRunner, Runner
 from agl_kernel.store.base import LightningStore
 from agl_kernel.tracer import Tracer
 
-__all__ = ["ExecutionStrategy", "SharedMemoryStrategy"]
+__all__ = ["ClientServerStrategy", "ExecutionStrategy", "SharedMemoryStrategy"]
 
 
 class ExecutionStrategy(abc.ABC):
@@ -76,3 +81,90 @@ class SharedMemoryStrategy(ExecutionStrategy):
             algo.cancel()
             stop.set()
             await asyncio.gather(algo, *runners, return_exceptions=True)
+
+
+class ClientServerStrategy(ExecutionStrategy):
+    """The store server and the algorithm in this process, ``n_runners`` runner processes talking to the server
+    over HTTP (``cs`` in ``agl.strategies``).
+
+    The runners are ``agl runner`` processes, started and stopped here: on the way out (the algorithm done, an
+    error, Ctrl-C) they get SIGTERM, then SIGKILL after ``stop_timeout`` seconds, and each one also exits by itself
+    when this process is gone, so no runner outlives a run. A runner that dies mid-rollout leaves its attempt to
+    the store's watchdog (``unresponsive_seconds``), which retries it on another runner. More runners, on other
+    machines, can join with ``agl runner --store URL --agent MODULE:NAME`` (``host`` must then be reachable and
+    ``token`` set).
+    """
+
+    def __init__(
+        self,
+        *,
+        n_runners: int = 1,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        token: Optional[str] = None,
+        stop_timeout: float = 5.0,
+    ) -> None:
+        if n_runners < 1:
+            raise ValueError(f"n_runners must be at least 1, not {n_runners}")
+        self.n_runners = n_runners
+        self.host = host
+        self.port = port
+        self.token = token
+        self.stop_timeout = stop_timeout
+        self.url: Optional[str] = None
+        self.processes: list[subprocess.Popen] = []
+
+    async def execute_async(
+        self,
+        *,
+        store: LightningStore,
+        algorithm: Algorithm,
+        agent: Any,
+        train_dataset: Sequence[Any],
+        val_dataset: Optional[Sequence[Any]] = None,
+        tracer: Optional[Tracer] = None,
+    ) -> Any:
+        from agl_kernel._imports import object_spec
+        from agl_kernel.server import running_server
+
+        agent_spec = agent if isinstance(agent, str) else object_spec(agent)
+        tracer_spec = "noop" if tracer is None else object_spec(type(tracer))
+        async with running_server(store, host=self.host, port=self.port, token=self.token) as url:
+            self.url = url
+            self.processes = [self._start_runner(url, agent_spec, tracer_spec, i) for i in range(self.n_runners)]
+            algo = asyncio.create_task(algorithm.run(store, train_dataset, val_dataset), name="agl-algorithm")
+            try:
+                while not algo.done():
+                    await asyncio.wait({algo}, timeout=0.5)
+                    if all(p.poll() is not None for p in self.processes):
+                        codes = ", ".join(str(p.returncode) for p in self.processes)
+                        raise RuntimeError(f"every runner process exited (exit codes {codes}); stopping the run")
+                return algo.result()
+            finally:
+                algo.cancel()
+                await asyncio.gather(algo, return_exceptions=True)
+                await asyncio.to_thread(self._stop_runners)
+
+    def _start_runner(self, url: str, agent_spec: str, tracer_spec: str, index: int) -> subprocess.Popen:
+        env = dict(os.environ)
+        # The runner imports the agent by module name: give it this process's import path.
+        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p and os.path.isdir(p))
+        if self.token:
+            env["AGL_STORE_TOKEN"] = self.token
+        command = [
+            sys.executable, "-m", "agl_kernel.cli", "runner", "--store", url, "--agent", agent_spec,
+            "--tracer", tracer_spec, "--worker-id", f"runner-{index}", "--parent-pid", str(os.getpid()),
+        ]
+        return subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL)
+
+    def _stop_runners(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + self.stop_timeout
+        for process in self.processes:
+            try:
+                process.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()

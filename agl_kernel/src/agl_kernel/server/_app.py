@@ -1,0 +1,155 @@
+"""The app factory: the REST routes, OTLP ingestion, health, metrics, auth, errors and plugin routes in one app."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from litestar import Litestar, Request, Response, get, post
+from litestar.di import Provide
+from litestar.exceptions import HTTPException
+from litestar.openapi import OpenAPIConfig
+from litestar.types import ControllerRouterHandler
+
+from agl_kernel.server._auth import bearer_auth
+from agl_kernel.server._errors import error_body, handle_exception, logger
+from agl_kernel.server._metrics import CONTENT_TYPE_LATEST, UNMATCHED, ServerMetrics
+from agl_kernel.server._otlp import OtlpError, decode_request, decompress, encode_error, encode_success, is_protobuf
+from agl_kernel.server._routes import ServerContext, store_routes
+from agl_kernel.server._wire import MAX_WAIT_SECONDS
+from agl_kernel.store.base import LightningStore
+
+__all__ = ["create_app", "server_context"]
+
+DEFAULT_MAX_BODY_SIZE = 64 * 1024 * 1024
+
+
+def server_context(app: Litestar) -> ServerContext:
+    """The :class:`ServerContext` of an app made by :func:`create_app`."""
+    return app.state["agl"]
+
+
+def _plugin_routes(plugin_manager: Any) -> list[ControllerRouterHandler]:
+    """Route handlers (or routers/controllers) that plugins register through ``agl_server_routes``."""
+    if plugin_manager is None:
+        from agl_kernel.plugins import get_plugin_manager
+
+        plugin_manager = get_plugin_manager()
+    collected: list[ControllerRouterHandler] = []
+
+    def register(*handlers: ControllerRouterHandler) -> None:
+        if not handlers:
+            raise TypeError("register() takes one or more litestar route handlers, routers or controllers")
+        collected.extend(handlers)
+
+    plugin_manager.hook.agl_server_routes(register=register)
+    return collected
+
+
+def create_app(
+    store: LightningStore,
+    *,
+    token: str | None = None,
+    route_handlers: Sequence[ControllerRouterHandler] = (),
+    plugins: bool = True,
+    plugin_manager: Any = None,
+    close_store: bool = True,
+    max_wait: float = MAX_WAIT_SECONDS,
+    poll_slice: float = 1.0,
+    max_body_size: int = DEFAULT_MAX_BODY_SIZE,
+    debug: bool = False,
+) -> Litestar:
+    """A litestar app serving ``store``: the REST API under ``/api/v1``, OTLP at ``/v1/traces``, ``/health``,
+    ``/metrics`` and the OpenAPI document at ``/schema/openapi.json``.
+
+    - ``token``: require ``Authorization: Bearer <token>`` on every route but ``/health``.
+    - ``route_handlers``: more routes (litestar handlers, routers or controllers); with ``plugins``, the routes of
+      every ``agl_server_routes`` hook implementation too (of ``plugin_manager``, default: agl's).
+      Handlers may take a ``store: LightningStore`` parameter (it is injected).
+    - ``close_store``: close the store when the app shuts down (after in-flight requests have finished).
+    - ``max_wait``: the longest a long-poll request is held (clients ask again); ``poll_slice``: how often a long
+      poll looks whether the server is shutting down or the client has gone.
+    - ``max_body_size``: the largest request body accepted (413 beyond).
+    """
+    if max_wait <= 0 or poll_slice <= 0:
+        raise ValueError("max_wait and poll_slice must be positive numbers of seconds")
+    metrics = ServerMetrics()
+    ctx = ServerContext(store=store, metrics=metrics, max_wait=max_wait, poll_slice=poll_slice)
+
+    @get("/health", tags=["server"], summary="Liveness: 200 while the server serves (no auth)")
+    async def health() -> dict[str, str]:
+        if ctx.draining:
+            raise HTTPException(status_code=503, detail="the server is shutting down")
+        return {"status": "ok"}
+
+    @get("/metrics", tags=["server"], summary="Prometheus metrics", media_type=CONTENT_TYPE_LATEST)
+    async def prometheus_metrics() -> Response:
+        stats = await metrics.timed("statistics", store.statistics())
+        return Response(content=metrics.render(stats), media_type=CONTENT_TYPE_LATEST)
+
+    @post("/v1/traces", tags=["otlp"], summary="OTLP/HTTP trace export (protobuf or JSON)", status_code=200)
+    async def otlp_traces(request: Request) -> Response:
+        content_type = request.headers.get("content-type", "")
+        protobuf = is_protobuf(content_type)
+        try:
+            body = decompress(await request.body(), request.headers.get("content-encoding", ""), max_body_size)
+            spans = decode_request(body, content_type)
+            if spans:
+                await metrics.timed("add_many_spans", store.add_many_spans(spans))
+                metrics.otlp_spans.inc(len(spans))
+        except OtlpError as exc:
+            content, media = encode_error(exc.status, str(exc), protobuf, {"error": "invalid_otlp"})
+            return Response(content=content, status_code=exc.status, media_type=media)
+        except Exception as exc:  # noqa: BLE001 - mapped to a status like every other route
+            status, error = error_body(exc)
+            if status >= 500 and error.error_id:
+                logger.error("error id %s: OTLP export failed: %s", error.error_id, exc, exc_info=exc)
+            content, media = encode_error(status, error.message, protobuf, {"error": error.error})
+            return Response(content=content, status_code=status, media_type=media)
+        content, media = encode_success(protobuf)
+        return Response(content=content, status_code=200, media_type=media)
+
+    def count_unmatched(request: Request, exc: Exception) -> Response:
+        response = handle_exception(request, exc)
+        if "route_handler" not in request.scope:  # no route matched: the metrics middleware never saw it
+            metrics.observe_request(request.method, UNMATCHED, response.status_code, 0.0)
+        return response
+
+    async def shutdown() -> None:
+        ctx.draining = True
+        if close_store:
+            try:
+                await store.close()
+            except Exception:  # noqa: BLE001 - shutting down anyway
+                logger.exception("closing the store failed")
+
+    handlers: list[ControllerRouterHandler] = [health, prometheus_metrics, otlp_traces, *store_routes(ctx)]
+    handlers.extend(route_handlers)
+    if plugins:
+        handlers.extend(_plugin_routes(plugin_manager))
+    middleware: list[Any] = [metrics.middleware]
+    if token:
+        middleware.append(bearer_auth(token))
+    from agl_kernel import __version__
+
+    app = Litestar(
+        route_handlers=handlers,
+        middleware=middleware,
+        exception_handlers={Exception: count_unmatched, HTTPException: count_unmatched},
+        dependencies={"store": Provide(lambda: store, use_cache=True, sync_to_thread=False)},
+        on_shutdown=[shutdown],
+        openapi_config=OpenAPIConfig(
+            title="agl store server",
+            version=__version__,
+            description="The agl store contract over HTTP (see docs/server.md), OTLP trace ingestion and metrics.",
+        ),
+        request_max_body_size=max_body_size,
+        debug=debug,
+        logging_config=None,
+    )
+    app.state["agl"] = ctx
+    return app
+
+
+logging.getLogger("agl.server").addHandler(logging.NullHandler())

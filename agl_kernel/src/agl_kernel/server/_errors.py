@@ -1,0 +1,139 @@
+"""Every failure becomes a JSON :class:`~agl_kernel.server._wire.ErrorBody` with a status code and a message.
+
+Store errors keep their meaning (404 unknown id, 409 invalid status transition, 400 invalid query or argument,
+503 store closed); malformed or mistyped bodies get a 400 that names the field; anything unexpected is a 500 with
+an error id, logged here with its traceback, and never a traceback to the client.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+import msgspec
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, SerializationException, ValidationException
+
+from agl_kernel.errors import (
+    AglError,
+    InvalidQueryError,
+    InvalidStatusTransitionError,
+    NotFoundError,
+    StoreClosedError,
+)
+from agl_kernel.models import encode_json
+from agl_kernel.server._wire import ErrorBody
+
+__all__ = ["error_body", "error_response", "handle_exception", "logger"]
+
+logger = logging.getLogger("agl.server")
+
+_STATUS_OF: tuple[tuple[type[BaseException], int], ...] = (
+    (NotFoundError, 404),
+    (InvalidStatusTransitionError, 409),
+    (InvalidQueryError, 400),
+    (StoreClosedError, 503),
+)
+
+_HTTP_CODES = {
+    400: "invalid_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "request_too_large",
+    415: "unsupported_media_type",
+    429: "too_many_requests",
+    503: "unavailable",
+}
+
+
+def _describe_validation(extra: Any) -> tuple[str, list[dict[str, Any]] | None]:
+    """A one-line message naming each bad field, and the details as litestar found them."""
+    if not isinstance(extra, list) or not extra:
+        return "", None
+    parts = []
+    for item in extra:
+        if not isinstance(item, dict):
+            continue
+        message = str(item.get("message", "invalid value"))
+        key = item.get("key")
+        source = item.get("source")
+        where = f" at `{key}`" if key and f"`{key}`" not in message and f"$.{key}" not in message else ""
+        parts.append(f"{message}{where}" + (f" (in the {source})" if source else ""))
+    details = [item for item in extra if isinstance(item, dict)]
+    return "; ".join(parts), details or None
+
+
+def error_body(exc: BaseException) -> tuple[int, ErrorBody]:
+    """The status code and body for ``exc``; a 500's body carries a fresh error id (the caller logs it)."""
+    for cls, status in _STATUS_OF:
+        if isinstance(exc, cls):
+            return status, ErrorBody(error=type(exc).__name__, message=str(exc) or cls.__name__, status=status)
+    if isinstance(exc, HTTPException) and (exc.status_code < 500 or exc.status_code == 503):
+        status = exc.status_code
+        message, details = _describe_validation(exc.extra) if isinstance(exc, ValidationException) else ("", None)
+        detail = exc.detail or _HTTP_CODES.get(status, "request refused")
+        message = f"{detail}: {message}" if message else detail
+        return status, ErrorBody(
+            error=_HTTP_CODES.get(status, f"http_{status}"), message=message, status=status, details=details
+        )
+    if isinstance(exc, AglError):
+        # Another kernel error raised on purpose by the store (e.g. a backend's own): the caller's fault.
+        return 400, ErrorBody(error=type(exc).__name__, message=str(exc) or type(exc).__name__, status=400)
+    if isinstance(exc, (ValueError, msgspec.ValidationError, msgspec.EncodeError)):
+        # Stores raise ValueError for arguments they refuse (limit < 1, a value they cannot encode, ...).
+        return 400, ErrorBody(error="invalid_argument", message=str(exc) or type(exc).__name__, status=400)
+    error_id = uuid.uuid4().hex[:12]
+    return 500, ErrorBody(
+        error="internal",
+        message=f"internal server error (error id {error_id}); the server's log has the details",
+        status=500,
+        error_id=error_id,
+    )
+
+
+def error_response(status: int, body: ErrorBody, headers: dict[str, str] | None = None) -> Response:
+    return Response(content=encode_json(body), status_code=status, media_type="application/json", headers=headers)
+
+
+def _explain(request: Request, exc: Exception, status: int, body: ErrorBody) -> ErrorBody:
+    """Litestar's generic messages for routing and decoding failures, made specific."""
+    method, path = request.method, request.scope.get("path", "")
+    message = None
+    if status == 404 and isinstance(exc, HTTPException) and "route_handler" not in request.scope:
+        message = (
+            f"no route {method} {path}: the store API is under /api/v1, OTLP at /v1/traces; the OpenAPI document "
+            "at /schema/openapi.json lists every route"
+        )
+    elif status == 405 and isinstance(exc, HTTPException):
+        allowed = (exc.headers or {}).get("allow", "")
+        message = f"{method} is not allowed on {path}" + (f"; allowed: {allowed}" if allowed else "")
+    elif status == 400 and isinstance(exc.__cause__, (SerializationException, msgspec.DecodeError)):
+        message = f"the request body is not valid JSON: {exc.__cause__}"
+    elif status == 413:
+        message = "the request body is larger than the server accepts; send smaller batches"
+    if message is None:
+        return body
+    return ErrorBody(error=body.error, message=message, status=status, details=body.details)
+
+
+def handle_exception(request: Request, exc: Exception) -> Response:
+    """Litestar's exception handler for every exception a route raises."""
+    status, body = error_body(exc)
+    body = _explain(request, exc, status, body)
+    if status >= 500 and body.error_id is not None:
+        logger.error(
+            "error id %s: %s %s failed: %s: %s",
+            body.error_id,
+            request.method,
+            request.url.path,
+            type(exc).__name__,
+            exc,
+            exc_info=exc,
+        )
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    if status == 405 and isinstance(exc, HTTPException) and exc.headers:
+        headers = dict(exc.headers)
+    return error_response(status, body, headers)

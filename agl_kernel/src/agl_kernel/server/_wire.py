@@ -1,0 +1,255 @@
+"""Request and response bodies of the store's REST API, shared by the server and :mod:`agl_kernel.client`.
+
+Results are the kernel's own structs (``Rollout``, ``Span``, ``PaginatedResult[...]``, ...); only the arguments of
+the store methods get a shape of their own here. Unknown fields are refused (a typo gets a 400 naming it), and
+query fields are passed to the store unchecked, so that the store's own :class:`~agl_kernel.errors.InvalidQueryError`
+reaches the client. Importing this module needs msgspec only.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import msgspec
+from msgspec import UNSET, UnsetType
+
+from agl_kernel.models import (
+    AttemptStatus,
+    EnqueueRequest,
+    Resource,
+    RolloutConfig,
+    RolloutMode,
+    RolloutStatus,
+    Span,
+    WorkerStatus,
+)
+
+API_PREFIX = "/api/v1"
+"""Every store route lives under this prefix (``/v1/...`` belongs to OTLP and the OpenAI-style proxy)."""
+
+MAX_WAIT_SECONDS = 60.0
+"""The longest a long-poll request is held open; clients that want longer ask again."""
+
+NonNegativeSeconds = Annotated[float, msgspec.Meta(ge=0, description="Seconds; 0 = do not wait.")]
+
+
+class _Body(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    """Base of every request body: keyword-only, unknown fields refused."""
+
+
+# ---------------------------------------------------------------------------------------------------- rollouts
+
+
+class EnqueueManyBody(_Body):
+    requests: list[EnqueueRequest]
+
+
+class StartRolloutBody(EnqueueRequest, frozen=True, kw_only=True):
+    """An :class:`EnqueueRequest` plus the worker that takes the rollout's first attempt."""
+
+    worker_id: str | None = None
+
+
+class DequeueBody(_Body):
+    worker_id: str | None = None
+    timeout: NonNegativeSeconds = 0.0
+    """Seconds to hold the request open while the queue is empty (capped by the server's ``max_wait``)."""
+
+
+class DequeueManyBody(_Body):
+    limit: Annotated[int, msgspec.Meta(ge=1)]
+    worker_id: str | None = None
+    timeout: NonNegativeSeconds = 0.0
+
+
+class WaitBody(_Body):
+    rollout_ids: list[str]
+    timeout: NonNegativeSeconds | None = None
+    """``None`` waits as long as the server holds a request (``max_wait``); the client asks again until done."""
+
+
+class DeleteBody(_Body):
+    rollout_ids: list[str] | None = None
+    ended_before: float | None = None
+
+
+class DeletedCount(_Body):
+    deleted: int
+
+
+class RolloutQuery(_Body):
+    status_in: list[RolloutStatus] | None = None
+    rollout_id_in: list[str] | None = None
+    mode_in: list[RolloutMode] | None = None
+    sort_by: str | None = None
+    sort_order: str = "asc"
+    limit: int | None = None
+    offset: int = 0
+
+
+class RolloutPatch(_Body):
+    """Fields to change; a field left out is left alone (``null`` is a value: it clears ``mode``/``resources_id``)."""
+
+    status: RolloutStatus | UnsetType = UNSET
+    mode: RolloutMode | None | UnsetType = UNSET
+    resources_id: str | None | UnsetType = UNSET
+    config: RolloutConfig | UnsetType = UNSET
+    metadata: dict[str, Any] | UnsetType = UNSET
+
+
+# ---------------------------------------------------------------------------------------------------- attempts
+
+
+class StartAttemptBody(_Body):
+    worker_id: str | None = None
+
+
+class AttemptQuery(_Body):
+    status_in: list[AttemptStatus] | None = None
+    sort_by: str | None = None
+    sort_order: str = "asc"
+    limit: int | None = None
+    offset: int = 0
+
+
+class AttemptPatch(_Body):
+    """Fields to change; every PATCH of an attempt is also a heartbeat."""
+
+    status: AttemptStatus | UnsetType = UNSET
+    worker_id: str | None | UnsetType = UNSET
+    last_heartbeat_time: float | UnsetType = UNSET
+    metadata: dict[str, Any] | UnsetType = UNSET
+
+
+class SequenceIdsBody(_Body):
+    count: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)]
+
+
+# ---------------------------------------------------------------------------------------------------- spans
+
+
+class SpanBatch(_Body):
+    spans: list[Span]
+
+
+class SpanQuery(_Body):
+    attempt_id: str | None = None
+    name: str | None = None
+    sort_by: str | None = None
+    sort_order: str = "asc"
+    limit: int | None = None
+    offset: int = 0
+
+
+class ErrorBody(_Body, omit_defaults=True):
+    """What every 4xx/5xx response carries. ``error`` is a stable code: the kernel error's class name
+    (``NotFoundError``, ``InvalidStatusTransitionError``, ``InvalidQueryError``, ...) or ``invalid_request``,
+    ``unauthorized``, ``not_found``, ``method_not_allowed``, ``internal``, ..."""
+
+    error: str
+    message: str
+    status: int
+    error_id: str | None = None
+    """Only on 500: quote it to find the traceback in the server's log."""
+    details: list[dict[str, Any]] | None = None
+
+
+# ---------------------------------------------------------------------------------------------------- resources
+
+
+class ResourcesBody(_Body):
+    resources: dict[str, Resource]
+
+
+class ResourcesQuery(_Body):
+    resources_id: str | None = None
+    sort_by: str | None = None
+    sort_order: str = "asc"
+    limit: int | None = None
+    offset: int = 0
+
+
+# ---------------------------------------------------------------------------------------------------- workers
+
+
+class WorkerHeartbeat(_Body):
+    heartbeat_stats: dict[str, Any] | UnsetType = UNSET
+
+
+class WorkerQuery(_Body):
+    status_in: list[WorkerStatus] | None = None
+    sort_by: str | None = None
+    sort_order: str = "asc"
+    limit: int | None = None
+    offset: int = 0
+
+
+# ---------------------------------------------------------------------------------------------------- batch
+# ``POST /api/v1/batch`` runs several short store calls in one request, concurrently, each with its own result or
+# error. The client sends the calls its tasks make while earlier requests are on the wire together, so that many
+# concurrent workers cost few requests. Waiting calls are not allowed in a batch (they would hold up the others).
+
+
+class _Op(_Body, tag_field="op"):
+    pass
+
+
+class EnqueueRolloutOp(_Op, tag="enqueue_rollout"):
+    request: EnqueueRequest
+
+
+class DequeueRolloutOp(_Op, tag="dequeue_rollout"):
+    worker_id: str | None = None
+
+
+class AddSpanOp(_Op, tag="add_span"):
+    span: Span
+
+
+class UpdateAttemptOp(_Op, tag="update_attempt"):
+    rollout_id: str
+    attempt_id: str
+    patch: AttemptPatch
+
+
+class UpdateWorkerOp(_Op, tag="update_worker"):
+    worker_id: str
+    heartbeat: WorkerHeartbeat
+
+
+class GetRolloutOp(_Op, tag="get_rollout"):
+    rollout_id: str
+
+
+class GetAttemptOp(_Op, tag="get_attempt"):
+    rollout_id: str
+    attempt_id: str
+
+
+BatchOp = (
+    EnqueueRolloutOp | DequeueRolloutOp | AddSpanOp | UpdateAttemptOp | UpdateWorkerOp | GetRolloutOp | GetAttemptOp
+)
+
+
+class BatchBody(_Body):
+    ops: Annotated[list[BatchOp], msgspec.Meta(max_length=10_000)]
+
+
+class OpResult(_Body, omit_defaults=True):
+    """One call's outcome: ``result`` (what the single-call route answers; ``null`` is a result too, e.g. an
+    empty queue) or ``error``."""
+
+    result: Any = None
+    error: ErrorBody | None = None
+
+
+class RawOpResult(_Body, omit_defaults=True):
+    """:class:`OpResult` with the result left undecoded (the client decodes it by the call's type)."""
+
+    result: msgspec.Raw = msgspec.Raw(b"null")
+    error: ErrorBody | None = None
+
+
+def set_fields(body: msgspec.Struct) -> dict[str, Any]:
+    """The fields of a patch body that were given (not ``UNSET``), as keyword arguments."""
+    return {name: value for name in body.__struct_fields__ if (value := getattr(body, name)) is not UNSET}

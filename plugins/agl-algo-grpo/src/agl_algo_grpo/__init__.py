@@ -1,0 +1,52 @@
+"""GRPO for agents: group-relative advantages over rollouts of the same task, a clipped policy-gradient update of
+a Hugging Face causal LM (fully or with LoRA), checkpoints, and the loop that drives rollouts through the store.
+
+Registered as ``grpo`` in ``agl.algorithms``::
+
+    from agl_algo_grpo import GRPO, GRPOConfig, LLMPublisher
+
+    algorithm = GRPO("Qwen/Qwen2.5-0.5B-Instruct", GRPOConfig(steps=50, group_size=8), publisher=LLMPublisher(...))
+"""
+
+from agl_algo_grpo._algorithm import GRPO, GRPOReport
+from agl_algo_grpo._batching import Batch, RolloutSample, TrainingSample, assign_advantages, collate
+from agl_algo_grpo._config import GRPOConfig, LoraSettings, make_config
+from agl_algo_grpo._losses import group_advantages, policy_loss, token_logprobs
+from agl_algo_grpo._metrics import (
+    METRIC_PREFIX,
+    METRICS_ROLLOUT_KIND,
+    NO_TRIPLET_REASONS,
+    STEP_ATTRIBUTE,
+    TRAINING_STEP_SPAN,
+    VALIDATION_SPAN,
+    MetricsRecorder,
+)
+from agl_algo_grpo._policy import PolicyTrainer
+from agl_algo_grpo._publish import LLMPublisher, PolicyPublisher, WeightSink
+
+__all__ = [
+    "GRPO",
+    "GRPOConfig",
+    "GRPOReport",
+    "LoraSettings",
+    "make_config",
+    "PolicyTrainer",
+    "PolicyPublisher",
+    "LLMPublisher",
+    "WeightSink",
+    "RolloutSample",
+    "TrainingSample",
+    "Batch",
+    "assign_advantages",
+    "collate",
+    "group_advantages",
+    "policy_loss",
+    "token_logprobs",
+    "MetricsRecorder",
+    "TRAINING_STEP_SPAN",
+    "VALIDATION_SPAN",
+    "STEP_ATTRIBUTE",
+    "METRIC_PREFIX",
+    "NO_TRIPLET_REASONS",
+    "METRICS_ROLLOUT_KIND",
+]

@@ -1,0 +1,301 @@
+"""The GRPO algorithm: the loop that publishes the policy, runs groups of rollouts, turns them into triplets with
+advantages and updates the policy (entry point ``grpo`` in ``agl.algorithms``)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Union
+
+import msgspec
+from rich.console import Console
+from torch import nn
+
+from agl_kernel.algorithm import Algorithm
+from agl_kernel.models import EnqueueRequest, Rollout, RolloutConfig, RolloutMode, RolloutStatus, Triplet
+from agl_kernel.rewards import final_reward
+from agl_kernel.store import LightningStore
+
+from agl_algo_grpo._batching import RolloutSample, assign_advantages
+from agl_algo_grpo._config import GRPOConfig, make_config
+from agl_algo_grpo._metrics import MetricsRecorder
+from agl_algo_grpo._policy import PolicyTrainer
+from agl_algo_grpo._publish import PolicyPublisher, as_publisher
+
+__all__ = ["GRPO", "GRPOReport"]
+
+
+class GRPOReport(msgspec.Struct, frozen=True, kw_only=True):
+    """What a GRPO run did: per-step and per-validation metrics, where they are in the store, the last checkpoint."""
+
+    steps_done: int
+    history: list[dict[str, float]]
+    validations: list[dict[str, float]]
+    metrics_rollout_id: Optional[str] = None
+    checkpoint: Optional[str] = None
+    resumed_from: Optional[str] = None
+
+
+@dataclass
+class _Collected:
+    samples: list[RolloutSample]
+    rewards: list[float]
+    succeeded: int
+    no_triplets: list[dict[str, str]]
+
+
+class GRPO(Algorithm):
+    """Group Relative Policy Optimization for agents.
+
+    Each step: publish the policy (``publisher``), enqueue ``group_size`` rollouts of each of ``batch_size`` tasks
+    pinned to it, wait for them (woken by the store), turn each rollout's spans into triplets with ``adapter``
+    (default: the kernel's ``TripletAdapter``), compute group-relative advantages (rule: :mod:`agl_algo_grpo._batching`)
+    and update the policy; then record the step's metrics (:mod:`agl_algo_grpo._metrics`), validate every
+    ``val_every`` steps and checkpoint every ``checkpoint_every``.
+
+    - ``model``: a Hugging Face causal LM module, or its name/path; or pass a ready ``policy`` (:class:`PolicyTrainer`).
+    - ``config``: a :class:`GRPOConfig` or mapping; ``**options`` override its fields (``steps=3``).
+    - ``publisher``: a :class:`PolicyPublisher` (e.g. :class:`LLMPublisher`) or an async function
+      ``(policy, *, version, store, sampling_parameters) -> resources_id``. ``None``: nothing is published and
+      rollouts use the latest resources, so the rollouts do not sample from the trained weights — only for tests.
+    - ``rollout_config``: the store's supervision of each rollout (timeouts, retries).
+    """
+
+    def __init__(
+        self,
+        model: Union[nn.Module, str, None] = None,
+        config: Union[GRPOConfig, Mapping[str, Any], None] = None,
+        *,
+        policy: Optional[PolicyTrainer] = None,
+        publisher: Union[PolicyPublisher, Callable[..., Any], None] = None,
+        rollout_config: Optional[RolloutConfig] = None,
+        console: Optional[Console] = None,
+        **options: Any,
+    ) -> None:
+        self.config = make_config(config, **options)
+        if model is None and policy is None:
+            raise ValueError("GRPO needs the model to train: GRPO(model=<module or name/path>) or GRPO(policy=...)")
+        self.model = model
+        self.policy = policy
+        self.publisher = as_publisher(publisher)
+        self.rollout_config = rollout_config
+        self.console = console if console is not None else (Console() if self.config.console else None)
+        self._published: Optional[tuple[int, Optional[str]]] = None  # (version, resources_id)
+        self._orders: dict[int, list[int]] = {}
+
+    # ------------------------------------------------------------------------------------------------ the loop
+
+    async def run(
+        self, store: LightningStore, train_dataset: Sequence[Any], val_dataset: Optional[Sequence[Any]] = None
+    ) -> GRPOReport:
+        if not train_dataset:
+            raise ValueError("GRPO needs a non-empty train_dataset")
+        if self.policy is None:
+            self.policy = await asyncio.to_thread(PolicyTrainer, self.model, self.config)  # type: ignore[arg-type]
+        policy = self.policy
+        if self.adapter is None:
+            from agl_kernel.adapters import TripletAdapter
+
+            self.adapter = TripletAdapter()
+        self._published = None
+        recorder = MetricsRecorder(store, console=self.console, tensorboard_dir=self.config.tensorboard_dir)
+        resumed = str(policy.resumed_from) if policy.resumed_from is not None else None
+        metrics_rollout_id = await recorder.open({"config": msgspec.to_builtins(self.config), "resumed_from": resumed})
+        history: list[dict[str, float]] = []
+        validations: list[dict[str, float]] = []
+        checkpoint: Optional[str] = None
+        try:
+            if val_dataset and policy.step == 0:
+                validations.append(await self._validate(store, policy, val_dataset, recorder))
+            while policy.step < self.config.steps:
+                history.append(await self._step(store, policy, train_dataset, recorder))
+                if self.config.checkpoint_every and (
+                    policy.step % self.config.checkpoint_every == 0 or policy.step == self.config.steps
+                ):
+                    checkpoint = str(await asyncio.to_thread(policy.save_checkpoint))
+                last = policy.step == self.config.steps
+                every = self.config.val_every
+                if val_dataset and (last or (every and policy.step % every == 0)):
+                    validations.append(await self._validate(store, policy, val_dataset, recorder))
+        except BaseException:
+            await recorder.close(succeeded=False)
+            raise
+        await recorder.close(succeeded=True)
+        return GRPOReport(
+            steps_done=policy.step,
+            history=history,
+            validations=validations,
+            metrics_rollout_id=metrics_rollout_id,
+            checkpoint=checkpoint,
+            resumed_from=resumed,
+        )
+
+    async def _step(
+        self, store: LightningStore, policy: PolicyTrainer, dataset: Sequence[Any], recorder: MetricsRecorder
+    ) -> dict[str, float]:
+        started_wall, started = time.time(), time.perf_counter()
+        step = policy.step
+        resources_id = await self._publish(store, policy)
+        tasks = self.tasks_for_step(dataset, step)
+        requests = [
+            EnqueueRequest(
+                input=task,
+                mode=RolloutMode.TRAIN,
+                resources_id=resources_id,
+                config=self.rollout_config,
+                metadata={"grpo_step": step, "grpo_group": group, "policy_version": policy.version},
+            )
+            for group, task in enumerate(tasks)
+            for _ in range(self.config.group_size)
+        ]
+        rollouts = await store.enqueue_many_rollouts(requests)
+        ended = await self._wait(store, rollouts, f"step {step + 1}/{self.config.steps}")
+        collected = await self._collect(store, rollouts, ended)
+        rollout_time = time.perf_counter() - started
+
+        samples = assign_advantages(collected.samples, scale=self.config.scale_rewards)
+        total = len(samples)
+        if self.config.skip_zero_advantage:
+            samples = [s for s in samples if s.advantage != 0.0]
+        metrics: dict[str, float] = {}
+        if samples:
+            metrics.update(await asyncio.to_thread(policy.train_step, samples))
+        else:
+            policy.skip_step()
+            metrics["update_skipped"] = 1.0
+        metrics.update(
+            rollouts=float(len(rollouts)),
+            rollouts_succeeded=float(collected.succeeded),
+            rollouts_without_triplets=float(len(collected.no_triplets)),
+            triplets=float(total),
+            triplets_trained=float(len(samples)),
+            rollout_time_s=rollout_time,
+            step_time_s=time.perf_counter() - started,
+        )
+        if collected.rewards:
+            metrics["reward_mean"] = sum(collected.rewards) / len(collected.rewards)
+        await recorder.record(policy.step, metrics, no_triplet_reasons=collected.no_triplets, started=started_wall)
+        return metrics
+
+    def tasks_for_step(self, dataset: Sequence[Any], step: int) -> list[Any]:
+        """The ``batch_size`` tasks of ``step``: the dataset walked in a seeded random order, reshuffled each pass,
+        so a resumed run picks up exactly where it left off."""
+        size, n = self.config.batch_size, len(dataset)
+        tasks = []
+        for position in range(step * size, (step + 1) * size):
+            epoch, index = divmod(position, n)
+            if epoch not in self._orders:
+                order = list(range(n))
+                random.Random(self.config.seed * 1_000_003 + epoch).shuffle(order)
+                self._orders[epoch] = order
+            tasks.append(dataset[self._orders[epoch][index]])
+        return tasks
+
+    async def _publish(self, store: LightningStore, policy: PolicyTrainer) -> Optional[str]:
+        if self.publisher is None:
+            return None
+        if self._published is not None and self._published[0] == policy.version:
+            return self._published[1]
+        sampling = {"temperature": self.config.temperature, "max_tokens": self.config.max_tokens}
+        resources_id = await self.publisher.publish(
+            policy, version=policy.version, store=store, sampling_parameters=sampling
+        )
+        self._published = (policy.version, resources_id)
+        return resources_id
+
+    async def _wait(self, store: LightningStore, rollouts: list[Rollout], phase: str) -> dict[str, Rollout]:
+        """Wait (woken by the store) for the rollouts to end, up to ``rollout_timeout``; those left then are
+        cancelled. Returns the ended rollouts by id."""
+        timeout = self.config.rollout_timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
+        ended: dict[str, Rollout] = {}
+        pending = [r.rollout_id for r in rollouts]
+        self.progress.start(phase, len(pending))
+        try:
+            while pending:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    break
+                for rollout in await store.wait_for_rollouts(pending, timeout=min(left or 1.0, 1.0)):
+                    ended[rollout.rollout_id] = rollout
+                pending = [r for r in pending if r not in ended]
+                succeeded = sum(r.status is RolloutStatus.SUCCEEDED for r in ended.values())
+                self.progress.rollouts(done=len(ended), succeeded=succeeded, rewards=[])
+        finally:
+            self.progress.finish()
+        for rollout_id in pending:
+            await store.cancel_rollout(rollout_id)
+        return ended
+
+    async def _collect(self, store: LightningStore, rollouts: list[Rollout], ended: dict[str, Rollout]) -> _Collected:
+        """Triplets (via the adapter) of each rollout that succeeded, with a reason for each that gave none."""
+        samples, rewards, no_triplets, succeeded = [], [], [], 0
+        for index, rollout in enumerate(rollouts):
+            rid = rollout.rollout_id
+            group = index // self.config.group_size
+            done = ended.get(rid)
+            if done is None:
+                no_triplets.append({"rollout_id": rid, "reason": "did not end within rollout_timeout; cancelled"})
+                continue
+            if done.status is not RolloutStatus.SUCCEEDED:
+                no_triplets.append({"rollout_id": rid, "reason": f"the rollout {done.status.value}"})
+                continue
+            succeeded += 1
+            spans = (await store.query_spans(rid, "latest")).items
+            triplets, reward, reason = self._adapt(spans)
+            if reward is not None:
+                rewards.append(reward)
+            if not triplets:
+                no_triplets.append({"rollout_id": rid, "reason": reason})
+                continue
+            samples.append(RolloutSample(rollout_id=rid, group=group, triplets=triplets, final_reward=reward))
+        return _Collected(samples=samples, rewards=rewards, succeeded=succeeded, no_triplets=no_triplets)
+
+    def _adapt(self, spans: Sequence[Any]) -> tuple[list[Triplet], Optional[float], str]:
+        """(triplets, final reward, why there are none) from one attempt's spans, whatever the adapter returns: a
+        ``TripletResult`` (with its report) or a plain list of triplets."""
+        assert self.adapter is not None
+        result = self.adapter.adapt(spans)
+        if isinstance(result, list):
+            found = final_reward(spans)
+            return result, None if found is None else found.value, "the adapter gave no triplets"
+        why = list(result.why()) if hasattr(result, "why") else []
+        reason = "; ".join(why[:2]) or "the adapter gave no triplets"
+        return list(result.triplets), getattr(result, "final_reward", None), reason
+
+    async def _validate(
+        self, store: LightningStore, policy: PolicyTrainer, dataset: Sequence[Any], recorder: MetricsRecorder
+    ) -> dict[str, float]:
+        """Run every validation task once (``mode=VAL``) on the current policy; mean final reward and more."""
+        started_wall = time.time()
+        resources_id = await self._publish(store, policy)
+        requests = [
+            EnqueueRequest(
+                input=task,
+                mode=RolloutMode.VAL,
+                resources_id=resources_id,
+                config=self.rollout_config,
+                metadata={"grpo_validation": policy.step, "policy_version": policy.version},
+            )
+            for task in dataset
+        ]
+        rollouts = await store.enqueue_many_rollouts(requests)
+        ended = await self._wait(store, rollouts, f"validation at step {policy.step}")
+        rewards = []
+        for rollout in rollouts:
+            if rollout.rollout_id in ended:
+                found = final_reward((await store.query_spans(rollout.rollout_id, "latest")).items)
+                if found is not None:
+                    rewards.append(found.value)
+        succeeded = sum(r.status is RolloutStatus.SUCCEEDED for r in ended.values())
+        metrics = {
+            "val_reward_mean": sum(rewards) / len(rewards) if rewards else 0.0,
+            "val_rewarded": len(rewards) / len(rollouts),
+            "val_succeeded": succeeded / len(rollouts),
+            "val_rollouts": float(len(rollouts)),
+        }
+        await recorder.record(policy.step, metrics, validation=True, started=started_wall)
+        return metrics

@@ -1,0 +1,173 @@
+"""From rollouts' triplets to training samples (the advantage rule) and to padded tensors.
+
+**The advantage rule.** Advantages are computed within a *group*: the ``group_size`` rollouts of one task.
+
+- *Outcome rewards only* (no triplet of the group has a ``step_reward``): each rollout's return is its final reward
+  (``RolloutSample.final_reward``; when that is unknown, the reward of its last triplet); returns are normalised
+  over the group's rollouts (:func:`~agl_algo_grpo.group_advantages`) and **every triplet of a rollout gets its
+  rollout's advantage** — all turns of a multi-turn rollout share the credit.
+- *Per-step rewards* (some triplet of the group has a ``step_reward``, put there by the adapter): each triplet is
+  scored by its own ``reward`` (the adapter's sum of its step reward and the final reward it applies to it;
+  ``None`` counts as 0) and normalised over **all triplets of the group's rollouts**, so a turn that earned more
+  than the group's turns on average is pushed up, whatever the rollout's outcome.
+
+Rollouts without triplets take no part (the algorithm counts and reports them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+
+from agl_kernel.models import Triplet
+
+from agl_algo_grpo._losses import group_advantages
+
+__all__ = ["Batch", "RolloutSample", "TrainingSample", "assign_advantages", "collate"]
+
+
+@dataclass
+class RolloutSample:
+    """One finished rollout as GRPO sees it: its task group, its triplets and its final reward."""
+
+    rollout_id: str
+    group: Hashable
+    triplets: list[Triplet]
+    final_reward: Optional[float] = None
+
+
+@dataclass
+class TrainingSample:
+    """A triplet with the advantage it is trained with."""
+
+    triplet: Triplet
+    advantage: float
+    group: Hashable = None
+    rollout_id: Optional[str] = None
+
+
+def _rollout_return(rollout: RolloutSample) -> float:
+    if rollout.final_reward is not None:
+        return float(rollout.final_reward)
+    rewards = [t.reward for t in rollout.triplets if t.reward is not None]
+    return float(rewards[-1]) if rewards else 0.0
+
+
+def assign_advantages(rollouts: Sequence[RolloutSample], *, scale: bool = True) -> list[TrainingSample]:
+    """Training samples for every triplet of ``rollouts``, by the rule in this module's docstring."""
+    by_group: dict[Hashable, list[RolloutSample]] = {}
+    for rollout in rollouts:
+        if rollout.triplets:
+            by_group.setdefault(rollout.group, []).append(rollout)
+    samples: list[TrainingSample] = []
+    for group, members in by_group.items():
+        per_step = any(t.step_reward is not None for r in members for t in r.triplets)
+        if per_step:
+            flat = [(r, t) for r in members for t in r.triplets]
+            advantages = group_advantages(
+                [t.reward if t.reward is not None else 0.0 for _, t in flat], [group] * len(flat), scale=scale
+            )
+            samples += [TrainingSample(t, a, group, r.rollout_id) for (r, t), a in zip(flat, advantages)]
+        else:
+            advantages = group_advantages([_rollout_return(r) for r in members], [group] * len(members), scale=scale)
+            samples += [TrainingSample(t, a, group, r.rollout_id) for r, a in zip(members, advantages) for t in r.triplets]
+    return samples
+
+
+@dataclass
+class Batch:
+    """Right-padded sequences (prompt + response) and per-position tensors aligned with the *next* token:
+    position ``j`` of ``targets``/``loss_mask``/``old_logps`` is about token ``j + 1`` of ``input_ids``."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    targets: torch.Tensor
+    loss_mask: torch.Tensor
+    """1.0 on response tokens the model generated (``Triplet.response_mask``), 0.0 on prompt, padding and the
+    tool/user tokens inside a merged response."""
+    old_logps: torch.Tensor
+    """Logprobs at sampling time (0.0 where none were recorded: see ``has_old_logps``)."""
+    advantages: torch.Tensor
+    has_old_logps: torch.Tensor
+    """Per sequence: whether its sampling-time logprobs were recorded."""
+    token_count: int = 0
+    """Non-padding tokens (prompt + response), for throughput."""
+    truncated: int = 0
+    """Sequences cut to ``max_length``."""
+    rows: list[int] = field(default_factory=list)
+    """Which training samples the rows are, in order."""
+    ref_logps: Optional[torch.Tensor] = None
+    """The reference policy's logprobs (set by the trainer when a KL penalty is asked)."""
+    recomputed: int = 0
+    """Rows whose old logprobs the trainer recomputed."""
+
+    @property
+    def loss_tokens(self) -> int:
+        return int(self.loss_mask.sum())
+
+    def to(self, device: torch.device) -> "Batch":
+        for name in ("input_ids", "attention_mask", "targets", "loss_mask", "old_logps", "advantages"):
+            setattr(self, name, getattr(self, name).to(device))
+        return self
+
+
+def collate(
+    samples: Sequence[TrainingSample],
+    *,
+    pad_token_id: int = 0,
+    max_length: Optional[int] = None,
+    rows: Optional[list[int]] = None,
+) -> Batch:
+    """Pad ``samples`` into a :class:`Batch`. Sequences longer than ``max_length`` lose the end of their response.
+    A response token with no prompt token before it cannot be scored and is left out of the loss."""
+    if not samples:
+        raise ValueError("collate needs at least one sample")
+    sequences, truncated = [], 0
+    for sample in samples:
+        t = sample.triplet
+        ids = list(t.prompt_token_ids) + list(t.response_token_ids)
+        if max_length is not None and len(ids) > max_length:
+            ids, truncated = ids[:max_length], truncated + 1
+        sequences.append(ids)
+    length = max(len(s) for s in sequences)
+    size = (len(samples), length)
+    input_ids = torch.full(size, pad_token_id, dtype=torch.long)
+    attention = torch.zeros(size, dtype=torch.long)
+    loss_mask = torch.zeros((len(samples), max(length - 1, 0)), dtype=torch.float32)
+    old_logps = torch.zeros_like(loss_mask)
+    has_old = torch.zeros(len(samples), dtype=torch.bool)
+    for row, (sample, ids) in enumerate(zip(samples, sequences)):
+        t = sample.triplet
+        input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        attention[row, : len(ids)] = 1
+        prompt = len(t.prompt_token_ids)
+        kept = max(len(ids) - prompt, 0)  # response tokens left after truncation
+        if kept == 0:
+            continue
+        mask = torch.ones(kept) if t.response_mask is None else torch.tensor(t.response_mask[:kept], dtype=torch.float32)
+        logps = t.response_logprobs
+        if logps is not None and len(logps) == len(t.response_token_ids):
+            has_old[row] = True
+        start = prompt - 1  # the position whose next token is the first response token
+        if start < 0:  # no prompt: the first response token has no context to be scored from
+            mask, start, skip = mask[1:], 0, 1
+        else:
+            skip = 0
+        loss_mask[row, start : start + len(mask)] = mask
+        if has_old[row]:
+            old_logps[row, start : start + len(mask)] = torch.tensor(logps[skip:kept], dtype=torch.float32)
+    return Batch(
+        input_ids=input_ids,
+        attention_mask=attention,
+        targets=input_ids[:, 1:].clone(),
+        loss_mask=loss_mask,
+        old_logps=old_logps,
+        advantages=torch.tensor([s.advantage for s in samples], dtype=torch.float32),
+        has_old_logps=has_old,
+        token_count=sum(len(s) for s in sequences),
+        truncated=truncated,
+        rows=list(rows) if rows is not None else list(range(len(samples))),
+    )

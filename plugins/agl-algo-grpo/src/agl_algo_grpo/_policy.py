@@ -1,0 +1,320 @@
+"""The policy and its optimisation: :class:`PolicyTrainer` owns the model (with LoRA adapters, if asked), a frozen
+reference when a KL penalty is asked, the optimizer and the checkpoints."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import random
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import torch
+from torch import nn
+
+from agl_kernel.errors import MissingDependencyError
+
+from agl_algo_grpo._batching import Batch, TrainingSample, collate
+from agl_algo_grpo._checkpoint import latest_checkpoint, prune_checkpoints, read_checkpoint, write_checkpoint
+from agl_algo_grpo._config import GRPOConfig
+from agl_algo_grpo._losses import policy_loss, token_logprobs
+
+__all__ = ["PolicyTrainer", "resolve_device"]
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(config: GRPOConfig) -> tuple[torch.device, torch.dtype, Optional[torch.dtype]]:
+    """``(device, weights dtype, autocast dtype or None)`` for ``config.device`` / ``config.dtype``."""
+    if config.device == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(config.device)
+    if config.dtype != "auto":
+        weights = _DTYPES[config.dtype]
+    elif device.type == "cuda":
+        weights = torch.bfloat16 if config.lora is not None else torch.float32
+    else:
+        weights = torch.float32
+    autocast = torch.bfloat16 if device.type == "cuda" and config.dtype in ("auto", "bfloat16") else None
+    return device, weights, autocast
+
+
+class PolicyTrainer:
+    """Trains a causal LM on GRPO samples.
+
+    ``model`` is a Hugging Face causal LM (``forward(input_ids, attention_mask).logits``), given as a module or a
+    name/path for ``AutoModelForCausalLM.from_pretrained``. With ``config.lora`` it is wrapped in peft LoRA
+    adapters; with ``config.kl_coef > 0`` the initial policy is kept frozen as the reference (with LoRA: the base
+    model, adapters disabled, so no copy). With ``config.resume`` the latest checkpoint is loaded at once.
+
+    ``step`` counts the updates done (restored by :meth:`resume`); ``version`` is the same number, the version of
+    the weights to publish.
+    """
+
+    def __init__(
+        self, model: Union[nn.Module, str], config: Optional[GRPOConfig] = None, *, pad_token_id: Optional[int] = None
+    ) -> None:
+        self.config = config or GRPOConfig()
+        self.device, self.weights_dtype, self.autocast_dtype = resolve_device(self.config)
+        torch.manual_seed(self.config.seed)
+        if isinstance(model, str):
+            model = _load_pretrained(model, self.weights_dtype)
+        model = model.to(device=self.device, dtype=self.weights_dtype)
+        self.pad_token_id = _pad_token_id(model) if pad_token_id is None else pad_token_id
+        self.reference: Optional[nn.Module] = None
+        if self.config.lora is not None:
+            model = _with_lora(model, self.config)
+        elif self.config.kl_coef > 0:
+            self.reference = copy.deepcopy(model).eval().requires_grad_(False)
+        if self.config.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if self.config.lora is not None:
+                model.enable_input_require_grads()
+        self.model: nn.Module = model
+        self.parameters = [p for p in model.parameters() if p.requires_grad]
+        if not self.parameters:
+            raise ValueError("the model has no trainable parameters")
+        self.optimizer = torch.optim.AdamW(
+            self.parameters, lr=self.config.learning_rate, weight_decay=self.config.weight_decay
+        )
+        self.step = 0
+        self.checkpoint_dir = Path(self.config.checkpoint_dir)
+        self.resumed_from: Optional[Path] = self.resume() if self.config.resume else None
+
+    @property
+    def version(self) -> int:
+        return self.step
+
+    @property
+    def lora(self) -> bool:
+        return self.config.lora is not None
+
+    # ------------------------------------------------------------------------------------------------ logprobs
+
+    def _autocast(self) -> Any:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+
+    def _forward_logps(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        with self._autocast():
+            logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
+        return token_logprobs(logits[:, :-1], batch.targets, self.config.temperature)
+
+    @torch.no_grad()
+    def sequence_logprobs(self, samples: Sequence[TrainingSample], *, reference: bool = False) -> torch.Tensor:
+        """Per-position logprobs of the samples' response tokens under the current policy (or the reference),
+        ``[B, T]``, zero outside the loss mask."""
+        batch = collate(samples, pad_token_id=self.pad_token_id).to(self.device)
+        return self._frozen_logps(batch, reference=reference) * batch.loss_mask
+
+    @torch.no_grad()
+    def _frozen_logps(self, batch: Batch, *, reference: bool) -> torch.Tensor:
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            if not reference:
+                return self._forward_logps(self.model, batch)
+            if self.reference is not None:
+                return self._forward_logps(self.reference, batch)
+            with self.model.disable_adapter():  # LoRA: the base model is the reference
+                return self._forward_logps(self.model, batch)
+        finally:
+            self.model.train(was_training)
+
+    # ------------------------------------------------------------------------------------------------ training
+
+    def _micro_batches(self, samples: Sequence[TrainingSample]) -> list[Batch]:
+        order = list(range(len(samples)))
+        random.Random(self.config.seed * 1_000_003 + self.step).shuffle(order)
+        size = self.config.micro_batch_size
+        batches = []
+        for start in range(0, len(order), size):
+            rows = order[start : start + size]
+            batch = collate([samples[i] for i in rows], pad_token_id=self.pad_token_id, rows=rows).to(self.device)
+            # old logprobs: those recorded at sampling time, unless missing or recomputing is asked for
+            recompute = batch.has_old_logps.logical_not()
+            if self.config.recompute_logprobs:
+                recompute[:] = True
+            if bool(recompute.any()):
+                fresh = self._frozen_logps(batch, reference=False)
+                rows_to_fill = recompute.to(self.device).unsqueeze(-1)
+                batch.old_logps = torch.where(rows_to_fill, fresh, batch.old_logps) * batch.loss_mask
+            batch.ref_logps = self._frozen_logps(batch, reference=True) if self.config.kl_coef > 0 else None
+            batch.recomputed = int(recompute.sum())
+            batches.append(batch)
+        return batches
+
+    def train_step(self, samples: Sequence[TrainingSample]) -> dict[str, float]:
+        """One GRPO update on ``samples``: ``epochs_per_step`` passes, each in optimizer steps of
+        ``grad_accumulation`` micro-batches (default: all), the loss a token mean over each optimizer step.
+
+        Returns metrics: ``loss``, ``pg_loss``, ``kl`` (with ``kl_coef``), ``approx_kl``, ``clip_fraction``,
+        ``ratio_mean``, ``ratio_max``, ``grad_norm`` (before clipping, mean over optimizer steps), ``advantage_mean``,
+        ``advantage_abs_mean``, ``sequences``, ``loss_tokens``, ``tokens_per_s``, ``time_s``, ``optimizer_steps``,
+        ``recomputed_logprobs``, ``lr``.
+        """
+        if not samples:
+            raise ValueError("train_step needs at least one sample")
+        started = time.perf_counter()
+        self.model.train()
+        batches = self._micro_batches(samples)
+        per_update = self.config.grad_accumulation or len(batches)
+        token_weighted = ("pg_loss", "kl", "approx_kl", "clip_fraction", "ratio_mean")
+        sums: dict[str, float] = dict.fromkeys(token_weighted, 0.0)
+        weight = 0.0
+        losses, norms, ratio_max, processed = [], [], 0.0, 0
+        generator = random.Random(self.config.seed * 7_919 + self.step)
+        for _ in range(self.config.epochs_per_step):
+            order = list(range(len(batches)))
+            generator.shuffle(order)
+            for start in range(0, len(order), per_update):
+                group = [batches[i] for i in order[start : start + per_update]]
+                normalizer = max(sum(b.loss_tokens for b in group), 1)
+                self.optimizer.zero_grad(set_to_none=True)
+                update_loss = 0.0
+                for batch in group:
+                    new_logps = self._forward_logps(self.model, batch)
+                    loss, metrics = policy_loss(
+                        new_logps,
+                        batch.old_logps,
+                        batch.advantages,
+                        batch.loss_mask,
+                        clip_low=self.config.clip_low,
+                        clip_high=self.config.clip_high,
+                        ref_logps=batch.ref_logps,
+                        kl_coef=self.config.kl_coef,
+                        normalizer=normalizer,
+                    )
+                    loss.backward()
+                    update_loss += float(loss.detach())
+                    processed += batch.token_count
+                    tokens = metrics["tokens"]
+                    weight += tokens
+                    for key in token_weighted:
+                        sums[key] += metrics.get(key, 0.0) * tokens
+                    ratio_max = max(ratio_max, metrics["ratio_max"])
+                limit = self.config.max_grad_norm if self.config.max_grad_norm is not None else math.inf
+                norms.append(float(torch.nn.utils.clip_grad_norm_(self.parameters, limit)))
+                self.optimizer.step()
+                losses.append(update_loss)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        elapsed = time.perf_counter() - started
+        advantages = [s.advantage for s in samples]
+        result = {key: sums[key] / max(weight, 1.0) for key in token_weighted}
+        if self.config.kl_coef <= 0:
+            result.pop("kl")
+        result.update(
+            loss=sum(losses) / len(losses),
+            ratio_max=ratio_max,
+            grad_norm=sum(norms) / len(norms),
+            advantage_mean=sum(advantages) / len(advantages),
+            advantage_abs_mean=sum(abs(a) for a in advantages) / len(advantages),
+            sequences=float(len(samples)),
+            loss_tokens=float(sum(b.loss_tokens for b in batches)),
+            tokens_per_s=processed / max(elapsed, 1e-9),
+            time_s=elapsed,
+            optimizer_steps=float(len(losses)),
+            recomputed_logprobs=float(sum(b.recomputed for b in batches)),
+            lr=float(self.optimizer.param_groups[0]["lr"]),
+        )
+        return result
+
+    def skip_step(self) -> None:
+        """Count a step that had nothing to train on (every advantage 0, no triplets): the step number moves on,
+        the weights do not."""
+        self.step += 1
+
+    # ------------------------------------------------------------------------------------------------ weights
+
+    def state_dict_for_serving(self, dtype: Optional[torch.dtype] = None) -> dict[str, torch.Tensor]:
+        """The policy's weights under the original model's names, ready for ``load_state_dict`` on a copy of the
+        model a server holds. With LoRA the adapters are merged in (``W + ΔW``; the trained model is not changed).
+        Tensors may share storage with the training weights: copy them if you keep them across updates."""
+        with torch.no_grad():
+            if not self.lora:
+                weights = {k: v.detach() for k, v in self.model.state_dict().items()}
+            else:
+                weights = _merged_lora_state_dict(self.model)
+            if dtype is not None:
+                weights = {k: v.to(dtype) if v.is_floating_point() else v for k, v in weights.items()}
+        return weights
+
+    # ------------------------------------------------------------------------------------------------ checkpoints
+
+    def save_checkpoint(self, directory: Union[str, Path, None] = None) -> Path:
+        """Save weights (the adapter only, with LoRA), optimizer state and ``step`` under ``directory`` (default
+        ``config.checkpoint_dir``) as ``step-NNNNNN/``; keeps the newest ``config.keep_checkpoints``."""
+        root = Path(directory) if directory is not None else self.checkpoint_dir
+        path = write_checkpoint(
+            root, self.step, model=self.model, optimizer=self.optimizer, state={"lora": self.lora, "seed": self.config.seed}
+        )
+        prune_checkpoints(root, self.config.keep_checkpoints)
+        return path
+
+    def resume(self, directory: Union[str, Path, None] = None) -> Optional[Path]:
+        """Load the latest checkpoint under ``directory`` (default ``config.checkpoint_dir``), or a checkpoint
+        folder itself; returns its path, or ``None`` when there is none (the policy is left as it is)."""
+        root = Path(directory) if directory is not None else self.checkpoint_dir
+        path = root if (root / "state.json").is_file() else latest_checkpoint(root)
+        if path is None:
+            return None
+        state = read_checkpoint(path, model=self.model, optimizer=self.optimizer, lora=self.lora, device=self.device)
+        self.step = int(state["step"])
+        return path
+
+
+def _load_pretrained(name: str, dtype: torch.dtype) -> nn.Module:
+    try:
+        from transformers import AutoModelForCausalLM
+    except ModuleNotFoundError as exc:  # pragma: no cover - depends on the environment
+        raise MissingDependencyError("loading a model by name needs transformers: pip install transformers") from exc
+    try:
+        return AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
+    except TypeError:  # transformers < 4.56 calls it torch_dtype
+        return AutoModelForCausalLM.from_pretrained(name, torch_dtype=dtype)
+
+
+def _pad_token_id(model: nn.Module) -> int:
+    config = getattr(model, "config", None)
+    for name in ("pad_token_id", "eos_token_id"):
+        value = getattr(config, name, None)
+        if isinstance(value, int):
+            return value
+    return 0  # padding is masked out of attention and loss, so any id the model knows will do
+
+
+def _with_lora(model: nn.Module, config: GRPOConfig) -> nn.Module:
+    try:
+        import peft
+    except ModuleNotFoundError as exc:
+        raise MissingDependencyError("GRPOConfig.lora needs peft: pip install 'agl-algo-grpo[lora]'") from exc
+    lora = config.lora
+    assert lora is not None
+    targets = lora.target_modules if isinstance(lora.target_modules, str) else list(lora.target_modules)
+    settings = peft.LoraConfig(
+        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets, task_type="CAUSAL_LM"
+    )
+    return peft.get_peft_model(model, settings)
+
+
+def _merged_lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    from peft.tuners.lora import LoraLayer
+
+    base = model.get_base_model()
+    weights = {
+        name.replace(".base_layer.", "."): tensor.detach()
+        for name, tensor in base.state_dict().items()
+        if ".lora_" not in name
+    }
+    for name, module in base.named_modules():
+        if isinstance(module, LoraLayer) and hasattr(module, "get_delta_weight"):
+            weight = module.get_base_layer().weight.detach()
+            delta = sum(module.get_delta_weight(adapter) for adapter in module.active_adapters if adapter in module.lora_A)
+            weights[f"{name}.weight"] = weight + delta.to(weight.dtype) if isinstance(delta, torch.Tensor) else weight
+    return weights

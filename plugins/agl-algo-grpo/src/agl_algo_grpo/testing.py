@@ -1,0 +1,63 @@
+"""Test helpers: a tiny randomly initialised Llama and synthetic GRPO samples (for this plugin's tests and for
+anyone testing a loop built on it). Needs transformers."""
+
+from __future__ import annotations
+
+import torch
+
+from agl_kernel.models import Triplet
+
+from agl_algo_grpo._batching import TrainingSample
+from agl_algo_grpo._policy import PolicyTrainer
+
+__all__ = ["VOCAB", "sequence_logps", "synthetic_samples", "tiny_llama", "with_sampling_logprobs"]
+
+VOCAB = 128
+
+
+def tiny_llama(seed: int = 0) -> torch.nn.Module:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        tie_word_embeddings=False,
+    )
+    return LlamaForCausalLM(config)
+
+
+def synthetic_samples(n_prompts: int = 4, seed: int = 1) -> list[TrainingSample]:
+    """For each prompt a response to reinforce (advantage +1) and one to discourage (-1), of different lengths."""
+    g = torch.Generator().manual_seed(seed)
+    samples = []
+    for i in range(n_prompts):
+        prompt = torch.randint(3, VOCAB, (4 + i % 3,), generator=g).tolist()
+        good = torch.randint(3, VOCAB, (3 + i % 2,), generator=g).tolist()
+        bad = torch.randint(3, VOCAB, (4,), generator=g).tolist()
+        samples.append(TrainingSample(Triplet(prompt_token_ids=prompt, response_token_ids=good), 1.0, group=i))
+        samples.append(TrainingSample(Triplet(prompt_token_ids=prompt, response_token_ids=bad), -1.0, group=i))
+    return samples
+
+
+def with_sampling_logprobs(policy: PolicyTrainer, samples: list[TrainingSample]) -> list[TrainingSample]:
+    """The samples with ``response_logprobs`` as a sampler running the policy's current weights would record."""
+    logps = policy.sequence_logprobs(samples)
+    out = []
+    for row, sample in enumerate(samples):
+        t = sample.triplet
+        start = len(t.prompt_token_ids) - 1
+        recorded = logps[row, start : start + len(t.response_token_ids)].tolist()
+        triplet = Triplet(prompt_token_ids=t.prompt_token_ids, response_token_ids=t.response_token_ids, response_logprobs=recorded)
+        out.append(TrainingSample(triplet, sample.advantage, sample.group))
+    return out
+
+
+def sequence_logps(policy: PolicyTrainer, samples: list[TrainingSample]) -> list[float]:
+    """log p(response | prompt) of each sample under the current policy."""
+    return policy.sequence_logprobs(samples).sum(dim=-1).tolist()

@@ -1,0 +1,148 @@
+"""PolicyTrainer on a tiny random Llama: one update, learning behaviour, gradient accumulation, the KL reference,
+checkpoints and resume, LoRA, and the weights exported for a model server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from agl_algo_grpo import GRPOConfig, LoraSettings, PolicyTrainer
+from agl_algo_grpo.testing import sequence_logps, synthetic_samples, tiny_llama, with_sampling_logprobs
+
+CPU = {"device": "cpu"}
+
+
+def _weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def test_one_update_with_sampling_time_logprobs(samples) -> None:
+    policy = PolicyTrainer(tiny_llama(), GRPOConfig(learning_rate=1e-3, micro_batch_size=3, **CPU))
+    assert policy.device.type == "cpu" and next(policy.model.parameters()).dtype == torch.float32
+    recorded = with_sampling_logprobs(policy, samples)
+    before = _weights(policy.model)
+    metrics = policy.train_step(recorded)
+    assert policy.step == 1 and policy.version == 1
+    assert all(torch.isfinite(torch.tensor(v)) for v in metrics.values())
+    # the logprobs were recorded with these very weights: the first (only) optimizer step sees ratio 1
+    assert metrics["ratio_mean"] == pytest.approx(1.0, abs=1e-5)
+    assert metrics["approx_kl"] == pytest.approx(0.0, abs=1e-6) and metrics["clip_fraction"] == 0.0
+    assert metrics["recomputed_logprobs"] == 0 and metrics["grad_norm"] > 0 and metrics["optimizer_steps"] == 1
+    assert metrics["sequences"] == 8 and metrics["loss_tokens"] == sum(len(s.triplet.response_token_ids) for s in samples)
+    after = policy.model.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_positive_advantage_sequences_become_more_likely(samples) -> None:
+    config = GRPOConfig(learning_rate=3e-3, epochs_per_step=2, micro_batch_size=2, grad_accumulation=1, **CPU)
+    policy = PolicyTrainer(tiny_llama(), config)
+    start = sequence_logps(policy, samples)
+    for _ in range(4):
+        metrics = policy.train_step(samples)  # no recorded logprobs: recomputed from the current weights each step
+        assert metrics["recomputed_logprobs"] == len(samples)
+    assert metrics["optimizer_steps"] == 8  # 4 micro-batches × 2 epochs, one optimizer step each
+    end = sequence_logps(policy, samples)
+    for sample, a, b in zip(samples, start, end):
+        if sample.advantage > 0:
+            assert b > a + 0.5, "a reinforced response did not become more likely"
+        else:
+            assert b < a - 0.5, "a discouraged response did not become less likely"
+
+
+def test_gradient_accumulation_gives_the_token_mean_of_the_whole_batch(samples) -> None:
+    one = PolicyTrainer(tiny_llama(), GRPOConfig(micro_batch_size=8, **CPU))
+    many = PolicyTrainer(tiny_llama(), GRPOConfig(micro_batch_size=1, **CPU))  # 8 micro-batches, one update
+    a, b = one.train_step(samples), many.train_step(samples)
+    assert b["optimizer_steps"] == a["optimizer_steps"] == 1
+    assert b["loss"] == pytest.approx(a["loss"], rel=1e-5, abs=1e-7)
+    assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4)
+
+
+def test_kl_penalty_against_a_frozen_reference(samples) -> None:
+    config = GRPOConfig(learning_rate=1e-2, kl_coef=0.1, epochs_per_step=2, **CPU)
+    policy = PolicyTrainer(tiny_llama(), config)
+    assert policy.reference is not None
+    reference = _weights(policy.reference)
+    first = policy.train_step(samples)
+    second = policy.train_step(samples)
+    assert first["kl"] >= 0 and second["kl"] > first["kl"] > 0  # the policy moves away from the reference
+    assert all(torch.equal(v, policy.reference.state_dict()[k]) for k, v in reference.items())
+
+
+def test_checkpoint_and_resume_restore_step_weights_and_optimizer(tmp_path: Path, samples) -> None:
+    config = GRPOConfig(learning_rate=1e-3, checkpoint_dir=str(tmp_path / "ckpt"), keep_checkpoints=2, **CPU)
+    policy = PolicyTrainer(tiny_llama(), config)
+    assert PolicyTrainer(tiny_llama(), GRPOConfig(resume=True, checkpoint_dir=config.checkpoint_dir)).step == 0
+    for _ in range(3):
+        policy.train_step(samples)
+        path = policy.save_checkpoint()
+    assert path.name == "step-000003"
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["step-000002", "step-000003"]  # pruned
+
+    resumed = PolicyTrainer(tiny_llama(seed=5), GRPOConfig(**{**_fields(config), "resume": True}))
+    assert resumed.step == 3 and resumed.resumed_from == path
+    trained = policy.model.state_dict()
+    assert all(torch.equal(trained[k], v) for k, v in resumed.model.state_dict().items())
+    state_a, state_b = policy.optimizer.state_dict()["state"], resumed.optimizer.state_dict()["state"]
+    assert all(torch.equal(state_a[i]["exp_avg"], state_b[i]["exp_avg"]) for i in state_a)
+    # and both continue identically
+    policy.train_step(samples), resumed.train_step(samples)
+    assert all(torch.allclose(policy.model.state_dict()[k], v) for k, v in resumed.model.state_dict().items())
+
+
+def _fields(config: GRPOConfig) -> dict:
+    return {name: getattr(config, name) for name in config.__struct_fields__}
+
+
+def test_serving_weights_without_lora_are_the_model_weights(samples) -> None:
+    policy = PolicyTrainer(tiny_llama(), GRPOConfig(**CPU))
+    policy.train_step(samples)
+    served = policy.state_dict_for_serving(torch.bfloat16)
+    assert served.keys() == policy.model.state_dict().keys()
+    assert all(v.dtype == torch.bfloat16 for v in served.values())
+
+
+def test_lora_trains_adapters_only_and_serves_merged_weights(tmp_path: Path, samples) -> None:
+    pytest.importorskip("peft", reason="LoRA needs peft: pip install 'agl-algo-grpo[lora]'")
+    lora = LoraSettings(r=4, alpha=8, target_modules=("q_proj", "v_proj"))
+    config = GRPOConfig(learning_rate=1e-2, lora=lora, kl_coef=0.05, checkpoint_dir=str(tmp_path), **CPU)
+    base = tiny_llama()
+    original = _weights(base)
+    policy = PolicyTrainer(base, config)
+    assert policy.reference is None  # the base model (adapters disabled) is the reference
+    start = sequence_logps(policy, samples)
+    for _ in range(3):
+        metrics = policy.train_step(samples)
+    assert metrics["kl"] > 0
+    end = sequence_logps(policy, samples)
+    gains = [b - a if s.advantage > 0 else a - b for s, a, b in zip(samples, start, end)]
+    assert sum(gains) > 0
+    # the base weights are untouched; the served weights are the base's names with the adapters merged in
+    base_now = policy.model.get_base_model()
+    assert torch.equal(base_now.model.layers[0].self_attn.q_proj.base_layer.weight, original["model.layers.0.self_attn.q_proj.weight"])
+    served = policy.state_dict_for_serving()
+    assert served.keys() == original.keys()
+    changed = [k for k in served if not torch.equal(served[k], original[k])]
+    assert changed and all(k.endswith(("q_proj.weight", "v_proj.weight")) for k in changed)
+    server_copy = tiny_llama(seed=9)
+    server_copy.load_state_dict(served)
+    ids = torch.tensor([samples[0].triplet.prompt_token_ids])
+    policy.model.eval()
+    with torch.no_grad():
+        assert torch.allclose(server_copy(input_ids=ids).logits, policy.model(input_ids=ids).logits, atol=1e-5)
+
+    path = policy.save_checkpoint()
+    assert (path / "model" / "adapter_model.safetensors").is_file()
+    resumed = PolicyTrainer(tiny_llama(), GRPOConfig(**{**_fields(config), "resume": True}))
+    assert resumed.step == 3
+    assert all(torch.equal(served[k], v) for k, v in resumed.state_dict_for_serving().items())
+    with pytest.raises(ValueError, match="written with LoRA on"):
+        PolicyTrainer(tiny_llama(), GRPOConfig(checkpoint_dir=str(tmp_path), resume=True, **CPU))
+
+
+def test_train_step_needs_samples() -> None:
+    with pytest.raises(ValueError, match="at least one sample"):
+        PolicyTrainer(tiny_llama(), GRPOConfig(**CPU)).train_step([])
+    assert len(synthetic_samples(2)) == 4

@@ -1,0 +1,101 @@
+"""Reading new weights (a safetensors file, a Hugging Face directory, or safetensors bytes pushed by a trainer) and
+copying them into the served module in place."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+__all__ = ["WeightsError", "apply_state_dict", "read_safetensors_bytes", "read_weights_path"]
+
+
+class WeightsError(ValueError):
+    """New weights that do not fit the served model (unknown names, wrong shapes, missing tensors, unreadable
+    data); nothing was changed."""
+
+
+def read_safetensors_bytes(data: bytes) -> dict[str, torch.Tensor]:
+    """A state dict from the bytes of a safetensors file (what ``safetensors.torch.save(state_dict)`` returns)."""
+    from safetensors.torch import load
+
+    if not data:
+        raise WeightsError("the request body is empty: send the bytes of a safetensors file (safetensors.torch.save)")
+    try:
+        return load(bytes(data))
+    except Exception as err:  # noqa: BLE001 - the library raises several types for bad data
+        raise WeightsError(f"the body is not a safetensors file: {err}") from err
+
+
+def read_weights_path(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """A state dict from a ``.safetensors`` file or a directory holding one or more (a ``save_pretrained`` folder,
+    sharded or not)."""
+    from safetensors.torch import load_file
+
+    where = Path(path).expanduser()
+    if where.is_dir():
+        files = sorted(where.glob("*.safetensors"))
+        if not files:
+            raise WeightsError(f"{str(where)!r} has no .safetensors file (save the model with save_pretrained)")
+    elif where.is_file():
+        files = [where]
+    else:
+        raise WeightsError(f"{str(where)!r} does not exist on the model server's machine")
+    state: dict[str, torch.Tensor] = {}
+    for file in files:
+        try:
+            state.update(load_file(str(file)))
+        except Exception as err:  # noqa: BLE001
+            raise WeightsError(f"cannot read {str(file)!r} as safetensors: {err}") from err
+    return state
+
+
+def _normalize_names(state: Mapping[str, torch.Tensor], known: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """Accept names with a ``module.`` prefix (DDP/FSDP wrappers) as well."""
+    out: dict[str, torch.Tensor] = {}
+    for name, tensor in state.items():
+        if name not in known and name.startswith("module.") and name[7:] in known:
+            name = name[7:]
+        out[name] = tensor
+    return out
+
+
+def apply_state_dict(model: torch.nn.Module, state: Mapping[str, torch.Tensor], *, partial: bool = False) -> int:
+    """Copy ``state`` into ``model``'s parameters and buffers in place; returns how many tensors were copied.
+
+    Everything is checked before anything is copied: unknown names, shape mismatches, and (unless ``partial``)
+    tensors of the model that ``state`` leaves out raise :class:`WeightsError`. Tied weights count as present when
+    any of their names is given (``save_pretrained`` stores a tied ``lm_head.weight`` once, as the embedding)."""
+    targets = model.state_dict(keep_vars=True)
+    state = _normalize_names(state, targets)
+    unknown = sorted(set(state) - set(targets))
+    if unknown:
+        raise WeightsError(
+            f"{len(unknown)} tensor(s) are not in the served model, e.g. {unknown[:3]}; the model has names like "
+            f"{sorted(targets)[:3]}"
+        )
+    wrong = [
+        f"{name}: {tuple(tensor.shape)} (model: {tuple(targets[name].shape)})"
+        for name, tensor in state.items()
+        if tuple(tensor.shape) != tuple(targets[name].shape)
+    ]
+    if wrong:
+        raise WeightsError(f"{len(wrong)} tensor(s) have the wrong shape: {'; '.join(wrong[:3])}")
+    if not partial:
+        # Group the model's names by the tensor they refer to: a group is covered when any of its names is given.
+        groups: dict[int, list[str]] = {}
+        for name, tensor in targets.items():
+            groups.setdefault(id(tensor), []).append(name)
+        missing = [names[0] for names in groups.values() if not any(n in state for n in names)]
+        if missing:
+            raise WeightsError(
+                f"{len(missing)} tensor(s) of the model are missing, e.g. {missing[:3]}; send them all, or set "
+                f"partial=true to update only the ones sent"
+            )
+    with torch.no_grad():
+        for name, tensor in state.items():
+            target = targets[name]
+            target.copy_(tensor.to(device=target.device, dtype=target.dtype))
+    return len(state)

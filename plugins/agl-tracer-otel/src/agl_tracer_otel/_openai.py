@@ -1,0 +1,518 @@
+"""Instrumentation of the OpenAI Python client: ``chat.completions.create`` and ``completions.create``, sync and
+async, streaming or not, so that agents calling any OpenAI-compatible server are traced with no change.
+
+The ``create`` methods of the resource classes are wrapped, process-wide, once. A wrapped call records a span
+only inside a trace context of an :class:`~agl_tracer_otel.OtelTracer`; anywhere else it is the original call
+plus one context-variable read. The span (``chat <model>`` / ``text_completion <model>``, kind CLIENT) carries
+the request, the response, usage and, when the server returns them, prompt and response token ids and logprobs
+(vLLM style: ``prompt_token_ids`` on the response or a choice, ``token_ids`` on each choice; in streams, on the
+chunks). Attribute names are in :mod:`agl_kernel.semconv`.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import importlib.abc
+import importlib.util
+import inspect
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any, Optional
+from urllib.parse import urlsplit
+
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from agl_kernel import semconv
+from agl_kernel.emit import set_last_llm_call, to_json
+from agl_kernel.genai import to_genai_messages, to_genai_output
+from agl_kernel.tracer import current_scope, exception_attributes
+
+__all__ = ["instrument_openai", "uninstrument_openai"]
+
+_TARGETS = (
+    ("openai.resources.chat.completions", "Completions", "chat", False),
+    ("openai.resources.chat.completions", "AsyncCompletions", "chat", True),
+    ("openai.resources.completions", "Completions", "text_completion", False),
+    ("openai.resources.completions", "AsyncCompletions", "text_completion", True),
+)
+_lock = threading.Lock()
+_patched: list[tuple[type, Any]] = []
+
+_NUMERIC = {
+    "temperature": semconv.GEN_AI_REQUEST_TEMPERATURE,
+    "top_p": semconv.GEN_AI_REQUEST_TOP_P,
+    "seed": semconv.GEN_AI_REQUEST_SEED,
+    "frequency_penalty": semconv.GEN_AI_REQUEST_FREQUENCY_PENALTY,
+    "presence_penalty": semconv.GEN_AI_REQUEST_PRESENCE_PENALTY,
+}
+_USAGE = {"prompt_tokens": semconv.GEN_AI_USAGE_INPUT_TOKENS, "completion_tokens": semconv.GEN_AI_USAGE_OUTPUT_TOKENS}
+# Request keys that get an attribute of their own, or that are transport details rather than the request.
+_HANDLED = {"model", "messages", "prompt", "tools", "stop", "n", "stream", "max_tokens", "max_completion_tokens"}
+_NOT_RECORDED = {"extra_headers", "extra_query", "timeout"}
+
+
+def instrument_openai() -> bool:
+    """Wrap the OpenAI client's ``create`` methods (idempotent). ``False`` when ``openai`` is not installed."""
+    try:
+        import openai  # noqa: F401
+    except ImportError:
+        return False
+    with _lock:
+        if _patched:
+            return True
+        for module_name, class_name, operation, is_async in _TARGETS:
+            cls = getattr(importlib.import_module(module_name), class_name)
+            original = cls.__dict__["create"]
+            wrapper = (_async_wrapper if is_async else _sync_wrapper)(original, operation)
+            setattr(cls, "create", wrapper)
+            _patched.append((cls, original))
+    return True
+
+
+class _InstrumentOnImport(importlib.abc.MetaPathFinder):
+    """Instruments ``openai`` right after it is first imported, so that a process that never imports it does not
+    pay for importing it (about a second)."""
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
+        if fullname != "openai":
+            return None
+        with _lock:
+            if self in sys.meta_path:
+                sys.meta_path.remove(self)
+        spec = importlib.util.find_spec("openai")
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        execute = spec.loader.exec_module
+
+        def exec_module(module: Any) -> None:
+            execute(module)
+            instrument_openai()
+
+        spec.loader.exec_module = exec_module  # type: ignore[method-assign]
+        return spec
+
+
+_on_import = _InstrumentOnImport()
+
+
+def instrument_openai_when_imported() -> str:
+    """Instrument ``openai`` now if it is imported, else as soon as it is: ``"instrumented"``, ``"on import"``,
+    or ``"not installed"``."""
+    if "openai" in sys.modules:
+        return "instrumented" if instrument_openai() else "not installed"
+    if importlib.util.find_spec("openai") is None:
+        return "not installed"
+    with _lock:
+        if _on_import not in sys.meta_path:
+            sys.meta_path.insert(0, _on_import)
+    return "on import"
+
+
+def uninstrument_openai() -> None:
+    """Put the original ``create`` methods back (and forget a pending instrumentation on import)."""
+    with _lock:
+        if _on_import in sys.meta_path:
+            sys.meta_path.remove(_on_import)
+        while _patched:
+            cls, original = _patched.pop()
+            setattr(cls, "create", original)
+
+
+def _active_tracer() -> Any:
+    scope = current_scope()
+    if scope is None:
+        return None
+    from agl_tracer_otel._tracer import OtelTracer
+
+    return scope.tracer if isinstance(scope.tracer, OtelTracer) else None
+
+
+# ---------------------------------------------------------------------------------------------------- wrappers
+
+
+def _sync_wrapper(original: Any, operation: str) -> Any:
+    @functools.wraps(original)
+    def create(self: Any, *args: Any, **kwargs: Any) -> Any:
+        tracer = _active_tracer()
+        if tracer is None:
+            return original(self, *args, **kwargs)
+        kwargs, span = _start(tracer, operation, self, kwargs)
+        started = time.monotonic()
+        try:
+            with trace.use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False):
+                result = original(self, *args, **kwargs)
+        except BaseException as error:
+            _finish(span, {}, error)
+            raise
+        return _record_result(span, operation, result, started)
+
+    return create
+
+
+def _async_wrapper(original: Any, operation: str) -> Any:
+    @functools.wraps(original)
+    async def create(self: Any, *args: Any, **kwargs: Any) -> Any:
+        tracer = _active_tracer()
+        if tracer is None:
+            return await original(self, *args, **kwargs)
+        kwargs, span = _start(tracer, operation, self, kwargs)
+        started = time.monotonic()
+        try:
+            with trace.use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False):
+                result = await original(self, *args, **kwargs)
+        except BaseException as error:
+            _finish(span, {}, error)
+            raise
+        return _record_result(span, operation, result, started)
+
+    return create
+
+
+def _start(tracer: Any, operation: str, resource: Any, kwargs: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+    kwargs = dict(kwargs)
+    messages = kwargs.get("messages")
+    if messages is not None and not isinstance(messages, (list, tuple)):  # an iterator can only be read once
+        kwargs["messages"] = list(messages)
+    if tracer.request_token_ids:
+        extra = dict(kwargs.get("extra_body") or {})
+        extra.setdefault("return_token_ids", True)
+        kwargs["extra_body"] = extra
+    if tracer.request_logprobs and "logprobs" not in kwargs:
+        kwargs["logprobs"] = True if operation == "chat" else 0
+    attributes = _request_attributes(operation, kwargs, resource)
+    name = f"{operation} {attributes.get(semconv.GEN_AI_REQUEST_MODEL, '')}".rstrip()
+    span = tracer.otel_tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attributes)
+    set_last_llm_call(f"{span.get_span_context().span_id:016x}")
+    return kwargs, span
+
+
+def _finish(span: Any, attributes: dict[str, Any], error: Optional[BaseException]) -> None:
+    if attributes:
+        span.set_attributes(attributes)
+    if error is not None and not isinstance(error, GeneratorExit):
+        span.set_attributes({**exception_attributes(error), "error.type": type(error).__qualname__})
+        span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+    span.end()
+
+
+def _record_result(span: Any, operation: str, result: Any, started: float) -> Any:
+    """Record what ``create`` returned; a stream is wrapped so that its chunks are recorded as they are read."""
+    value = result
+    if type(result).__name__ == "LegacyAPIResponse":  # with_raw_response: the body is read; parse() is cached
+        value = result.parse()
+    iterator = getattr(value, "_iterator", None)
+    if iterator is not None:
+        record = _StreamRecord(operation, started)
+        if hasattr(iterator, "__anext__"):
+            value._iterator = _traced_async(iterator, span, record)
+        else:
+            value._iterator = _traced(iterator, span, record)
+        _close_with(value, span, record)
+    elif hasattr(value, "choices"):
+        _finish(span, _response_attributes(operation, value), None)
+    else:
+        _finish(
+            span,
+            {
+                semconv.LLM_RESPONSE_CAPTURED: False,
+                semconv.LLM_NOT_CAPTURED_REASON: f"the call returned a {type(result).__name__}, which agl does not "
+                f"read (with_streaming_response); use create() or with_raw_response",
+            },
+            None,
+        )
+    return result
+
+
+def _close_with(stream: Any, span: Any, record: "_StreamRecord") -> None:
+    """Closing the stream (``close()``, leaving ``with``) ends the span at once, not when the stream is collected."""
+    original = getattr(stream, "close", None)
+    if original is None:
+        return
+    traced = stream._iterator
+    if inspect.iscoroutinefunction(original):
+
+        async def aclose() -> None:
+            try:
+                await original()
+            finally:
+                if not record.reading:  # never read: closing it would not run its `finally`
+                    record.end(span, None)
+                await traced.aclose()
+
+        stream.close = aclose
+    else:
+
+        def close() -> None:
+            try:
+                original()
+            finally:
+                if not record.reading:
+                    record.end(span, None)
+                traced.close()
+
+        stream.close = close
+
+
+def _traced(iterator: Any, span: Any, record: "_StreamRecord") -> Any:
+    record.reading = True
+    error: Optional[BaseException] = None
+    try:
+        for chunk in iterator:
+            record.add(chunk)
+            yield chunk
+    except BaseException as exc:
+        error = exc
+        raise
+    finally:
+        record.end(span, error)
+
+
+async def _traced_async(iterator: Any, span: Any, record: "_StreamRecord") -> Any:
+    record.reading = True
+    error: Optional[BaseException] = None
+    try:
+        async for chunk in iterator:
+            record.add(chunk)
+            yield chunk
+    except BaseException as exc:
+        error = exc
+        raise
+    finally:
+        record.end(span, error)
+
+
+# ---------------------------------------------------------------------------------------------------- attributes
+
+
+def _given(value: Any) -> bool:
+    return value is not None and type(value).__name__ not in ("NotGiven", "Omit")
+
+
+def _request_attributes(operation: str, kwargs: Mapping[str, Any], resource: Any) -> dict[str, Any]:
+    given = {k: v for k, v in kwargs.items() if _given(v)}
+    attributes: dict[str, Any] = {
+        semconv.GEN_AI_OPERATION_NAME: operation,
+        semconv.GEN_AI_PROVIDER_NAME: "openai",
+        semconv.GEN_AI_REQUEST_STREAM: bool(given.get("stream")),
+    }
+    if "model" in given:
+        attributes[semconv.GEN_AI_REQUEST_MODEL] = str(given["model"])
+    for key, name in _NUMERIC.items():
+        if isinstance(given.get(key), (int, float)) and not isinstance(given[key], bool):
+            attributes[name] = given[key]
+    max_tokens = given.get("max_tokens", given.get("max_completion_tokens"))
+    if isinstance(max_tokens, int):
+        attributes[semconv.GEN_AI_REQUEST_MAX_TOKENS] = max_tokens
+    stop = given.get("stop")
+    if isinstance(stop, str):
+        attributes[semconv.GEN_AI_REQUEST_STOP_SEQUENCES] = [stop]
+    elif isinstance(stop, (list, tuple)) and all(isinstance(s, str) for s in stop):
+        attributes[semconv.GEN_AI_REQUEST_STOP_SEQUENCES] = list(stop)
+    if isinstance(given.get("n"), int) and given["n"] != 1:
+        attributes[semconv.GEN_AI_REQUEST_CHOICE_COUNT] = given["n"]
+    if operation == "chat":
+        attributes[semconv.GEN_AI_INPUT_MESSAGES] = to_json(to_genai_messages(given.get("messages") or []))
+    else:
+        prompt = given.get("prompt")
+        if isinstance(prompt, str):
+            attributes[semconv.LLM_PROMPT_TEXT] = prompt
+            messages = to_genai_messages([{"role": "user", "content": prompt}])
+            attributes[semconv.GEN_AI_INPUT_MESSAGES] = to_json(messages)
+        elif _int_list(prompt) is not None:  # the prompt given as token ids: they are the prompt's token ids
+            attributes[semconv.LLM_PROMPT_TOKEN_IDS] = list(prompt)
+    if "tools" in given:
+        attributes[semconv.GEN_AI_TOOL_DEFINITIONS] = to_json(given["tools"])
+    rest = {k: v for k, v in given.items() if k not in _HANDLED and k not in _NOT_RECORDED and k not in _NUMERIC}
+    if rest:
+        attributes[semconv.LLM_REQUEST_PARAMS] = to_json(rest)
+    base_url = getattr(getattr(resource, "_client", None), "base_url", None)
+    if base_url is not None:
+        url = urlsplit(str(base_url))
+        if url.hostname:
+            attributes["server.address"] = url.hostname
+        if url.port:
+            attributes["server.port"] = url.port
+    return attributes
+
+
+def _extra(obj: Any, name: str) -> Any:
+    """A field the SDK's models do not declare (the server's extras, e.g. vLLM's token ids)."""
+    value = getattr(obj, name, None)
+    if value is None:
+        extra = getattr(obj, "model_extra", None) or {}
+        value = extra.get(name)
+    return value
+
+
+def _int_list(value: Any) -> Optional[list[int]]:
+    if isinstance(value, (list, tuple)) and value and all(type(x) is int for x in value):
+        return list(value)
+    return None
+
+
+def _logprobs(operation: str, logprobs: Any) -> Optional[list[float]]:
+    if logprobs is None:
+        return None
+    if operation == "chat":
+        content = getattr(logprobs, "content", None)
+        return None if content is None else [float(t.logprob) for t in content]
+    values = getattr(logprobs, "token_logprobs", None)
+    return None if values is None else [float(v) if v is not None else 0.0 for v in values]
+
+
+def _dump(obj: Any) -> dict[str, Any]:
+    dump = getattr(obj, "model_dump", None)
+    return dump(exclude_none=True) if callable(dump) else dict(obj)
+
+
+def _response_attributes(operation: str, response: Any) -> dict[str, Any]:
+    choices = list(getattr(response, "choices", None) or [])
+    first = choices[0] if choices else None
+    outputs = []
+    for choice in choices:
+        message = _dump(choice.message) if operation == "chat" else {"role": "assistant", "content": choice.text}
+        outputs.append(to_genai_output(message, choice.finish_reason))
+    text = (first.message.content if operation == "chat" else first.text) if first is not None else None
+    return _common_attributes(
+        response_id=getattr(response, "id", None),
+        model=getattr(response, "model", None),
+        usage=getattr(response, "usage", None),
+        finish_reasons=[c.finish_reason or "" for c in choices],
+        outputs=outputs,
+        text=text,
+        prompt_ids=_int_list(_extra(response, "prompt_token_ids")) or _int_list(_extra(first, "prompt_token_ids")),
+        response_ids=_int_list(_extra(first, "token_ids")) if first is not None else None,
+        logprobs=_logprobs(operation, getattr(first, "logprobs", None)) if first is not None else None,
+    )
+
+
+def _common_attributes(
+    *,
+    response_id: Any,
+    model: Any,
+    usage: Any,
+    finish_reasons: list[str],
+    outputs: list[dict[str, Any]],
+    text: Any,
+    prompt_ids: Optional[list[int]],
+    response_ids: Optional[list[int]],
+    logprobs: Optional[list[float]],
+) -> dict[str, Any]:
+    attributes: dict[str, Any] = {semconv.GEN_AI_RESPONSE_FINISH_REASONS: finish_reasons}
+    if response_id:
+        attributes[semconv.GEN_AI_RESPONSE_ID] = str(response_id)
+    if model:
+        attributes[semconv.GEN_AI_RESPONSE_MODEL] = str(model)
+    if usage is not None:
+        for field, name in _USAGE.items():
+            if isinstance(getattr(usage, field, None), int):
+                attributes[name] = getattr(usage, field)
+    attributes[semconv.GEN_AI_OUTPUT_MESSAGES] = to_json(outputs)
+    if isinstance(text, str):
+        attributes[semconv.LLM_RESPONSE_TEXT] = text
+    if prompt_ids is not None:
+        attributes[semconv.LLM_PROMPT_TOKEN_IDS] = prompt_ids
+    if response_ids is not None:
+        attributes[semconv.LLM_RESPONSE_TOKEN_IDS] = response_ids
+    if logprobs is not None:
+        attributes[semconv.LLM_RESPONSE_LOGPROBS] = logprobs
+    return attributes
+
+
+class _StreamRecord:
+    """What the chunks of a stream add up to, choice by choice."""
+
+    def __init__(self, operation: str, started: float) -> None:
+        self.operation = operation
+        self.started = started
+        self.first_chunk: Optional[float] = None
+        self.response_id: Any = None
+        self.model: Any = None
+        self.usage: Any = None
+        self.prompt_ids: Optional[list[int]] = None
+        self.choices: dict[int, dict[str, Any]] = {}
+        self.reading = False
+        self.ended = False
+
+    def end(self, span: Any, error: Optional[BaseException]) -> None:
+        if not self.ended:
+            self.ended = True
+            _finish(span, self.attributes(), error)
+
+    def add(self, chunk: Any) -> None:
+        if self.first_chunk is None:
+            self.first_chunk = time.monotonic()
+        self.response_id = self.response_id or getattr(chunk, "id", None)
+        self.model = self.model or getattr(chunk, "model", None)
+        self.usage = getattr(chunk, "usage", None) or self.usage
+        self.prompt_ids = self.prompt_ids or _int_list(_extra(chunk, "prompt_token_ids"))
+        for choice in getattr(chunk, "choices", None) or ():
+            state = self.choices.get(choice.index)
+            if state is None:
+                state = self.choices[choice.index] = {
+                    "text": [],
+                    "role": "assistant",
+                    "calls": {},
+                    "finish": None,
+                    "ids": None,
+                    "logprobs": None,
+                }
+            self.prompt_ids = self.prompt_ids or _int_list(_extra(choice, "prompt_token_ids"))
+            if self.operation == "chat":
+                self._add_delta(state, choice.delta)
+            elif isinstance(getattr(choice, "text", None), str):
+                state["text"].append(choice.text)
+            ids = _int_list(_extra(choice, "token_ids"))
+            if ids is not None:
+                state["ids"] = (state["ids"] or []) + ids
+            logprobs = _logprobs(self.operation, getattr(choice, "logprobs", None))
+            if logprobs is not None:
+                state["logprobs"] = (state["logprobs"] or []) + logprobs
+            if choice.finish_reason:
+                state["finish"] = choice.finish_reason
+
+    @staticmethod
+    def _add_delta(state: dict[str, Any], delta: Any) -> None:
+        if delta is None:
+            return
+        if getattr(delta, "role", None):
+            state["role"] = delta.role
+        if isinstance(getattr(delta, "content", None), str):
+            state["text"].append(delta.content)
+        for call in getattr(delta, "tool_calls", None) or ():
+            slot = state["calls"].setdefault(call.index, {"id": None, "name": "", "arguments": ""})
+            slot["id"] = call.id or slot["id"]
+            function = getattr(call, "function", None)
+            if function is not None:
+                slot["name"] += function.name or ""
+                slot["arguments"] += function.arguments or ""
+
+    def attributes(self) -> dict[str, Any]:
+        outputs = []
+        for _, state in sorted(self.choices.items()):
+            message: dict[str, Any] = {"role": state["role"], "content": "".join(state["text"]) or None}
+            if state["calls"]:
+                message["tool_calls"] = [
+                    {"id": c["id"], "type": "function", "function": {"name": c["name"], "arguments": c["arguments"]}}
+                    for _, c in sorted(state["calls"].items())
+                ]
+            outputs.append(to_genai_output(message, state["finish"]))
+        first = self.choices.get(min(self.choices)) if self.choices else None
+        attributes = _common_attributes(
+            response_id=self.response_id,
+            model=self.model,
+            usage=self.usage,
+            finish_reasons=[state["finish"] or "" for _, state in sorted(self.choices.items())],
+            outputs=outputs,
+            text="".join(first["text"]) if first is not None else None,
+            prompt_ids=self.prompt_ids,
+            response_ids=first["ids"] if first is not None else None,
+            logprobs=first["logprobs"] if first is not None else None,
+        )
+        if self.first_chunk is not None:
+            attributes[semconv.GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK] = self.first_chunk - self.started
+        return attributes
