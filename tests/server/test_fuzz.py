@@ -54,7 +54,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
 # schemas of its own making, and the "examples" phase has nothing to use here.
 schema = schemathesis.openapi.from_dict(
     DOCUMENT,
-    config=schemathesis.Config.from_dict({"phases": {"examples": {"enabled": False}}}),
+    config=schemathesis.Config.from_dict({"phases": {"examples": {"enabled": False}, "coverage": {"enabled": False}}}),
 )
 
 
@@ -88,4 +88,5 @@ def test_fuzzing_made_a_few_hundred_requests() -> None:
     if not requests_made:
         pytest.skip("the fuzz test did not run")
     assert len(requests_made) >= 250, len(requests_made)
+    print(f"fuzzing: {len(requests_made)} requests, {sum(c < 300 for c in requests_made)} accepted")
     assert any(code < 300 for code in requests_made) and any(400 <= code < 500 for code in requests_made)

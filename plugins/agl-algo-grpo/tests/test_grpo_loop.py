@@ -15,9 +15,18 @@ import pytest
 import torch
 from rich.console import Console
 
-from agl_algo_grpo import GRPO, METRIC_PREFIX, NO_TRIPLET_REASONS, TRAINING_STEP_SPAN, VALIDATION_SPAN, LLMPublisher
+from agl_algo_grpo import (
+    GRPO,
+    METRIC_PREFIX,
+    NO_TRIPLET_REASONS,
+    TRAINING_STEP_SPAN,
+    VALIDATION_SPAN,
+    LLMPublisher,
+    MetricsRecorder,
+)
 from agl_algo_grpo.testing import tiny_llama
 from agl_kernel import semconv
+from agl_kernel.errors import MissingDependencyError
 from agl_kernel.models import AttemptStatus, ProxyLLM, RolloutMode, RolloutStatus, Span
 from agl_kernel.plugins import create_component
 from agl_kernel.store.memory import InMemoryLightningStore
@@ -176,3 +185,18 @@ async def test_entry_point_builds_from_string_options() -> None:
     assert [t["n"] for t in algorithm.tasks_for_step([{"n": i} for i in range(5)], 0)] == [
         t["n"] for t in GRPO(tiny_llama(), steps=2, group_size=3).tasks_for_step([{"n": i} for i in range(5)], 0)
     ]
+
+
+async def test_tensorboard_only_when_asked_and_a_clear_error_without_it(tmp_path: Path) -> None:
+    async with InMemoryLightningStore() as store:
+        MetricsRecorder(store)  # no TensorBoard asked: nothing imported
+        try:
+            import tensorboard  # noqa: F401
+        except ImportError:
+            with pytest.raises(MissingDependencyError, match="pip install tensorboard"):
+                MetricsRecorder(store, tensorboard_dir=str(tmp_path))
+        else:
+            recorder = MetricsRecorder(store, tensorboard_dir=str(tmp_path))
+            await recorder.record(1, {"loss": 0.5})
+            await recorder.close()
+            assert any(tmp_path.iterdir())

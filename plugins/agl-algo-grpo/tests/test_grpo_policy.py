@@ -30,7 +30,9 @@ def test_one_update_with_sampling_time_logprobs(samples) -> None:
     assert metrics["ratio_mean"] == pytest.approx(1.0, abs=1e-5)
     assert metrics["approx_kl"] == pytest.approx(0.0, abs=1e-6) and metrics["clip_fraction"] == 0.0
     assert metrics["recomputed_logprobs"] == 0 and metrics["grad_norm"] > 0 and metrics["optimizer_steps"] == 1
-    assert metrics["sequences"] == 8 and metrics["loss_tokens"] == sum(len(s.triplet.response_token_ids) for s in samples)
+    assert metrics["sequences"] == 8 and metrics["loss_tokens"] == sum(
+        len(s.triplet.response_token_ids) for s in samples
+    )
     after = policy.model.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)
 
@@ -49,6 +51,21 @@ def test_positive_advantage_sequences_become_more_likely(samples) -> None:
             assert b > a + 0.5, "a reinforced response did not become more likely"
         else:
             assert b < a - 0.5, "a discouraged response did not become less likely"
+
+
+def test_logprobs_line_up_with_a_plain_forward_pass(samples) -> None:
+    policy = PolicyTrainer(tiny_llama(), GRPOConfig(**CPU))
+    got = policy.sequence_logprobs(samples)  # one padded batch, prompts of different lengths
+    policy.model.eval()
+    for row, sample in enumerate(samples):
+        t = sample.triplet
+        ids = torch.tensor([t.prompt_token_ids + t.response_token_ids])
+        with torch.no_grad():
+            logits = policy.model(input_ids=ids).logits[0].log_softmax(-1)
+        p = len(t.prompt_token_ids)
+        expected = [float(logits[p - 1 + k, token]) for k, token in enumerate(t.response_token_ids)]
+        assert got[row, p - 1 : p - 1 + len(expected)].tolist() == pytest.approx(expected, abs=1e-5)
+        assert float(got[row].abs().sum()) == pytest.approx(sum(abs(x) for x in expected), rel=1e-5)
 
 
 def test_gradient_accumulation_gives_the_token_mean_of_the_whole_batch(samples) -> None:
@@ -121,7 +138,9 @@ def test_lora_trains_adapters_only_and_serves_merged_weights(tmp_path: Path, sam
     assert sum(gains) > 0
     # the base weights are untouched; the served weights are the base's names with the adapters merged in
     base_now = policy.model.get_base_model()
-    assert torch.equal(base_now.model.layers[0].self_attn.q_proj.base_layer.weight, original["model.layers.0.self_attn.q_proj.weight"])
+    assert torch.equal(
+        base_now.model.layers[0].self_attn.q_proj.base_layer.weight, original["model.layers.0.self_attn.q_proj.weight"]
+    )
     served = policy.state_dict_for_serving()
     assert served.keys() == original.keys()
     changed = [k for k in served if not torch.equal(served[k], original[k])]

@@ -76,7 +76,7 @@ def test_emitters_become_otel_spans_with_parents_in_end_order(make_tracer, db):
     assert by_name["user span"].parent_id == plan.span_id and by_name[semconv.MESSAGE_SPAN].parent_id == plan.span_id
     assert spans[3].attributes[semconv.REWARD_STEP_SPAN_ID] == plan.span_id
     assert all(semconv.ROLLOUT_ID not in s.attributes for s in spans)  # the span's fields say it
-    assert plan.resource == {"service.name": "agl-agent"} and plan.status.status_code == "OK"
+    assert plan.resource == {"service.name": "agl-agent"} and plan.status.status_code == "UNSET"
     assert plan.start_time <= plan.end_time and plan.end_time > time.time() - 60
 
 

@@ -85,6 +85,10 @@ def error_body(exc: BaseException) -> tuple[int, ErrorBody]:
     if isinstance(exc, (ValueError, msgspec.ValidationError, msgspec.EncodeError)):
         # Stores raise ValueError for arguments they refuse (limit < 1, a value they cannot encode, ...).
         return 400, ErrorBody(error="invalid_argument", message=str(exc) or type(exc).__name__, status=400)
+    if isinstance(exc, OverflowError):
+        # A number in the request that the store cannot keep (e.g. an integer beyond 64 bits).
+        return 400, ErrorBody(error="invalid_argument", message=f"a number in the request is out of range: {exc}",
+                              status=400)
     error_id = uuid.uuid4().hex[:12]
     return 500, ErrorBody(
         error="internal",
@@ -96,6 +100,17 @@ def error_body(exc: BaseException) -> tuple[int, ErrorBody]:
 
 def error_response(status: int, body: ErrorBody, headers: dict[str, str] | None = None) -> Response:
     return Response(content=encode_json(body), status_code=status, media_type="application/json", headers=headers)
+
+
+def _decode_error(exc: BaseException) -> Optional[BaseException]:
+    """The msgspec error (or litestar's wrapper of one) behind a 400, if any."""
+    seen = exc.__cause__
+    found = None
+    while seen is not None:
+        if isinstance(seen, (msgspec.DecodeError, SerializationException)):
+            found = seen
+        seen = seen.__cause__
+    return found
 
 
 def _explain(request: Request, exc: Exception, status: int, body: ErrorBody) -> ErrorBody:
@@ -110,8 +125,12 @@ def _explain(request: Request, exc: Exception, status: int, body: ErrorBody) -> 
     elif status == 405 and isinstance(exc, HTTPException):
         allowed = (exc.headers or {}).get("allow", "")
         message = f"{method} is not allowed on {path}" + (f"; allowed: {allowed}" if allowed else "")
-    elif status == 400 and isinstance(exc.__cause__, (SerializationException, msgspec.DecodeError)):
-        message = f"the request body is not valid JSON: {exc.__cause__}"
+    elif status == 400 and (root := _decode_error(exc)) is not None:
+        text = str(root).replace("`$.data.", "`$.").replace("`$.data`", "`$`")
+        if isinstance(root, msgspec.ValidationError):
+            message = f"invalid request body: {text}"
+        else:
+            message = f"the request body is not valid JSON: {text}"
     elif status == 413:
         message = "the request body is larger than the server accepts; send smaller batches"
     if message is None:

@@ -53,8 +53,10 @@ class GRPO(Algorithm):
     Each step: publish the policy (``publisher``), enqueue ``group_size`` rollouts of each of ``batch_size`` tasks
     pinned to it, wait for them (woken by the store), turn each rollout's spans into triplets with ``adapter``
     (default: the kernel's ``TripletAdapter``), compute group-relative advantages (rule: :mod:`agl_algo_grpo._batching`)
-    and update the policy; then record the step's metrics (:mod:`agl_algo_grpo._metrics`), validate every
-    ``val_every`` steps and checkpoint every ``checkpoint_every``.
+    and update the policy; then record the step's metrics (:mod:`agl_algo_grpo._metrics`), validate (before the
+    first step, every ``val_every`` steps and after the last) and checkpoint every ``checkpoint_every`` steps.
+    Only rollouts that succeeded are trained on; the others, and those whose spans give no triplet, are counted
+    and reported with the reason (the adapter's, when it gives one).
 
     - ``model``: a Hugging Face causal LM module, or its name/path; or pass a ready ``policy`` (:class:`PolicyTrainer`).
     - ``config``: a :class:`GRPOConfig` or mapping; ``**options`` override its fields (``steps=3``).
@@ -260,11 +262,17 @@ class GRPO(Algorithm):
         assert self.adapter is not None
         result = self.adapter.adapt(spans)
         if isinstance(result, list):
-            found = final_reward(spans)
-            return result, None if found is None else found.value, "the adapter gave no triplets"
-        why = list(result.why()) if hasattr(result, "why") else []
-        reason = "; ".join(why[:2]) or "the adapter gave no triplets"
-        return list(result.triplets), getattr(result, "final_reward", None), reason
+            triplets, found = result, final_reward(spans)
+            reward, why = (None if found is None else found.value), []
+        else:
+            triplets, reward = list(getattr(result, "triplets", ())), getattr(result, "final_reward", None)
+            why = list(result.why()) if hasattr(result, "why") else []
+        if not all(isinstance(t, Triplet) for t in triplets):
+            raise TypeError(
+                f"GRPO trains on triplets, but the adapter {type(self.adapter).__name__} gave "
+                f"{type(triplets[0]).__name__}: use the 'triplets' adapter (agl_kernel.adapters.TripletAdapter)"
+            )
+        return triplets, reward, "; ".join(why[:2]) or "the adapter gave no triplets"
 
     async def _validate(
         self, store: LightningStore, policy: PolicyTrainer, dataset: Sequence[Any], recorder: MetricsRecorder

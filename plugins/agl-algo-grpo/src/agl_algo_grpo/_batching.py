@@ -73,7 +73,9 @@ def assign_advantages(rollouts: Sequence[RolloutSample], *, scale: bool = True) 
             samples += [TrainingSample(t, a, group, r.rollout_id) for (r, t), a in zip(flat, advantages)]
         else:
             advantages = group_advantages([_rollout_return(r) for r in members], [group] * len(members), scale=scale)
-            samples += [TrainingSample(t, a, group, r.rollout_id) for r, a in zip(members, advantages) for t in r.triplets]
+            samples += [
+                TrainingSample(t, a, group, r.rollout_id) for r, a in zip(members, advantages) for t in r.triplets
+            ]
     return samples
 
 
@@ -107,6 +109,12 @@ class Batch:
     @property
     def loss_tokens(self) -> int:
         return int(self.loss_mask.sum())
+
+    @property
+    def first_scored(self) -> int:
+        """The first position any row scores: logits before it are not needed (long agent prompts)."""
+        scored = self.loss_mask.any(dim=0).nonzero()
+        return int(scored[0]) if len(scored) else 0
 
     def to(self, device: torch.device) -> "Batch":
         for name in ("input_ids", "attention_mask", "targets", "loss_mask", "old_logps", "advantages"):
@@ -147,7 +155,9 @@ def collate(
         kept = max(len(ids) - prompt, 0)  # response tokens left after truncation
         if kept == 0:
             continue
-        mask = torch.ones(kept) if t.response_mask is None else torch.tensor(t.response_mask[:kept], dtype=torch.float32)
+        mask = (
+            torch.ones(kept) if t.response_mask is None else torch.tensor(t.response_mask[:kept], dtype=torch.float32)
+        )
         logps = t.response_logprobs
         if logps is not None and len(logps) == len(t.response_token_ids):
             has_old[row] = True

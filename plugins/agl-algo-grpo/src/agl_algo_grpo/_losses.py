@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Hashable, Sequence
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
@@ -80,7 +80,7 @@ def policy_loss(
     advantages = advantages.to(new_logps.dtype).expand_as(new_logps)
     mask = mask.to(new_logps.dtype)
     count = mask.sum()
-    denominator = count.clamp(min=1.0) if normalizer is None else torch.tensor(float(normalizer))
+    denominator: Any = count.clamp(min=1.0) if normalizer is None else float(normalizer)
 
     log_ratio = new_logps - old_logps.to(new_logps.dtype)
     ratio = torch.exp(log_ratio)

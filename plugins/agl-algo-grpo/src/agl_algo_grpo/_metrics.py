@@ -81,7 +81,7 @@ class MetricsRecorder:
         if tensorboard_dir is not None:
             try:
                 from torch.utils.tensorboard import SummaryWriter
-            except ModuleNotFoundError as exc:
+            except ImportError as exc:
                 raise MissingDependencyError(
                     "tensorboard_dir needs TensorBoard: pip install tensorboard (or leave tensorboard_dir unset)"
                 ) from exc

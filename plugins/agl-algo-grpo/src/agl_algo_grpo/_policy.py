@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 import math
 import random
 import time
@@ -52,7 +53,9 @@ class PolicyTrainer:
     model, adapters disabled, so no copy). With ``config.resume`` the latest checkpoint is loaded at once.
 
     ``step`` counts the updates done (restored by :meth:`resume`); ``version`` is the same number, the version of
-    the weights to publish.
+    the weights to publish. Training runs in ``train()`` mode: a model with dropout should have it set to 0 (as
+    current LLMs do), or the ratio to the sampling-time logprobs starts away from 1. Seeds torch with
+    ``config.seed``.
     """
 
     def __init__(
@@ -75,6 +78,7 @@ class PolicyTrainer:
             if self.config.lora is not None:
                 model.enable_input_require_grads()
         self.model: nn.Module = model
+        self._keeps_logits = _accepts_logits_to_keep(model)
         self.parameters = [p for p in model.parameters() if p.requires_grad]
         if not self.parameters:
             raise ValueError("the model has no trainable parameters")
@@ -101,9 +105,16 @@ class PolicyTrainer:
         return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
 
     def _forward_logps(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        """Logprobs of ``batch.targets`` (``[B, L-1]``; 0 before the first scored position). Only the logits from
+        that position on are computed (``logits_to_keep``), which matters when prompts are long."""
+        first = batch.first_scored
+        keep = batch.input_ids.shape[1] - first
+        extra = {"logits_to_keep": keep} if self._keeps_logits else {}
         with self._autocast():
-            logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
-        return token_logprobs(logits[:, :-1], batch.targets, self.config.temperature)
+            out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False, **extra)
+        logits = out.logits[:, -keep:-1]
+        logps = token_logprobs(logits, batch.targets[:, first:], self.config.temperature)
+        return torch.nn.functional.pad(logps, (first, 0)) if first else logps
 
     @torch.no_grad()
     def sequence_logprobs(self, samples: Sequence[TrainingSample], *, reference: bool = False) -> torch.Tensor:
@@ -252,7 +263,11 @@ class PolicyTrainer:
         ``config.checkpoint_dir``) as ``step-NNNNNN/``; keeps the newest ``config.keep_checkpoints``."""
         root = Path(directory) if directory is not None else self.checkpoint_dir
         path = write_checkpoint(
-            root, self.step, model=self.model, optimizer=self.optimizer, state={"lora": self.lora, "seed": self.config.seed}
+            root,
+            self.step,
+            model=self.model,
+            optimizer=self.optimizer,
+            state={"lora": self.lora, "seed": self.config.seed},
         )
         prune_checkpoints(root, self.config.keep_checkpoints)
         return path
@@ -278,6 +293,14 @@ def _load_pretrained(name: str, dtype: torch.dtype) -> nn.Module:
         return AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
     except TypeError:  # transformers < 4.56 calls it torch_dtype
         return AutoModelForCausalLM.from_pretrained(name, torch_dtype=dtype)
+
+
+def _accepts_logits_to_keep(model: nn.Module) -> bool:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    try:
+        return "logits_to_keep" in inspect.signature(base.forward).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def _pad_token_id(model: nn.Module) -> int:
@@ -315,6 +338,8 @@ def _merged_lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     for name, module in base.named_modules():
         if isinstance(module, LoraLayer) and hasattr(module, "get_delta_weight"):
             weight = module.get_base_layer().weight.detach()
-            delta = sum(module.get_delta_weight(adapter) for adapter in module.active_adapters if adapter in module.lora_A)
+            delta = sum(
+                module.get_delta_weight(adapter) for adapter in module.active_adapters if adapter in module.lora_A
+            )
             weights[f"{name}.weight"] = weight + delta.to(weight.dtype) if isinstance(delta, torch.Tensor) else weight
     return weights

@@ -53,7 +53,9 @@ def with_sampling_logprobs(policy: PolicyTrainer, samples: list[TrainingSample])
         t = sample.triplet
         start = len(t.prompt_token_ids) - 1
         recorded = logps[row, start : start + len(t.response_token_ids)].tolist()
-        triplet = Triplet(prompt_token_ids=t.prompt_token_ids, response_token_ids=t.response_token_ids, response_logprobs=recorded)
+        triplet = Triplet(
+            prompt_token_ids=t.prompt_token_ids, response_token_ids=t.response_token_ids, response_logprobs=recorded
+        )
         out.append(TrainingSample(triplet, sample.advantage, sample.group))
     return out
 

@@ -163,7 +163,8 @@ def create_app(server: "ModelServer") -> Litestar:
             )
             wanted = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
             if wanted is not None and wanted < 1:
-                raise ApiError("`max_completion_tokens` must be at least 1.", param="max_completion_tokens")
+                name = "max_tokens" if req.max_completion_tokens is None else "max_completion_tokens"
+                raise ApiError(f"`{name}` must be at least 1.", param=name)
             max_tokens = check_length(len(prompt), wanted, server.default_max_tokens, "messages")
             if req.top_logprobs is not None and not req.logprobs:
                 raise ApiError("`top_logprobs` needs `logprobs: true`.", param="top_logprobs")

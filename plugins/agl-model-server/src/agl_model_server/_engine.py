@@ -95,7 +95,10 @@ class Engine:
         self.pad_token_id = int(pad_token_id)
         self.device = next(model.parameters()).device
         self.weights_version = 0
-        self._takes_logits_to_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
+        accepted = inspect.signature(model.forward).parameters
+        self._takes_logits_to_keep = "logits_to_keep" in accepted
+        # transformers 5.2x renamed ``past_key_values`` to ``cache`` (argument and output); support both.
+        self._cache_arg = "cache" if "cache" in accepted else "past_key_values"
         self._ids = itertools.count(1)
         self._cv = threading.Condition()
         self._incoming: list[_Seq] = []
@@ -362,8 +365,13 @@ class Engine:
             self._generated += len(seqs)
         return chosen.tokens, alive
 
-    def _forward(self, **kwargs: Any) -> Any:
-        return self.model(use_cache=True, return_dict=True, **kwargs)
+    def _forward(self, cache: Any, **kwargs: Any) -> tuple[Any, Any]:
+        """Run the model; returns ``(logits of the last position, the updated cache)``."""
+        out = self.model(use_cache=True, return_dict=True, **{self._cache_arg: cache}, **kwargs)
+        new_cache = getattr(out, "cache", None)
+        if new_cache is None:
+            new_cache = out.past_key_values
+        return out.logits[:, -1, :], new_cache
 
     def _admit(self, events: list, sinks: dict) -> None:
         room = self.max_batch_size - len(self._rows)
@@ -397,9 +405,8 @@ class Engine:
         positions = (mask.cumsum(dim=-1) - 1).clamp(min=0)
         cache = _kvcache.make_cache()
         extra = {"logits_to_keep": 1} if self._takes_logits_to_keep else {}
-        out = self._forward(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, **extra)
-        cache = out.past_key_values
-        next_tokens, alive = self._emit(new, out.logits[:, -1, :], events, sinks)
+        logits, cache = self._forward(cache, input_ids=ids, attention_mask=mask, position_ids=positions, **extra)
+        next_tokens, alive = self._emit(new, logits, events, sinks)
         with self._stats_lock:
             self._prefill_sizes[len(new)] += 1
             self._step_seconds += time.perf_counter() - started
@@ -429,15 +436,12 @@ class Engine:
         started = time.perf_counter()
         rows = len(self._rows)
         mask = torch.cat([self._mask, self._mask.new_ones((rows, 1))], dim=1)
-        out = self._forward(
-            input_ids=self._next[:, None],
-            attention_mask=mask,
-            position_ids=self._pos[:, None],
-            past_key_values=self._cache,
+        logits, self._cache = self._forward(
+            self._cache, input_ids=self._next[:, None], attention_mask=mask, position_ids=self._pos[:, None]
         )
-        self._cache, self._mask = out.past_key_values, mask
+        self._mask = mask
         self._pos = self._pos + 1
-        self._next, alive = self._emit(self._rows, out.logits[:, -1, :], events, sinks)
+        self._next, alive = self._emit(self._rows, logits, events, sinks)
         with self._stats_lock:
             self._batch_sizes[rows] += 1
             self._step_seconds += time.perf_counter() - started

@@ -165,10 +165,13 @@ def completion_prompts(prompt: Any) -> list[Union[str, list[int]]]:
     if isinstance(prompt, list) and prompt:
         if all(isinstance(p, int) and not isinstance(p, bool) for p in prompt):
             return [list(prompt)]
-        if all(isinstance(p, str) for p in prompt):
-            return list(prompt)
-        if all(isinstance(p, list) and p and all(isinstance(t, int) and not isinstance(t, bool) for t in p) for p in prompt):
-            return [list(p) for p in prompt]
+        def one(p: Any) -> bool:
+            return isinstance(p, str) or (
+                isinstance(p, list) and bool(p) and all(isinstance(t, int) and not isinstance(t, bool) for t in p)
+            )
+
+        if all(one(p) for p in prompt):
+            return [p if isinstance(p, str) else list(p) for p in prompt]
     raise ApiError(
         "`prompt` must be a non-empty string, a list of token ids, a list of strings or a list of lists of token ids.",
         param="prompt",

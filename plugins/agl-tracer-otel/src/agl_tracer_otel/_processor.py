@@ -31,6 +31,9 @@ from agl_tracer_otel._convert import to_span
 logger = logging.getLogger("agl_tracer_otel")
 
 Item = tuple[ReadableSpan, TraceScope]
+WAKE_AT = 64
+"""Queued spans that wake the writer before its schedule: spans leave the agent's heap soon (see OtelTracer's
+docs on batching), while a writer that falls behind still writes up to ``max_batch`` spans per call."""
 YIELD_EVERY = 32
 """Spans the writer converts before it offers the GIL to other threads."""
 
@@ -162,6 +165,7 @@ class BatchWriter(SpanProcessor):
         self._owner = owner
         self._resource = resource
         self._max_batch = max_batch
+        self._wake_at = min(max_batch, WAKE_AT)
         self._max_queue = max_queue
         self._delay = schedule_delay
         self._open: dict[int, TraceScope] = {}  # span id -> the trace context it started in
@@ -197,7 +201,7 @@ class BatchWriter(SpanProcessor):
             scope.recorded.append(span)
         queue = self._queue
         queue.append((span, scope))
-        if len(queue) >= self._max_batch:
+        if len(queue) >= self._wake_at:
             if not self._wake.is_set():
                 self._wake.set()
             if len(queue) >= self._max_queue:

