@@ -217,7 +217,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--reinstall", action="store_true", help="make the throw-away venv anew")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args()
-    split = lambda text: [part.strip() for part in text.split(",") if part.strip()]
+
+    def split(text: str) -> list[str]:
+        return [part.strip() for part in text.split(",") if part.strip()]
+
     try:
         args.runner_counts = [int(r) for r in split(args.runners)]
     except ValueError:
@@ -267,7 +270,10 @@ def benchmark(args: argparse.Namespace, err: Any) -> dict[str, Any]:
             poll_interval=args.agentlightning_poll_interval,
         )
 
-    label = lambda c: f"AGL {al.version if al else ''} {c[1]}" if c[0] == "agentlightning" else f"agl {c[1]} {c[2]}"
+    def label(config: tuple[str, str, str]) -> str:
+        side, strategy, store = config
+        return f"AGL {al.version if al else ''} {strategy}" if side == "agentlightning" else f"agl {strategy} {store}"
+
     runs: dict[str, dict[int, list[dict[str, float]]]] = {
         label(c): {r: [] for r in args.runner_counts} for c in configs
     }
@@ -367,11 +373,14 @@ def print_table(report: dict[str, Any]) -> None:
     table.add_column(
         "start-up s\n" + " / ".join((["AGL"] if al else []) + [f"agl {s}" for s in stores]), justify="right"
     )
+
+    def missing(name: str | None) -> str:
+        return "failed" if name in report["failed"] else "skipped"
+
     for strategy in dict.fromkeys(c["strategy"] for c in configs):
         al_name = next((c["name"] for c in configs if c["side"] != "agl" and c["strategy"] == strategy), None)
         for runners in report["runner_counts"]:
             base = results.get(al_name, {}).get(runners)
-            missing = lambda name: "failed" if name in report["failed"] else "skipped"  # noqa: E731
             row = [strategy, str(runners)] + (
                 [f"{base['rollouts_per_s']:,.0f}" if base else missing(al_name)] if al else []
             )

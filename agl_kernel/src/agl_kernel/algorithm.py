@@ -93,9 +93,12 @@ class Baseline(Algorithm):
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     break
-                for rollout in await store.wait_for_rollouts(pending, timeout=min(left or 0.5, 0.5)):
+                # A window of the oldest pending rollouts: each wake-up of the store re-reads only these, not all.
+                window = pending[:64]
+                for rollout in await store.wait_for_rollouts(window, timeout=min(left or 0.5, 0.5)):
                     ended[rollout.rollout_id] = await self._outcome(store, rollout)
-                pending = [r for r in pending if r not in ended]
+                if any(r in ended for r in window):
+                    pending = [r for r in pending if r not in ended]
                 succeeded = sum(o.status == RolloutStatus.SUCCEEDED.value for o in ended.values())
                 rewards = [o.reward for o in ended.values() if o.reward is not None]
                 self.progress.rollouts(done=len(ended), succeeded=succeeded, rewards=rewards)

@@ -24,6 +24,7 @@ from typing import Any, Callable, Optional
 
 from agl_kernel import semconv
 from agl_kernel.agent import LitAgent, as_lit_agent
+from agl_kernel.errors import InvalidStatusTransitionError
 from agl_kernel.models import AttemptedRollout, AttemptStatus, Resource, Span, SpanStatus
 from agl_kernel.store.base import LightningStore
 from agl_kernel.tracer import NoOpTracer, Tracer
@@ -226,6 +227,8 @@ class LitAgentRunner(Runner):
         try:
             await asyncio.wait_for(store.add_span(exception_span(attempted, stopped)), 1.0)
             await asyncio.wait_for(store.update_attempt(rollout_id, attempt_id, status=AttemptStatus.FAILED), 1.0)
+        except InvalidStatusTransitionError:  # it ended already (the final update got through): nothing to do
+            pass
         except (Exception, asyncio.CancelledError) as exc:  # the watchdog's unresponsive check is the fallback
             log.warning("could not mark attempt %s failed on the way out: %r", attempt_id, exc)
 
