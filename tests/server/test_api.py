@@ -12,16 +12,15 @@ from typing import Any
 
 import httpx
 import pytest
-from litestar import get
-
 from agl_kernel.client import LightningStoreClient, StoreRequestError, StoreServerError
 from agl_kernel.errors import InvalidStatusTransitionError, NotFoundError, StoreClosedError
-from agl_kernel.models import AttemptStatus, PromptTemplate, RolloutStatus, Span
+from agl_kernel.models import AttemptStatus, PromptTemplate
 from agl_kernel.plugins import hookimpl
 from agl_kernel.server import ServerThread, create_app
 from agl_kernel.store.base import LightningStore
 from agl_kernel.store.memory import InMemoryLightningStore
-from agl_kernel.testing import make_span
+from litestar import get
+from litestar.di import NamedDependency
 
 
 class FlakyStore(InMemoryLightningStore):
@@ -59,7 +58,9 @@ def error(response: httpx.Response, status: int) -> dict[str, Any]:
 
 
 def test_malformed_json_is_a_400(http: httpx.Client) -> None:
-    body = error(http.post("/api/v1/rollouts/query", content=b'{"limit": 3', headers={"content-type": "application/json"}), 400)
+    body = error(
+        http.post("/api/v1/rollouts/query", content=b'{"limit": 3', headers={"content-type": "application/json"}), 400
+    )
     assert "not valid JSON" in body["message"]
 
 
@@ -182,8 +183,16 @@ async def test_ids_with_any_character(served: Any) -> None:
 def test_openapi_document(http: httpx.Client) -> None:
     document = http.get("/schema/openapi.json").json()
     paths = document["paths"]
-    for path in ("/api/v1/rollouts", "/api/v1/rollouts/dequeue", "/api/v1/batch", "/api/v1/spans/batch",
-                 "/api/v1/rollouts/{rollout_id}/attempts/{attempt_id}", "/v1/traces", "/health", "/metrics"):
+    for path in (
+        "/api/v1/rollouts",
+        "/api/v1/rollouts/dequeue",
+        "/api/v1/batch",
+        "/api/v1/spans/batch",
+        "/api/v1/rollouts/{rollout_id}/attempts/{attempt_id}",
+        "/v1/traces",
+        "/health",
+        "/metrics",
+    ):
         assert path in paths, path
     get_rollout = paths["/api/v1/rollouts/{rollout_id}"]["get"]
     assert get_rollout["responses"]["404"]["content"]["application/json"]["schema"]["$ref"].endswith("ErrorBody")
@@ -278,8 +287,8 @@ class RoutesPlugin:
 
     @hookimpl
     def agl_server_routes(self, register: Any) -> None:
-        @get("/plugin/queue-depth", sync_to_thread=False)
-        async def queue_depth(store: LightningStore) -> dict[str, int]:
+        @get("/plugin/queue-depth")
+        async def queue_depth(store: NamedDependency[LightningStore]) -> dict[str, int]:
             return {"queue_depth": (await store.statistics()).queue_depth}
 
         register(queue_depth)
@@ -305,3 +314,27 @@ async def test_plugin_routes() -> None:
     store = InMemoryLightningStore()
     with ServerThread(create_app(store)) as server:
         assert httpx.get(f"{server.url}/plugin/queue-depth").status_code == 404
+
+
+class BrokenRoutesPlugin:
+    @hookimpl
+    def agl_server_routes(self, register: Any) -> None:
+        raise RuntimeError("plugin bug")
+
+
+def test_a_broken_plugin_does_not_take_the_server_down() -> None:
+    from agl_kernel.plugins import AglPluginWarning, get_plugin_manager
+
+    manager = get_plugin_manager()
+    broken, working = BrokenRoutesPlugin(), RoutesPlugin()
+    manager.register(broken, name="test-broken-routes")
+    manager.register(working, name="test-working-routes")
+    try:
+        store = InMemoryLightningStore()
+        with pytest.warns(AglPluginWarning, match="test-broken-routes.*plugin bug"):
+            app = create_app(store)
+        with ServerThread(app) as server:
+            assert httpx.get(f"{server.url}/plugin/queue-depth").json() == {"queue_depth": 0}
+    finally:
+        manager.unregister(broken)
+        manager.unregister(working)

@@ -14,15 +14,13 @@ from typing import Any
 import pytest
 
 schemathesis = pytest.importorskip("schemathesis", reason="pip install schemathesis")
-from hypothesis import HealthCheck, settings  # noqa: E402
-
 import asyncio  # noqa: E402
 
 import httpx  # noqa: E402
 import msgspec  # noqa: E402
-
 from agl_kernel.server import ServerThread, create_app  # noqa: E402
 from agl_kernel.store.memory import InMemoryLightningStore  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
 
 
 def _openapi_document() -> dict[str, Any]:

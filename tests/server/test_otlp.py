@@ -11,14 +11,14 @@ import msgspec
 import pytest
 
 trace_service = pytest.importorskip("opentelemetry.proto.collector.trace.v1.trace_service_pb2")
+from agl_kernel.models import AttemptedRollout, AttemptStatus  # noqa: E402
+from agl_kernel.server import ServerThread, create_app  # noqa: E402
+from agl_kernel.store.memory import InMemoryLightningStore  # noqa: E402
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue, KeyValueList  # noqa: E402
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource  # noqa: E402
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status  # noqa: E402
 
 from agl_kernel import semconv  # noqa: E402
-from agl_kernel.models import AttemptedRollout, AttemptStatus  # noqa: E402
-from agl_kernel.server import ServerThread, create_app  # noqa: E402
-from agl_kernel.store.memory import InMemoryLightningStore  # noqa: E402
 
 TRACE = bytes.fromhex("0af7651916cd43dd8448eb211c80319c")
 PROTO = {"content-type": "application/x-protobuf"}
@@ -81,14 +81,22 @@ def test_protobuf_export_maps_every_field(served: Any) -> None:
         kind=Span.SpanKind.SPAN_KIND_CLIENT,
         start_time_unix_nano=1_700_000_000_000_000_000,
         end_time_unix_nano=1_700_000_001_250_000_000,
-        attributes=[kv("gen_ai.prompt", "hi"), kv("tokens", [1, 2, 3]), kv("reward", 0.5), kv("ok", True),
-                    kv("nested", {"a": 1})],
+        attributes=[
+            kv("gen_ai.prompt", "hi"),
+            kv("tokens", [1, 2, 3]),
+            kv("reward", 0.5),
+            kv("ok", True),
+            kv("nested", {"a": 1}),
+        ],
         events=[Span.Event(time_unix_nano=1_700_000_000_500_000_000, name="exception", attributes=[kv("m", "x")])],
         links=[Span.Link(trace_id=b"\x11" * 16, span_id=b"\x22" * 8, attributes=[kv("rel", "follows")])],
         status=Status(code=Status.StatusCode.STATUS_CODE_ERROR, message="boom"),
     )
-    answer = httpx.post(f"{url}/v1/traces", content=export([span], {
-        "service.name": "agent", semconv.ROLLOUT_ID: rid, semconv.ATTEMPT_ID: aid}), headers=PROTO)
+    answer = httpx.post(
+        f"{url}/v1/traces",
+        content=export([span], {"service.name": "agent", semconv.ROLLOUT_ID: rid, semconv.ATTEMPT_ID: aid}),
+        headers=PROTO,
+    )
     assert answer.status_code == 200 and answer.headers["content-type"] == "application/x-protobuf"
     trace_service.ExportTraceServiceResponse.FromString(answer.content)  # a valid (empty) response
     [stored] = stored_spans(store, rid)
@@ -97,8 +105,13 @@ def test_protobuf_export_maps_every_field(served: Any) -> None:
     assert stored.name == "openai.chat" and stored.kind == "CLIENT"
     assert (stored.start_time, stored.end_time) == (1_700_000_000.0, 1_700_000_001.25)
     assert stored.status.status_code == "ERROR" and stored.status.description == "boom"
-    assert stored.attributes == {"gen_ai.prompt": "hi", "tokens": [1, 2, 3], "reward": 0.5, "ok": True,
-                                 "nested": {"a": 1}}
+    assert stored.attributes == {
+        "gen_ai.prompt": "hi",
+        "tokens": [1, 2, 3],
+        "reward": 0.5,
+        "ok": True,
+        "nested": {"a": 1},
+    }
     assert stored.events[0].name == "exception" and stored.events[0].timestamp == 1_700_000_000.5
     assert stored.events[0].attributes == {"m": "x"}
     assert (stored.links[0].trace_id, stored.links[0].span_id) == ("11" * 16, "22" * 8)
@@ -116,26 +129,47 @@ def test_json_export_gzip_and_span_attributes(served: Any) -> None:
     url, store, attempted = served
     rid, aid = attempted.rollout_id, attempted.attempt.attempt_id
     document = {
-        "resourceSpans": [{
-            "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "ts-agent"}}]},
-            "scopeSpans": [{"spans": [
-                {
-                    "traceId": TRACE.hex().upper(), "spanId": "B7AD6B7169203331", "name": "tool",
-                    "kind": 1, "startTimeUnixNano": "1700000000000000000", "endTimeUnixNano": "1700000002000000000",
-                    "attributes": [
-                        {"key": semconv.ROLLOUT_ID, "value": {"stringValue": rid}},
-                        {"key": semconv.ATTEMPT_ID, "value": {"stringValue": aid}},
-                        {"key": semconv.SEQUENCE_ID, "value": {"intValue": "7"}},
-                        {"key": "n", "value": {"intValue": "42"}},
-                        {"key": "xs", "value": {"arrayValue": {"values": [{"doubleValue": 1.5}, {"boolValue": False}]}}},
-                    ],
-                    "status": {"code": "STATUS_CODE_OK"},
-                },
-                {"trace_id": TRACE.hex(), "span_id": "00f067aa0ba902b7", "name": "second",
-                 "attributes": [{"key": semconv.ROLLOUT_ID, "value": {"stringValue": rid}},
-                                {"key": semconv.ATTEMPT_ID, "value": {"stringValue": aid}}]},
-            ]}],
-        }]
+        "resourceSpans": [
+            {
+                "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "ts-agent"}}]},
+                "scopeSpans": [
+                    {
+                        "spans": [
+                            {
+                                "traceId": TRACE.hex().upper(),
+                                "spanId": "B7AD6B7169203331",
+                                "name": "tool",
+                                "kind": 1,
+                                "startTimeUnixNano": "1700000000000000000",
+                                "endTimeUnixNano": "1700000002000000000",
+                                "attributes": [
+                                    {"key": semconv.ROLLOUT_ID, "value": {"stringValue": rid}},
+                                    {"key": semconv.ATTEMPT_ID, "value": {"stringValue": aid}},
+                                    {"key": semconv.SEQUENCE_ID, "value": {"intValue": "7"}},
+                                    {"key": "n", "value": {"intValue": "42"}},
+                                    {
+                                        "key": "xs",
+                                        "value": {
+                                            "arrayValue": {"values": [{"doubleValue": 1.5}, {"boolValue": False}]}
+                                        },
+                                    },
+                                ],
+                                "status": {"code": "STATUS_CODE_OK"},
+                            },
+                            {
+                                "trace_id": TRACE.hex(),
+                                "span_id": "00f067aa0ba902b7",
+                                "name": "second",
+                                "attributes": [
+                                    {"key": semconv.ROLLOUT_ID, "value": {"stringValue": rid}},
+                                    {"key": semconv.ATTEMPT_ID, "value": {"stringValue": aid}},
+                                ],
+                            },
+                        ]
+                    }
+                ],
+            }
+        ]
     }
     answer = httpx.post(
         f"{url}/v1/traces",
@@ -166,8 +200,14 @@ def test_span_without_ids_is_refused_naming_the_attribute(served: Any, missing: 
         assert answer.content[:2] == b"\x08\x03"
     else:
         resource = {"attributes": [{"key": k, "value": {"stringValue": v}} for k, v in ids.items()]}
-        document = {"resourceSpans": [{"resource": resource, "scopeSpans": [{"spans": [
-            {"traceId": TRACE.hex(), "spanId": "01" * 8, "name": "orphan"}]}]}]}
+        document = {
+            "resourceSpans": [
+                {
+                    "resource": resource,
+                    "scopeSpans": [{"spans": [{"traceId": TRACE.hex(), "spanId": "01" * 8, "name": "orphan"}]}],
+                }
+            ]
+        }
         answer = httpx.post(f"{url}/v1/traces", json=document)
         assert answer.status_code == 400
         message = answer.json()["message"]
@@ -189,9 +229,27 @@ def test_refusals(served: Any) -> None:
     assert answer.status_code == 415 and "application/x-protobuf" in answer.json()["message"]
     answer = httpx.post(f"{url}/v1/traces", content=b"not gzip", headers={**PROTO, "content-encoding": "gzip"})
     assert answer.status_code == 400 and b"gzip" in answer.content
-    bad_id = {"resourceSpans": [{"scopeSpans": [{"spans": [{"traceId": "xyz", "spanId": "01" * 8, "name": "s",
-        "attributes": [{"key": semconv.ROLLOUT_ID, "value": {"stringValue": attempted.rollout_id}},
-                       {"key": semconv.ATTEMPT_ID, "value": {"stringValue": attempted.attempt.attempt_id}}]}]}]}]}
+    bad_id = {
+        "resourceSpans": [
+            {
+                "scopeSpans": [
+                    {
+                        "spans": [
+                            {
+                                "traceId": "xyz",
+                                "spanId": "01" * 8,
+                                "name": "s",
+                                "attributes": [
+                                    {"key": semconv.ROLLOUT_ID, "value": {"stringValue": attempted.rollout_id}},
+                                    {"key": semconv.ATTEMPT_ID, "value": {"stringValue": attempted.attempt.attempt_id}},
+                                ],
+                            }
+                        ]
+                    }
+                ]
+            }
+        ]
+    }
     answer = httpx.post(f"{url}/v1/traces", json=bad_id)
     assert answer.status_code == 400 and "trace_id" in answer.json()["message"]
     assert stored_spans(store, attempted.rollout_id) == []

@@ -6,7 +6,6 @@ from typing import Any
 
 import httpx
 import pytest
-
 from agl_model_server.testing import forward_logprobs, sse_events
 
 # Incremental decoding (KV cache, one token per step) vs one full forward pass, both float32: they differ by
@@ -39,7 +38,9 @@ def test_health_and_models(client: httpx.Client, tiny_server: Any) -> None:
 
 
 def test_chat_token_ids_and_logprobs(client: httpx.Client, tiny_server: Any, tiny: Any) -> None:
-    body = chat(client, max_tokens=12, temperature=0, ignore_eos=True, return_token_ids=True, logprobs=True, top_logprobs=3)
+    body = chat(
+        client, max_tokens=12, temperature=0, ignore_eos=True, return_token_ids=True, logprobs=True, top_logprobs=3
+    )
     model, tokenizer = tiny
     assert body["object"] == "chat.completion"
     prompt_ids = body["prompt_token_ids"]
@@ -48,7 +49,11 @@ def test_chat_token_ids_and_logprobs(client: httpx.Client, tiny_server: Any, tin
     ids = choice["token_ids"]
     assert len(ids) == 12 and choice["finish_reason"] == "length"
     assert tokenizer.decode(ids, skip_special_tokens=True) == choice["message"]["content"]
-    assert body["usage"] == {"prompt_tokens": len(prompt_ids), "completion_tokens": 12, "total_tokens": len(prompt_ids) + 12}
+    assert body["usage"] == {
+        "prompt_tokens": len(prompt_ids),
+        "completion_tokens": 12,
+        "total_tokens": len(prompt_ids) + 12,
+    }
     content = choice["logprobs"]["content"]
     assert len(content) == len(ids)
     for entry, token in zip(content, ids):
@@ -69,18 +74,30 @@ def test_chat_token_ids_and_logprobs(client: httpx.Client, tiny_server: Any, tin
 def test_sampling_logprobs_follow_temperature(client: httpx.Client, tiny: Any) -> None:
     """``logprobs`` are under the sampling distribution (logits / T); ``model_logprobs`` under the model's (T=1)."""
     model, _ = tiny
-    body = complete(client, prompt="the quick brown", max_tokens=10, temperature=0.7, seed=11, logprobs=0,
-                    return_token_ids=True, ignore_eos=True)
+    body = complete(
+        client,
+        prompt="the quick brown",
+        max_tokens=10,
+        temperature=0.7,
+        seed=11,
+        logprobs=0,
+        return_token_ids=True,
+        ignore_eos=True,
+    )
     choice = body["choices"][0]
     prompt, ids = choice["prompt_token_ids"], choice["token_ids"]
-    assert choice["logprobs"]["token_logprobs"] == pytest.approx(forward_logprobs(model, prompt, ids, 0.7), abs=LOGPROB_TOL)
+    assert choice["logprobs"]["token_logprobs"] == pytest.approx(
+        forward_logprobs(model, prompt, ids, 0.7), abs=LOGPROB_TOL
+    )
     assert choice["model_logprobs"] == pytest.approx(forward_logprobs(model, prompt, ids, 1.0), abs=LOGPROB_TOL)
 
 
 def test_completions_shapes(client: httpx.Client, tiny: Any) -> None:
     _, tokenizer = tiny
     prompt_ids = tokenizer("one two three")["input_ids"]
-    body = complete(client, prompt=[prompt_ids, "hello world"], n=2, max_tokens=4, seed=3, logprobs=2, return_token_ids=True)
+    body = complete(
+        client, prompt=[prompt_ids, "hello world"], n=2, max_tokens=4, seed=3, logprobs=2, return_token_ids=True
+    )
     assert body["object"] == "text_completion"
     choices = body["choices"]
     assert [c["index"] for c in choices] == [0, 1, 2, 3]
@@ -107,7 +124,9 @@ def test_seed_reproducible(client: httpx.Client) -> None:
 def test_top_k_one_is_greedy(client: httpx.Client) -> None:
     greedy = complete(client, prompt="seven eight", max_tokens=8, temperature=0, return_token_ids=True)
     top1 = complete(client, prompt="seven eight", max_tokens=8, temperature=1.5, top_k=1, seed=5, return_token_ids=True)
-    nucleus = complete(client, prompt="seven eight", max_tokens=8, temperature=1.0, top_p=1e-6, seed=5, return_token_ids=True)
+    nucleus = complete(
+        client, prompt="seven eight", max_tokens=8, temperature=1.0, top_p=1e-6, seed=5, return_token_ids=True
+    )
     ids = greedy["choices"][0]["token_ids"]
     assert top1["choices"][0]["token_ids"] == ids
     assert nucleus["choices"][0]["token_ids"] == ids
@@ -137,7 +156,9 @@ def test_stream_equals_non_stream(client: httpx.Client, endpoint: str) -> None:
             assert events[0]["choices"][0]["delta"]["role"] == "assistant"
             text = "".join(c["delta"].get("content", "") for e in chunks for c in e["choices"])
             assert text == choice["message"]["content"]
-            lps = [x["logprob"] for e in chunks for c in e["choices"] if c["logprobs"] for x in c["logprobs"]["content"]]
+            lps = [
+                x["logprob"] for e in chunks for c in e["choices"] if c["logprobs"] for x in c["logprobs"]["content"]
+            ]
             assert lps == pytest.approx([x["logprob"] for x in choice["logprobs"]["content"]], abs=1e-6)
         else:
             assert chunks[0]["choices"][0]["prompt_token_ids"] == choice["prompt_token_ids"]
@@ -158,19 +179,43 @@ def test_stop_string_and_stop_token(client: httpx.Client, tiny: Any) -> None:
     choice = stopped["choices"][0]
     assert choice["finish_reason"] == "stop" and choice["stop_reason"] == stop
     assert choice["text"] == text[: text.index(stop)]
-    kept = complete(client, prompt="one two", max_tokens=24, temperature=0, ignore_eos=True, stop=stop,
-                    include_stop_str_in_output=True)
+    kept = complete(
+        client,
+        prompt="one two",
+        max_tokens=24,
+        temperature=0,
+        ignore_eos=True,
+        stop=stop,
+        include_stop_str_in_output=True,
+    )
     assert kept["choices"][0]["text"] == text[: text.index(stop) + len(stop)]
     # streaming: the same cut, never a piece of the stop string
-    with client.stream("POST", "/v1/completions", json={"model": "tiny", "prompt": "one two", "max_tokens": 24,
-                                                        "temperature": 0, "ignore_eos": True, "stop": [stop],
-                                                        "stream": True}) as r:
+    with client.stream(
+        "POST",
+        "/v1/completions",
+        json={
+            "model": "tiny",
+            "prompt": "one two",
+            "max_tokens": 24,
+            "temperature": 0,
+            "ignore_eos": True,
+            "stop": [stop],
+            "stream": True,
+        },
+    ) as r:
         streamed = "".join(c["text"] for e in sse_events(r) for c in e["choices"])
     assert streamed == choice["text"]
     # a stop token id: generation ends with it, and it is the stop_reason
     token = ids[5]
-    by_token = complete(client, prompt="one two", max_tokens=24, temperature=0, ignore_eos=True,
-                        stop_token_ids=[token], return_token_ids=True)
+    by_token = complete(
+        client,
+        prompt="one two",
+        max_tokens=24,
+        temperature=0,
+        ignore_eos=True,
+        stop_token_ids=[token],
+        return_token_ids=True,
+    )
     got = by_token["choices"][0]
     assert got["token_ids"] == ids[: ids.index(token) + 1]
     assert got["finish_reason"] == "stop" and got["stop_reason"] == token
@@ -190,12 +235,19 @@ def test_eos_ends_generation(client: httpx.Client, tiny_server: Any) -> None:
 def test_openai_client(tiny_server: Any) -> None:
     openai = pytest.importorskip("openai")
     client = openai.OpenAI(base_url=tiny_server.base_url, api_key="none", max_retries=0)
-    out = client.chat.completions.create(model="tiny", messages=CHAT["messages"], max_tokens=5, logprobs=True,
-                                         top_logprobs=2, extra_body={"return_token_ids": True})
+    out = client.chat.completions.create(
+        model="tiny",
+        messages=CHAT["messages"],
+        max_tokens=5,
+        logprobs=True,
+        top_logprobs=2,
+        extra_body={"return_token_ids": True},
+    )
     assert out.choices[0].logprobs.content and len(out.choices[0].logprobs.content[0].top_logprobs) == 2
     assert len(out.model_extra["prompt_token_ids"]) > 0
-    stream = client.completions.create(model="tiny", prompt="hello", max_tokens=5, stream=True,
-                                       stream_options={"include_usage": True})
+    stream = client.completions.create(
+        model="tiny", prompt="hello", max_tokens=5, stream=True, stream_options={"include_usage": True}
+    )
     chunks = list(stream)
     assert chunks[-1].usage.completion_tokens == 5 or chunks[-1].usage.completion_tokens <= 5
     with pytest.raises(openai.NotFoundError) as err:

@@ -18,11 +18,26 @@ def _complete(server: Any, body: dict[str, Any]) -> dict[str, Any]:
 
 def test_concurrent_requests_are_batched_and_correct(tiny_server: Any) -> None:
     # Prompts of different lengths (left padding) and different output lengths (rows retire at different steps).
-    prompts = ["one", "the quick brown fox", "hello world, this is", "what is the answer?", "seven", "ten nine eight",
-               "a", "unicode text"]
+    prompts = [
+        "one",
+        "the quick brown fox",
+        "hello world, this is",
+        "what is the answer?",
+        "seven",
+        "ten nine eight",
+        "a",
+        "unicode text",
+    ]
     bodies = [
-        {"model": "tiny", "prompt": p, "max_tokens": 6 + 3 * i, "temperature": 0, "ignore_eos": True,
-         "return_token_ids": True, "logprobs": 0}
+        {
+            "model": "tiny",
+            "prompt": p,
+            "max_tokens": 6 + 3 * i,
+            "temperature": 0,
+            "ignore_eos": True,
+            "return_token_ids": True,
+            "logprobs": 0,
+        }
         for i, p in enumerate(prompts)
     ]
     alone = [_complete(tiny_server, b)["choices"][0] for b in bodies]
@@ -44,10 +59,22 @@ def test_requests_join_a_running_batch(tiny_server: Any) -> None:
     import threading
     import time
 
-    long_body = {"model": "tiny", "prompt": "one two three four five", "max_tokens": 150, "temperature": 0,
-                 "ignore_eos": True, "return_token_ids": True}
-    short_body = {"model": "tiny", "prompt": "a", "max_tokens": 5, "temperature": 0, "ignore_eos": True,
-                  "return_token_ids": True}
+    long_body = {
+        "model": "tiny",
+        "prompt": "one two three four five",
+        "max_tokens": 150,
+        "temperature": 0,
+        "ignore_eos": True,
+        "return_token_ids": True,
+    }
+    short_body = {
+        "model": "tiny",
+        "prompt": "a",
+        "max_tokens": 5,
+        "temperature": 0,
+        "ignore_eos": True,
+        "return_token_ids": True,
+    }
     solo_long = _complete(tiny_server, long_body)["choices"][0]["token_ids"]
     solo_short = _complete(tiny_server, short_body)["choices"][0]["token_ids"]
     tiny_server.engine.reset_stats()

@@ -65,7 +65,9 @@ def test_bad_completion_requests(client: httpx.Client, body: dict[str, Any], par
 
 def test_malformed_bodies(client: httpx.Client) -> None:
     for raw in (b"{not json", b"", b"[1, 2]", b"null"):
-        error = error_of(client.post("/v1/chat/completions", content=raw, headers={"content-type": "application/json"}), 400)
+        error = error_of(
+            client.post("/v1/chat/completions", content=raw, headers={"content-type": "application/json"}), 400
+        )
         assert error["type"] == "invalid_request_error"
 
 
@@ -80,7 +82,9 @@ def test_prompt_too_long(client: httpx.Client, tiny_server: Any) -> None:
     limit = tiny_server.max_model_len
     error = error_of(client.post("/v1/completions", json={"model": "tiny", "prompt": [5] * (limit + 3)}), 400)
     assert error["code"] == "context_length_exceeded" and str(limit) in error["message"]
-    error = error_of(client.post("/v1/completions", json={"model": "tiny", "prompt": [5] * 50, "max_tokens": limit}), 400)
+    error = error_of(
+        client.post("/v1/completions", json={"model": "tiny", "prompt": [5] * 50, "max_tokens": limit}), 400
+    )
     assert error["code"] == "context_length_exceeded" and error["param"] == "max_tokens"
     long_chat = [{"role": "user", "content": "word " * 2000}]
     error = error_of(client.post("/v1/chat/completions", json={"model": "tiny", "messages": long_chat}), 400)
@@ -96,12 +100,17 @@ def test_unknown_route_and_method(client: httpx.Client) -> None:
 def test_bad_weights_requests(client: httpx.Client, tiny_server: Any) -> None:
     version = tiny_server.weights_version
     error_of(client.post("/v1/weights", content=b"abc", headers={"content-type": "text/plain"}), 415)
-    error = error_of(client.post("/v1/weights", content=b"not safetensors", headers={"content-type": "application/octet-stream"}), 400)
+    error = error_of(
+        client.post("/v1/weights", content=b"not safetensors", headers={"content-type": "application/octet-stream"}),
+        400,
+    )
     assert error["code"] == "invalid_weights"
     error = error_of(client.post("/v1/weights", json={"path": "/nonexistent/dir"}), 400)
     assert "does not exist" in error["message"]
     error_of(client.post("/v1/weights", json={"nopath": 1}), 400)
-    error_of(client.post("/v1/weights?version=abc", content=b"x", headers={"content-type": "application/octet-stream"}), 400)
+    error_of(
+        client.post("/v1/weights?version=abc", content=b"x", headers={"content-type": "application/octet-stream"}), 400
+    )
     assert tiny_server.weights_version == version
 
 

@@ -8,7 +8,6 @@ from typing import Any
 import httpx
 import pytest
 import torch
-
 from agl_model_server.testing import forward_logprobs, sse_events
 
 # Logprobs from the server's incremental decoding vs one full forward pass of the same model on the same tokens,
@@ -18,8 +17,15 @@ QUESTIONS = ["What is the capital of France?", "Name three colors.", "What is 2 
 
 
 def _chat(server: Any, question: str, **extra: Any) -> dict[str, Any]:
-    body = {"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": question}], "max_tokens": 16,
-            "temperature": 0, "return_token_ids": True, "logprobs": True, **extra}
+    body = {
+        "model": "smollm2-135m-instruct",
+        "messages": [{"role": "user", "content": question}],
+        "max_tokens": 16,
+        "temperature": 0,
+        "return_token_ids": True,
+        "logprobs": True,
+        **extra,
+    }
     with httpx.Client(base_url=server.url, timeout=300) as c:
         response = c.post("/v1/chat/completions", json=body)
     assert response.status_code == 200, response.text
@@ -66,9 +72,19 @@ def test_eight_concurrent_requests_batched_and_equal_to_alone(smol_server: Any) 
 def test_stream_matches_non_stream(smol_server: Any) -> None:
     for extra in ({}, {"temperature": 1.0, "seed": 42}):
         whole = _chat(smol_server, QUESTIONS[1], **extra)
-        body = {"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": QUESTIONS[1]}],
-                "max_tokens": 16, "temperature": 0, "return_token_ids": True, "stream": True, **extra}
-        with httpx.Client(base_url=smol_server.url, timeout=300) as c, c.stream("POST", "/v1/chat/completions", json=body) as r:
+        body = {
+            "model": "smollm2-135m-instruct",
+            "messages": [{"role": "user", "content": QUESTIONS[1]}],
+            "max_tokens": 16,
+            "temperature": 0,
+            "return_token_ids": True,
+            "stream": True,
+            **extra,
+        }
+        with (
+            httpx.Client(base_url=smol_server.url, timeout=300) as c,
+            c.stream("POST", "/v1/chat/completions", json=body) as r,
+        ):
             events = sse_events(r)
         assert events[0]["prompt_token_ids"] == whole["prompt_token_ids"]
         ids = [t for e in events for ch in e["choices"] for t in ch.get("token_ids", [])]
@@ -85,13 +101,22 @@ def test_partial_weight_update_on_the_real_model(smol_server: Any, smol: Any) ->
     original = model.state_dict()[name].detach().clone()
     before = _chat(smol_server, QUESTIONS[2])
     with httpx.Client(base_url=smol_server.url, timeout=300) as c:
-        pushed = c.post("/v1/weights?partial=true", content=save({name: original * 0.5}),
-                        headers={"content-type": "application/octet-stream"})
+        pushed = c.post(
+            "/v1/weights?partial=true",
+            content=save({name: original * 0.5}),
+            headers={"content-type": "application/octet-stream"},
+        )
         assert pushed.status_code == 200, pushed.text
         changed = _chat(smol_server, QUESTIONS[2])
         assert changed["weights_version"] == pushed.json()["version"]
-        assert changed["choices"][0]["model_logprobs"] != pytest.approx(before["choices"][0]["model_logprobs"], abs=1e-3)
-        c.post("/v1/weights?partial=true", content=save({name: original}), headers={"content-type": "application/octet-stream"})
+        assert changed["choices"][0]["model_logprobs"] != pytest.approx(
+            before["choices"][0]["model_logprobs"], abs=1e-3
+        )
+        c.post(
+            "/v1/weights?partial=true",
+            content=save({name: original}),
+            headers={"content-type": "application/octet-stream"},
+        )
     after = _chat(smol_server, QUESTIONS[2])
     assert after["choices"][0]["token_ids"] == before["choices"][0]["token_ids"]
     assert after["choices"][0]["model_logprobs"] == pytest.approx(before["choices"][0]["model_logprobs"], abs=1e-5)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import sys
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,6 +27,20 @@ __all__ = ["create_app", "server_context"]
 DEFAULT_MAX_BODY_SIZE = 64 * 1024 * 1024
 
 
+class _App(Litestar):
+    """Litestar, without its pydantic and attrs plugins unless a route handler's module already uses pydantic:
+    agl's routes are msgspec end to end, and importing pydantic would add half a second to the start-up."""
+
+    @staticmethod
+    def _get_default_plugins(plugins: list[Any]) -> list[Any]:
+        if "pydantic" in sys.modules:
+            return Litestar._get_default_plugins(plugins)
+        from litestar.plugins.core import MsgspecDIPlugin
+
+        plugins.append(MsgspecDIPlugin())
+        return plugins
+
+
 def server_context(app: Litestar) -> ServerContext:
     """The :class:`ServerContext` of an app made by :func:`create_app`."""
     return app.state["agl"]
@@ -37,13 +53,28 @@ def _plugin_routes(plugin_manager: Any) -> list[ControllerRouterHandler]:
 
         plugin_manager = get_plugin_manager()
     collected: list[ControllerRouterHandler] = []
+    # Each implementation on its own: a broken plugin is skipped with a warning, the others' routes stay.
+    for impl in plugin_manager.hook.agl_server_routes.get_hookimpls():
+        mine: list[ControllerRouterHandler] = []
 
-    def register(*handlers: ControllerRouterHandler) -> None:
-        if not handlers:
-            raise TypeError("register() takes one or more litestar route handlers, routers or controllers")
-        collected.extend(handlers)
+        def register(*handlers: ControllerRouterHandler, _into: list[ControllerRouterHandler] = mine) -> None:
+            if not handlers:
+                raise TypeError("register() takes one or more litestar route handlers, routers or controllers")
+            _into.extend(handlers)
 
-    plugin_manager.hook.agl_server_routes(register=register)
+        try:
+            impl.function(**{name: register for name in impl.argnames})
+        except Exception as err:  # noqa: BLE001 - a plugin's bug must not take the server down
+            from agl_kernel.plugins import AglPluginWarning
+
+            warnings.warn(
+                f"The agl plugin {impl.plugin_name!r} failed to add its server routes ({type(err).__name__}: {err});"
+                " the server runs without them.",
+                AglPluginWarning,
+                stacklevel=3,
+            )
+            continue
+        collected.extend(mine)
     return collected
 
 
@@ -133,7 +164,7 @@ def create_app(
         middleware.append(bearer_auth(token))
     from agl_kernel import __version__
 
-    app = Litestar(
+    app = _App(
         route_handlers=handlers,
         middleware=middleware,
         exception_handlers={Exception: count_unmatched, HTTPException: count_unmatched},

@@ -87,8 +87,9 @@ def error_body(exc: BaseException) -> tuple[int, ErrorBody]:
         return 400, ErrorBody(error="invalid_argument", message=str(exc) or type(exc).__name__, status=400)
     if isinstance(exc, OverflowError):
         # A number in the request that the store cannot keep (e.g. an integer beyond 64 bits).
-        return 400, ErrorBody(error="invalid_argument", message=f"a number in the request is out of range: {exc}",
-                              status=400)
+        return 400, ErrorBody(
+            error="invalid_argument", message=f"a number in the request is out of range: {exc}", status=400
+        )
     error_id = uuid.uuid4().hex[:12]
     return 500, ErrorBody(
         error="internal",
@@ -102,7 +103,7 @@ def error_response(status: int, body: ErrorBody, headers: dict[str, str] | None 
     return Response(content=encode_json(body), status_code=status, media_type="application/json", headers=headers)
 
 
-def _decode_error(exc: BaseException) -> Optional[BaseException]:
+def _decode_error(exc: BaseException) -> BaseException | None:
     """The msgspec error (or litestar's wrapper of one) behind a 400, if any."""
     seen = exc.__cause__
     found = None

@@ -72,7 +72,7 @@ def decode_request(body: bytes, content_type: str) -> list[Span]:
             request.ParseFromString(body)
         except DecodeError as exc:
             raise OtlpError(f"the body is not a valid protobuf ExportTraceServiceRequest: {exc}") from None
-        return list(_spans_from_proto(request))
+        return _guarded(lambda: list(_spans_from_proto(request)))
     if media == "application/json":
         try:
             document = msgspec.json.decode(body)
@@ -80,8 +80,15 @@ def decode_request(body: bytes, content_type: str) -> list[Span]:
             raise OtlpError(f"the body is not valid JSON: {exc}") from None
         if not isinstance(document, dict):
             raise OtlpError("an OTLP/JSON body is an object with a 'resourceSpans' list")
-        return list(_spans_from_json(document))
+        return _guarded(lambda: list(_spans_from_json(document)))
     raise OtlpError(f"unsupported Content-Type {content_type!r}: send application/x-protobuf or application/json", 415)
+
+
+def _guarded(convert: Any) -> list[Span]:
+    try:
+        return convert()
+    except RecursionError:
+        raise OtlpError("the attribute values are nested too deeply") from None
 
 
 def encode_success(protobuf: bool) -> tuple[bytes, str]:
@@ -123,7 +130,8 @@ def _seconds(nanos: Any, what: str) -> float | None:
         value = int(nanos or 0)
     except (TypeError, ValueError):
         raise OtlpError(f"{what} must be an integer number of nanoseconds, not {nanos!r}") from None
-    return value / 1e9 if value else None
+    # Whole seconds and the fraction apart: value / 1e9 would lose the last digits of the fraction.
+    return value // 1_000_000_000 + (value % 1_000_000_000) / 1e9 if value else None
 
 
 def _make_span(

@@ -8,11 +8,7 @@ has gone is put back in the queue.
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 from litestar import Request, get, patch, post, put
 from litestar.handlers import HTTPRouteHandler
@@ -32,24 +28,19 @@ from agl_kernel.models import (
     StoreStatistics,
     Worker,
 )
-from agl_kernel.server._errors import error_body, logger
-from agl_kernel.server._metrics import ServerMetrics
+from agl_kernel.server._batch import batch_route
+from agl_kernel.server._context import ServerContext, long_poll, user_id
+from agl_kernel.server._errors import logger
 from agl_kernel.server._wire import (
     API_PREFIX,
-    AddSpanOp,
     AttemptPatch,
     AttemptQuery,
-    BatchBody,
     DeleteBody,
     DeletedCount,
     DequeueBody,
     DequeueManyBody,
-    DequeueRolloutOp,
-    ErrorBody,
     EnqueueManyBody,
-    EnqueueRolloutOp,
-    GetRolloutOp,
-    OpResult,
+    ErrorBody,
     ResourcesBody,
     ResourcesQuery,
     RolloutPatch,
@@ -59,18 +50,13 @@ from agl_kernel.server._wire import (
     SpanQuery,
     StartAttemptBody,
     StartRolloutBody,
-    UpdateAttemptOp,
-    UpdateWorkerOp,
     WaitBody,
     WorkerHeartbeat,
     WorkerQuery,
     set_fields,
 )
-from agl_kernel.store.base import LightningStore
 
 __all__ = ["ERRORS", "ServerContext", "store_routes"]
-
-T = TypeVar("T")
 
 ERRORS = {
     400: ResponseSpec(
@@ -91,60 +77,6 @@ ERRORS = {
     ),
 }
 """The error answers every route may give, for the OpenAPI document."""
-
-
-@dataclass
-class ServerContext:
-    """What the routes share: the store, the metrics, and the long-poll settings."""
-
-    store: LightningStore
-    metrics: ServerMetrics
-    max_wait: float = 60.0
-    poll_slice: float = 1.0
-    draining: bool = False
-    """Set when shutdown begins: long polls return what they have at the end of their current slice."""
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-def _user_id(raw: str) -> str:
-    """A ``{name:path}`` parameter arrives with its leading slash."""
-    return raw.removeprefix("/")
-
-
-async def _disconnected(request: Request) -> None:
-    """Return when the client closes the connection (the body has been read, so nothing else arrives)."""
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            return
-
-
-async def _long_poll(
-    ctx: ServerContext,
-    request: Request,
-    operation: str,
-    poll: Callable[[float], Awaitable[T]],
-    done: Callable[[T], bool],
-    timeout: float | None,
-    on_abandoned: Callable[[T], Awaitable[None]] | None = None,
-) -> T:
-    """``poll(seconds)`` in slices until ``done(result)``, the timeout, shutdown or the client's disconnect."""
-    limit = ctx.max_wait if timeout is None else min(timeout, ctx.max_wait)
-    if limit <= 0:
-        return await ctx.metrics.timed(operation, poll(0.0))
-    deadline = time.monotonic() + limit
-    watcher = asyncio.ensure_future(_disconnected(request))
-    try:
-        while True:
-            remaining = deadline - time.monotonic()
-            result = await ctx.metrics.timed(f"{operation}_wait", poll(max(0.0, min(remaining, ctx.poll_slice))))
-            if watcher.done() and on_abandoned is not None and done(result):
-                await on_abandoned(result)
-                return result
-            if done(result) or remaining <= ctx.poll_slice or ctx.draining or watcher.done():
-                return result
-    finally:
-        watcher.cancel()
 
 
 def store_routes(ctx: ServerContext) -> list[HTTPRouteHandler]:
@@ -218,7 +150,7 @@ def store_routes(ctx: ServerContext) -> list[HTTPRouteHandler]:
     async def dequeue_rollout(data: JSONBody[DequeueBody], request: Request) -> AttemptedRollout | None:
         if data.timeout <= 0:
             return await timed("dequeue_rollout", store.dequeue_rollout(worker_id=data.worker_id))
-        return await _long_poll(
+        return await long_poll(
             ctx,
             request,
             "dequeue_rollout",
@@ -236,7 +168,7 @@ def store_routes(ctx: ServerContext) -> list[HTTPRouteHandler]:
         responses=ERRORS,
     )
     async def dequeue_many_rollouts(data: JSONBody[DequeueManyBody], request: Request) -> list[AttemptedRollout]:
-        return await _long_poll(
+        return await long_poll(
             ctx,
             request,
             "dequeue_many_rollouts",
@@ -270,7 +202,7 @@ def store_routes(ctx: ServerContext) -> list[HTTPRouteHandler]:
     )
     async def wait_for_rollouts(data: JSONBody[WaitBody], request: Request) -> list[Rollout]:
         wanted = len(data.rollout_ids)
-        return await _long_poll(
+        return await long_poll(
             ctx,
             request,
             "wait_for_rollouts",
@@ -386,76 +318,6 @@ def store_routes(ctx: ServerContext) -> list[HTTPRouteHandler]:
     async def add_many_spans(data: JSONBody[SpanBatch]) -> list[Span]:
         return await timed("add_many_spans", store.add_many_spans(data.spans))
 
-    async def run_op(op: Any) -> OpResult:
-        try:
-            if isinstance(op, AddSpanOp):
-                result: Any = await timed("add_span", store.add_span(op.span))
-            elif isinstance(op, UpdateAttemptOp):
-                patch = set_fields(op.patch)
-                result = await timed("update_attempt", store.update_attempt(op.rollout_id, op.attempt_id, **patch))
-            elif isinstance(op, DequeueRolloutOp):
-                result = await timed("dequeue_rollout", store.dequeue_rollout(worker_id=op.worker_id))
-            elif isinstance(op, EnqueueRolloutOp):
-                r = op.request
-                result = await timed(
-                    "enqueue_rollout",
-                    store.enqueue_rollout(
-                        r.input, mode=r.mode, resources_id=r.resources_id, config=r.config, metadata=r.metadata
-                    ),
-                )
-            elif isinstance(op, UpdateWorkerOp):
-                result = await timed("update_worker", store.update_worker(op.worker_id, **set_fields(op.heartbeat)))
-            elif isinstance(op, GetRolloutOp):
-                result = await timed("get_rollout", store.get_rollout(op.rollout_id))
-            else:
-                result = await timed("get_attempt", store.get_attempt(op.rollout_id, op.attempt_id))
-        except Exception as exc:  # noqa: BLE001 - each call of a batch answers for itself
-            status, body = error_body(exc)
-            if status >= 500 and body.error_id is not None:
-                logger.error(
-                    "error id %s: batch call %s failed: %s", body.error_id, type(op).__name__, exc, exc_info=exc
-                )
-            return OpResult(error=body)
-        return OpResult(result=result)
-
-    @post(
-        f"{prefix}/batch",
-        status_code=200,
-        tags=tags_store,
-        summary="Several short calls in one request",
-        responses=ERRORS,
-    )
-    async def batch(data: JSONBody[BatchBody]) -> list[OpResult]:
-        ops = data.ops
-        results: list[Any] = [None] * len(ops)
-        spans = [(i, op) for i, op in enumerate(ops) if isinstance(op, AddSpanOp)]
-
-        async def add_spans() -> None:
-            # One store call for all the spans (one transaction in a durable store); if it fails, each span on
-            # its own, so that only the faulty ones fail.
-            try:
-                stored = await timed("add_many_spans", store.add_many_spans([op.span for _, op in spans]))
-            except Exception as exc:  # noqa: BLE001 - retried span by span below
-                if error_body(exc)[0] >= 500:
-                    logger.warning("a batch of %d spans failed (%s); adding them one by one", len(spans), exc)
-                for i, op in spans:
-                    results[i] = await run_op(op)
-                return
-            for (i, _), span in zip(spans, stored, strict=True):
-                results[i] = OpResult(result=span)
-
-        async def run_at(i: int, op: Any) -> None:
-            results[i] = await run_op(op)
-
-        calls = [run_at(i, op) for i, op in enumerate(ops) if not isinstance(op, AddSpanOp)]
-        if spans:
-            calls.append(add_spans())
-        if len(calls) == 1:
-            await calls[0]
-        else:  # concurrently, as separate requests would run: a durable store commits their writes together
-            await asyncio.gather(*calls)
-        return results
-
     @post(
         f"{prefix}/rollouts/{{rollout_id:str}}/spans/query",
         status_code=200,
@@ -513,7 +375,7 @@ def store_routes(ctx: ServerContext) -> list[HTTPRouteHandler]:
         responses=ERRORS,
     )
     async def get_resources(resources_id: FromPath[str], version: FromQuery[int | None] = None) -> ResourcesUpdate:
-        return await timed("get_resources", store.get_resources(_user_id(resources_id), version))
+        return await timed("get_resources", store.get_resources(user_id(resources_id), version))
 
     @put(
         f"{prefix}/resources/id/{{resources_id:path}}",
@@ -522,7 +384,7 @@ def store_routes(ctx: ServerContext) -> list[HTTPRouteHandler]:
         responses=ERRORS,
     )
     async def update_resources(resources_id: FromPath[str], data: JSONBody[ResourcesBody]) -> ResourcesUpdate:
-        return await timed("update_resources", store.update_resources(_user_id(resources_id), data.resources))
+        return await timed("update_resources", store.update_resources(user_id(resources_id), data.resources))
 
     # -------------------------------------------------------------------------------------------- workers
 
@@ -533,11 +395,11 @@ def store_routes(ctx: ServerContext) -> list[HTTPRouteHandler]:
         responses=ERRORS,
     )
     async def update_worker(worker_id: FromPath[str], data: JSONBody[WorkerHeartbeat]) -> Worker:
-        return await timed("update_worker", store.update_worker(_user_id(worker_id), **set_fields(data)))
+        return await timed("update_worker", store.update_worker(user_id(worker_id), **set_fields(data)))
 
     @get(f"{prefix}/workers/id/{{worker_id:path}}", tags=tags_workers, summary="Get a worker", responses=ERRORS)
     async def get_worker(worker_id: FromPath[str]) -> Worker:
-        return await timed("get_worker", store.get_worker(_user_id(worker_id)))
+        return await timed("get_worker", store.get_worker(user_id(worker_id)))
 
     @post(f"{prefix}/workers/query", status_code=200, tags=tags_workers, summary="Query workers", responses=ERRORS)
     async def query_workers(data: JSONBody[WorkerQuery]) -> PaginatedResult[Worker]:
@@ -566,7 +428,7 @@ def store_routes(ctx: ServerContext) -> list[HTTPRouteHandler]:
         enqueue_rollout, enqueue_many_rollouts, start_rollout, dequeue_rollout, dequeue_many_rollouts,
         query_rollouts, wait_for_rollouts, delete_rollouts, get_rollout, update_rollout, cancel_rollout,
         start_attempt, query_attempts, get_attempt, update_attempt, get_many_span_sequence_ids,
-        add_span, add_many_spans, query_spans, batch,
+        add_span, add_many_spans, query_spans, batch_route(ctx, ERRORS),
         add_resources, query_resources, get_latest_resources, get_resources, update_resources,
         update_worker, get_worker, query_workers, statistics, capabilities,
     ]  # fmt: skip

@@ -7,7 +7,8 @@ import asyncio
 import logging
 import time
 import uuid
-from typing import TYPE_CHECKING, Any, AsyncIterator, Optional
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from litestar import Litestar, Request, Response, get, post
@@ -52,7 +53,7 @@ def _sse(payload: Any) -> bytes:
     return b"data: " + _encode(payload) + b"\n\n"
 
 
-def _bool_query(value: Optional[str], name: str) -> bool:
+def _bool_query(value: str | None, name: str) -> bool:
     if value is None or value == "":
         return False
     if value.lower() in ("1", "true", "yes"):
@@ -62,12 +63,12 @@ def _bool_query(value: Optional[str], name: str) -> bool:
     raise ApiError(f"`{name}` must be true or false.", param=name)
 
 
-def create_app(server: "ModelServer") -> Litestar:
+def create_app(server: ModelServer) -> Litestar:
     """The litestar app serving ``server`` (a :class:`~agl_model_server.ModelServer`)."""
     tokenizer = server.tokenizer
     engine = server.engine
 
-    def check_model(name: Optional[str]) -> str:
+    def check_model(name: str | None) -> str:
         if name is None or name in server.served_names:
             return server.model_name
         raise ApiError(
@@ -77,7 +78,7 @@ def create_app(server: "ModelServer") -> Litestar:
             code="model_not_found",
         )
 
-    def check_length(prompt_len: int, max_tokens: Optional[int], default: Optional[int], what: str) -> int:
+    def check_length(prompt_len: int, max_tokens: int | None, default: int | None, what: str) -> int:
         limit = engine.max_model_len
         if prompt_len >= limit:
             raise ApiError(
@@ -106,7 +107,9 @@ def create_app(server: "ModelServer") -> Litestar:
         vocab = server.vocab_size
         for token in req.stop_token_ids or ():
             if not 0 <= token < vocab:
-                raise ApiError(f"stop token id {token} is outside the vocabulary (0..{vocab - 1}).", param="stop_token_ids")
+                raise ApiError(
+                    f"stop token id {token} is outside the vocabulary (0..{vocab - 1}).", param="stop_token_ids"
+                )
         return SamplingParams(
             max_tokens=max_tokens,
             temperature=1.0 if req.temperature is None else float(req.temperature),
@@ -259,7 +262,7 @@ def create_app(server: "ModelServer") -> Litestar:
                 state = await asyncio.to_thread(read_safetensors_bytes, body)
             else:
                 raise ApiError(
-                    "Send JSON {\"path\": \"/dir/or/file.safetensors\"} or the bytes of a safetensors file with "
+                    'Send JSON {"path": "/dir/or/file.safetensors"} or the bytes of a safetensors file with '
                     "Content-Type: application/octet-stream.",
                     status=415,
                     code="unsupported_media_type",
@@ -287,13 +290,17 @@ def create_app(server: "ModelServer") -> Litestar:
         status = exc.status_code
         detail = exc.detail if isinstance(exc.detail, str) else str(exc)
         if status == 404:
-            detail = f"{detail}. This server has /v1/chat/completions, /v1/completions, /v1/models, /v1/weights, /health."
+            detail = (
+                f"{detail}. This server has /v1/chat/completions, /v1/completions, /v1/models, /v1/weights, /health."
+            )
         return _error(ApiError(detail, status=status, code=str(status)))
 
     def on_unexpected(_request: Request, exc: Exception) -> Response:
         error_id = uuid.uuid4().hex[:12]
         logger.exception("unexpected error %s", error_id, exc_info=exc)
-        return _error(ApiError(f"Internal error {error_id}: {type(exc).__name__}: {exc}", status=500, code="internal_error"))
+        return _error(
+            ApiError(f"Internal error {error_id}: {type(exc).__name__}: {exc}", status=500, code="internal_error")
+        )
 
     return Litestar(
         route_handlers=[chat_completions, completions, models, health, engine_stats, weights_info, load_weights],

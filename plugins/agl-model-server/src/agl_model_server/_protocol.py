@@ -7,7 +7,7 @@ Unknown fields are ignored (clients send many); fields we accept but cannot hono
 from __future__ import annotations
 
 import re
-from typing import Any, Optional, Union
+from typing import Any
 
 import msgspec
 
@@ -29,9 +29,9 @@ class ApiError(Exception):
         message: str,
         *,
         status: int = 400,
-        param: Optional[str] = None,
-        code: Optional[str] = None,
-        type: Optional[str] = None,  # noqa: A002 - OpenAI's field name
+        param: str | None = None,
+        code: str | None = None,
+        type: str | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -51,24 +51,24 @@ class StreamOptions(msgspec.Struct, kw_only=True):
 
 
 class _Common(msgspec.Struct, kw_only=True):
-    model: Optional[str] = None
-    max_tokens: Optional[int] = None
-    temperature: Optional[float] = None
-    top_p: Optional[float] = None
-    top_k: Optional[int] = None
+    model: str | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
     n: int = 1
-    seed: Optional[int] = None
-    stop: Union[str, list[str], None] = None
+    seed: int | None = None
+    stop: str | list[str] | None = None
     stream: bool = False
-    stream_options: Optional[StreamOptions] = None
-    presence_penalty: Optional[float] = None
-    frequency_penalty: Optional[float] = None
-    repetition_penalty: Optional[float] = None
-    logit_bias: Optional[dict[str, float]] = None
-    user: Optional[str] = None
+    stream_options: StreamOptions | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    repetition_penalty: float | None = None
+    logit_bias: dict[str, float] | None = None
+    user: str | None = None
     # vLLM's extensions
     return_token_ids: bool = False
-    stop_token_ids: Optional[list[int]] = None
+    stop_token_ids: list[int] | None = None
     ignore_eos: bool = False
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True
@@ -78,12 +78,12 @@ class _Common(msgspec.Struct, kw_only=True):
 class ChatRequest(_Common, kw_only=True):
     messages: list[dict[str, Any]]
     logprobs: bool = False
-    top_logprobs: Optional[int] = None
-    max_completion_tokens: Optional[int] = None
+    top_logprobs: int | None = None
+    max_completion_tokens: int | None = None
     add_generation_prompt: bool = True
     continue_final_message: bool = False
-    chat_template_kwargs: Optional[dict[str, Any]] = None
-    tools: Optional[list[dict[str, Any]]] = None
+    chat_template_kwargs: dict[str, Any] | None = None
+    tools: list[dict[str, Any]] | None = None
     tool_choice: Any = None
     response_format: Any = None
     parallel_tool_calls: Any = None
@@ -91,17 +91,17 @@ class ChatRequest(_Common, kw_only=True):
 
 class CompletionRequest(_Common, kw_only=True):
     prompt: Any
-    logprobs: Optional[int] = None
+    logprobs: int | None = None
     echo: bool = False
-    suffix: Optional[str] = None
-    best_of: Optional[int] = None
+    suffix: str | None = None
+    best_of: int | None = None
     add_special_tokens: bool = True
 
 
 class WeightsRequest(msgspec.Struct, kw_only=True):
     path: str
     partial: bool = False
-    version: Optional[int] = None
+    version: int | None = None
 
 
 _PATH = re.compile(r"at `\$\.?([^`]*)`")
@@ -145,26 +145,29 @@ def check_common(req: _Common) -> None:
         if getattr(req, name) not in (None, 0, 0.0):
             raise ApiError(f"`{name}` is not supported by this server; leave it out or set it to 0.", param=name)
     if req.repetition_penalty not in (None, 1, 1.0):
-        raise ApiError("`repetition_penalty` is not supported; leave it out or set it to 1.", param="repetition_penalty")
+        raise ApiError(
+            "`repetition_penalty` is not supported; leave it out or set it to 1.", param="repetition_penalty"
+        )
     if req.logit_bias:
         raise ApiError("`logit_bias` is not supported by this server.", param="logit_bias")
     if req.min_tokens:
         raise ApiError("`min_tokens` is not supported by this server.", param="min_tokens")
 
 
-def stop_list(stop: Union[str, list[str], None]) -> list[str]:
+def stop_list(stop: str | list[str] | None) -> list[str]:
     if stop is None:
         return []
     return [stop] if isinstance(stop, str) else list(stop)
 
 
-def completion_prompts(prompt: Any) -> list[Union[str, list[int]]]:
+def completion_prompts(prompt: Any) -> list[str | list[int]]:
     """``prompt`` as a list of prompts, each a string or a list of token ids (OpenAI's four shapes)."""
     if isinstance(prompt, str):
         return [prompt]
     if isinstance(prompt, list) and prompt:
         if all(isinstance(p, int) and not isinstance(p, bool) for p in prompt):
             return [list(prompt)]
+
         def one(p: Any) -> bool:
             return isinstance(p, str) or (
                 isinstance(p, list) and bool(p) and all(isinstance(t, int) and not isinstance(t, bool) for t in p)

@@ -14,8 +14,8 @@ Two logprobs are returned for each chosen token:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence
 
 import torch
 
@@ -31,7 +31,7 @@ class SamplingParams:
     top_p: float = 1.0
     top_k: int = 0
     """0 (or -1) keeps every token."""
-    seed: Optional[int] = None
+    seed: int | None = None
     top_logprobs: int = 0
     """How many alternatives (with their logprobs) to return per token, 0-20."""
     stop_token_ids: tuple[int, ...] = ()
@@ -46,7 +46,7 @@ class StepSample:
     token_ids: list[int]
     logprobs: list[float]
     model_logprobs: list[float]
-    top_logprobs: list[Optional[list[tuple[int, float]]]]
+    top_logprobs: list[list[tuple[int, float]] | None]
 
 
 def _truncate(probs: torch.Tensor, top_p: list[float], top_k: list[int]) -> torch.Tensor:
@@ -65,8 +65,8 @@ def _truncate(probs: torch.Tensor, top_p: list[float], top_k: list[int]) -> torc
 def sample_batch(
     logits: torch.Tensor,
     params: Sequence[SamplingParams],
-    generators: Sequence[Optional[torch.Generator]],
-    default_generator: Optional[torch.Generator] = None,
+    generators: Sequence[torch.Generator | None],
+    default_generator: torch.Generator | None = None,
 ) -> StepSample:
     """Choose one token per row of ``logits`` (``[rows, vocab]``). ``generators[i]`` is row ``i``'s own generator
     (a seeded request) or ``None`` (``default_generator`` is used)."""
@@ -116,7 +116,7 @@ def sample_batch(
 
     picked_lp = sampling_lp.gather(1, tokens[:, None]).squeeze(1)
     picked_model_lp = picked_lp if sampling_lp is model_lp else model_lp.gather(1, tokens[:, None]).squeeze(1)
-    top: list[Optional[list[tuple[int, float]]]] = [None] * rows
+    top: list[list[tuple[int, float]] | None] = [None] * rows
     want = max((p.top_logprobs for p in params), default=0)
     if want > 0:
         values, ids = sampling_lp.topk(want, dim=-1)

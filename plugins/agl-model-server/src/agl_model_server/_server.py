@@ -11,7 +11,8 @@ import queue
 import socket
 import threading
 import time
-from typing import Any, Iterator, Mapping, Optional, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 from agl_model_server._detok import TextAssembler, TokenTexts
 from agl_model_server._engine import Engine, TokenEvent
@@ -54,27 +55,31 @@ class ModelServer:
         model: Any = None,
         tokenizer: Any = None,
         *,
-        model_name: Optional[str] = None,
+        model_name: str | None = None,
         max_batch_size: int = 64,
-        max_model_len: Optional[int] = None,
-        default_max_tokens: Optional[int] = None,
-        device: Optional[str] = None,
+        max_model_len: int | None = None,
+        default_max_tokens: int | None = None,
+        device: str | None = None,
         dtype: Any = None,
-        attn_implementation: Optional[str] = "auto",
+        attn_implementation: str | None = "auto",
     ) -> None:
         if model is None or isinstance(model, (str, os.PathLike)):
             source = "smollm2" if model is None else str(model)
             model, loaded_tokenizer = load_model(source, device=device, dtype=dtype)
             tokenizer = tokenizer or loaded_tokenizer
             if model_name is None:
-                model_name = DEFAULT_MODEL_NAME if source in DEFAULT_MODEL_ALIASES else os.path.basename(source.rstrip("/"))
+                model_name = (
+                    DEFAULT_MODEL_NAME if source in DEFAULT_MODEL_ALIASES else os.path.basename(source.rstrip("/"))
+                )
         elif device is not None:
             model.to(device)
         if tokenizer is None:
             raise ValueError("pass the model's tokenizer with the model (tokenizer=...)")
         self.model = model
         self.tokenizer = tokenizer
-        self.model_name = model_name or str(getattr(model.config, "_name_or_path", "") or "model").rstrip("/").split("/")[-1]
+        self.model_name = (
+            model_name or str(getattr(model.config, "_name_or_path", "") or "model").rstrip("/").split("/")[-1]
+        )
         self.served_names = {self.model_name}
         self.default_max_tokens = default_max_tokens
         self.token_texts = TokenTexts(tokenizer)
@@ -91,12 +96,12 @@ class ModelServer:
         )
         self._app: Any = None
         self._uvicorn: Any = None
-        self._thread: Optional[threading.Thread] = None
-        self.host: Optional[str] = None
-        self.port: Optional[int] = None
-        self._weights_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self.host: str | None = None
+        self.port: int | None = None
+        self._created = int(time.time())
 
-    def _choose_attention(self, choice: Optional[str]) -> None:
+    def _choose_attention(self, choice: str | None) -> None:
         # On the CPU, PyTorch's SDPA kernel is several times slower than the eager attention for one-token decode
         # steps (measured with torch 2.13: ~5 ms per layer call vs well under 1 ms); on a GPU SDPA is the right one.
         if choice is None:
@@ -128,8 +133,8 @@ class ModelServer:
         *,
         add_generation_prompt: bool = True,
         continue_final_message: bool = False,
-        tools: Optional[list] = None,
-        template_kwargs: Optional[Mapping[str, Any]] = None,
+        tools: list | None = None,
+        template_kwargs: Mapping[str, Any] | None = None,
     ) -> list[int]:
         """The prompt token ids of a chat, with the tokenizer's chat template (special tokens come from it)."""
         from agl_model_server._protocol import ApiError
@@ -141,10 +146,14 @@ class ModelServer:
             content = message.get("content")
             if isinstance(content, list):  # OpenAI content parts: keep the text ones
                 content = "".join(
-                    str(part.get("text", "")) for part in content if isinstance(part, dict) and part.get("type") == "text"
+                    str(part.get("text", ""))
+                    for part in content
+                    if isinstance(part, dict) and part.get("type") == "text"
                 )
             elif content is not None and not isinstance(content, str):
-                raise ApiError(f"messages[{i}].content must be a string or a list of parts.", param=f"messages[{i}].content")
+                raise ApiError(
+                    f"messages[{i}].content must be a string or a list of parts.", param=f"messages[{i}].content"
+                )
             normalized.append({**message, "content": content or ""})
         if getattr(self.tokenizer, "chat_template", None) is None:
             raise ApiError("This model's tokenizer has no chat template: use /v1/completions.", code="no_chat_template")
@@ -157,7 +166,7 @@ class ModelServer:
                 tools=tools,
                 **dict(template_kwargs or {}),
             )
-        except Exception as err:  # noqa: BLE001 - template errors are the request's fault
+        except Exception as err:
             raise ApiError(f"The chat template failed on these messages: {err}", param="messages") from err
         return self.encode(text, add_special_tokens=False)
 
@@ -165,7 +174,7 @@ class ModelServer:
         return {
             "id": self.model_name,
             "object": "model",
-            "created": 0,
+            "created": self._created,
             "owned_by": "agl",
             "root": str(getattr(self.model.config, "_name_or_path", "") or self.model_name),
             "max_model_len": self.max_model_len,
@@ -174,7 +183,7 @@ class ModelServer:
 
     # ----------------------------------------------------------------------------------------------- weights
     def load_state_dict_async(
-        self, state: Mapping[str, Any], *, partial: bool = False, version: Optional[int] = None
+        self, state: Mapping[str, Any], *, partial: bool = False, version: int | None = None
     ) -> concurrent.futures.Future:
         """Like :meth:`load_state_dict`, returning a future of ``{"version", "loaded_tensors"}``."""
 
@@ -186,7 +195,7 @@ class ModelServer:
         return self.engine.run_exclusive(apply)
 
     def load_state_dict(
-        self, state: Mapping[str, Any], *, partial: bool = False, version: Optional[int] = None, timeout: float = 600
+        self, state: Mapping[str, Any], *, partial: bool = False, version: int | None = None, timeout: float = 600
     ) -> int:
         """Copy ``state`` (parameter name → tensor) into the served model in place and return the new weights
         version (``version`` if given, else the old one + 1). Requests being generated finish first with the old
@@ -194,15 +203,22 @@ class ModelServer:
         shapes do not fit, or when tensors are missing and ``partial`` is false."""
         return self.load_state_dict_async(state, partial=partial, version=version).result(timeout)["version"]
 
-    def load_weights(self, path: str | os.PathLike[str], *, partial: bool = False, version: Optional[int] = None) -> int:
+    def load_weights(
+        self, path: str | os.PathLike[str], *, partial: bool = False, version: int | None = None
+    ) -> int:
         """:meth:`load_state_dict` from a ``.safetensors`` file or a ``save_pretrained`` directory."""
         return self.load_state_dict(read_weights_path(path), partial=partial, version=version)
 
     @contextlib.contextmanager
-    def paused(self, *, bump_version: bool = True) -> Iterator["ModelServer"]:
+    def paused(self, *, bump_version: bool = True) -> Iterator[ModelServer]:
         """Hold the engine with nothing in flight (running requests finish first, new ones wait) while the body
         changes the module in place, e.g. an optimizer step on the shared model; the version goes up by one on exit
         unless ``bump_version`` is false."""
+        if not self.engine.running:  # nothing can be in flight
+            yield self
+            if bump_version:
+                self.engine.weights_version += 1
+            return
         entered, leave = threading.Event(), threading.Event()
 
         def hold() -> None:
@@ -231,7 +247,7 @@ class ModelServer:
         temperature: float = 1.0,
         top_p: float = 1.0,
         top_k: int = 0,
-        seed: Optional[int] = None,
+        seed: int | None = None,
         top_logprobs: int = 0,
         stop: Sequence[str] = (),
         timeout: float = 600,
@@ -247,9 +263,14 @@ class ModelServer:
         else:
             prompt_ids = [int(t) for t in prompt]  # type: ignore[union-attr]
         params = SamplingParams(
-            max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, top_logprobs=top_logprobs
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            seed=seed,
+            top_logprobs=top_logprobs,
         )
-        events: "queue.Queue[TokenEvent]" = queue.Queue()
+        events: queue.Queue[TokenEvent] = queue.Queue()
         seq_id = self.engine.submit(prompt_ids, params, events.put)
         assembler = TextAssembler(self.tokenizer, stop=stop)
         out: dict[str, Any] = {"prompt_token_ids": prompt_ids, "token_ids": [], "logprobs": [], "model_logprobs": []}
@@ -302,7 +323,13 @@ class ModelServer:
         fast_loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
         fast_http = "httptools" if importlib.util.find_spec("httptools") else "h11"
         return uvicorn.Config(
-            self.app, host=host, port=port, log_level=log_level, access_log=False, loop=fast_loop, http=fast_http,
+            self.app,
+            host=host,
+            port=port,
+            log_level=log_level,
+            access_log=False,
+            loop=fast_loop,
+            http=fast_http,
             timeout_graceful_shutdown=5,
         )
 
@@ -317,7 +344,9 @@ class ModelServer:
         finally:
             self.engine.stop()
 
-    def start(self, host: str = "127.0.0.1", port: int = 0, *, log_level: str = "warning", timeout: float = 30) -> "ModelServer":
+    def start(
+        self, host: str = "127.0.0.1", port: int = 0, *, log_level: str = "warning", timeout: float = 30
+    ) -> ModelServer:
         """Serve on a background thread (``port=0``: a free port); returns ``self`` once it accepts connections."""
         import uvicorn
 
@@ -331,7 +360,9 @@ class ModelServer:
         server = uvicorn.Server(self._uvicorn_config(host, self.port, log_level))
         server.install_signal_handlers = lambda: None  # type: ignore[method-assign] # uvicorn < 0.29
         self._uvicorn = server
-        self._thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="agl-model-server", daemon=True)
+        self._thread = threading.Thread(
+            target=server.run, kwargs={"sockets": [sock]}, name="agl-model-server", daemon=True
+        )
         self._thread.start()
         deadline = time.monotonic() + timeout
         while not server.started:
@@ -350,8 +381,8 @@ class ModelServer:
             self._thread.join(timeout)
         self._thread = self._uvicorn = None
 
-    def __enter__(self) -> "ModelServer":
+    def __enter__(self) -> ModelServer:
         return self.start()
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()

@@ -4,8 +4,9 @@ copying them into the served module in place."""
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
@@ -25,7 +26,7 @@ def read_safetensors_bytes(data: bytes) -> dict[str, torch.Tensor]:
         raise WeightsError("the request body is empty: send the bytes of a safetensors file (safetensors.torch.save)")
     try:
         return load(bytes(data))
-    except Exception as err:  # noqa: BLE001 - the library raises several types for bad data
+    except Exception as err:
         raise WeightsError(f"the body is not a safetensors file: {err}") from err
 
 
@@ -47,7 +48,7 @@ def read_weights_path(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     for file in files:
         try:
             state.update(load_file(str(file)))
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:
             raise WeightsError(f"cannot read {str(file)!r} as safetensors: {err}") from err
     return state
 

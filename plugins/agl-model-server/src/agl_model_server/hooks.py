@@ -5,10 +5,7 @@ Importing this module loads only click: torch and transformers load when the com
 
 from __future__ import annotations
 
-from typing import Optional
-
 import click
-
 from agl_kernel.plugins import hookimpl
 
 __all__ = ["agl_register_commands"]
@@ -39,17 +36,19 @@ def agl_register_commands(cli: click.Group) -> None:
     help="Weights dtype; auto = bfloat16 on a GPU, the checkpoint's on the CPU.",
 )
 @click.option("--max-batch-size", default=64, show_default=True, type=int, help="Most sequences decoded together.")
-@click.option("--max-model-len", default=None, type=int, help="Context limit (prompt + completion), at most the model's.")
+@click.option(
+    "--max-model-len", default=None, type=int, help="Context limit (prompt + completion), at most the model's."
+)
 @click.option("--log-level", default="info", show_default=True, help="uvicorn's log level.")
 def serve_model(
     model_path: str,
     host: str,
     port: int,
-    served_model_name: Optional[str],
-    device: Optional[str],
+    served_model_name: str | None,
+    device: str | None,
     dtype: str,
     max_batch_size: int,
-    max_model_len: Optional[int],
+    max_model_len: int | None,
     log_level: str,
 ) -> None:
     """Serve a causal LM with an OpenAI-compatible API (/v1/chat/completions, /v1/completions, /v1/models,

@@ -101,5 +101,3 @@ def sse_events(response: Any) -> list[Any]:
         events.append(json.loads(data))
     assert done, "the stream did not end with [DONE]"
     return events
-
-

@@ -96,49 +96,22 @@ class StoreSink(Sink):
 
 
 class OtlpSink(Sink):
-    """Sends batches to a store server's OTLP/HTTP endpoint (``<url>/v1/traces``, protobuf); the server reads the
-    ``agl.rollout_id`` / ``agl.attempt_id`` attributes and assigns sequence ids in arrival order."""
+    """Sends batches to a store server's OTLP/HTTP endpoint (``<url>/v1/traces``, JSON bodies); the server reads
+    the ``agl.rollout_id`` / ``agl.attempt_id`` resource attributes and assigns sequence ids in arrival order."""
 
     def __init__(self, url: str, *, headers: Optional[dict[str, str]] = None, timeout: float = 30.0) -> None:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        from agl_tracer_otel._otlp import OtlpJsonClient
 
-        self.endpoint = url.rstrip("/") + "/v1/traces"
-        self._resources: dict[tuple[int, str, str], Resource] = {}
-        self._exporter = OTLPSpanExporter(endpoint=self.endpoint, headers=headers or {}, timeout=timeout)
+        self._client = OtlpJsonClient(url, headers=headers, timeout=timeout)
+        self.endpoint = self._client.endpoint
 
     def write(self, items: Sequence[Item]) -> None:
-        from opentelemetry.sdk.trace.export import SpanExportResult
+        from agl_tracer_otel._otlp import encode
 
-        result = self._exporter.export([self._placed(span, scope) for span, scope in items])
-        if result is not SpanExportResult.SUCCESS:
-            logger.warning("agl could not send %d spans to %s (the exporter logged why)", len(items), self.endpoint)
-
-    def _placed(self, span: ReadableSpan, scope: TraceScope) -> ReadableSpan:
-        """The span with its rollout and attempt as resource attributes (the agent's thread did not tag it)."""
-        key = (id(span.resource), scope.rollout_id, scope.attempt_id)
-        resource = self._resources.get(key)
-        if resource is None:
-            if len(self._resources) > 4096:
-                self._resources.clear()
-            placement = {semconv.ROLLOUT_ID: scope.rollout_id, semconv.ATTEMPT_ID: scope.attempt_id}
-            resource = self._resources[key] = Resource({**span.resource.attributes, **placement})
-        return ReadableSpan(
-            name=span.name,
-            context=span.context,
-            parent=span.parent,
-            resource=resource,
-            attributes=span.attributes,
-            events=span.events,
-            links=span.links,
-            kind=span.kind,
-            status=span.status,
-            start_time=span.start_time,
-            end_time=span.end_time,
-            instrumentation_scope=span.instrumentation_scope,
-        )
+        self._client.send(encode([(span, scope.rollout_id, scope.attempt_id) for span, scope in items]), len(items))
 
     def close(self) -> None:
-        self._exporter.shutdown()
+        self._client.close()
 
 
 class _Marker:
