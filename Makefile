@@ -1,4 +1,4 @@
-# The two entry points of the README: `make demo` (set up, run the main job) and `make test` (set up, run tests).
+# The two entry points of the README: `make demo` (set up, run the main job: GRPO on SmolLM2) and `make test`.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -22,7 +22,7 @@ test: setup
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 demo: setup
-	$(BIN)/agl demo
+	$(BIN)/python contrib/recipes/grpo_calculator.py
 
 bench: setup
 	$(BIN)/python benchmarks/store_cycle.py --store memory

@@ -38,6 +38,7 @@ PROMPT = (
     "You can use a calculator. To use it, reply with one line: CALC: <expression>\n"
     "Example: for 'Calculate 3 + 4.' reply CALC: 3 + 4\n\n{question}"
 )
+TOOL_CALL = re.compile(r"\s*CALC:\s*([-+*/().\d\s]+?)\s*")
 EXPRESSION = re.compile(r"-?\d+(?:\.\d+)?(?:\s*[-+*/]\s*-?\d+(?:\.\d+)?)+")
 _OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
 
@@ -67,20 +68,24 @@ def _format_number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else f"{value:.4g}"
 
 
-def score(task: dict[str, Any], reply: str) -> float:
-    """The reward of one reply. The tool call is the first arithmetic expression in it, which the calculator
-    evaluates: 1.0 when that answers the task and the reply is exactly the tool's format (``CALC: <expression>``),
-    0.5 when it answers the task in a looser form, 0.0 otherwise (no call, or a wrong one)."""
-    call = EXPRESSION.search(reply)
-    value = calculator(call.group(0)) if call is not None else None
-    if value is None:
-        return 0.0
+def _answers(task: dict[str, Any], expression: str) -> bool:
+    """Whether the calculator's result for ``expression`` is a right answer to ``task`` (reasoning-gym's scorer)."""
     import reasoning_gym
 
-    right = reasoning_gym.get_score_answer_fn(task["metadata"]["source_dataset"])(_format_number(value), task)
-    if right < 1.0:
-        return 0.0
-    return 1.0 if re.fullmatch(r"\s*CALC:\s*" + re.escape(call.group(0)) + r"\s*", reply) else 0.5
+    value = calculator(expression)
+    if value is None:
+        return False
+    return reasoning_gym.get_score_answer_fn(task["metadata"]["source_dataset"])(_format_number(value), task) >= 1.0
+
+
+def score(task: dict[str, Any], reply: str) -> float:
+    """The reward of one reply: 1.0 when it is exactly a tool call (``CALC: <expression>``) whose result answers the
+    task; 0.5 when the first arithmetic expression in a looser reply does; 0.0 otherwise (no call, a wrong one)."""
+    exact = TOOL_CALL.fullmatch(reply)
+    if exact is not None and _answers(task, exact.group(1)):
+        return 1.0
+    loose = EXPRESSION.search(reply)
+    return 0.5 if loose is not None and _answers(task, loose.group(0)) else 0.0
 
 
 @llm_rollout

@@ -10,9 +10,9 @@ from typing import Any, Optional
 
 import msgspec
 
-from agl_kernel import semconv
 from agl_kernel.models import EnqueueRequest, Rollout, RolloutConfig, RolloutMode, RolloutStatus
 from agl_kernel.progress import NoProgress, ProgressReporter
+from agl_kernel.rewards import get_reward
 from agl_kernel.store.base import LightningStore
 
 __all__ = ["Algorithm", "Baseline", "BaselineReport", "RolloutOutcome"]
@@ -47,15 +47,6 @@ class BaselineReport(msgspec.Struct, frozen=True, kw_only=True):
     outcomes: list[RolloutOutcome]
     by_status: dict[str, int]
     mean_reward: Optional[float]
-
-
-async def final_reward(store: LightningStore, rollout_id: str) -> Optional[float]:
-    """The value of the last ``agl.reward`` span of the rollout's newest attempt, if any."""
-    spans = await store.query_spans(rollout_id, "latest", name=semconv.REWARD_SPAN, sort_order="desc", limit=1)
-    if not spans.items:
-        return None
-    value = spans.items[0].attributes.get(semconv.REWARD_VALUE)
-    return None if value is None else float(value)
 
 
 class Baseline(Algorithm):
@@ -111,6 +102,6 @@ class Baseline(Algorithm):
             rollout_id=rollout.rollout_id,
             input=rollout.input,
             status=rollout.status.value,
-            reward=await final_reward(store, rollout.rollout_id) if rollout.attempt_count else None,
+            reward=await get_reward(store, rollout.rollout_id) if rollout.attempt_count else None,
             attempts=rollout.attempt_count,
         )
