@@ -178,7 +178,12 @@ class GRPO(Algorithm):
             step_time_s=time.perf_counter() - started,
         )
         if collected.rewards:
-            metrics["reward_mean"] = sum(collected.rewards) / len(collected.rewards)
+            rewards = collected.rewards
+            mean = sum(rewards) / len(rewards)
+            metrics["reward_mean"] = mean
+            metrics["reward_std"] = (sum((r - mean) ** 2 for r in rewards) / len(rewards)) ** 0.5
+            metrics["success_rate"] = sum(r >= 1.0 for r in rewards) / len(rewards)
+        metrics["update_time_s"] = metrics["step_time_s"] - rollout_time
         await recorder.record(policy.step, metrics, no_triplet_reasons=collected.no_triplets, started=started_wall)
         return metrics
 

@@ -46,16 +46,18 @@ METRICS_ROLLOUT_KIND = "training-metrics"
 
 _COLUMNS = [  # (metric, header, format) for the console table
     ("reward_mean", "reward", "{:.3f}"),
+    ("reward_std", "std", "{:.3f}"),
+    ("success_rate", "success", "{:.0%}"),
     ("rollouts_succeeded", "ok", "{:.0f}"),
     ("rollouts_without_triplets", "no data", "{:.0f}"),
     ("triplets_trained", "triplets", "{:.0f}"),
     ("loss", "loss", "{:.4f}"),
     ("kl", "kl", "{:.4f}"),
-    ("approx_kl", "approx kl", "{:.4f}"),
     ("clip_fraction", "clip", "{:.3f}"),
     ("grad_norm", "grad norm", "{:.3f}"),
     ("tokens_per_s", "tok/s", "{:.0f}"),
-    ("step_time_s", "time s", "{:.1f}"),
+    ("rollout_time_s", "rollout s", "{:.1f}"),
+    ("update_time_s", "update s", "{:.1f}"),
     ("val_reward_mean", "val reward", "{:.3f}"),
 ]
 
