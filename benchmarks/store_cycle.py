@@ -6,8 +6,8 @@
 
 Every worker is an asyncio task in this process sharing one store instance. With --remote, the store runs in an
 `agl store serve` subprocess (a fresh one per run, on a free port) and the workers share one LightningStoreClient;
-the table then also shows the server's start-up time (process start to /health OK) and its RSS after the run. Prints the median of --repeat runs
-(a fresh store for each) as a table, or JSON with --json.
+the table then also shows the server's start-up time (process start to /health OK) and its RSS after the run.
+Prints the median of --repeat runs (a fresh store for each) as a table, or JSON with --json.
 """
 
 from __future__ import annotations
@@ -125,7 +125,8 @@ async def measure_remote(store_name: str, options: dict[str, Any], workers: int,
         async with httpx.AsyncClient() as probe:
             while True:
                 if server.poll() is not None:
-                    raise SystemExit(f"agl store serve exited: {server.stderr.read().decode() if server.stderr else ''}")
+                    output = server.stderr.read().decode() if server.stderr else ""
+                    raise SystemExit(f"agl store serve exited: {output}")
                 try:
                     if (await probe.get(f"{url}/health", timeout=1)).status_code == 200:
                         break
@@ -157,7 +158,9 @@ def main() -> None:
 
     results: dict[int, dict[str, float]] = {}
     console = Console(stderr=True)
-    with tempfile.TemporaryDirectory() as scratch, Progress(console=console, transient=True) as progress:
+    # No auto-refresh: a 10 Hz refresh thread would take the GIL during the measurement and show up in the p99.
+    progress_bar = Progress(console=console, transient=True, auto_refresh=False)
+    with tempfile.TemporaryDirectory() as scratch, progress_bar as progress:
         task = progress.add_task(f"store={args.store}", total=len(worker_counts) * args.repeat)
         for workers in worker_counts:
             runs = []
@@ -168,6 +171,7 @@ def main() -> None:
                 run_once = measure_remote if args.remote else measure
                 runs.append(asyncio.run(run_once(args.store, options, workers, args.rollouts)))
                 progress.advance(task)
+                progress.refresh()
             results[workers] = median_of(runs)
 
     if args.json:

@@ -338,3 +338,13 @@ def test_a_broken_plugin_does_not_take_the_server_down() -> None:
     finally:
         manager.unregister(broken)
         manager.unregister(working)
+
+
+def test_deeply_nested_body_is_a_400(http: httpx.Client) -> None:
+    nested = "1"
+    for _ in range(3000):
+        nested = f"[{nested}]"
+    answer = http.post(
+        "/api/v1/rollouts", content=f'{{"input": {nested}}}', headers={"content-type": "application/json"}
+    )
+    assert "nested too deeply" in error(answer, 400)["message"]

@@ -9,7 +9,6 @@ from typing import Any
 
 import httpx
 import pytest
-
 from agl_kernel.client import LightningStoreClient, StoreConnectionError
 from agl_kernel.errors import NotFoundError
 from agl_kernel.models import AttemptStatus
@@ -60,8 +59,12 @@ class HangUp:
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             head = await reader.readuntil(b"\r\n\r\n")
-            length = int(next((line.split(b":")[1] for line in head.split(b"\r\n")
-                               if line.lower().startswith(b"content-length")), b"0"))
+            length = int(
+                next(
+                    (line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")),
+                    b"0",
+                )
+            )
             await reader.readexactly(length)
             self.requests.append(head.split(b"\r\n")[0])
         finally:
@@ -139,3 +142,17 @@ def test_store_plugin_entry_point(monkeypatch: Any) -> None:
     client = create_component("stores", "http")
     assert isinstance(client, LightningStoreClient) and client.url == "http://127.0.0.1:1"
     assert client.capabilities.remote and client.capabilities.multi_process
+
+
+def test_sync_facade() -> None:
+    from agl_kernel.client import SyncLightningStoreClient
+
+    store = InMemoryLightningStore()
+    with ServerThread(create_app(store, plugins=False)) as server, SyncLightningStoreClient(server.url) as client:
+        rollout = client.enqueue_rollout({"sync": True})
+        taken = client.dequeue_rollout(worker_id="w")
+        assert taken is not None and taken.rollout_id == rollout.rollout_id
+        assert client.statistics().total_rollouts == 1
+        assert client.url == server.url and client.capabilities.remote
+        with pytest.raises(NotFoundError):
+            client.get_rollout("ro-missing")

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import importlib.util
 
-import pytest
-from click.testing import CliRunner
-
 import agl_kernel.server
+import pytest
 from agl_kernel.cli import cli
 from agl_kernel.errors import MissingDependencyError
+from click.testing import CliRunner
 
 
 @pytest.fixture

@@ -267,3 +267,15 @@ def test_gzip_bomb_is_refused() -> None:
         answer = httpx.post(f"{server.url}/v1/traces", content=bomb, headers={**PROTO, "content-encoding": "gzip"})
         assert answer.status_code == 413
     asyncio.run(store.close())
+
+
+def test_deeply_nested_attributes_are_refused(served: Any) -> None:
+    url, _, _ = served
+    value = "{}"
+    for _ in range(600):
+        value = f'{{"arrayValue": {{"values": [{value}]}}}}'
+    ids = f'"traceId": "{"ab" * 16}", "spanId": "{"cd" * 8}"'
+    span = f'{{{ids}, "name": "x", "attributes": [{{"key": "k", "value": {value}}}]}}'
+    body = f'{{"resourceSpans": [{{"scopeSpans": [{{"spans": [{span}]}}]}}]}}'
+    answer = httpx.post(f"{url}/v1/traces", content=body, headers={"content-type": "application/json"})
+    assert answer.status_code == 400 and "nested too deeply" in answer.json()["message"]

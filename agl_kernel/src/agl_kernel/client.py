@@ -27,6 +27,9 @@ It passes the same conformance suite as the in-process stores. How it behaves on
 
 from __future__ import annotations
 
+import asyncio
+import inspect
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any, Optional, TypeVar
@@ -71,6 +74,7 @@ __all__ = [
     "StoreHTTPError",
     "StoreRequestError",
     "StoreServerError",
+    "SyncLightningStoreClient",
 ]
 
 T = TypeVar("T")
@@ -397,6 +401,46 @@ class LightningStoreClient(ClientCore, LightningStore):
 
     async def statistics(self) -> StoreStatistics:
         return await self._call("GET", f"{_P}/statistics", None, StoreStatistics, idempotent=True)
+
+
+class SyncLightningStoreClient:
+    """Blocking access to a store server, for scripts and notebooks: every coroutine method of
+    :class:`LightningStoreClient` becomes a plain call, run on a private event-loop thread.
+
+        with SyncLightningStoreClient("http://127.0.0.1:4747") as store:
+            print(store.statistics())
+    """
+
+    def __init__(self, url: str | None = None, **options: Any) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="agl-store-client", daemon=True)
+        self._thread.start()
+        self.client = LightningStoreClient(url, **options)
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.client, name)
+        if not inspect.iscoroutinefunction(attr):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return asyncio.run_coroutine_threadsafe(attr(*args, **kwargs), self._loop).result()
+
+        call.__doc__ = attr.__doc__
+        return call
+
+    def close(self) -> None:
+        if self._loop.is_closed():
+            return
+        asyncio.run_coroutine_threadsafe(self.client.close(), self._loop).result()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+
+    def __enter__(self) -> SyncLightningStoreClient:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
 
 
 def _q(segment: str) -> str:

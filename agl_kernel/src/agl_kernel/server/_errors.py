@@ -85,6 +85,8 @@ def error_body(exc: BaseException) -> tuple[int, ErrorBody]:
     if isinstance(exc, (ValueError, msgspec.ValidationError, msgspec.EncodeError)):
         # Stores raise ValueError for arguments they refuse (limit < 1, a value they cannot encode, ...).
         return 400, ErrorBody(error="invalid_argument", message=str(exc) or type(exc).__name__, status=400)
+    if isinstance(exc, RecursionError):
+        return 400, ErrorBody(error="invalid_request", message="the request body is nested too deeply", status=400)
     if isinstance(exc, OverflowError):
         # A number in the request that the store cannot keep (e.g. an integer beyond 64 bits).
         return 400, ErrorBody(

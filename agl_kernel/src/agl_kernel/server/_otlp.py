@@ -78,6 +78,8 @@ def decode_request(body: bytes, content_type: str) -> list[Span]:
             document = msgspec.json.decode(body)
         except msgspec.DecodeError as exc:
             raise OtlpError(f"the body is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise OtlpError("the body is nested too deeply") from None
         if not isinstance(document, dict):
             raise OtlpError("an OTLP/JSON body is an object with a 'resourceSpans' list")
         return _guarded(lambda: list(_spans_from_json(document)))
