@@ -132,6 +132,11 @@ class ClientServerStrategy(ExecutionStrategy):
         async with running_server(store, host=self.host, port=self.port, token=self.token) as url:
             self.url = url
             self.processes = [self._start_runner(url, agent_spec, tracer_spec, i) for i in range(self.n_runners)]
+            try:
+                await self._wait_for_runners(store)
+            except BaseException:
+                await asyncio.to_thread(self._stop_runners)
+                raise
             algo = asyncio.create_task(algorithm.run(store, train_dataset, val_dataset), name="agl-algorithm")
             try:
                 while not algo.done():
@@ -144,6 +149,18 @@ class ClientServerStrategy(ExecutionStrategy):
                 algo.cancel()
                 await asyncio.gather(algo, return_exceptions=True)
                 await asyncio.to_thread(self._stop_runners)
+
+    async def _wait_for_runners(self, store: LightningStore, timeout: float = 120.0) -> None:
+        """Until every runner process has registered with the store, so that the work is spread from the start."""
+        expected = {f"runner-{i}" for i in range(self.n_runners)}
+        deadline = time.monotonic() + timeout
+        while not expected <= {w.worker_id for w in (await store.query_workers()).items}:
+            dead = [p for p in self.processes if p.poll() is not None]
+            if dead:
+                raise RuntimeError(f"a runner process exited while starting (exit code {dead[0].returncode})")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the runner processes did not register within {timeout:.0f} s")
+            await asyncio.sleep(0.1)
 
     def _start_runner(self, url: str, agent_spec: str, tracer_spec: str, index: int) -> subprocess.Popen:
         env = dict(os.environ)
