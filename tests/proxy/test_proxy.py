@@ -160,3 +160,53 @@ def test_rollouts_stick_to_a_backend_and_pause_holds_new_calls():
     assert all(len(backends) == 1 for backends in by_rollout.values())  # sticky
     assert len(set().union(*by_rollout.values())) == 2  # and spread over both backends
     assert was_held
+
+
+def test_agl_proxy_command_serves_the_proxy_with_its_store(tmp_path):
+    """`agl proxy` as a real process: an agent's call through it is recorded in the store file."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import httpx
+
+    from agl_store_sqlite import SqliteLightningStore
+
+    db = tmp_path / "agl.db"
+
+    async def start():
+        async with SqliteLightningStore(db) as store:
+            return await store.start_rollout("q")
+
+    attempted = asyncio.run(start())
+    port = free_port()
+    with FakeOpenAIServer() as backend:
+        command = [sys.executable, "-m", "agl_kernel.cli", "proxy", "--llm-backend", backend.base_url,
+                   "--path", str(db), "--port", str(port)]
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                   env={**os.environ, "AGL_STORE_TOKEN": ""})
+        try:
+            url = f"http://127.0.0.1:{port}"
+            for _ in range(200):
+                try:
+                    if httpx.get(f"{url}/health").status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    time.sleep(0.05)
+            base = ProxyLLM(endpoint=url, model="m").get_base_url(attempted.rollout_id, attempted.attempt.attempt_id)
+            reply = openai.OpenAI(base_url=base, api_key="x").chat.completions.create(
+                model="m", messages=[{"role": "user", "content": "hi"}]
+            )
+        finally:
+            process.send_signal(signal.SIGTERM)
+            output, _ = process.communicate(timeout=20)
+    assert reply.choices[0].message.content == "echo: hi"
+    assert "LLM proxy:" in output
+
+    async def spans():
+        async with SqliteLightningStore(db) as store:
+            return (await store.query_spans(attempted.rollout_id)).items
+
+    (span,) = asyncio.run(spans())
+    assert span.attributes[semconv.LLM_RESPONSE_TOKEN_IDS] == tokenize("echo: hi")

@@ -186,9 +186,10 @@ def _add_builtin_commands() -> None:
     cli.add_command(dev_command)
     cli.add_command(runner_command)
 
-    from agl_kernel.server._cli import store_group
+    from agl_kernel.server._cli import proxy_command, store_group
 
     cli.add_command(store_group)
+    cli.add_command(proxy_command)
 
 
 _add_builtin_commands()

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-__all__ = ["store_group"]
+__all__ = ["proxy_command", "store_group"]
 
 
 def _is_loopback(host: str) -> bool:
@@ -67,6 +67,13 @@ def store_group() -> None:
     type=click.Choice(["critical", "error", "warning", "info", "debug"]),
 )
 @click.option("--access-log", is_flag=True, help="Log every request (slower).")
+@click.option(
+    "--llm-backend",
+    "llm_backends",
+    multiple=True,
+    metavar="URL",
+    help="Serve the LLM proxy too, in front of this OpenAI-compatible server (http://host:port/v1; repeatable).",
+)
 def serve_command(
     backend: str | None,
     path: str | None,
@@ -78,10 +85,11 @@ def serve_command(
     max_wait: float,
     log_level: str,
     access_log: bool,
+    llm_backends: tuple[str, ...] = (),
 ) -> None:
-    """Serve a store: the REST API under /api/v1, OTLP traces at /v1/traces, /metrics, /health, and the OpenAPI
-    document at /schema/openapi.json. Stops gracefully on Ctrl-C or SIGTERM (in-flight requests finish, then
-    the store is closed)."""
+    """Serve a store: the REST API under /api/v1, OTLP traces at /v1/traces, /metrics, /health, the OpenAPI
+    document at /schema/openapi.json and, with --llm-backend, the LLM proxy under /rollout/ID/attempt/ID/v1.
+    Stops gracefully on Ctrl-C or SIGTERM (in-flight requests finish, then the store is closed)."""
     from agl_kernel.server import require_server_dependencies
 
     require_server_dependencies()
@@ -100,10 +108,21 @@ def serve_command(
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     sock = _bound_socket(host, port)  # before opening the store: a busy port fails fast
     store = make_store(backend, path=path, **_parse_options(options))
-    app = create_app(store, token=token or None, max_wait=max_wait)
+    routes: list[Any] = []
+    if llm_backends:
+        from agl_kernel.proxy import LLMProxy, serve_backends_option
+
+        try:
+            proxy = LLMProxy(store, serve_backends_option(llm_backends))
+        except ValueError as err:
+            raise click.BadParameter(str(err), param_hint="--llm-backend") from err
+        routes = proxy.routes()
+    app = create_app(store, token=token or None, max_wait=max_wait, route_handlers=routes)
     url = _url(host, sock.getsockname()[1])
     click.echo(f"agl store server: {describe_store(store)}")
     click.echo(f"listening on {url}  (API {url}/api/v1, OTLP {url}/v1/traces, metrics {url}/metrics)")
+    if llm_backends:
+        click.echo(f"LLM proxy: {url}/rollout/<rollout_id>/attempt/<attempt_id>/v1 -> {', '.join(llm_backends)}")
     if token:
         click.echo("auth: bearer token required on every route but /health")
     elif _is_loopback(host):
@@ -114,3 +133,22 @@ def serve_command(
         sockets=[sock]
     )
     click.echo("agl store server stopped; the store is closed")
+
+
+@click.command("proxy", context_settings={"ignore_unknown_options": False})
+@click.option("--llm-backend", "llm_backends", multiple=True, required=True, metavar="URL",
+              help="An OpenAI-compatible server (http://host:port/v1; repeatable).")
+@click.option("--backend", default=None, help="The store plugin the calls are recorded in. Default: sqlite.")
+@click.option("--path", default=None, help="The store's file. Default: ./.agl/agl.db.")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=4747, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--token", envvar="AGL_STORE_TOKEN", default=None, help="Bearer token (default: $AGL_STORE_TOKEN).")
+@click.option("--insecure-bind", is_flag=True, help="Allow a non-loopback address without a token.")
+@click.pass_context
+def proxy_command(ctx: click.Context, llm_backends: tuple[str, ...], backend: str | None, path: str | None,
+                  host: str, port: int, token: str | None, insecure_bind: bool) -> None:
+    """The LLM proxy with its store (`agl store serve --llm-backend URL`): agents call
+    /rollout/ID/attempt/ID/v1/chat/completions and every call is recorded with token ids and logprobs."""
+    ctx.invoke(serve_command, backend=backend, path=path, options=(), host=host, port=port, token=token,
+               insecure_bind=insecure_bind, max_wait=60.0, log_level="warning", access_log=False,
+               llm_backends=llm_backends)
