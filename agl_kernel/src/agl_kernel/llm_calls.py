@@ -9,11 +9,11 @@ on the response or on a choice, ``token_ids`` on each choice (in streams: on the
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any, Optional
 
 from agl_kernel import semconv
+from agl_kernel.emit import to_json
 from agl_kernel.genai import to_genai_messages, to_genai_output
 
 __all__ = ["StreamAccumulator", "request_attributes", "response_attributes", "span_name"]
@@ -29,10 +29,6 @@ _USAGE = {"prompt_tokens": semconv.GEN_AI_USAGE_INPUT_TOKENS, "completion_tokens
 # Request keys that get an attribute of their own, or that are transport details rather than the request.
 _HANDLED = {"model", "messages", "prompt", "tools", "stop", "n", "stream", "max_tokens", "max_completion_tokens"}
 _NOT_RECORDED = {"extra_headers", "extra_query", "timeout"}
-
-
-def _json(value: Any) -> str:
-    return json.dumps(value, default=repr, ensure_ascii=False)
 
 
 def _int_list(value: Any) -> Optional[list[int]]:
@@ -70,19 +66,19 @@ def request_attributes(operation: str, body: Mapping[str, Any], *, provider: str
     if isinstance(given.get("n"), int) and given["n"] != 1:
         attributes[semconv.GEN_AI_REQUEST_CHOICE_COUNT] = given["n"]
     if operation == "chat":
-        attributes[semconv.GEN_AI_INPUT_MESSAGES] = _json(to_genai_messages(given.get("messages") or []))
+        attributes[semconv.GEN_AI_INPUT_MESSAGES] = to_json(to_genai_messages(given.get("messages") or []))
     else:
         prompt = given.get("prompt")
         if isinstance(prompt, str):
             attributes[semconv.LLM_PROMPT_TEXT] = prompt
-            attributes[semconv.GEN_AI_INPUT_MESSAGES] = _json(to_genai_messages([{"role": "user", "content": prompt}]))
+            attributes[semconv.GEN_AI_INPUT_MESSAGES] = to_json(to_genai_messages([{"role": "user", "content": prompt}]))
         elif _int_list(prompt) is not None:  # the prompt given as token ids: they are the prompt's token ids
             attributes[semconv.LLM_PROMPT_TOKEN_IDS] = list(prompt)
     if "tools" in given:
-        attributes[semconv.GEN_AI_TOOL_DEFINITIONS] = _json(given["tools"])
+        attributes[semconv.GEN_AI_TOOL_DEFINITIONS] = to_json(given["tools"])
     rest = {k: v for k, v in given.items() if k not in _HANDLED and k not in _NOT_RECORDED and k not in _NUMERIC}
     if rest:
-        attributes[semconv.LLM_REQUEST_PARAMS] = _json(rest)
+        attributes[semconv.LLM_REQUEST_PARAMS] = to_json(rest)
     return attributes
 
 
@@ -140,7 +136,7 @@ def _result_attributes(
         for field, name in _USAGE.items():
             if isinstance(usage.get(field), int):
                 attributes[name] = usage[field]
-    attributes[semconv.GEN_AI_OUTPUT_MESSAGES] = _json(outputs)
+    attributes[semconv.GEN_AI_OUTPUT_MESSAGES] = to_json(outputs)
     if isinstance(text, str):
         attributes[semconv.LLM_RESPONSE_TEXT] = text
     if prompt_ids is not None:

@@ -27,8 +27,8 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from agl_kernel import semconv
-from agl_kernel.emit import set_last_llm_call, to_json
-from agl_kernel.genai import to_genai_messages, to_genai_output
+from agl_kernel.emit import set_last_llm_call
+from agl_kernel.llm_calls import StreamAccumulator, request_attributes, response_attributes
 from agl_kernel.tracer import current_scope, exception_attributes
 
 __all__ = ["instrument_openai", "uninstrument_openai"]
@@ -42,17 +42,6 @@ _TARGETS = (
 _lock = threading.Lock()
 _patched: list[tuple[type, Any]] = []
 
-_NUMERIC = {
-    "temperature": semconv.GEN_AI_REQUEST_TEMPERATURE,
-    "top_p": semconv.GEN_AI_REQUEST_TOP_P,
-    "seed": semconv.GEN_AI_REQUEST_SEED,
-    "frequency_penalty": semconv.GEN_AI_REQUEST_FREQUENCY_PENALTY,
-    "presence_penalty": semconv.GEN_AI_REQUEST_PRESENCE_PENALTY,
-}
-_USAGE = {"prompt_tokens": semconv.GEN_AI_USAGE_INPUT_TOKENS, "completion_tokens": semconv.GEN_AI_USAGE_OUTPUT_TOKENS}
-# Request keys that get an attribute of their own, or that are transport details rather than the request.
-_HANDLED = {"model", "messages", "prompt", "tools", "stop", "n", "stream", "max_tokens", "max_completion_tokens"}
-_NOT_RECORDED = {"extra_headers", "extra_query", "timeout"}
 
 
 def instrument_openai() -> bool:
@@ -286,6 +275,8 @@ async def _traced_async(iterator: Any, span: Any, record: "_StreamRecord") -> An
 
 
 # ---------------------------------------------------------------------------------------------------- attributes
+# The mapping itself is the kernel's (agl_kernel.llm_calls), shared with the LLM proxy; here SDK objects become
+# the dicts it reads.
 
 
 def _given(value: Any) -> bool:
@@ -293,42 +284,7 @@ def _given(value: Any) -> bool:
 
 
 def _request_attributes(operation: str, kwargs: Mapping[str, Any], resource: Any) -> dict[str, Any]:
-    given = {k: v for k, v in kwargs.items() if _given(v)}
-    attributes: dict[str, Any] = {
-        semconv.GEN_AI_OPERATION_NAME: operation,
-        semconv.GEN_AI_PROVIDER_NAME: "openai",
-        semconv.GEN_AI_REQUEST_STREAM: bool(given.get("stream")),
-    }
-    if "model" in given:
-        attributes[semconv.GEN_AI_REQUEST_MODEL] = str(given["model"])
-    for key, name in _NUMERIC.items():
-        if isinstance(given.get(key), (int, float)) and not isinstance(given[key], bool):
-            attributes[name] = given[key]
-    max_tokens = given.get("max_tokens", given.get("max_completion_tokens"))
-    if isinstance(max_tokens, int):
-        attributes[semconv.GEN_AI_REQUEST_MAX_TOKENS] = max_tokens
-    stop = given.get("stop")
-    if isinstance(stop, str):
-        attributes[semconv.GEN_AI_REQUEST_STOP_SEQUENCES] = [stop]
-    elif isinstance(stop, (list, tuple)) and all(isinstance(s, str) for s in stop):
-        attributes[semconv.GEN_AI_REQUEST_STOP_SEQUENCES] = list(stop)
-    if isinstance(given.get("n"), int) and given["n"] != 1:
-        attributes[semconv.GEN_AI_REQUEST_CHOICE_COUNT] = given["n"]
-    if operation == "chat":
-        attributes[semconv.GEN_AI_INPUT_MESSAGES] = to_json(to_genai_messages(given.get("messages") or []))
-    else:
-        prompt = given.get("prompt")
-        if isinstance(prompt, str):
-            attributes[semconv.LLM_PROMPT_TEXT] = prompt
-            messages = to_genai_messages([{"role": "user", "content": prompt}])
-            attributes[semconv.GEN_AI_INPUT_MESSAGES] = to_json(messages)
-        elif _int_list(prompt) is not None:  # the prompt given as token ids: they are the prompt's token ids
-            attributes[semconv.LLM_PROMPT_TOKEN_IDS] = list(prompt)
-    if "tools" in given:
-        attributes[semconv.GEN_AI_TOOL_DEFINITIONS] = to_json(given["tools"])
-    rest = {k: v for k, v in given.items() if k not in _HANDLED and k not in _NOT_RECORDED and k not in _NUMERIC}
-    if rest:
-        attributes[semconv.LLM_REQUEST_PARAMS] = to_json(rest)
+    attributes = request_attributes(operation, {k: v for k, v in kwargs.items() if _given(v)})
     base_url = getattr(getattr(resource, "_client", None), "base_url", None)
     if base_url is not None:
         url = urlsplit(str(base_url))
@@ -339,102 +295,22 @@ def _request_attributes(operation: str, kwargs: Mapping[str, Any], resource: Any
     return attributes
 
 
-def _extra(obj: Any, name: str) -> Any:
-    """A field the SDK's models do not declare (the server's extras, e.g. vLLM's token ids)."""
-    value = getattr(obj, name, None)
-    if value is None:
-        extra = getattr(obj, "model_extra", None) or {}
-        value = extra.get(name)
-    return value
-
-
-def _int_list(value: Any) -> Optional[list[int]]:
-    if isinstance(value, (list, tuple)) and value and all(type(x) is int for x in value):
-        return list(value)
-    return None
-
-
-def _logprobs(operation: str, logprobs: Any) -> Optional[list[float]]:
-    if logprobs is None:
-        return None
-    if operation == "chat":
-        content = getattr(logprobs, "content", None)
-        return None if content is None else [float(t.logprob) for t in content]
-    values = getattr(logprobs, "token_logprobs", None)
-    return None if values is None else [float(v) if v is not None else 0.0 for v in values]
-
-
 def _dump(obj: Any) -> dict[str, Any]:
     dump = getattr(obj, "model_dump", None)
     return dump(exclude_none=True) if callable(dump) else dict(obj)
 
 
 def _response_attributes(operation: str, response: Any) -> dict[str, Any]:
-    choices = list(getattr(response, "choices", None) or [])
-    first = choices[0] if choices else None
-    outputs = []
-    for choice in choices:
-        message = _dump(choice.message) if operation == "chat" else {"role": "assistant", "content": choice.text}
-        outputs.append(to_genai_output(message, choice.finish_reason))
-    text = (first.message.content if operation == "chat" else first.text) if first is not None else None
-    return _common_attributes(
-        response_id=getattr(response, "id", None),
-        model=getattr(response, "model", None),
-        usage=getattr(response, "usage", None),
-        finish_reasons=[c.finish_reason or "" for c in choices],
-        outputs=outputs,
-        text=text,
-        prompt_ids=_int_list(_extra(response, "prompt_token_ids")) or _int_list(_extra(first, "prompt_token_ids")),
-        response_ids=_int_list(_extra(first, "token_ids")) if first is not None else None,
-        logprobs=_logprobs(operation, getattr(first, "logprobs", None)) if first is not None else None,
-    )
-
-
-def _common_attributes(
-    *,
-    response_id: Any,
-    model: Any,
-    usage: Any,
-    finish_reasons: list[str],
-    outputs: list[dict[str, Any]],
-    text: Any,
-    prompt_ids: Optional[list[int]],
-    response_ids: Optional[list[int]],
-    logprobs: Optional[list[float]],
-) -> dict[str, Any]:
-    attributes: dict[str, Any] = {semconv.GEN_AI_RESPONSE_FINISH_REASONS: finish_reasons}
-    if response_id:
-        attributes[semconv.GEN_AI_RESPONSE_ID] = str(response_id)
-    if model:
-        attributes[semconv.GEN_AI_RESPONSE_MODEL] = str(model)
-    if usage is not None:
-        for field, name in _USAGE.items():
-            if isinstance(getattr(usage, field, None), int):
-                attributes[name] = getattr(usage, field)
-    attributes[semconv.GEN_AI_OUTPUT_MESSAGES] = to_json(outputs)
-    if isinstance(text, str):
-        attributes[semconv.LLM_RESPONSE_TEXT] = text
-    if prompt_ids is not None:
-        attributes[semconv.LLM_PROMPT_TOKEN_IDS] = prompt_ids
-    if response_ids is not None:
-        attributes[semconv.LLM_RESPONSE_TOKEN_IDS] = response_ids
-    if logprobs is not None:
-        attributes[semconv.LLM_RESPONSE_LOGPROBS] = logprobs
-    return attributes
+    return response_attributes(operation, _dump(response))
 
 
 class _StreamRecord:
-    """What the chunks of a stream add up to, choice by choice."""
+    """What the chunks of a stream add up to (the kernel's accumulator), and when the first one came."""
 
     def __init__(self, operation: str, started: float) -> None:
-        self.operation = operation
         self.started = started
         self.first_chunk: Optional[float] = None
-        self.response_id: Any = None
-        self.model: Any = None
-        self.usage: Any = None
-        self.prompt_ids: Optional[list[int]] = None
-        self.choices: dict[int, dict[str, Any]] = {}
+        self.accumulator = StreamAccumulator(operation)
         self.reading = False
         self.ended = False
 
@@ -446,73 +322,10 @@ class _StreamRecord:
     def add(self, chunk: Any) -> None:
         if self.first_chunk is None:
             self.first_chunk = time.monotonic()
-        self.response_id = self.response_id or getattr(chunk, "id", None)
-        self.model = self.model or getattr(chunk, "model", None)
-        self.usage = getattr(chunk, "usage", None) or self.usage
-        self.prompt_ids = self.prompt_ids or _int_list(_extra(chunk, "prompt_token_ids"))
-        for choice in getattr(chunk, "choices", None) or ():
-            state = self.choices.get(choice.index)
-            if state is None:
-                state = self.choices[choice.index] = {
-                    "text": [],
-                    "role": "assistant",
-                    "calls": {},
-                    "finish": None,
-                    "ids": None,
-                    "logprobs": None,
-                }
-            self.prompt_ids = self.prompt_ids or _int_list(_extra(choice, "prompt_token_ids"))
-            if self.operation == "chat":
-                self._add_delta(state, choice.delta)
-            elif isinstance(getattr(choice, "text", None), str):
-                state["text"].append(choice.text)
-            ids = _int_list(_extra(choice, "token_ids"))
-            if ids is not None:
-                state["ids"] = (state["ids"] or []) + ids
-            logprobs = _logprobs(self.operation, getattr(choice, "logprobs", None))
-            if logprobs is not None:
-                state["logprobs"] = (state["logprobs"] or []) + logprobs
-            if choice.finish_reason:
-                state["finish"] = choice.finish_reason
-
-    @staticmethod
-    def _add_delta(state: dict[str, Any], delta: Any) -> None:
-        if delta is None:
-            return
-        if getattr(delta, "role", None):
-            state["role"] = delta.role
-        if isinstance(getattr(delta, "content", None), str):
-            state["text"].append(delta.content)
-        for call in getattr(delta, "tool_calls", None) or ():
-            slot = state["calls"].setdefault(call.index, {"id": None, "name": "", "arguments": ""})
-            slot["id"] = call.id or slot["id"]
-            function = getattr(call, "function", None)
-            if function is not None:
-                slot["name"] += function.name or ""
-                slot["arguments"] += function.arguments or ""
+        self.accumulator.add(_dump(chunk))
 
     def attributes(self) -> dict[str, Any]:
-        outputs = []
-        for _, state in sorted(self.choices.items()):
-            message: dict[str, Any] = {"role": state["role"], "content": "".join(state["text"]) or None}
-            if state["calls"]:
-                message["tool_calls"] = [
-                    {"id": c["id"], "type": "function", "function": {"name": c["name"], "arguments": c["arguments"]}}
-                    for _, c in sorted(state["calls"].items())
-                ]
-            outputs.append(to_genai_output(message, state["finish"]))
-        first = self.choices.get(min(self.choices)) if self.choices else None
-        attributes = _common_attributes(
-            response_id=self.response_id,
-            model=self.model,
-            usage=self.usage,
-            finish_reasons=[state["finish"] or "" for _, state in sorted(self.choices.items())],
-            outputs=outputs,
-            text="".join(first["text"]) if first is not None else None,
-            prompt_ids=self.prompt_ids,
-            response_ids=first["ids"] if first is not None else None,
-            logprobs=first["logprobs"] if first is not None else None,
-        )
+        attributes = self.accumulator.attributes()
         if self.first_chunk is not None:
             attributes[semconv.GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK] = self.first_chunk - self.started
         return attributes
