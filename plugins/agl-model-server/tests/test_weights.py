@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from typing import Any
@@ -134,19 +135,14 @@ def test_in_flight_requests_finish_with_old_weights(client: httpx.Client, tiny_s
                     started.set()
                 if line.startswith("data: "):
                     events.append(line)
-            results["long_done"] = time.monotonic()
             results["long"] = events
 
     thread = threading.Thread(target=stream_long)
     thread.start()
     assert started.wait(60)
     new_version = tiny_server.load_state_dict(original)  # same values: only the version moves
-    results["update_done"] = time.monotonic()
     thread.join(60)
     assert new_version == version + 1
-    assert results["update_done"] >= results["long_done"] - 0.5
-    import json
-
     final = [json.loads(e[6:]) for e in results["long"] if e.startswith("data: {")]
     assert final[-1]["weights_version"] == version
     assert sum(len(c.get("token_ids", [])) for e in final for c in e["choices"]) == 120

@@ -13,7 +13,8 @@ __all__ = ["agl_register_commands"]
 
 @hookimpl
 def agl_register_commands(cli: click.Group) -> None:
-    cli.add_command(serve_model)
+    if isinstance(cli, click.Group):  # only a click group takes commands (tests call hooks with stand-ins)
+        cli.add_command(serve_model)
 
 
 @click.command("serve-model")
