@@ -24,6 +24,7 @@ import asyncio
 import operator
 import os
 import re
+import sys
 import time
 from typing import Any, Optional
 
@@ -217,7 +218,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     args = parse_args(argv)
     for noisy in ("httpx", "httpx2", "openai"):  # one line per HTTP request would bury the progress display
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    console = Console()
+    console = Console() if sys.stdout.isatty() else Console(width=160)  # a log file gets the whole table
     result = asyncio.run(train(args, console))
     summarize(result, console)
     return result
