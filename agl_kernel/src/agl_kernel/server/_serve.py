@@ -130,7 +130,8 @@ async def running_server(
         app = create_app(store_or_app, token=token, **app_options)
     sock = _bound_socket(host, port)
     port = sock.getsockname()[1]
-    server = make_server(app, host=host, port=port, embedded=True)
+    # The host program stops its own clients first (e.g. the cs strategy's runners): a short grace is enough.
+    server = make_server(app, host=host, port=port, embedded=True, graceful_timeout=3.0)
     task = asyncio.ensure_future(server.serve(sockets=[sock]))
     try:
         while not server.started:
