@@ -112,6 +112,8 @@ def test_sigkilled_runner_s_rollout_is_retried_on_another_runner(tmp_path: Path)
 def test_ctrl_c_stops_the_trainer_and_every_runner_process(tmp_path: Path) -> None:
     script = tmp_path / "run.py"
     script.write_text(textwrap.dedent(f"""
+        import faulthandler, signal
+        faulthandler.register(signal.SIGUSR1, all_threads=True)  # the test asks for stacks if the trainer hangs
         from agl_kernel.trainer import Trainer
         tasks = [{{"seconds": 30}}] * 8
         Trainer(strategy="cs", n_runners=4, store="memory", progress=False).dev({str(AGENTS) + ":slow"!r}, tasks)
@@ -130,6 +132,8 @@ def test_ctrl_c_stops_the_trainer_and_every_runner_process(tmp_path: Path) -> No
         try:
             trainer.wait(30)
         except subprocess.TimeoutExpired:
+            trainer.send_signal(signal.SIGUSR1)  # every thread's stack into the log, to see where it hangs
+            time.sleep(1.0)
             trainer.kill()
             trainer.wait()
             raise AssertionError("the trainer did not stop: " + log.read_text()[-3000:]) from None
