@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Union
@@ -219,12 +220,12 @@ def _open_error(path: Path, exc: sqlite3.Error) -> SqliteStoreError:
     return SqliteStoreError(f"cannot open the SQLite store {path}: {message}", path)
 
 
-def ensure_schema(conn: sqlite3.Connection, path: Path) -> int:
+def ensure_schema(conn: sqlite3.Connection, path: Path, *, busy_timeout: float) -> int:
     """Switch the file to WAL, then create or migrate its schema; returns the version found before.
     Raises SqliteStoreError (nothing changed) for a foreign database or a newer schema."""
     try:
         _check_identity(conn, path)  # before the first write: a foreign or newer file is never touched
-        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        mode = _switch_to_wal(conn, busy_timeout)
         if str(mode).lower() != "wal":
             raise SqliteStoreError(
                 f"cannot switch {path} to write-ahead logging (journal mode stays {mode!r}); the store needs a "
@@ -247,6 +248,20 @@ def ensure_schema(conn: sqlite3.Connection, path: Path) -> int:
     except sqlite3.Error as exc:
         raise _open_error(path, exc) from exc
     return found
+
+
+def _switch_to_wal(conn: sqlite3.Connection, busy_timeout: float) -> str:
+    """Set WAL journal mode and return the mode in force. Switching a file from a rollback journal needs an
+    exclusive lock and SQLite does not call the busy handler for it, so several processes opening a new file at
+    once would see "database is locked": retry in small steps up to ``busy_timeout``."""
+    deadline = time.monotonic() + busy_timeout
+    while True:
+        try:
+            return str(conn.execute("PRAGMA journal_mode=WAL").fetchone()[0])
+        except sqlite3.OperationalError as exc:
+            if ("locked" not in str(exc) and "busy" not in str(exc)) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.005)
 
 
 def _check_identity(conn: sqlite3.Connection, path: Path) -> int:

@@ -99,7 +99,7 @@ class SqliteLightningStore(LightningStore):
         self._path = prepare_path(path)
         conn = connect(self._path, busy_timeout=busy_timeout, synchronous=synchronous)
         try:
-            ensure_schema(conn, self._path)
+            ensure_schema(conn, self._path, busy_timeout=busy_timeout)
         finally:
             conn.close()
         self._closed = False
