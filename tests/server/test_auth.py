@@ -71,3 +71,25 @@ async def test_client_with_and_without_token(url: str, monkeypatch: pytest.Monke
     monkeypatch.setenv("AGL_STORE_TOKEN", TOKEN)
     async with LightningStoreClient(url) as from_env:
         assert (await from_env.statistics()).total_rollouts >= 1
+
+
+def test_a_route_marked_public_is_served_without_the_token() -> None:
+    """Static files (the dashboard's page) opt out with ``opt={PUBLIC: True}``; every other route keeps the check."""
+    from litestar import get
+
+    from agl_kernel.server import PUBLIC
+
+    @get("/page", opt={PUBLIC: True}, media_type="text/html")
+    async def page() -> str:
+        return "<html></html>"
+
+    @get("/private", media_type="text/plain")
+    async def private() -> str:
+        return "data"
+
+    app = create_app(InMemoryLightningStore(), token=TOKEN, plugins=False, route_handlers=[page, private])
+    with ServerThread(app) as server:
+        assert httpx.get(f"{server.url}/page").status_code == 200
+        assert httpx.get(f"{server.url}/private").status_code == 401
+        assert httpx.get(f"{server.url}/api/v1/statistics").status_code == 401
+        assert httpx.get(f"{server.url}/private", headers={"Authorization": f"Bearer {TOKEN}"}).text == "data"

@@ -8,6 +8,7 @@ below are loaded on first use, so that ``agl --help`` and the client stay light.
 - :func:`serve` ``(store_or_app, *, host, port, token, ...)``: run it with uvicorn until SIGINT/SIGTERM.
 - :func:`running_server`: ``async with running_server(store) as url:`` serves from the current event loop.
 - :class:`ServerThread`: run it on a background thread (tests, embedding).
+- :data:`PUBLIC`: ``opt={PUBLIC: True}`` on a route handler serves it without the bearer token (static files only).
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ import importlib
 import importlib.util
 from typing import Any
 
+from agl_kernel.server._auth import PUBLIC
 from agl_kernel.server._wire import API_PREFIX
 
-__all__ = ["API_PREFIX", "ServerThread", "create_app", "make_server", "running_server", "serve"]
+__all__ = ["API_PREFIX", "PUBLIC", "ServerThread", "create_app", "make_server", "running_server", "serve"]
 
 _LAZY = {
     "create_app": "agl_kernel.server._app",

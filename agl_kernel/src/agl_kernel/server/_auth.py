@@ -1,5 +1,9 @@
 """Bearer-token auth: with a token configured, every route except ``/health`` needs ``Authorization: Bearer <token>``.
 
+A route handler declared with ``opt={PUBLIC: True}`` is served without a token too: it is for static files that hold
+no store data (the dashboard's page and scripts, which a browser fetches without headers); the data they show comes
+from routes that need the token.
+
 The comparison is constant-time (:func:`hmac.compare_digest`), so response timing does not leak the token.
 """
 
@@ -12,10 +16,13 @@ from typing import Any
 from agl_kernel.models import encode_json
 from agl_kernel.server._wire import ErrorBody
 
-__all__ = ["OPEN_PATHS", "bearer_auth"]
+__all__ = ["OPEN_PATHS", "PUBLIC", "bearer_auth"]
 
 OPEN_PATHS = frozenset({"/health"})
 """Paths anyone may call (load balancers and process supervisors probe them)."""
+
+PUBLIC = "agl_public"
+"""The key of a route handler's ``opt`` that serves it without a token (static files with no store data only)."""
 
 ASGIApp = Callable[..., Awaitable[None]]
 
@@ -46,7 +53,9 @@ def bearer_auth(token: str) -> Callable[[ASGIApp], ASGIApp]:
 
     def factory(app: ASGIApp) -> ASGIApp:
         async def check(scope: Any, receive: Any, send: Any) -> None:
-            if scope["type"] != "lifespan" and scope["path"] not in OPEN_PATHS:
+            handler = scope.get("route_handler")  # set by the router before the route's middleware runs
+            public = handler is not None and handler.opt.get(PUBLIC) is True
+            if scope["type"] != "lifespan" and scope["path"] not in OPEN_PATHS and not public:
                 header = b""
                 for name, value in scope["headers"]:
                     if name == b"authorization":
