@@ -48,7 +48,7 @@ if BENCHMARKS_DIR not in sys.path:
 # litellm (imported by agentlightning) otherwise tries to download a model cost map on import, retrying for ~10 s.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from _cycle import median_of, run_cycles  # noqa: E402
+from _cycle import free_port, median_of, rss_mb, run_cycles  # noqa: E402
 
 SPAN_MODES = ("store-seq", "local-seq")
 
@@ -113,6 +113,50 @@ async def measure(workers: int, rollouts: int, span_mode: str = "store-seq") -> 
     return await run_cycles(AgentLightningOps(store, span_mode), workers=workers, rollouts=rollouts)
 
 
+async def measure_remote(workers: int, rollouts: int, span_mode: str = "store-seq") -> dict[str, float]:
+    """The same cycle through Agent Lightning's own server and client: a fresh ``agl store`` process (its CLI,
+    in-memory backend, on a free port of 127.0.0.1) per run, and one ``LightningStoreClient`` shared by the
+    workers, as agl's ``store_cycle.measure_remote`` does with ``agl store serve``. Start-up is process start to
+    the first 200 from its /v1/agl/health; RSS is the server's after the run."""
+    import subprocess
+    import time
+    import urllib.error
+    import urllib.request
+
+    from agentlightning.store.client_server import LightningStoreClient
+
+    port = free_port()
+    agl_cli = os.path.join(os.path.dirname(sys.executable), "agl")
+    command = [agl_cli, "store", "--host", "127.0.0.1", "--port", str(port), "--log-level", "WARNING"]
+    started = time.perf_counter()
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=sys.stderr)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        while True:
+            if server.poll() is not None:
+                raise RuntimeError(f"`{' '.join(command)}` exited with status {server.returncode}")
+            try:
+                with urllib.request.urlopen(f"{url}/v1/agl/health", timeout=1) as response:
+                    if response.status == 200:
+                        break
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                time.sleep(0.01)
+        startup = time.perf_counter() - started
+        client = LightningStoreClient(url)
+        try:
+            result = await run_cycles(AgentLightningOps(client, span_mode), workers=workers, rollouts=rollouts)
+        finally:
+            await client.close()
+        return {**result, "server_startup_s": startup, "server_rss_mb": rss_mb(server.pid)}
+    finally:
+        server.terminate()
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
 def _version() -> str:
     from importlib.metadata import version
 
@@ -129,7 +173,8 @@ def _protocol_stdout() -> TextIO:
 
 def serve() -> None:
     out = _protocol_stdout()
-    import agentlightning.store.memory  # noqa: F401  (the slow import, done once before "ready")
+    import agentlightning.store.client_server  # noqa: F401  (the slow import, done once before "ready")
+    import agentlightning.store.memory  # noqa: F401
 
     out.write(json.dumps({"ready": True, "version": _version(), "python": sys.version.split()[0]}) + "\n")
     for line in sys.stdin:
@@ -137,8 +182,9 @@ def serve() -> None:
             continue
         try:
             request = json.loads(line)
+            run_once = measure_remote if request.get("remote") else measure
             result = asyncio.run(
-                measure(int(request["workers"]), int(request["rollouts"]), request.get("span_mode", "store-seq"))
+                run_once(int(request["workers"]), int(request["rollouts"]), request.get("span_mode", "store-seq"))
             )
             reply: dict[str, Any] = {"ok": True, "result": result}
         except Exception:

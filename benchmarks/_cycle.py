@@ -7,6 +7,7 @@ in compare_agentlightning.py, Agent Lightning's, under identical conditions. Kep
 from __future__ import annotations
 
 import asyncio
+import socket
 import statistics
 import time
 from typing import Any, Protocol
@@ -54,3 +55,22 @@ async def run_cycles(ops: CycleOps, *, workers: int, rollouts: int, spans_per_ro
 
 def median_of(runs: list[dict[str, float]]) -> dict[str, float]:
     return {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now (for a server subprocess)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process in MB, from /proc (NaN where there is no /proc)."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")

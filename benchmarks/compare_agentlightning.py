@@ -64,7 +64,7 @@ from rich.console import Console  # noqa: E402
 from rich.markup import escape  # noqa: E402
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: E402
 from rich.table import Table  # noqa: E402
-from store_cycle import AglOps, measure, parse_options  # noqa: E402,F401  (AglOps: what measure() runs)
+from store_cycle import AglOps, measure, measure_remote, parse_options  # noqa: E402,F401  (AglOps: what they run)
 
 from agl_kernel.errors import PluginError  # noqa: E402
 from agl_kernel.plugins import load_component  # noqa: E402
@@ -198,9 +198,9 @@ class AgentLightningSide:
             )
         return json.loads(line)
 
-    def run(self, workers: int, rollouts: int, span_mode: str) -> dict[str, float]:
+    def run(self, workers: int, rollouts: int, span_mode: str, remote: bool = False) -> dict[str, float]:
         assert self._process.stdin is not None
-        request = {"workers": workers, "rollouts": rollouts, "span_mode": span_mode}
+        request = {"workers": workers, "rollouts": rollouts, "span_mode": span_mode, "remote": remote}
         self._process.stdin.write(json.dumps(request) + "\n")
         self._process.stdin.flush()
         reply = self._read()
@@ -231,9 +231,10 @@ def store_options(store: str, extra: list[str]) -> list[str]:
     return [option.partition(":")[2] for option in extra if option.partition(":")[0] == store]
 
 
-def run_agl(store: str, pairs: list[str], workers: int, rollouts: int) -> dict[str, float]:
+def run_agl(store: str, pairs: list[str], workers: int, rollouts: int, remote: bool = False) -> dict[str, float]:
+    run_once = measure_remote if remote else measure
     with tempfile.TemporaryDirectory(prefix="agl-bench-") as scratch:
-        return asyncio.run(measure(store, parse_options(store, pairs, scratch), workers, rollouts))
+        return asyncio.run(run_once(store, parse_options(store, pairs, scratch), workers, rollouts))
 
 
 # ---------------------------------------------------------------------------------------------------- main
@@ -261,6 +262,13 @@ def parse_args() -> argparse.Namespace:
         default="store-seq",
         help="store-seq: get_next_span_sequence_id + add_span per span, as Agent Lightning's runner/tracers do "
         "(default); local-seq: add_span only, sequence id counted by the caller",
+    )
+    parser.add_argument(
+        "--remote",
+        action="store_true",
+        help="each side's store behind its own server, driven through its own client over HTTP: `agl store serve` + "
+        "agl's LightningStoreClient against Agent Lightning's `agl store` + its LightningStoreClient (a fresh "
+        "server process per run; start-up and server RSS are reported too)",
     )
     parser.add_argument("--warmup", type=int, default=200, help="rollouts of the unmeasured warm-up run (0: none)")
     parser.add_argument("--reinstall", action="store_true", help="make the throw-away venv anew")
@@ -313,9 +321,9 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         with progress:
             task = progress.add_task("warm-up", total=len(args.worker_counts) * args.repeat * len(sides))
             if args.warmup > 0:
-                agentlightning.run(1, args.warmup, span_mode)
+                agentlightning.run(1, args.warmup, span_mode, args.remote)
                 for store in args.stores:
-                    run_agl(store, options[store], 1, args.warmup)
+                    run_agl(store, options[store], 1, args.warmup, args.remote)
             for workers in args.worker_counts:
                 for repeat in range(args.repeat):
                     order = sides if repeat % 2 == 0 else sides[::-1]
@@ -324,9 +332,9 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
                         label = f"Agent Lightning {agentlightning.version}" if is_al else f"agl {side}"
                         progress.update(task, description=f"{workers} workers, run {repeat + 1}: {label}")
                         if side == "agentlightning":
-                            result = agentlightning.run(workers, args.rollouts, span_mode)
+                            result = agentlightning.run(workers, args.rollouts, span_mode, args.remote)
                         else:
-                            result = run_agl(side, options[side], workers, args.rollouts)
+                            result = run_agl(side, options[side], workers, args.rollouts, args.remote)
                         runs[side][workers].append(result)
                         progress.advance(task)
     finally:
@@ -340,10 +348,11 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "repeat": args.repeat,
         "warmup": args.warmup,
         "python": sys.version.split()[0],
+        "remote": args.remote,
         "agentlightning": {
             "version": agentlightning.version,
             "python": agentlightning.python,
-            "store": "InMemoryLightningStore",
+            "store": "`agl store` server + LightningStoreClient" if args.remote else "InMemoryLightningStore",
             "span_mode": span_mode,
             "stderr_lines": stderr_lines,
             "stderr_log": str(SIDE_LOG),
@@ -362,29 +371,37 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
 
 def print_table(report: dict[str, Any]) -> None:
     al = report["agentlightning"]
+    where = " over HTTP, each through its own server and client" if report["remote"] else ""
     table = Table(
         title=(
-            f"Full rollout cycle (enqueue → dequeue → {report['spans_per_rollout']} spans → succeed), "
+            f"Full rollout cycle (enqueue → dequeue → {report['spans_per_rollout']} spans → succeed){where}, "
             f"{report['rollouts']} rollouts per run, median of {report['repeat']}"
         ),
         caption=(
-            f"AGL = Agent Lightning {al['version']} InMemoryLightningStore (span mode {al['span_mode']}), "
+            f"AGL = Agent Lightning {al['version']} {al['store']} (span mode {al['span_mode']}), "
             f"Python {al['python']}; agl on Python {report['python']}. agl/AGL = ratio of rollouts/s."
         ),
     )
+    # (result key, header, format) of each side's columns
+    columns = [("rollouts_per_s", "rollouts/s", "{:,.0f}"), ("dequeue_p99_ms", "deq p99 ms", "{:,.1f}")]
+    if report["remote"]:
+        columns += [("server_startup_s", "start s", "{:.2f}"), ("server_rss_mb", "RSS MB", "{:,.0f}")]
+    else:
+        columns.insert(1, ("spans_per_s", "spans/s", "{:,.0f}"))
+    sides = {f"AGL {al['version']}": al["results"], **{f"agl {s}": side["results"] for s, side in report["agl"].items()}}
     table.add_column("workers", justify="right")
-    table.add_column(f"AGL {al['version']}\nrollouts/s", justify="right")
-    table.add_column(f"AGL {al['version']}\nspans/s", justify="right")
-    for store in report["agl"]:
-        table.add_column(f"agl {store}\nrollouts/s", justify="right")
-        table.add_column(f"agl {store}\nspans/s", justify="right")
-        table.add_column(f"agl {store}\n/ AGL", justify="right", style="bold")
-    for workers, base in al["results"].items():
-        row = [str(workers), f"{base['rollouts_per_s']:,.0f}", f"{base['spans_per_s']:,.0f}"]
-        for store, side in report["agl"].items():
-            mine = side["results"][workers]
-            ratio = report["ratio_agl_over_agentlightning"][store][workers]
-            row += [f"{mine['rollouts_per_s']:,.0f}", f"{mine['spans_per_s']:,.0f}", f"{ratio:,.1f}×"]
+    for name in sides:
+        for _, header, _ in columns:
+            table.add_column(f"{name}\n{header}", justify="right")
+        if not name.startswith("AGL"):
+            table.add_column(f"{name}\n/ AGL", justify="right", style="bold")
+    for workers in al["results"]:
+        row = [str(workers)]
+        for name, results in sides.items():
+            row += [fmt.format(results[workers][key]) for key, _, fmt in columns]
+            if not name.startswith("AGL"):
+                ratio = results[workers]["rollouts_per_s"] / al["results"][workers]["rollouts_per_s"]
+                row.append(f"{ratio:,.1f}×")
         table.add_row(*row)
     out = Console()
     needed = out.measure(table, options=out.options.update_width(1000)).maximum

@@ -24,7 +24,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _cycle import median_of, run_cycles  # noqa: E402
+from _cycle import free_port, median_of, rss_mb, run_cycles  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.progress import Progress  # noqa: E402
 from rich.table import Table  # noqa: E402
@@ -89,22 +89,6 @@ async def measure(store_name: str, options: dict[str, Any], workers: int, rollou
         await store.close()
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 async def measure_remote(store_name: str, options: dict[str, Any], workers: int, rollouts: int) -> dict[str, float]:
     """The same cycle through `agl store serve` (a subprocess) and LightningStoreClient."""
     import subprocess
@@ -114,7 +98,7 @@ async def measure_remote(store_name: str, options: dict[str, Any], workers: int,
 
     from agl_kernel.client import LightningStoreClient
 
-    port = _free_port()
+    port = free_port()
     command = [sys.executable, "-m", "agl_kernel.cli", "store", "serve", "--backend", store_name, "--port", str(port)]
     for key, value in options.items():
         command += ["--path", str(value)] if key == "path" else ["--option", f"{key}={json.dumps(value)}"]
@@ -138,7 +122,7 @@ async def measure_remote(store_name: str, options: dict[str, Any], workers: int,
             result = await run_cycles(AglOps(client), workers=workers, rollouts=rollouts)
         finally:
             await client.close()
-        return {**result, "server_startup_s": startup, "server_rss_mb": _rss_mb(server.pid)}
+        return {**result, "server_startup_s": startup, "server_rss_mb": rss_mb(server.pid)}
     finally:
         server.terminate()
         server.wait(30)

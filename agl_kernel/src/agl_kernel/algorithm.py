@@ -15,7 +15,7 @@ from agl_kernel.progress import NoProgress, ProgressReporter
 from agl_kernel.rewards import get_reward
 from agl_kernel.store.base import LightningStore
 
-__all__ = ["Algorithm", "Baseline", "BaselineReport", "RolloutOutcome"]
+__all__ = ["Algorithm", "Baseline", "BaselineReport", "RolloutOutcome", "collect_outcomes", "rollout_outcome"]
 
 
 class Algorithm(abc.ABC):
@@ -62,8 +62,10 @@ class Baseline(Algorithm):
         requests = [EnqueueRequest(input=task, mode=RolloutMode.TRAIN, config=self.config) for task in train_dataset]
         requests += [EnqueueRequest(input=task, mode=RolloutMode.VAL, config=self.config) for task in val_dataset or ()]
         rollouts = await store.enqueue_many_rollouts(requests)
-        ended = await self._wait(store, [r.rollout_id for r in rollouts])
-        outcomes = [ended.get(r.rollout_id) or await self._outcome(store, r) for r in rollouts]
+        ended = await collect_outcomes(
+            store, [r.rollout_id for r in rollouts], timeout=self.timeout, progress=self.progress, label="baseline"
+        )
+        outcomes = [ended.get(r.rollout_id) or await rollout_outcome(store, r.rollout_id) for r in rollouts]
         by_status: dict[str, int] = {}
         for outcome in outcomes:
             by_status[outcome.status] = by_status.get(outcome.status, 0) + 1
@@ -72,36 +74,46 @@ class Baseline(Algorithm):
             outcomes=outcomes, by_status=by_status, mean_reward=statistics.fmean(rewards) if rewards else None
         )
 
-    async def _wait(self, store: LightningStore, rollout_ids: list[str]) -> dict[str, RolloutOutcome]:
-        """Wait (woken by the store) until every rollout ends or ``timeout`` passes, reporting progress on the
-        way; the outcomes of the rollouts that ended."""
-        deadline = None if self.timeout is None else time.monotonic() + self.timeout
-        ended: dict[str, RolloutOutcome] = {}
-        pending = list(rollout_ids)
-        with self.progress:
-            self.progress.start("baseline", len(rollout_ids))
-            while pending:
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    break
-                # A window of the oldest pending rollouts: each wake-up of the store re-reads only these, not all.
-                window = pending[:64]
-                for rollout in await store.wait_for_rollouts(window, timeout=min(left or 0.5, 0.5)):
-                    ended[rollout.rollout_id] = await self._outcome(store, rollout)
-                if any(r in ended for r in window):
-                    pending = [r for r in pending if r not in ended]
-                succeeded = sum(o.status == RolloutStatus.SUCCEEDED.value for o in ended.values())
-                rewards = [o.reward for o in ended.values() if o.reward is not None]
-                self.progress.rollouts(done=len(ended), succeeded=succeeded, rewards=rewards)
-        return ended
 
-    @staticmethod
-    async def _outcome(store: LightningStore, rollout: Rollout) -> RolloutOutcome:
-        rollout = await store.get_rollout(rollout.rollout_id)
-        return RolloutOutcome(
-            rollout_id=rollout.rollout_id,
-            input=rollout.input,
-            status=rollout.status.value,
-            reward=await get_reward(store, rollout.rollout_id) if rollout.attempt_count else None,
-            attempts=rollout.attempt_count,
-        )
+async def rollout_outcome(store: LightningStore, rollout_id: str) -> RolloutOutcome:
+    """A rollout's status, reward (``None`` when it recorded none) and attempt count, as the store has them now."""
+    rollout = await store.get_rollout(rollout_id)
+    return RolloutOutcome(
+        rollout_id=rollout.rollout_id,
+        input=rollout.input,
+        status=rollout.status.value,
+        reward=await get_reward(store, rollout.rollout_id) if rollout.attempt_count else None,
+        attempts=rollout.attempt_count,
+    )
+
+
+async def collect_outcomes(
+    store: LightningStore,
+    rollout_ids: Sequence[str],
+    *,
+    timeout: Optional[float] = None,
+    progress: Optional[ProgressReporter] = None,
+    label: str = "rollouts",
+) -> dict[str, RolloutOutcome]:
+    """Wait (woken by the store) until every rollout ends or ``timeout`` passes, reporting to ``progress`` on the
+    way; the outcomes of the rollouts that ended, by rollout id (those still running at the timeout are absent)."""
+    progress = progress or NoProgress()
+    deadline = None if timeout is None else time.monotonic() + timeout
+    ended: dict[str, RolloutOutcome] = {}
+    pending = list(rollout_ids)
+    with progress:
+        progress.start(label, len(pending))
+        while pending:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                break
+            # A window of the oldest pending rollouts: each wake-up of the store re-reads only these, not all.
+            window = pending[:64]
+            for rollout in await store.wait_for_rollouts(window, timeout=min(left or 0.5, 0.5)):
+                ended[rollout.rollout_id] = await rollout_outcome(store, rollout.rollout_id)
+            if any(r in ended for r in window):
+                pending = [r for r in pending if r not in ended]
+            succeeded = sum(o.status == RolloutStatus.SUCCEEDED.value for o in ended.values())
+            rewards = [o.reward for o in ended.values() if o.reward is not None]
+            progress.rollouts(done=len(ended), succeeded=succeeded, rewards=rewards)
+    return ended

@@ -189,14 +189,14 @@ async def test_entry_point_builds_from_string_options() -> None:
 
 async def test_tensorboard_only_when_asked_and_a_clear_error_without_it(tmp_path: Path) -> None:
     async with InMemoryLightningStore() as store:
-        MetricsRecorder(store)  # no TensorBoard asked: nothing imported
+        MetricsRecorder(store, algorithm="grpo")  # no TensorBoard asked: nothing imported
         try:
             import tensorboard  # noqa: F401
         except ImportError:
             with pytest.raises(MissingDependencyError, match="pip install tensorboard"):
-                MetricsRecorder(store, tensorboard_dir=str(tmp_path))
+                MetricsRecorder(store, algorithm="grpo", tensorboard_dir=str(tmp_path))
         else:
-            recorder = MetricsRecorder(store, tensorboard_dir=str(tmp_path))
+            recorder = MetricsRecorder(store, algorithm="grpo", tensorboard_dir=str(tmp_path))
             await recorder.record(1, {"loss": 0.5})
             await recorder.close()
             assert any(tmp_path.iterdir())

@@ -12,7 +12,7 @@ from agl_algo_grpo._algorithm import GRPO, GRPOReport
 from agl_algo_grpo._batching import Batch, RolloutSample, TrainingSample, assign_advantages, collate
 from agl_algo_grpo._config import GRPOConfig, LoraSettings, make_config
 from agl_algo_grpo._losses import group_advantages, policy_loss, token_logprobs
-from agl_algo_grpo._metrics import (
+from agl_kernel.training_metrics import (
     METRIC_PREFIX,
     METRICS_ROLLOUT_KIND,
     NO_TRIPLET_REASONS,

@@ -18,14 +18,32 @@ from agl_kernel.algorithm import Algorithm
 from agl_kernel.models import EnqueueRequest, Rollout, RolloutConfig, RolloutMode, RolloutStatus, Triplet
 from agl_kernel.rewards import final_reward
 from agl_kernel.store import LightningStore
+from agl_kernel.training_metrics import Column, MetricsRecorder
 
 from agl_algo_grpo._batching import RolloutSample, assign_advantages
 from agl_algo_grpo._config import GRPOConfig, make_config
-from agl_algo_grpo._metrics import MetricsRecorder
 from agl_algo_grpo._policy import PolicyTrainer
 from agl_algo_grpo._publish import PolicyPublisher, as_publisher
 
+
 __all__ = ["GRPO", "GRPOReport"]
+
+CONSOLE_COLUMNS: list[Column] = [  # what each step's console table shows
+    ("reward_mean", "reward", "{:.3f}"),
+    ("reward_std", "std", "{:.3f}"),
+    ("success_rate", "success", "{:.0%}"),
+    ("rollouts_succeeded", "ok", "{:.0f}"),
+    ("rollouts_without_triplets", "no data", "{:.0f}"),
+    ("triplets_trained", "triplets", "{:.0f}"),
+    ("loss", "loss", "{:.4f}"),
+    ("kl", "kl", "{:.4f}"),
+    ("clip_fraction", "clip", "{:.3f}"),
+    ("grad_norm", "grad norm", "{:.3f}"),
+    ("tokens_per_s", "tok/s", "{:.0f}"),
+    ("rollout_time_s", "rollout s", "{:.1f}"),
+    ("update_time_s", "update s", "{:.1f}"),
+    ("val_reward_mean", "val reward", "{:.3f}"),
+]
 
 
 class GRPOReport(msgspec.Struct, frozen=True, kw_only=True):
@@ -53,7 +71,7 @@ class GRPO(Algorithm):
     Each step: publish the policy (``publisher``), enqueue ``group_size`` rollouts of each of ``batch_size`` tasks
     pinned to it, wait for them (woken by the store), turn each rollout's spans into triplets with ``adapter``
     (default: the kernel's ``TripletAdapter``), compute group-relative advantages (rule: :mod:`agl_algo_grpo._batching`)
-    and update the policy; then record the step's metrics (:mod:`agl_algo_grpo._metrics`), validate (before the
+    and update the policy; then record the step's metrics (:mod:`agl_kernel.training_metrics`), validate (before the
     first step, every ``val_every`` steps and after the last) and checkpoint every ``checkpoint_every`` steps.
     Only rollouts that succeeded are trained on; the others, and those whose spans give no triplet, are counted
     and reported with the reason (the adapter's, when it gives one).
@@ -103,7 +121,13 @@ class GRPO(Algorithm):
 
             self.adapter = TripletAdapter()
         self._published = None
-        recorder = MetricsRecorder(store, console=self.console, tensorboard_dir=self.config.tensorboard_dir)
+        recorder = MetricsRecorder(
+            store,
+            algorithm="grpo",
+            console=self.console,
+            tensorboard_dir=self.config.tensorboard_dir,
+            columns=CONSOLE_COLUMNS,
+        )
         resumed = str(policy.resumed_from) if policy.resumed_from is not None else None
         metrics_rollout_id = await recorder.open({"config": msgspec.to_builtins(self.config), "resumed_from": resumed})
         history: list[dict[str, float]] = []

@@ -1,12 +1,15 @@
-"""Where training metrics go: the store (for the dashboard), the console and, if asked, TensorBoard.
+"""Where an algorithm's training metrics go: the store (for the dashboard), the console and, if asked, TensorBoard.
+Shared by every algorithm (GRPO, APO, third-party ones), so the dashboard reads one layout.
 
 **In the store.** Each run opens one rollout that is not a task: ``store.start_rollout(input={"kind":
-"training-metrics", "algorithm": "grpo"}, mode=None, metadata={"kind": "training-metrics", ...})``. It is never
+"training-metrics", "algorithm": NAME}, mode=None, metadata={"kind": "training-metrics", ...})``. It is never
 queued, so no runner takes it; it ends ``succeeded`` (``failed`` if training raised). Every training step adds a
 span named ``agl.training.step`` to it, every validation a span ``agl.training.validation``; their attributes are
 ``agl.training.step`` (the policy version: updates done so far, the step's update included) and one
 ``agl.training.metric.<name>`` per metric (floats), plus ``agl.training.no_triplet_reasons`` (JSON: a list of up
-to 10 ``{"rollout_id", "reason"}``) when rollouts gave no training data. To read them back::
+to 10 ``{"rollout_id", "reason"}``) when rollouts gave no training data. An algorithm may add spans of its own
+to the same rollout with :meth:`MetricsRecorder.add_span` (APO: one ``agl.apo.candidate`` span per candidate).
+To read them back::
 
     metrics = await store.query_rollouts(...)   # the rollout whose metadata["kind"] == "training-metrics"
     spans = await store.query_spans(rollout_id, "latest", name="agl.training.step")
@@ -28,6 +31,7 @@ from agl_kernel.models import AttemptStatus, Span
 from agl_kernel.store import LightningStore
 
 __all__ = [
+    "Column",
     "METRIC_PREFIX",
     "METRICS_ROLLOUT_KIND",
     "MetricsRecorder",
@@ -44,22 +48,8 @@ METRIC_PREFIX = "agl.training.metric."
 NO_TRIPLET_REASONS = "agl.training.no_triplet_reasons"
 METRICS_ROLLOUT_KIND = "training-metrics"
 
-_COLUMNS = [  # (metric, header, format) for the console table
-    ("reward_mean", "reward", "{:.3f}"),
-    ("reward_std", "std", "{:.3f}"),
-    ("success_rate", "success", "{:.0%}"),
-    ("rollouts_succeeded", "ok", "{:.0f}"),
-    ("rollouts_without_triplets", "no data", "{:.0f}"),
-    ("triplets_trained", "triplets", "{:.0f}"),
-    ("loss", "loss", "{:.4f}"),
-    ("kl", "kl", "{:.4f}"),
-    ("clip_fraction", "clip", "{:.3f}"),
-    ("grad_norm", "grad norm", "{:.3f}"),
-    ("tokens_per_s", "tok/s", "{:.0f}"),
-    ("rollout_time_s", "rollout s", "{:.1f}"),
-    ("update_time_s", "update s", "{:.1f}"),
-    ("val_reward_mean", "val reward", "{:.3f}"),
-]
+Column = tuple[str, str, str]
+"""(metric, header, format) of one console column, e.g. ``("loss", "loss", "{:.4f}")``."""
 
 
 class MetricsRecorder:
@@ -69,13 +59,16 @@ class MetricsRecorder:
         self,
         store: LightningStore,
         *,
-        algorithm: str = "grpo",
+        algorithm: str,
         console: Optional[Console] = None,
         tensorboard_dir: Optional[str] = None,
+        columns: Optional[Sequence[Column]] = None,
     ) -> None:
         self.store = store
         self.algorithm = algorithm
         self.console = console
+        self.columns = list(columns) if columns is not None else None
+        """What the console table shows; ``None``: every metric of the step, as ``{:.4g}``."""
         self.rollout_id: Optional[str] = None
         self.attempt_id: Optional[str] = None
         self._trace_id = os.urandom(16).hex()
@@ -109,23 +102,12 @@ class MetricsRecorder:
     ) -> None:
         """Store ``metrics`` for ``step`` as a span, log them to TensorBoard and print them."""
         now = time.time()
-        if self.rollout_id is not None and self.attempt_id is not None:
-            attributes: dict[str, Any] = {STEP_ATTRIBUTE: step}
-            attributes.update({f"{METRIC_PREFIX}{k}": float(v) for k, v in metrics.items()})
-            if no_triplet_reasons:
-                attributes[NO_TRIPLET_REASONS] = json.dumps(list(no_triplet_reasons)[:10])
-            await self.store.add_span(
-                Span(
-                    rollout_id=self.rollout_id,
-                    attempt_id=self.attempt_id,
-                    trace_id=self._trace_id,
-                    span_id=os.urandom(8).hex(),
-                    name=VALIDATION_SPAN if validation else TRAINING_STEP_SPAN,
-                    attributes=attributes,
-                    start_time=started if started is not None else now,
-                    end_time=now,
-                )
-            )
+        attributes: dict[str, Any] = {STEP_ATTRIBUTE: step}
+        attributes.update({f"{METRIC_PREFIX}{k}": float(v) for k, v in metrics.items()})
+        if no_triplet_reasons:
+            attributes[NO_TRIPLET_REASONS] = json.dumps(list(no_triplet_reasons)[:10])
+        name = VALIDATION_SPAN if validation else TRAINING_STEP_SPAN
+        await self.add_span(name, attributes, started=started if started is not None else now, ended=now)
         if self._writer is not None:
             prefix = "val" if validation else "train"
             for key, value in metrics.items():
@@ -133,6 +115,26 @@ class MetricsRecorder:
             self._writer.flush()
         if self.console is not None:
             self._print(step, metrics, validation, no_triplet_reasons)
+
+    async def add_span(
+        self, name: str, attributes: Mapping[str, Any], *, started: Optional[float] = None, ended: Optional[float] = None
+    ) -> None:
+        """Add a span to the run's metrics rollout (nothing before :meth:`open` or after :meth:`close`)."""
+        if self.rollout_id is None or self.attempt_id is None:
+            return
+        now = time.time()
+        await self.store.add_span(
+            Span(
+                rollout_id=self.rollout_id,
+                attempt_id=self.attempt_id,
+                trace_id=self._trace_id,
+                span_id=os.urandom(8).hex(),
+                name=name,
+                attributes=dict(attributes),
+                start_time=started if started is not None else now,
+                end_time=ended if ended is not None else now,
+            )
+        )
 
     def _print(
         self, step: int, metrics: Mapping[str, float], validation: bool, reasons: Sequence[Mapping[str, str]]
@@ -143,7 +145,10 @@ class MetricsRecorder:
             self.console.print(f"[bold]validation[/bold] at step {step}: {shown}")
             return
         table = Table(title=f"{self.algorithm} step {step}", title_justify="left")
-        columns = [(key, header, fmt) for key, header, fmt in _COLUMNS if key in metrics]
+        if self.columns is None:
+            columns = [(key, key, "{:.4g}") for key in metrics]
+        else:
+            columns = [(key, header, fmt) for key, header, fmt in self.columns if key in metrics]
         for _, header, _ in columns:
             table.add_column(header, justify="right")
         table.add_row(*(fmt.format(metrics[key]) for key, _, fmt in columns))
