@@ -1,4 +1,4 @@
-"""The ``agl`` command line: ``agl plugins``, ``agl demo``, ``agl rollouts why`` and the commands plugins add.
+"""The ``agl`` command line: ``agl plugins``, ``agl demo``, ``agl rollouts why``, ``agl resources`` and the commands plugins add.
 
 Plugins add commands with the ``agl_register_commands`` hook; it is called the first time a command that is not
 built in is looked up (or ``--help`` lists them), so built-in commands start without loading any plugin.
@@ -135,6 +135,19 @@ def demo_command(store: Optional[str], path: Optional[str], n_tasks: int, n_work
     run_demo(store=store, path=path, n_tasks=n_tasks, n_workers=n_workers)
 
 
+_store_options = [
+    click.option("--store", default=None, help="The store, by name (see `agl plugins`). Default: sqlite."),
+    click.option("--path", default=None, help="The store's file. Default: ./.agl/agl.db."),
+    click.option("--url", default=None, help="The URL of a store server (`agl store serve`), instead of a file."),
+]
+
+
+def _with_store_options(command: Any) -> Any:
+    for option in reversed(_store_options):
+        command = option(command)
+    return command
+
+
 @cli.group("rollouts")
 def rollouts_group() -> None:
     """Inspect the rollouts in a store."""
@@ -142,9 +155,7 @@ def rollouts_group() -> None:
 
 @rollouts_group.command("why")
 @click.argument("rollout_id")
-@click.option("--store", default=None, help="The store, by name (see `agl plugins`). Default: sqlite.")
-@click.option("--path", default=None, help="The store's file. Default: ./.agl/agl.db.")
-@click.option("--url", default=None, help="The URL of a store server (`agl store serve`), instead of a file.")
+@_with_store_options
 @click.option("--attempt", "attempt_id", default="latest", show_default=True, help="Which attempt.")
 @click.option("--agent-match", default=None, help="Only LLM calls of agents whose name matches this regex.")
 @click.option("--merge", is_flag=True, help="Merge consecutive calls whose tokens continue each other.")
@@ -178,6 +189,45 @@ def rollouts_why_command(
     from rich.console import Console
 
     _why.render(report, Console())
+
+
+@cli.group("resources")
+def resources_group() -> None:
+    """Inspect the resources (prompts, LLM endpoints) published in a store."""
+
+
+@resources_group.command("list")
+@_with_store_options
+def resources_list_command(store: Optional[str], path: Optional[str], url: Optional[str]) -> None:
+    """Every resources id: its number of versions, when it last changed, and what it holds."""
+    import asyncio
+
+    from rich.console import Console
+
+    from agl_kernel import _resources_view, _why
+
+    Console().print(asyncio.run(_resources_view.list_table(_why.open_store(store, path, url))))
+
+
+@resources_group.command("show")
+@click.argument("name")
+@click.option("--id", "resources_id", default=None, help="The resources id. Default: that of the latest resources.")
+@click.option("--diff", is_flag=True, help="Show each change as a diff against the version before.")
+@_with_store_options
+def resources_show_command(
+    name: str, resources_id: Optional[str], diff: bool, store: Optional[str], path: Optional[str], url: Optional[str]
+) -> None:
+    """The history of the resource NAME (a prompt template, an LLM): every version of the resources id in which it
+    changed, oldest first."""
+    import asyncio
+
+    from rich.console import Console
+
+    from agl_kernel import _resources_view, _why
+
+    _resources_view.print_history(
+        asyncio.run(_resources_view.history(_why.open_store(store, path, url), name, resources_id)), Console(), diff
+    )
 
 
 def _add_builtin_commands() -> None:
