@@ -9,7 +9,8 @@ It serves ``POST /v1/chat/completions`` and ``POST /v1/completions``, streaming 
 character-level "tokenizer" (token id = code point) and a chat template in which a call's prompt continues the
 previous call's prompt + response (``<|role|>content<|end|>`` per message, then ``<|assistant|>``), as real chat
 templates do. The reply is ``reply_for(request)`` (default: ``"echo: " + the last user text``), cut at
-``max_tokens``. With ``return_token_ids: true`` the response has ``prompt_token_ids`` (chat: on the response;
+``max_tokens``; a reply may also be ``{"content": ..., "tool_calls": [{"name": ..., "arguments": {...}}]}``,
+answered (without streaming) as an assistant message that calls those tools. With ``return_token_ids: true`` the response has ``prompt_token_ids`` (chat: on the response;
 completions: on each choice) and ``token_ids`` on each choice (streams: prompt ids on the first chunk, token ids
 on each chunk); with ``logprobs`` it has logprobs (``-0.01 * (i + 1)`` for token ``i``). Model ``"fail"`` answers
 HTTP 500. Standard library only; one thread per connection.
@@ -58,7 +59,7 @@ class FakeOpenAIServer:
     """Start on enter (a free port on 127.0.0.1), stop on exit. ``calls`` lists every request with what the server
     answered: ``{"path", "request", "prompt_token_ids", "token_ids", "logprobs", "text"}``."""
 
-    def __init__(self, reply_for: Optional[Callable[[dict[str, Any]], str]] = None, chunk_chars: int = 3) -> None:
+    def __init__(self, reply_for: Optional[Callable[[dict[str, Any]], Any]] = None, chunk_chars: int = 3) -> None:
         self.reply_for = reply_for or (lambda request: "echo: " + _last_user_text(request))
         self.chunk_chars = chunk_chars
         self.calls: list[dict[str, Any]] = []
@@ -96,7 +97,9 @@ class FakeOpenAIServer:
         """The call's record: its prompt and reply tokens (what the handler sends)."""
         chat = path.endswith("/chat/completions")
         prompt_text = render_chat(request.get("messages") or []) if chat else str(request.get("prompt", ""))
-        text = self.reply_for(request)
+        reply = self.reply_for(request)
+        tool_calls = reply.get("tool_calls") if isinstance(reply, dict) else None
+        text = (reply.get("content") or "") if isinstance(reply, dict) else reply
         max_tokens = request.get("max_tokens") or request.get("max_completion_tokens")
         finish = "stop"
         if isinstance(max_tokens, int) and len(text) > max_tokens:
@@ -109,7 +112,12 @@ class FakeOpenAIServer:
             "token_ids": token_ids,
             "logprobs": [-0.01 * (i + 1) for i in range(len(token_ids))],
             "text": text,
-            "finish_reason": finish,
+            "finish_reason": "tool_calls" if tool_calls else finish,
+            "tool_calls": [
+                {"id": f"call_{len(self.calls)}_{i}", "type": "function",
+                 "function": {"name": c["name"], "arguments": json.dumps(c.get("arguments", {}))}}
+                for i, c in enumerate(tool_calls or ())
+            ],
         }
         self.calls.append(call)
         return call
@@ -181,6 +189,8 @@ class _Handler(BaseHTTPRequestHandler):
         choice["finish_reason"] = call["finish_reason"]
         if chat:
             choice["message"] = {"role": "assistant", "content": call["text"]}
+            if call["tool_calls"]:
+                choice["message"].update(content=call["text"] or None, tool_calls=call["tool_calls"])
         else:
             choice["text"] = call["text"]
         response: dict[str, Any] = {
