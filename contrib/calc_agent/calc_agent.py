@@ -33,10 +33,15 @@ def _evaluate(node: ast.AST) -> float:
     raise ValueError(f"the calculator cannot evaluate {ast.dump(node)}")
 
 
+def evaluate(expression: str) -> float:
+    """+ - * / and parentheses, nothing else (no eval); ``ValueError``/``SyntaxError`` for anything more."""
+    return _evaluate(ast.parse(expression.strip(), mode="eval"))
+
+
 @operation("calculator")
 def calculator(expression: str) -> float:
-    """The agent's tool: + - * / and parentheses, nothing else (no eval)."""
-    return _evaluate(ast.parse(expression, mode="eval"))
+    """The agent's tool (an ``operation`` span): :func:`evaluate`."""
+    return evaluate(expression)
 
 
 @rollout

@@ -19,21 +19,23 @@ the checkpoint and the store file are.
 from __future__ import annotations
 
 import argparse
-import ast
 import asyncio
-import operator
 import os
 import re
 import sys
 import time
+from pathlib import Path
 from typing import Any, Optional
 
-from rich.console import Console
-from rich.table import Table
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "calc_agent"))
 
-from agl_kernel.agent import llm_rollout
-from agl_kernel.emit import operation
-from agl_kernel.models import ProxyLLM, RolloutConfig
+from calc_agent import evaluate  # noqa: E402  (the calculator tool's safe arithmetic)
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from agl_kernel.agent import llm_rollout  # noqa: E402
+from agl_kernel.emit import operation  # noqa: E402
+from agl_kernel.models import ProxyLLM, RolloutConfig  # noqa: E402
 
 PROMPT = (
     "You can use a calculator. To use it, reply with one line: CALC: <expression>\n"
@@ -41,26 +43,11 @@ PROMPT = (
 )
 TOOL_CALL = re.compile(r"\s*CALC:\s*([-+*/().\d\s]+?)\s*")
 EXPRESSION = re.compile(r"-?\d+(?:\.\d+)?(?:\s*[-+*/]\s*-?\d+(?:\.\d+)?)+")
-_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
-
-
-def _evaluate(node: ast.AST) -> float:
-    if isinstance(node, ast.Expression):
-        return _evaluate(node.body)
-    if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)):
-        return node.value
-    if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
-        return _OPS[type(node.op)](_evaluate(node.left), _evaluate(node.right))
-    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
-        return -_evaluate(node.operand)
-    raise ValueError("not arithmetic")
-
-
 @operation("calculator")
 def calculator(expression: str) -> Optional[float]:
     """The tool: + - * / and parentheses; ``None`` for what it cannot evaluate."""
     try:
-        return _evaluate(ast.parse(expression.strip(), mode="eval"))
+        return evaluate(expression)
     except (SyntaxError, ValueError, ZeroDivisionError, RecursionError):
         return None
 

@@ -10,7 +10,7 @@ from typing import Any, Optional
 
 import msgspec
 
-from agl_kernel.models import EnqueueRequest, Rollout, RolloutConfig, RolloutMode, RolloutStatus
+from agl_kernel.models import EnqueueRequest, RolloutConfig, RolloutMode, RolloutStatus
 from agl_kernel.progress import NoProgress, ProgressReporter
 from agl_kernel.rewards import get_reward
 from agl_kernel.store.base import LightningStore

@@ -26,7 +26,6 @@ from typing import Any, Optional
 
 import httpx
 
-from agl_kernel import semconv
 from agl_kernel.errors import NotFoundError
 from agl_kernel.llm_calls import StreamAccumulator, request_attributes, response_attributes, span_name
 from agl_kernel.models import Span, SpanStatus
