@@ -166,15 +166,17 @@ def ensure_venv(reinstall: bool) -> Path:
 # ------------------------------------------------------------------------------------- Agent Lightning side
 
 
-class AgentLightningSide:
-    """The long-lived ``_agentlightning_side.py --serve`` process: one JSON request line, one JSON reply line."""
+class SideProcess:
+    """A long-lived Agent Lightning side script (``--serve``) in the throw-away venv: one JSON request line in,
+    one JSON reply line out. Used by this file (``_agentlightning_side.py``) and runner_overhead.py."""
 
-    def __init__(self, python: Path) -> None:
-        self._stderr: IO[str] = open(SIDE_LOG, "w")
+    def __init__(self, python: Path, script: Path = SIDE_SCRIPT, log: Path = SIDE_LOG) -> None:
+        self.log = log
+        self._stderr: IO[str] = open(log, "w")
         env = dict(os.environ, LITELLM_LOCAL_MODEL_COST_MAP="True", PYTHONUNBUFFERED="1")
         env.pop("PYTHONPATH", None)  # nothing of the project's interpreter leaks into the other one
         self._process = subprocess.Popen(
-            [str(python), str(SIDE_SCRIPT), "--serve"],
+            [str(python), str(script), "--serve"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self._stderr,
@@ -194,13 +196,12 @@ class AgentLightningSide:
             self._stderr.flush()
             raise BenchError(
                 f"the Agent Lightning process exited (status {self._process.returncode}). "
-                f"Last lines of {SIDE_LOG}:\n{_tail(SIDE_LOG)}"
+                f"Last lines of {self.log}:\n{_tail(self.log)}"
             )
         return json.loads(line)
 
-    def run(self, workers: int, rollouts: int, span_mode: str, remote: bool = False) -> dict[str, float]:
+    def run(self, **request: Any) -> dict[str, Any]:
         assert self._process.stdin is not None
-        request = {"workers": workers, "rollouts": rollouts, "span_mode": span_mode, "remote": remote}
         self._process.stdin.write(json.dumps(request) + "\n")
         self._process.stdin.flush()
         reply = self._read()
@@ -213,12 +214,12 @@ class AgentLightningSide:
         if self._process.stdin is not None and not self._process.stdin.closed:
             self._process.stdin.close()
         try:
-            self._process.wait(timeout=30)
+            self._process.wait(timeout=60)
         except subprocess.TimeoutExpired:
             self._process.kill()
             self._process.wait()
         self._stderr.close()
-        with open(SIDE_LOG, errors="replace") as f:
+        with open(self.log, errors="replace") as f:
             return sum(1 for line in f if line.strip())
 
 
@@ -304,7 +305,7 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
 
     python = ensure_venv(args.reinstall)
     with err.status("Starting Agent Lightning (its import takes ~15 s) ..."):
-        agentlightning = AgentLightningSide(python)
+        agentlightning = SideProcess(python)
     span_mode = args.agentlightning_span_mode
     sides = ["agentlightning", *args.stores]
     runs: dict[str, dict[int, list[dict[str, float]]]] = {side: {w: [] for w in args.worker_counts} for side in sides}
@@ -321,7 +322,7 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         with progress:
             task = progress.add_task("warm-up", total=len(args.worker_counts) * args.repeat * len(sides))
             if args.warmup > 0:
-                agentlightning.run(1, args.warmup, span_mode, args.remote)
+                agentlightning.run(workers=1, rollouts=args.warmup, span_mode=span_mode, remote=args.remote)
                 for store in args.stores:
                     run_agl(store, options[store], 1, args.warmup, args.remote)
             for workers in args.worker_counts:
@@ -332,7 +333,9 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
                         label = f"Agent Lightning {agentlightning.version}" if is_al else f"agl {side}"
                         progress.update(task, description=f"{workers} workers, run {repeat + 1}: {label}")
                         if side == "agentlightning":
-                            result = agentlightning.run(workers, args.rollouts, span_mode, args.remote)
+                            result = agentlightning.run(
+                                workers=workers, rollouts=args.rollouts, span_mode=span_mode, remote=args.remote
+                            )
                         else:
                             result = run_agl(side, options[side], workers, args.rollouts, args.remote)
                         runs[side][workers].append(result)

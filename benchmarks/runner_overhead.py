@@ -41,13 +41,12 @@ import argparse
 import asyncio
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 import traceback
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 BENCHMARKS_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCHMARKS_DIR.parent
@@ -56,7 +55,7 @@ sys.path.insert(0, str(BENCHMARKS_DIR))
 from _cycle import median_of  # noqa: E402
 from agl_kernel.agent import rollout  # noqa: E402
 from agl_kernel.algorithm import Baseline  # noqa: E402
-from compare_agentlightning import VENV_DIR, BenchError, _tail, ensure_venv  # noqa: E402
+from compare_agentlightning import VENV_DIR, BenchError, SideProcess, ensure_venv  # noqa: E402
 
 SIDE_SCRIPT = BENCHMARKS_DIR / "_agentlightning_runner_side.py"
 READY_TIMEOUT = 60.0
@@ -149,53 +148,6 @@ def cs_unavailable() -> str | None:
     return None
 
 
-class RunnerSide:
-    """The long-lived ``_agentlightning_runner_side.py --serve`` process: one JSON request line, one JSON reply."""
-
-    def __init__(self, python: Path, log: Path) -> None:
-        self.log = log
-        self._stderr: IO[str] = open(log, "w")
-        env = dict(os.environ, LITELLM_LOCAL_MODEL_COST_MAP="True", PYTHONUNBUFFERED="1")
-        env.pop("PYTHONPATH", None)  # nothing of the project's interpreter leaks into the other one
-        command = [str(python), str(SIDE_SCRIPT), "--serve"]
-        pipe = subprocess.PIPE
-        self._process = subprocess.Popen(command, stdin=pipe, stdout=pipe, stderr=self._stderr, text=True, env=env)
-        hello = self._read()
-        self.version: str = hello["version"]
-        self.python: str = hello["python"]
-
-    def _read(self) -> dict[str, Any]:
-        assert self._process.stdout is not None
-        line = self._process.stdout.readline()
-        if not line:
-            self._process.wait()
-            self._stderr.flush()
-            raise BenchError(
-                f"the Agent Lightning process exited (status {self._process.returncode}). "
-                f"Last lines of {self.log}:\n{_tail(self.log)}"
-            )
-        return json.loads(line)
-
-    def run(self, **request: Any) -> dict[str, float]:
-        assert self._process.stdin is not None
-        self._process.stdin.write(json.dumps(request) + "\n")
-        self._process.stdin.flush()
-        reply = self._read()
-        if not reply.get("ok"):
-            raise BenchError(f"the Agent Lightning run {request} failed:\n{reply.get('error')}")
-        return reply["result"]
-
-    def close(self) -> None:
-        if self._process.stdin is not None and not self._process.stdin.closed:
-            self._process.stdin.close()
-        try:
-            self._process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait()
-        self._stderr.close()
-
-
 # ---------------------------------------------------------------------------------------------------- main
 
 
@@ -250,11 +202,11 @@ def benchmark(args: argparse.Namespace, err: Any) -> dict[str, Any]:
             configs.append(("agentlightning", strategy, "InMemoryLightningStore"))
         if strategy not in skipped:
             configs.extend(("agl", strategy, store) for store in args.stores)
-    al: RunnerSide | None = None
+    al: SideProcess | None = None
     if not args.no_agentlightning:
         python = ensure_venv(args.reinstall)
         with err.status("Starting Agent Lightning (its import takes ~15 s) ..."):
-            al = RunnerSide(python, VENV_DIR / "runner-side-stderr.log")
+            al = SideProcess(python, SIDE_SCRIPT, VENV_DIR / "runner-side-stderr.log")
 
     def one_run(config: tuple[str, str, str], runners: int, rollouts: int) -> dict[str, float]:
         side, strategy, store = config
