@@ -40,6 +40,11 @@ MODES = {m.value: m for m in RolloutMode}
 def encode_any(value: Any, what: str) -> bytes:
     try:
         return encode_msgpack(value)
+    except OverflowError as exc:
+        raise TypeError(
+            f"the SQLite store cannot serialize the {what}: it holds an integer outside -2**63 .. 2**64-1 ({exc}). "
+            "Store such numbers as strings (or floats); nothing was written"
+        ) from exc
     except (TypeError, msgspec.EncodeError) as exc:
         raise TypeError(f"the SQLite store cannot serialize the {what}: {exc}. Use JSON-like values") from exc
 
