@@ -8,6 +8,7 @@ from typing import Any
 
 from litestar import Response, Router, get
 from litestar.params import FromPath, FromQuery
+from litestar.di import NamedDependency
 from litestar.static_files import create_static_files_router
 
 from agl_kernel.server import PUBLIC
@@ -53,7 +54,7 @@ def _list(value: Any) -> list[str]:
 
 @get("/rollouts", summary="A page of rollouts with reward and latest attempt (dashboard)")
 async def rollouts(
-    store: LightningStore,
+    store: NamedDependency[LightningStore],
     status: FromQuery[list[str] | None] = None,
     mode: FromQuery[list[str] | None] = None,
     q: FromQuery[str] = "",
@@ -79,26 +80,26 @@ async def rollouts(
 
 
 @get("/rollouts/{rollout_id:str}", summary="A rollout, its attempts and one attempt's trace (dashboard)")
-async def rollout(store: LightningStore, rollout_id: FromPath[str], attempt: FromQuery[str] = "latest") -> Any:
+async def rollout(store: NamedDependency[LightningStore], rollout_id: FromPath[str], attempt: FromQuery[str] = "latest") -> Any:
     return await _data.rollout_detail(store, rollout_id, attempt)
 
 
 @get("/resources", summary="Every version of every resources set (dashboard)")
-async def resources(store: LightningStore) -> dict[str, Any]:
+async def resources(store: NamedDependency[LightningStore]) -> dict[str, Any]:
     versions = (await store.query_resources()).items
     latest = await store.get_latest_resources()
     return {"versions": versions, "latest": None if latest is None else [latest.resources_id, latest.version]}
 
 
 @get("/workers", summary="Workers with their heartbeat stats (dashboard)")
-async def workers(store: LightningStore) -> dict[str, Any]:
+async def workers(store: NamedDependency[LightningStore]) -> dict[str, Any]:
     import time
 
     return {"workers": (await store.query_workers()).items, "now": time.time()}
 
 
 @get("/training", summary="Training runs: metrics per step and validation, APO candidates (dashboard)")
-async def training(store: LightningStore) -> dict[str, Any]:
+async def training(store: NamedDependency[LightningStore]) -> dict[str, Any]:
     return await _data.training_runs(store)
 
 

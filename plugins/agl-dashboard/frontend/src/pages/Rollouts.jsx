@@ -101,7 +101,7 @@ export function RolloutsPage({ params }) {
         <Chip.Group multiple value={statuses} onChange={(value) => go({ ...params, status: value.join(","), page: "" })}>
           <Group gap={6}>
             {STATUSES.map((status) => (
-              <Chip key={status} value={status} size="xs" data-testid={`filter-${status}`}>
+              <Chip key={status} value={status} size="xs" wrapperProps={{ "data-testid": `filter-${status}` }}>
                 {status} {counts[status] ? `(${counts[status]})` : ""}
               </Chip>
             ))}
