@@ -75,9 +75,8 @@ async def test_client_with_and_without_token(url: str, monkeypatch: pytest.Monke
 
 def test_a_route_marked_public_is_served_without_the_token() -> None:
     """Static files (the dashboard's page) opt out with ``opt={PUBLIC: True}``; every other route keeps the check."""
-    from litestar import get
-
     from agl_kernel.server import PUBLIC
+    from litestar import get
 
     @get("/page", opt={PUBLIC: True}, media_type="text/html")
     async def page() -> str:

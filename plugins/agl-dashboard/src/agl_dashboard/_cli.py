@@ -7,7 +7,6 @@ import os
 import signal
 import threading
 import webbrowser
-from typing import Optional
 
 import click
 
@@ -32,7 +31,7 @@ __all__ = ["dashboard_command"]
     "opened here gets it in the address fragment, which is never sent to the server.",
 )
 @click.option("--no-open", is_flag=True, help="Do not open a browser; just print the address.")
-def dashboard_command(store_path: str, host: str, port: int, token: Optional[str], no_open: bool) -> None:
+def dashboard_command(store_path: str, host: str, port: int, token: str | None, no_open: bool) -> None:
     """Serve an existing store with the dashboard (rollouts, traces, resources, workers, training curves) and
     open it. The server is a full store server: runners may keep writing to the same file while you watch."""
     from agl_kernel.server import ServerThread, create_app, require_server_dependencies

@@ -8,13 +8,14 @@ import json
 import time
 import weakref
 from collections.abc import Sequence
-from typing import Any, Optional
+from typing import Any
 
-from agl_kernel import semconv
 from agl_kernel.errors import InvalidQueryError
 from agl_kernel.models import Attempt, Rollout, RolloutMode, RolloutStatus, Span, encode_json
 from agl_kernel.rewards import final_reward, read_rewards
 from agl_kernel.store.base import SORT_FIELDS, LightningStore
+
+from agl_kernel import semconv
 
 __all__ = [
     "MAX_PAGE",
@@ -59,11 +60,11 @@ def _choices(values: Sequence[str], allowed: type, what: str) -> list[Any]:
     return chosen
 
 
-def parse_statuses(values: Sequence[str]) -> Optional[list[RolloutStatus]]:
+def parse_statuses(values: Sequence[str]) -> list[RolloutStatus] | None:
     return _choices(values, RolloutStatus, "rollout status") or None
 
 
-def parse_modes(values: Sequence[str]) -> Optional[list[RolloutMode]]:
+def parse_modes(values: Sequence[str]) -> list[RolloutMode] | None:
     return _choices(values, RolloutMode, "mode") or None
 
 
@@ -75,7 +76,7 @@ def _matches(rollout: Rollout, needle: str) -> bool:
 
 
 async def _row(store: LightningStore, rollout: Rollout) -> dict[str, Any]:
-    attempt: Optional[Attempt] = None
+    attempt: Attempt | None = None
     reward = None
     if rollout.attempt_count:
         attempt, rewards = await asyncio.gather(
@@ -90,8 +91,8 @@ async def _row(store: LightningStore, rollout: Rollout) -> dict[str, Any]:
 async def rollouts_page(
     store: LightningStore,
     *,
-    statuses: Optional[list[RolloutStatus]] = None,
-    modes: Optional[list[RolloutMode]] = None,
+    statuses: list[RolloutStatus] | None = None,
+    modes: list[RolloutMode] | None = None,
     search: str = "",
     sort_by: str = "start_time",
     sort_order: str = "desc",
@@ -143,7 +144,7 @@ def _json_value(raw: Any) -> Any:
     return raw
 
 
-def llm_call(span: Span) -> Optional[dict[str, Any]]:
+def llm_call(span: Span) -> dict[str, Any] | None:
     """The LLM call a span records (prompt, completion, token counts), or ``None`` for any other span."""
     attributes = span.attributes
     if attributes.get(semconv.GEN_AI_OPERATION_NAME) not in semconv.LLM_OPERATIONS:
@@ -216,7 +217,7 @@ class TrainingRuns:
             return list(self.run_ids)
 
 
-_RUNS: "weakref.WeakKeyDictionary[LightningStore, TrainingRuns]" = weakref.WeakKeyDictionary()
+_RUNS: weakref.WeakKeyDictionary[LightningStore, TrainingRuns] = weakref.WeakKeyDictionary()
 
 
 def _metrics(span: Span) -> dict[str, float]:

@@ -6,13 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from litestar import Response, Router, get
-from litestar.params import FromPath, FromQuery
-from litestar.di import NamedDependency
-from litestar.static_files import create_static_files_router
-
 from agl_kernel.server import PUBLIC
 from agl_kernel.store.base import LightningStore
+from litestar import Response, Router, get
+from litestar.di import NamedDependency
+from litestar.params import FromPath, FromQuery
+from litestar.static_files import create_static_files_router
 
 from agl_dashboard import _data
 
@@ -80,7 +79,9 @@ async def rollouts(
 
 
 @get("/rollouts/{rollout_id:str}", summary="A rollout, its attempts and one attempt's trace (dashboard)")
-async def rollout(store: NamedDependency[LightningStore], rollout_id: FromPath[str], attempt: FromQuery[str] = "latest") -> Any:
+async def rollout(
+    store: NamedDependency[LightningStore], rollout_id: FromPath[str], attempt: FromQuery[str] = "latest"
+) -> Any:
     return await _data.rollout_detail(store, rollout_id, attempt)
 
 
