@@ -99,3 +99,51 @@ def test_many_requests_beyond_max_batch_size(tiny_server: Any) -> None:
         results = [f.result() for f in [pool.submit(_complete, tiny_server, b) for b in bodies]]
     assert all(r["choices"][0]["finish_reason"] in ("stop", "length") for r in results)
     assert tiny_server.engine.stats()["max_decode_batch_size"] <= 16
+
+
+def test_identical_prompts_are_prefilled_once(tiny: tuple[Any, Any]) -> None:
+    """A GRPO group (one prompt, several completions) costs one prompt's prefill; each completion is still its own
+    (greedy ones equal the solo answer; sampled ones follow their own seed)."""
+    import threading
+
+    from agl_model_server._engine import Engine
+    from agl_model_server._sampling import SamplingParams
+
+    model, tokenizer = tiny
+    group = tokenizer("the quick brown fox")["input_ids"]
+    other = tokenizer("seven")["input_ids"]
+
+    def run(requests: list[tuple[list[int], SamplingParams]]) -> tuple[list[list[int]], dict[str, Any]]:
+        engine = Engine(model, eos_token_ids=[], max_model_len=256)
+        outputs: list[list[int]] = [[] for _ in requests]
+        done = threading.Semaphore(0)
+
+        def sink_for(i: int) -> Any:
+            def sink(event: Any) -> None:
+                if event.token_id >= 0:
+                    outputs[i].append(event.token_id)
+                if event.finish_reason is not None:
+                    done.release()
+
+            return sink
+
+        engine.start()
+        with engine._cv:  # (reentrant) the engine thread takes none of them before all are queued: one admission
+            for i, (prompt, params) in enumerate(requests):
+                engine.submit(prompt, params, sink_for(i))
+        for _ in requests:
+            assert done.acquire(timeout=60)
+        stats = engine.stats()
+        engine.stop()
+        return outputs, stats
+
+    greedy = SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True)
+    solo, _ = run([(group, greedy)])
+    outputs, stats = run([(group, greedy)] * 4 + [(other, greedy)])
+    assert stats["prefill_batch_sizes"] == {5: 1}
+    assert stats["prefill_tokens"] == len(group) + len(other)  # not 4 × len(group) + len(other)
+    assert outputs[:4] == [solo[0]] * 4
+    seeded = [SamplingParams(max_tokens=8, temperature=1.0, ignore_eos=True, seed=s) for s in (1, 2, 1)]
+    sampled, _ = run([(group, p) for p in seeded])
+    alone, _ = run([(group, seeded[1])])
+    assert sampled[0] == sampled[2] and sampled[1] == alone[0]  # the same seed, the same sample; others their own

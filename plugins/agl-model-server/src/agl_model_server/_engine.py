@@ -188,11 +188,13 @@ class Engine:
             self._batch_sizes: collections.Counter[int] = collections.Counter()
             self._prefill_sizes: collections.Counter[int] = collections.Counter()
             self._generated = 0
+            self._prefill_tokens = 0
             self._step_seconds = 0.0
 
     def stats(self) -> dict[str, Any]:
         """Counters since the last :meth:`reset_stats`: decode steps by batch size, prefills by number of prompts,
-        generated tokens, and what is running/waiting now."""
+        generated tokens, prompt tokens run through prefill (a prompt shared by several requests counts once), and
+        what is running/waiting now."""
         with self._stats_lock:
             sizes = dict(sorted(self._batch_sizes.items()))
             return {
@@ -201,6 +203,7 @@ class Engine:
                 "max_decode_batch_size": max(sizes, default=0),
                 "prefill_batch_sizes": dict(sorted(self._prefill_sizes.items())),
                 "generated_tokens": self._generated,
+                "prefill_tokens": self._prefill_tokens,
                 "busy_seconds": round(self._step_seconds, 4),
                 "running": len(self._rows),
                 "waiting": len(self._waiting) + len(self._incoming),
@@ -396,20 +399,30 @@ class Engine:
         started = time.perf_counter()
         for seq in new:
             seq.version = self.weights_version
-        width = max(len(s.prompt) for s in new)
-        ids = torch.full((len(new), width), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(new), width), dtype=torch.long)
-        for i, seq in enumerate(new):
-            ids[i, width - len(seq.prompt) :] = torch.tensor(seq.prompt, dtype=torch.long)
-            mask[i, width - len(seq.prompt) :] = 1
+        # Identical prompts (a GRPO group: one prompt, several completions) are prefilled once and their cache rows
+        # copied, so a group of n costs one prompt's prefill instead of n.
+        unique: dict[tuple[int, ...], int] = {}
+        slots = [unique.setdefault(tuple(seq.prompt), len(unique)) for seq in new]
+        prompts = list(unique)
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for i, prompt in enumerate(prompts):
+            ids[i, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
+            mask[i, width - len(prompt) :] = 1
         ids, mask = ids.to(self.device), mask.to(self.device)
         positions = (mask.cumsum(dim=-1) - 1).clamp(min=0)
         cache = _kvcache.make_cache()
         extra = {"logits_to_keep": 1} if self._takes_logits_to_keep else {}
         logits, cache = self._forward(cache, input_ids=ids, attention_mask=mask, position_ids=positions, **extra)
+        if len(prompts) < len(new):
+            rows = torch.tensor(slots, device=self.device)
+            _kvcache.select_rows(cache, rows)
+            logits, mask = logits.index_select(0, rows), mask.index_select(0, rows)
         next_tokens, alive = self._emit(new, logits, events, sinks)
         with self._stats_lock:
             self._prefill_sizes[len(new)] += 1
+            self._prefill_tokens += sum(len(p) for p in prompts)
             self._step_seconds += time.perf_counter() - started
         if not alive:
             return
