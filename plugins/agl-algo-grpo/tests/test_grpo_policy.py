@@ -165,3 +165,53 @@ def test_train_step_needs_samples() -> None:
     with pytest.raises(ValueError, match="at least one sample"):
         PolicyTrainer(tiny_llama(), GRPOConfig(**CPU)).train_step([])
     assert len(synthetic_samples(2)) == 4
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_shared_prompts_give_the_same_logprobs_and_gradients(lora: bool) -> None:
+    """A prompt shared by a group is run once and its KV cache copied to each completion: the logprobs and the
+    gradients are those of running every sequence whole (prompts of different lengths, responses of different
+    lengths, one response cut by max_length)."""
+    import copy
+
+    from agl_algo_grpo import TrainingSample, collate
+    from agl_kernel.models import Triplet
+
+    generator = torch.Generator().manual_seed(0)
+    samples = []
+    for prompt_length in (5, 9):
+        prompt = torch.randint(3, 100, (prompt_length,), generator=generator).tolist()
+        for k in range(3):
+            response = torch.randint(3, 100, (2 + 2 * k,), generator=generator).tolist()
+            samples.append(TrainingSample(triplet=Triplet(prompt_token_ids=prompt, response_token_ids=response),
+                                          advantage=float(k - 1)))
+    lone = torch.randint(3, 100, (7,), generator=generator).tolist()  # a prompt nobody shares
+    samples.append(TrainingSample(triplet=Triplet(prompt_token_ids=lone, response_token_ids=[5, 6, 7]), advantage=1.0))
+    base = tiny_llama()
+    results = {}
+    for share in (False, True):
+        config = GRPOConfig(share_prompts=share, lora=LoraSettings(r=4) if lora else None)
+        policy = PolicyTrainer(copy.deepcopy(base), config)
+        batch = collate(samples, pad_token_id=policy.pad_token_id, max_length=14)
+        assert batch.truncated == 1
+        logps = policy._forward_logps(policy.model, batch) * batch.loss_mask
+        logps.sum().backward()
+        grads = torch.cat([p.grad.flatten() for p in policy.parameters])
+        results[share] = (logps.detach(), grads)
+    assert torch.count_nonzero(results[False][0]) == int(collate(samples, max_length=14).loss_mask.sum())
+    torch.testing.assert_close(results[True][0], results[False][0], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(results[True][1], results[False][1], atol=1e-5, rtol=1e-4)
+
+
+def test_shared_prompts_keep_a_group_in_one_micro_batch() -> None:
+    from agl_algo_grpo import TrainingSample
+    from agl_kernel.models import Triplet
+
+    samples = [
+        TrainingSample(triplet=Triplet(prompt_token_ids=[10 + g, 11, 12], response_token_ids=[20 + i, 21]), advantage=1.0)
+        for g in range(3)
+        for i in range(4)
+    ]
+    policy = PolicyTrainer(tiny_llama(), GRPOConfig(micro_batch_size=4))
+    for batch in policy._micro_batches(samples):
+        assert len({int(batch.input_ids[r, 0]) for r in range(batch.input_ids.shape[0])}) == 1

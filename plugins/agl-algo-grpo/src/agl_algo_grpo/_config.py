@@ -54,6 +54,10 @@ class GRPOConfig(msgspec.Struct, frozen=True, kw_only=True):
     """Passes over a step's triplets (PPO epochs); the ratio departs from 1 from the second pass on."""
     micro_batch_size: int = 4
     """Sequences per forward/backward pass."""
+    share_prompts: bool = True
+    """Samples with the same prompt (a GRPO group) go into the same micro-batches, and a prompt shared by several
+    of them is run through the model once: its KV cache (with gradients) is copied to each completion. Same
+    result, less compute (most of it when prompts are long). Off with ``gradient_checkpointing``."""
     grad_accumulation: Optional[int] = None
     """Micro-batches per optimizer step; ``None``: one optimizer step per epoch (the whole batch)."""
     clip_low: float = 0.2
