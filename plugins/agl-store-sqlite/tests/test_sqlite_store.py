@@ -176,7 +176,7 @@ async def test_integers_beyond_64_bits_are_refused_with_a_reason(tmp_path: Path)
     from agl_kernel.models import Span
 
     async with SqliteLightningStore(tmp_path / "big.db") as store:
-        with pytest.raises(TypeError, match=r"integer outside -2\*\*63 .. 2\*\*64-1.*as strings"):
+        with pytest.raises(ValueError, match=r"integer outside -2\*\*63 .. 2\*\*64-1.*as strings"):
             await store.enqueue_rollout({"n": 2**70})
         assert (await store.statistics()).total_rollouts == 0  # nothing half-written
         fits = await store.enqueue_rollout({"n": 2**64 - 1})
@@ -184,6 +184,6 @@ async def test_integers_beyond_64_bits_are_refused_with_a_reason(tmp_path: Path)
         assert taken is not None and taken.input == {"n": 2**64 - 1} and taken.rollout_id == fits.rollout_id
         span = Span(rollout_id=taken.rollout_id, attempt_id=taken.attempt.attempt_id, trace_id="t", span_id="s1",
                     name="n", attributes={"big": -(2**64)})
-        with pytest.raises(TypeError, match="integer outside"):
+        with pytest.raises(ValueError, match="integer outside"):
             await store.add_span(span)
         assert (await store.query_spans(taken.rollout_id)).items == []

@@ -40,8 +40,8 @@ MODES = {m.value: m for m in RolloutMode}
 def encode_any(value: Any, what: str) -> bytes:
     try:
         return encode_msgpack(value)
-    except OverflowError as exc:
-        raise TypeError(
+    except OverflowError as exc:  # a ValueError, as a store's refused arguments are (a server answers 400)
+        raise ValueError(
             f"the SQLite store cannot serialize the {what}: it holds an integer outside -2**63 .. 2**64-1 ({exc}). "
             "Store such numbers as strings (or floats); nothing was written"
         ) from exc
