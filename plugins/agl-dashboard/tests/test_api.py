@@ -60,8 +60,13 @@ async def _fill(store: InMemoryLightningStore) -> dict[str, str]:
             "agl.training.metric.mean_score": 0.25 * round_}))  # fmt: skip
         for candidate in ("a", "b"):
             spans.append(_span(run.rollout_id, run.attempt.attempt_id, "agl.apo.candidate", **{
-                "agl.apo.round": round_, "agl.apo.candidate": f"{round_}{candidate}", "agl.apo.parent": None,
-                "agl.apo.template": f"Solve {{question}} ({candidate})", "agl.apo.score": 0.1 * round_}))  # fmt: skip
+                "agl.apo.round": round_, "agl.apo.candidate": f"{round_}{candidate}", "agl.apo.parent": "c0",
+                "agl.apo.template": "instructions", "agl.apo.prompt": f"Solve {{question}} ({candidate})",
+                "agl.apo.score": 0.1 * round_, "agl.apo.status": "beam" if candidate == "a" else "dropped"}))  # fmt: skip
+        spans.append(_span(run.rollout_id, run.attempt.attempt_id, "agl.apo.candidate", **{
+            "agl.apo.round": round_, "agl.apo.candidate": f"{round_}c", "agl.apo.parent": "c0",
+            "agl.apo.template": "instructions", "agl.apo.status": "rejected",
+            "agl.apo.reason": "the edited prompt drops the required variable(s) question"}))  # fmt: skip
     await store.add_many_spans(spans)
     ids["apo"] = run.rollout_id
     await store.update_worker("w-1", heartbeat_stats={"cpu_percent": 12.5})
@@ -152,8 +157,12 @@ def test_training_runs_with_apo_candidates(served) -> None:
     [run] = get(url, "/api/dashboard/training").json()["runs"]
     assert run["rollout_id"] == ids["apo"] and run["algorithm"] == "apo"
     assert [(p["step"], p["metrics"]["best_score"]) for p in run["steps"]] == [(1, 0.5), (2, 1.0)]
-    assert [c["candidate"] for c in run["candidates"]] == ["1a", "1b", "2a", "2b"]
-    assert run["candidates"][0]["template"] == "Solve {question} (a)" and run["candidates"][3]["round"] == 2
+    assert [c["candidate"] for c in run["candidates"]] == ["1a", "1b", "1c", "2a", "2b", "2c"]
+    first = run["candidates"][0]
+    assert first["template"] == "instructions" and first["prompt"] == "Solve {question} (a)"
+    assert first["status"] == "beam" and run["candidates"][4]["round"] == 2
+    assert run["candidates"][2]["status"] == "rejected" and "drops the required" in run["candidates"][2]["reason"]
+    assert run["candidates"][2]["score"] is None
 
 
 def test_workers_and_resources(served) -> None:

@@ -46,7 +46,12 @@ _APO_FIELDS = {
     "agl.apo.parent": "parent",
     "agl.apo.template": "template",
     "agl.apo.score": "score",
+    "agl.apo.status": "status",
+    "agl.apo.reason": "reason",
+    "agl.apo.prompt": "prompt",
 }
+"""What ``agl_algo_apo`` records per candidate: ``template`` is the name of the template it edited, ``prompt`` that
+template's new text, ``status`` seed/beam/dropped/rejected, ``reason`` why it was rejected."""
 
 
 def _choices(values: Sequence[str], allowed: type, what: str) -> list[Any]:

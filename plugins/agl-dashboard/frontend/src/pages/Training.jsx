@@ -8,6 +8,8 @@ import { usePoll } from "../lib/live.js";
 import { href } from "../lib/route.js";
 import { candidatesByRound, metricNames, metricSeries, throughputSeries } from "../lib/training.js";
 
+const CANDIDATE_COLORS = { seed: "green", beam: "green", dropped: "gray", rejected: "yellow" };
+
 export function ApoRounds({ candidates }) {
   if (!candidates.length) return null;
   return (
@@ -21,8 +23,9 @@ export function ApoRounds({ candidates }) {
             <Table.Th>Round</Table.Th>
             <Table.Th>Candidate</Table.Th>
             <Table.Th>Parent</Table.Th>
-            <Table.Th>Score</Table.Th>
             <Table.Th>Template</Table.Th>
+            <Table.Th>Score</Table.Th>
+            <Table.Th>Prompt</Table.Th>
           </Table.Tr>
         </Table.Thead>
         <Table.Tbody>
@@ -32,18 +35,25 @@ export function ApoRounds({ candidates }) {
                 <Table.Td>{index === 0 ? round : ""}</Table.Td>
                 <Table.Td ff="monospace">
                   {candidate.candidate}
-                  {index === 0 ? (
-                    <Badge ml={6} size="xs" color="green">
-                      best
+                  {candidate.status ? (
+                    <Badge ml={6} size="xs" color={CANDIDATE_COLORS[candidate.status] ?? "blue"}>
+                      {candidate.status === "beam" ? "kept" : candidate.status}
                     </Badge>
                   ) : null}
                 </Table.Td>
                 <Table.Td ff="monospace">{candidate.parent ?? "–"}</Table.Td>
-                <Table.Td>{formatNumber(candidate.score)}</Table.Td>
+                <Table.Td ff="monospace">{candidate.template ?? "–"}</Table.Td>
+                <Table.Td>{candidate.score == null ? "–" : formatNumber(candidate.score)}</Table.Td>
                 <Table.Td>
-                  <Code block style={{ whiteSpace: "pre-wrap", maxHeight: 100, overflow: "auto" }}>
-                    {candidate.template ?? ""}
-                  </Code>
+                  {candidate.reason ? (
+                    <Text size="xs" c="yellow.8">
+                      {candidate.reason}
+                    </Text>
+                  ) : (
+                    <Code block style={{ whiteSpace: "pre-wrap", maxHeight: 100, overflow: "auto" }}>
+                      {candidate.prompt ?? ""}
+                    </Code>
+                  )}
                 </Table.Td>
               </Table.Tr>
             )),

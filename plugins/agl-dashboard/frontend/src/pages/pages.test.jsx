@@ -32,19 +32,23 @@ describe("pages", () => {
     expect(screen.queryByTestId("apo-rounds")).toBeNull();
   });
 
-  it("shows APO candidates per round with the best marked", () => {
+  it("shows APO candidates per round, best first, with their status, template and prompt", () => {
     renderWithMantine(
       <ApoRounds
         candidates={[
-          { round: 1, candidate: "c1", parent: null, score: 0.4, template: "Solve {q}" },
-          { round: 1, candidate: "c2", parent: "c1", score: 0.7, template: "Solve {q} step by step" },
+          { round: 1, candidate: "c0", parent: null, score: 0.4, status: "dropped" },
+          { round: 1, candidate: "c2", parent: "c0", score: 0.7, status: "beam", template: "system", prompt: "Solve {q} step by step" },
+          { round: 1, candidate: "c3", parent: "c0", score: null, status: "rejected", template: "system", reason: "drops {q}" },
         ]}
       />,
     );
     const rows = screen.getAllByTestId("apo-candidate");
     expect(rows[0].textContent).toContain("c2");
-    expect(rows[0].textContent).toContain("best");
-    expect(rows[1].textContent).toContain("Solve {q}");
+    expect(rows[0].textContent).toContain("kept");
+    expect(rows[0].textContent).toContain("Solve {q} step by step");
+    expect(rows[1].textContent).toContain("dropped");
+    expect(rows[2].textContent).toContain("rejected");
+    expect(rows[2].textContent).toContain("drops {q}");
   });
 
   it("shows workers with their heartbeat age and stats", () => {
