@@ -236,3 +236,18 @@ def test_bad_configuration_is_refused_before_the_run(tmp_path: Path) -> None:
     with FakeOpenAIServer(make_router(single_template_optimizer)) as server:
         with pytest.raises(ValueError, match="templates names 'nope'"):
             fit(tmp_path, server, {"instructions": "Compute {question}."}, templates=["nope"])
+
+
+def test_a_repeated_prompt_is_not_run_again(tmp_path: Path) -> None:
+    def same_edit(request: dict[str, Any]) -> str:
+        if "The runs that went worst" in _user_text(request):
+            return "Be careful."
+        return "<prompt>Be CAREFUL. Compute {question}.</prompt>"
+
+    with FakeOpenAIServer(make_router(same_edit)) as server:
+        report, _ = fit(tmp_path, server, {"instructions": "Compute {question}."}, rounds=1, branch_factor=3)
+    first = rows(report, 1)
+    assert first["c1"].status == "beam" and first["c1"].score == pytest.approx(5 / 6)
+    assert [first[c].reason for c in ("c2", "c3")] == ["the same prompts as candidate c1"] * 2
+    # The seed on 6 validation tasks, its training batch of 4, then c1 alone on the 6 validation tasks.
+    assert report.rollouts == 6 + 4 + 6

@@ -77,7 +77,14 @@ async def _expectations(db: Path) -> dict:
             if "llm" not in expect and llm:
                 tokens = llm[0].attributes[semconv.GEN_AI_USAGE_INPUT_TOKENS]
                 expect["llm"] = {"rollout_id": rollout.rollout_id, "input_tokens": tokens}
-            if rollout.metadata.get("kind") == "training-metrics":
+            if rollout.metadata.get("algorithm") == "apo":
+                candidates = (await store.query_spans(rollout.rollout_id, name="agl.apo.candidate")).items
+                expect["apo"] = {
+                    "rollout_id": rollout.rollout_id,
+                    "candidates": len(candidates),
+                    "rejected": sum(s.attributes.get("agl.apo.status") == "rejected" for s in candidates),
+                }
+            elif rollout.metadata.get("kind") == "training-metrics":
                 expect["steps"] = len((await store.query_spans(rollout.rollout_id, name="agl.training.step")).items)
                 expect["validations"] = len(
                     (await store.query_spans(rollout.rollout_id, name="agl.training.validation")).items

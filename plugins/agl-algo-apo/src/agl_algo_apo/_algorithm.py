@@ -179,6 +179,7 @@ class APO(Algorithm):
         rng.shuffle(train_order)
 
         seed = Candidate("c0", {n: resources[n] for n in names}, round=0, resources_id=seed_resources_id)  # type: ignore[misc]
+        seen = {_prompts_key(seed.prompts): seed.candidate_id}  # every prompt set tried: a repeat is not run again
         await self._evaluate(store, [seed], val, all_val, "seed: validation")
         seed_score = seed.score(all_val)
         best, beam = seed, [seed]
@@ -218,8 +219,14 @@ class APO(Algorithm):
                                                     reason=result.reason))
                         continue
                     name, template = result
-                    child = Candidate(candidate_id, {**parent.prompts, name: template}, round=round_no,
-                                      parent=parent.candidate_id, edited=name)
+                    prompts = {**parent.prompts, name: template}
+                    same = seen.setdefault(_prompts_key(prompts), candidate_id)
+                    if same != candidate_id:
+                        rows.append(CandidateRecord(round=round_no, candidate=candidate_id, parent=parent.candidate_id,
+                                                    template=name, score=None, status="rejected",
+                                                    reason=f"the same prompts as candidate {same}"))
+                        continue
+                    child = Candidate(candidate_id, prompts, round=round_no, parent=parent.candidate_id, edited=name)
                     child.resources_id = f"apo-{run_tag}-{candidate_id}"
                     await store.update_resources(child.resources_id, {**resources, **child.prompts})
                     children.append(child)
@@ -418,8 +425,16 @@ class APO(Algorithm):
                                ("reason", row.reason)):
                 if value is not None:
                     attributes[f"agl.apo.{key}"] = value
-            if row.candidate in by_id and row.template is not None:
-                attributes["agl.apo.prompt"] = by_id[row.candidate].prompts[row.template].template
+            candidate = by_id.get(row.candidate)
+            if candidate is not None:  # the edited template's text; for the seed (no edit), its template(s)
+                if row.template is not None:
+                    attributes["agl.apo.prompt"] = candidate.prompts[row.template].template
+                elif len(candidate.prompts) == 1:
+                    attributes["agl.apo.prompt"] = next(iter(candidate.prompts.values())).template
+                else:
+                    attributes["agl.apo.prompt"] = "\n\n".join(
+                        f"[{name}]\n{t.template}" for name, t in candidate.prompts.items()
+                    )
             await recorder.add_span(CANDIDATE_SPAN, attributes)
         scored = [r.score for r in rows if r.score is not None]
         metrics = {
@@ -451,6 +466,10 @@ class APO(Algorithm):
                 f"[{styles.get(row.status, '')}]{status}[/]" if styles.get(row.status) else status,
             )
         self.console.print(table)
+
+
+def _prompts_key(prompts: Mapping[str, PromptTemplate]) -> tuple[tuple[str, str, str], ...]:
+    return tuple(sorted((name, t.engine, t.template) for name, t in prompts.items()))
 
 
 def _score(outcome: RolloutOutcome) -> float:

@@ -148,6 +148,18 @@ try {
     await shot(page, "training");
   }
 
+  // An APO run: its candidates per round, kept, dropped and rejected (with the reason).
+  if (expect.apo) {
+    await page.goto(`${url}/#/training?run=${expect.apo.rollout_id}`);
+    await page.getByTestId("apo-rounds").waitFor();
+    const rows = page.getByTestId("apo-candidate");
+    check((await rows.count()) === expect.apo.candidates, `APO table: ${expect.apo.candidates} candidates`);
+    const rejected = rows.filter({ hasText: "rejected" });
+    check((await rejected.count()) === expect.apo.rejected, `APO table: ${expect.apo.rejected} rejected`);
+    check((await rejected.first().textContent()).includes("drops the required variable"), "a rejection says why");
+    await shot(page, "training-apo");
+  }
+
   // The server goes away: the indicator says so, without a reload.
   await page.goto(`${url}/#/rollouts`);
   await page.locator('[data-testid=connection][data-state="live"]').waitFor();
