@@ -209,6 +209,12 @@ class APO(Algorithm):
             for parent, made in zip(beam, proposals):
                 for child_no, result in enumerate(made, start=1):
                     candidate_id = f"c{next(counter)}"
+                    if not isinstance(result, _Rejected):
+                        name, template = result
+                        prompts = {**parent.prompts, name: template}
+                        same = seen.setdefault(_prompts_key(prompts), candidate_id)
+                        if same != candidate_id:
+                            result = _Rejected(name, f"the same prompts as candidate {same}")
                     if isinstance(result, _Rejected):
                         logger.warning(
                             "APO round %d: candidate %s (child %d of %s, template %s) rejected: %s",
@@ -217,14 +223,6 @@ class APO(Algorithm):
                         rows.append(CandidateRecord(round=round_no, candidate=candidate_id, parent=parent.candidate_id,
                                                     template=result.template, score=None, status="rejected",
                                                     reason=result.reason))
-                        continue
-                    name, template = result
-                    prompts = {**parent.prompts, name: template}
-                    same = seen.setdefault(_prompts_key(prompts), candidate_id)
-                    if same != candidate_id:
-                        rows.append(CandidateRecord(round=round_no, candidate=candidate_id, parent=parent.candidate_id,
-                                                    template=name, score=None, status="rejected",
-                                                    reason=f"the same prompts as candidate {same}"))
                         continue
                     child = Candidate(candidate_id, prompts, round=round_no, parent=parent.candidate_id, edited=name)
                     child.resources_id = f"apo-{run_tag}-{candidate_id}"
