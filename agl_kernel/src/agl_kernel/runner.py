@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
 import contextvars
 import ctypes
 import logging
@@ -19,7 +20,7 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Callable, Optional
 
 from agl_kernel import semconv
@@ -45,13 +46,21 @@ class AgentStopped(BaseException):
     an agent's ``except Exception`` does not swallow it."""
 
 
-def _span(attempted: AttemptedRollout, name: str, attributes: dict[str, Any], status: SpanStatus) -> Span:
+def _span(
+    attempted: AttemptedRollout,
+    name: str,
+    attributes: dict[str, Any],
+    status: SpanStatus,
+    parent: Optional[tuple[str, str]] = None,
+) -> Span:
+    """A span the runner records itself; ``parent``: ``(trace id, span id)`` to put it under (the attempt's root)."""
     now = time.time()
     return Span(
         rollout_id=attempted.rollout_id,
         attempt_id=attempted.attempt.attempt_id,
-        trace_id=uuid.uuid4().hex,
+        trace_id=parent[0] if parent else uuid.uuid4().hex,
         span_id=uuid.uuid4().hex[:16],
+        parent_id=parent[1] if parent else None,
         name=name,
         attributes=attributes,
         status=status,
@@ -60,7 +69,12 @@ def _span(attempted: AttemptedRollout, name: str, attributes: dict[str, Any], st
     )
 
 
-def exception_span(attempted: AttemptedRollout, exc: BaseException, message: Optional[str] = None) -> Span:
+def exception_span(
+    attempted: AttemptedRollout,
+    exc: BaseException,
+    message: Optional[str] = None,
+    parent: Optional[tuple[str, str]] = None,
+) -> Span:
     """The ``agl.exception`` span that records why an attempt failed."""
     message = message or str(exc)
     attributes = {
@@ -68,7 +82,8 @@ def exception_span(attempted: AttemptedRollout, exc: BaseException, message: Opt
         semconv.EXCEPTION_MESSAGE: message,
         semconv.EXCEPTION_STACKTRACE: "".join(traceback.format_exception(exc)),
     }
-    return _span(attempted, semconv.EXCEPTION_SPAN, attributes, SpanStatus(status_code="ERROR", description=message))
+    status = SpanStatus(status_code="ERROR", description=message)
+    return _span(attempted, semconv.EXCEPTION_SPAN, attributes, status, parent)
 
 
 def system_stats() -> dict[str, Any]:
@@ -181,9 +196,14 @@ class LitAgentRunner(Runner):
             return AttemptStatus.FAILED, [exception_span(attempted, exc)]
         method = agent.rollout_for(attempted)
         is_async = agent.is_async(attempted)
-        trace = lambda: self.tracer.trace_context(  # noqa: E731
-            rollout_id=attempted.rollout_id, attempt_id=attempted.attempt.attempt_id, store=store
-        )
+        scopes: list[Any] = []  # the trace scope, for the parent of the spans recorded here
+
+        @contextlib.contextmanager
+        def trace() -> Iterator[None]:
+            ids = {"rollout_id": attempted.rollout_id, "attempt_id": attempted.attempt.attempt_id}
+            with self.tracer.trace_context(**ids, store=store) as scope:
+                scopes.append(scope)
+                yield
 
         def run_sync() -> Any:
             with trace():
@@ -192,6 +212,9 @@ class LitAgentRunner(Runner):
         async def run_async() -> Any:
             with trace():
                 return await method(attempted.input, resources, attempted)
+
+        def parent() -> Optional[tuple[str, str]]:
+            return getattr(scopes[0], "parent", None) if scopes else None
 
         thread = None if is_async else _AgentThread(run_sync)
         work: asyncio.Future = asyncio.ensure_future(run_async()) if is_async else thread.future  # type: ignore[union-attr]
@@ -207,18 +230,18 @@ class LitAgentRunner(Runner):
             watch.cancel()
         if work in done:
             try:
-                status, spans = AttemptStatus.SUCCEEDED, self._result_spans(attempted, work.result())
+                status, spans = AttemptStatus.SUCCEEDED, self._result_spans(attempted, work.result(), parent())
             except Exception as exc:  # the agent's failure is the rollout's outcome, not the runner's
-                status, spans = AttemptStatus.FAILED, [exception_span(attempted, exc)]
+                status, spans = AttemptStatus.FAILED, [exception_span(attempted, exc, parent=parent())]
             await self.tracer.flush()
             return status, spans
         await self._stop_agent(work, thread)
         await self.tracer.flush()
         if watch in done:
             message = f"the rollout ended ({watch.result()}) while the agent ran; the agent was stopped"
-            return AttemptStatus.FAILED, [exception_span(attempted, AgentStopped(message))]
+            return AttemptStatus.FAILED, [exception_span(attempted, AgentStopped(message), parent=parent())]
         message = f"the agent ran past timeout_seconds={deadline} and was stopped"
-        return AttemptStatus.TIMEOUT, [exception_span(attempted, TimeoutError(message))]
+        return AttemptStatus.TIMEOUT, [exception_span(attempted, TimeoutError(message), parent=parent())]
 
     async def _abandon(self, store: LightningStore, attempted: AttemptedRollout) -> None:
         """Mark the attempt failed (with why) before the runner goes away, within a second or not at all."""
@@ -267,13 +290,14 @@ class LitAgentRunner(Runner):
             pass
 
     @staticmethod
-    def _result_spans(attempted: AttemptedRollout, result: Any) -> list[Span]:
-        """Spans for what the agent returned: a reward span for a number, the spans themselves for spans."""
+    def _result_spans(attempted: AttemptedRollout, result: Any, parent: Optional[tuple[str, str]] = None) -> list[Span]:
+        """Spans for what the agent returned: a reward span (under ``parent``) for a number, the spans themselves
+        for spans."""
         if result is None:
             return []
         if isinstance(result, (bool, int, float)):
             attributes = {semconv.REWARD_VALUE: float(result)}
-            return [_span(attempted, semconv.REWARD_SPAN, attributes, SpanStatus(status_code="OK"))]
+            return [_span(attempted, semconv.REWARD_SPAN, attributes, SpanStatus(status_code="OK"), parent)]
         if isinstance(result, Sequence) and all(isinstance(s, Span) for s in result):
             import msgspec
 

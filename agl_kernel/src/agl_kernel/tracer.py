@@ -57,7 +57,9 @@ def new_trace_id() -> str:
 class TraceScope:
     """One open trace context: where the spans of the code running inside it go."""
 
-    __slots__ = ("tracer", "rollout_id", "attempt_id", "store", "loop", "trace_id", "collect", "recorded", "state")
+    __slots__ = (
+        "tracer", "rollout_id", "attempt_id", "store", "loop", "trace_id", "collect", "recorded", "state", "parent"
+    )
 
     def __init__(self, tracer: "Tracer", rollout_id: str, attempt_id: str, store: Any, collect: bool) -> None:
         self.tracer = tracer
@@ -75,6 +77,9 @@ class TraceScope:
         self.recorded: list[Any] = []
         self.state: Any = None
         """Free for the tracer's own per-attempt state."""
+        self.parent: Optional[tuple[str, str]] = None
+        """``(trace id, span id)`` of the span that the spans recorded for this attempt outside the tracer (the
+        runner's reward and exception spans) belong under: a tracer with a root span per attempt sets it."""
 
     def __repr__(self) -> str:
         return f"TraceScope(rollout_id={self.rollout_id!r}, attempt_id={self.attempt_id!r})"

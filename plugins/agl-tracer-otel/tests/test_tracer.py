@@ -133,6 +133,33 @@ def test_threads_of_a_sync_agent_are_recorded(make_tracer, serve, db):
     assert names == sorted([semconv.ATTEMPT_SPAN, semconv.REWARD_SPAN] + [f"thread {n}" for n in range(4)])
 
 
+@pytest.mark.parametrize("root_span", [True, False])
+def test_the_runners_reward_and_exception_spans_sit_under_the_attempt_root(make_tracer, serve, db, root_span):
+    """What the agent returns (a reward) or raises (an exception span) is recorded by the runner, outside the
+    tracer; it goes under the attempt's ``agl.attempt`` span, in its trace, so a trace view nests it there."""
+
+    def agent(task, resources):
+        with operation("step"):
+            pass
+        if task == "fail":
+            raise ValueError("bad task")
+        return 0.5
+
+    async def main():
+        async with SqliteLightningStore(db) as store:
+            ids = await serve(store, agent, ["ok", "fail"], tracer=make_tracer(root_span=root_span))
+            return [(await store.query_spans(rollout_id)).items for rollout_id in ids]
+
+    for spans, recorded in zip(asyncio.run(main()), (semconv.REWARD_SPAN, semconv.EXCEPTION_SPAN)):
+        by_name = {s.name: s for s in spans}
+        if root_span:
+            root = by_name[semconv.ATTEMPT_SPAN]
+            assert by_name["step"].parent_id == root.span_id
+            assert by_name[recorded].parent_id == root.span_id and by_name[recorded].trace_id == root.trace_id
+        else:
+            assert semconv.ATTEMPT_SPAN not in by_name and by_name[recorded].parent_id is None
+
+
 def test_spans_of_a_vanished_attempt_are_reported_and_the_others_kept(make_tracer, caplog):
     tracer = make_tracer(root_span=False, schedule_delay=30.0)
 

@@ -153,7 +153,9 @@ class OtelTracer(Tracer):
     def recording(self, scope: TraceScope) -> Iterator[None]:
         scope.state = self._sink_for(scope.store)
         if self.root_span:
-            with self.otel_tracer.start_as_current_span(semconv.ATTEMPT_SPAN):
+            with self.otel_tracer.start_as_current_span(semconv.ATTEMPT_SPAN) as root:
+                context = root.get_span_context()
+                scope.parent = (f"{context.trace_id:032x}", f"{context.span_id:016x}")
                 yield
         else:
             yield
