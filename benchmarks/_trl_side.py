@@ -4,76 +4,44 @@ Run by ``grpo_vs_trl.py`` with the interpreter of the throw-away venv ``.bench/t
 it imports nothing of agl. Input: ``--tasks FILE``, a JSON list of ``{"question", "answer"}`` in the order agl's GRPO
 walks them (``--batch-size`` tasks per step), and ``--model DIR``, the policy saved with ``save_pretrained``.
 Output: JSON lines on stdout, ``{"event": "step", ...}`` after each optimizer step and ``{"event": "done", ...}``
-at the end (anything else that writes to stdout is sent to stderr instead). The reward reimplements
-``contrib/recipes/grpo_calculator.py``'s ``score`` (reasoning-gym's basic_arithmetic scorer gives 1.0 only for an
-answer equal to the oracle's string, so that is all it checks).
+at the end (anything else that writes to stdout is sent to stderr instead). The reward is ``calc_task.score``, as
+in ``contrib/recipes/grpo_calculator.py``, with reasoning-gym's check done as a string comparison (its
+basic_arithmetic scorer gives 1.0 only for an answer equal to the oracle's string, so that is all it checks).
 """
 
 from __future__ import annotations
 
 import argparse
-import ast
 import json
-import operator
 import os
-import re
 import sys
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
+
+# The task (prompt, safe arithmetic, reward rule) from the repository; it imports nothing of agl.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "contrib" / "calc_agent"))
+from calc_task import PROMPT, calculate, format_number, score  # noqa: E402
 
 # The JSON channel is a copy of the real stdout; fd 1 (Python's and C's) goes to stderr from here on.
 _OUT = os.fdopen(os.dup(1), "w", buffering=1)
 os.dup2(2, 1)
 sys.stdout = sys.stderr
 
-PROMPT = (
-    "You can use a calculator. To use it, reply with one line: CALC: <expression>\n"
-    "Example: for 'Calculate 3 + 4.' reply CALC: 3 + 4\n\n{question}"
-)
-TOOL_CALL = re.compile(r"\s*CALC:\s*([-+*/().\d\s]+?)\s*")
-EXPRESSION = re.compile(r"-?\d+(?:\.\d+)?(?:\s*[-+*/]\s*-?\d+(?:\.\d+)?)+")
-_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
 
+def _answers(answer: str) -> Any:
+    def answers(expression: str) -> bool:
+        value = calculate(expression)
+        # reasoning-gym's ProceduralDataset.score_answer is 1.0 only for the oracle's string
+        return value is not None and format_number(value) == answer
 
-def _evaluate(node: ast.AST) -> float:
-    if isinstance(node, ast.Expression):
-        return _evaluate(node.body)
-    if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)):
-        return node.value
-    if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
-        return _OPS[type(node.op)](_evaluate(node.left), _evaluate(node.right))
-    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
-        return -_evaluate(node.operand)
-    raise ValueError("not arithmetic")
-
-
-def calculator(expression: str) -> float | None:
-    try:
-        return _evaluate(ast.parse(expression.strip(), mode="eval"))
-    except (SyntaxError, ValueError, ZeroDivisionError, RecursionError):
-        return None
-
-
-def _answers(answer: str, expression: str) -> bool:
-    value = calculator(expression)
-    if value is None:
-        return False
-    shown = str(int(value)) if float(value).is_integer() else f"{value:.4g}"
-    return shown == answer  # reasoning-gym's ProceduralDataset.score_answer is 1.0 only for the oracle's string
-
-
-def score(answer: str, reply: str) -> float:
-    exact = TOOL_CALL.fullmatch(reply)
-    if exact is not None and _answers(answer, exact.group(1)):
-        return 1.0
-    loose = EXPRESSION.search(reply)
-    return 0.5 if loose is not None and _answers(answer, loose.group(0)) else 0.0
+    return answers
 
 
 def calculator_reward(prompts: list[Any], completions: list[Any], answer: list[str], **_: Any) -> list[float]:
     texts = [c[-1]["content"] if isinstance(c, list) else str(c) for c in completions]
-    return [score(a, t) for a, t in zip(answer, texts)]
+    return [score(t, _answers(a)) for a, t in zip(answer, texts)]
 
 
 def emit(event: dict[str, Any]) -> None:

@@ -39,7 +39,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -47,6 +46,9 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from compare_agentlightning import BenchError, _tail  # noqa: E402
 
 BENCHMARKS_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCHMARKS_DIR.parent
@@ -57,18 +59,6 @@ INSTALL_LOG = VENV_DIR / "install.log"
 SIDE_LOG = VENV_DIR / "side-stderr.log"
 
 err = Console(stderr=True)
-
-
-class BenchError(Exception):
-    """Something to fix; printed without a traceback, exit status 1."""
-
-
-def _tail(path: Path, lines: int = 30) -> str:
-    try:
-        with open(path, errors="replace") as f:
-            return "".join(deque(f, maxlen=lines))
-    except OSError:
-        return ""
 
 
 # ----------------------------------------------------------------------------------------------- the TRL venv

@@ -45,7 +45,11 @@ def scripted(room_selector: Any) -> Any:
         date, time, duration = re.search(r"on (\S+) at (\S+) for (\d+) minutes", text).groups()  # type: ignore[union-attr]
         tool_results = [m for m in messages if m["role"] == "tool"]
         if not tool_results:
-            return {"tool_calls": [{"name": "list_rooms", "arguments": {"date": date, "time": time, "duration_min": int(duration)}}]}
+            return {
+                "tool_calls": [
+                    {"name": "list_rooms", "arguments": {"date": date, "time": time, "duration_min": int(duration)}}
+                ]
+            }
         rooms = json.loads(tool_results[-1]["content"])
         attendees = int(re.search(r"for (\d+) people", text).group(1))  # type: ignore[union-attr]
         needs = re.search(r"Needs: (.*?)\.", text).group(1)  # type: ignore[union-attr]
@@ -67,12 +71,32 @@ def test_room_selector_recipe_improves_the_system_prompt(recipe: Any, tmp_path: 
         monkeypatch.setenv("AGL_AGENT_MODEL", "agent")
         monkeypatch.setenv("AGL_OPTIMIZER_MODEL", "optimizer")
         report = apo_room_selector.main(
-            ["--rounds", "2", "--beam-width", "1", "--branch-factor", "1", "--train-size", "6", "--val-size", "8",
-             "--train-batch-size", "3", "--runners", "4", "--store-path", str(tmp_path / "agl.db"),
-             "--output", str(tmp_path / "best.json")]
+            [
+                "--rounds",
+                "2",
+                "--beam-width",
+                "1",
+                "--branch-factor",
+                "1",
+                "--train-size",
+                "6",
+                "--val-size",
+                "8",
+                "--train-batch-size",
+                "3",
+                "--runners",
+                "4",
+                "--store-path",
+                str(tmp_path / "agl.db"),
+                "--output",
+                str(tmp_path / "best.json"),
+            ]
         )
-        critique = next(c["request"]["messages"][0]["content"] for c in server.calls
-                        if c["request"]["model"] == "optimizer" and "went worst" in c["request"]["messages"][0]["content"])
+        critique = next(
+            c["request"]["messages"][0]["content"]
+            for c in server.calls
+            if c["request"]["model"] == "optimizer" and "went worst" in c["request"]["messages"][0]["content"]
+        )
     assert report.best_score > report.seed_score
     assert report.best_score == pytest.approx(1.0)
     assert "smallest" in report.best_prompts["system_prompt"]

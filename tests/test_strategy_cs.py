@@ -15,7 +15,7 @@ import pytest
 pytest.importorskip("litestar", reason="the cs strategy needs the server extra: pip install 'agl-kernel[server]'")
 
 from agl_kernel import semconv  # noqa: E402
-from agl_kernel.models import AttemptStatus, RolloutConfig, RolloutStatus  # noqa: E402
+from agl_kernel.models import AttemptStatus, RolloutConfig  # noqa: E402
 from agl_kernel.trainer import Trainer  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

@@ -10,33 +10,18 @@ tool cannot evaluate (division by zero) makes the agent raise: a failed attempt 
 
 from __future__ import annotations
 
-import ast
-import operator
 import random
+import sys
+from pathlib import Path
 from typing import Any
 
-from agl_kernel.agent import rollout
-from agl_kernel.emit import operation
+if str(Path(__file__).resolve().parent) not in sys.path:  # loaded by path (agl dev FILE.py:NAME): find calc_task
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-_OPERATORS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
+from calc_task import evaluate  # noqa: E402
 
-
-def _evaluate(node: ast.AST) -> float:
-    if isinstance(node, ast.Expression):
-        return _evaluate(node.body)
-    if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)):
-        return node.value
-    if isinstance(node, ast.BinOp) and type(node.op) in _OPERATORS:
-        return _OPERATORS[type(node.op)](_evaluate(node.left), _evaluate(node.right))
-    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
-        return -_evaluate(node.operand)
-    raise ValueError(f"the calculator cannot evaluate {ast.dump(node)}")
-
-
-def evaluate(expression: str) -> float:
-    """+ - * / and parentheses, nothing else (no eval); ``ValueError``/``SyntaxError`` for anything more."""
-    return _evaluate(ast.parse(expression.strip(), mode="eval"))
-
+from agl_kernel.agent import rollout  # noqa: E402
+from agl_kernel.emit import operation  # noqa: E402
 
 @operation("calculator")
 def calculator(expression: str) -> float:
@@ -64,7 +49,7 @@ def make_dataset(n: int = 40, seed: int = 0, with_errors: bool = False) -> list[
             tasks.append({"question": f"{a} / ({c} - {c})", "answer": 0})
             continue
         question = f"({a} {op} {b}) * {c}"
-        tasks.append({"question": question, "answer": round(_evaluate(ast.parse(question, mode="eval")), 2)})
+        tasks.append({"question": question, "answer": round(evaluate(question), 2)})
     return tasks
 
 

@@ -56,8 +56,12 @@ def main(argv: Optional[list[str]] = None, *, console: Any = None) -> APOReport:
             "OPENAI_BASE_URL=https://api.openai.com/v1 or a local vLLM server's http://HOST:PORT/v1"
         )
     agent_model = os.environ.get("AGL_AGENT_MODEL", "gpt-4.1-nano")
-    llm = LLM(endpoint=base_url, model=agent_model, api_key=os.environ.get("OPENAI_API_KEY"),
-              sampling_parameters={"temperature": 0.0})
+    llm = LLM(
+        endpoint=base_url,
+        model=agent_model,
+        api_key=os.environ.get("OPENAI_API_KEY"),
+        sampling_parameters={"temperature": 0.0},
+    )
     algorithm = APO(
         rounds=args.rounds,
         beam_width=args.beam_width,
@@ -82,7 +86,9 @@ def main(argv: Optional[list[str]] = None, *, console: Any = None) -> APOReport:
         console=console,
     )
     with trainer:
-        report: APOReport = trainer.fit(room_agent, make_dataset(args.train_size, seed=1), make_dataset(args.val_size, seed=2))
+        report: APOReport = trainer.fit(
+            room_agent, make_dataset(args.train_size, seed=1), make_dataset(args.val_size, seed=2)
+        )
     print(f"validation reward: seed {report.seed_score:.3f} → best {report.best_score:.3f} ({report.best_candidate})")
     for name, text in report.best_prompts.items():
         print(f"--- {name}\n{text}")

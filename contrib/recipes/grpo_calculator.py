@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import re
 import sys
 import time
 from pathlib import Path
@@ -29,7 +28,8 @@ from typing import Any, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "calc_agent"))
 
-from calc_agent import evaluate  # noqa: E402  (the calculator tool's safe arithmetic)
+import calc_task  # noqa: E402  (the task: safe arithmetic, the prompt, the reward rule)
+from calc_task import PROMPT, calculate, format_number  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
@@ -37,43 +37,24 @@ from agl_kernel.agent import llm_rollout  # noqa: E402
 from agl_kernel.emit import operation  # noqa: E402
 from agl_kernel.models import ProxyLLM, RolloutConfig  # noqa: E402
 
-PROMPT = (
-    "You can use a calculator. To use it, reply with one line: CALC: <expression>\n"
-    "Example: for 'Calculate 3 + 4.' reply CALC: 3 + 4\n\n{question}"
-)
-TOOL_CALL = re.compile(r"\s*CALC:\s*([-+*/().\d\s]+?)\s*")
-EXPRESSION = re.compile(r"-?\d+(?:\.\d+)?(?:\s*[-+*/]\s*-?\d+(?:\.\d+)?)+")
 @operation("calculator")
 def calculator(expression: str) -> Optional[float]:
-    """The tool: + - * / and parentheses; ``None`` for what it cannot evaluate."""
-    try:
-        return evaluate(expression)
-    except (SyntaxError, ValueError, ZeroDivisionError, RecursionError):
-        return None
-
-
-def _format_number(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else f"{value:.4g}"
-
-
-def _answers(task: dict[str, Any], expression: str) -> bool:
-    """Whether the calculator's result for ``expression`` is a right answer to ``task`` (reasoning-gym's scorer)."""
-    import reasoning_gym
-
-    value = calculator(expression)
-    if value is None:
-        return False
-    return reasoning_gym.get_score_answer_fn(task["metadata"]["source_dataset"])(_format_number(value), task) >= 1.0
+    """The tool (an ``operation`` span): + - * / and parentheses; ``None`` for what it cannot evaluate."""
+    return calculate(expression)
 
 
 def score(task: dict[str, Any], reply: str) -> float:
-    """The reward of one reply: 1.0 when it is exactly a tool call (``CALC: <expression>``) whose result answers the
-    task; 0.5 when the first arithmetic expression in a looser reply does; 0.0 otherwise (no call, a wrong one)."""
-    exact = TOOL_CALL.fullmatch(reply)
-    if exact is not None and _answers(task, exact.group(1)):
-        return 1.0
-    loose = EXPRESSION.search(reply)
-    return 0.5 if loose is not None and _answers(task, loose.group(0)) else 0.0
+    """The reward of one reply (:func:`calc_task.score`): right means the calculator's result for the expression
+    passes reasoning-gym's scorer for ``task``."""
+    import reasoning_gym
+
+    check = reasoning_gym.get_score_answer_fn(task["metadata"]["source_dataset"])
+
+    def answers(expression: str) -> bool:
+        value = calculator(expression)
+        return value is not None and check(format_number(value), task) >= 1.0
+
+    return calc_task.score(reply, answers)
 
 
 @llm_rollout

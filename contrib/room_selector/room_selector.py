@@ -70,25 +70,24 @@ def _minutes(clock: str) -> int:
 
 
 def _booked(room_id: str, date: str, start: int, end: int, bookings: list[dict[str, Any]]) -> bool:
-    return any(
-        b["room"] == room_id and b["date"] == date and b["start"] < end and start < b["end"] for b in bookings
-    )
+    return any(b["room"] == room_id and b["date"] == date and b["start"] < end and start < b["end"] for b in bookings)
 
 
 def list_rooms(task: dict[str, Any], date: str, time: str, duration_min: int) -> list[dict[str, Any]]:
     """What the tool returns: every room, free or not for the slot (the calendar is the task's)."""
     start = _minutes(time)
     end = start + int(duration_min)
-    return [
-        {**room, "free": not _booked(room["id"], date, start, end, task["bookings"])}
-        for room in ROOMS
-    ]
+    return [{**room, "free": not _booked(room["id"], date, start, end, task["bookings"])} for room in ROOMS]
 
 
 def best_room(task: dict[str, Any]) -> Optional[str]:
     """The smallest free room that seats everyone and has every piece of equipment asked for (``None``: none)."""
     rooms = list_rooms(task, task["date"], task["time"], task["duration_min"])
-    fits = [r for r in rooms if r["free"] and r["capacity"] >= task["attendees"] and set(task["needs"]) <= set(r["equipment"])]
+    fits = [
+        r
+        for r in rooms
+        if r["free"] and r["capacity"] >= task["attendees"] and set(task["needs"]) <= set(r["equipment"])
+    ]
     return min(fits, key=lambda r: (r["capacity"], r["id"]))["id"] if fits else None
 
 
@@ -102,9 +101,12 @@ def room_reward(task: dict[str, Any], answer: Optional[str]) -> float:
         return 1.0
     rooms = {r["id"]: r for r in list_rooms(task, task["date"], task["time"], task["duration_min"])}
     room = rooms.get(answer)
-    would_do = room is not None and room["free"] and room["capacity"] >= task["attendees"] and set(
-        task["needs"]
-    ) <= set(room["equipment"])
+    would_do = (
+        room is not None
+        and room["free"]
+        and room["capacity"] >= task["attendees"]
+        and set(task["needs"]) <= set(room["equipment"])
+    )
     return 0.5 if would_do else 0.0
 
 
@@ -121,7 +123,12 @@ def make_dataset(n: int, *, seed: int = 0) -> list[dict[str, Any]]:
             if rng.random() < 0.4:
                 booked_start = start + rng.choice([-60, -30, 0, 30, 60])
                 bookings.append(
-                    {"room": room["id"], "date": date, "start": booked_start, "end": booked_start + rng.choice([30, 60])}
+                    {
+                        "room": room["id"],
+                        "date": date,
+                        "start": booked_start,
+                        "end": booked_start + rng.choice([30, 60]),
+                    }
                 )
         tasks.append(
             {
@@ -172,7 +179,10 @@ async def room_agent(task: dict[str, Any], resources: dict[str, Any]) -> float:
     try:
         for _ in range(4):
             reply = await client.chat.completions.create(
-                model=llm.model, messages=messages, tools=TOOLS, **llm.sampling_parameters  # type: ignore[arg-type]
+                model=llm.model,
+                messages=messages,
+                tools=TOOLS,
+                **llm.sampling_parameters,  # type: ignore[arg-type]
             )
             message = reply.choices[0].message
             if not message.tool_calls:

@@ -107,4 +107,6 @@ def print_history(found: History, console: Console, diff: bool) -> None:
         else:
             console.print(escape(text), highlight=False)
         previous = text
-    console.print(f"{changes} version(s) of {found.name!r} in {len(found.versions)} version(s) of {found.resources_id!r}")
+    console.print(
+        f"{changes} version(s) of {found.name!r} in {len(found.versions)} version(s) of {found.resources_id!r}"
+    )

@@ -10,7 +10,7 @@ from typing import Any, Optional
 
 import msgspec
 
-from agl_kernel.models import EnqueueRequest, RolloutConfig, RolloutMode, RolloutStatus
+from agl_kernel.models import EnqueueRequest, Rollout, RolloutConfig, RolloutMode, RolloutStatus
 from agl_kernel.progress import NoProgress, ProgressReporter
 from agl_kernel.rewards import get_reward
 from agl_kernel.store.base import LightningStore
@@ -65,7 +65,10 @@ class Baseline(Algorithm):
         ended = await collect_outcomes(
             store, [r.rollout_id for r in rollouts], timeout=self.timeout, progress=self.progress, label="baseline"
         )
-        outcomes = [ended.get(r.rollout_id) or await rollout_outcome(store, r.rollout_id) for r in rollouts]
+        outcomes = [
+            ended.get(r.rollout_id) or await rollout_outcome(store, await store.get_rollout(r.rollout_id))
+            for r in rollouts
+        ]
         by_status: dict[str, int] = {}
         for outcome in outcomes:
             by_status[outcome.status] = by_status.get(outcome.status, 0) + 1
@@ -75,9 +78,9 @@ class Baseline(Algorithm):
         )
 
 
-async def rollout_outcome(store: LightningStore, rollout_id: str) -> RolloutOutcome:
-    """A rollout's status, reward (``None`` when it recorded none) and attempt count, as the store has them now."""
-    rollout = await store.get_rollout(rollout_id)
+async def rollout_outcome(store: LightningStore, rollout: Rollout) -> RolloutOutcome:
+    """A rollout's status, reward (``None`` when it recorded none) and attempt count; the reward is read from the
+    store."""
     return RolloutOutcome(
         rollout_id=rollout.rollout_id,
         input=rollout.input,
@@ -110,7 +113,7 @@ async def collect_outcomes(
             # A window of the oldest pending rollouts: each wake-up of the store re-reads only these, not all.
             window = pending[:64]
             for rollout in await store.wait_for_rollouts(window, timeout=min(left or 0.5, 0.5)):
-                ended[rollout.rollout_id] = await rollout_outcome(store, rollout.rollout_id)
+                ended[rollout.rollout_id] = await rollout_outcome(store, rollout)
             if any(r in ended for r in window):
                 pending = [r for r in pending if r not in ended]
             succeeded = sum(o.status == RolloutStatus.SUCCEEDED.value for o in ended.values())

@@ -12,7 +12,7 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any, Optional
 
-__all__ = ["to_genai_messages", "to_genai_output", "to_openai_messages", "message_text"]
+__all__ = ["json_or_text", "message_text", "to_genai_messages", "to_genai_output", "to_openai_messages"]
 
 
 def _text_parts(content: Any) -> list[dict[str, Any]]:
@@ -37,7 +37,8 @@ def _text_parts(content: Any) -> list[dict[str, Any]]:
     return parts
 
 
-def _arguments(raw: Any) -> Any:
+def json_or_text(raw: Any) -> Any:
+    """A JSON string decoded (tool-call arguments, message attributes); anything else, or invalid JSON, as is."""
     if isinstance(raw, str):
         try:
             return json.loads(raw)
@@ -67,7 +68,7 @@ def to_genai_messages(messages: Iterable[Mapping[str, Any]]) -> list[dict[str, A
                     "type": "tool_call",
                     "id": call.get("id"),
                     "name": function.get("name"),
-                    "arguments": _arguments(function.get("arguments")),
+                    "arguments": json_or_text(function.get("arguments")),
                 }
             )
         out: dict[str, Any] = {"role": role, "parts": parts}

@@ -136,12 +136,16 @@ def test_beam_keeps_the_better_candidates_and_publishes_the_best(tmp_path: Path,
         store = make_store(None, path=db)
         async with store:
             latest = await store.get_latest_resources()
-            assert latest is not None and latest.resources["instructions"].template == report.best_prompts["instructions"]
+            assert (
+                latest is not None and latest.resources["instructions"].template == report.best_prompts["instructions"]
+            )
             assert latest.resources_id == report.resources_id and latest.version == report.version
             assert latest.resources["llm"].model == "agent"  # what APO does not optimize is passed on
             history = (await store.query_resources(resources_id=report.resources_id)).items
             assert [h.resources["instructions"].template for h in history][0] == "Compute {question}."  # the seed
-            metrics = [r for r in (await store.query_rollouts()).items if (r.metadata or {}).get("kind") == "training-metrics"]
+            metrics = [
+                r for r in (await store.query_rollouts()).items if (r.metadata or {}).get("kind") == "training-metrics"
+            ]
             assert len(metrics) == 1 and metrics[0].metadata["algorithm"] == "apo"
             spans = (await store.query_spans(metrics[0].rollout_id, "latest", name=CANDIDATE_SPAN)).items
             recorded = {(s.attributes["agl.apo.round"], s.attributes["agl.apo.candidate"]): s.attributes for s in spans}
@@ -165,7 +169,12 @@ def test_beam_keeps_the_better_candidates_and_publishes_the_best(tmp_path: Path,
 def test_without_pareto_the_beam_is_the_top_means(tmp_path: Path) -> None:
     with FakeOpenAIServer(make_router(single_template_optimizer)) as server:
         report, _ = fit(
-            tmp_path, server, {"instructions": "Compute {question}."}, rounds=1, beam_width=2, branch_factor=5,
+            tmp_path,
+            server,
+            {"instructions": "Compute {question}."},
+            rounds=1,
+            beam_width=2,
+            branch_factor=5,
             pareto=False,
         )
     first = rows(report, 1)
@@ -185,8 +194,12 @@ def two_template_optimizer(request: dict[str, Any]) -> str:
     return f"<prompt>{parent} Be CAREFUL.</prompt>" if name == "style" else f"<prompt>EXACT answer: {parent}</prompt>"
 
 
-@pytest.mark.parametrize("selection, order", [("round-robin", ["style", "instructions"]), ("blame", ["instructions", "style"])])
-def test_every_template_of_a_multi_template_agent_is_optimized(tmp_path: Path, selection: str, order: list[str]) -> None:
+@pytest.mark.parametrize(
+    "selection, order", [("round-robin", ["style", "instructions"]), ("blame", ["instructions", "style"])]
+)
+def test_every_template_of_a_multi_template_agent_is_optimized(
+    tmp_path: Path, selection: str, order: list[str]
+) -> None:
     with FakeOpenAIServer(make_router(two_template_optimizer)) as server:
         report, _ = fit(
             tmp_path,
@@ -199,7 +212,10 @@ def test_every_template_of_a_multi_template_agent_is_optimized(tmp_path: Path, s
         )
     edited = [next(r.template for r in report.rounds[i] if r.status == "beam") for i in (1, 2)]
     assert edited == order
-    assert report.best_prompts == {"style": "You add numbers. Be CAREFUL.", "instructions": "EXACT answer: Compute {question}."}
+    assert report.best_prompts == {
+        "style": "You add numbers. Be CAREFUL.",
+        "instructions": "EXACT answer: Compute {question}.",
+    }
     assert report.seed_score == pytest.approx(1 / 6) and report.best_score == pytest.approx(1.0)
 
 
@@ -208,10 +224,22 @@ def test_optimizer_down_or_failing_rejects_candidates_and_keeps_the_seed(tmp_pat
     with FakeOpenAIServer(make_router(single_template_optimizer)) as server:
         with FakeOpenAIServer() as gone:
             down_url = gone.base_url  # a port that nothing listens on once this server has stopped
-        report, db = fit(tmp_path / "down", server, {"instructions": "Compute {question}."}, rounds=1,
-                         branch_factor=2, optimizer_base_url=down_url)
-        failing, _ = fit(tmp_path / "fail", server, {"instructions": "Compute {question}."}, rounds=1,
-                         branch_factor=2, critique_model="fail")  # the test server answers HTTP 500 for it
+        report, db = fit(
+            tmp_path / "down",
+            server,
+            {"instructions": "Compute {question}."},
+            rounds=1,
+            branch_factor=2,
+            optimizer_base_url=down_url,
+        )
+        failing, _ = fit(
+            tmp_path / "fail",
+            server,
+            {"instructions": "Compute {question}."},
+            rounds=1,
+            branch_factor=2,
+            critique_model="fail",
+        )  # the test server answers HTTP 500 for it
     for result, reason in ((report, "cannot be reached"), (failing, "HTTP 500")):
         assert result.best_prompts == {"instructions": "Compute {question}."}
         assert result.best_score == result.seed_score == pytest.approx(1 / 6)

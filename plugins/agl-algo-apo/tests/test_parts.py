@@ -57,25 +57,66 @@ def test_check_edit() -> None:
 
 
 def _span(sequence: int, name: str, attributes: dict, span_id: str, parent: str | None = None) -> Span:
-    return Span(rollout_id="ro-1", attempt_id="at-1", sequence_id=sequence, trace_id="t", span_id=span_id,
-                parent_id=parent, name=name, attributes=attributes)
+    return Span(
+        rollout_id="ro-1",
+        attempt_id="at-1",
+        sequence_id=sequence,
+        trace_id="t",
+        span_id=span_id,
+        parent_id=parent,
+        name=name,
+        attributes=attributes,
+    )
 
 
 def test_trajectory_reads_calls_tools_and_errors() -> None:
     first_input = [{"role": "user", "parts": [{"type": "text", "content": "Book a room for 4."}]}]
-    first_output = [{"role": "assistant", "parts": [{"type": "tool_call", "name": "list_rooms", "arguments": {"date": "d"}, "id": "c1"}]}]
-    second_input = first_input + first_output + [
-        {"role": "tool", "parts": [{"type": "tool_call_response", "id": "c1", "response": "[A101 free]"}]}
+    first_output = [
+        {
+            "role": "assistant",
+            "parts": [{"type": "tool_call", "name": "list_rooms", "arguments": {"date": "d"}, "id": "c1"}],
+        }
     ]
+    second_input = (
+        first_input
+        + first_output
+        + [{"role": "tool", "parts": [{"type": "tool_call_response", "id": "c1", "response": "[A101 free]"}]}]
+    )
     second_output = [{"role": "assistant", "parts": [{"type": "text", "content": "ROOM: A101"}]}]
     spans = [
-        _span(1, "chat m", {semconv.GEN_AI_OPERATION_NAME: "chat", semconv.GEN_AI_INPUT_MESSAGES: json.dumps(first_input),
-                            semconv.GEN_AI_OUTPUT_MESSAGES: json.dumps(first_output)}, "s1"),
-        _span(2, "list_rooms", {semconv.OPERATION_NAME: "list_rooms", semconv.OPERATION_INPUT: '{"date": "d"}',
-                                semconv.OPERATION_OUTPUT: '"[A101 free]"'}, "s2"),
-        _span(3, "chat m", {semconv.GEN_AI_OPERATION_NAME: "chat", semconv.GEN_AI_INPUT_MESSAGES: json.dumps(second_input),
-                            semconv.GEN_AI_OUTPUT_MESSAGES: json.dumps(second_output)}, "s3"),
-        _span(4, semconv.EXCEPTION_SPAN, {semconv.EXCEPTION_TYPE: "ValueError", semconv.EXCEPTION_MESSAGE: "late"}, "s4"),
+        _span(
+            1,
+            "chat m",
+            {
+                semconv.GEN_AI_OPERATION_NAME: "chat",
+                semconv.GEN_AI_INPUT_MESSAGES: json.dumps(first_input),
+                semconv.GEN_AI_OUTPUT_MESSAGES: json.dumps(first_output),
+            },
+            "s1",
+        ),
+        _span(
+            2,
+            "list_rooms",
+            {
+                semconv.OPERATION_NAME: "list_rooms",
+                semconv.OPERATION_INPUT: '{"date": "d"}',
+                semconv.OPERATION_OUTPUT: '"[A101 free]"',
+            },
+            "s2",
+        ),
+        _span(
+            3,
+            "chat m",
+            {
+                semconv.GEN_AI_OPERATION_NAME: "chat",
+                semconv.GEN_AI_INPUT_MESSAGES: json.dumps(second_input),
+                semconv.GEN_AI_OUTPUT_MESSAGES: json.dumps(second_output),
+            },
+            "s3",
+        ),
+        _span(
+            4, semconv.EXCEPTION_SPAN, {semconv.EXCEPTION_TYPE: "ValueError", semconv.EXCEPTION_MESSAGE: "late"}, "s4"
+        ),
     ]
     text = render_trajectory(spans, task={"id": 7}, reward=0.5, status="succeeded")
     lines = text.splitlines()

@@ -133,8 +133,9 @@ class APO(Algorithm):
         await recorder.open({"config": msgspec.to_builtins(config), "templates": names})
         succeeded = False
         try:
-            report = await self._search(store, base.resources, base.resources_id, names, publish_id, train, val,
-                                        optimizer, recorder)
+            report = await self._search(
+                store, base.resources, base.resources_id, names, publish_id, train, val, optimizer, recorder
+            )
             succeeded = True
             return report
         finally:
@@ -196,13 +197,19 @@ class APO(Algorithm):
             started = time.time()
             calls_before = optimizer.calls
             start = ((round_no - 1) * config.train_batch_size) % len(train)
-            batch = [train[train_order[(start + i) % len(train)]] for i in range(min(config.train_batch_size, len(train)))]
+            batch = [
+                train[train_order[(start + i) % len(train)]] for i in range(min(config.train_batch_size, len(train)))
+            ]
             runs = await self._run_train(store, beam, batch, f"round {round_no}/{config.rounds}: training batch")
             target = None if config.template_selection == "blame" else names[(round_no - 1) % len(names)]
             semaphore = asyncio.Semaphore(config.optimizer_concurrency)
             proposals = await asyncio.gather(
-                *(self._propose(optimizer, semaphore, parent, runs[parent.candidate_id], names, target, round_no)
-                  for parent in beam)
+                *(
+                    self._propose(
+                        store, optimizer, semaphore, parent, runs[parent.candidate_id], names, target, round_no
+                    )
+                    for parent in beam
+                )
             )
             children: list[Candidate] = []
             rows: list[CandidateRecord] = []
@@ -218,11 +225,24 @@ class APO(Algorithm):
                     if isinstance(result, _Rejected):
                         logger.warning(
                             "APO round %d: candidate %s (child %d of %s, template %s) rejected: %s",
-                            round_no, candidate_id, child_no, parent.candidate_id, result.template, result.reason,
+                            round_no,
+                            candidate_id,
+                            child_no,
+                            parent.candidate_id,
+                            result.template,
+                            result.reason,
                         )
-                        rows.append(CandidateRecord(round=round_no, candidate=candidate_id, parent=parent.candidate_id,
-                                                    template=result.template, score=None, status="rejected",
-                                                    reason=result.reason))
+                        rows.append(
+                            CandidateRecord(
+                                round=round_no,
+                                candidate=candidate_id,
+                                parent=parent.candidate_id,
+                                template=result.template,
+                                score=None,
+                                status="rejected",
+                                reason=result.reason,
+                            )
+                        )
                         continue
                     child = Candidate(candidate_id, prompts, round=round_no, parent=parent.candidate_id, edited=name)
                     child.resources_id = f"apo-{run_tag}-{candidate_id}"
@@ -232,12 +252,16 @@ class APO(Algorithm):
                 val_batch = all_val
             else:
                 val_batch = sorted(rng.sample(all_val, config.val_batch_size))
-            await self._evaluate(store, beam + children, val, val_batch, f"round {round_no}/{config.rounds}: validation")
+            await self._evaluate(
+                store, beam + children, val, val_batch, f"round {round_no}/{config.rounds}: validation"
+            )
             pool = beam + children
             beam = select_beam(pool, val_batch, config.beam_width, pareto=config.pareto)
             top = beam[0]
             if top.missing(all_val):
-                await self._evaluate(store, [top], val, all_val, f"round {round_no}: full validation of {top.candidate_id}")
+                await self._evaluate(
+                    store, [top], val, all_val, f"round {round_no}: full validation of {top.candidate_id}"
+                )
             best_score = best.score(all_val)
             if top is not best and top.score(all_val) > best_score:
                 best, best_score = top, top.score(all_val)
@@ -250,15 +274,27 @@ class APO(Algorithm):
                     )
             kept = {c.candidate_id for c in beam}
             for candidate in pool:
-                rows.append(CandidateRecord(
-                    round=round_no, candidate=candidate.candidate_id, parent=candidate.parent,
-                    template=candidate.edited, score=candidate.score(val_batch),
-                    status="beam" if candidate.candidate_id in kept else "dropped",
-                ))
+                rows.append(
+                    CandidateRecord(
+                        round=round_no,
+                        candidate=candidate.candidate_id,
+                        parent=candidate.parent,
+                        template=candidate.edited,
+                        score=candidate.score(val_batch),
+                        status="beam" if candidate.candidate_id in kept else "dropped",
+                    )
+                )
             rows.sort(key=lambda r: (r.status == "rejected", -(r.score or 0.0), r.candidate))
             rounds.append(rows)
-            await self._record_round(recorder, round_no, rows, pool, best_score=best_score,
-                                     calls=optimizer.calls - calls_before, started=started)
+            await self._record_round(
+                recorder,
+                round_no,
+                rows,
+                pool,
+                best_score=best_score,
+                calls=optimizer.calls - calls_before,
+                started=started,
+            )
 
         latest = await store.get_latest_resources()
         if latest is None or latest.resources_id != publish_id:  # candidates' sets were stored after it
@@ -287,10 +323,11 @@ class APO(Algorithm):
 
     async def _propose(
         self,
+        store: LightningStore,
         optimizer: PromptOptimizer,
         semaphore: asyncio.Semaphore,
         parent: Candidate,
-        runs: list[tuple[Any, RolloutOutcome, str]],
+        runs: list[tuple[Any, RolloutOutcome]],
         names: list[str],
         target: Optional[str],
         round_no: int,
@@ -299,12 +336,12 @@ class APO(Algorithm):
         edit per child (concurrently). A failure rejects the child it concerns (the critique's, all of them)."""
         config = self.config
         ranked = sorted(runs, key=lambda run: _score(run[1]))
-        worst = ranked[: config.examples]
-        best = [run for run in reversed(ranked) if run not in worst][: config.examples]
+        worst = [await self._trajectory(store, *run) for run in ranked[: config.examples]]
+        best = [await self._trajectory(store, *run) for run in ranked[config.examples :][::-1][: config.examples]]
         try:
             async with semaphore:
                 critique, blamed = await optimizer.critique(
-                    templates=parent.prompts, target=target, worst=[r[2] for r in worst], best=[r[2] for r in best]
+                    templates=parent.prompts, target=target, worst=worst, best=best
                 )
         except OptimizerError as exc:
             return [_Rejected(target, f"critique failed: {exc}")] * config.branch_factor
@@ -317,7 +354,10 @@ class APO(Algorithm):
             try:
                 async with semaphore:
                     edited = await optimizer.edit(
-                        name=name, template=parent.prompts[name], critique=critique, child=child_no,
+                        name=name,
+                        template=parent.prompts[name],
+                        critique=critique,
+                        child=child_no,
                         children=config.branch_factor,
                     )
             except (OptimizerError, ValueError) as exc:
@@ -341,8 +381,9 @@ class APO(Algorithm):
         rollouts = await store.enqueue_many_rollouts(requests)
         self._rollouts += len(rollouts)
         ids = [r.rollout_id for r in rollouts]
-        ended = await collect_outcomes(store, ids, timeout=self.config.rollout_timeout, progress=self.progress,
-                                       label=label)
+        ended = await collect_outcomes(
+            store, ids, timeout=self.config.rollout_timeout, progress=self.progress, label=label
+        )
         outcomes = []
         for rollout_id, (_, task, _) in zip(ids, jobs):
             outcome = ended.get(rollout_id)
@@ -366,16 +407,20 @@ class APO(Algorithm):
 
     async def _run_train(
         self, store: LightningStore, parents: Sequence[Candidate], batch: list[Any], label: str
-    ) -> dict[str, list[tuple[Any, RolloutOutcome, str]]]:
-        """Each parent on the training batch (concurrently): (task, outcome, readable trajectory) per rollout."""
+    ) -> dict[str, list[tuple[Any, RolloutOutcome]]]:
+        """Each parent on the training batch (concurrently): (task, outcome) per rollout."""
         jobs = [(parent, task, RolloutMode.TRAIN) for parent in parents for task in batch]
         outcomes = await self._enqueue_and_wait(store, jobs, label)
-        runs: dict[str, list[tuple[Any, RolloutOutcome, str]]] = {p.candidate_id: [] for p in parents}
+        runs: dict[str, list[tuple[Any, RolloutOutcome]]] = {p.candidate_id: [] for p in parents}
         for (parent, task, _), outcome in zip(jobs, outcomes):
-            spans = (await store.query_spans(outcome.rollout_id, "latest")).items if outcome.attempts else []
-            text = render_trajectory(spans, task=task, reward=outcome.reward, status=outcome.status)
-            runs[parent.candidate_id].append((task, outcome, text))
+            runs[parent.candidate_id].append((task, outcome))
         return runs
+
+    @staticmethod
+    async def _trajectory(store: LightningStore, task: Any, outcome: RolloutOutcome) -> str:
+        """A training rollout as the critique reads it (only the worst and best ones are read from the store)."""
+        spans = (await store.query_spans(outcome.rollout_id, "latest")).items if outcome.attempts else []
+        return render_trajectory(spans, task=task, reward=outcome.reward, status=outcome.status)
 
     # ------------------------------------------------------------------------------------------------ results
 
@@ -419,8 +464,12 @@ class APO(Algorithm):
                 "agl.apo.candidate": row.candidate,
                 "agl.apo.status": row.status,
             }
-            for key, value in (("parent", row.parent), ("template", row.template), ("score", row.score),
-                               ("reason", row.reason)):
+            for key, value in (
+                ("parent", row.parent),
+                ("template", row.template),
+                ("score", row.score),
+                ("reason", row.reason),
+            ):
                 if value is not None:
                     attributes[f"agl.apo.{key}"] = value
             candidate = by_id.get(row.candidate)

@@ -203,4 +203,3 @@ class PromptOptimizer:
             preview = " ".join(text.split())[:80]
             raise OptimizerError(f"the optimizer's reply has no <prompt>...</prompt> block: {preview!r}")
         return check_edit(template, found[-1])
-

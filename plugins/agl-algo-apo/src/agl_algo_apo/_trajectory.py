@@ -35,7 +35,9 @@ def _message_lines(message: dict[str, Any], limit: int) -> list[str]:
         lines.append(f"{role}: {_clip(text, limit)}")
     for call in message.get("tool_calls") or ():
         function = call.get("function") or {}
-        lines.append(f"{role} → tool call {function.get('name', '?')}({_clip(str(function.get('arguments', '')), limit)})")
+        lines.append(
+            f"{role} → tool call {function.get('name', '?')}({_clip(str(function.get('arguments', '')), limit)})"
+        )
     return lines
 
 

@@ -4,13 +4,13 @@ rollout's trace, resources versions, workers and training runs. Pure functions o
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 import weakref
 from collections.abc import Sequence
 from typing import Any
 
 from agl_kernel.errors import InvalidQueryError
+from agl_kernel.genai import json_or_text
 from agl_kernel.models import Attempt, Rollout, RolloutMode, RolloutStatus, Span, encode_json
 from agl_kernel.rewards import final_reward, read_rewards
 from agl_kernel.store.base import SORT_FIELDS, LightningStore
@@ -140,15 +140,6 @@ async def rollouts_page(
     }
 
 
-def _json_value(raw: Any) -> Any:
-    if isinstance(raw, str):
-        try:
-            return json.loads(raw)
-        except ValueError:
-            return raw
-    return raw
-
-
 def llm_call(span: Span) -> dict[str, Any] | None:
     """The LLM call a span records (prompt, completion, token counts), or ``None`` for any other span."""
     attributes = span.attributes
@@ -160,8 +151,8 @@ def llm_call(span: Span) -> dict[str, Any] | None:
         "span_id": span.span_id,
         "name": span.name,
         "model": attributes.get(semconv.GEN_AI_RESPONSE_MODEL, attributes.get(semconv.GEN_AI_REQUEST_MODEL)),
-        "input_messages": _json_value(attributes.get(semconv.GEN_AI_INPUT_MESSAGES)),
-        "output_messages": _json_value(attributes.get("gen_ai.output.messages")),
+        "input_messages": json_or_text(attributes.get(semconv.GEN_AI_INPUT_MESSAGES)),
+        "output_messages": json_or_text(attributes.get("gen_ai.output.messages")),
         "response_text": attributes.get("agl.llm.response_text"),
         "input_tokens": attributes.get(semconv.GEN_AI_USAGE_INPUT_TOKENS),
         "output_tokens": attributes.get(semconv.GEN_AI_USAGE_OUTPUT_TOKENS),
