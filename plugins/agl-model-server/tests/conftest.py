@@ -17,12 +17,15 @@ def tiny() -> tuple[Any, Any]:
     return make_tiny_model(len(tokenizer)), tokenizer
 
 
-@pytest.fixture(scope="session")
-def tiny_server(tiny: tuple[Any, Any]) -> Iterator[Any]:
+@pytest.fixture(scope="session", params=["dynamic", "static"])
+def tiny_server(request: pytest.FixtureRequest, tiny: tuple[Any, Any]) -> Iterator[Any]:
+    """The server on each decode path: every API test runs on both (on the CPU the static one runs eager)."""
     from agl_model_server import ModelServer
 
     model, tokenizer = tiny
-    server = ModelServer(model=model, tokenizer=tokenizer, model_name="tiny", max_batch_size=16).start()
+    server = ModelServer(
+        model=model, tokenizer=tokenizer, model_name="tiny", max_batch_size=16, static_decode=request.param == "static"
+    ).start()
     yield server
     server.stop()
 
@@ -44,11 +47,13 @@ def smol() -> tuple[Any, Any]:
         pytest.skip(f"the default model is not available ({err}); `make setup` installs it")
 
 
-@pytest.fixture(scope="session")
-def smol_server(smol: tuple[Any, Any]) -> Iterator[Any]:
+@pytest.fixture(scope="session", params=["dynamic", "static"])
+def smol_server(request: pytest.FixtureRequest, smol: tuple[Any, Any]) -> Iterator[Any]:
     from agl_model_server import ModelServer
 
     model, tokenizer = smol
-    server = ModelServer(model=model, tokenizer=tokenizer, max_batch_size=16).start()
+    server = ModelServer(
+        model=model, tokenizer=tokenizer, max_batch_size=16, static_decode=request.param == "static"
+    ).start()
     yield server
     server.stop()

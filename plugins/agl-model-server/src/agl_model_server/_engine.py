@@ -4,10 +4,13 @@ Between two decode steps the engine thread
 
 1. drops aborted sequences,
 2. admits waiting requests (up to ``max_batch_size`` active sequences): their prompts are prefilled together in one
-   left-padded forward pass, their first token is sampled, and their KV cache rows are merged into the running
-   batch (see :mod:`._kvcache`),
-3. runs one forward pass for the whole batch (one new token per row, per-row position ids, a padding mask), samples
-   a token per row and retires the rows that finished.
+   left-padded forward pass, their first token is sampled, and their KV cache rows join the running batch,
+3. runs one decode step for the whole batch (one new token per row), samples a token per row and retires the rows
+   that finished.
+
+The running batch is either static (:mod:`._static`: a KV cache of fixed slots and, on a GPU, CUDA graphs; the
+default on CUDA for Llama-shaped models) or dynamic (:mod:`._kvcache`: transformers' forward on a left-padded
+``DynamicCache``; any model).
 
 Weight changes (:meth:`Engine.run_exclusive`) drain first: no request is admitted, the running ones finish, the
 change runs on the engine thread while nothing is in flight, then admission resumes. So every sequence is generated
@@ -32,7 +35,7 @@ from typing import Any
 
 import torch
 
-from agl_model_server import _kvcache
+from agl_model_server import _kvcache, _static
 from agl_model_server._sampling import SamplingParams, sample_batch
 
 __all__ = ["Engine", "EngineError", "TokenEvent"]
@@ -87,7 +90,10 @@ class Engine:
         max_batch_size: int = 64,
         max_prefill_tokens: int = 16384,
         pad_token_id: int = 0,
+        static: bool | None = None,
     ) -> None:
+        """``static``: decode on the static path (fixed KV cache slots, CUDA graphs on a GPU); ``None`` = on a
+        CUDA device when the model supports it. ``True`` on a model it does not support is a ``ValueError``."""
         self.model = model
         self.eos_token_ids = frozenset(int(t) for t in eos_token_ids)
         self.max_model_len = int(max_model_len)
@@ -110,12 +116,17 @@ class Engine:
         self._stopping = False
         self._default_generator = torch.Generator(device=self.device)
         self._default_generator.seed()
-        # The running batch: rows in order, their KV cache, padding mask, positions and next input tokens.
+        # The running batch: its sequences (rows) in order, and their KV cache, positions and next input tokens.
         self._rows: list[_Seq] = []
-        self._cache: Any = None
-        self._mask: torch.Tensor | None = None
-        self._pos: torch.Tensor | None = None
-        self._next: torch.Tensor | None = None
+        if static is None:
+            static = self.device.type == "cuda" and _static.supported(model) is None
+        self._batch: _kvcache.DynamicBatch | _static.StaticBatch
+        if static:
+            decoder = _static.StaticDecoder(model, max_slots=self.max_batch_size, max_len=self.max_model_len)
+            self._batch = _static.StaticBatch(decoder)
+        else:
+            self._batch = _kvcache.DynamicBatch(self._forward)
+        self.static = bool(static)
         self._stats_lock = threading.Lock()
         self.reset_stats()
 
@@ -258,6 +269,8 @@ class Engine:
         try:
             with torch.inference_mode(False):
                 result = fn()
+            if isinstance(self._batch, _static.StaticBatch):
+                self._batch.decoder.refresh()
         except BaseException as err:  # noqa: BLE001 - handed to the caller through the future
             future.set_exception(err)
         else:
@@ -329,7 +342,8 @@ class Engine:
             self._clear_batch()
 
     def _clear_batch(self) -> None:
-        self._rows, self._cache, self._mask, self._pos, self._next = [], None, None, None, None
+        self._rows = []
+        self._batch.clear()
 
     def _finish_reason(self, seq: _Seq, token: int) -> str | None:
         if not seq.params.ignore_eos and token in self.eos_token_ids:
@@ -416,9 +430,7 @@ class Engine:
         extra = {"logits_to_keep": 1} if self._takes_logits_to_keep else {}
         logits, cache = self._forward(cache, input_ids=ids, attention_mask=mask, position_ids=positions, **extra)
         if len(prompts) < len(new):
-            rows = torch.tensor(slots, device=self.device)
-            _kvcache.select_rows(cache, rows)
-            logits, mask = logits.index_select(0, rows), mask.index_select(0, rows)
+            logits = logits.index_select(0, torch.tensor(slots, device=self.device))
         next_tokens, alive = self._emit(new, logits, events, sinks)
         with self._stats_lock:
             self._prefill_sizes[len(new)] += 1
@@ -427,35 +439,17 @@ class Engine:
         if not alive:
             return
         if len(alive) < len(new):
-            rows = torch.tensor(alive, device=self.device)
-            _kvcache.select_rows(cache, rows)
-            mask, next_tokens = mask.index_select(0, rows), next_tokens.index_select(0, rows)
-            new = [new[i] for i in alive]
-        pos = torch.tensor([len(s.prompt) for s in new], dtype=torch.long, device=self.device)
-        if not self._rows:
-            self._rows, self._cache, self._mask, self._pos, self._next = new, cache, mask, pos, next_tokens
-            self._trim()
-            return
-        old_len, new_len = self._mask.shape[1], mask.shape[1]
-        length = max(old_len, new_len)
-        pad = torch.nn.functional.pad
-        self._cache = _kvcache.merge(self._cache, cache)
-        self._mask = torch.cat([pad(self._mask, (length - old_len, 0)), pad(mask, (length - new_len, 0))], dim=0)
-        self._pos = torch.cat([self._pos, pos])
-        self._next = torch.cat([self._next, next_tokens])
+            next_tokens = next_tokens.index_select(0, torch.tensor(alive, device=self.device))
+            new, slots = [new[i] for i in alive], [slots[i] for i in alive]
+        self._batch.add(cache, mask, slots, [len(s.prompt) for s in new], next_tokens)
         self._rows = self._rows + new
 
     def _decode_step(self, events: list, sinks: dict) -> None:
-        assert self._mask is not None and self._pos is not None and self._next is not None
         started = time.perf_counter()
         rows = len(self._rows)
-        mask = torch.cat([self._mask, self._mask.new_ones((rows, 1))], dim=1)
-        logits, self._cache = self._forward(
-            self._cache, input_ids=self._next[:, None], attention_mask=mask, position_ids=self._pos[:, None]
-        )
-        self._mask = mask
-        self._pos = self._pos + 1
-        self._next, alive = self._emit(self._rows, logits, events, sinks)
+        logits = self._batch.step()
+        tokens, alive = self._emit(self._rows, logits, events, sinks)
+        self._batch.set_next(tokens)
         with self._stats_lock:
             self._batch_sizes[rows] += 1
             self._step_seconds += time.perf_counter() - started
@@ -467,23 +461,8 @@ class Engine:
         if not keep:
             self._clear_batch()
             return
-        assert self._mask is not None and self._pos is not None and self._next is not None
-        rows = torch.tensor(keep, device=self.device)
-        _kvcache.select_rows(self._cache, rows)
-        self._mask = self._mask.index_select(0, rows)
-        self._pos = self._pos.index_select(0, rows)
-        self._next = self._next.index_select(0, rows)
+        self._batch.keep(keep)
         self._rows = [self._rows[i] for i in keep]
-        self._trim()
-
-    def _trim(self) -> None:
-        """Drop the leading columns that are padding in every row."""
-        assert self._mask is not None
-        real = self._mask.any(dim=0)
-        first = int(real.nonzero()[0, 0]) if bool(real.any()) else self._mask.shape[1]
-        if first > 0:
-            _kvcache.trim_left(self._cache, first)
-            self._mask = self._mask[:, first:]
 
 
 def _deliver_many(items: list[tuple[Callable[[TokenEvent], None], TokenEvent]]) -> None:

@@ -1,4 +1,4 @@
-"""The batched KV cache of the engine: a transformers ``DynamicCache`` whose rows are left-padded to one length.
+"""The dynamic running batch of the engine: a transformers ``DynamicCache`` whose rows are left-padded to one length.
 
 Every row (sequence) of the running batch shares the cache length ``L``; a row with fewer real tokens has padding
 columns on the left, masked out by the attention mask. Rows join (``merge``), leave (``select_rows``) and shared
@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
-__all__ = ["cache_length", "make_cache", "merge", "select_rows", "trim_left"]
+__all__ = ["DynamicBatch", "cache_length", "layer_tensors", "make_cache", "merge", "select_rows", "trim_left"]
 
 
 class _GrowingLayer(DynamicLayer):
@@ -69,6 +69,12 @@ def _layers(cache: Any) -> list[Any]:
     return list(cache.layers)
 
 
+def layer_tensors(cache: Any) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """The keys and the values of each layer (``[rows, kv_heads, length, head_dim]``)."""
+    layers = _layers(cache)
+    return [layer.keys for layer in layers], [layer.values for layer in layers]
+
+
 def cache_length(cache: Any) -> int:
     """The number of columns (positions, padding included) in the cache."""
     return int(cache.get_seq_length())
@@ -107,3 +113,75 @@ def merge(running: Any, new: Any) -> Any:
             kb, vb = F.pad(kb, (0, 0, length - new_len, 0)), F.pad(vb, (0, 0, length - new_len, 0))
         _set(a, torch.cat([ka, kb], dim=0), torch.cat([va, vb], dim=0))
     return running
+
+
+class DynamicBatch:
+    """The running batch on a ``DynamicCache``: rows left-padded to one length, a padding mask, per-row positions.
+
+    The engine's interface to a running batch (shared with :class:`agl_model_server._static.StaticBatch`): ``add``
+    prefilled rows, ``step`` (logits of every row), ``set_next`` (the tokens the next step feeds), ``keep`` some
+    rows, ``clear``.
+    """
+
+    def __init__(self, forward: Any) -> None:
+        self._forward = forward
+        """``forward(cache, **model_inputs) -> (last logits, cache)``."""
+        self.clear()
+
+    def clear(self) -> None:
+        self._cache: Any = None
+        self._mask: torch.Tensor | None = None
+        self._pos: torch.Tensor | None = None
+        self._next: torch.Tensor | None = None
+
+    def add(self, cache: Any, mask: torch.Tensor, sources: list[int], lengths: list[int], tokens: torch.Tensor) -> None:
+        """Append rows ``sources`` of a prefill (``cache`` and its left-padded ``mask``) whose prompts have
+        ``lengths`` tokens and whose next inputs are ``tokens``."""
+        rows = torch.tensor(sources, device=mask.device)
+        if sources != list(range(mask.shape[0])):
+            select_rows(cache, rows)
+            mask = mask.index_select(0, rows)
+        pos = torch.tensor(lengths, dtype=torch.long, device=mask.device)
+        if self._mask is None:
+            self._cache, self._mask, self._pos, self._next = cache, mask, pos, tokens
+            self._trim()
+            return
+        assert self._pos is not None and self._next is not None
+        old_len, new_len = self._mask.shape[1], mask.shape[1]
+        length = max(old_len, new_len)
+        self._cache = merge(self._cache, cache)
+        self._mask = torch.cat([F.pad(self._mask, (length - old_len, 0)), F.pad(mask, (length - new_len, 0))], dim=0)
+        self._pos = torch.cat([self._pos, pos])
+        self._next = torch.cat([self._next, tokens])
+
+    def step(self) -> torch.Tensor:
+        assert self._mask is not None and self._pos is not None and self._next is not None
+        mask = torch.cat([self._mask, self._mask.new_ones((self._mask.shape[0], 1))], dim=1)
+        logits, self._cache = self._forward(
+            self._cache, input_ids=self._next[:, None], attention_mask=mask, position_ids=self._pos[:, None]
+        )
+        self._mask = mask
+        self._pos = self._pos + 1
+        return logits
+
+    def set_next(self, tokens: torch.Tensor) -> None:
+        self._next = tokens
+
+    def keep(self, keep: list[int]) -> None:
+        """Keep only the rows at indices ``keep`` (non-empty)."""
+        assert self._mask is not None and self._pos is not None and self._next is not None
+        rows = torch.tensor(keep, device=self._mask.device)
+        select_rows(self._cache, rows)
+        self._mask = self._mask.index_select(0, rows)
+        self._pos = self._pos.index_select(0, rows)
+        self._next = self._next.index_select(0, rows)
+        self._trim()
+
+    def _trim(self) -> None:
+        """Drop the leading columns that are padding in every row."""
+        assert self._mask is not None
+        real = self._mask.any(dim=0)
+        first = int(real.nonzero()[0, 0]) if bool(real.any()) else self._mask.shape[1]
+        if first > 0:
+            trim_left(self._cache, first)
+            self._mask = self._mask[:, first:]

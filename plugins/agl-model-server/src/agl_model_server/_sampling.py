@@ -124,10 +124,14 @@ def sample_batch(
         for i, p in enumerate(params):
             if p.top_logprobs > 0:
                 top[i] = list(zip(ids_l[i][: p.top_logprobs], values_l[i][: p.top_logprobs]))
+    # One device-to-host transfer (one synchronization on a GPU) for all three; float64 holds token ids exactly.
+    token_ids, logprobs, model_logprobs = torch.stack(
+        [tokens.to(torch.float64), picked_lp.to(torch.float64), picked_model_lp.to(torch.float64)]
+    ).tolist()
     return StepSample(
         tokens=tokens,
-        token_ids=tokens.tolist(),
-        logprobs=picked_lp.tolist(),
-        model_logprobs=picked_model_lp.tolist(),
+        token_ids=[int(t) for t in token_ids],
+        logprobs=logprobs,
+        model_logprobs=model_logprobs,
         top_logprobs=top,
     )

@@ -62,6 +62,7 @@ class ModelServer:
         device: str | None = None,
         dtype: Any = None,
         attn_implementation: str | None = "auto",
+        static_decode: bool | None = None,
     ) -> None:
         if model is None or isinstance(model, (str, os.PathLike)):
             source = "smollm2" if model is None else str(model)
@@ -93,6 +94,7 @@ class ModelServer:
             max_model_len=min(limit, max_model_len) if max_model_len else limit,
             max_batch_size=max_batch_size,
             pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
+            static=static_decode,
         )
         self._app: Any = None
         self._uvicorn: Any = None

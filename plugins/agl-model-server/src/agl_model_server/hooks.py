@@ -40,6 +40,14 @@ def agl_register_commands(cli: click.Group) -> None:
 @click.option(
     "--max-model-len", default=None, type=int, help="Context limit (prompt + completion), at most the model's."
 )
+@click.option(
+    "--decode",
+    default="auto",
+    show_default=True,
+    type=click.Choice(["auto", "static", "dynamic"]),
+    help="static: fixed KV cache slots and CUDA graphs (Llama-shaped models); dynamic: transformers' own cache; "
+    "auto: static on a GPU when the model allows it.",
+)
 @click.option("--log-level", default="info", show_default=True, help="uvicorn's log level.")
 def serve_model(
     model_path: str,
@@ -50,6 +58,7 @@ def serve_model(
     dtype: str,
     max_batch_size: int,
     max_model_len: int | None,
+    decode: str,
     log_level: str,
 ) -> None:
     """Serve a causal LM with an OpenAI-compatible API (/v1/chat/completions, /v1/completions, /v1/models,
@@ -70,6 +79,7 @@ def serve_model(
         dtype=dtype,
         max_batch_size=max_batch_size,
         max_model_len=max_model_len,
+        static_decode=None if decode == "auto" else decode == "static",
     )
     click.echo(
         f"serving {server.model_name!r} at http://{host}:{port}/v1 (max_model_len {server.max_model_len})", err=True

@@ -1,0 +1,291 @@
+"""The static decode path: a preallocated KV cache of fixed slots and, on a GPU, one CUDA graph per batch shape.
+
+At SmolLM2's size a decode step of transformers' forward is a few hundred small kernels, each launched from
+Python: on a GPU the step costs ~30 ms of launch overhead whatever the batch, and the GPU idles. This module runs
+the decode step of Llama-shaped models (Llama, Mistral, Qwen2/3: pre-norm decoder layers, rotary attention with
+grouped KV heads) with
+
+- a KV cache of ``slots`` rows, each sequence owning one row from its prefill to its last token, its keys and
+  values at positions ``0..n-1`` (no padding, no copying when others join or leave),
+- a step written for one new token per row: the new keys/values go to each row's own position
+  (``index_put``), attention reads the first ``L`` columns with a per-row length mask, and the query heads that
+  share a KV head are treated as that head's queries (grouped-query attention without copying keys/values),
+- the model's own modules for everything else (embeddings, norms, projections, MLP, rotary embedding), so the
+  weights stay the model's parameters: loading new weights in place needs nothing here,
+- on CUDA, each (rows, columns) bucket captured once as a CUDA graph and replayed: one launch per step.
+
+Prefill (prompts of any length, several at once) stays transformers' forward; its KV cache rows are copied into
+the slots. :func:`supported` says whether a model can take this path; the engine falls back to the dynamic cache
+otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["StaticDecoder", "supported"]
+
+logger = logging.getLogger("agl.model_server")
+
+_FAMILIES = {"llama", "mistral", "qwen2", "qwen3"}
+
+
+def _rope_type(config: Any) -> str:
+    params = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+    return str(params.get("rope_type", params.get("type", "default")))
+
+
+def supported(model: Any) -> str | None:
+    """``None`` when ``model`` can use the static decode path, else why not (for the log)."""
+    config = model.config
+    kind = getattr(config, "model_type", None)
+    if kind not in _FAMILIES:
+        return f"model type {kind!r} (the static path knows {', '.join(sorted(_FAMILIES))})"
+    if _rope_type(config) in {"dynamic", "longrope"}:
+        return f"rope type {_rope_type(config)!r} (its frequencies depend on the sequence length)"
+    if getattr(config, "use_sliding_window", False) and getattr(config, "sliding_window", None):
+        return "sliding-window attention"
+    if getattr(config, "layer_types", None) and any(t != "full_attention" for t in config.layer_types):
+        return "layers other than full attention"
+    inner = getattr(model, "model", None)
+    if inner is None or not hasattr(inner, "layers") or not hasattr(inner, "rotary_emb"):
+        return "no decoder stack at model.model.layers"
+    return None
+
+
+def _bucket(n: int, smallest: int) -> int:
+    size = smallest
+    while size < n:
+        size *= 2
+    return size
+
+
+class StaticDecoder:
+    """Fixed-slot KV cache and decode step for one model. Not thread-safe: the engine thread alone calls it."""
+
+    def __init__(self, model: Any, *, max_slots: int, max_len: int, use_graphs: bool | None = None) -> None:
+        reason = supported(model)
+        if reason is not None:
+            raise ValueError(f"the static decode path does not support this model: {reason}")
+        self.model = model
+        inner = model.model
+        self._inner = inner
+        self._layers = list(inner.layers)
+        first = self._layers[0].self_attn
+        self._apply_rope = sys.modules[type(first).__module__].apply_rotary_pos_emb
+        config = model.config
+        self.heads = int(config.num_attention_heads)
+        self.kv_heads = int(getattr(config, "num_key_value_heads", None) or self.heads)
+        self.head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // self.heads)
+        self.max_slots = int(max_slots)
+        self.max_len = int(max_len)
+        param = next(model.parameters())
+        self.device, self.dtype = param.device, param.dtype
+        self.use_graphs = self.device.type == "cuda" if use_graphs is None else bool(use_graphs)
+        self._min_len = 256 if self.use_graphs else 64
+        # Allocated lazily and grown (up to max_slots x max_len) as sequences need; growing drops the graphs.
+        self._slots = 0
+        self._len = 0
+        self._keys: list[torch.Tensor] = []
+        self._values: list[torch.Tensor] = []
+        self.tokens = torch.zeros(0, dtype=torch.long, device=self.device)
+        self.positions = torch.zeros(0, dtype=torch.long, device=self.device)
+        self._rows = torch.zeros(0, dtype=torch.long, device=self.device)
+        self._columns = torch.zeros(0, dtype=torch.long, device=self.device)
+        self._graphs: dict[tuple[int, int], tuple[Any, torch.Tensor]] = {}
+        self._pool: Any = None
+        self.captures = 0
+        self._signature = self._parameters()
+
+    def _parameters(self) -> tuple[tuple[int, int], ...]:
+        return tuple((id(p), p.data_ptr()) for p in self.model.parameters())
+
+    def refresh(self) -> None:
+        """After the model may have changed (weights loaded, modules swapped): in-place weight copies keep the
+        graphs; new or moved parameters drop them (recaptured on the next step)."""
+        signature = self._parameters()
+        if signature != self._signature:
+            self._signature = signature
+            self._layers = list(self._inner.layers)
+            self._graphs.clear()
+
+    # ----------------------------------------------------------------------------------------------- memory
+    def reserve(self, slots: int, length: int) -> None:
+        """Make room for ``slots`` rows of ``length`` positions (keeping what is stored)."""
+        if slots > self.max_slots or length > self.max_len:
+            raise ValueError(f"{slots} slots x {length} positions exceed {self.max_slots} x {self.max_len}")
+        if slots <= self._slots and length <= self._len:
+            return
+        new_slots = min(self.max_slots, max(self._slots, _bucket(slots, 8)))
+        new_len = min(self.max_len, max(self._len, _bucket(length, self._min_len)))
+        shape = (new_slots, self.kv_heads, new_len, self.head_dim)
+        keys, values = [], []
+        for old_k, old_v in zip(self._keys or [None] * len(self._layers), self._values or [None] * len(self._layers)):
+            k = torch.zeros(shape, dtype=self.dtype, device=self.device)
+            v = torch.zeros(shape, dtype=self.dtype, device=self.device)
+            if old_k is not None:
+                k[: self._slots, :, : self._len].copy_(old_k)
+                v[: self._slots, :, : self._len].copy_(old_v)
+            keys.append(k)
+            values.append(v)
+        self._keys, self._values = keys, values
+        tokens = torch.zeros(new_slots, dtype=torch.long, device=self.device)
+        positions = torch.zeros(new_slots, dtype=torch.long, device=self.device)
+        tokens[: self._slots].copy_(self.tokens)
+        positions[: self._slots].copy_(self.positions)
+        self.tokens, self.positions = tokens, positions
+        self._rows = torch.arange(new_slots, device=self.device)
+        self._columns = torch.arange(new_len, device=self.device)
+        self._slots, self._len = new_slots, new_len
+        self._graphs.clear()  # they captured the old buffers
+
+    def release(self) -> None:
+        """Free the cache and the graphs (the next sequence allocates again)."""
+        self._keys, self._values, self._graphs = [], [], {}
+        self._slots = self._len = 0
+        self.tokens = self.positions = self._rows = self._columns = torch.zeros(0, dtype=torch.long)
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def load(
+        self,
+        slots: list[int],
+        keys: list[torch.Tensor],
+        values: list[torch.Tensor],
+        starts: list[int],
+        lengths: list[int],
+        sources: list[int],
+    ) -> None:
+        """Copy prefilled rows into ``slots``: row ``sources[i]`` of the per-layer ``keys``/``values`` (shape
+        ``[rows, kv_heads, width, head_dim]``, left-padded), columns ``starts[i]:starts[i]+lengths[i]``, becomes
+        positions ``0..lengths[i]-1`` of slot ``slots[i]``."""
+        width = keys[0].shape[-2]
+        self.reserve(max(slots) + 1, max(lengths) + 1)
+        src = torch.tensor(sources, device=self.device)
+        dst = torch.tensor(slots, device=self.device)
+        # Column j of the slot takes column start + j of its source row (columns past the length are never read).
+        shift = torch.tensor(starts, device=self.device)[:, None] + torch.arange(width, device=self.device)[None, :]
+        shift = shift.clamp(max=width - 1)[:, None, :, None].expand(-1, self.kv_heads, -1, self.head_dim)
+        for layer, (k, v) in enumerate(zip(keys, values)):
+            self._keys[layer][dst, :, :width] = k.index_select(0, src).gather(2, shift).to(self.dtype)
+            self._values[layer][dst, :, :width] = v.index_select(0, src).gather(2, shift).to(self.dtype)
+        self.positions[dst] = torch.tensor(lengths, device=self.device)
+
+    # ----------------------------------------------------------------------------------------------- decoding
+    def step(self, slots: torch.Tensor, highest: int, longest: int) -> torch.Tensor:
+        """Run one decode step for every slot below ``highest`` (the rows in ``slots`` are the live ones, each with
+        its input token in :attr:`tokens` and its position in :attr:`positions`; ``longest`` is the largest
+        position + 1). Returns the live rows' last-position logits, in the order of ``slots``; positions advance."""
+        rows = _bucket(highest, 1) if self.use_graphs else highest
+        columns = _bucket(longest, self._min_len)
+        self.reserve(rows, columns)
+        rows, columns = min(rows, self._slots), min(columns, self._len)
+        if self.use_graphs:
+            graph = self._graphs.get((rows, columns))
+            if graph is None:
+                graph = self._graphs[(rows, columns)] = self._capture(rows, columns)
+            graph[0].replay()
+            logits = graph[1]
+        else:
+            logits = self._forward(rows, columns)
+        self.positions[slots] += 1
+        return logits.index_select(0, slots)
+
+    def _capture(self, rows: int, columns: int) -> tuple[Any, torch.Tensor]:
+        # Warm-up runs write the same keys/values the real step will (same tokens, same positions): harmless.
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream):
+            for _ in range(2):
+                self._forward(rows, columns)
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pool):
+            out = self._forward(rows, columns)
+        self.captures += 1
+        logger.debug("captured a decode graph for %d rows x %d columns", rows, columns)
+        return graph, out
+
+    def _forward(self, rows: int, columns: int) -> torch.Tensor:
+        """One token for each of the first ``rows`` slots, attending to ``columns`` positions."""
+        tokens = self.tokens[:rows, None]
+        positions = self.positions[:rows]
+        row_ids = self._rows[:rows]
+        hidden = self._inner.embed_tokens(tokens)  # [rows, 1, hidden]
+        cos, sin = self._inner.rotary_emb(hidden, positions[:, None])
+        mask = (self._columns[None, :columns] <= positions[:, None])[:, None, None, :]
+        groups = self.heads // self.kv_heads
+        for index, layer in enumerate(self._layers):
+            attn = layer.self_attn
+            residual = hidden
+            x = layer.input_layernorm(hidden)
+            q = attn.q_proj(x).view(rows, 1, self.heads, self.head_dim)
+            k = attn.k_proj(x).view(rows, 1, self.kv_heads, self.head_dim)
+            v = attn.v_proj(x).view(rows, 1, self.kv_heads, self.head_dim)
+            if hasattr(attn, "q_norm"):  # Qwen3 normalizes each head before the rotation
+                q, k = attn.q_norm(q), attn.k_norm(k)
+            q, k = self._apply_rope(q.transpose(1, 2), k.transpose(1, 2), cos, sin)  # [rows, heads, 1, dim]
+            keys, values = self._keys[index], self._values[index]
+            keys[row_ids, :, positions] = k[:, :, 0]
+            values[row_ids, :, positions] = v[:, 0]
+            out = F.scaled_dot_product_attention(
+                q.reshape(rows, self.kv_heads, groups, self.head_dim),
+                keys[:rows, :, :columns],
+                values[:rows, :, :columns],
+                attn_mask=mask,
+                scale=attn.scaling,
+            )
+            hidden = residual + attn.o_proj(out.reshape(rows, 1, self.heads * self.head_dim))
+            hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+        hidden = self._inner.norm(hidden)
+        return self.model.lm_head(hidden[:, 0])
+
+
+class StaticBatch:
+    """The engine's running batch on a :class:`StaticDecoder` (same interface as ``_kvcache.DynamicBatch``): each
+    row holds a slot from its prefill to its last token; a finished row's slot goes to the next sequence."""
+
+    def __init__(self, decoder: StaticDecoder) -> None:
+        self.decoder = decoder
+        self._slots: list[int] = []
+        self._lengths: list[int] = []
+        """Per row: the position of the token the next step feeds, plus one."""
+        self._index = torch.zeros(0, dtype=torch.long, device=decoder.device)
+
+    def clear(self) -> None:
+        self._slots, self._lengths = [], []
+        self._index = self._index[:0]
+
+    def add(self, cache: Any, mask: torch.Tensor, sources: list[int], lengths: list[int], tokens: torch.Tensor) -> None:
+        from agl_model_server._kvcache import layer_tensors
+
+        used = set(self._slots)
+        free = (slot for slot in range(self.decoder.max_slots) if slot not in used)
+        slots = [next(free) for _ in sources]
+        keys, values = layer_tensors(cache)
+        width = mask.shape[1]
+        self.decoder.load(slots, keys, values, [width - n for n in lengths], lengths, sources)
+        self._slots += slots
+        self._lengths += [n + 1 for n in lengths]
+        self._index = torch.tensor(self._slots, device=self.decoder.device)
+        self.decoder.tokens[self._index[-len(slots) :]] = tokens
+
+    def step(self) -> torch.Tensor:
+        logits = self.decoder.step(self._index, max(self._slots) + 1, max(self._lengths))
+        self._lengths = [n + 1 for n in self._lengths]
+        return logits
+
+    def set_next(self, tokens: torch.Tensor) -> None:
+        self.decoder.tokens[self._index] = tokens
+
+    def keep(self, keep: list[int]) -> None:
+        self._slots = [self._slots[i] for i in keep]
+        self._lengths = [self._lengths[i] for i in keep]
+        self._index = torch.tensor(self._slots, device=self.decoder.device)

@@ -1,0 +1,124 @@
+"""The static decode path (fixed KV cache slots; CUDA graphs on a GPU) against transformers' own forward pass.
+
+The API tests run on both paths through the parametrized server fixtures; these check the decoder itself: rows
+joining and leaving at different lengths, identical prompts sharing a prefill row, the cache growing, models it
+refuses, and, where CUDA is available, graph replay (with weights loaded in place between steps).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from agl_model_server._static import StaticBatch, StaticDecoder, supported
+from agl_model_server.testing import make_tiny_model
+
+TOL = 1e-4  # float32 logits of the static step vs a full forward pass: they agree to ~1e-6
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def _prefill(model: Any, prompts: list[list[int]]) -> tuple[Any, torch.Tensor, torch.Tensor]:
+    """Left-padded prefill of ``prompts``: (cache, mask, greedy next tokens)."""
+    width = max(len(p) for p in prompts)
+    ids = torch.zeros((len(prompts), width), dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, prompt in enumerate(prompts):
+        ids[i, width - len(prompt) :] = torch.tensor(prompt)
+        mask[i, width - len(prompt) :] = 1
+    device = next(model.parameters()).device
+    ids, mask = ids.to(device), mask.to(device)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=True)
+    cache = getattr(out, "cache", None) or out.past_key_values
+    return cache, mask, out.logits[:, -1].argmax(-1)
+
+
+def _reference(model: Any, sequence: list[int]) -> torch.Tensor:
+    device = next(model.parameters()).device
+    return model(input_ids=torch.tensor([sequence], device=device)).logits[0, -1].float()
+
+
+def _check_rows(model: Any, batch: StaticBatch, seqs: list[list[int]], steps: int) -> None:
+    for _ in range(steps):
+        logits = batch.step()
+        assert logits.shape[0] == len(seqs)
+        for row, seq in enumerate(seqs):
+            assert torch.allclose(logits[row].float(), _reference(model, seq), atol=TOL), (row, len(seq))
+        tokens = logits.argmax(-1)
+        batch.set_next(tokens)
+        for seq, token in zip(seqs, tokens.tolist()):
+            seq.append(token)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_rows_join_and_leave_and_match_a_forward_pass(device: str) -> None:
+    torch.manual_seed(0)
+    model = make_tiny_model(300).to(device)
+    decoder = StaticDecoder(model, max_slots=8, max_len=256)
+    assert decoder.use_graphs == (device == "cuda")
+    batch = StaticBatch(decoder)
+    with torch.inference_mode():
+        # Three prompts of different lengths, the second twice (one prefill row, two slots).
+        prompts = [[5, 6, 7, 8, 9], [10, 11, 12], [13, 14, 15, 16, 17, 18, 19]]
+        cache, mask, first = _prefill(model, prompts)
+        sources = [0, 1, 1, 2]
+        batch.add(cache, mask, sources, [len(prompts[s]) for s in sources], first[sources])
+        seqs = [prompts[s] + [int(first[s])] for s in sources]
+        _check_rows(model, batch, seqs, 3)
+        # Rows 0 and 2 finish; two longer prompts join into the freed slots.
+        batch.keep([1, 3])
+        seqs = [seqs[1], seqs[3]]
+        joining = [list(range(20, 60)), [7, 7, 7]]
+        cache, mask, first = _prefill(model, joining)
+        batch.add(cache, mask, [0, 1], [len(p) for p in joining], first)
+        assert sorted(batch._slots) == [0, 1, 2, 3]
+        seqs += [joining[0] + [int(first[0])], joining[1] + [int(first[1])]]
+        _check_rows(model, batch, seqs, 3)
+        # Past the first columns bucket (64 on the CPU, 256 with graphs): the cache grows, contents kept.
+        allocated = decoder._len
+        _check_rows(model, batch, seqs, allocated - max(len(s) for s in seqs) + 2)
+        assert decoder._len > allocated
+    if device == "cuda":
+        assert decoder.captures >= 2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_graphs_replay_new_weights_loaded_in_place() -> None:
+    from agl_model_server._weights import apply_state_dict
+
+    model = make_tiny_model(300).to("cuda")
+    other = make_tiny_model(300, seed=1).to("cuda")
+    decoder = StaticDecoder(model, max_slots=4, max_len=256)
+    batch = StaticBatch(decoder)
+    with torch.inference_mode():
+        cache, mask, first = _prefill(model, [[5, 6, 7]])
+        batch.add(cache, mask, [0], [3], first)
+        seqs = [[5, 6, 7, int(first[0])]]
+        _check_rows(model, batch, seqs, 2)
+        captures = decoder.captures
+    with torch.no_grad():
+        apply_state_dict(model, other.state_dict())
+    decoder.refresh()
+    with torch.inference_mode():
+        _check_rows(model, batch, seqs, 2)  # the replayed graph computes with the new weights
+    assert decoder.captures == captures
+
+
+def test_unsupported_models_are_refused_with_the_reason() -> None:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=32, vocab_size=100))
+    assert "gpt2" in (supported(model) or "")
+    with pytest.raises(ValueError, match="does not support this model: model type 'gpt2'"):
+        StaticDecoder(model, max_slots=2, max_len=32)
+
+
+def test_engine_falls_back_to_the_dynamic_path() -> None:
+    from agl_model_server._engine import Engine
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=32, vocab_size=100))
+    assert not Engine(gpt2, eos_token_ids=[], max_model_len=32).static
+    tiny = make_tiny_model(300)
+    assert not Engine(tiny, eos_token_ids=[], max_model_len=32).static  # auto: static on CUDA only
+    assert Engine(tiny, eos_token_ids=[], max_model_len=32, static=True).static
