@@ -60,6 +60,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=2e-5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--gradient-checkpointing", action="store_true", help="TRL's default; off: as agl")
     return parser.parse_args()
 
@@ -141,8 +142,8 @@ def main() -> None:
             beta=0.0,
             temperature=1.0,
             use_vllm=False,
-            use_cpu=True,
-            bf16=False,
+            use_cpu=args.device == "cpu",
+            bf16=args.device != "cpu",  # on a GPU: float32 weights under bfloat16 autocast, as agl's GRPO
             fp16=False,
             gradient_checkpointing=args.gradient_checkpointing,
             logging_steps=1,

@@ -391,7 +391,10 @@ def print_table(report: dict[str, Any]) -> None:
         columns += [("server_startup_s", "start s", "{:.2f}"), ("server_rss_mb", "RSS MB", "{:,.0f}")]
     else:
         columns.insert(1, ("spans_per_s", "spans/s", "{:,.0f}"))
-    sides = {f"AGL {al['version']}": al["results"], **{f"agl {s}": side["results"] for s, side in report["agl"].items()}}
+    sides = {
+        f"AGL {al['version']}": al["results"],
+        **{f"agl {s}": side["results"] for s, side in report["agl"].items()},
+    }
     table.add_column("workers", justify="right")
     for name in sides:
         for _, header, _ in columns:

@@ -3,6 +3,7 @@
     python benchmarks/grpo_vs_trl.py                        # 1 warm-up + 3 measured steps per side
     python benchmarks/grpo_vs_trl.py --steps 5 --max-tokens 32 --json
     python benchmarks/grpo_vs_trl.py --sides trl --trl-gradient-checkpointing
+    bash benchmarks/gpu_grpo.sh                             # on one GPU: 8 x 8 completions x 128 tokens, bf16
 
 Both sides train SmolLM2-135M-Instruct (``agl_model_server.load_default_model``, float32; TRL loads a copy saved
 with ``save_pretrained``) on the task of ``contrib/recipes/grpo_calculator.py`` (reasoning-gym ``basic_arithmetic``,
@@ -116,9 +117,10 @@ def flags(**options: Any) -> list[str]:
 
 def recipe_argv(args: argparse.Namespace, scratch: str) -> list[str]:
     steps, batch = args.warmup + args.steps, args.batch_size
-    return flags(
+    model = flags(model=args.model) if args.model else []
+    return model + flags(device=args.device) + flags(
         steps=steps, batch_size=batch, group_size=args.group_size, max_tokens=args.max_tokens, lr=args.lr,
-        runners=batch * args.group_size, train_tasks=steps * batch, val_tasks=0, val_every=0, seed=args.seed,
+        runners=batch * args.group_size, micro_batch_size=args.micro_batch_size, train_tasks=steps * batch, val_tasks=0, val_every=0, seed=args.seed,
         path=os.path.join(scratch, "agl.db"), checkpoint_dir=os.path.join(scratch, "checkpoints"),
     )  # fmt: skip
 
@@ -172,9 +174,14 @@ def run_trl(
         group_size=args.group_size, max_tokens=args.max_tokens, lr=args.lr, threads=args.threads, seed=args.seed,
     )  # fmt: skip
     command += ["--gradient-checkpointing"] if args.trl_gradient_checkpointing else []
+    command += ["--device", args.device]
     offline = dict.fromkeys(("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"), "1")
-    env = dict(os.environ, **offline, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false", CUDA_VISIBLE_DEVICES="")
-    env.pop("PYTHONPATH", None)
+    env = dict(os.environ, **offline, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")
+    if args.device == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    if args.trl_python is None:  # the venv has its own packages
+        env.pop("PYTHONPATH", None)
+    SIDE_LOG.parent.mkdir(parents=True, exist_ok=True)
     with open(SIDE_LOG, "w") as log:
         side = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True, cwd=REPO_ROOT, env=env)
         assert side.stdout is not None
@@ -227,7 +234,12 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     for noisy in ("httpx", "httpx2", "openai"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    python = ensure_venv(args.reinstall) if "trl" in args.sides else None
+    if "trl" not in args.sides:
+        python = None
+    elif args.trl_python:
+        python = Path(args.trl_python)
+    else:
+        python = ensure_venv(args.reinstall)
     recipe = load_recipe()
     runs: dict[str, list[list[dict[str, Any]]]] = {side: [] for side in args.sides}
     trl_info: dict[str, Any] = {}
@@ -237,10 +249,10 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         with open(tasks_file, "w") as f:
             json.dump([{"question": t["question"], "answer": t["answer"]} for t in step_tasks(recipe, args)], f)
         if python is not None:
-            with err.status("Saving SmolLM2-135M-Instruct for TRL ..."):
-                from agl_model_server import load_default_model
+            with err.status("Saving the model for TRL ..."):
+                from agl_model_server import load_model
 
-                model, tokenizer = load_default_model()
+                model, tokenizer = load_model(args.model or "smollm2", dtype=torch.float32)
                 model.save_pretrained(os.path.join(scratch, "model"))
                 tokenizer.save_pretrained(os.path.join(scratch, "model"))
                 del model
@@ -267,7 +279,10 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
             key: getattr(args, key)
             for key in ("warmup", "steps", "rounds", "batch_size", "group_size", "max_tokens", "lr", "threads", "seed")
         },
-        "model": "SmolLM2-135M-Instruct (agl_model_server.load_default_model), float32, CPU",
+        "model": (
+            f"{args.model or 'SmolLM2-135M-Instruct (agl_model_server.load_default_model)'}, "
+            + ("float32, CPU" if args.device == "cpu" else f"float32 weights, bfloat16 autocast, {_gpu_name()}")
+        ),
         "python": sys.version.split()[0], "torch": torch.__version__, "transformers": transformers.__version__,
         "order": args.sides, "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
         "sides": {side: summary(runs[side], args.warmup) for side in args.sides},
@@ -289,6 +304,12 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
             for key in ("median_step_s", "min_step_s", "median_rollout_s", "median_update_s")
         }
     return report
+
+
+def _gpu_name() -> str:
+    import torch
+
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
 
 
 def print_table(report: dict[str, Any]) -> None:
@@ -333,12 +354,18 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=2, help="prompts per step (default 2)")
     parser.add_argument("--group-size", type=int, default=4, help="completions per prompt (default 4)")
     parser.add_argument("--max-tokens", type=int, default=16, help="new tokens per completion at most (default 16)")
+    parser.add_argument("--micro-batch-size", type=int, default=8, help="agl: sequences per forward (default 8)")
     parser.add_argument("--lr", type=float, default=2e-5, help="learning rate (default 2e-5, the recipe's)")
     parser.add_argument("--threads", type=int, default=2, help="torch / OpenMP threads on each side (default 2)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sides", default="agl,trl", help="comma-separated, run in this order (default agl,trl)")
     parser.add_argument("--agl-skip-zero-advantage", action="store_true", help="agl: the recipe's default")
     parser.add_argument("--trl-gradient-checkpointing", action="store_true", help="TRL: its default")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where both sides train")
+    parser.add_argument("--model", default=None, help="a local model directory (default: the bundled SmolLM2)")
+    parser.add_argument(
+        "--trl-python", default=None, help="an interpreter that has trl (default: make the venv .bench/trl)"
+    )
     parser.add_argument("--reinstall", action="store_true", help="make the TRL venv anew")
     parser.add_argument("--verbose", action="store_true", help="show agl's own console output (stderr)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")

@@ -107,6 +107,12 @@ def main() -> None:
         action="store_true",
         help="also run generate with a static KV cache (compiled with CUDA graphs on a GPU)",
     )
+    parser.add_argument(
+        "--decode",
+        default="auto",
+        choices=["auto", "static", "dynamic", "both"],
+        help="the server's decode path (both: a row for each, same model); auto = static on a GPU",
+    )
     parser.add_argument("--no-eager-generate", action="store_true", help="skip generate with eager attention")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON too")
@@ -125,7 +131,11 @@ def main() -> None:
     console = Console(stderr=True)
     console.print(f"loading {args.model} on {args.device} ({args.dtype or 'checkpoint dtype'}) ...")
     model, tokenizer = load_model(args.model, device=args.device, dtype=args.dtype)
-    server = ModelServer(model=model, tokenizer=tokenizer, max_batch_size=max(sizes)).start()
+    modes = {"auto": [None], "static": [True], "dynamic": [False], "both": [True, False]}[args.decode]
+    servers = [
+        ModelServer(model=model, tokenizer=tokenizer, max_batch_size=max(sizes), static_decode=mode).start()
+        for mode in modes
+    ]
     server_attention = model.config._attn_implementation
 
     def with_attention(name: str, fn: Callable[[], tuple[int, float]]) -> Callable[[], tuple[int, float]]:
@@ -138,8 +148,16 @@ def main() -> None:
 
         return run
 
+    def serve(server: Any) -> Callable[[list[str]], Callable[[], tuple[int, float]]]:
+        return lambda qs: lambda: run_server(server, qs, args.max_tokens)
+
+    def server_label(server: Any) -> str:
+        path = "static cache" + (", CUDA graphs" if args.device.startswith("cuda") else "")
+        return f"agl model server ({path if server.engine.static else 'dynamic cache, ' + server_attention})"
+
+    by_label = {server_label(server): server for server in servers}
     systems: list[tuple[str, Callable[[list[str]], Callable[[], tuple[int, float]]]]] = [
-        (f"agl model server ({server_attention})", lambda qs: lambda: run_server(server, qs, args.max_tokens)),
+        *[(label, serve(server)) for label, server in by_label.items()],
         (
             "transformers generate (sdpa)",
             lambda qs: with_attention("sdpa", lambda: run_generate(model, tokenizer, qs, args.max_tokens)),
@@ -178,14 +196,15 @@ def main() -> None:
             for r in range(args.repeats):
                 for name, run in runs:
                     progress.update(task, description=f"{name}, {size} at once ({r + 1}/{args.repeats})")
-                    if name.startswith("agl"):
-                        server.engine.reset_stats()
+                    if name in by_label:
+                        by_label[name].engine.reset_stats()
                     tokens, seconds = run()
-                    if name.startswith("agl"):
-                        batch_sizes[size] = server.engine.stats()["max_decode_batch_size"]
+                    if name in by_label:
+                        batch_sizes[size] = by_label[name].engine.stats()["max_decode_batch_size"]
                     results.setdefault((name, size), []).append(tokens / seconds)
                     progress.advance(task)
-    server.stop()
+    for server in servers:
+        server.stop()
 
     device = (
         torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({torch.get_num_threads()} threads)"

@@ -49,7 +49,9 @@ async def one_round(store_name: str, calls: int, scratch: str) -> tuple[float, f
             proxy = LLMProxy(store, [backend.base_url])
             attempted = await store.start_rollout("bench")
             async with running_server(store, route_handlers=proxy.routes()) as url:
-                through = ProxyLLM(endpoint=url, model="m").get_base_url(attempted.rollout_id, attempted.attempt.attempt_id)
+                through = ProxyLLM(endpoint=url, model="m").get_base_url(
+                    attempted.rollout_id, attempted.attempt.attempt_id
+                )
                 direct = await timed_calls(backend.base_url, calls)
                 proxied = await timed_calls(through, calls)
             await proxy.aclose()

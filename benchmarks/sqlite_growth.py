@@ -55,9 +55,7 @@ async def fill(path: str, rollouts: int, chunk: int, progress: Progress) -> None
             n = min(chunk, rollouts - done)
             await store.enqueue_many_rollouts([EnqueueRequest(input={"task": done + i}) for i in range(n)])
             attempted = await store.dequeue_many_rollouts(limit=n, worker_id="filler")
-            spans = [
-                fill_span(a.rollout_id, a.attempt.attempt_id, i) for a in attempted for i in range(SPANS)
-            ]
+            spans = [fill_span(a.rollout_id, a.attempt.attempt_id, i) for a in attempted for i in range(SPANS)]
             await store.add_many_spans(spans)
             await asyncio.gather(
                 *(
@@ -140,8 +138,13 @@ def main() -> None:
         table.add_column(column, justify="right")
     for name, r in results.items():
         label = "empty" if name == "empty" else f"{args.rollouts:,} rollouts"
-        table.add_row(label, f"{r['rollouts_per_s']:,.0f}", f"{r['spans_per_s']:,.0f}",
-                      f"{r['dequeue_p50_ms']:.3f}", f"{r['dequeue_p99_ms']:.3f}")
+        table.add_row(
+            label,
+            f"{r['rollouts_per_s']:,.0f}",
+            f"{r['spans_per_s']:,.0f}",
+            f"{r['dequeue_p50_ms']:.3f}",
+            f"{r['dequeue_p99_ms']:.3f}",
+        )
     out = Console()
     out.print(table)
     out.print(

@@ -159,8 +159,17 @@ def main() -> None:
             results[workers] = median_of(runs)
 
     if args.json:
-        print(json.dumps({"store": args.store, "remote": args.remote, "rollouts": args.rollouts, "repeat": args.repeat,
-                          "results": results}))
+        print(
+            json.dumps(
+                {
+                    "store": args.store,
+                    "remote": args.remote,
+                    "rollouts": args.rollouts,
+                    "repeat": args.repeat,
+                    "results": results,
+                }
+            )
+        )
         return
     where = " over HTTP (agl store serve)" if args.remote else ""
     title = f"store_cycle: store={args.store}{where}, {args.rollouts} rollouts x 10 spans, median of {args.repeat}"

@@ -37,6 +37,7 @@ from agl_kernel.agent import llm_rollout  # noqa: E402
 from agl_kernel.emit import operation  # noqa: E402
 from agl_kernel.models import ProxyLLM, RolloutConfig  # noqa: E402
 
+
 @operation("calculator")
 def calculator(expression: str) -> Optional[float]:
     """The tool (an ``operation`` span): + - * / and parentheses; ``None`` for what it cannot evaluate."""
@@ -77,26 +78,38 @@ def make_tasks(n: int, seed: int) -> list[dict[str, Any]]:
     import reasoning_gym
 
     dataset = reasoning_gym.create_dataset(
-        "basic_arithmetic", size=n, seed=seed, min_terms=2, max_terms=2, min_digits=1, max_digits=2,
+        "basic_arithmetic",
+        size=n,
+        seed=seed,
+        min_terms=2,
+        max_terms=2,
+        min_digits=1,
+        max_digits=2,
         operators=("+", "-", "*"),
     )
     return [{"question": e["question"], "answer": e["answer"], "metadata": e["metadata"]} for e in dataset]
 
 
-def load_models(tiny: bool) -> tuple[Any, Any, Any]:
-    """(policy to train, a copy for the model server, tokenizer)."""
+def load_models(args: argparse.Namespace) -> tuple[Any, Any, Any]:
+    """(policy to train, a copy for the model server, tokenizer). On a GPU the served copy is bfloat16; GRPO keeps
+    float32 weights and trains under bfloat16 autocast."""
     import copy
 
-    if tiny:
+    import torch
+
+    if args.tiny:
         from agl_model_server.testing import make_tiny_model, make_tiny_tokenizer
 
         tokenizer = make_tiny_tokenizer()
         policy = make_tiny_model(len(tokenizer))
     else:
-        from agl_model_server import load_default_model
+        from agl_model_server import load_model
 
-        policy, tokenizer = load_default_model()
-    return policy, copy.deepcopy(policy), tokenizer
+        policy, tokenizer = load_model(args.model, dtype=torch.float32)
+    served = copy.deepcopy(policy)
+    if args.device.startswith("cuda"):
+        served.to(args.device, torch.bfloat16)
+    return policy, served, tokenizer
 
 
 class _ServerSink:
@@ -118,8 +131,10 @@ async def train(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     from agl_kernel.store.defaults import describe_store, make_store
     from agl_kernel.trainer import Trainer
 
-    policy_model, served_model, tokenizer = await asyncio.to_thread(load_models, args.tiny)
-    server = await asyncio.to_thread(lambda: ModelServer(model=served_model, tokenizer=tokenizer, model_name="policy").start())
+    policy_model, served_model, tokenizer = await asyncio.to_thread(load_models, args)
+    server = await asyncio.to_thread(
+        lambda: ModelServer(model=served_model, tokenizer=tokenizer, model_name="policy").start()
+    )
     store = make_store(args.store, path=args.path)
     proxy = LLMProxy(store, [server.base_url])
     train_tasks, val_tasks = make_tasks(args.train_tasks, args.seed), make_tasks(args.val_tasks, args.seed + 10_000)
@@ -128,10 +143,21 @@ async def train(args: argparse.Namespace, console: Console) -> dict[str, Any]:
             publisher = LLMPublisher(_ServerSink(server), ProxyLLM(endpoint=url, model="policy"))
             grpo = GRPO(
                 policy_model,
-                steps=args.steps, batch_size=args.batch_size, group_size=args.group_size, max_tokens=args.max_tokens,
-                learning_rate=args.lr, temperature=1.0, val_every=args.val_every, seed=args.seed,
-                checkpoint_every=args.steps, checkpoint_dir=args.checkpoint_dir, micro_batch_size=8,
-                publisher=publisher, rollout_config=RolloutConfig(timeout_seconds=900, max_attempts=1), console=console,
+                steps=args.steps,
+                batch_size=args.batch_size,
+                group_size=args.group_size,
+                max_tokens=args.max_tokens,
+                learning_rate=args.lr,
+                temperature=1.0,
+                val_every=args.val_every,
+                seed=args.seed,
+                checkpoint_every=args.steps,
+                checkpoint_dir=args.checkpoint_dir,
+                micro_batch_size=args.micro_batch_size,
+                device=args.device,
+                publisher=publisher,
+                rollout_config=RolloutConfig(timeout_seconds=900, max_attempts=1),
+                console=console,
             )
             trainer = Trainer(algorithm=grpo, n_runners=args.runners, store=store, console=console, progress=False)
             console.print(f"store: [cyan]{describe_store(store)}[/cyan]; proxy and store server at {url}")
@@ -168,6 +194,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--group-size", type=int, default=6, help="rollouts per task")
     parser.add_argument("--max-tokens", type=int, default=14)
     parser.add_argument("--lr", type=float, default=2e-5)
+    parser.add_argument("--micro-batch-size", type=int, default=8, help="sequences per forward/backward pass")
     parser.add_argument("--runners", type=int, default=24, help="concurrent agents (asyncio tasks)")
     parser.add_argument("--train-tasks", type=int, default=200)
     parser.add_argument("--val-tasks", type=int, default=24)
@@ -176,6 +203,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--store", default=None, help="a store plugin (default: sqlite at --path)")
     parser.add_argument("--path", default=None, help="the store file (default: ./.agl/agl.db)")
     parser.add_argument("--checkpoint-dir", default=os.path.join(".agl", "grpo-calculator"))
+    parser.add_argument("--model", default="smollm2", help="a local model directory (default: the bundled SmolLM2)")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda: the policy and the model server on one GPU")
     parser.add_argument("--tiny", action="store_true", help="a tiny random model instead of SmolLM2 (for tests)")
     return parser.parse_args(argv)
 
