@@ -14,7 +14,10 @@ import torch
 from agl_model_server._static import StaticBatch, StaticDecoder, supported
 from agl_model_server.testing import make_tiny_model
 
-TOL = 1e-4  # float32 logits of the static step vs a full forward pass: they agree to ~1e-6
+# float32 logits of the static step vs a full forward pass: ~1e-6 apart at first, drifting to ~2e-4 by position 100
+# on the CPU (this tiny model's large random weights make large logits; the attention sums run in another order);
+# GPU kernels differ more. A wrong slot, position or mask is off by whole units.
+TOL = {"cpu": 1e-3, "cuda": 1e-2}
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
@@ -43,7 +46,8 @@ def _check_rows(model: Any, batch: StaticBatch, seqs: list[list[int]], steps: in
         logits = batch.step()
         assert logits.shape[0] == len(seqs)
         for row, seq in enumerate(seqs):
-            assert torch.allclose(logits[row].float(), _reference(model, seq), atol=TOL), (row, len(seq))
+            diff = (logits[row].float() - _reference(model, seq)).abs().max().item()
+            assert diff < TOL[logits.device.type], f"row {row} at length {len(seq)}: logits {diff:.2e} apart"
         tokens = logits.argmax(-1)
         batch.set_next(tokens)
         for seq, token in zip(seqs, tokens.tolist()):
@@ -122,3 +126,23 @@ def test_engine_falls_back_to_the_dynamic_path() -> None:
     tiny = make_tiny_model(300)
     assert not Engine(tiny, eos_token_ids=[], max_model_len=32).static  # auto: static on CUDA only
     assert Engine(tiny, eos_token_ids=[], max_model_len=32, static=True).static
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_graph_replay_equals_the_eager_step() -> None:
+    """Same kernels with and without the graph: the logits must agree to the bit (or nearly)."""
+    model = make_tiny_model(300).to("cuda")
+    prompts = [[5, 6, 7, 8, 9], [10, 11, 12], [13, 14, 15, 16, 17, 18, 19]]
+    outputs = []
+    with torch.inference_mode():
+        for graphs in (False, True):
+            batch = StaticBatch(StaticDecoder(model, max_slots=4, max_len=256, use_graphs=graphs))
+            cache, mask, first = _prefill(model, prompts)
+            batch.add(cache, mask, [0, 1, 2], [len(p) for p in prompts], first)
+            steps = []
+            for _ in range(20):
+                logits = batch.step()
+                steps.append(logits.float().cpu())
+                batch.set_next(logits.argmax(-1))
+            outputs.append(torch.stack(steps))
+    assert (outputs[0] - outputs[1]).abs().max().item() < 1e-4

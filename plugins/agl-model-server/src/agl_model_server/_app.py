@@ -131,6 +131,7 @@ def create_app(server: ModelServer) -> Litestar:
             stop=stop_list(req.stop),
             include_stop=req.include_stop_str_in_output,
             skip_special_tokens=req.skip_special_tokens,
+            incremental=bool(req.stream),
         )
 
     async def finish(run: RequestRun) -> None:

@@ -18,15 +18,24 @@ __all__ = ["Choice", "Delta", "RequestRun"]
 
 
 class _Sink:
-    """Delivers a choice's engine events into the request's asyncio queue (the engine batches them per loop)."""
+    """Delivers a choice's engine events into the request's asyncio queue, as ``(index, [events])`` (the engine
+    batches them per loop). ``whole``: hold the events until the last one, so a request that needs no text before
+    the end (not streamed, no stop strings) wakes once instead of once per token."""
 
-    __slots__ = ("index", "loop", "queue")
+    __slots__ = ("held", "index", "loop", "queue", "whole")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue, index: int) -> None:
-        self.loop, self.queue, self.index = loop, queue, index
+    def __init__(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue, index: int, whole: bool) -> None:
+        self.loop, self.queue, self.index, self.whole = loop, queue, index, whole
+        self.held: list[TokenEvent] = []
 
     def __call__(self, event: TokenEvent) -> None:
-        self.queue.put_nowait((self.index, event))
+        if not self.whole:
+            self.queue.put_nowait((self.index, [event]))
+            return
+        self.held.append(event)
+        if event.finish_reason is not None:
+            self.queue.put_nowait((self.index, self.held))
+            self.held = []
 
 
 @dataclass
@@ -80,8 +89,12 @@ class RequestRun:
         stop: Sequence[str] = (),
         include_stop: bool = False,
         skip_special_tokens: bool = True,
+        incremental: bool = True,
     ) -> None:
+        """``incremental=False``: the caller only wants the end result (no stream); without stop strings the
+        tokens are then taken in one piece when each choice ends."""
         self.engine = engine
+        self.whole = not incremental and not any(stop)
         self.prompts = [list(p) for p in prompts]
         self.choices: list[Choice] = []
         for i, prompt in enumerate(self.prompts):
@@ -118,7 +131,8 @@ class RequestRun:
         queue: asyncio.Queue = asyncio.Queue()
         try:
             for choice in self.choices:
-                choice.seq_id = self.engine.submit(choice.prompt_ids, choice.params, _Sink(loop, queue, choice.index))
+                sink = _Sink(loop, queue, choice.index, self.whole)
+                choice.seq_id = self.engine.submit(choice.prompt_ids, choice.params, sink)
         except EngineError as err:
             self.cancel()
             raise ApiError(f"The model server is shutting down: {err}", status=503, code="unavailable") from err
@@ -129,14 +143,14 @@ class RequestRun:
                 while not queue.empty():
                     items.append(queue.get_nowait())
                 out: dict[int, Delta] = {}
-                for index, event in items:
+                for index, events in items:
                     choice = self.choices[index]
                     if choice.done:
                         continue
                     delta = out.get(index)
                     if delta is None:
                         delta = out[index] = Delta(index=index)
-                    self._apply(choice, event, delta)
+                    self._apply(choice, events, delta)
                     if choice.done:
                         remaining -= 1
                 if out:
@@ -144,22 +158,28 @@ class RequestRun:
         finally:
             self.cancel()
 
-    def _apply(self, choice: Choice, event: TokenEvent, delta: Delta) -> None:
+    def _apply(self, choice: Choice, events: list[TokenEvent], delta: Delta) -> None:
+        """Take a choice's next events (one, or all of them for a ``whole`` run: no stop strings to look for)."""
+        event = events[-1]
         if event.error is not None:
             choice.done = True
             raise ApiError(f"Generation failed in the model: {event.error}", status=500, code="generation_failed")
         if event.weights_version >= 0:
             self.weights_version = event.weights_version
-        if event.token_id >= 0:
-            choice.token_ids.append(event.token_id)
-            choice.logprobs.append(event.logprob)
-            choice.model_logprobs.append(event.model_logprob)
-            choice.top_logprobs.append(event.top_logprobs)
-            delta.token_ids.append(event.token_id)
-            delta.logprobs.append(event.logprob)
-            delta.model_logprobs.append(event.model_logprob)
-            delta.top_logprobs.append(event.top_logprobs)
-            delta.text += choice.assembler.add([event.token_id])
+        tokens = [e for e in events if e.token_id >= 0]
+        if tokens:
+            ids = [e.token_id for e in tokens]
+            logprobs, model_logprobs = [e.logprob for e in tokens], [e.model_logprob for e in tokens]
+            top = [e.top_logprobs for e in tokens]
+            choice.token_ids += ids
+            choice.logprobs += logprobs
+            choice.model_logprobs += model_logprobs
+            choice.top_logprobs += top
+            delta.token_ids += ids
+            delta.logprobs += logprobs
+            delta.model_logprobs += model_logprobs
+            delta.top_logprobs += top
+            delta.text += choice.assembler.add(ids)
             if choice.assembler.stopped:
                 choice.finish_reason, choice.stop_reason = "stop", choice.assembler.stop_reason
                 if event.finish_reason is None:

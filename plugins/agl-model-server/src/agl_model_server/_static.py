@@ -112,7 +112,7 @@ class StaticDecoder:
         if signature != self._signature:
             self._signature = signature
             self._layers = list(self._inner.layers)
-            self._graphs.clear()
+            self._drop_graphs()
 
     # ----------------------------------------------------------------------------------------------- memory
     def reserve(self, slots: int, length: int) -> None:
@@ -121,7 +121,8 @@ class StaticDecoder:
             raise ValueError(f"{slots} slots x {length} positions exceed {self.max_slots} x {self.max_len}")
         if slots <= self._slots and length <= self._len:
             return
-        new_slots = min(self.max_slots, max(self._slots, _bucket(slots, 8)))
+        # With graphs every slot is allocated at once: growing would drop and recapture them.
+        new_slots = self.max_slots if self.use_graphs else min(self.max_slots, max(self._slots, _bucket(slots, 8)))
         new_len = min(self.max_len, max(self._len, _bucket(length, self._min_len)))
         shape = (new_slots, self.kv_heads, new_len, self.head_dim)
         keys, values = [], []
@@ -142,11 +143,17 @@ class StaticDecoder:
         self._rows = torch.arange(new_slots, device=self.device)
         self._columns = torch.arange(new_len, device=self.device)
         self._slots, self._len = new_slots, new_len
-        self._graphs.clear()  # they captured the old buffers
+        self._drop_graphs()  # they captured the old buffers
+
+    def _drop_graphs(self) -> None:
+        # A memory pool is freed with its last graph: the next capture needs a new one.
+        self._graphs.clear()
+        self._pool = None
 
     def release(self) -> None:
         """Free the cache and the graphs (the next sequence allocates again)."""
-        self._keys, self._values, self._graphs = [], [], {}
+        self._keys, self._values = [], []
+        self._drop_graphs()
         self._slots = self._len = 0
         self.tokens = self.positions = self._rows = self._columns = torch.zeros(0, dtype=torch.long)
         if self.device.type == "cuda":
