@@ -4,8 +4,8 @@
     python benchmarks/model_server.py --quick               # 16 tokens, one repeat (a smoke test)
     python benchmarks/model_server.py --device cuda --dtype bfloat16 --concurrency 1,64 --static-generate
 
-Server: ``concurrency`` chat requests are sent at once over HTTP (threads, one httpx client each) to a
-ModelServer on 127.0.0.1, greedy, ``ignore_eos`` so each generates exactly ``--max-tokens`` tokens; tokens/s =
+Server: ``concurrency`` chat requests are sent at once over HTTP, from a separate client process (asyncio, one
+connection per request, as agents in other processes would), to a ModelServer on 127.0.0.1, greedy, ``ignore_eos`` so each generates exactly ``--max-tokens`` tokens; tokens/s =
 all generated tokens / wall time from the first request sent to the last response received (HTTP, tokenization,
 chat template and detokenization included). Baseline: ``model.generate`` on the same prompts (chat template
 applied, left-padded batch of the same size), greedy, ``min_new_tokens = max_new_tokens``, timed around the call
@@ -16,11 +16,13 @@ server uses on the CPU), so the table separates the batching from the attention 
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
+import asyncio
 import json
 import logging
 import os
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -47,23 +49,38 @@ def prompts_for(n: int) -> list[str]:
 
 
 def run_server(server: Any, questions: list[str], max_tokens: int) -> tuple[int, float]:
-    def one(question: str) -> int:
-        with httpx.Client(base_url=server.url, timeout=3600) as client:
+    """Send ``questions`` at once from a separate client process (as agents are), timed there from the first
+    request sent to the last response received."""
+    job = {"url": server.url, "model": server.model_name, "questions": questions, "max_tokens": max_tokens}
+    done = subprocess.run(
+        [sys.executable, __file__, "--client"], input=json.dumps(job), capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"the client process failed:\n{done.stderr[-3000:]}")
+    result = json.loads(done.stdout)
+    return result["tokens"], result["seconds"]
+
+
+async def _client(job: dict[str, Any]) -> dict[str, Any]:
+    limits = httpx.Limits(max_connections=len(job["questions"]), max_keepalive_connections=len(job["questions"]))
+    async with httpx.AsyncClient(base_url=job["url"], timeout=3600, limits=limits) as client:
+
+        async def one(question: str) -> int:
             body = {
-                "model": server.model_name,
+                "model": job["model"],
                 "messages": [{"role": "user", "content": question}],
-                "max_tokens": max_tokens,
+                "max_tokens": job["max_tokens"],
                 "temperature": 0,
                 "ignore_eos": True,
             }
-            response = client.post("/v1/chat/completions", json=body)
+            response = await client.post("/v1/chat/completions", json=body)
             response.raise_for_status()
             return int(response.json()["usage"]["completion_tokens"])
 
-    with concurrent.futures.ThreadPoolExecutor(len(questions)) as pool:
+        await client.get("/health")  # connect first: the timing starts at the requests
         started = time.perf_counter()
-        tokens = sum(pool.map(one, questions))
-        return tokens, time.perf_counter() - started
+        tokens = sum(await asyncio.gather(*(one(q) for q in job["questions"])))
+        return {"tokens": tokens, "seconds": time.perf_counter() - started}
 
 
 def run_generate(model: Any, tokenizer: Any, questions: list[str], max_tokens: int, **extra: Any) -> tuple[int, float]:
@@ -94,6 +111,9 @@ def run_generate(model: Any, tokenizer: Any, questions: list[str], max_tokens: i
 
 
 def main() -> None:
+    if sys.argv[1:] == ["--client"]:  # the client process of run_server
+        print(json.dumps(asyncio.run(_client(json.loads(sys.stdin.read())))))
+        return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2", help="'smollm2' or a local Hugging Face model directory")
     parser.add_argument("--device", default="cpu")

@@ -1,8 +1,9 @@
 """The static decode path (fixed KV cache slots; CUDA graphs on a GPU) against transformers' own forward pass.
 
-The API tests run on both paths through the parametrized server fixtures; these check the decoder itself: rows
-joining and leaving at different lengths, identical prompts sharing a prefill row, the cache growing, models it
-refuses, and, where CUDA is available, graph replay (with weights loaded in place between steps).
+The API tests run on both paths through the parametrized server fixtures; these check the decoder itself: prefill
+and decode against a full forward pass, rows joining and leaving at different lengths, identical prompts prefilled
+once, the cache growing, models it refuses, and, where CUDA is available, graph replay (with weights loaded in place
+between steps).
 """
 
 from __future__ import annotations
@@ -21,24 +22,21 @@ TOL = {"cpu": 1e-3, "cuda": 1e-2}
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
-def _prefill(model: Any, prompts: list[list[int]]) -> tuple[Any, torch.Tensor, torch.Tensor]:
-    """Left-padded prefill of ``prompts``: (cache, mask, greedy next tokens)."""
-    width = max(len(p) for p in prompts)
-    ids = torch.zeros((len(prompts), width), dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, prompt in enumerate(prompts):
-        ids[i, width - len(prompt) :] = torch.tensor(prompt)
-        mask[i, width - len(prompt) :] = 1
-    device = next(model.parameters()).device
-    ids, mask = ids.to(device), mask.to(device)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=True)
-    cache = getattr(out, "cache", None) or out.past_key_values
-    return cache, mask, out.logits[:, -1].argmax(-1)
-
-
 def _reference(model: Any, sequence: list[int]) -> torch.Tensor:
     device = next(model.parameters()).device
     return model(input_ids=torch.tensor([sequence], device=device)).logits[0, -1].float()
+
+
+def _admit(model: Any, batch: StaticBatch, prompts: list[list[int]], sources: list[int]) -> list[list[int]]:
+    """Prefill rows, check their first logits, feed their greedy tokens; returns the rows' sequences."""
+    logits = batch.admit(prompts, sources)
+    seqs = []
+    for row, source in enumerate(sources):
+        diff = (logits[row].float() - _reference(model, prompts[source])).abs().max().item()
+        assert diff < TOL[logits.device.type], f"prefill of row {row}: logits {diff:.2e} apart"
+        seqs.append(prompts[source] + [int(logits[row].argmax())])
+    batch.set_next(logits.argmax(-1), start=len(batch._slots) - len(sources))
+    return seqs
 
 
 def _check_rows(model: Any, batch: StaticBatch, seqs: list[list[int]], steps: int) -> None:
@@ -58,25 +56,19 @@ def _check_rows(model: Any, batch: StaticBatch, seqs: list[list[int]], steps: in
 def test_rows_join_and_leave_and_match_a_forward_pass(device: str) -> None:
     torch.manual_seed(0)
     model = make_tiny_model(300).to(device)
-    decoder = StaticDecoder(model, max_slots=8, max_len=256)
+    decoder = StaticDecoder(model, max_slots=8, max_len=512)
     assert decoder.use_graphs == (device == "cuda")
     batch = StaticBatch(decoder)
     with torch.inference_mode():
         # Three prompts of different lengths, the second twice (one prefill row, two slots).
         prompts = [[5, 6, 7, 8, 9], [10, 11, 12], [13, 14, 15, 16, 17, 18, 19]]
-        cache, mask, first = _prefill(model, prompts)
-        sources = [0, 1, 1, 2]
-        batch.add(cache, mask, sources, [len(prompts[s]) for s in sources], first[sources])
-        seqs = [prompts[s] + [int(first[s])] for s in sources]
+        seqs = _admit(model, batch, prompts, [0, 1, 1, 2])
         _check_rows(model, batch, seqs, 3)
         # Rows 0 and 2 finish; two longer prompts join into the freed slots.
         batch.keep([1, 3])
         seqs = [seqs[1], seqs[3]]
-        joining = [list(range(20, 60)), [7, 7, 7]]
-        cache, mask, first = _prefill(model, joining)
-        batch.add(cache, mask, [0, 1], [len(p) for p in joining], first)
+        seqs += _admit(model, batch, [list(range(20, 60)), [7, 7, 7]], [0, 1])
         assert sorted(batch._slots) == [0, 1, 2, 3]
-        seqs += [joining[0] + [int(first[0])], joining[1] + [int(first[1])]]
         _check_rows(model, batch, seqs, 3)
         # Past the first columns bucket (64 on the CPU, 256 with graphs): the cache grows, contents kept.
         allocated = decoder._len
@@ -95,9 +87,7 @@ def test_graphs_replay_new_weights_loaded_in_place() -> None:
     decoder = StaticDecoder(model, max_slots=4, max_len=256)
     batch = StaticBatch(decoder)
     with torch.inference_mode():
-        cache, mask, first = _prefill(model, [[5, 6, 7]])
-        batch.add(cache, mask, [0], [3], first)
-        seqs = [[5, 6, 7, int(first[0])]]
+        seqs = _admit(model, batch, [[5, 6, 7]], [0])
         _check_rows(model, batch, seqs, 2)
         captures = decoder.captures
     with torch.no_grad():
@@ -137,8 +127,7 @@ def test_graph_replay_equals_the_eager_step() -> None:
     with torch.inference_mode():
         for graphs in (False, True):
             batch = StaticBatch(StaticDecoder(model, max_slots=4, max_len=256, use_graphs=graphs))
-            cache, mask, first = _prefill(model, prompts)
-            batch.add(cache, mask, [0, 1, 2], [len(p) for p in prompts], first)
+            _admit(model, batch, prompts, [0, 1, 2])
             steps = []
             for _ in range(20):
                 logits = batch.step()

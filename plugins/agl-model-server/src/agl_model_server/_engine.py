@@ -413,11 +413,40 @@ class Engine:
         started = time.perf_counter()
         for seq in new:
             seq.version = self.weights_version
-        # Identical prompts (a GRPO group: one prompt, several completions) are prefilled once and their cache rows
+        # Identical prompts (a GRPO group: one prompt, several completions) are prefilled once and their KV cache
         # copied, so a group of n costs one prompt's prefill instead of n.
         unique: dict[tuple[int, ...], int] = {}
-        slots = [unique.setdefault(tuple(seq.prompt), len(unique)) for seq in new]
-        prompts = list(unique)
+        sources = [unique.setdefault(tuple(seq.prompt), len(unique)) for seq in new]
+        prompts = [list(p) for p in unique]
+        static = isinstance(self._batch, _static.StaticBatch)
+        before = len(self._rows)
+        if static:
+            logits = self._batch.admit(prompts, sources)  # type: ignore[union-attr]
+            self._rows = self._rows + new
+        else:
+            logits, cache, mask = self._prefill_forward(prompts)
+            if len(prompts) < len(new):
+                logits = logits.index_select(0, torch.tensor(sources, device=self.device))
+        next_tokens, alive = self._emit(new, logits, events, sinks)
+        with self._stats_lock:
+            self._prefill_sizes[len(new)] += 1
+            self._prefill_tokens += sum(len(p) for p in prompts)
+            self._step_seconds += time.perf_counter() - started
+        if static:
+            self._batch.set_next(next_tokens, start=before)  # type: ignore[call-arg]
+            if len(alive) < len(new):
+                self._retire(list(range(before)) + [before + i for i in alive])
+            return
+        if not alive:
+            return
+        if len(alive) < len(new):
+            next_tokens = next_tokens.index_select(0, torch.tensor(alive, device=self.device))
+            new, sources = [new[i] for i in alive], [sources[i] for i in alive]
+        self._batch.add(cache, mask, sources, [len(s.prompt) for s in new], next_tokens)  # type: ignore[union-attr]
+        self._rows = self._rows + new
+
+    def _prefill_forward(self, prompts: list[list[int]]) -> tuple[torch.Tensor, Any, torch.Tensor]:
+        """transformers' forward over the left-padded prompts: (last logits, cache, padding mask)."""
         width = max(len(p) for p in prompts)
         ids = torch.full((len(prompts), width), self.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(prompts), width), dtype=torch.long)
@@ -426,23 +455,11 @@ class Engine:
             mask[i, width - len(prompt) :] = 1
         ids, mask = ids.to(self.device), mask.to(self.device)
         positions = (mask.cumsum(dim=-1) - 1).clamp(min=0)
-        cache = _kvcache.make_cache()
         extra = {"logits_to_keep": 1} if self._takes_logits_to_keep else {}
-        logits, cache = self._forward(cache, input_ids=ids, attention_mask=mask, position_ids=positions, **extra)
-        if len(prompts) < len(new):
-            logits = logits.index_select(0, torch.tensor(slots, device=self.device))
-        next_tokens, alive = self._emit(new, logits, events, sinks)
-        with self._stats_lock:
-            self._prefill_sizes[len(new)] += 1
-            self._prefill_tokens += sum(len(p) for p in prompts)
-            self._step_seconds += time.perf_counter() - started
-        if not alive:
-            return
-        if len(alive) < len(new):
-            next_tokens = next_tokens.index_select(0, torch.tensor(alive, device=self.device))
-            new, slots = [new[i] for i in alive], [slots[i] for i in alive]
-        self._batch.add(cache, mask, slots, [len(s.prompt) for s in new], next_tokens)
-        self._rows = self._rows + new
+        logits, cache = self._forward(
+            _kvcache.make_cache(), input_ids=ids, attention_mask=mask, position_ids=positions, **extra
+        )
+        return logits, cache, mask
 
     def _decode_step(self, events: list, sinks: dict) -> None:
         started = time.perf_counter()

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
-__all__ = ["DynamicBatch", "cache_length", "layer_tensors", "make_cache", "merge", "select_rows", "trim_left"]
+__all__ = ["DynamicBatch", "cache_length", "make_cache", "merge", "select_rows", "trim_left"]
 
 
 class _GrowingLayer(DynamicLayer):
@@ -69,12 +69,6 @@ def _layers(cache: Any) -> list[Any]:
     return list(cache.layers)
 
 
-def layer_tensors(cache: Any) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """The keys and the values of each layer (``[rows, kv_heads, length, head_dim]``)."""
-    layers = _layers(cache)
-    return [layer.keys for layer in layers], [layer.values for layer in layers]
-
-
 def cache_length(cache: Any) -> int:
     """The number of columns (positions, padding included) in the cache."""
     return int(cache.get_seq_length())
@@ -118,9 +112,9 @@ def merge(running: Any, new: Any) -> Any:
 class DynamicBatch:
     """The running batch on a ``DynamicCache``: rows left-padded to one length, a padding mask, per-row positions.
 
-    The engine's interface to a running batch (shared with :class:`agl_model_server._static.StaticBatch`): ``add``
-    prefilled rows, ``step`` (logits of every row), ``set_next`` (the tokens the next step feeds), ``keep`` some
-    rows, ``clear``.
+    ``add`` rows prefilled by transformers' forward, ``step`` (logits of every row), ``set_next`` (the tokens the
+    next step feeds), ``keep`` some rows, ``clear`` (as :class:`agl_model_server._static.StaticBatch`, which runs its
+    own prefill).
     """
 
     def __init__(self, forward: Any) -> None:

@@ -159,39 +159,67 @@ class StaticDecoder:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
-    def load(
-        self,
-        slots: list[int],
-        keys: list[torch.Tensor],
-        values: list[torch.Tensor],
-        starts: list[int],
-        lengths: list[int],
-        sources: list[int],
-    ) -> None:
-        """Copy prefilled rows into ``slots``: row ``sources[i]`` of the per-layer ``keys``/``values`` (shape
-        ``[rows, kv_heads, width, head_dim]``, left-padded), columns ``starts[i]:starts[i]+lengths[i]``, becomes
-        positions ``0..lengths[i]-1`` of slot ``slots[i]``."""
-        width = keys[0].shape[-2]
-        self.reserve(max(slots) + 1, max(lengths) + 1)
-        src = torch.tensor(sources, device=self.device)
+    def prefill(self, slots: list[int], prompts: list[list[int]]) -> torch.Tensor:
+        """Run ``prompts[i]`` into slot ``slots[i]`` (positions ``0..n-1``; eager: prompts differ in length) and
+        return the logits of each prompt's last token (``[len(prompts), vocab]``)."""
+        lengths = [len(p) for p in prompts]
+        width = max(lengths)
+        self.reserve(max(slots) + 1, width + 1)
+        columns = min(_bucket(width, self._min_len), self._len)
+        rows = len(prompts)
+        ids = torch.zeros((rows, width), dtype=torch.long)
+        for i, prompt in enumerate(prompts):  # right-padded: a pad writes past its row's end, which is never read
+            ids[i, : len(prompt)] = torch.tensor(prompt, dtype=torch.long)
+        ids = ids.to(self.device)
+        positions = torch.arange(width, device=self.device)[None, :].expand(rows, width)
         dst = torch.tensor(slots, device=self.device)
-        # Column j of the slot takes column start + j of its source row (columns past the length are never read).
-        shift = torch.tensor(starts, device=self.device)[:, None] + torch.arange(width, device=self.device)[None, :]
-        shift = shift.clamp(max=width - 1)[:, None, :, None].expand(-1, self.kv_heads, -1, self.head_dim)
-        for layer, (k, v) in enumerate(zip(keys, values)):
-            self._keys[layer][dst, :, :width] = k.index_select(0, src).gather(2, shift).to(self.dtype)
-            self._values[layer][dst, :, :width] = v.index_select(0, src).gather(2, shift).to(self.dtype)
+        slot_ids = dst[:, None].expand(rows, width)
+        hidden = self._inner.embed_tokens(ids)
+        cos, sin = self._inner.rotary_emb(hidden, positions)
+        mask = (self._columns[None, None, None, :columns] <= positions[:, None, :, None])  # [rows, 1, width, cols]
+        for index, layer in enumerate(self._layers):
+            attn = layer.self_attn
+            x = layer.input_layernorm(hidden)
+            q = attn.q_proj(x).view(rows, width, self.heads, self.head_dim)
+            k = attn.k_proj(x).view(rows, width, self.kv_heads, self.head_dim)
+            v = attn.v_proj(x).view(rows, width, self.kv_heads, self.head_dim)
+            if hasattr(attn, "q_norm"):
+                q, k = attn.q_norm(q), attn.k_norm(k)
+            q, k = self._apply_rope(q.transpose(1, 2), k.transpose(1, 2), cos, sin)
+            keys, values = self._keys[index], self._values[index]
+            keys[slot_ids, :, positions] = k.transpose(1, 2)
+            values[slot_ids, :, positions] = v
+            out = F.scaled_dot_product_attention(
+                q,
+                keys[:, :, :columns].index_select(0, dst),
+                values[:, :, :columns].index_select(0, dst),
+                attn_mask=mask,
+                scale=attn.scaling,
+                enable_gqa=self.heads != self.kv_heads,
+            )
+            hidden = hidden + attn.o_proj(out.transpose(1, 2).reshape(rows, width, self.heads * self.head_dim))
+            hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+        last = torch.tensor([n - 1 for n in lengths], device=self.device)
+        hidden = self._inner.norm(hidden[torch.arange(rows, device=self.device), last])
         self.positions[dst] = torch.tensor(lengths, device=self.device)
+        return self.model.lm_head(hidden)
+
+    def copy_slot(self, source: int, targets: list[int], length: int) -> None:
+        """Give ``targets`` the first ``length`` positions of ``source`` (a prompt shared by several sequences)."""
+        dst = torch.tensor(targets, device=self.device)
+        for keys, values in zip(self._keys, self._values):
+            keys[dst, :, :length] = keys[source, :, :length]
+            values[dst, :, :length] = values[source, :, :length]
+        self.positions[dst] = length
 
     # ----------------------------------------------------------------------------------------------- decoding
     def step(self, slots: torch.Tensor, highest: int, longest: int) -> torch.Tensor:
         """Run one decode step for every slot below ``highest`` (the rows in ``slots`` are the live ones, each with
         its input token in :attr:`tokens` and its position in :attr:`positions`; ``longest`` is the largest
         position + 1). Returns the live rows' last-position logits, in the order of ``slots``; positions advance."""
-        rows = _bucket(highest, 1) if self.use_graphs else highest
-        columns = _bucket(longest, self._min_len)
+        rows = min(_bucket(highest, 1) if self.use_graphs else highest, self.max_slots)
+        columns = min(_bucket(longest, self._min_len), self.max_len)
         self.reserve(rows, columns)
-        rows, columns = min(rows, self._slots), min(columns, self._len)
         if self.use_graphs:
             graph = self._graphs.get((rows, columns))
             if graph is None:
@@ -257,8 +285,9 @@ class StaticDecoder:
 
 
 class StaticBatch:
-    """The engine's running batch on a :class:`StaticDecoder` (same interface as ``_kvcache.DynamicBatch``): each
-    row holds a slot from its prefill to its last token; a finished row's slot goes to the next sequence."""
+    """The engine's running batch on a :class:`StaticDecoder`: each row holds a slot from its prefill to its last
+    token; a finished row's slot goes to the next sequence. ``admit`` prefills new rows; ``step`` decodes every row;
+    ``set_next`` gives rows their next input tokens; ``keep`` and ``clear`` drop rows."""
 
     def __init__(self, decoder: StaticDecoder) -> None:
         self.decoder = decoder
@@ -271,27 +300,34 @@ class StaticBatch:
         self._slots, self._lengths = [], []
         self._index = self._index[:0]
 
-    def add(self, cache: Any, mask: torch.Tensor, sources: list[int], lengths: list[int], tokens: torch.Tensor) -> None:
-        from agl_model_server._kvcache import layer_tensors
-
+    def admit(self, prompts: list[list[int]], sources: list[int]) -> torch.Tensor:
+        """Add a row per entry of ``sources`` (an index into ``prompts``; rows sharing a prompt run it once) and
+        return their first logits; the caller then sets their tokens (``set_next(tokens, start)``) or drops them."""
         used = set(self._slots)
         free = (slot for slot in range(self.decoder.max_slots) if slot not in used)
         slots = [next(free) for _ in sources]
-        keys, values = layer_tensors(cache)
-        width = mask.shape[1]
-        self.decoder.load(slots, keys, values, [width - n for n in lengths], lengths, sources)
+        first = {}
+        for slot, source in zip(slots, sources):
+            first.setdefault(source, slot)
+        order = {source: row for row, source in enumerate(first)}
+        logits = self.decoder.prefill(list(first.values()), [prompts[source] for source in first])
+        for source, slot in first.items():
+            others = [s for s, src in zip(slots, sources) if src == source and s != slot]
+            if others:
+                self.decoder.copy_slot(slot, others, len(prompts[source]))
         self._slots += slots
-        self._lengths += [n + 1 for n in lengths]
+        self._lengths += [len(prompts[source]) + 1 for source in sources]
         self._index = torch.tensor(self._slots, device=self.decoder.device)
-        self.decoder.tokens[self._index[-len(slots) :]] = tokens
+        return logits.index_select(0, torch.tensor([order[s] for s in sources], device=logits.device))
 
     def step(self) -> torch.Tensor:
         logits = self.decoder.step(self._index, max(self._slots) + 1, max(self._lengths))
         self._lengths = [n + 1 for n in self._lengths]
         return logits
 
-    def set_next(self, tokens: torch.Tensor) -> None:
-        self.decoder.tokens[self._index] = tokens
+    def set_next(self, tokens: torch.Tensor, start: int = 0) -> None:
+        """The next input tokens of the rows from ``start`` on."""
+        self.decoder.tokens[self._index[start:]] = tokens
 
     def keep(self, keep: list[int]) -> None:
         self._slots = [self._slots[i] for i in keep]
