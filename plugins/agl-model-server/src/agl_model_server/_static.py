@@ -150,15 +150,6 @@ class StaticDecoder:
         self._graphs.clear()
         self._pool = None
 
-    def release(self) -> None:
-        """Free the cache and the graphs (the next sequence allocates again)."""
-        self._keys, self._values = [], []
-        self._drop_graphs()
-        self._slots = self._len = 0
-        self.tokens = self.positions = self._rows = self._columns = torch.zeros(0, dtype=torch.long)
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
-
     def prefill(self, slots: list[int], prompts: list[list[int]]) -> torch.Tensor:
         """Run ``prompts[i]`` into slot ``slots[i]`` (positions ``0..n-1``; eager: prompts differ in length) and
         return the logits of each prompt's last token (``[len(prompts), vocab]``)."""
