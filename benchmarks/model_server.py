@@ -131,7 +131,7 @@ def main() -> None:
         "--decode",
         default="auto",
         choices=["auto", "static", "dynamic", "both"],
-        help="the server's decode path (both: a row for each, same model); auto = static on a GPU",
+        help="the server's decode path (both: a row for each, same model); auto = static where the model allows it",
     )
     parser.add_argument("--no-eager-generate", action="store_true", help="skip generate with eager attention")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")

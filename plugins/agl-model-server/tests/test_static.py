@@ -118,8 +118,8 @@ def test_engine_falls_back_to_the_dynamic_path() -> None:
     gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=32, vocab_size=100))
     assert not Engine(gpt2, eos_token_ids=[], max_model_len=32).static
     tiny = make_tiny_model(300)
-    assert not Engine(tiny, eos_token_ids=[], max_model_len=32).static  # auto: static on CUDA only
-    assert Engine(tiny, eos_token_ids=[], max_model_len=32, static=True).static
+    assert Engine(tiny, eos_token_ids=[], max_model_len=32).static  # auto: static where the model allows it
+    assert not Engine(tiny, eos_token_ids=[], max_model_len=32, static=False).static
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")

@@ -9,7 +9,7 @@ Between two decode steps the engine thread
    that finished.
 
 The running batch is either static (:mod:`._static`: a KV cache of fixed slots and, on a GPU, CUDA graphs; the
-default on CUDA for Llama-shaped models) or dynamic (:mod:`._kvcache`: transformers' forward on a left-padded
+default for Llama-shaped models) or dynamic (:mod:`._kvcache`: transformers' forward on a left-padded
 ``DynamicCache``; any model).
 
 Weight changes (:meth:`Engine.run_exclusive`) drain first: no request is admitted, the running ones finish, the
@@ -92,8 +92,8 @@ class Engine:
         pad_token_id: int = 0,
         static: bool | None = None,
     ) -> None:
-        """``static``: decode on the static path (fixed KV cache slots, CUDA graphs on a GPU); ``None`` = on a
-        CUDA device when the model supports it. ``True`` on a model it does not support is a ``ValueError``."""
+        """``static``: decode on the static path (fixed KV cache slots, CUDA graphs on a GPU); ``None`` = when
+        the model supports it. ``True`` on a model it does not support is a ``ValueError``."""
         self.model = model
         self.eos_token_ids = frozenset(int(t) for t in eos_token_ids)
         self.max_model_len = int(max_model_len)
@@ -119,7 +119,7 @@ class Engine:
         # The running batch: its sequences (rows) in order, and their KV cache, positions and next input tokens.
         self._rows: list[_Seq] = []
         if static is None:
-            static = self.device.type == "cuda" and _static.supported(model) is None
+            static = _static.supported(model) is None
         self._batch: _kvcache.DynamicBatch | _static.StaticBatch
         if static:
             decoder = _static.StaticDecoder(model, max_slots=self.max_batch_size, max_len=self.max_model_len)

@@ -167,7 +167,7 @@ class StaticDecoder:
         slot_ids = dst[:, None].expand(rows, width)
         hidden = self._inner.embed_tokens(ids)
         cos, sin = self._inner.rotary_emb(hidden, positions)
-        mask = (self._columns[None, None, None, :columns] <= positions[:, None, :, None])  # [rows, 1, width, cols]
+        mask = self._columns[None, None, None, :columns] <= positions[:, None, :, None]  # [rows, 1, width, cols]
         for index, layer in enumerate(self._layers):
             attn = layer.self_attn
             x = layer.input_layernorm(hidden)

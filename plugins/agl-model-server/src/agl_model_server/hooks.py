@@ -46,7 +46,7 @@ def agl_register_commands(cli: click.Group) -> None:
     show_default=True,
     type=click.Choice(["auto", "static", "dynamic"]),
     help="static: fixed KV cache slots and CUDA graphs (Llama-shaped models); dynamic: transformers' own cache; "
-    "auto: static on a GPU when the model allows it.",
+    "auto: static when the model allows it.",
 )
 @click.option("--log-level", default="info", show_default=True, help="uvicorn's log level.")
 def serve_model(
