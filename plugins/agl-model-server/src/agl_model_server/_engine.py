@@ -4,7 +4,7 @@ Between two decode steps the engine thread
 
 1. drops aborted sequences,
 2. admits waiting requests (up to ``max_batch_size`` active sequences): their prompts are prefilled together in one
-   left-padded forward pass, their first token is sampled, and their KV cache rows join the running batch,
+   forward pass, their first token is sampled, and their KV cache rows join the running batch,
 3. runs one decode step for the whole batch (one new token per row), samples a token per row and retires the rows
    that finished.
 

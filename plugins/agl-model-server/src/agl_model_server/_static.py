@@ -165,35 +165,23 @@ class StaticDecoder:
         positions = torch.arange(width, device=self.device)[None, :].expand(rows, width)
         dst = torch.tensor(slots, device=self.device)
         slot_ids = dst[:, None].expand(rows, width)
-        hidden = self._inner.embed_tokens(ids)
-        cos, sin = self._inner.rotary_emb(hidden, positions)
         mask = self._columns[None, None, None, :columns] <= positions[:, None, :, None]  # [rows, 1, width, cols]
-        for index, layer in enumerate(self._layers):
-            attn = layer.self_attn
-            x = layer.input_layernorm(hidden)
-            q = attn.q_proj(x).view(rows, width, self.heads, self.head_dim)
-            k = attn.k_proj(x).view(rows, width, self.kv_heads, self.head_dim)
-            v = attn.v_proj(x).view(rows, width, self.kv_heads, self.head_dim)
-            if hasattr(attn, "q_norm"):
-                q, k = attn.q_norm(q), attn.k_norm(k)
-            q, k = self._apply_rope(q.transpose(1, 2), k.transpose(1, 2), cos, sin)
-            keys, values = self._keys[index], self._values[index]
-            keys[slot_ids, :, positions] = k.transpose(1, 2)
-            values[slot_ids, :, positions] = v
+
+        def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scale: float) -> torch.Tensor:
             out = F.scaled_dot_product_attention(
                 q,
                 keys[:, :, :columns].index_select(0, dst),
                 values[:, :, :columns].index_select(0, dst),
                 attn_mask=mask,
-                scale=attn.scaling,
+                scale=scale,
                 enable_gqa=self.heads != self.kv_heads,
             )
-            hidden = hidden + attn.o_proj(out.transpose(1, 2).reshape(rows, width, self.heads * self.head_dim))
-            hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+            return out.transpose(1, 2).reshape(rows, width, self.heads * self.head_dim)
+
+        hidden = self._layers_forward(self._inner.embed_tokens(ids), positions, slot_ids, attend)
         last = torch.tensor([n - 1 for n in lengths], device=self.device)
-        hidden = self._inner.norm(hidden[torch.arange(rows, device=self.device), last])
         self.positions[dst] = torch.tensor(lengths, device=self.device)
-        return self.model.lm_head(hidden)
+        return self.model.lm_head(hidden[torch.arange(rows, device=self.device), last])
 
     def copy_slot(self, source: int, targets: list[int], length: int) -> None:
         """Give ``targets`` the first ``length`` positions of ``source`` (a prompt shared by several sequences)."""
@@ -242,37 +230,47 @@ class StaticDecoder:
 
     def _forward(self, rows: int, columns: int) -> torch.Tensor:
         """One token for each of the first ``rows`` slots, attending to ``columns`` positions."""
-        tokens = self.tokens[:rows, None]
-        positions = self.positions[:rows]
-        row_ids = self._rows[:rows]
-        hidden = self._inner.embed_tokens(tokens)  # [rows, 1, hidden]
-        cos, sin = self._inner.rotary_emb(hidden, positions[:, None])
-        mask = (self._columns[None, :columns] <= positions[:, None])[:, None, None, :]
+        positions = self.positions[:rows, None]
+        mask = (self._columns[None, :columns] <= positions)[:, None, None, :]  # [rows, 1, 1, cols]
         groups = self.heads // self.kv_heads
-        for index, layer in enumerate(self._layers):
-            attn = layer.self_attn
-            residual = hidden
-            x = layer.input_layernorm(hidden)
-            q = attn.q_proj(x).view(rows, 1, self.heads, self.head_dim)
-            k = attn.k_proj(x).view(rows, 1, self.kv_heads, self.head_dim)
-            v = attn.v_proj(x).view(rows, 1, self.kv_heads, self.head_dim)
-            if hasattr(attn, "q_norm"):  # Qwen3 normalizes each head before the rotation
-                q, k = attn.q_norm(q), attn.k_norm(k)
-            q, k = self._apply_rope(q.transpose(1, 2), k.transpose(1, 2), cos, sin)  # [rows, heads, 1, dim]
-            keys, values = self._keys[index], self._values[index]
-            keys[row_ids, :, positions] = k[:, :, 0]
-            values[row_ids, :, positions] = v[:, 0]
+
+        def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scale: float) -> torch.Tensor:
+            # The query heads sharing a KV head act as that head's queries: no copy of the cache per head.
             out = F.scaled_dot_product_attention(
                 q.reshape(rows, self.kv_heads, groups, self.head_dim),
                 keys[:rows, :, :columns],
                 values[:rows, :, :columns],
                 attn_mask=mask,
-                scale=attn.scaling,
+                scale=scale,
             )
-            hidden = residual + attn.o_proj(out.reshape(rows, 1, self.heads * self.head_dim))
+            return out.reshape(rows, 1, self.heads * self.head_dim)
+
+        hidden = self._inner.embed_tokens(self.tokens[:rows, None])
+        return self.model.lm_head(self._layers_forward(hidden, positions, self._rows[:rows, None], attend)[:, 0])
+
+    def _layers_forward(
+        self, hidden: torch.Tensor, positions: torch.Tensor, slot_ids: torch.Tensor, attend: Any
+    ) -> torch.Tensor:
+        """The decoder layers over ``hidden`` (``[rows, width, hidden]``, the tokens at ``positions`` of slots
+        ``slot_ids``, both ``[rows, width]``): each layer writes its keys/values into the slots, then ``attend(q,
+        keys, values, scale)`` reads them. Returns the final-normed hidden states."""
+        rows, width = hidden.shape[:2]
+        cos, sin = self._inner.rotary_emb(hidden, positions)
+        for index, layer in enumerate(self._layers):
+            attn = layer.self_attn
+            x = layer.input_layernorm(hidden)
+            q = attn.q_proj(x).view(rows, width, self.heads, self.head_dim)
+            k = attn.k_proj(x).view(rows, width, self.kv_heads, self.head_dim)
+            v = attn.v_proj(x).view(rows, width, self.kv_heads, self.head_dim)
+            if hasattr(attn, "q_norm"):  # Qwen3 normalizes each head before the rotation
+                q, k = attn.q_norm(q), attn.k_norm(k)
+            q, k = self._apply_rope(q.transpose(1, 2), k.transpose(1, 2), cos, sin)  # [rows, heads, width, dim]
+            keys, values = self._keys[index], self._values[index]
+            keys[slot_ids, :, positions] = k.transpose(1, 2)
+            values[slot_ids, :, positions] = v
+            hidden = hidden + attn.o_proj(attend(q, keys, values, attn.scaling))
             hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
-        hidden = self._inner.norm(hidden)
-        return self.model.lm_head(hidden[:, 0])
+        return self._inner.norm(hidden)
 
 
 class StaticBatch:
