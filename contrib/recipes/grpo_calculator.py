@@ -33,7 +33,7 @@ from calc_task import PROMPT, calculate, format_number  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from agl_kernel.agent import llm_rollout  # noqa: E402
+from agl_kernel.agent import llm_rollout, openai_client  # noqa: E402
 from agl_kernel.emit import operation  # noqa: E402
 from agl_kernel.models import ProxyLLM, RolloutConfig  # noqa: E402
 
@@ -61,15 +61,10 @@ def score(task: dict[str, Any], reply: str) -> float:
 @llm_rollout
 async def calculator_agent(task: dict[str, Any], llm: Any) -> float:
     """One tool-using turn through the proxy: the model calls the calculator; the tool's result is the answer."""
-    import openai
-
-    client = openai.AsyncOpenAI(base_url=llm.endpoint, api_key=llm.api_key or "none", max_retries=0, timeout=600)
+    client = openai_client(llm, max_retries=0, timeout=600)
     params = {k: v for k, v in llm.sampling_parameters.items() if k in ("temperature", "max_tokens", "top_p")}
     messages = [{"role": "user", "content": PROMPT.format(question=task["question"])}]
-    try:
-        response = await client.chat.completions.create(model=llm.model, messages=messages, **params)
-    finally:
-        await client.close()
+    response = await client.chat.completions.create(model=llm.model, messages=messages, **params)
     return score(task, response.choices[0].message.content or "")
 
 

@@ -20,7 +20,7 @@ import random
 import re
 from typing import Any, Optional
 
-from agl_kernel.agent import rollout
+from agl_kernel.agent import openai_client, rollout
 from agl_kernel.emit import operation
 
 __all__ = ["ROOMS", "SEED_PROMPTS", "TOOLS", "best_room", "list_rooms", "make_dataset", "room_agent", "room_reward"]
@@ -155,7 +155,6 @@ def parse_answer(text: Optional[str]) -> Optional[str]:
 @rollout
 async def room_agent(task: dict[str, Any], resources: dict[str, Any]) -> float:
     """One booking: up to 4 model turns, with the ``list_rooms`` tool; the reward of the final ``ROOM:`` answer."""
-    import openai
 
     llm = resources["llm"]
     values = {
@@ -174,27 +173,24 @@ async def room_agent(task: dict[str, Any], resources: dict[str, Any]) -> float:
     def call_tool(arguments: dict[str, Any]) -> list[dict[str, Any]]:
         return list_rooms(task, str(arguments["date"]), str(arguments["time"]), int(arguments["duration_min"]))
 
-    client = openai.AsyncOpenAI(base_url=llm.endpoint, api_key=llm.api_key or "-", max_retries=2)
+    client = openai_client(llm, max_retries=2)
     answer: Optional[str] = None
-    try:
-        for _ in range(4):
-            reply = await client.chat.completions.create(
-                model=llm.model,
-                messages=messages,
-                tools=TOOLS,
-                **llm.sampling_parameters,  # type: ignore[arg-type]
-            )
-            message = reply.choices[0].message
-            if not message.tool_calls:
-                answer = parse_answer(message.content)
-                break
-            messages.append(message.model_dump(exclude_none=True))
-            for tool_call in message.tool_calls:
-                try:
-                    result: Any = call_tool(json.loads(tool_call.function.arguments or "{}"))
-                except (KeyError, ValueError, TypeError) as exc:
-                    result = {"error": f"bad arguments for list_rooms: {exc}"}
-                messages.append({"role": "tool", "tool_call_id": tool_call.id, "content": json.dumps(result)})
-    finally:
-        await client.close()
+    for _ in range(4):
+        reply = await client.chat.completions.create(
+            model=llm.model,
+            messages=messages,
+            tools=TOOLS,
+            **llm.sampling_parameters,  # type: ignore[arg-type]
+        )
+        message = reply.choices[0].message
+        if not message.tool_calls:
+            answer = parse_answer(message.content)
+            break
+        messages.append(message.model_dump(exclude_none=True))
+        for tool_call in message.tool_calls:
+            try:
+                result: Any = call_tool(json.loads(tool_call.function.arguments or "{}"))
+            except (KeyError, ValueError, TypeError) as exc:
+                result = {"error": f"bad arguments for list_rooms: {exc}"}
+            messages.append({"role": "tool", "tool_call_id": tool_call.id, "content": json.dumps(result)})
     return room_reward(task, answer)

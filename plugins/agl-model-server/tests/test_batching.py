@@ -7,6 +7,7 @@ import concurrent.futures
 from typing import Any
 
 import httpx
+import pytest
 
 
 def _complete(server: Any, body: dict[str, Any]) -> dict[str, Any]:
@@ -147,3 +148,28 @@ def test_identical_prompts_are_prefilled_once(tiny: tuple[Any, Any]) -> None:
     sampled, _ = run([(group, p) for p in seeded])
     alone, _ = run([(group, seeded[1])])
     assert sampled[0] == sampled[2] and sampled[1] == alone[0]  # the same seed, the same sample; others their own
+
+
+@pytest.mark.parametrize("static", [False, True])
+def test_requests_arriving_together_share_the_first_prefill(tiny: tuple[Any, Any], static: bool) -> None:
+    """An idle engine waits for a quiet gap (``gather_s``) before admitting: requests sent one after another by a
+    step's agents start together in one prefill instead of the first running alone."""
+    import threading
+    import time
+
+    from agl_model_server._engine import Engine
+    from agl_model_server._sampling import SamplingParams
+
+    model, tokenizer = tiny
+    engine = Engine(model, eos_token_ids=[], max_model_len=256, static=static, gather_s=0.2).start()
+    done = threading.Semaphore(0)
+    params = SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True)
+    try:
+        for i in range(6):  # one by one, 20 ms apart: each gap is shorter than gather_s
+            engine.submit(tokenizer(f"request {i}")["input_ids"], params, lambda e: e.finish_reason and done.release())
+            time.sleep(0.02)
+        for _ in range(6):
+            assert done.acquire(timeout=60)
+        assert engine.stats()["prefill_batch_sizes"] == {6: 1}
+    finally:
+        engine.stop()

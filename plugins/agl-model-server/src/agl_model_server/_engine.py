@@ -91,15 +91,21 @@ class Engine:
         max_prefill_tokens: int = 16384,
         pad_token_id: int = 0,
         static: bool | None = None,
+        gather_s: float = 0.01,
     ) -> None:
         """``static``: decode on the static path (fixed KV cache slots, CUDA graphs on a GPU); ``None`` = when
-        the model supports it. ``True`` on a model it does not support is a ``ValueError``."""
+        the model supports it. ``True`` on a model it does not support is a ``ValueError``.
+
+        ``gather_s``: with nothing running, admission waits until no request has come for this long (at most ten
+        times as long in all), so that requests sent together (a training step's agents) share one prefill
+        instead of the first running alone; 0 admits at once."""
         self.model = model
         self.eos_token_ids = frozenset(int(t) for t in eos_token_ids)
         self.max_model_len = int(max_model_len)
         self.max_batch_size = int(max_batch_size)
         self.max_prefill_tokens = int(max_prefill_tokens)
         self.pad_token_id = int(pad_token_id)
+        self.gather_s = float(gather_s)
         self.device = next(model.parameters()).device
         self.weights_version = 0
         accepted = inspect.signature(model.forward).parameters
@@ -239,6 +245,8 @@ class Engine:
                 self._cv.wait()
             if self._stopping:
                 return False
+            if not self._rows and self._incoming and not self._commands and self.gather_s > 0:
+                self._gather()
             self._waiting.extend(self._incoming)
             self._incoming.clear()
             aborts, self._aborts = self._aborts, set()
@@ -262,6 +270,15 @@ class Engine:
                 self._fail_all(f"{type(err).__name__}: {err}", events, sinks)
         self._deliver(events, sinks)
         return True
+
+    def _gather(self) -> None:
+        """Called holding the lock, with nothing running: let requests arriving together come in."""
+        deadline = time.monotonic() + 10 * self.gather_s
+        while len(self._incoming) + len(self._waiting) < self.max_batch_size and not self._stopping:
+            left = deadline - time.monotonic()
+            count = len(self._incoming)
+            if left <= 0 or not self._cv.wait(min(left, self.gather_s)) or len(self._incoming) == count:
+                return  # a quiet gap (or the deadline): admit what came
 
     def _run_command(self, fn: Callable[[], Any], future: concurrent.futures.Future) -> None:
         if not future.set_running_or_notify_cancel():
