@@ -28,6 +28,15 @@ __all__ = ["PolicyTrainer", "resolve_device"]
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def _adamw(parameters: list[torch.Tensor], **options: Any) -> torch.optim.Optimizer:
+    """AdamW with torch's fused kernel where it has one for these parameters (CPU and CUDA; for SmolLM2's 135M
+    float32 parameters on this project's 2-core CPU a step took 0.16 s instead of 0.9-1.0 s), else the default."""
+    try:
+        return torch.optim.AdamW(parameters, fused=True, **options)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.AdamW(parameters, **options)
+
+
 def resolve_device(config: GRPOConfig) -> tuple[torch.device, torch.dtype, Optional[torch.dtype]]:
     """``(device, weights dtype, autocast dtype or None)`` for ``config.device`` / ``config.dtype``."""
     if config.device == "auto":
@@ -83,9 +92,7 @@ class PolicyTrainer:
         self.parameters = [p for p in model.parameters() if p.requires_grad]
         if not self.parameters:
             raise ValueError("the model has no trainable parameters")
-        self.optimizer = torch.optim.AdamW(
-            self.parameters, lr=self.config.learning_rate, weight_decay=self.config.weight_decay
-        )
+        self.optimizer = _adamw(self.parameters, lr=self.config.learning_rate, weight_decay=self.config.weight_decay)
         self.step = 0
         self.checkpoint_dir = Path(self.config.checkpoint_dir)
         self.resumed_from: Optional[Path] = self.resume() if self.config.resume else None
@@ -200,8 +207,10 @@ class PolicyTrainer:
         random.Random(self.config.seed * 1_000_003 + self.step).shuffle(order)
         if self.config.share_prompts:  # a prompt's samples stay together, so that micro-batches share prompts
             first: dict[tuple[int, ...], int] = {}
-            keyed = [(first.setdefault(tuple(samples[i].triplet.prompt_token_ids), len(first)), n, i)
-                     for n, i in enumerate(order)]
+            keyed = [
+                (first.setdefault(tuple(samples[i].triplet.prompt_token_ids), len(first)), n, i)
+                for n, i in enumerate(order)
+            ]
             order = [i for _, _, i in sorted(keyed)]
         size = self.config.micro_batch_size
         batches = []
