@@ -125,7 +125,10 @@ class Engine:
         # The running batch: its sequences (rows) in order, and their KV cache, positions and next input tokens.
         self._rows: list[_Seq] = []
         if static is None:
-            static = _static.supported(model) is None
+            refused = _static.supported(model)
+            static = refused is None
+            if refused is not None:
+                logger.info("decoding on the dynamic path: the static path does not support %s", refused)
         self._batch: _kvcache.DynamicBatch | _static.StaticBatch
         if static:
             decoder = _static.StaticDecoder(model, max_slots=self.max_batch_size, max_len=self.max_model_len)
