@@ -52,7 +52,7 @@ def main() -> None:
     )
     for kind in kinds:
         table.add_column(kind, justify="right")
-    cache_arg = "cache" if "cache" in model.forward.__code__.co_varnames else "past_key_values"
+    cache_arg = _kvcache.cache_argument(model)
     with torch.inference_mode():
         for rows in [int(r) for r in args.rows.split(",")]:
             ids = torch.randint(100, 1000, (rows, args.prompt), device=args.device)

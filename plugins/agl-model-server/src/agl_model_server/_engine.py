@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
-import inspect
 import itertools
 import logging
 import threading
@@ -108,10 +107,6 @@ class Engine:
         self.gather_s = float(gather_s)
         self.device = next(model.parameters()).device
         self.weights_version = 0
-        accepted = inspect.signature(model.forward).parameters
-        self._takes_logits_to_keep = "logits_to_keep" in accepted
-        # transformers 5.2x renamed ``past_key_values`` to ``cache`` (argument and output); support both.
-        self._cache_arg = "cache" if "cache" in accepted else "past_key_values"
         self._ids = itertools.count(1)
         self._cv = threading.Condition()
         self._incoming: list[_Seq] = []
@@ -134,7 +129,7 @@ class Engine:
             decoder = _static.StaticDecoder(model, max_slots=self.max_batch_size, max_len=self.max_model_len)
             self._batch = _static.StaticBatch(decoder)
         else:
-            self._batch = _kvcache.DynamicBatch(self._forward)
+            self._batch = _kvcache.DynamicBatch(model, pad_token_id=self.pad_token_id)
         self.static = bool(static)
         self._stats_lock = threading.Lock()
         self.reset_stats()
@@ -403,14 +398,6 @@ class Engine:
             self._generated += len(seqs)
         return chosen.tokens, alive
 
-    def _forward(self, cache: Any, **kwargs: Any) -> tuple[Any, Any]:
-        """Run the model; returns ``(logits of the last position, the updated cache)``."""
-        out = self.model(use_cache=True, return_dict=True, **{self._cache_arg: cache}, **kwargs)
-        new_cache = getattr(out, "cache", None)
-        if new_cache is None:
-            new_cache = out.past_key_values
-        return out.logits[:, -1, :], new_cache
-
     def _admit(self, events: list, sinks: dict) -> None:
         room = self.max_batch_size - len(self._rows)
         if room <= 0 or not self._waiting:
@@ -438,48 +425,21 @@ class Engine:
         unique: dict[tuple[int, ...], int] = {}
         sources = [unique.setdefault(tuple(seq.prompt), len(unique)) for seq in new]
         prompts = [list(p) for p in unique]
-        static = isinstance(self._batch, _static.StaticBatch)
         before = len(self._rows)
-        if static:
-            logits = self._batch.admit(prompts, sources)  # type: ignore[union-attr]
-            self._rows = self._rows + new
-        else:
-            logits, cache, mask = self._prefill_forward(prompts)
-            if len(prompts) < len(new):
-                logits = logits.index_select(0, torch.tensor(sources, device=self.device))
-        next_tokens, alive = self._emit(new, logits, events, sinks)
+        logits = self._batch.admit(prompts, sources)
+        self._rows = self._rows + new
+        try:
+            next_tokens, alive = self._emit(new, logits, events, sinks)
+        except Exception:
+            self._retire(list(range(before)))  # the new rows never started (the caller fails them)
+            raise
         with self._stats_lock:
             self._prefill_sizes[len(new)] += 1
             self._prefill_tokens += sum(len(p) for p in prompts)
             self._step_seconds += time.perf_counter() - started
-        if static:
-            self._batch.set_next(next_tokens, start=before)  # type: ignore[call-arg]
-            if len(alive) < len(new):
-                self._retire(list(range(before)) + [before + i for i in alive])
-            return
-        if not alive:
-            return
+        self._batch.set_next(next_tokens, start=before)
         if len(alive) < len(new):
-            next_tokens = next_tokens.index_select(0, torch.tensor(alive, device=self.device))
-            new, sources = [new[i] for i in alive], [sources[i] for i in alive]
-        self._batch.add(cache, mask, sources, [len(s.prompt) for s in new], next_tokens)  # type: ignore[union-attr]
-        self._rows = self._rows + new
-
-    def _prefill_forward(self, prompts: list[list[int]]) -> tuple[torch.Tensor, Any, torch.Tensor]:
-        """transformers' forward over the left-padded prompts: (last logits, cache, padding mask)."""
-        width = max(len(p) for p in prompts)
-        ids = torch.full((len(prompts), width), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(prompts), width), dtype=torch.long)
-        for i, prompt in enumerate(prompts):
-            ids[i, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
-            mask[i, width - len(prompt) :] = 1
-        ids, mask = ids.to(self.device), mask.to(self.device)
-        positions = (mask.cumsum(dim=-1) - 1).clamp(min=0)
-        extra = {"logits_to_keep": 1} if self._takes_logits_to_keep else {}
-        logits, cache = self._forward(
-            _kvcache.make_cache(), input_ids=ids, attention_mask=mask, position_ids=positions, **extra
-        )
-        return logits, cache, mask
+            self._retire(list(range(before)) + [before + i for i in alive])
 
     def _decode_step(self, events: list, sinks: dict) -> None:
         started = time.perf_counter()

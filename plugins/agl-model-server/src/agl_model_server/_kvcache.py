@@ -11,13 +11,14 @@ the whole cache every step, as ``DynamicLayer`` does, which would copy O(L) per 
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
-__all__ = ["DynamicBatch", "cache_length", "make_cache", "merge", "select_rows", "trim_left"]
+__all__ = ["DynamicBatch", "cache_argument", "cache_length", "make_cache", "merge", "select_rows", "trim_left"]
 
 
 class _GrowingLayer(DynamicLayer):
@@ -65,6 +66,12 @@ def make_cache() -> Any:
     return cache
 
 
+def cache_argument(model: Any) -> str:
+    """The name of the KV cache argument of ``model.forward`` (transformers 5.2x renamed ``past_key_values`` to
+    ``cache``, argument and output)."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 def _layers(cache: Any) -> list[Any]:
     return list(cache.layers)
 
@@ -110,16 +117,18 @@ def merge(running: Any, new: Any) -> Any:
 
 
 class DynamicBatch:
-    """The running batch on a ``DynamicCache``: rows left-padded to one length, a padding mask, per-row positions.
-
-    ``add`` rows prefilled by transformers' forward, ``step`` (logits of every row), ``set_next`` (the tokens the
-    next step feeds), ``keep`` some rows, ``clear`` (as :class:`agl_model_server._static.StaticBatch`, which runs its
-    own prefill).
+    """The running batch on transformers' forward and a ``DynamicCache``: rows left-padded to one length, a padding
+    mask, per-row positions. Same interface as :class:`agl_model_server._static.StaticBatch`: ``admit`` prefills new
+    rows, ``step`` decodes every row, ``set_next`` gives rows their next input tokens, ``keep``/``clear`` drop rows.
     """
 
-    def __init__(self, forward: Any) -> None:
-        self._forward = forward
-        """``forward(cache, **model_inputs) -> (last logits, cache)``."""
+    def __init__(self, model: Any, *, pad_token_id: int) -> None:
+        self.model = model
+        self.pad_token_id = pad_token_id
+        self.device = next(model.parameters()).device
+        accepted = inspect.signature(model.forward).parameters
+        self._logits_to_keep = {"logits_to_keep": 1} if "logits_to_keep" in accepted else {}
+        self._cache_arg = cache_argument(model)
         self.clear()
 
     def clear(self) -> None:
@@ -128,18 +137,36 @@ class DynamicBatch:
         self._pos: torch.Tensor | None = None
         self._next: torch.Tensor | None = None
 
-    def add(self, cache: Any, mask: torch.Tensor, sources: list[int], lengths: list[int], tokens: torch.Tensor) -> None:
-        """Append rows ``sources`` of a prefill (``cache`` and its left-padded ``mask``) whose prompts have
-        ``lengths`` tokens and whose next inputs are ``tokens``."""
-        rows = torch.tensor(sources, device=mask.device)
-        if sources != list(range(mask.shape[0])):
+    def _forward(self, cache: Any, **kwargs: Any) -> tuple[torch.Tensor, Any]:
+        """Run the model; returns ``(logits of the last position, the updated cache)``."""
+        out = self.model(use_cache=True, return_dict=True, **{self._cache_arg: cache}, **kwargs)
+        new_cache = getattr(out, "cache", None)
+        return out.logits[:, -1, :], out.past_key_values if new_cache is None else new_cache
+
+    def admit(self, prompts: list[list[int]], sources: list[int]) -> torch.Tensor:
+        """Add a row per entry of ``sources`` (an index into ``prompts``; rows sharing a prompt run it once) and
+        return their first logits; the caller then sets their tokens (``set_next(tokens, start)``) or drops them."""
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for i, prompt in enumerate(prompts):
+            ids[i, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
+            mask[i, width - len(prompt) :] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        positions = (mask.cumsum(dim=-1) - 1).clamp(min=0)
+        logits, cache = self._forward(
+            make_cache(), input_ids=ids, attention_mask=mask, position_ids=positions, **self._logits_to_keep
+        )
+        if sources != list(range(len(prompts))):
+            rows = torch.tensor(sources, device=self.device)
             select_rows(cache, rows)
-            mask = mask.index_select(0, rows)
-        pos = torch.tensor(lengths, dtype=torch.long, device=mask.device)
+            mask, logits = mask.index_select(0, rows), logits.index_select(0, rows)
+        pos = torch.tensor([len(prompts[s]) for s in sources], dtype=torch.long, device=self.device)
+        tokens = torch.zeros(len(sources), dtype=torch.long, device=self.device)
         if self._mask is None:
             self._cache, self._mask, self._pos, self._next = cache, mask, pos, tokens
             self._trim()
-            return
+            return logits
         assert self._pos is not None and self._next is not None
         old_len, new_len = self._mask.shape[1], mask.shape[1]
         length = max(old_len, new_len)
@@ -147,6 +174,7 @@ class DynamicBatch:
         self._mask = torch.cat([F.pad(self._mask, (length - old_len, 0)), F.pad(mask, (length - new_len, 0))], dim=0)
         self._pos = torch.cat([self._pos, pos])
         self._next = torch.cat([self._next, tokens])
+        return logits
 
     def step(self) -> torch.Tensor:
         assert self._mask is not None and self._pos is not None and self._next is not None
@@ -158,8 +186,10 @@ class DynamicBatch:
         self._pos = self._pos + 1
         return logits
 
-    def set_next(self, tokens: torch.Tensor) -> None:
-        self._next = tokens
+    def set_next(self, tokens: torch.Tensor, start: int = 0) -> None:
+        """The next input tokens of the rows from ``start`` on."""
+        assert self._next is not None
+        self._next = tokens if start == 0 else torch.cat([self._next[:start], tokens])
 
     def keep(self, keep: list[int]) -> None:
         """Keep only the rows at indices ``keep`` (non-empty)."""

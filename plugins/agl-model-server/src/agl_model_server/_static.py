@@ -125,15 +125,10 @@ class StaticDecoder:
         new_slots = self.max_slots if self.use_graphs else min(self.max_slots, max(self._slots, _bucket(slots, 8)))
         new_len = min(self.max_len, max(self._len, _bucket(length, self._min_len)))
         shape = (new_slots, self.kv_heads, new_len, self.head_dim)
-        keys, values = [], []
-        for old_k, old_v in zip(self._keys or [None] * len(self._layers), self._values or [None] * len(self._layers)):
-            k = torch.zeros(shape, dtype=self.dtype, device=self.device)
-            v = torch.zeros(shape, dtype=self.dtype, device=self.device)
-            if old_k is not None:
-                k[: self._slots, :, : self._len].copy_(old_k)
-                v[: self._slots, :, : self._len].copy_(old_v)
-            keys.append(k)
-            values.append(v)
+        keys = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in self._layers]
+        values = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in self._layers]
+        for new, old in zip(keys + values, self._keys + self._values):  # nothing to keep on the first call
+            new[: self._slots, :, : self._len].copy_(old)
         self._keys, self._values = keys, values
         tokens = torch.zeros(new_slots, dtype=torch.long, device=self.device)
         positions = torch.zeros(new_slots, dtype=torch.long, device=self.device)
@@ -295,19 +290,18 @@ class StaticBatch:
         used = set(self._slots)
         free = (slot for slot in range(self.decoder.max_slots) if slot not in used)
         slots = [next(free) for _ in sources]
-        first = {}
+        groups: dict[int, list[int]] = {}  # prompt -> the slots of the rows that share it
         for slot, source in zip(slots, sources):
-            first.setdefault(source, slot)
-        order = {source: row for row, source in enumerate(first)}
-        logits = self.decoder.prefill(list(first.values()), [prompts[source] for source in first])
-        for source, slot in first.items():
-            others = [s for s, src in zip(slots, sources) if src == source and s != slot]
+            groups.setdefault(source, []).append(slot)
+        logits = self.decoder.prefill([group[0] for group in groups.values()], [prompts[s] for s in groups])
+        for source, (first, *others) in groups.items():
             if others:
-                self.decoder.copy_slot(slot, others, len(prompts[source]))
+                self.decoder.copy_slot(first, others, len(prompts[source]))
         self._slots += slots
         self._lengths += [len(prompts[source]) + 1 for source in sources]
         self._index = torch.tensor(self._slots, device=self.decoder.device)
-        return logits.index_select(0, torch.tensor([order[s] for s in sources], device=logits.device))
+        row_of = {source: row for row, source in enumerate(groups)}
+        return logits.index_select(0, torch.tensor([row_of[s] for s in sources], device=logits.device))
 
     def step(self) -> torch.Tensor:
         logits = self.decoder.step(self._index, max(self._slots) + 1, max(self._lengths))
