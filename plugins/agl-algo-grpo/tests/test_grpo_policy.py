@@ -168,41 +168,80 @@ def test_train_step_needs_samples() -> None:
     assert len(synthetic_samples(2)) == 4
 
 
-@pytest.mark.parametrize("lora", [False, True])
-def test_shared_prompts_give_the_same_logprobs_and_gradients(lora: bool) -> None:
-    """A prompt shared by a group is run once and its KV cache copied to each completion: the logprobs and the
-    gradients are those of running every sequence whole (prompts of different lengths, responses of different
-    lengths, one response cut by max_length)."""
-    import copy
-
-    from agl_algo_grpo import TrainingSample, collate
+def _tree_samples() -> list:
+    """Two groups whose prompts (of different lengths) start with the same 4 instruction tokens, responses of
+    different lengths, two of which share their first tokens and then branch, and a prompt nobody shares."""
+    from agl_algo_grpo import TrainingSample
     from agl_kernel.models import Triplet
 
     generator = torch.Generator().manual_seed(0)
     samples = []
     for prompt_length in (5, 9):
-        prompt = torch.randint(3, 100, (prompt_length,), generator=generator).tolist()
+        prompt = [1, 2, 3, 4] + torch.randint(3, 100, (prompt_length,), generator=generator).tolist()
         for k in range(3):
             response = torch.randint(3, 100, (2 + 2 * k,), generator=generator).tolist()
-            samples.append(
-                TrainingSample(
-                    triplet=Triplet(prompt_token_ids=prompt, response_token_ids=response), advantage=float(k - 1)
-                )
-            )
-    lone = torch.randint(3, 100, (7,), generator=generator).tolist()  # a prompt nobody shares
-    samples.append(TrainingSample(triplet=Triplet(prompt_token_ids=lone, response_token_ids=[5, 6, 7]), advantage=1.0))
+            samples.append(TrainingSample(Triplet(prompt_token_ids=prompt, response_token_ids=response), float(k - 1)))
+    branching = Triplet(
+        prompt_token_ids=samples[2].triplet.prompt_token_ids,
+        response_token_ids=samples[2].triplet.response_token_ids[:3] + [7, 8],
+    )
+    samples.append(TrainingSample(branching, 0.5))
+    lone = torch.randint(3, 100, (7,), generator=generator).tolist()
+    samples.append(TrainingSample(Triplet(prompt_token_ids=lone, response_token_ids=[5, 6, 7]), 1.0))
+    return samples
+
+
+def test_prefix_trees_store_shared_tokens_once_and_see_only_their_own_sequence() -> None:
+    from agl_algo_grpo import collate, pack_prefixes
+
+    samples = _tree_samples()
+    batch = collate(samples, pad_token_id=0)
+    sequences = [s.triplet.prompt_token_ids + s.triplet.response_token_ids for s in samples]
+    distinct = {tuple(seq[: j + 1]) for seq in sequences for j in range(len(seq))}  # one node per distinct prefix
+    for max_tokens, trees in ((8192, 1), (30, 3)):
+        packed = pack_prefixes(batch, max_tokens=max_tokens)
+        assert packed.input_ids.shape[0] == trees
+        if trees == 1:
+            assert int(packed.attention_mask[0, 0].diagonal().sum()) == packed.input_ids.shape[1] == len(distinct)
+        width = packed.input_ids.shape[1]
+        for b, seq in enumerate(sequences):
+            where = packed.index[b, : len(seq)]
+            assert (packed.index[b, len(seq) :] == -1).all()
+            r = where // width
+            assert (r == r[0]).all()  # a sequence lies in one tree
+            assert packed.input_ids.flatten()[where].tolist() == seq
+            assert packed.position_ids.flatten()[where].tolist() == list(range(len(seq)))
+            # token j sees exactly tokens 0..j of its own sequence
+            sees = packed.attention_mask[r[0], 0][where % width]
+            expected = torch.zeros_like(sees)
+            for j in range(len(seq)):
+                expected[j, where[: j + 1] % width] = True
+            assert torch.equal(sees, expected)
+
+
+@pytest.mark.parametrize(("lora", "attention"), [(False, "sdpa"), (False, "eager"), (True, "sdpa")])
+def test_shared_prefixes_give_the_same_logprobs_and_gradients(lora: bool, attention: str) -> None:
+    """Prefix trees (shared prompts and instructions, branching responses, one response cut by max_length) give
+    the logprobs and the gradients of running every sequence whole, padded."""
+    import copy
+
+    from agl_algo_grpo import collate
+
+    samples = _tree_samples()
     base = tiny_llama()
+    base.config._attn_implementation = attention
     results = {}
     for share in (False, True):
         config = GRPOConfig(share_prompts=share, lora=LoraSettings(r=4) if lora else None)
         policy = PolicyTrainer(copy.deepcopy(base), config)
-        batch = collate(samples, pad_token_id=policy.pad_token_id, max_length=14)
+        assert policy._packs == share
+        batch = collate(samples, pad_token_id=policy.pad_token_id, max_length=18)
         assert batch.truncated == 1
         logps = policy._forward_logps(policy.model, batch) * batch.loss_mask
         logps.sum().backward()
         grads = torch.cat([p.grad.flatten() for p in policy.parameters])
         results[share] = (logps.detach(), grads)
-    assert torch.count_nonzero(results[False][0]) == int(collate(samples, max_length=14).loss_mask.sum())
+    assert torch.count_nonzero(results[False][0]) == int(collate(samples, max_length=18).loss_mask.sum())
     torch.testing.assert_close(results[True][0], results[False][0], atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(results[True][1], results[False][1], atol=1e-5, rtol=1e-4)
 

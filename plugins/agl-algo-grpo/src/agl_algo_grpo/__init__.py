@@ -9,7 +9,15 @@ Registered as ``grpo`` in ``agl.algorithms``::
 """
 
 from agl_algo_grpo._algorithm import GRPO, GRPOReport
-from agl_algo_grpo._batching import Batch, RolloutSample, TrainingSample, assign_advantages, collate
+from agl_algo_grpo._batching import (
+    Batch,
+    PackedBatch,
+    RolloutSample,
+    TrainingSample,
+    assign_advantages,
+    collate,
+    pack_prefixes,
+)
 from agl_algo_grpo._config import GRPOConfig, LoraSettings, make_config
 from agl_algo_grpo._losses import group_advantages, policy_loss, token_logprobs
 from agl_kernel.training_metrics import (
@@ -37,6 +45,8 @@ __all__ = [
     "RolloutSample",
     "TrainingSample",
     "Batch",
+    "PackedBatch",
+    "pack_prefixes",
     "assign_advantages",
     "collate",
     "group_advantages",

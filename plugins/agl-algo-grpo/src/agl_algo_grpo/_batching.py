@@ -26,7 +26,7 @@ from agl_kernel.models import Triplet
 
 from agl_algo_grpo._losses import group_advantages
 
-__all__ = ["Batch", "RolloutSample", "TrainingSample", "assign_advantages", "collate"]
+__all__ = ["Batch", "PackedBatch", "RolloutSample", "TrainingSample", "assign_advantages", "collate", "pack_prefixes"]
 
 
 @dataclass
@@ -184,3 +184,88 @@ def collate(
         rows=list(rows) if rows is not None else list(range(len(samples))),
         prompt_lengths=[min(len(s.triplet.prompt_token_ids), len(ids)) for s, ids in zip(samples, sequences)],
     )
+
+
+@dataclass
+class PackedBatch:
+    """The sequences of a :class:`Batch` as prefix trees: a token that several sequences share at the same place
+    (a group's prompt, the instructions every prompt starts with) is stored once. Each packed row is one tree; a
+    token attends to itself and its ancestors, at its position in its own sequences."""
+
+    input_ids: torch.Tensor
+    """``[R, P]``, padded with the batch's pad id."""
+    position_ids: torch.Tensor
+    """``[R, P]``: each token's position in its sequences (0 on padding)."""
+    attention_mask: torch.Tensor
+    """``[R, 1, P, P]`` boolean: ``[r, 0, i, j]`` is whether token ``i`` sees token ``j`` (padding sees itself)."""
+    index: torch.Tensor
+    """``[B, L]``: where token ``j`` of the batch's row ``b`` is, as ``r * P + p``; -1 past the row's end."""
+
+    def to(self, device: torch.device) -> "PackedBatch":
+        for name in ("input_ids", "position_ids", "attention_mask", "index"):
+            setattr(self, name, getattr(self, name).to(device))
+        return self
+
+
+def pack_prefixes(batch: Batch, *, pad_token_id: int = 0, max_tokens: int = 8192) -> PackedBatch:
+    """Pack ``batch``'s sequences into prefix trees of at most ``max_tokens`` tokens each (a longer sequence gets a
+    tree of its own). Sequences are taken in order of their tokens, so those sharing prefixes share a tree."""
+    ids = batch.input_ids.tolist()
+    lengths = batch.attention_mask.sum(-1).tolist()
+    trees: list[_Tree] = []
+    tree_of, node_of = [0] * len(ids), [[-1] * len(ids[0]) for _ in ids]
+    for b in sorted(range(len(ids)), key=lambda b: ids[b][: lengths[b]]):
+        sequence = ids[b][: lengths[b]]
+        if not trees or len(trees[-1].tokens) + trees[-1].new_nodes(sequence) > max_tokens:
+            trees.append(_Tree())
+        tree_of[b], node_of[b][: len(sequence)] = len(trees) - 1, trees[-1].add(sequence)
+    width = max(len(tree.tokens) for tree in trees)
+    input_ids = torch.full((len(trees), width), pad_token_id, dtype=torch.long)
+    position_ids = torch.zeros((len(trees), width), dtype=torch.long)
+    mask = torch.zeros((len(trees), 1, width, width), dtype=torch.bool)
+    for r, tree in enumerate(trees):
+        input_ids[r, : len(tree.tokens)] = torch.tensor(tree.tokens, dtype=torch.long)
+        depth = position_ids[r, : len(tree.tokens)] = torch.tensor(tree.positions, dtype=torch.long)
+        sees = mask[r, 0]
+        sees.diagonal().fill_(True)  # every token sees itself (padding too: an all-masked row would give NaN)
+        parent = torch.tensor(tree.parents, dtype=torch.long)
+        by_level, start = torch.argsort(depth, stable=True), 0
+        for count in torch.bincount(depth).tolist():  # a level at a time: a token sees what its parent sees
+            children = by_level[start : start + count]
+            if start:
+                sees[children] |= sees[parent[children]]
+            start += count
+    nodes = torch.tensor(node_of, dtype=torch.long)
+    index = torch.where(nodes >= 0, torch.tensor(tree_of, dtype=torch.long)[:, None] * width + nodes, nodes)
+    return PackedBatch(input_ids=input_ids, position_ids=position_ids, attention_mask=mask, index=index)
+
+
+class _Tree:
+    """A prefix tree of token sequences: a node per distinct (parent, token), numbered in the order made (a parent
+    before its children)."""
+
+    def __init__(self) -> None:
+        self.nodes: dict[tuple[int, int], int] = {}
+        self.tokens: list[int] = []
+        self.parents: list[int] = []
+        self.positions: list[int] = []
+
+    def new_nodes(self, sequence: list[int]) -> int:
+        node = -1
+        for shared, token in enumerate(sequence):
+            node = self.nodes.get((node, token), -2)
+            if node == -2:
+                return len(sequence) - shared
+        return 0
+
+    def add(self, sequence: list[int]) -> list[int]:
+        """The node of each token of ``sequence``, made where missing."""
+        path, node = [], -1
+        for position, token in enumerate(sequence):
+            node = self.nodes.setdefault((node, token), len(self.tokens))
+            if node == len(self.tokens):
+                self.tokens.append(token)
+                self.parents.append(path[-1] if path else -1)
+                self.positions.append(position)
+            path.append(node)
+        return path

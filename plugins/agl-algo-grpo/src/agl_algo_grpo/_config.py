@@ -55,9 +55,11 @@ class GRPOConfig(msgspec.Struct, frozen=True, kw_only=True):
     micro_batch_size: int = 4
     """Sequences per forward/backward pass."""
     share_prompts: bool = True
-    """Samples with the same prompt (a GRPO group) go into the same micro-batches, and a prompt shared by several
-    of them is run through the model once: its KV cache (with gradients) is copied to each completion. Same
-    result, less compute (most of it when prompts are long). Off with ``gradient_checkpointing``."""
+    """Samples go into micro-batches in the order of their prompts, and a micro-batch runs as prefix trees: tokens
+    that several sequences share at the start (a group's prompt, the instructions every prompt begins with) are
+    run once, with a mask that lets each token see its own sequence only. Same logprobs and gradients, less compute
+    (most of it when prompts are long). Needs a model whose attention takes a custom mask (``sdpa`` or ``eager``);
+    others run padded."""
     grad_accumulation: Optional[int] = None
     """Micro-batches per optimizer step; ``None``: one optimizer step per epoch (the whole batch)."""
     clip_low: float = 0.2

@@ -18,7 +18,7 @@ from torch import nn
 
 from agl_kernel.errors import MissingDependencyError
 
-from agl_algo_grpo._batching import Batch, TrainingSample, collate
+from agl_algo_grpo._batching import Batch, TrainingSample, collate, pack_prefixes
 from agl_algo_grpo._checkpoint import latest_checkpoint, prune_checkpoints, read_checkpoint, write_checkpoint
 from agl_algo_grpo._config import GRPOConfig
 from agl_algo_grpo._losses import policy_loss, token_logprobs
@@ -88,7 +88,8 @@ class PolicyTrainer:
                 model.enable_input_require_grads()
         self.model: nn.Module = model
         self._keeps_logits = _accepts_logits_to_keep(model)
-        self._cache_arg = _cache_argument(model)
+        self._attention = getattr(getattr(model, "config", None), "_attn_implementation", None)
+        self._packs = self.config.share_prompts and self._attention in ("sdpa", "eager")
         self.parameters = [p for p in model.parameters() if p.requires_grad]
         if not self.parameters:
             raise ValueError("the model has no trainable parameters")
@@ -113,12 +114,11 @@ class PolicyTrainer:
         return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
 
     def _forward_logps(self, model: nn.Module, batch: Batch) -> torch.Tensor:
-        """Logprobs of ``batch.targets`` (``[B, L-1]``; 0 before the first scored position). Only the logits from
-        that position on are computed (``logits_to_keep``), which matters when prompts are long."""
-        if self.config.share_prompts and not self.config.gradient_checkpointing:
-            shared = _shared_prompts(batch)
-            if shared is not None:
-                return self._forward_logps_shared(model, batch, *shared)
+        """Logprobs of ``batch.targets`` (``[B, L-1]``; 0 where nothing is scored). With ``share_prompts`` (and a
+        model whose attention takes a custom mask) the sequences run as prefix trees (:func:`pack_prefixes`);
+        else padded, with logits computed from the first scored position on (``logits_to_keep``)."""
+        if self._packs:
+            return self._forward_logps_packed(model, batch)
         first = batch.first_scored
         keep = batch.input_ids.shape[1] - first
         extra = {"logits_to_keep": keep} if self._keeps_logits else {}
@@ -128,56 +128,32 @@ class PolicyTrainer:
         logps = token_logprobs(logits, batch.targets[:, first:], self.config.temperature)
         return torch.nn.functional.pad(logps, (first, 0)) if first else logps
 
-    def _forward_logps_shared(
-        self, model: nn.Module, batch: Batch, slots: list[int], prompts: list[torch.Tensor]
-    ) -> torch.Tensor:
-        """:meth:`_forward_logps` when rows share prompts: each distinct prompt is run once (left-padded, with
-        ``use_cache``), its KV cache rows are copied to the rows that share it (gradients flow back through the
-        copy), then every row's response runs on top. The response's first token is scored from the prompt's last
-        logits, the others from the response pass."""
-        device = batch.input_ids.device
-        pad = self.pad_token_id
-        width = max(len(p) for p in prompts)
-        prompt_ids = torch.full((len(prompts), width), pad, dtype=torch.long, device=device)
-        prompt_mask = torch.zeros((len(prompts), width), dtype=torch.long, device=device)
-        for i, prompt in enumerate(prompts):
-            prompt_ids[i, width - len(prompt) :] = prompt
-            prompt_mask[i, width - len(prompt) :] = 1
-        keep_last = {"logits_to_keep": 1} if self._keeps_logits else {}
+    def _forward_logps_packed(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        """:meth:`_forward_logps` over prefix trees: a token shared by several sequences (a group's prompt, the
+        instructions all prompts start with) is run once, and its logits are computed only where some sequence
+        scores the next token. The same logprobs and gradients as padded sequences, with less compute."""
+        packed = pack_prefixes(batch, pad_token_id=self.pad_token_id).to(batch.input_ids.device)
+        rows, tokens = batch.loss_mask.nonzero(as_tuple=True)  # scored: token tokens + 1 of row rows
+        where = packed.index[rows, tokens]
+        width = packed.input_ids.shape[1]
+        keep = torch.unique(where % width)  # the packed positions whose logits are needed, sorted
+        mask = packed.attention_mask
+        if self._attention == "eager":  # eager attention adds the mask to the scores
+            mask = torch.zeros(mask.shape, dtype=self.autocast_dtype or self.weights_dtype, device=mask.device)
+            mask.masked_fill_(~packed.attention_mask, torch.finfo(mask.dtype).min)
+        extra = {"logits_to_keep": keep} if self._keeps_logits else {}
         with self._autocast():
             out = model(
-                input_ids=prompt_ids,
-                attention_mask=prompt_mask,
-                position_ids=(prompt_mask.cumsum(-1) - 1).clamp(min=0),
-                use_cache=True,
-                **keep_last,
+                input_ids=packed.input_ids,
+                attention_mask=mask,
+                position_ids=packed.position_ids,
+                use_cache=False,
+                **extra,
             )
-        rows = torch.tensor(slots, device=device)
-        last = out.logits[:, -1].index_select(0, rows)  # [B, V]: scores each row's first response token
-        cache = _select_cache_rows(_output_cache(out), rows)
-        lengths = batch.attention_mask.sum(-1).tolist()
-        starts = batch.prompt_lengths
-        span = max(max(n - p for n, p in zip(lengths, starts)), 1)
-        response = torch.full((len(slots), span), pad, dtype=torch.long, device=device)
-        response_mask = torch.zeros((len(slots), span), dtype=torch.long, device=device)
-        for row, (n, p) in enumerate(zip(lengths, starts)):
-            response[row, : n - p] = batch.input_ids[row, p:n]
-            response_mask[row, : n - p] = 1
-        positions = torch.tensor(starts, device=device).unsqueeze(-1) + torch.arange(span, device=device)
-        with self._autocast():
-            out = model(
-                input_ids=response,
-                attention_mask=torch.cat([prompt_mask.index_select(0, rows), response_mask], dim=-1),
-                position_ids=positions,
-                use_cache=True,
-                **{self._cache_arg: cache},
-            )
-        logits = torch.cat([last.unsqueeze(1), out.logits[:, :-1]], dim=1)  # [B, span, V]
-        logps = token_logprobs(logits, response, self.config.temperature)
-        # Back to the batch layout: response token k of a row is target position prompt_length + k - 1.
-        row_index, token_index = response_mask.nonzero(as_tuple=True)
-        target = (positions - 1)[row_index, token_index]
-        return logps.new_zeros(batch.targets.shape).index_put((row_index, target), logps[row_index, token_index])
+        column = torch.searchsorted(keep, where % width) if self._keeps_logits else where % width
+        logits = out.logits[where // width, column]  # [scored, V]
+        logps = token_logprobs(logits, batch.targets[rows, tokens], self.config.temperature)
+        return logps.new_zeros(batch.targets.shape).index_put((rows, tokens), logps)
 
     @torch.no_grad()
     def sequence_logprobs(self, samples: Sequence[TrainingSample], *, reference: bool = False) -> torch.Tensor:
@@ -205,13 +181,8 @@ class PolicyTrainer:
     def _micro_batches(self, samples: Sequence[TrainingSample]) -> list[Batch]:
         order = list(range(len(samples)))
         random.Random(self.config.seed * 1_000_003 + self.step).shuffle(order)
-        if self.config.share_prompts:  # a prompt's samples stay together, so that micro-batches share prompts
-            first: dict[tuple[int, ...], int] = {}
-            keyed = [
-                (first.setdefault(tuple(samples[i].triplet.prompt_token_ids), len(first)), n, i)
-                for n, i in enumerate(order)
-            ]
-            order = [i for _, _, i in sorted(keyed)]
+        if self.config.share_prompts:  # in prompt order, so that micro-batches share prompts and their prefixes
+            order.sort(key=lambda i: samples[i].triplet.prompt_token_ids)
         size = self.config.micro_batch_size
         batches = []
         for start in range(0, len(order), size):
@@ -363,53 +334,6 @@ def _load_pretrained(name: str, dtype: torch.dtype) -> nn.Module:
         return AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
     except TypeError:  # transformers < 4.56 calls it torch_dtype
         return AutoModelForCausalLM.from_pretrained(name, torch_dtype=dtype)
-
-
-def _shared_prompts(batch: Batch) -> Optional[tuple[list[int], list[torch.Tensor]]]:
-    """``(slot of each row, the distinct prompts)`` when some rows of ``batch`` share their prompt; else ``None``."""
-    if not batch.prompt_lengths or min(batch.prompt_lengths) < 1:
-        return None
-    distinct: dict[tuple[int, ...], int] = {}
-    prompts: list[torch.Tensor] = []
-    slots = []
-    for row, length in enumerate(batch.prompt_lengths):
-        ids = batch.input_ids[row, :length]
-        key = tuple(ids.tolist())
-        if key not in distinct:
-            distinct[key] = len(prompts)
-            prompts.append(ids)
-        slots.append(distinct[key])
-    return (slots, prompts) if len(prompts) < len(slots) else None
-
-
-def _output_cache(out: Any) -> Any:
-    cache = getattr(out, "cache", None)
-    return cache if cache is not None else out.past_key_values
-
-
-def _select_cache_rows(cache: Any, rows: torch.Tensor) -> Any:
-    """The KV cache with its batch rows replaced by ``rows`` (repeats allowed), as a new tensor per layer (the
-    copy is differentiable: gradients of the copies add up in the shared prompt's keys and values)."""
-    layers = getattr(cache, "layers", None)
-    if layers is not None:
-        for layer in layers:
-            layer.keys = layer.keys.index_select(0, rows)
-            layer.values = layer.values.index_select(0, rows)
-        return cache
-    for i in range(len(cache.key_cache)):  # older transformers
-        cache.key_cache[i] = cache.key_cache[i].index_select(0, rows)
-        cache.value_cache[i] = cache.value_cache[i].index_select(0, rows)
-    return cache
-
-
-def _cache_argument(model: nn.Module) -> str:
-    """The name under which the model's forward takes a KV cache (transformers 5.2x renamed it to ``cache``)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    try:
-        parameters = inspect.signature(base.forward).parameters
-    except (TypeError, ValueError):
-        return "past_key_values"
-    return "cache" if "cache" in parameters else "past_key_values"
 
 
 def _accepts_logits_to_keep(model: nn.Module) -> bool:
