@@ -12,7 +12,10 @@ grouped KV heads) with
   share a KV head are treated as that head's queries (grouped-query attention without copying keys/values),
 - the model's own modules for everything else (embeddings, norms, projections, MLP, rotary embedding), so the
   weights stay the model's parameters: loading new weights in place needs nothing here,
-- on CUDA, each (rows, columns) bucket captured once as a CUDA graph and replayed: one launch per step.
+- on CUDA, each (rows, columns) bucket captured once as a CUDA graph and replayed: one launch per step;
+- on the CPU in float32, the projections through oneDNN's linear kernel instead of ``F.linear`` (MKL's sgemm):
+  at the few rows of a decode step MKL's kernel barely uses a second core (SmolLM2, 8 rows, this project's 2-core
+  CPU: a decode step of 178 ms instead of 223 ms, the same step measured in turns).
 
 Prefill (prompts of any length, several at once) stays transformers' forward; its KV cache rows are copied into
 the slots. :func:`supported` says whether a model can take this path; the engine falls back to the dynamic cache
@@ -55,7 +58,23 @@ def supported(model: Any) -> str | None:
     inner = getattr(model, "model", None)
     if inner is None or not hasattr(inner, "layers") or not hasattr(inner, "rotary_emb"):
         return "no decoder stack at model.model.layers"
+    mlp = getattr(inner.layers[0], "mlp", None) if len(inner.layers) else None
+    if not all(hasattr(mlp, name) for name in ("gate_proj", "up_proj", "down_proj", "act_fn")):
+        return "an MLP other than gate/up/down projections"
     return None
+
+
+def _linear_kernel(model: Any) -> Any:
+    """``linear(module, x)`` for the decode path's projections: oneDNN's kernel on the CPU in float32 when every
+    linear module is a plain ``nn.Linear`` (the weights stay the modules' own: loading new ones needs nothing
+    here), else the module itself."""
+    op = getattr(torch.ops.mkldnn, "_linear_pointwise", None)
+    param = next(model.parameters())
+    plain = all(type(m) is torch.nn.Linear for m in model.modules() if isinstance(m, torch.nn.Linear))
+    cpu32 = param.device.type == "cpu" and param.dtype == torch.float32
+    if op is None or not torch.backends.mkldnn.is_available() or not cpu32 or not plain:
+        return lambda module, x: module(x)
+    return lambda module, x: op(x, module.weight, module.bias, "none", [], "")
 
 
 def _bucket(n: int, smallest: int) -> int:
@@ -78,6 +97,7 @@ class StaticDecoder:
         self._layers = list(inner.layers)
         first = self._layers[0].self_attn
         self._apply_rope = sys.modules[type(first).__module__].apply_rotary_pos_emb
+        self._linear = _linear_kernel(model)
         config = model.config
         self.heads = int(config.num_attention_heads)
         self.kv_heads = int(getattr(config, "num_key_value_heads", None) or self.heads)
@@ -176,7 +196,7 @@ class StaticDecoder:
         hidden = self._layers_forward(self._inner.embed_tokens(ids), positions, slot_ids, attend)
         last = torch.tensor([n - 1 for n in lengths], device=self.device)
         self.positions[dst] = torch.tensor(lengths, device=self.device)
-        return self.model.lm_head(hidden[torch.arange(rows, device=self.device), last])
+        return self._linear(self.model.lm_head, hidden[torch.arange(rows, device=self.device), last])
 
     def copy_slot(self, source: int, targets: list[int], length: int) -> None:
         """Give ``targets`` the first ``length`` positions of ``source`` (a prompt shared by several sequences)."""
@@ -241,7 +261,8 @@ class StaticDecoder:
             return out.reshape(rows, 1, self.heads * self.head_dim)
 
         hidden = self._inner.embed_tokens(self.tokens[:rows, None])
-        return self.model.lm_head(self._layers_forward(hidden, positions, self._rows[:rows, None], attend)[:, 0])
+        hidden = self._layers_forward(hidden, positions, self._rows[:rows, None], attend)
+        return self._linear(self.model.lm_head, hidden[:, 0])
 
     def _layers_forward(
         self, hidden: torch.Tensor, positions: torch.Tensor, slot_ids: torch.Tensor, attend: Any
@@ -250,21 +271,23 @@ class StaticDecoder:
         ``slot_ids``, both ``[rows, width]``): each layer writes its keys/values into the slots, then ``attend(q,
         keys, values, scale)`` reads them. Returns the final-normed hidden states."""
         rows, width = hidden.shape[:2]
+        linear = self._linear
         cos, sin = self._inner.rotary_emb(hidden, positions)
         for index, layer in enumerate(self._layers):
             attn = layer.self_attn
             x = layer.input_layernorm(hidden)
-            q = attn.q_proj(x).view(rows, width, self.heads, self.head_dim)
-            k = attn.k_proj(x).view(rows, width, self.kv_heads, self.head_dim)
-            v = attn.v_proj(x).view(rows, width, self.kv_heads, self.head_dim)
+            q = linear(attn.q_proj, x).view(rows, width, self.heads, self.head_dim)
+            k = linear(attn.k_proj, x).view(rows, width, self.kv_heads, self.head_dim)
+            v = linear(attn.v_proj, x).view(rows, width, self.kv_heads, self.head_dim)
             if hasattr(attn, "q_norm"):  # Qwen3 normalizes each head before the rotation
                 q, k = attn.q_norm(q), attn.k_norm(k)
             q, k = self._apply_rope(q.transpose(1, 2), k.transpose(1, 2), cos, sin)  # [rows, heads, width, dim]
             keys, values = self._keys[index], self._values[index]
             keys[slot_ids, :, positions] = k.transpose(1, 2)
             values[slot_ids, :, positions] = v
-            hidden = hidden + attn.o_proj(attend(q, keys, values, attn.scaling))
-            hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+            hidden = hidden + linear(attn.o_proj, attend(q, keys, values, attn.scaling))
+            mlp, x = layer.mlp, layer.post_attention_layernorm(hidden)
+            hidden = hidden + linear(mlp.down_proj, mlp.act_fn(linear(mlp.gate_proj, x)) * linear(mlp.up_proj, x))
         return self._inner.norm(hidden)
 
 
