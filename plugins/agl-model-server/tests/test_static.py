@@ -2,7 +2,7 @@
 
 The API tests run on both paths through the parametrized server fixtures; these check the decoder itself: prefill
 and decode against a full forward pass, rows joining and leaving at different lengths, identical prompts prefilled
-once, the cache growing, models it refuses, and, where CUDA is available, graph replay (with weights loaded in place
+once, prompts with common first tokens running them once, the cache growing, models it refuses, and, where CUDA is available, graph replay (with weights loaded in place
 between steps).
 """
 
@@ -69,6 +69,17 @@ def test_rows_join_and_leave_and_match_a_forward_pass(device: str) -> None:
         seqs = [seqs[1], seqs[3]]
         seqs += _admit(model, batch, [list(range(20, 60)), [7, 7, 7]], [0, 1])
         assert sorted(batch._slots) == [0, 1, 2, 3]
+        _check_rows(model, batch, seqs, 3)
+        # Prompts with 10 tokens in common (one of them nothing else): those run once, then each prompt's own.
+        prefilled: list[tuple[int, list[int]]] = []
+        prefill = decoder.prefill
+        decoder.prefill = lambda slots, prompts, start=0: prefilled.append((start, prompts)) or prefill(
+            slots, prompts, start
+        )
+        common = list(range(100, 110))
+        seqs += _admit(model, batch, [common + [1, 2, 3], common + [4], common], [0, 1, 2, 1])
+        assert prefilled == [(0, [common[:9]]), (9, [common[9:] + [1, 2, 3], common[9:] + [4], common[9:]])]
+        del decoder.prefill
         _check_rows(model, batch, seqs, 3)
         # Past the first columns bucket (64 on the CPU, 256 with graphs): the cache grows, contents kept.
         allocated = decoder._len

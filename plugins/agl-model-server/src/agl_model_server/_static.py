@@ -77,6 +77,19 @@ def _linear_kernel(model: Any) -> Any:
     return lambda module, x: op(x, module.weight, module.bias, "none", [], "")
 
 
+_SHARED_PREFIX_MIN = 8
+"""Prompts admitted together that start with at least this many common tokens run them once."""
+
+
+def _common_prefix(sequences: list[list[int]]) -> int:
+    """How many first tokens all ``sequences`` have in common."""
+    first = sequences[0]
+    n = min(len(s) for s in sequences)
+    for other in sequences[1:]:
+        n = next((i for i, (a, b) in enumerate(zip(first[:n], other[:n])) if a != b), n)
+    return n
+
+
 def _bucket(n: int, smallest: int) -> int:
     size = smallest
     while size < n:
@@ -165,19 +178,20 @@ class StaticDecoder:
         self._graphs.clear()
         self._pool = None
 
-    def prefill(self, slots: list[int], prompts: list[list[int]]) -> torch.Tensor:
-        """Run ``prompts[i]`` into slot ``slots[i]`` (positions ``0..n-1``; eager: prompts differ in length) and
-        return the logits of each prompt's last token (``[len(prompts), vocab]``)."""
+    def prefill(self, slots: list[int], prompts: list[list[int]], start: int = 0) -> torch.Tensor:
+        """Run ``prompts[i]`` into slot ``slots[i]`` at positions ``start..`` (eager: prompts differ in length; the
+        first ``start`` positions of each slot are already there) and return the logits of each prompt's last token
+        (``[len(prompts), vocab]``)."""
         lengths = [len(p) for p in prompts]
         width = max(lengths)
-        self.reserve(max(slots) + 1, width + 1)
-        columns = min(_bucket(width, self._min_len), self._len)
+        self.reserve(max(slots) + 1, start + width + 1)
+        columns = min(_bucket(start + width, self._min_len), self._len)
         rows = len(prompts)
         ids = torch.zeros((rows, width), dtype=torch.long)
         for i, prompt in enumerate(prompts):  # right-padded: a pad writes past its row's end, which is never read
             ids[i, : len(prompt)] = torch.tensor(prompt, dtype=torch.long)
         ids = ids.to(self.device)
-        positions = torch.arange(width, device=self.device)[None, :].expand(rows, width)
+        positions = torch.arange(start, start + width, device=self.device)[None, :].expand(rows, width)
         dst = torch.tensor(slots, device=self.device)
         slot_ids = dst[:, None].expand(rows, width)
         mask = self._columns[None, None, None, :columns] <= positions[:, None, :, None]  # [rows, 1, width, cols]
@@ -195,7 +209,7 @@ class StaticDecoder:
 
         hidden = self._layers_forward(self._inner.embed_tokens(ids), positions, slot_ids, attend)
         last = torch.tensor([n - 1 for n in lengths], device=self.device)
-        self.positions[dst] = torch.tensor(lengths, device=self.device)
+        self.positions[dst] = torch.tensor(lengths, device=self.device) + start
         return self._linear(self.model.lm_head, hidden[torch.arange(rows, device=self.device), last])
 
     def copy_slot(self, source: int, targets: list[int], length: int) -> None:
@@ -316,7 +330,16 @@ class StaticBatch:
         groups: dict[int, list[int]] = {}  # prompt -> the slots of the rows that share it
         for slot, source in zip(slots, sources):
             groups.setdefault(source, []).append(slot)
-        logits = self.decoder.prefill([group[0] for group in groups.values()], [prompts[s] for s in groups])
+        firsts, distinct = [group[0] for group in groups.values()], [prompts[s] for s in groups]
+        # The tokens every prompt starts with (a system prompt, the agent's instructions) run once, into one slot,
+        # and are copied to the others; each prompt's own tokens run after them (at least its last one).
+        shared = min(_common_prefix(distinct), min(len(p) for p in distinct) - 1) if len(distinct) > 1 else 0
+        if shared >= _SHARED_PREFIX_MIN:
+            self.decoder.prefill(firsts[:1], [distinct[0][:shared]])
+            self.decoder.copy_slot(firsts[0], firsts[1:], shared)
+        else:
+            shared = 0
+        logits = self.decoder.prefill(firsts, [p[shared:] for p in distinct], start=shared)
         for source, (first, *others) in groups.items():
             if others:
                 self.decoder.copy_slot(first, others, len(prompts[source]))
