@@ -161,6 +161,7 @@ def run_agl(recipe: Any, args: argparse.Namespace, on_step: Callable[[], None]) 
     for entry in result["report"].history:
         sequences = entry.get("sequences", 0.0)
         row = {key: entry[key] for key in ("step_time_s", "rollout_time_s", "update_time_s")}
+        row["train_step_s"] = entry.get("time_s")  # PolicyTrainer.train_step alone (the rest: metrics, records)
         tokens = entry["loss_tokens"] / sequences if sequences else None
         rows.append(dict(row, reward_mean=entry.get("reward_mean", 0.0), trained=sequences, completion_tokens=tokens))
     return {"steps": rows}

@@ -56,7 +56,7 @@ def _check_rows(model: Any, batch: StaticBatch, seqs: list[list[int]], steps: in
 def test_rows_join_and_leave_and_match_a_forward_pass(device: str) -> None:
     torch.manual_seed(0)
     model = make_tiny_model(300).to(device)
-    decoder = StaticDecoder(model, max_slots=8, max_len=512)
+    decoder = StaticDecoder(model, max_slots=16, max_len=512)
     assert decoder.use_graphs == (device == "cuda")
     batch = StaticBatch(decoder)
     with torch.inference_mode():
@@ -77,7 +77,8 @@ def test_rows_join_and_leave_and_match_a_forward_pass(device: str) -> None:
             slots, prompts, start
         )
         common = list(range(100, 110))
-        seqs += _admit(model, batch, [common + [1, 2, 3], common + [4], common], [0, 1, 2, 1])
+        seqs += _admit(model, batch, [common + [1, 2, 3], common + [4], common], [0, 1, 2, 1, 1, 1])
+        assert sorted(batch._slots) == list(range(10))  # past the first slots bucket (8): the cache grew
         assert prefilled == [(0, [common[:9]]), (9, [common[9:] + [1, 2, 3], common[9:] + [4], common[9:]])]
         del decoder.prefill
         _check_rows(model, batch, seqs, 3)
