@@ -189,7 +189,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--group-size", type=int, default=6, help="rollouts per task")
     parser.add_argument("--max-tokens", type=int, default=14)
     parser.add_argument("--lr", type=float, default=2e-5)
-    parser.add_argument("--micro-batch-size", type=int, default=8, help="sequences per forward/backward pass")
+    parser.add_argument(
+        "--micro-batch-size", type=int, default=24, help="sequences per forward/backward pass (one prefix tree)"
+    )
     parser.add_argument("--runners", type=int, default=24, help="concurrent agents (asyncio tasks)")
     parser.add_argument("--train-tasks", type=int, default=200)
     parser.add_argument("--val-tasks", type=int, default=24)
