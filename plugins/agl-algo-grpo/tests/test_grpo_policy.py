@@ -219,10 +219,13 @@ def test_prefix_trees_store_shared_tokens_once_and_see_only_their_own_sequence()
             assert torch.equal(sees, expected)
 
 
-@pytest.mark.parametrize(("lora", "attention"), [(False, "sdpa"), (False, "eager"), (True, "sdpa")])
-def test_shared_prefixes_give_the_same_logprobs_and_gradients(lora: bool, attention: str) -> None:
+@pytest.mark.parametrize(
+    ("lora", "attention", "checkpointing"),
+    [(False, "sdpa", False), (False, "eager", False), (True, "sdpa", False), (False, "sdpa", True)],
+)
+def test_shared_prefixes_give_the_same_logprobs_and_gradients(lora: bool, attention: str, checkpointing: bool) -> None:
     """Prefix trees (shared prompts and instructions, branching responses, one response cut by max_length) give
-    the logprobs and the gradients of running every sequence whole, padded."""
+    the logprobs and the gradients of running every sequence whole, padded (with gradient checkpointing too)."""
     import copy
 
     from agl_algo_grpo import collate
@@ -232,8 +235,10 @@ def test_shared_prefixes_give_the_same_logprobs_and_gradients(lora: bool, attent
     base.config._attn_implementation = attention
     results = {}
     for share in (False, True):
-        config = GRPOConfig(share_prompts=share, lora=LoraSettings(r=4) if lora else None)
+        lora_settings = LoraSettings(r=4) if lora else None
+        config = GRPOConfig(share_prompts=share, lora=lora_settings, gradient_checkpointing=checkpointing)
         policy = PolicyTrainer(copy.deepcopy(base), config)
+        policy.model.train()
         assert policy._packs == share
         batch = collate(samples, pad_token_id=policy.pad_token_id, max_length=18)
         assert batch.truncated == 1

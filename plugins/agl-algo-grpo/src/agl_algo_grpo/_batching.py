@@ -101,8 +101,6 @@ class Batch:
     """Sequences cut to ``max_length``."""
     rows: list[int] = field(default_factory=list)
     """Which training samples the rows are, in order."""
-    prompt_lengths: list[int] = field(default_factory=list)
-    """Per row: how many of its first tokens are the prompt (after truncation)."""
     ref_logps: Optional[torch.Tensor] = None
     """The reference policy's logprobs (set by the trainer when a KL penalty is asked)."""
     recomputed: int = 0
@@ -182,7 +180,6 @@ def collate(
         token_count=sum(len(s) for s in sequences),
         truncated=truncated,
         rows=list(rows) if rows is not None else list(range(len(samples))),
-        prompt_lengths=[min(len(s.triplet.prompt_token_ids), len(ids)) for s, ids in zip(samples, sequences)],
     )
 
 
