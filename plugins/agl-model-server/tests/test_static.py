@@ -114,6 +114,27 @@ def test_graphs_replay_new_weights_loaded_in_place() -> None:
     assert decoder.captures == captures
 
 
+def test_a_module_swapped_in_runs_its_own_forward() -> None:
+    """On the CPU plain projections run as ``W @ x.T``; after a module is swapped in (an adapter, say) and the
+    decoder refreshed, that module's own forward runs."""
+
+    class Doubled(torch.nn.Linear):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return 2 * super().forward(x)
+
+    torch.manual_seed(0)
+    model = make_tiny_model(300)
+    decoder = StaticDecoder(model, max_slots=4, max_len=64)
+    attn = model.model.layers[0].self_attn
+    doubled = Doubled(attn.q_proj.in_features, attn.q_proj.out_features, bias=attn.q_proj.bias is not None)
+    doubled.load_state_dict(attn.q_proj.state_dict())
+    attn.q_proj = doubled
+    decoder.refresh()
+    with torch.inference_mode():
+        seqs = _admit(model, StaticBatch(decoder), [[5, 6, 7, 8]], [0])
+    assert len(seqs) == 1
+
+
 def test_unsupported_models_are_refused_with_the_reason() -> None:
     from transformers import GPT2Config, GPT2LMHeadModel
 

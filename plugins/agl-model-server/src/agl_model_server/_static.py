@@ -16,9 +16,9 @@ grouped KV heads) with
 - on the CPU in float32, the projections computed as ``W @ x.T`` (see :func:`_linear_kernel`): at the few rows of a
   decode step, ``x @ W.T`` leaves one of this project's two cores idle.
 
-Prefill (prompts of any length, several at once) stays transformers' forward; its KV cache rows are copied into
-the slots. :func:`supported` says whether a model can take this path; the engine falls back to the dynamic cache
-otherwise.
+Prefill runs the same layers over prompts of any length, several at once, writing their keys/values straight into
+the slots; prompts admitted together run the first tokens they have in common once. :func:`supported` says whether
+a model can take this path; the engine falls back to the dynamic cache otherwise.
 """
 
 from __future__ import annotations
@@ -152,6 +152,7 @@ class StaticDecoder:
         if signature != self._signature:
             self._signature = signature
             self._layers = list(self._inner.layers)
+            self._linear = _linear_kernel(self.model)  # a swapped-in module may not be a plain nn.Linear
             self._drop_graphs()
 
     # ----------------------------------------------------------------------------------------------- memory
