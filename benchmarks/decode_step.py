@@ -58,7 +58,7 @@ def main() -> None:
             ids = torch.randint(100, 1000, (rows, args.prompt), device=args.device)
             out = model(input_ids=ids, use_cache=True, **{cache_arg: _kvcache.make_cache()})
             state = {
-                "cache": getattr(out, "cache", None) or out.past_key_values,
+                "cache": _kvcache.output_cache(out),
                 "mask": torch.ones(rows, args.prompt, dtype=torch.long, device=args.device),
                 "pos": torch.full((rows,), args.prompt, device=args.device),
             }

@@ -155,7 +155,6 @@ def parse_answer(text: Optional[str]) -> Optional[str]:
 @rollout
 async def room_agent(task: dict[str, Any], resources: dict[str, Any]) -> float:
     """One booking: up to 4 model turns, with the ``list_rooms`` tool; the reward of the final ``ROOM:`` answer."""
-
     llm = resources["llm"]
     values = {
         "date": task["date"],

@@ -136,7 +136,8 @@ class PolicyTrainer:
         rows, tokens = batch.loss_mask.nonzero(as_tuple=True)  # scored: token tokens + 1 of row rows
         where = packed.index[rows, tokens]
         width = packed.input_ids.shape[1]
-        keep = torch.unique(where % width)  # the packed positions whose logits are needed, sorted
+        tree, position = where // width, where % width
+        keep = torch.unique(position)  # the packed positions whose logits are needed, sorted
         mask = packed.attention_mask
         if self._attention == "eager":  # eager attention adds the mask to the scores
             mask = torch.zeros(mask.shape, dtype=self.autocast_dtype or self.weights_dtype, device=mask.device)
@@ -150,8 +151,8 @@ class PolicyTrainer:
                 use_cache=False,
                 **extra,
             )
-        column = torch.searchsorted(keep, where % width) if self._keeps_logits else where % width
-        logits = out.logits[where // width, column]  # [scored, V]
+        column = torch.searchsorted(keep, position) if self._keeps_logits else position
+        logits = out.logits[tree, column]  # [scored, V]
         logps = token_logprobs(logits, batch.targets[rows, tokens], self.config.temperature)
         return logps.new_zeros(batch.targets.shape).index_put((rows, tokens), logps)
 

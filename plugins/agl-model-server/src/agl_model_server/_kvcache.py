@@ -18,7 +18,16 @@ import torch
 import torch.nn.functional as F
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
-__all__ = ["DynamicBatch", "cache_argument", "cache_length", "make_cache", "merge", "select_rows", "trim_left"]
+__all__ = [
+    "DynamicBatch",
+    "cache_argument",
+    "cache_length",
+    "make_cache",
+    "merge",
+    "output_cache",
+    "select_rows",
+    "trim_left",
+]
 
 
 class _GrowingLayer(DynamicLayer):
@@ -70,6 +79,12 @@ def cache_argument(model: Any) -> str:
     """The name of the KV cache argument of ``model.forward`` (transformers 5.2x renamed ``past_key_values`` to
     ``cache``, argument and output)."""
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def output_cache(out: Any) -> Any:
+    """The KV cache a model's forward returned (``out.cache`` in transformers 5.2x, else ``out.past_key_values``)."""
+    cache = getattr(out, "cache", None)
+    return out.past_key_values if cache is None else cache
 
 
 def _layers(cache: Any) -> list[Any]:
@@ -140,8 +155,7 @@ class DynamicBatch:
     def _forward(self, cache: Any, **kwargs: Any) -> tuple[torch.Tensor, Any]:
         """Run the model; returns ``(logits of the last position, the updated cache)``."""
         out = self.model(use_cache=True, return_dict=True, **{self._cache_arg: cache}, **kwargs)
-        new_cache = getattr(out, "cache", None)
-        return out.logits[:, -1, :], out.past_key_values if new_cache is None else new_cache
+        return out.logits[:, -1, :], output_cache(out)
 
     def admit(self, prompts: list[list[int]], sources: list[int]) -> torch.Tensor:
         """Add a row per entry of ``sources`` (an index into ``prompts``; rows sharing a prompt run it once) and

@@ -186,10 +186,12 @@ class StaticDecoder:
         self._graphs.clear()
         self._pool = None
 
-    def prefill(self, slots: list[int], prompts: list[list[int]], start: int = 0) -> torch.Tensor:
+    def prefill(
+        self, slots: list[int], prompts: list[list[int]], start: int = 0, *, logits: bool = True
+    ) -> torch.Tensor | None:
         """Run ``prompts[i]`` into slot ``slots[i]`` at positions ``start..`` (eager: prompts differ in length; the
         first ``start`` positions of each slot are already there) and return the logits of each prompt's last token
-        (``[len(prompts), vocab]``)."""
+        (``[len(prompts), vocab]``; ``None`` with ``logits=False``, for tokens that only fill the cache)."""
         lengths = [len(p) for p in prompts]
         width = max(lengths)
         self.reserve(max(slots) + 1, start + width + 1)
@@ -218,6 +220,8 @@ class StaticDecoder:
         hidden = self._layers_forward(self._inner.embed_tokens(ids), positions, slot_ids, attend)
         last = torch.tensor([n - 1 for n in lengths], device=self.device)
         self.positions[dst] = torch.tensor(lengths, device=self.device) + start
+        if not logits:
+            return None
         return self._linear(self.model.lm_head, hidden[torch.arange(rows, device=self.device), last])
 
     def copy_slot(self, source: int, targets: list[int], length: int) -> None:
@@ -344,11 +348,12 @@ class StaticBatch:
         # and are copied to the others; each prompt's own tokens run after them (at least its last one).
         shared = min(_common_prefix(distinct), min(len(p) for p in distinct) - 1) if len(distinct) > 1 else 0
         if shared >= _SHARED_PREFIX_MIN:
-            self.decoder.prefill(firsts[:1], [distinct[0][:shared]])
+            self.decoder.prefill(firsts[:1], [distinct[0][:shared]], logits=False)
             self.decoder.copy_slot(firsts[0], firsts[1:], shared)
         else:
             shared = 0
         logits = self.decoder.prefill(firsts, [p[shared:] for p in distinct], start=shared)
+        assert logits is not None
         for source, (first, *others) in groups.items():
             if others:
                 self.decoder.copy_slot(first, others, len(prompts[source]))
