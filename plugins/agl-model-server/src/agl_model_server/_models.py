@@ -41,13 +41,18 @@ _INSTALL_HINT = (
 )
 
 
+def cache_dir(name: str, variable: str) -> Path:
+    """``$variable`` if set, else ``$XDG_CACHE_HOME/agl/<name>``, else ``~/.cache/agl/<name>``."""
+    if os.environ.get(variable):
+        return Path(os.environ[variable]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base).expanduser() / "agl" / name
+
+
 def models_cache_dir() -> Path:
     """Where converted models are kept: ``$AGL_MODELS_DIR``, else ``$XDG_CACHE_HOME/agl/models``, else
     ``~/.cache/agl/models``."""
-    if os.environ.get("AGL_MODELS_DIR"):
-        return Path(os.environ["AGL_MODELS_DIR"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base).expanduser() / "agl" / "models"
+    return cache_dir("models", "AGL_MODELS_DIR")
 
 
 def default_model_dir() -> Path:
