@@ -4,6 +4,7 @@ advantages and updates the policy (entry point ``grpo`` in ``agl.algorithms``)."
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import random
 import time
 from collections.abc import Mapping, Sequence
@@ -22,7 +23,7 @@ from agl_kernel.training_metrics import Column, MetricsRecorder
 
 from agl_algo_grpo._batching import RolloutSample, assign_advantages
 from agl_algo_grpo._config import GRPOConfig, make_config
-from agl_algo_grpo._policy import PolicyTrainer
+from agl_algo_grpo._policy import PolicyTrainer, keep_freed_memory, resolve_device
 from agl_algo_grpo._publish import PolicyPublisher, as_publisher
 
 
@@ -105,6 +106,7 @@ class GRPO(Algorithm):
         self.console = console if console is not None else (Console() if self.config.console else None)
         self._published: Optional[tuple[int, Optional[str]]] = None  # (version, resources_id)
         self._orders: dict[int, list[int]] = {}
+        self._trainer_thread: Optional[concurrent.futures.ThreadPoolExecutor] = None
 
     # ------------------------------------------------------------------------------------------------ the loop
 
@@ -113,8 +115,24 @@ class GRPO(Algorithm):
     ) -> GRPOReport:
         if not train_dataset:
             raise ValueError("GRPO needs a non-empty train_dataset")
+        device = self.policy.device if self.policy is not None else resolve_device(self.config)[0]
+        if device.type == "cpu":
+            keep_freed_memory()  # before the training thread starts: it must share the one arena
+        # The policy is built, trained and saved on a thread of its own (torch releases the GIL meanwhile).
+        self._trainer_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="agl-grpo-train")
+        try:
+            return await self._run(store, train_dataset, val_dataset)
+        finally:
+            self._trainer_thread.shutdown(wait=False)
+
+    async def _on_trainer_thread(self, function: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._trainer_thread, function, *args)
+
+    async def _run(
+        self, store: LightningStore, train_dataset: Sequence[Any], val_dataset: Optional[Sequence[Any]]
+    ) -> GRPOReport:
         if self.policy is None:
-            self.policy = await asyncio.to_thread(PolicyTrainer, self.model, self.config)  # type: ignore[arg-type]
+            self.policy = await self._on_trainer_thread(PolicyTrainer, self.model, self.config)
         policy = self.policy
         if self.adapter is None:
             from agl_kernel.adapters import TripletAdapter
@@ -141,7 +159,7 @@ class GRPO(Algorithm):
                 if self.config.checkpoint_every and (
                     policy.step % self.config.checkpoint_every == 0 or policy.step == self.config.steps
                 ):
-                    checkpoint = str(await asyncio.to_thread(policy.save_checkpoint))
+                    checkpoint = str(await self._on_trainer_thread(policy.save_checkpoint))
                 last = policy.step == self.config.steps
                 every = self.config.val_every
                 if val_dataset and (last or (every and policy.step % every == 0)):
@@ -188,7 +206,7 @@ class GRPO(Algorithm):
             samples = [s for s in samples if s.advantage != 0.0]
         metrics: dict[str, float] = {}
         if samples:
-            metrics.update(await asyncio.to_thread(policy.train_step, samples))
+            metrics.update(await self._on_trainer_thread(policy.train_step, samples))
         else:
             policy.skip_step()
             metrics["update_skipped"] = 1.0
