@@ -92,12 +92,16 @@ def test_a_failed_build_falls_back_with_the_reason_logged(tmp_path: Path) -> Non
 
 @needs_kernel
 def test_the_build_is_cached_per_source_and_can_be_switched_off(tmp_path: Path) -> None:
-    script = "from agl_model_server import _cpu_kernel\nprint('kernel', _cpu_kernel.load() is not None)\n"
+    script = (
+        "import logging; logging.basicConfig(level=logging.INFO)\n"
+        "from agl_model_server import _cpu_kernel\n"
+        "print('kernel', _cpu_kernel.load() is not None)\n"
+    )
     env = {**os.environ, "AGL_KERNELS_DIR": str(tmp_path)}
     for _ in range(2):
         done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=180)
         assert done.returncode == 0, done.stderr
-        assert "kernel True" in done.stdout
+        assert "kernel True" in done.stdout, done.stderr
     built = list(tmp_path.glob("agl_linear_*.so"))
     assert len(built) == 1, built
     stamp = built[0].stat().st_mtime_ns

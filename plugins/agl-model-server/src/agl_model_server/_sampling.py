@@ -62,6 +62,20 @@ def _truncate(probs: torch.Tensor, top_p: list[float], top_k: list[int]) -> torc
     return torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
 
 
+def _inverse_cdf(probs: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+    """For each row of ``probs`` (non-negative, not necessarily normalized), the token where the running sum first
+    exceeds ``uniform[row]`` (in ``[0, 1)``) times the row's total: a draw from the row's distribution. A token of
+    probability 0 adds nothing to the sum and is never chosen; in float32 each token's chance is off by at most
+    about one rounding of the running sum (~6e-8). ``torch.multinomial`` draws a random number per vocabulary
+    entry on the CPU instead: 12 ms for 8 rows of SmolLM2's 49152 tokens, against ~1 ms here (a float64 sum alone
+    took 5 ms)."""
+    cdf = probs.float().cumsum(dim=-1)
+    total = cdf[:, -1]
+    # Strictly below the total once rounded to float32, so that the token found has a positive probability.
+    targets = torch.minimum((uniform * total.double()).float(), torch.nextafter(total, torch.zeros_like(total)))
+    return torch.searchsorted(cdf, targets[:, None], right=True).squeeze(1)
+
+
 def sample_batch(
     logits: torch.Tensor,
     params: Sequence[SamplingParams],
@@ -94,21 +108,17 @@ def sample_batch(
         sub = [params[i] for i in sampled]
         if any(p.top_p < 1.0 or p.top_k > 0 for p in sub):
             probs = _truncate(probs, [p.top_p for p in sub], [p.top_k for p in sub])
-        chosen = torch.empty(len(sampled), dtype=torch.long, device=logits.device)
+        # One uniform number per row: the shared generator's for most rows, a seeded row's own for that row.
+        uniform = torch.empty(len(sampled), dtype=torch.float64, device=logits.device)
         shared = [j for j, i in enumerate(sampled) if generators[i] is None]
         if shared:
-            sidx = torch.tensor(shared, device=logits.device) if len(shared) < len(sampled) else None
-            picked = torch.multinomial(
-                probs if sidx is None else probs.index_select(0, sidx), 1, generator=default_generator
-            ).squeeze(1)
-            if sidx is None:
-                chosen = picked
-            else:
-                chosen[sidx] = picked
+            draws = torch.rand(len(shared), dtype=torch.float64, device=logits.device, generator=default_generator)
+            uniform[torch.tensor(shared, device=logits.device)] = draws
         for j, i in enumerate(sampled):
             gen = generators[i]
             if gen is not None:
-                chosen[j] = torch.multinomial(probs[j], 1, generator=gen)[0]
+                uniform[j] = torch.rand(1, dtype=torch.float64, device=logits.device, generator=gen)[0]
+        chosen = _inverse_cdf(probs, uniform)
         if idx is None:
             tokens = chosen
         else:
