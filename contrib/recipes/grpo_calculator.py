@@ -118,7 +118,7 @@ class _ServerSink:
 
 
 async def train(args: argparse.Namespace, console: Console) -> dict[str, Any]:
-    from agl_algo_grpo import GRPO, LLMPublisher
+    from agl_algo_grpo import GRPO, LLMPublisher, keep_freed_memory
     from agl_model_server import ModelServer
 
     from agl_kernel.proxy import LLMProxy
@@ -126,6 +126,8 @@ async def train(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     from agl_kernel.store.defaults import describe_store, make_store
     from agl_kernel.trainer import Trainer
 
+    if args.device == "cpu":
+        keep_freed_memory()  # before the threads that load, serve and train start (see its docstring)
     policy_model, served_model, tokenizer = await asyncio.to_thread(load_models, args)
     server = await asyncio.to_thread(
         lambda: ModelServer(model=served_model, tokenizer=tokenizer, model_name="policy").start()

@@ -29,7 +29,7 @@ from agl_kernel.training_metrics import (
     VALIDATION_SPAN,
     MetricsRecorder,
 )
-from agl_algo_grpo._policy import PolicyTrainer
+from agl_algo_grpo._policy import PolicyTrainer, keep_freed_memory
 from agl_algo_grpo._publish import LLMPublisher, PolicyPublisher, WeightSink
 
 __all__ = [
@@ -39,6 +39,7 @@ __all__ = [
     "LoraSettings",
     "make_config",
     "PolicyTrainer",
+    "keep_freed_memory",
     "PolicyPublisher",
     "LLMPublisher",
     "WeightSink",
