@@ -73,8 +73,8 @@ def test_rows_join_and_leave_and_match_a_forward_pass(device: str) -> None:
         # Prompts with 10 tokens in common (one of them nothing else): those run once, then each prompt's own.
         prefilled: list[tuple[int, list[int]]] = []
         prefill = decoder.prefill
-        decoder.prefill = lambda slots, prompts, start=0, **kw: prefilled.append((start, prompts)) or prefill(
-            slots, prompts, start, **kw
+        decoder.prefill = lambda slots, prompts, start=0, **kw: (
+            prefilled.append((start, prompts)) or prefill(slots, prompts, start, **kw)
         )
         common = list(range(100, 110))
         seqs += _admit(model, batch, [common + [1, 2, 3], common + [4], common], [0, 1, 2, 1, 1, 1])

@@ -27,7 +27,7 @@ from agl_algo_grpo._checkpoint import latest_checkpoint, prune_checkpoints, read
 from agl_algo_grpo._config import GRPOConfig
 from agl_algo_grpo._losses import policy_loss, token_logprobs
 
-__all__ = ["PolicyTrainer", "keep_freed_memory", "resolve_device"]
+__all__ = ["PolicyTrainer", "glibc_malloc", "keep_freed_memory", "resolve_device"]
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -39,6 +39,12 @@ def _adamw(parameters: list[torch.Tensor], **options: Any) -> torch.optim.Optimi
         return torch.optim.AdamW(parameters, fused=True, **options)
     except (RuntimeError, TypeError, ValueError):
         return torch.optim.AdamW(parameters, **options)
+
+
+def glibc_malloc() -> bool:
+    """Whether this process allocates with glibc's ``malloc`` (Linux with glibc), the one
+    :func:`keep_freed_memory` tunes."""
+    return sys.platform == "linux" and platform.libc_ver()[0] == "glibc"
 
 
 @functools.cache
@@ -53,7 +59,7 @@ def keep_freed_memory() -> bool:
     gradient of SmolLM2's tied embedding), no trimming; so the process keeps the memory of its peak. Threads that
     allocated before this call keep their own arenas: call it before the thread that trains starts. GRPO does,
     and trains on its own thread; the main job calls it before it loads anything (see docs/performance.md)."""
-    if sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
+    if not glibc_malloc():
         return False
     mallopt = ctypes.CDLL(None).mallopt
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int

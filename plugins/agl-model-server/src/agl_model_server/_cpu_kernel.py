@@ -89,7 +89,7 @@ def load() -> Optional[Linear]:
     if reason is None:
         try:
             function = ctypes.CDLL(str(_build(compiler))).agl_linear_f32  # type: ignore[arg-type]
-        except Exception as err:  # a failed build falls back to torch.mm; it must not stop the server
+        except Exception as err:  # noqa: BLE001 - a failed build falls back to torch.mm; it must not stop the server
             reason = f"building {_SOURCE.name} failed: {err}"
     if reason is not None:
         logger.info("the CPU decode kernel is not used (%s); decode steps use torch.mm", reason)
