@@ -89,7 +89,7 @@ def test_plugins_table_shows_builtins_with_their_distribution() -> None:
 def test_plugins_json_and_kind_filter() -> None:
     listed = json.loads(invoke("plugins", "--json").output)
     assert BUILTINS <= {f"{item['kind']}/{item['name']}" for item in listed}
-    assert all(set(item) == {"kind", "name", "distribution", "version", "module", "error"} for item in listed)
+    assert all(set(item) == {"kind", "name", "distribution", "version", "module", "error", "requires_kernel", "note"} for item in listed)
     stores = json.loads(invoke("plugins", "--json", "--kind", "stores").output)
     assert {item["kind"] for item in stores} == {"stores"} and "memory" in {item["name"] for item in stores}
 

@@ -473,7 +473,7 @@ def test_cli_lists_builtins_and_the_example_plugin(example_site: Path) -> None:
     result = run_python(example_site, "-m", "agl_kernel.cli", "plugins", "--json")
     assert result.returncode == 0, result.stderr
     listed = json.loads(result.stdout)
-    assert all(set(item) == {"kind", "name", "distribution", "version", "module", "error"} for item in listed)
+    assert all(set(item) == {"kind", "name", "distribution", "version", "module", "error", "requires_kernel", "note"} for item in listed)
     found = {(i["kind"], i["name"]): i for i in listed}
     assert BUILTINS | EXAMPLE_ENTRIES <= set(found)
     for key in EXAMPLE_ENTRIES:

@@ -14,7 +14,7 @@ from agl_kernel.models import *  # noqa: F403 - the data model is the kernel's p
 from agl_kernel.models import __all__ as _model_names
 from agl_kernel.store import LightningStore
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "__version__",

@@ -1,102 +1,225 @@
-"""``agl dev`` and ``agl runner``: run an agent through the loop, or serve a store with runners."""
+"""``agl train``, ``agl dev``, ``agl runner`` and ``agl config``: pick every component by name, configure it from a
+run file, the environment and ``--set``, and run the loop (or serve a store with runners)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
+from collections.abc import Callable
 from typing import Any, Optional
 
 import click
 
-__all__ = ["dev_command", "runner_command"]
+from agl_kernel.errors import ConfigError
+
+__all__ = ["config_command", "dev_command", "runner_command", "train_command"]
 
 
-def _store_option(spec: Optional[str], path: Optional[str], token: Optional[str]) -> Any:
-    """A store from the command line: a URL means a store server, anything else a store plugin by name."""
-    from agl_kernel.store.defaults import make_store
-
-    if spec is not None and spec.startswith(("http://", "https://")):
-        return make_store("http", url=spec, **({"token": token} if token else {}))
-    return make_store(spec, path=path)
+# ------------------------------------------------------------------------------------------ shared selection
 
 
-def _component(kind: str, spec: Optional[str]) -> Any:
-    """A component by registered name or by ``module:attr`` spec."""
+def _option(*decls: str, **kwargs: Any) -> Callable[[Any], Any]:
+    return click.option(*decls, default=None, **kwargs)
+
+
+_CONFIG_FLAGS = [
+    _option("--config", "config_path", metavar="RUN.TOML", help="A TOML run file (see `agl config --help`)."),
+    click.option(
+        "--set",
+        "overrides",
+        multiple=True,
+        metavar="TABLE.KEY=VALUE",
+        help="Set one option, over the run file and AGL_<TABLE>__<KEY> variables (repeatable): algorithm.steps=3.",
+    ),
+]
+
+_RUN_FLAGS = [
+    _option("--agent", "agent", help="The agent: module:name or path/to/file.py:name [run.agent]."),
+    _option("--dataset", "dataset", help="Tasks: a .jsonl/.json file or module:name [run.dataset]."),
+    _option("--val-dataset", "val_dataset", help="Validation tasks, in the same forms [run.val_dataset]."),
+    _option("--runners", "runners", type=click.IntRange(min=1), help="How many runners [run.runners; default 1]."),
+]
+
+
+def _selection_flags(*, algorithm: bool) -> list[Callable[[Any], Any]]:
+    flags = [
+        _option("--store", "store", help="Store by name, or a store server URL [store.name; default sqlite]."),
+        _option("--path", "path", help="The store's file, for stores that keep one [store.path]."),
+        _option("--tracer", "tracer", help="Tracer by name or module:name [tracer.name; default noop]."),
+        _option("--runner", "runner", help="Runner by name or module:name [runner.name; default litagent]."),
+        _option("--strategy", "strategy", help="shm (one process), cs (runner processes), ... [strategy.name]."),
+        _option("--adapter", "adapter", help="Adapter by name [adapter.name; default: the algorithm's choice]."),
+    ]
+    if algorithm:
+        flags.insert(0, _option("--algorithm", "algorithm", help="Algorithm by name [algorithm.name; default baseline]."))
+    return flags
+
+
+def _apply(flags: list[Callable[[Any], Any]]) -> Callable[[Any], Any]:
+    def decorate(command: Any) -> Any:
+        for flag in reversed(flags):
+            command = flag(command)
+        return command
+
+    return decorate
+
+
+def _flag_values(values: dict[str, Any]) -> dict[str, Any]:
+    """The command's flags as configuration keys (``--store http://...`` is the ``http`` store at that URL)."""
+    store = values.get("store")
+    flags = {
+        "run.agent": values.get("agent"),
+        "run.dataset": values.get("dataset"),
+        "run.val_dataset": values.get("val_dataset"),
+        "run.runners": values.get("runners"),
+        "algorithm.name": values.get("algorithm"),
+        "store.name": store,
+        "store.path": values.get("path"),
+        "tracer.name": values.get("tracer"),
+        "runner.name": values.get("runner"),
+        "strategy.name": values.get("strategy"),
+        "adapter.name": values.get("adapter"),
+    }
+    if store is not None and store.startswith(("http://", "https://")):
+        flags["store.name"], flags["store.url"] = "http", store
+    return flags
+
+
+def _load(values: dict[str, Any]) -> Any:
+    from agl_kernel.config import load_run_config
+
+    return load_run_config(values.get("config_path"), overrides=values.get("overrides") or (), flags=_flag_values(values))
+
+
+def _required(value: Optional[str], key: str, flag: str) -> str:
+    if not value:
+        raise ConfigError(f"{key}: required; pass {flag} or set {key.split('.')[1]} in the [run] table of --config")
+    return value
+
+
+def _import(spec: str, key: str) -> Any:
     from agl_kernel._imports import import_object
-    from agl_kernel.plugins import create_component
 
-    if spec is None:
-        return None
-    return create_component(kind, import_object(spec) if ":" in spec else spec)
+    try:
+        return import_object(spec)
+    except (ValueError, ImportError, OSError, AttributeError) as err:
+        raise ConfigError(f"{key}: {err}") from None
 
 
-def _dataset(spec: str) -> list[Any]:
+def _dataset(spec: str, key: str) -> list[Any]:
     """Tasks from a ``.jsonl``/``.json`` file, or from an object spec (a list, or a function returning one)."""
-    from agl_kernel._imports import import_object
+    if spec.endswith((".jsonl", ".json")) and ":" not in spec:
+        try:
+            with open(spec, encoding="utf-8") as file:
+                if spec.endswith(".json"):
+                    return list(json.load(file))
+                return [json.loads(line) for line in file if line.strip()]
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"{key}: cannot read {spec!r}: {err}") from None
+    data = _import(spec, key)
+    try:
+        return list(data() if callable(data) else data)
+    except TypeError as err:
+        raise ConfigError(f"{key}: {spec!r} is not a list of tasks (or a function returning one): {err}") from None
 
-    if os.path.isfile(spec) and spec.endswith((".jsonl", ".json")):
-        with open(spec, encoding="utf-8") as file:
-            if spec.endswith(".json"):
-                return list(json.load(file))
-            return [json.loads(line) for line in file if line.strip()]
-    data = import_object(spec)
-    return list(data() if callable(data) else data)
+
+def _print_report(report: Any) -> None:
+    by_status = getattr(report, "by_status", None)
+    if by_status is not None:
+        mean = getattr(report, "mean_reward", None)
+        click.echo(f"rollouts by status: {by_status}; mean reward: {'n/a' if mean is None else f'{mean:.3f}'}")
+    else:
+        click.echo(f"done: {type(report).__name__}")
+
+
+# ---------------------------------------------------------------------------------------------------- commands
+
+
+@click.command("train")
+@_apply(_CONFIG_FLAGS + _RUN_FLAGS + _selection_flags(algorithm=True))
+def train_command(**values: Any) -> None:
+    """Train an agent: every component by name (`agl plugins`), configured by --config, AGL_<TABLE>__<KEY>
+    variables and --set (in rising precedence; the flags above win)."""
+    from agl_kernel.trainer import Trainer
+
+    config = _load(values)
+    agent = _import(_required(config.run.agent, "run.agent", "--agent"), "run.agent")
+    train = _dataset(_required(config.run.dataset, "run.dataset", "--dataset"), "run.dataset")
+    val = None if config.run.val_dataset is None else _dataset(config.run.val_dataset, "run.val_dataset")
+    with Trainer.from_config(config) as trainer:
+        report = trainer.fit(agent, train, val)
+    _print_report(report)
 
 
 @click.command("dev")
-@click.option("--agent", "agent_spec", required=True, help="The agent: module:name or path/to/file.py:name.")
-@click.option("--dataset", "dataset_spec", required=True, help="Tasks: a .jsonl/.json file or module:name.")
-@click.option("--runners", "n_runners", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option("--strategy", default="shm", show_default=True, help="shm (one process) or cs (runner processes).")
-@click.option("--store", default=None, help="A store plugin by name. Default: sqlite at --path.")
-@click.option("--path", default=None, help="The store's file. Default: ./.agl/agl.db.")
-@click.option("--tracer", default="noop", show_default=True, help="A tracer plugin by name or module:name.")
-def dev_command(
-    agent_spec: str, dataset_spec: str, n_runners: int, strategy: str, store: Optional[str], path: Optional[str],
-    tracer: str,
-) -> None:
-    """Run an agent on every task of a dataset through the whole loop (baseline algorithm), to debug it."""
-    from agl_kernel._imports import import_object
+@_apply(_CONFIG_FLAGS + _RUN_FLAGS + _selection_flags(algorithm=False))
+def dev_command(**values: Any) -> None:
+    """Run an agent on every task of a dataset through the whole loop (the baseline algorithm), to debug it; the
+    same selection and configuration as `agl train`."""
     from agl_kernel.trainer import Trainer
 
-    agent = import_object(agent_spec)
-    tracer_obj = _component("tracers", tracer)
-    with Trainer(n_runners=n_runners, strategy=strategy, store=store, store_path=path, tracer=tracer_obj) as trainer:
-        report = trainer.dev(agent, _dataset(dataset_spec))
-    mean = "n/a" if report.mean_reward is None else f"{report.mean_reward:.3f}"
-    click.echo(f"rollouts by status: {report.by_status}; mean reward: {mean}")
+    config = _load(values)
+    agent = _import(_required(config.run.agent, "run.agent", "--agent"), "run.agent")
+    tasks = _dataset(_required(config.run.dataset, "run.dataset", "--dataset"), "run.dataset")
+    val = None if config.run.val_dataset is None else _dataset(config.run.val_dataset, "run.val_dataset")
+    with Trainer.from_config(config, algorithm="baseline") as trainer:
+        report = trainer.dev(agent, tasks, val)
+    _print_report(report)
+
+
+@click.command("config")
+@_apply(_CONFIG_FLAGS + _RUN_FLAGS + _selection_flags(algorithm=True))
+def config_command(**values: Any) -> None:
+    """Print the effective configuration of a run as a TOML run file: every component's name and every option,
+    defaults filled in, after the run file, AGL_<TABLE>__<KEY> variables, --set and the flags.
+
+    \b
+    A run file has a [run] table (agent, dataset, val_dataset, runners) and one table per kind (store, tracer,
+    runner, strategy, algorithm, adapter): `name` picks the component (NAME, NAME@DISTRIBUTION or module:name),
+    the other keys are its options (`agl plugins show NAME` lists them).
+    """
+    from agl_kernel.config import to_toml
+
+    click.echo(to_toml(_load(values).resolved()), nl=False)
 
 
 @click.command("runner")
-@click.option("--store", "store_spec", default=None,
-              help="The store: a server URL (http://host:4747) or a store plugin by name. Default: sqlite at --path.")
-@click.option("--path", default=None, help="The store's file, for a store plugin that keeps one.")
+@_apply(_CONFIG_FLAGS + _selection_flags(algorithm=False)[:-2])
 @click.option("--token", envvar="AGL_STORE_TOKEN", default=None, help="The server's bearer token [env AGL_STORE_TOKEN].")
-@click.option("--agent", "agent_spec", required=True, help="The agent: module:name or path/to/file.py:name.")
-@click.option("--runners", "n_runners", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Runners in this process (asyncio tasks).")
-@click.option("--tracer", default="noop", show_default=True, help="A tracer plugin by name or module:name.")
+@click.option("--agent", "agent", default=None, help="The agent: module:name or path/to/file.py:name [run.agent].")
+@click.option("--runners", "runners", type=click.IntRange(min=1), default=None,
+              help="Runners in this process (asyncio tasks) [run.runners; default 1].")
 @click.option("--worker-id", default=None, help="Worker id (a suffix -N is added for several runners).")
 @click.option("--parent-pid", type=int, default=None, hidden=True, help="Exit when this process is gone.")
-def runner_command(
-    store_spec: Optional[str], path: Optional[str], token: Optional[str], agent_spec: str, n_runners: int,
-    tracer: str, worker_id: Optional[str], parent_pid: Optional[int],
-) -> None:
+@click.option("--runner-options", default=None, hidden=True, help="The runner's options as JSON (from a strategy).")
+@click.option("--tracer-options", default=None, hidden=True, help="The tracer's options as JSON (from a strategy).")
+def runner_command(**values: Any) -> None:
     """Serve rollouts from a store with runners, until Ctrl-C or SIGTERM (e.g. on another machine)."""
-    from agl_kernel._imports import import_object
-    from agl_kernel.runner import run_runners
-    from agl_kernel.store.defaults import describe_store
+    from agl_kernel.plugins import create_component
+    from agl_kernel.runner import RunnerSpec, run_runners
+    from agl_kernel.store.defaults import describe_store, make_store
 
-    agent = import_object(agent_spec)
-    store = _store_option(store_spec, path, token)
+    config = _load(values)
+    agent_spec = _required(config.run.agent, "run.agent", "--agent")
+    agent = _import(agent_spec, "run.agent")
+    config.resolved()  # every name and option checked before anything starts
+    store_choice, tracer_choice, runner_choice = (config.choice(t) for t in ("store", "tracer", "runner"))
+    store_options = dict(store_choice.options)
+    if values.get("token") and store_choice.name == "http":
+        store_options.setdefault("token", values["token"])
+    runner_options = {**json.loads(values.get("runner_options") or "{}"), **runner_choice.options}
+    tracer_options = {**json.loads(values.get("tracer_options") or "{}"), **tracer_choice.options}
+    tracer = create_component("tracers", tracer_choice.name or "noop", options=tracer_options)
+    runner = RunnerSpec(runner_choice.name or "litagent", runner_options)
+    store = make_store(store_choice.name, options=store_options)
+    n_runners = config.run.runners
     click.echo(f"agl runner: {n_runners} runner(s) for {agent_spec} on {describe_store(store)}", err=True)
 
     async def main() -> int:
         try:
             return await run_runners(
-                store, agent, n_runners=n_runners, tracer=_component("tracers", tracer), worker_prefix=worker_id,
-                parent_pid=parent_pid,
+                store, agent, n_runners=n_runners, tracer=tracer, worker_prefix=values.get("worker_id"),
+                parent_pid=values.get("parent_pid"), runner=runner,
             )
         finally:
             await store.close()

@@ -8,6 +8,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, Optional
 
+import attrs
 import msgspec
 
 from agl_kernel.models import EnqueueRequest, Rollout, RolloutConfig, RolloutMode, RolloutStatus
@@ -43,6 +44,14 @@ class RolloutOutcome(msgspec.Struct, frozen=True, kw_only=True):
     attempts: int
 
 
+@attrs.define(kw_only=True)
+class BaselineOptions:
+    """Options of the baseline algorithm (``baseline``)."""
+
+    timeout: Optional[float] = attrs.field(default=None, validator=attrs.validators.optional(attrs.validators.gt(0)))
+    """Seconds to wait for the rollouts to end; those still running then are reported as they are (default: wait)."""
+
+
 class BaselineReport(msgspec.Struct, frozen=True, kw_only=True):
     outcomes: list[RolloutOutcome]
     by_status: dict[str, int]
@@ -51,6 +60,8 @@ class BaselineReport(msgspec.Struct, frozen=True, kw_only=True):
 
 class Baseline(Algorithm):
     """Runs every task once and reports rewards: for debugging an agent through the whole loop."""
+
+    Options = BaselineOptions
 
     def __init__(self, *, config: Optional[RolloutConfig] = None, timeout: Optional[float] = None) -> None:
         self.config = config

@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 import click
 
-from agl_kernel.errors import AglError
+from agl_kernel.errors import AglError, ConfigError
 from agl_kernel.plugins import KINDS
 
 __all__ = ["cli", "main"]
@@ -38,6 +38,8 @@ class _AglGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except ConfigError as err:
+            raise _ConfigExit(str(err)) from err
         except AglError as err:
             raise click.ClickException(str(err)) from err
 
@@ -45,7 +47,7 @@ class _AglGroup(click.Group):
         """Add the commands of every ``agl_register_commands`` implementation (again if the plugin manager was
         reset). One that fails, or that replaces a built-in command, is reported with a warning; the others'
         commands stay."""
-        from agl_kernel.plugins import AglPluginWarning, get_plugin_manager
+        from agl_kernel.plugins import AglPluginWarning, get_plugin_manager, strict_plugins
 
         manager = get_plugin_manager()
         if manager is self._commands_from:
@@ -58,6 +60,8 @@ class _AglGroup(click.Group):
             try:
                 impl.function(**{name: self for name in impl.argnames})
             except Exception as err:  # noqa: BLE001 - a plugin's bug must not take the CLI down
+                if strict_plugins():
+                    raise
                 warnings.warn(
                     f"The agl plugin {impl.plugin_name!r} failed to add its commands: {type(err).__name__}: {err}",
                     AglPluginWarning,
@@ -76,37 +80,50 @@ class _AglGroup(click.Group):
         self._commands_from = manager
 
 
+class _ConfigExit(click.ClickException):
+    """A configuration mistake: one line, exit code 2 (as for a bad command-line flag)."""
+
+    exit_code = 2
+
+
 @click.group(cls=_AglGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="agl-kernel", prog_name="agl")
 def cli() -> None:
     """agl: train AI agents with reinforcement learning and prompt optimization."""
 
 
-@cli.command("plugins")
+@cli.group("plugins", invoke_without_command=True)
 @click.option("--kind", type=click.Choice(KINDS), default=None, help="Only plugins of this kind.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of a table.")
 @click.option("--check", is_flag=True, help="Import every plugin and report the ones that fail to load.")
-def plugins_command(kind: Optional[str], as_json: bool, check: bool) -> None:
-    """List installed plugins: kind, name, distribution, version and module.
+@click.pass_context
+def plugins_command(ctx: click.Context, kind: Optional[str], as_json: bool, check: bool) -> None:
+    """List installed plugins: kind, name, distribution, version and module; `agl plugins show NAME` prints one
+    component's options.
 
+    --check imports each one and checks that it implements its kind's interface. A plugin whose distribution
+    needs another agl-kernel version is listed with why and skipped; a name that two distributions register is
+    listed with which one is used (the kernel's built-ins win; NAME@DISTRIBUTION picks another).
     AGL_DISABLE_PLUGIN_AUTOLOAD=1 hides all but the kernel's built-ins; AGL_PLUGINS=a,b shows only those
     distributions or entry-point names (and the built-ins).
     """
+    if ctx.invoked_subcommand is not None:
+        return
     import msgspec
 
-    from agl_kernel.plugins import list_plugins
+    from agl_kernel.plugins import PLUGIN_API_VERSION, kernel_version, list_plugins
 
     infos = list_plugins(kind, check=check)
     failed = [info for info in infos if info.error]
     if as_json:
         click.echo(json.dumps([msgspec.structs.asdict(info) for info in infos], indent=2))
-        raise SystemExit(1 if failed else 0)
+        raise SystemExit(1 if failed and check else 0)
 
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title="agl plugins")
+    table = Table(title=f"agl plugins (agl-kernel {kernel_version()}, plugin API {PLUGIN_API_VERSION})")
     for column in ("kind", "name", "distribution", "version"):
         table.add_column(column)
     table.add_column("module", overflow="fold")
@@ -119,8 +136,65 @@ def plugins_command(kind: Optional[str], as_json: bool, check: bool) -> None:
     console.print(table)
     for info in failed:
         console.print(f"[red]{escape(info.kind)}/{escape(info.name)}[/red]: {escape(info.error or '')}", highlight=False)
-    if failed:
+    for info in infos:
+        if info.note:
+            console.print(
+                f"[yellow]{escape(info.kind)}/{escape(info.name)}[/yellow] from {escape(info.distribution)}: "
+                f"{escape(info.note)}",
+                highlight=False,
+            )
+    if failed and check:
         raise SystemExit(1)
+
+
+@plugins_command.command("show")
+@click.argument("name")
+@click.option("--kind", type=click.Choice(KINDS), default=None, help="The kind, when NAME is used by several.")
+def plugins_show_command(name: str, kind: Optional[str]) -> None:
+    """One component's options: name, type, default and what it does (from its options class), as a run file's
+    table takes them (`[algorithm] name = "NAME"`, then the options; or --set algorithm.OPTION=VALUE)."""
+    import attrs
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    from agl_kernel.config import COMPONENT_TABLES, describe_options, options_class
+    from agl_kernel.plugins import list_plugins, load_component
+
+    plain = name.partition("@")[0]
+    infos = [i for i in list_plugins(kind) if i.name == plain and i.kind != "plugins"]
+    if not infos:
+        raise ConfigError(f"no component named {plain!r}{f' of kind {kind}' if kind else ''}; `agl plugins` lists them")
+    table_of = {plural: table for table, plural in COMPONENT_TABLES.items()}
+    console = Console()
+    for info in infos:
+        if "@" in name and info.distribution.lower() != name.partition("@")[2].lower():
+            continue
+        component = load_component(info.kind, f"{info.name}@{info.distribution}")
+        doc = (getattr(component, "__doc__", None) or "").strip().split("\n")[0]
+        console.print(
+            f"[bold]{escape(info.name)}[/bold]: {escape(table_of[info.kind])} from {escape(info.distribution)} "
+            f"{escape(info.version)} ({escape(info.module)})",
+            highlight=False,
+        )
+        if doc:
+            console.print(escape(doc), highlight=False)
+        options = describe_options(options_class(component))
+        if not options:
+            console.print("no options\n", highlight=False)
+            continue
+        table = Table(show_header=True, box=None, pad_edge=False)
+        for column in ("option", "type", "default", "doc"):
+            table.add_column(column, overflow="fold")
+        for option in options:
+            default = "(required)" if option.default is attrs.NOTHING else repr(option.default)
+            table.add_row(escape(option.name), escape(option.type), escape(default), escape(option.doc))
+        console.print(table)
+        console.print(
+            f"set with: --set {table_of[info.kind]}.OPTION=VALUE, or in a run file's "
+            f"{escape('[' + table_of[info.kind] + ']')} table\n",
+            highlight=False,
+        )
 
 
 @cli.command("demo")
@@ -231,10 +305,12 @@ def resources_show_command(
 
 
 def _add_builtin_commands() -> None:
-    from agl_kernel._train_cli import dev_command, runner_command
+    from agl_kernel._train_cli import config_command, dev_command, runner_command, train_command
 
+    cli.add_command(train_command)
     cli.add_command(dev_command)
     cli.add_command(runner_command)
+    cli.add_command(config_command)
 
     from agl_kernel.server._cli import proxy_command, store_group
 

@@ -35,6 +35,7 @@ from collections.abc import Sequence
 from typing import Any, Optional, TypeVar
 from urllib.parse import quote
 
+import attrs
 from msgspec import UNSET, UnsetType
 
 from agl_kernel._client_core import (
@@ -81,6 +82,30 @@ T = TypeVar("T")
 _P = wire.API_PREFIX
 
 
+@attrs.define(kw_only=True)
+class HttpStoreOptions:
+    """Options of the store server client (``http``)."""
+
+    url: Optional[str] = None
+    """The store server's URL, http://host:port (default: $AGL_STORE_URL, else http://127.0.0.1:4747)."""
+    token: Optional[str] = attrs.field(default=None, repr=False)
+    """The server's bearer token (default: $AGL_STORE_TOKEN)."""
+    timeout: float = attrs.field(default=30.0, validator=attrs.validators.gt(0))
+    """Seconds to wait for an answer (long polls get their waiting time on top)."""
+    retries: int = attrs.field(default=8, validator=attrs.validators.ge(0))
+    """How often a request that did not get through is retried."""
+    backoff: float = attrs.field(default=0.05, validator=attrs.validators.ge(0))
+    """Seconds before the first retry; doubled (with jitter) for each next one."""
+    max_backoff: float = attrs.field(default=2.0, validator=attrs.validators.ge(0))
+    """The longest wait between two retries, in seconds."""
+    max_connections: int = attrs.field(default=256, validator=attrs.validators.ge(1))
+    """Keep-alive connections to the server, at most."""
+    batch_calls: bool = True
+    """Send the short calls that tasks make while earlier ones are on the wire together, in one request."""
+    max_batch: int = attrs.field(default=1000, validator=attrs.validators.ge(1))
+    """Calls in one batched request, at most."""
+
+
 class LightningStoreClient(ClientCore, LightningStore):
     """A :class:`LightningStore` served by an agl store server at ``url``.
 
@@ -95,6 +120,8 @@ class LightningStoreClient(ClientCore, LightningStore):
       gets) that tasks make while earlier ones are on the wire together, up to ``max_batch`` in one request
       (default ``True``).
     """
+
+    Options = HttpStoreOptions
 
     # ------------------------------------------------------------------------------------------------ rollouts
 

@@ -7,6 +7,7 @@ __all__ = [
     "NotFoundError",
     "InvalidQueryError",
     "InvalidStatusTransitionError",
+    "ConfigError",
     "PluginError",
     "PluginNotFoundError",
     "MissingDependencyError",
@@ -32,6 +33,11 @@ class InvalidStatusTransitionError(AglError, ValueError):
 
 class StoreClosedError(AglError, RuntimeError):
     """The store was used after ``close()``."""
+
+
+class ConfigError(AglError, ValueError):
+    """A configuration value (run file, environment variable, ``--set``, a component's options) is wrong: the
+    message names its full path (``algorithm.steps``), what was expected and the valid keys or choices."""
 
 
 class PluginError(AglError):

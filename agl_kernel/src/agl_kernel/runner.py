@@ -20,8 +20,10 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Iterator, Sequence
-from typing import Any, Callable, Optional
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, Callable, Optional, Union
+
+import attrs
 
 from agl_kernel import semconv
 from agl_kernel.agent import LitAgent, as_lit_agent
@@ -30,15 +32,46 @@ from agl_kernel.models import AttemptedRollout, AttemptStatus, Resource, Span, S
 from agl_kernel.store.base import LightningStore
 from agl_kernel.tracer import NoOpTracer, Tracer
 
-__all__ = ["AgentStopped", "LitAgentRunner", "Runner", "run_runners"]
+__all__ = ["AgentStopped", "LitAgentRunner", "Runner", "RunnerSpec", "run_runners"]
 
 log = logging.getLogger(__name__)
 
 
 class Runner(abc.ABC):
+    """Takes rollouts from the store and runs the agent on them (plugins in ``agl.runners``).
+
+    A runner class is made with the keyword arguments ``worker_id`` (the id it registers under) and ``tracer`` (the
+    run's tracer), plus the fields of its ``Options`` class when it declares one. Strategies make one per runner
+    slot, in this process (``shm``) or in runner processes (``cs``), through :class:`RunnerSpec`.
+    """
+
     @abc.abstractmethod
     async def run(self, store: LightningStore, agent: Any, *, stop: asyncio.Event) -> int:
         """Run rollouts from ``store`` until ``stop`` is set; returns how many this runner finished."""
+
+
+@attrs.frozen
+class RunnerSpec:
+    """Which runner serves the agent: a registered name (``NAME@DISTRIBUTION`` and ``module:attr`` work too) or a
+    runner class, with its options. Strategies make runners from it, here or in other processes."""
+
+    component: Union[str, type] = "litagent"
+    options: Mapping[str, Any] = attrs.field(factory=dict, converter=dict)
+
+    def make(self, *, worker_id: str, tracer: Optional[Tracer] = None) -> Runner:
+        """A runner registered as ``worker_id``; options are validated by the runner's options class."""
+        from agl_kernel.plugins import create_component
+
+        return create_component("runners", self.component, options=self.options, worker_id=worker_id, tracer=tracer)
+
+    def command_args(self) -> list[str]:
+        """The ``agl runner`` arguments that make the same runner in another process."""
+        import json
+
+        from agl_kernel._imports import object_spec
+
+        name = self.component if isinstance(self.component, str) else object_spec(self.component)
+        return ["--runner", name, "--runner-options", json.dumps(dict(self.options))]
 
 
 class AgentStopped(BaseException):
@@ -129,6 +162,18 @@ def _settle(future: asyncio.Future, result: Any, exc: Optional[BaseException]) -
         future.set_exception(exc) if exc is not None else future.set_result(result)
 
 
+@attrs.define(kw_only=True)
+class LitAgentRunnerOptions:
+    """Options of the kernel's runner (``litagent``)."""
+
+    heartbeat_interval: float = attrs.field(default=5.0, validator=attrs.validators.gt(0))
+    """Seconds between heartbeats (worker stats, and the attempt's sign of life)."""
+    wait_seconds: float = attrs.field(default=0.5, validator=attrs.validators.gt(0))
+    """How long one dequeue call waits for work before the runner checks whether it should stop."""
+    stop_grace: float = attrs.field(default=1.0, validator=attrs.validators.ge(0))
+    """Seconds a stopped agent (timeout, cancelled rollout) gets to finish before the runner moves on."""
+
+
 class LitAgentRunner(Runner):
     """Runs a :class:`~agl_kernel.agent.LitAgent` (or a plain function) on rollouts from the store, one at a time.
 
@@ -138,13 +183,15 @@ class LitAgentRunner(Runner):
     - ``stop_grace``: seconds a stopped agent gets to finish before the runner gives up on it and moves on.
     """
 
+    Options = LitAgentRunnerOptions
+
     def __init__(
         self,
         *,
         worker_id: Optional[str] = None,
         tracer: Optional[Tracer] = None,
         heartbeat_interval: float = 5.0,
-        wait_seconds: float = 1.0,
+        wait_seconds: float = 0.5,
         stop_grace: float = 1.0,
     ) -> None:
         self.worker_id = worker_id or f"worker-{uuid.uuid4().hex[:8]}"
@@ -165,12 +212,11 @@ class LitAgentRunner(Runner):
 
     async def run_one(self, store: LightningStore, agent: Any, attempted: AttemptedRollout) -> AttemptStatus:
         """Run the agent on one dequeued rollout and mark its attempt; returns the attempt's final status."""
-        from agl_kernel.plugins import get_plugin_manager
+        from agl_kernel.plugins import call_hook
 
         agent = as_lit_agent(agent)
-        hook = get_plugin_manager().hook
         rollout_id, attempt_id = attempted.rollout_id, attempted.attempt.attempt_id
-        hook.agl_on_rollout_start(rollout=attempted, attempt=attempted.attempt, runner=self)
+        call_hook("agl_on_rollout_start", rollout=attempted, attempt=attempted.attempt, runner=self)
         status = AttemptStatus.FAILED
         try:
             await store.update_attempt(rollout_id, attempt_id, status=AttemptStatus.RUNNING)
@@ -183,7 +229,7 @@ class LitAgentRunner(Runner):
             await self._abandon(store, attempted)
             raise
         finally:
-            hook.agl_on_rollout_end(rollout=attempted, attempt=attempted.attempt, runner=self, status=status)
+            call_hook("agl_on_rollout_end", rollout=attempted, attempt=attempted.attempt, runner=self, status=status)
         return status
 
     async def _execute(
@@ -317,6 +363,7 @@ async def run_runners(
     worker_prefix: Optional[str] = None,
     parent_pid: Optional[int] = None,
     stop: Optional[asyncio.Event] = None,
+    runner: Optional[RunnerSpec] = None,
 ) -> int:
     """Serve ``agent`` with ``n_runners`` runners on ``store`` until ``stop`` is set (or SIGINT/SIGTERM, or the
     process ``parent_pid`` is gone: a runner started by a trainer never outlives it); how many rollouts they ran.
@@ -331,9 +378,8 @@ async def run_runners(
         except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or not Unix
             pass
     prefix = worker_prefix or f"{socket.gethostname()}-{os.getpid()}"
-    runners = [
-        LitAgentRunner(worker_id=f"{prefix}-{i}" if n_runners > 1 else prefix, tracer=tracer) for i in range(n_runners)
-    ]
+    spec = runner or RunnerSpec()
+    runners = [spec.make(worker_id=f"{prefix}-{i}" if n_runners > 1 else prefix, tracer=tracer) for i in range(n_runners)]
     tasks = [asyncio.create_task(r.run(store, agent, stop=asyncio.Event())) for r in runners]
 
     async def orphan_check() -> None:
@@ -353,4 +399,4 @@ async def run_runners(
     for result in results:
         if isinstance(result, Exception):
             raise result
-    return sum(r.finished for r in runners)
+    return sum(getattr(r, "finished", 0) for r in runners)

@@ -12,8 +12,10 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Optional
 
+import attrs
+
 from agl_kernel.algorithm import Algorithm
-from agl_kernel.runner import LitAgentRunner, Runner
+from agl_kernel.runner import Runner, RunnerSpec
 from agl_kernel.store.base import LightningStore
 from agl_kernel.tracer import Tracer
 
@@ -37,9 +39,11 @@ class ExecutionStrategy(abc.ABC):
         train_dataset: Sequence[Any],
         val_dataset: Optional[Sequence[Any]] = None,
         tracer: Optional[Tracer] = None,
+        runner: Optional[RunnerSpec] = None,
     ) -> Any:
         """Run the algorithm to completion with runners serving ``agent`` (traced by ``tracer``); returns the
-        algorithm's report."""
+        algorithm's report. ``runner`` says which runner to make for each slot (default: the kernel's
+        ``litagent``)."""
 
 
 class SharedMemoryStrategy(ExecutionStrategy):
@@ -49,9 +53,8 @@ class SharedMemoryStrategy(ExecutionStrategy):
         if n_runners < 1:
             raise ValueError(f"n_runners must be at least 1, not {n_runners}")
         self.n_runners = n_runners
-        self.runner_factory = runner_factory or (
-            lambda index, tracer: LitAgentRunner(worker_id=f"runner-{index}", tracer=tracer, wait_seconds=0.5)
-        )
+        self.runner_factory = runner_factory
+        """``(index, tracer) -> Runner``, instead of the ``runner`` spec given to :meth:`execute_async`."""
 
     async def execute_async(
         self,
@@ -62,11 +65,14 @@ class SharedMemoryStrategy(ExecutionStrategy):
         train_dataset: Sequence[Any],
         val_dataset: Optional[Sequence[Any]] = None,
         tracer: Optional[Tracer] = None,
+        runner: Optional[RunnerSpec] = None,
     ) -> Any:
+        spec = runner or RunnerSpec()
+        factory = self.runner_factory or (lambda index, tracer: spec.make(worker_id=f"runner-{index}", tracer=tracer))
+        made = [factory(i, tracer) for i in range(self.n_runners)]  # before any task starts: a bad option fails here
         stop = asyncio.Event()
         runners = [
-            asyncio.create_task(self.runner_factory(i, tracer).run(store, agent, stop=stop), name=f"agl-runner-{i}")
-            for i in range(self.n_runners)
+            asyncio.create_task(r.run(store, agent, stop=stop), name=f"agl-runner-{i}") for i, r in enumerate(made)
         ]
         algo = asyncio.create_task(algorithm.run(store, train_dataset, val_dataset), name="agl-algorithm")
         try:
@@ -83,6 +89,20 @@ class SharedMemoryStrategy(ExecutionStrategy):
             await asyncio.gather(algo, *runners, return_exceptions=True)
 
 
+@attrs.define(kw_only=True)
+class ClientServerOptions:
+    """Options of the client-server strategy (``cs``)."""
+
+    host: str = "127.0.0.1"
+    """The address the store server listens on; runners on other machines need a reachable one (and a token)."""
+    port: int = attrs.field(default=0, validator=[attrs.validators.ge(0), attrs.validators.le(65535)])
+    """The store server's port; 0 picks a free one."""
+    token: Optional[str] = attrs.field(default=None, repr=False)
+    """A bearer token the server requires (and the runners send)."""
+    stop_timeout: float = attrs.field(default=5.0, validator=attrs.validators.ge(0))
+    """Seconds runner processes get to stop after SIGTERM before they are killed."""
+
+
 class ClientServerStrategy(ExecutionStrategy):
     """The store server and the algorithm in this process, ``n_runners`` runner processes talking to the server
     over HTTP (``cs`` in ``agl.strategies``).
@@ -94,6 +114,8 @@ class ClientServerStrategy(ExecutionStrategy):
     machines, can join with ``agl runner --store URL --agent MODULE:NAME`` (``host`` must then be reachable and
     ``token`` set).
     """
+
+    Options = ClientServerOptions
 
     def __init__(
         self,
@@ -123,15 +145,26 @@ class ClientServerStrategy(ExecutionStrategy):
         train_dataset: Sequence[Any],
         val_dataset: Optional[Sequence[Any]] = None,
         tracer: Optional[Tracer] = None,
+        runner: Optional[RunnerSpec] = None,
     ) -> Any:
         from agl_kernel._imports import object_spec
         from agl_kernel.server import running_server
 
         agent_spec = agent if isinstance(agent, str) else object_spec(agent)
         tracer_spec = "noop" if tracer is None else object_spec(type(tracer))
+        spec = runner or RunnerSpec()
+        spec.make(worker_id="runner-check", tracer=None)  # a bad runner option fails here, not in every process
+        runner_args = spec.command_args()
+        tracer_options = getattr(tracer, "agl_options", None)
+        if tracer_options:
+            import json
+
+            runner_args += ["--tracer-options", json.dumps(tracer_options)]
         async with running_server(store, host=self.host, port=self.port, token=self.token) as url:
             self.url = url
-            self.processes = [self._start_runner(url, agent_spec, tracer_spec, i) for i in range(self.n_runners)]
+            self.processes = [
+                self._start_runner(url, agent_spec, tracer_spec, i, runner_args) for i in range(self.n_runners)
+            ]
             try:
                 await self._wait_for_runners(store)
             except BaseException:
@@ -162,7 +195,9 @@ class ClientServerStrategy(ExecutionStrategy):
                 raise RuntimeError(f"the runner processes did not register within {timeout:.0f} s")
             await asyncio.sleep(0.1)
 
-    def _start_runner(self, url: str, agent_spec: str, tracer_spec: str, index: int) -> subprocess.Popen:
+    def _start_runner(
+        self, url: str, agent_spec: str, tracer_spec: str, index: int, runner_args: Sequence[str]
+    ) -> subprocess.Popen:
         env = dict(os.environ)
         # The runner imports the agent by module name: give it this process's import path.
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p and os.path.isdir(p))
@@ -171,6 +206,7 @@ class ClientServerStrategy(ExecutionStrategy):
         command = [
             sys.executable, "-m", "agl_kernel.cli", "runner", "--store", url, "--agent", agent_spec,
             "--tracer", tracer_spec, "--worker-id", f"runner-{index}", "--parent-pid", str(os.getpid()),
+            *runner_args,
         ]
         return subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL)
 

@@ -19,7 +19,6 @@ import logging
 import random
 import threading
 import time
-import warnings
 from collections.abc import Iterator, Mapping
 from typing import Any, Optional, Union
 
@@ -131,10 +130,12 @@ class Tracer(abc.ABC):
         Enter and leave it in the same thread and task (a ``with`` block). Spans that end after it closes may be
         lost; call :meth:`flush` after it to have every span stored.
         """
+        from agl_kernel.plugins import call_hook
+
         hook = _trace_hooks()
         scope = TraceScope(self, rollout_id, attempt_id, store, collect=hook is not None and hook[1])
         if hook is not None:
-            _call_hook(hook[0].agl_on_trace_start, rollout_id=rollout_id, attempt_id=attempt_id, tracer=self)
+            call_hook("agl_on_trace_start", rollout_id=rollout_id, attempt_id=attempt_id, tracer=self)
         token = _SCOPE.set(scope)
         with _active_lock:
             _active[id(scope)] = scope
@@ -146,8 +147,8 @@ class Tracer(abc.ABC):
                 _active.pop(id(scope), None)
             _SCOPE.reset(token)
             if hook is not None:
-                _call_hook(
-                    hook[0].agl_on_trace_end,
+                call_hook(
+                    "agl_on_trace_end",
                     rollout_id=rollout_id,
                     attempt_id=attempt_id,
                     tracer=self,
@@ -302,12 +303,3 @@ def _trace_hooks() -> Optional[tuple[Any, bool]]:
     if not wants_end and not relay.agl_on_trace_start.get_hookimpls():
         return None
     return relay, wants_end
-
-
-def _call_hook(caller: Any, **kwargs: Any) -> None:
-    from agl_kernel.plugins import AglPluginWarning
-
-    try:
-        caller(**kwargs)
-    except Exception as err:  # noqa: BLE001 - a plugin's bug must not fail the agent's attempt
-        warnings.warn(f"an agl plugin's {caller.name} hook failed: {type(err).__name__}: {err}", AglPluginWarning)

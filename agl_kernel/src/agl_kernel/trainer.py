@@ -1,26 +1,33 @@
 """The Trainer: wires an algorithm, runners, a store, a tracer and an adapter under an execution strategy.
 
-    trainer = Trainer(algorithm="baseline", n_runners=4)      # every component by instance or registered name
+    trainer = Trainer(algorithm="apo", options={"algorithm": {"beam_width": 2}}, n_runners=4)
     report = trainer.fit(agent, train_dataset, val_dataset)
     report = trainer.dev(agent, dataset)                       # the whole loop with the baseline algorithm
+    trainer = Trainer.from_config("run.toml", overrides=["algorithm.steps=3"])   # what `agl train` does
 
-With no ``store`` the run uses the durable default, the SQLite file ``./.agl/agl.db`` (``store_path`` moves it),
-so a run can be inspected afterwards (``agl rollouts``, the dashboard) and survives a crash.
+Every component is an instance, a class or a registered name (``NAME@DISTRIBUTION`` to pick one of several
+distributions); ``options`` holds each named component's options by table (``store``, ``tracer``, ``runner``,
+``strategy``, ``algorithm``, ``adapter``), validated by the component's options class. With no ``store`` the run
+uses the durable default, the SQLite file ``./.agl/agl.db`` (``store_path`` moves it), so a run can be inspected
+afterwards (``agl rollouts``, the dashboard) and survives a crash.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Optional, Union
 
 from rich.console import Console
 
 from agl_kernel.algorithm import Algorithm, Baseline
+from agl_kernel.config import COMPONENT_TABLES, RunConfig, load_run_config
+from agl_kernel.errors import ConfigError
 from agl_kernel.models import Resource
 from agl_kernel.plugins import create_component
 from agl_kernel.progress import NoProgress, RichProgress
+from agl_kernel.runner import RunnerSpec
 from agl_kernel.store.base import LightningStore
 from agl_kernel.store.defaults import describe_store, make_store
 from agl_kernel.strategy import ExecutionStrategy
@@ -37,8 +44,11 @@ class Trainer:
     - ``n_runners``: how many runners serve the agent (tasks in one process under ``shm``, processes under ``cs``).
     - ``store``: ``agl.stores`` (default: SQLite at ``store_path`` or ``./.agl/agl.db``).
     - ``tracer``: ``agl.tracers`` (default ``noop``; ``otel`` records every LLM call the agent makes).
+    - ``runner``: ``agl.runners`` (default ``litagent``), a name or a class: the strategy makes one per runner.
     - ``adapter``: ``agl.adapters``, handed to the algorithm (``None``: the algorithm's own choice).
     - ``strategy``: ``agl.strategies`` (default ``shm``), made with ``n_runners``.
+    - ``options``: options of the components given by name or class, by table: ``{"algorithm": {"steps": 3},
+      "store": {"path": "run.db"}}``. A wrong key or value raises :class:`~agl_kernel.errors.ConfigError`.
     - ``initial_resources``: named resources published before the run; rollouts pin the latest version.
     - ``progress``: show a live progress bar on the console.
     """
@@ -51,24 +61,62 @@ class Trainer:
         store: Spec = None,
         store_path: Union[str, os.PathLike, None] = None,
         tracer: Spec = "noop",
+        runner: Union[str, type, None] = "litagent",
         adapter: Spec = None,
         strategy: Spec = "shm",
+        options: Optional[Mapping[str, Mapping[str, Any]]] = None,
         initial_resources: Optional[Mapping[str, Resource]] = None,
         progress: bool = True,
         console: Optional[Console] = None,
     ) -> None:
         if n_runners < 1:
-            raise ValueError(f"n_runners must be at least 1, not {n_runners}")
+            raise ConfigError(f"run.runners: must be at least 1, not {n_runners}")
+        options = dict(options or {})
+        unknown = sorted(set(options) - set(COMPONENT_TABLES))
+        if unknown:
+            raise ConfigError(
+                f"options: unknown table(s) {unknown}. Valid tables: {', '.join(COMPONENT_TABLES)}"
+            )
         self.n_runners = n_runners
-        self.algorithm: Algorithm = create_component("algorithms", algorithm)
-        self.store: LightningStore = make_store(store, path=store_path)
-        self.tracer = create_component("tracers", tracer)
-        self.adapter = None if adapter is None else create_component("adapters", adapter)
+        self.algorithm: Algorithm = create_component("algorithms", algorithm, options=options.get("algorithm"))
+        self.store: LightningStore = make_store(store, path=store_path, options=options.get("store"))
+        self.tracer = create_component("tracers", tracer, options=options.get("tracer"))
+        self.runner = RunnerSpec(runner or "litagent", options.get("runner") or {})
+        self.adapter = None if adapter is None else create_component("adapters", adapter, options=options.get("adapter"))
         strategy_options = {"n_runners": n_runners} if isinstance(strategy, (str, type)) else {}
-        self.strategy: ExecutionStrategy = create_component("strategies", strategy, **strategy_options)
+        self.strategy: ExecutionStrategy = create_component(
+            "strategies", strategy, options=options.get("strategy"), **strategy_options
+        )
         self.initial_resources = dict(initial_resources or {})
         self.console = console or Console()
         self.progress = progress
+
+    @classmethod
+    def from_config(
+        cls,
+        config: Union[RunConfig, str, os.PathLike, Mapping[str, Any], None] = None,
+        *,
+        overrides: Iterable[str] = (),
+        **kwargs: Any,
+    ) -> "Trainer":
+        """A trainer for a run configuration: a :class:`~agl_kernel.config.RunConfig`, the path of a TOML run
+        file, or its tables as a mapping, with ``overrides`` (``"algorithm.steps=3"``) and ``AGL_*__*`` environment
+        variables on top (see :mod:`agl_kernel.config`). ``kwargs`` go to the constructor (``console=``...)."""
+        if not isinstance(config, RunConfig):
+            if isinstance(config, Mapping):
+                config = load_run_config(data=config, overrides=overrides)
+            else:
+                config = load_run_config(None if config is None else os.fspath(config), overrides=overrides)
+        config.resolved()  # every name and option checked before anything is made
+        chosen: dict[str, Any] = {}
+        for table, choice in config.choices.items():
+            if choice.name is not None:
+                chosen[table] = choice.name
+        return cls(
+            n_runners=config.run.runners,
+            options={table: choice.options for table, choice in config.choices.items() if choice.options},
+            **{**chosen, **kwargs},
+        )
 
     def fit(self, agent: Any, train_dataset: Sequence[Any], val_dataset: Optional[Sequence[Any]] = None) -> Any:
         """Train ``agent`` on ``train_dataset`` (validating on ``val_dataset``); returns the algorithm's report."""
@@ -105,6 +153,7 @@ class Trainer:
             train_dataset=train_dataset,
             val_dataset=val_dataset,
             tracer=self.tracer,
+            runner=self.runner,
         )
 
     def close(self) -> None:

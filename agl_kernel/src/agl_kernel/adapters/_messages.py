@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Optional
 
+import attrs
 import msgspec
 
 from agl_kernel.adapter import Adapter
@@ -30,11 +31,21 @@ class ChatSample(msgspec.Struct, frozen=True, kw_only=True):
     span_id: Optional[str] = None
 
 
+@attrs.define(kw_only=True)
+class MessagesAdapterOptions:
+    """Options of the chat messages adapter (``messages``)."""
+
+    agent_match: Optional[str] = None
+    """Only LLM calls of agents whose name matches this regular expression (default: every call)."""
+
+
 class MessagesAdapter(Adapter[list[ChatSample]]):
     """One :class:`ChatSample` per successful LLM call of the attempt, in order.
 
     ``agent_match``: as for :class:`~agl_kernel.adapters.TripletAdapter`, a regular expression on the agent name.
     """
+
+    Options = MessagesAdapterOptions
 
     def __init__(self, *, agent_match: Optional[str] = None) -> None:
         self.agent_match = agent_match

@@ -6,6 +6,7 @@ import enum
 from collections.abc import Sequence
 from typing import Any, Literal, Optional
 
+import attrs
 import msgspec
 
 from agl_kernel.adapter import Adapter
@@ -73,6 +74,20 @@ _HOW_TO_GET_TOKEN_IDS = (
 )
 
 
+@attrs.define(kw_only=True)
+class TripletAdapterOptions:
+    """Options of the triplet adapter (``triplets``)."""
+
+    agent_match: Optional[str] = None
+    """Only LLM calls of agents whose name matches this regular expression (default: every call)."""
+    merge: bool = False
+    """Merge consecutive calls whose tokens continue each other into one triplet."""
+    final_reward: Literal["all", "last", "none"] = "all"
+    """Which triplets get the rollout's final reward: all of them, the last, or none (step rewards only)."""
+    require_reward: bool = True
+    """Give no triplets for a rollout that recorded no reward (and say so)."""
+
+
 class TripletAdapter(Adapter[TripletResult]):
     """Turns one attempt's LLM calls into triplets for RL.
 
@@ -88,6 +103,8 @@ class TripletAdapter(Adapter[TripletResult]):
 
     ``adapt(spans)`` takes one attempt's spans (given several attempts' spans, the last attempt's are used).
     """
+
+    Options = TripletAdapterOptions
 
     def __init__(
         self,

@@ -16,19 +16,21 @@ import os
 import re
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint
 from typing import Any, Optional
 
 import msgspec
+from packaging.requirements import InvalidRequirement, Requirement
 from stevedore.extension import Extension
 from stevedore.named import NamedExtensionManager
 
-from agl_kernel.errors import MissingDependencyError, PluginError, PluginNotFoundError
+from agl_kernel.errors import ConfigError, MissingDependencyError, PluginError, PluginNotFoundError
 
 __all__ = [
     "KINDS",
+    "PLUGIN_API_VERSION",
     "KERNEL_DISTRIBUTION",
     "DISABLE_AUTOLOAD_ENV",
     "PLUGINS_ENV",
@@ -37,13 +39,21 @@ __all__ = [
     "entry_point_group",
     "load_component",
     "create_component",
+    "interface_of",
+    "kernel_version",
     "list_plugins",
+    "resolve_name",
 ]
 
 KINDS: tuple[str, ...] = ("stores", "tracers", "runners", "strategies", "algorithms", "adapters", "plugins")
 """The plugin kinds; kind ``k`` is registered in the entry-point group ``agl.k``."""
 
 KERNEL_DISTRIBUTION = "agl-kernel"
+
+PLUGIN_API_VERSION = "1.0"
+"""The version of what plugins rely on: the entry-point groups, the kinds' interfaces, the hooks, options classes and
+the public modules. A minor step only adds; a major step breaks. agl-kernel 0.2.x provides 1.0; a plugin says what
+it needs by the ``agl-kernel`` range it depends on (e.g. ``agl-kernel>=0.2,<0.3``)."""
 DISABLE_AUTOLOAD_ENV = "AGL_DISABLE_PLUGIN_AUTOLOAD"
 PLUGINS_ENV = "AGL_PLUGINS"
 
@@ -83,7 +93,11 @@ class PluginInfo(msgspec.Struct, frozen=True, kw_only=True):
     module: str
     """The entry point's value, ``"module:attr"``."""
     error: Optional[str] = None
-    """Why importing it failed; only filled in by ``list_plugins(check=True)``."""
+    """Why it cannot be used: needs another kernel version, or (``list_plugins(check=True)``) fails to load."""
+    requires_kernel: Optional[str] = None
+    """The ``agl-kernel`` versions its distribution declares it works with (``None``: it declares none)."""
+    note: Optional[str] = None
+    """A name clash: another distribution registers the same name for the same kind, and which one is used."""
 
 
 def entry_point_group(kind: str) -> str:
@@ -101,19 +115,28 @@ class _Entry:
     entry_point: EntryPoint
     distribution: str
     version: str
+    requires_kernel: Optional[str] = None
+    incompatible: Optional[str] = None
+    """Why the installed kernel does not satisfy the distribution's ``agl-kernel`` range (``None``: it does)."""
 
     @property
     def name(self) -> str:
         return self.entry_point.name
 
-    def info(self, error: Optional[str] = None) -> PluginInfo:
+    @property
+    def is_builtin(self) -> bool:
+        return _normalize(self.distribution) == KERNEL_DISTRIBUTION
+
+    def info(self, error: Optional[str] = None, note: Optional[str] = None) -> PluginInfo:
         return PluginInfo(
             kind=self.kind,
             name=self.name,
             distribution=self.distribution,
             version=self.version,
             module=self.entry_point.value,
-            error=error,
+            error=error or self.incompatible,
+            requires_kernel=self.requires_kernel,
+            note=note,
         )
 
     def describe(self) -> str:
@@ -147,9 +170,54 @@ def _all_entries() -> tuple[_Entry, ...]:
                 if marker in seen:
                     continue
                 seen.add(marker)
-                entries.append(_Entry(kind=kind, entry_point=ep, distribution=dist_name, version=version))
+                requires, incompatible = _kernel_range(dist, dist_name, version)
+                entries.append(
+                    _Entry(
+                        kind=kind,
+                        entry_point=ep,
+                        distribution=dist_name,
+                        version=version,
+                        requires_kernel=requires,
+                        incompatible=incompatible,
+                    )
+                )
         _snapshot = (key, tuple(entries))
         return _snapshot[1]
+
+
+def kernel_version() -> str:
+    """The installed kernel's version (from its metadata; the package's ``__version__`` when not installed)."""
+    try:
+        return importlib.metadata.version(KERNEL_DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        from agl_kernel import __version__
+
+        return __version__
+
+
+def _kernel_range(dist: Any, dist_name: str, version: str) -> tuple[Optional[str], Optional[str]]:
+    """(the ``agl-kernel`` range ``dist`` requires, why the installed kernel is outside it, or ``None``)."""
+    if dist is None or _normalize(dist_name) == KERNEL_DISTRIBUTION:
+        return None, None
+    for line in dist.requires or ():
+        try:
+            requirement = Requirement(line)
+        except InvalidRequirement:
+            continue
+        if _normalize(requirement.name) != KERNEL_DISTRIBUTION or (
+            requirement.marker is not None and not requirement.marker.evaluate({"extra": ""})
+        ):
+            continue
+        wanted = str(requirement.specifier) or None
+        installed = kernel_version()
+        if wanted and not requirement.specifier.contains(installed, prereleases=True):
+            return wanted, (
+                f"{dist_name} {version} needs agl-kernel{wanted}, but agl-kernel {installed} is installed (plugin "
+                f"API {PLUGIN_API_VERSION}); it is skipped. Install a version of {dist_name} made for this kernel, "
+                f"or agl-kernel{wanted}."
+            )
+        return wanted, None
+    return None, None
 
 
 def _clear_discovery_cache() -> None:
@@ -232,7 +300,22 @@ def _load_entries(
 
         manager = _Manager(f"agl.{kind}", [e.entry_point for e in of_kind], failed)
         extensions: list[Extension] = manager.extensions
-        loaded.extend((by_ep[id(ext.entry_point)], ext.plugin) for ext in extensions)
+        for ext in extensions:
+            entry = by_ep[id(ext.entry_point)]
+            problem = _interface_problem(kind, ext.plugin)
+            if problem is None:
+                loaded.append((entry, ext.plugin))
+                continue
+            base = interface_of(kind)
+            label = f"{base.__module__}.{base.__qualname__}" if base is not None else kind
+            on_failure(
+                entry,
+                PluginError(
+                    f"The {_KIND_LABEL[kind]} plugin {entry.name!r} from {entry.distribution} {entry.version} "
+                    f"({entry.entry_point.value}) {problem}, so it does not implement the {_KIND_LABEL[kind]} "
+                    f"interface ({label}); it is refused. Report this to the authors of {entry.distribution}."
+                ),
+            )
     return loaded
 
 
@@ -283,24 +366,48 @@ def _install_hint(entry: _Entry, top_module: str) -> str:
     return f"pip install {top_module}  (or the package that provides the module {top_module!r})"
 
 
+def _split_name(name: str) -> tuple[str, Optional[str]]:
+    """``"NAME@DISTRIBUTION"`` → (``NAME``, ``DISTRIBUTION``); a plain name → (``name``, ``None``)."""
+    plain, sep, distribution = name.partition("@")
+    return plain, (distribution.strip() or None) if sep else None
+
+
+def _pick(kind: str, name: str, visible: list[_Entry]) -> list[_Entry]:
+    """The entries ``name`` selects: ``NAME@DIST`` that distribution's; else the kernel's built-in when it has the
+    name (a third party cannot replace a built-in by registering the same name), else every one with the name."""
+    plain, distribution = _split_name(name)
+    matches = [e for e in visible if e.name == plain]
+    if distribution is not None:
+        return [e for e in matches if _normalize(e.distribution) == _normalize(distribution)]
+    builtin = [e for e in matches if e.is_builtin]
+    return builtin or matches
+
+
 def load_component(kind: str, name: str) -> Any:
     """The object (class or factory) registered as ``name`` in the entry-point group of ``kind``.
 
-    Raises ``ValueError`` for an unknown kind; :class:`PluginNotFoundError` (listing the available names) when
-    nothing visible has that name; :class:`MissingDependencyError` (naming what to pip install) when the plugin
-    needs a package that is not installed; :class:`PluginError` for any other failure to import it.
+    ``name`` may be ``NAME@DISTRIBUTION`` to pick one of several distributions that register ``NAME``; a plain
+    name that the kernel registers is always the kernel's built-in. Raises ``ValueError`` for an unknown kind;
+    :class:`PluginNotFoundError` (listing the available names) when nothing visible has that name;
+    :class:`MissingDependencyError` (naming what to pip install) when the plugin needs a package that is not
+    installed; :class:`PluginError` when the plugin needs another kernel version, does not implement its kind's
+    interface, or fails to import for any other reason.
     """
     _check_kind(kind)
     visible, hidden, switch = _entries(kind)
-    matches = [e for e in visible if e.name == name]
+    matches = _pick(kind, name, visible)
     if not matches:
         raise PluginNotFoundError(_not_found_message(kind, name, visible, hidden, switch))
     if len(matches) > 1:
         listed = "; ".join(e.describe() for e in sorted(matches, key=lambda e: e.distribution))
+        choices = ", ".join(f"{e.name}@{e.distribution}" for e in sorted(matches, key=lambda e: e.distribution))
         raise PluginError(
-            f"Several distributions provide the {kind} plugin {name!r}: {listed}. Uninstall all but one, or "
-            f"choose one with {PLUGINS_ENV}=<distribution>."
+            f"Several distributions provide the {_KIND_LABEL[kind]} plugin {name!r}: {listed}. Name the one you "
+            f"mean ({choices}), uninstall all but one, or choose one with {PLUGINS_ENV}=<distribution>."
         )
+    [entry] = matches
+    if entry.incompatible:
+        raise PluginError(f"The {_KIND_LABEL[kind]} plugin {entry.name!r}: {entry.incompatible}")
 
     def raise_error(_entry: _Entry, error: PluginError) -> None:
         raise error
@@ -309,8 +416,74 @@ def load_component(kind: str, name: str) -> Any:
     return obj
 
 
+def resolve_name(kind: str, name: str) -> Any:
+    """The class or factory ``name`` stands for: ``module:attr`` (or ``path/file.py:attr``) is imported, anything
+    else is a registered name (``NAME`` or ``NAME@DISTRIBUTION``) loaded with :func:`load_component`."""
+    if ":" in name and "@" not in name:
+        from agl_kernel._imports import import_object
+
+        try:
+            return import_object(name)
+        except (ValueError, ImportError, OSError, AttributeError) as err:
+            raise PluginNotFoundError(f"{err}") from None
+    return load_component(kind, name)
+
+
+def interface_of(kind: str) -> Optional[type]:
+    """The base class components of ``kind`` implement (``None`` for hook plugins, which are modules)."""
+    _check_kind(kind)
+    if kind == "plugins":
+        return None
+    module, attr = _INTERFACES[kind]
+    return getattr(importlib.import_module(module), attr)
+
+
+_INTERFACES = {
+    "stores": ("agl_kernel.store.base", "LightningStore"),
+    "tracers": ("agl_kernel.tracer", "Tracer"),
+    "runners": ("agl_kernel.runner", "Runner"),
+    "strategies": ("agl_kernel.strategy", "ExecutionStrategy"),
+    "algorithms": ("agl_kernel.algorithm", "Algorithm"),
+    "adapters": ("agl_kernel.adapter", "Adapter"),
+}
+
+
+def _missing_methods(kind: str, obj: Any) -> Optional[str]:
+    """Why ``obj`` (a loaded class or factory, or a made instance) does not implement ``kind``; ``None`` if it does.
+    A class that does not subclass the interface passes if it has every abstract method (duck typing)."""
+    base = interface_of(kind)
+    if base is None:
+        return None
+    cls = obj if isinstance(obj, type) else type(obj)
+    if issubclass(cls, base):
+        left = sorted(getattr(cls, "__abstractmethods__", ()))
+        return f"leaves {', '.join(left)} unimplemented" if left else None
+    missing = [m for m in sorted(getattr(base, "__abstractmethods__", ())) if not callable(getattr(cls, m, None))]
+    if missing:
+        return f"is not a {base.__module__}.{base.__qualname__} and lacks {', '.join(missing)}"
+    return None
+
+
+def _interface_problem(kind: str, obj: Any) -> Optional[str]:
+    if kind == "plugins":
+        return None
+    if isinstance(obj, type):
+        return _missing_methods(kind, obj)
+    if callable(obj):
+        return None  # a factory: what it makes is checked when it is made (create_component)
+    return f"is a {type(obj).__name__}, not a class or a factory function"
+
+
 def _not_found_message(kind: str, name: str, visible: list[_Entry], hidden: list[_Entry], switch: str) -> str:
     available = ", ".join(sorted({e.name for e in visible})) or "none"
+    plain, distribution = _split_name(name)
+    providers = sorted(e.distribution for e in visible if e.name == plain)
+    if distribution is not None and providers:
+        return (
+            f"No {kind} plugin named {plain!r} from the distribution {distribution!r}; {plain!r} is provided by: "
+            f"{', '.join(providers)}."
+        )
+    name = plain
     message = f"No {kind} plugin named {name!r}. Available {kind}: {available}."
     hidden_here = [e for e in hidden if e.name == name]
     if hidden_here:
@@ -326,45 +499,80 @@ def _not_found_message(kind: str, name: str, visible: list[_Entry], hidden: list
     return message
 
 
-def create_component(kind: str, spec: Any, **kwargs: Any) -> Any:
-    """Make a component from ``spec``: a name (loaded with :func:`load_component`, then called with
-    ``**kwargs``), a class (called with ``**kwargs``), or an instance (returned as is; ``kwargs`` must be empty).
+def create_component(kind: str, spec: Any, *, options: Optional[Mapping[str, Any]] = None, **kwargs: Any) -> Any:
+    """Make a component from ``spec``: a name (``NAME`` or ``NAME@DISTRIBUTION``, loaded with
+    :func:`load_component`), a class, or an instance (returned as is; no options may be given with it).
 
-    A store made from a name or a class is announced with the ``agl_store_created`` hook.
+    ``options`` are the user's configuration, validated by the component's options class (its ``Options``
+    attribute; see :mod:`agl_kernel.config`): a wrong key or value raises :class:`~agl_kernel.errors.ConfigError`
+    naming ``store.path``-style paths and the valid keys. ``kwargs`` that name an option are validated the same
+    way; the others (objects such as a tracer or a model) are passed to the constructor as they are. A made
+    component that does not implement its kind's interface raises :class:`PluginError`. A store made here is
+    announced with the ``agl_store_created`` hook.
     """
+    from agl_kernel.config._options import make_component
+
     _check_kind(kind)
+    label = _KIND_LABEL[kind]
     if isinstance(spec, str):
-        obj = load_component(kind, spec)(**kwargs)
+        target = resolve_name(kind, spec)
+        what = f"the {label} {spec!r}"
+        if isinstance(target, type) and _interface_problem(kind, target) is not None:
+            raise PluginError(f"{spec!r} {_interface_problem(kind, target)}: it cannot be used as a {label}")
     elif isinstance(spec, type):
-        obj = spec(**kwargs)
+        target, what = spec, f"the {label} class {spec.__qualname__}"
+        problem = _interface_problem(kind, spec)
+        if problem is not None:
+            raise PluginError(f"{spec.__module__}.{spec.__qualname__} {problem}: it cannot be used as a {label}")
     else:
-        if kwargs:
+        if kwargs or options:
+            given = sorted({*kwargs, *(options or {})})
             raise TypeError(
-                f"Options {sorted(kwargs)} were given with an already created {kind} object "
+                f"{label}: options {given} were given with an already created {label} "
                 f"({type(spec).__name__}); pass a name or a class to have them applied, or drop them."
             )
         return spec
+    obj = make_component(target, options, kwargs, path=label, what=what)
+    problem = _missing_methods(kind, obj)
+    if problem is not None:
+        raise PluginError(f"{what} made a {type(obj).__qualname__}, which {problem}: it cannot be used as a {label}")
     if kind == "stores":
-        from agl_kernel.plugins._manager import get_plugin_manager
+        from agl_kernel.plugins._manager import call_hook
 
-        get_plugin_manager().hook.agl_store_created(store=obj)
+        call_hook("agl_store_created", store=obj)
     return obj
 
 
 def list_plugins(kind: Optional[str] = None, *, check: bool = False) -> list[PluginInfo]:
     """The visible plugins of ``kind`` (``None``: every kind), sorted by kind and name.
 
-    Listing reads installed metadata only and imports nothing, so a broken plugin is listed like any other.
-    With ``check=True`` each one is imported and ``error`` says why it failed to load (``None`` when it loaded).
+    Listing reads installed metadata only and imports nothing, so a broken plugin is listed like any other;
+    ``error`` says when its distribution needs another kernel version, and ``note`` names a clash (another
+    distribution registering the same name for the same kind, and which one is used). With ``check=True`` each one
+    is imported and checked against its kind's interface, and ``error`` says why it failed (``None`` when it
+    loaded).
     """
     if kind is not None:
         _check_kind(kind)
     visible, _hidden, _switch = _entries(kind)
     errors: dict[int, str] = {}
     if check:
-        _load_entries(visible, lambda entry, error: errors.__setitem__(id(entry), str(error)))
-    infos = [e.info(errors.get(id(e))) for e in visible]
+        usable = [e for e in visible if not e.incompatible]
+        _load_entries(usable, lambda entry, error: errors.__setitem__(id(entry), str(error)))
+    infos = [e.info(errors.get(id(e)), _clash_note(e, visible)) for e in visible]
     return sorted(infos, key=lambda i: (i.kind, i.name, i.distribution))
+
+
+def _clash_note(entry: _Entry, visible: list[_Entry]) -> Optional[str]:
+    others = [e for e in visible if e.kind == entry.kind and e.name == entry.name and e is not entry]
+    if not others:
+        return None
+    names = ", ".join(e.distribution for e in others)
+    if entry.is_builtin:
+        return f"also registered by {names}; this built-in is used unless {entry.name}@<distribution> is named"
+    if any(e.is_builtin for e in others):
+        return f"shadowed by the kernel's built-in; use it as {entry.name}@{entry.distribution}"
+    return f"also registered by {names}; name one as {entry.name}@<distribution>"
 
 
 def _visible_hook_entries() -> list[_Entry]:

@@ -65,8 +65,10 @@ def _plugin_routes(plugin_manager: Any) -> list[ControllerRouterHandler]:
         try:
             impl.function(**{name: register for name in impl.argnames})
         except Exception as err:  # noqa: BLE001 - a plugin's bug must not take the server down
-            from agl_kernel.plugins import AglPluginWarning
+            from agl_kernel.plugins import AglPluginWarning, strict_plugins
 
+            if strict_plugins():
+                raise
             warnings.warn(
                 f"The agl plugin {impl.plugin_name!r} failed to add its server routes ({type(err).__name__}: {err});"
                 " the server runs without them.",

@@ -4,37 +4,48 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Mapping
 from typing import Any, Optional, Union
 
 from agl_kernel.errors import PluginNotFoundError
 from agl_kernel.store.base import LightningStore
 
-__all__ = ["DEFAULT_STORE", "DEFAULT_STORE_PATH", "describe_store", "make_store"]
+__all__ = ["DEFAULT_STORE", "DEFAULT_STORE_PATH", "default_store_name", "describe_store", "make_store"]
 
 DEFAULT_STORE = "sqlite"
 DEFAULT_STORE_PATH = os.path.join(".agl", "agl.db")
+
+
+def default_store_name() -> str:
+    """``sqlite`` when its plugin is visible, else ``memory`` (what a run that names no store uses)."""
+    from agl_kernel.plugins import list_plugins
+
+    return DEFAULT_STORE if any(i.name == DEFAULT_STORE for i in list_plugins("stores")) else "memory"
 
 
 def make_store(
     spec: Union[str, type, LightningStore, None] = None,
     *,
     path: Union[str, os.PathLike, None] = None,
-    **options: Any,
+    options: Optional[Mapping[str, Any]] = None,
+    **kwargs: Any,
 ) -> LightningStore:
     """The store for ``spec``: a registered name, a class, or an instance (returned as is).
 
-    With no ``spec`` it is the durable default, the ``sqlite`` plugin with its file at ``path`` (default
-    ``./.agl/agl.db``); when that plugin is not installed, the in-memory store, with a warning that nothing will
-    be kept. ``path`` is passed to stores that keep a file.
+    ``options`` (and ``path``, and ``kwargs`` that name an option) are validated by the store's options class: an
+    option the store does not take is a :class:`~agl_kernel.errors.ConfigError`. With no ``spec`` it is the
+    durable default, the ``sqlite`` plugin with its file at ``path`` (default ``./.agl/agl.db``); when that plugin
+    is not installed, the in-memory store, with a warning that nothing will be kept.
     """
     from agl_kernel.plugins import create_component
 
+    options = dict(options or {})
     if path is not None:
-        options["path"] = path
+        options["path"] = os.fspath(path)
     if spec is not None:
-        return create_component("stores", spec, **options)
+        return create_component("stores", spec, options=options, **kwargs)
     try:
-        return create_component("stores", DEFAULT_STORE, **{"path": DEFAULT_STORE_PATH, **options})
+        return create_component("stores", DEFAULT_STORE, options={"path": DEFAULT_STORE_PATH, **options}, **kwargs)
     except PluginNotFoundError:
         warnings.warn(
             "agl-store-sqlite is not installed, so this run uses the in-memory store and keeps nothing after it "
@@ -42,7 +53,7 @@ def make_store(
             stacklevel=2,
         )
         options.pop("path", None)
-        return create_component("stores", "memory", **options)
+        return create_component("stores", "memory", options=options, **kwargs)
 
 
 def describe_store(store: LightningStore) -> str:

@@ -13,6 +13,7 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Any, Optional, Union
 
+import attrs
 from msgspec import UNSET, UnsetType
 from msgspec.structs import asdict, replace
 
@@ -45,11 +46,21 @@ __all__ = ["InMemoryLightningStore"]
 _DEFAULT_CONFIG = RolloutConfig()
 
 
+@attrs.define(kw_only=True)
+class MemoryStoreOptions:
+    """Options of the in-memory store (``memory``)."""
+
+    watchdog_interval: float = attrs.field(default=0.5, validator=attrs.validators.gt(0))
+    """Seconds between the watchdog's checks for timed-out and unresponsive attempts."""
+
+
 class InMemoryLightningStore(LightningStore):
     """A fast, thread-safe store that keeps everything in this process's memory.
 
     ``watchdog_interval``: seconds between the watchdog's checks of timeouts and heartbeats.
     """
+
+    Options = MemoryStoreOptions
 
     def __init__(self, *, watchdog_interval: float = 0.5) -> None:
         if watchdog_interval <= 0:

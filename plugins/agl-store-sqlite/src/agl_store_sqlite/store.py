@@ -9,8 +9,9 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Literal, Optional, Union
 
+import attrs
 from msgspec import UNSET, UnsetType
 
 from agl_kernel.errors import NotFoundError, StoreClosedError
@@ -69,6 +70,23 @@ def _seconds(name: str, value: Any, *, allow_zero: bool = False) -> float:
     return seconds
 
 
+@attrs.define(kw_only=True)
+class SqliteStoreOptions:
+    """Options of the SQLite store (``sqlite``)."""
+
+    path: str = ".agl/agl.db"
+    """The database file (its directory is created)."""
+    watchdog_interval: float = attrs.field(default=0.5, validator=attrs.validators.gt(0))
+    """Seconds between the watchdog's checks of timeouts and heartbeats."""
+    cross_process_poll: float = attrs.field(default=0.05, validator=attrs.validators.ge(0))
+    """Seconds between checks for commits by other processes, which wake this process's waiters (0: off)."""
+    synchronous: Literal["OFF", "NORMAL", "FULL", "EXTRA"] = "NORMAL"
+    """SQLite's PRAGMA synchronous: NORMAL keeps every acknowledged write across a crash of the process; FULL also
+    across a power loss, at a cost."""
+    busy_timeout: float = attrs.field(default=30.0, validator=attrs.validators.gt(0))
+    """Seconds a write waits for another process holding the file's write lock."""
+
+
 class SqliteLightningStore(LightningStore):
     """A durable store in one SQLite file, shared safely by the tasks, threads and processes that open it.
 
@@ -80,6 +98,8 @@ class SqliteLightningStore(LightningStore):
       crash of the process; ``FULL`` also across a power loss, at a cost.
     - ``busy_timeout``: how long a write waits for another process holding the file's write lock.
     """
+
+    Options = SqliteStoreOptions
 
     def __init__(
         self,

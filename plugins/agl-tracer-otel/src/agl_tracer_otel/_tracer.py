@@ -9,6 +9,7 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Optional, Union
 
+import attrs
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
@@ -27,6 +28,32 @@ __all__ = ["OtelTracer"]
 logger = logging.getLogger("agl_tracer_otel")
 
 _INSTRUMENTATIONS = ("openai",)
+
+
+@attrs.define(kw_only=True)
+class OtelTracerOptions:
+    """Options of the OpenTelemetry tracer (``otel``)."""
+
+    instrument: list[str] = attrs.field(factory=lambda: list(_INSTRUMENTATIONS))
+    """The libraries to instrument ("openai"); [] for none. Process-wide; records only inside trace contexts."""
+    request_token_ids: bool = False
+    """Make every instrumented call ask the server for token ids (vLLM's return_token_ids)."""
+    request_logprobs: bool = False
+    """Make every instrumented call ask the server for logprobs."""
+    install_global: bool = True
+    """Also capture spans of other OpenTelemetry instrumentations (through the global tracer provider)."""
+    root_span: bool = True
+    """Open an agl.attempt span around each attempt, so all its spans share one trace."""
+    max_batch: int = attrs.field(default=512, validator=attrs.validators.ge(1))
+    """Spans per store call or OTLP request, at most."""
+    schedule_delay: float = attrs.field(default=0.02, validator=attrs.validators.gt(0))
+    """Seconds between the span writer's wake-ups (it also wakes as soon as 64 spans wait)."""
+    max_queue: int = attrs.field(default=65536, validator=attrs.validators.ge(1))
+    """Spans waiting to be written, at most."""
+    service_name: str = "agl-agent"
+    """The OpenTelemetry service.name of the spans."""
+    export_timeout: float = attrs.field(default=30.0, validator=attrs.validators.gt(0))
+    """Seconds one write of spans may take."""
 
 
 class OtelTracer(Tracer):
@@ -55,6 +82,8 @@ class OtelTracer(Tracer):
       ``max_queue`` spans ahead of the store waits rather than losing spans.
     - ``service_name``: the ``service.name`` of the spans' resource.
     """
+
+    Options = OtelTracerOptions
 
     def __init__(
         self,
