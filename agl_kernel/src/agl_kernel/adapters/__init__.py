@@ -5,19 +5,24 @@
 - ``messages`` (:class:`MessagesAdapter`): each LLM call as OpenAI-format chat messages with its reward.
 
 Both read LLM calls by the OpenTelemetry GenAI conventions plus agl's token-id attributes (:mod:`agl_kernel.semconv`),
-so any tracer or proxy that writes those feeds them.
+so any tracer or proxy that writes those feeds them. :func:`read_attempt` gives an attempt's spans as LLM calls and
+rewards (an :class:`AttemptTrace`), for plugins that build their own training data.
 """
 
 from agl_kernel.adapter import Adapter
 from agl_kernel.adapters._messages import ChatSample, MessagesAdapter
+from agl_kernel.adapters._trace import AttemptTrace, LlmCall, read_attempt
 from agl_kernel.adapters._triplets import CallReason, CallReport, TripletAdapter, TripletResult
 
 __all__ = [
     "Adapter",
+    "AttemptTrace",
+    "LlmCall",
     "CallReason",
     "CallReport",
     "ChatSample",
     "MessagesAdapter",
     "TripletAdapter",
     "TripletResult",
+    "read_attempt",
 ]

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Any, Optional
 
 from agl_kernel import semconv
-from agl_kernel.adapters._trace import read_attempt
+from agl_kernel.adapters import read_attempt
 from agl_kernel.genai import to_openai_messages
 from agl_kernel.models import Span
 
