@@ -1,11 +1,12 @@
-# The two entry points of the README: `make demo` (set up, run the main job: GRPO on SmolLM2) and `make test`.
+# The two entry points of the README: `make demo` (set up, run the main job: GRPO on SmolLM2) and `make test`
+# (what CI runs: the test suite, then every plugin installed alone).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SOURCES := requirements-dev.txt $(wildcard agl_kernel/pyproject.toml plugins/*/pyproject.toml)
 
-.PHONY: setup test demo bench clean dashboard-assets
+.PHONY: setup test plugins-alone demo bench clean dashboard-assets dashboard-page
 
 setup: $(STAMP)
 
@@ -21,14 +22,22 @@ $(STAMP): $(SOURCES)
 test: setup dashboard-assets
 	cd $(DASHBOARD) && npm test
 	AGL_DASHBOARD_E2E=1 $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python tools/check_plugins_alone.py
+
+# Every distribution's wheel, then the kernel plus one plugin at a time in a fresh venv: `agl plugins --check` and the
+# plugin's tests/smoke.py there (tools/check_plugins_alone.py). The dashboard's wheel needs its page.
+plugins-alone: setup dashboard-page
+	$(BIN)/python tools/check_plugins_alone.py
 
 # The dashboard's page (plugins/agl-dashboard): npm packages from the committed lock file, the Vite build into the
 # Python package (which serves it and ships it in its wheel), and Debian's Chromium for its browser tests, installed
 # only when missing. AGL_DASHBOARD_E2E=1 makes a missing piece fail the browser test instead of skipping it.
 DASHBOARD := plugins/agl-dashboard/frontend
 
-dashboard-assets: $(DASHBOARD)/node_modules/.installed
+dashboard-assets: dashboard-page
 	test -x /usr/bin/chromium || (apt-get update -q && apt-get install -y -q chromium)
+
+dashboard-page: $(DASHBOARD)/node_modules/.installed
 	cd $(DASHBOARD) && npm run build
 
 $(DASHBOARD)/node_modules/.installed: $(DASHBOARD)/package-lock.json
