@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import zipfile
 from pathlib import Path
 
@@ -65,7 +66,7 @@ def test_an_editable_install_needs_no_page(tmp_path: Path) -> None:
     assert list((tmp_path / "out").glob("agl_dashboard-*.whl"))
 
 
-def test_the_wheel_ships_the_page_and_the_license(tmp_path: Path) -> None:
+def test_the_wheel_and_sdist_ship_the_page_and_the_license(tmp_path: Path) -> None:
     if not (DIST / STATIC / "index.html").is_file():
         message = "the dashboard's page is not built (make dashboard-assets)"
         if os.environ.get("AGL_DASHBOARD_E2E") == "1":
@@ -83,3 +84,11 @@ def test_the_wheel_ships_the_page_and_the_license(tmp_path: Path) -> None:
     metadata = next(n for n in names if n.endswith(".dist-info/METADATA"))
     requires = [line for line in zipfile.ZipFile(wheel).read(metadata).decode().splitlines() if "Requires-Dist" in line]
     assert any(line.startswith("Requires-Dist: agl-store-sqlite") for line in requires), requires
+
+    # The sdist carries the page and the backend itself, so that a wheel can be built from it.
+    (tmp_path / "sdist").mkdir()
+    sdist = call_hook(source, "build_sdist", tmp_path / "sdist")
+    assert sdist.returncode == 0, sdist.stderr[-2000:]
+    [archive] = (tmp_path / "sdist").glob("agl_dashboard-*.tar.gz")
+    members = {name.split("/", 1)[1] for name in tarfile.open(archive).getnames() if "/" in name}
+    assert {"_build/agl_dashboard_build.py", "src/agl_dashboard/static/index.html", "LICENSE"} <= members
