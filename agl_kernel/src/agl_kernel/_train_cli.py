@@ -88,7 +88,11 @@ def _flag_values(values: dict[str, Any]) -> dict[str, Any]:
 def _load(values: dict[str, Any]) -> Any:
     from agl_kernel.config import load_run_config
 
-    return load_run_config(values.get("config_path"), overrides=values.get("overrides") or (), flags=_flag_values(values))
+    flags = _flag_values(values)
+    for table in ("runner", "tracer"):  # options a strategy hands to the runner processes it starts, as JSON
+        for key, value in json.loads(values.get(f"{table}_options") or "{}").items():
+            flags[f"{table}.{key}"] = value
+    return load_run_config(values.get("config_path"), overrides=values.get("overrides") or (), flags=flags)
 
 
 def _required(value: Optional[str], key: str, flag: str) -> str:
@@ -207,10 +211,8 @@ def runner_command(**values: Any) -> None:
     store_options = dict(store_choice.options)
     if values.get("token") and store_choice.name == "http":
         store_options.setdefault("token", values["token"])
-    runner_options = {**json.loads(values.get("runner_options") or "{}"), **runner_choice.options}
-    tracer_options = {**json.loads(values.get("tracer_options") or "{}"), **tracer_choice.options}
-    tracer = create_component("tracers", tracer_choice.name or "noop", options=tracer_options)
-    runner = RunnerSpec(runner_choice.name or "litagent", runner_options)
+    tracer = create_component("tracers", tracer_choice.name or "noop", options=tracer_choice.options)
+    runner = RunnerSpec(runner_choice.name or "litagent", runner_choice.options)
     store = make_store(store_choice.name, options=store_options)
     n_runners = config.run.runners
     click.echo(f"agl runner: {n_runners} runner(s) for {agent_spec} on {describe_store(store)}", err=True)

@@ -16,6 +16,7 @@ import enum
 import functools
 import inspect
 import json
+import re
 import textwrap
 import tomllib
 import types
@@ -266,14 +267,26 @@ def build_options(cls: type, data: Optional[Mapping[str, Any]] = None, *, path: 
         messages = cattrs.transform_error(err, path=path or "$", format_exception=_format)
         first = messages[0] if messages else str(err)
         message, _, where = first.rpartition(" @ ")
-        raise ConfigError(f"{where}: {message}") from None
+        raise ConfigError(_locate(where, message)) from None
     except (ValueError, TypeError) as err:  # a validator, or the class's own __attrs_post_init__
-        raise ConfigError(f"{path or cls.__qualname__}: {_validator_message(err)}") from None
+        field = next((a.name for a in err.args[1:] if isinstance(a, attrs.Attribute)), None)
+        message = str(err.args[0]) if err.args and isinstance(err.args[0], str) else str(err)
+        raise ConfigError(_locate(_join(path, field) if field else path or cls.__qualname__, message)) from None
 
 
-def _validator_message(err: BaseException) -> str:
-    # attrs' validators say "'steps' must be >= 1: 0"; keep that, it names the field.
-    return str(err.args[0]) if err.args and isinstance(err.args[0], str) else str(err)
+_NAMED = re.compile(r"^'(?P<name>[A-Za-z_][A-Za-z0-9_]*)' (?P<rest>.*)$", re.S)
+
+
+def _locate(where: str, message: str) -> str:
+    """``where: message``, with the field an attrs validator names in its message (``'steps' must be >= 1: 0``)
+    moved into the path: ``algorithm.steps: must be >= 1: 0``."""
+    named = _NAMED.match(message)
+    if named:
+        name = named.group("name")
+        if not where.endswith(f".{name}") and where != name:
+            where = _join(where, name)
+        message = named.group("rest")
+    return f"{where}: {message}"
 
 
 # -------------------------------------------------------------------------------------------- documentation
