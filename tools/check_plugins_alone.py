@@ -17,9 +17,12 @@ check is what catches it:
    the kernel's wheel and the plugin's wheel, their declared dependencies taken from the wheelhouse with
    ``--no-index``, so nothing undeclared can slip in.
 4. In that venv, from an empty directory, with an environment that names nothing of the repository (no
-   ``PYTHONPATH``, no user site, Hugging Face offline): ``agl plugins --check --json`` must exit 0 and list the
-   plugin's distribution with no load error, then the plugin's ``tests/smoke.py`` (copied there, run with the
-   venv's python; it needs no pytest) must exit 0. The kernel is checked alone the same way first.
+   ``PYTHONPATH``, no user site, Hugging Face offline): ``agl plugins --check --json`` must list the plugin's
+   distribution, load its entry points and exit 0 (a load error that only names an extra of the entry's own
+   distribution, such as the kernel's ``http`` store without ``agl-kernel[client]``, is what installing without
+   extras means: it is shown as a note, not failed); no other plugin may be there unless the plugin declares it.
+   Then the plugin's ``tests/smoke.py`` (copied there, run with the venv's python; it needs no pytest; every
+   plugin must have one) must exit 0. The kernel is checked alone the same way first (without a smoke script).
 
 Exit status 0 when every distribution passes, 1 otherwise, naming each one that failed and the step that broke
 (with the end of its output). Run it with the dev venv's python (``make plugins-alone``); ``--only FOLDER`` checks
@@ -35,6 +38,7 @@ import email.parser
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -57,7 +61,7 @@ NOT_SOURCE = shutil.ignore_patterns(
     "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", "node_modules", "e2e-output", "*.pyc"
 )
 # Only these variables of the caller's environment reach the venv's commands.
-KEPT_ENV = ("HOME", "LANG", "LC_ALL", "TMPDIR", "TERM", "PIP_CACHE_DIR", "XDG_CACHE_HOME")
+KEPT_ENV = ("HOME", "LANG", "LC_ALL", "TMPDIR", "TERM")
 TIMEOUTS = {"build": 300, "dependencies": 900, "install": 600, "check": 120, "smoke": 300}
 TAIL = 3000  # characters of a failed step's output shown in the summary
 
@@ -107,7 +111,10 @@ def run(step: str, command: list[str], *, timeout: float, cwd: Path | None = Non
         output = err.output.decode(errors="replace") if isinstance(err.output, bytes) else (err.output or "")
         raise StepFailed(step, f"did not finish in {timeout:.0f}s\n{output[-TAIL:]}") from None
     if done.returncode != 0:
-        raise StepFailed(step, f"`{' '.join(command[-3:])}` exited with {done.returncode}\n{done.stdout[-TAIL:]}")
+        # A build backend's own "error: ..." line may lie far above the end of a verbose log: show it first.
+        errors = [line.strip() for line in done.stdout.splitlines() if line.strip().startswith("error: ")]
+        detail = "\n".join([f"`{shlex.join(command)}` exited with {done.returncode}", *errors[:5], done.stdout[-TAIL:]])
+        raise StepFailed(step, detail)
     return done.stdout
 
 
@@ -221,11 +228,12 @@ def check_alone(dist: Distribution, kernel: Distribution, work: Path, wheelhouse
     names = ", ".join(f"{e['kind']}:{e['name']}" for e in mine)
     say(f"{dist.label}: agl plugins --check lists {names} ({time.monotonic() - started:.1f}s)")
 
-    smoke = dist.folder / "tests" / "smoke.py"
-    if alone or not smoke.is_file():
-        if not alone:
-            say(f"{dist.label}: no tests/smoke.py, nothing more to run")
+    if alone:
         return
+    smoke = dist.folder / "tests" / "smoke.py"
+    if not smoke.is_file():
+        raise StepFailed("tests/smoke.py", f"{dist.folder.relative_to(ROOT)} has none: every plugin needs its smoke "
+                         "use (start from plugins/_template/tests/smoke.py)")  # fmt: skip
     started = time.monotonic()
     shutil.copy2(smoke, cwd / "smoke.py")
     output = run("tests/smoke.py", [str(venv / "bin" / "python"), "smoke.py"], timeout=TIMEOUTS["smoke"], cwd=cwd,
