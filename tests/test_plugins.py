@@ -115,13 +115,20 @@ def site(tmp_path: Path) -> Iterator[Path]:
 
 
 def install_distribution(
-    site: Path, name: str, *, entry_points: dict[str, dict[str, str]], modules: dict[str, str], version: str = "1.0"
+    site: Path,
+    name: str,
+    *,
+    entry_points: dict[str, dict[str, str]],
+    modules: dict[str, str],
+    version: str = "1.0",
+    requires: tuple[str, ...] = (),
 ) -> None:
     """Write an installed distribution (``.dist-info`` with METADATA and entry_points.txt, plus modules)."""
     site.mkdir(parents=True, exist_ok=True)
     dist_info = site / f"{name.replace('-', '_')}-{version}.dist-info"
     dist_info.mkdir()
-    (dist_info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+    requirements = "".join(f"Requires-Dist: {r}\n" for r in requires)
+    (dist_info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n{requirements}")
     lines = []
     for group, entries in entry_points.items():
         lines += [f"[{group}]", *(f"{key} = {value}" for key, value in entries.items()), ""]
@@ -562,3 +569,225 @@ def test_the_plugin_template_is_not_collected_by_the_repository_run() -> None:
         capture_output=True, text=True, cwd=REPO, timeout=120,
     )
     assert "no tests collected" in result.stdout, result.stdout + result.stderr
+
+
+# ----------------------------------------------------------------- interfaces, clashes, versions, isolation
+
+
+def test_a_component_that_does_not_implement_its_kind_is_refused_at_load_and_by_check(site: Path) -> None:
+    install_distribution(
+        site,
+        "agl-wrong",
+        entry_points={
+            "agl.algorithms": {"notalgo": "agl_wrong:NotAnAlgorithm", "ducky": "agl_wrong:Duck", "obj": "agl_wrong:THING"},
+            "agl.stores": {"half": "agl_wrong:HalfStore"},
+        },
+        modules={
+            "agl_wrong": """
+                from agl_kernel.store.memory import InMemoryLightningStore
+                from agl_kernel.store.base import LightningStore
+                class NotAnAlgorithm:
+                    def train(self): pass
+                class Duck:  # not a subclass, but has every abstract method: accepted
+                    async def run(self, store, train_dataset, val_dataset=None): return 1
+                THING = 42
+                class HalfStore(LightningStore):
+                    pass
+            """,
+        },
+    )
+    with pytest.raises(PluginError, match=r"'notalgo' from agl-wrong 1.0 .*is not a agl_kernel.algorithm.Algorithm and lacks run.*Report this to the authors of agl-wrong"):
+        load_component("algorithms", "notalgo")
+    with pytest.raises(PluginError, match=r"'obj' from agl-wrong 1.0 .*is a int, not a class or a factory"):
+        load_component("algorithms", "obj")
+    with pytest.raises(PluginError, match=r"'half' from agl-wrong 1.0 .*leaves .*enqueue_rollout.* unimplemented"):
+        load_component("stores", "half")
+    assert load_component("algorithms", "ducky").__name__ == "Duck"
+    errors = {i.name: i.error for i in list_plugins(check=True) if i.distribution == "agl-wrong"}
+    assert errors["ducky"] is None and all("agl-wrong" in errors[n] for n in ("notalgo", "obj", "half"))
+    result = run_python(site, "-m", "agl_kernel.cli", "plugins", "--check")
+    assert result.returncode == 1 and "notalgo" in result.stdout and "agl-wrong" in result.stdout
+
+
+def test_a_third_party_cannot_replace_a_builtin_by_name(site: Path) -> None:
+    install_distribution(
+        site,
+        "agl-impostor",
+        entry_points={"agl.algorithms": {"baseline": "agl_impostor:Fake"}, "agl.tracers": {"noop": "agl_impostor:T"}},
+        modules={
+            "agl_impostor": """
+                from agl_kernel.algorithm import Baseline
+                from agl_kernel.tracer import NoOpTracer
+                class Fake(Baseline):
+                    pass
+                class T(NoOpTracer):
+                    pass
+            """,
+        },
+    )
+    from agl_kernel.algorithm import Baseline
+
+    assert load_component("algorithms", "baseline") is Baseline
+    assert load_component("algorithms", "baseline@agl-impostor").__name__ == "Fake"
+    assert type(create_component("tracers", "noop@agl_impostor")).__name__ == "T"
+    with pytest.raises(PluginNotFoundError, match="'baseline' from the distribution 'agl-other'; 'baseline' is provided by: agl-impostor, agl-kernel"):
+        load_component("algorithms", "baseline@agl-other")
+    notes = {(i.distribution, i.name): i.note for i in list_plugins("algorithms")}
+    assert "this built-in is used" in notes[("agl-kernel", "baseline")]
+    assert notes[("agl-impostor", "baseline")] == "shadowed by the kernel's built-in; use it as baseline@agl-impostor"
+    result = run_python(site, "-m", "agl_kernel.cli", "plugins", "--kind", "algorithms")
+    assert result.returncode == 0 and "shadowed by the kernel's built-in; use it as baseline@agl-impostor" in result.stdout
+
+
+def test_a_plugin_for_another_kernel_version_is_skipped_saying_which_it_needs(site: Path) -> None:
+    install_distribution(
+        site,
+        "agl-future",
+        entry_points={"agl.algorithms": {"future": "agl_future:Algo"}, "agl.plugins": {"future-hooks": "agl_future"}},
+        modules={"agl_future": "from agl_kernel.algorithm import Baseline as Algo\n"},
+        requires=("agl-kernel>=9.0,<10", "attrs"),
+        version="2.0",
+    )
+    install_distribution(
+        site,
+        "agl-current",
+        entry_points={"agl.algorithms": {"current": "agl_current:Algo"}},
+        modules={"agl_current": "from agl_kernel.algorithm import Baseline as Algo\n"},
+        requires=("agl-kernel>=0.2,<0.3",),
+    )
+    with pytest.raises(PluginError, match=r"agl-future 2.0 needs agl-kernel<10,>=9.0, but agl-kernel 0.2.\d+ is installed \(plugin API 1.0\); it is skipped"):
+        load_component("algorithms", "future")
+    assert load_component("algorithms", "current") is not None
+    with pytest.warns(AglPluginWarning, match="'future-hooks': agl-future 2.0 needs agl-kernel<10,>=9.0"):
+        assert get_plugin_manager().get_plugin("future-hooks") is None
+    infos = {i.name: i for i in list_plugins("algorithms")}
+    assert infos["future"].requires_kernel == "<10,>=9.0" and "needs agl-kernel" in infos["future"].error
+    assert infos["current"].requires_kernel == "<0.3,>=0.2" and infos["current"].error is None
+
+
+def test_every_plugin_under_plugins_declares_a_compatible_kernel_range() -> None:
+    from agl_kernel.plugins import kernel_version
+
+    for info in list_plugins():
+        if info.distribution.startswith("agl-") and info.distribution != "agl-kernel":
+            assert info.requires_kernel, f"{info.distribution} declares no agl-kernel range"
+            assert info.error is None, info.error
+    assert kernel_version() == agl_kernel.__version__
+
+
+def test_no_plugin_imports_a_private_kernel_module() -> None:
+    import re
+
+    private = re.compile(r"^\s*(?:from|import)\s+(agl_kernel(?:\.\w+)*\._\w+)", re.M)
+    offenders = []
+    for path in sorted((REPO / "plugins").glob("*/src/**/*.py")) + sorted((REPO / "contrib").rglob("*.py")):
+        offenders += [f"{path.relative_to(REPO)}: {m}" for m in private.findall(path.read_text())]
+    assert offenders == [], "plugins must use the kernel's public API only:\n" + "\n".join(offenders)
+
+
+def _raising_module(hook: str) -> str:
+    arguments = ", ".join(inspect.signature(getattr(hookspecs, hook)).parameters)
+    return (
+        "from agl_kernel.plugins import hookimpl\n"
+        f"@hookimpl\ndef {hook}({arguments}):\n    raise RuntimeError('plugin bug in {hook}')\n"
+    )
+
+
+@pytest.mark.parametrize("hook", HOOKS)
+def test_a_raising_hook_is_logged_once_with_its_distribution_and_skipped(
+    hook: str, site: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from agl_kernel.plugins import call_hook
+
+    install_distribution(
+        site, "agl-buggy", entry_points={"agl.plugins": {"buggy": "agl_buggy"}}, modules={"agl_buggy": _raising_module(hook)}
+    )
+    monkeypatch.setenv("AGL_PLUGINS", "agl-buggy")
+    reset_plugin_manager()
+    recorder = RecordingPlugin()
+    get_plugin_manager().register(recorder)
+    arguments = {name: object() for name in inspect.signature(getattr(hookspecs, hook)).parameters}
+    with caplog.at_level("ERROR", logger="agl.plugins"):
+        call_hook(hook, **arguments)
+        call_hook(hook, **arguments)
+    assert [call[0] for call in recorder.calls] == [hook, hook]  # the others still run, every time
+    failures = [r for r in caplog.records if "plugin bug" in r.getMessage()]
+    assert len(failures) == 1, "logged once per plugin and hook"
+    assert "'buggy' (from agl-buggy 1.0) raised in " + hook in failures[0].getMessage()
+    monkeypatch.setenv("AGL_STRICT_PLUGINS", "1")
+    with pytest.raises(RuntimeError, match=f"plugin bug in {hook}"):
+        call_hook(hook, **arguments)
+
+
+RAISES_EVERYWHERE = """
+from agl_kernel.plugins import hookimpl
+
+@hookimpl
+def agl_register_commands(cli):
+    raise RuntimeError("plugin bug")
+
+@hookimpl
+def agl_server_routes(register):
+    raise RuntimeError("plugin bug")
+
+@hookimpl
+def agl_on_rollout_start(rollout, attempt, runner):
+    raise RuntimeError("plugin bug")
+
+@hookimpl
+def agl_on_rollout_end(rollout, attempt, runner, status):
+    raise RuntimeError("plugin bug")
+
+@hookimpl
+def agl_on_trace_start(rollout_id, attempt_id, tracer):
+    raise RuntimeError("plugin bug")
+
+@hookimpl
+def agl_on_trace_end(rollout_id, attempt_id, tracer, spans):
+    raise RuntimeError("plugin bug")
+
+@hookimpl
+def agl_store_created(store):
+    raise RuntimeError("plugin bug")
+"""
+
+RUN = """
+import asyncio
+from agl_kernel.server import running_server
+from agl_kernel.store.defaults import make_store
+from agl_kernel.trainer import Trainer
+
+def agent(task, resources):
+    return float(task)
+
+with Trainer(store="memory", n_runners=2, progress=False) as trainer:
+    report = trainer.dev(agent, [1, 0, 1])
+print("report", report.by_status, report.mean_reward)
+
+async def serve():
+    store = make_store("memory")
+    async with running_server(store) as url:
+        print("served", url.startswith("http://127.0.0.1"))
+asyncio.run(serve())
+"""
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_a_plugin_raising_in_every_hook_does_not_break_a_run_unless_strict(site: Path, strict: bool) -> None:
+    install_distribution(
+        site, "agl-buggy", entry_points={"agl.plugins": {"buggy": "agl_buggy"}}, modules={"agl_buggy": RAISES_EVERYWHERE}
+    )
+    env = {"AGL_STRICT_PLUGINS": "1"} if strict else {}
+    result = run_python(site, "-c", RUN, **env)
+    cli = run_python(site, "-m", "agl_kernel.cli", "--help", **env)  # lists commands: asks every plugin for its own
+    if strict:
+        assert result.returncode != 0 and "RuntimeError: plugin bug" in result.stderr
+        assert cli.returncode != 0 and "RuntimeError: plugin bug" in cli.stderr
+        return
+    assert result.returncode == 0, result.stderr
+    assert "report {'succeeded': 3}" in result.stdout and "served True" in result.stdout
+    for hook in ("agl_store_created", "agl_on_rollout_start", "agl_on_rollout_end"):
+        assert result.stderr.count(f"raised in {hook}") == 1, result.stderr
+        assert f"'buggy' (from agl-buggy 1.0) raised in {hook}" in result.stderr
+    assert "failed to add its server routes" in result.stderr
+    assert cli.returncode == 0 and "failed to add its commands" in cli.stderr

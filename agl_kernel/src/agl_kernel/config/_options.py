@@ -18,7 +18,6 @@ import inspect
 import json
 import re
 import textwrap
-import tomllib
 import types
 import typing
 from collections.abc import Mapping
@@ -26,6 +25,7 @@ from typing import Any, Literal, Optional, Union
 
 import attrs
 import cattrs
+import tomllib
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
 
 from agl_kernel.errors import ConfigError
@@ -187,21 +187,40 @@ def _make_converter() -> cattrs.Converter:
     def is_container(tp: Any) -> bool:
         return typing.get_origin(tp) in (list, tuple, set, frozenset, dict) or (isinstance(tp, type) and attrs.has(tp))
 
+    converter.register_structure_hook(Any, lambda value, _tp: value)
+
     def container_factory(tp: Any) -> Any:
-        inner = converter.get_structure_hook(tp) if not attrs.has(tp) else converter.gen_structure_attrs_fromdict(tp)
+        origin = typing.get_origin(tp)
+        args = [a for a in typing.get_args(tp) if a is not Ellipsis]
+        from_dict = converter.gen_structure_attrs_fromdict(tp) if attrs.has(tp) else None
 
         def structure(value: Any, _tp: Any) -> Any:
             if isinstance(value, str):
                 try:
                     value = _parse_literal(value)
                 except ValueError:
-                    if typing.get_origin(tp) in (list, tuple, set, frozenset):
-                        value = [part.strip() for part in value.split(",") if part.strip()]
-                    else:
+                    if origin not in (list, tuple, set, frozenset):
                         raise ValueError(f"expected {type_name(tp)}, got {value!r}") from None
-            if attrs.has(tp) and isinstance(value, tp):
-                return value
-            return inner(value, tp)
+                    value = [part.strip() for part in value.split(",") if part.strip()]
+            if from_dict is not None:
+                if isinstance(value, tp):
+                    return value
+                if not isinstance(value, Mapping):
+                    raise ValueError(f"expected a table, got {value!r}")
+                return from_dict(value, tp)
+            if origin is dict:
+                if not isinstance(value, Mapping):
+                    raise ValueError(f"expected a table, got {value!r}")
+                key_type, value_type = (args + [Any, Any])[:2]
+                return {converter.structure(k, key_type): converter.structure(v, value_type) for k, v in value.items()}
+            if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, (list, tuple, set, frozenset)):
+                raise ValueError(f"expected {type_name(tp)}, got {value!r}")
+            element = args[0] if args else Any
+            if origin is tuple and len(args) > 1:
+                if len(value) != len(args):
+                    raise ValueError(f"expected {len(args)} values, got {value!r}")
+                return tuple(converter.structure(v, t) for v, t in zip(value, args))
+            return origin(converter.structure(v, element) for v in value)
 
         return structure
 

@@ -21,11 +21,11 @@ Precedence, lowest first: each option's default, the run file, ``AGL_<TABLE>__<K
 from __future__ import annotations
 
 import os
-import tomllib
 from collections.abc import Iterable, Mapping
 from typing import Any, Optional
 
 import attrs
+import tomllib
 
 from agl_kernel.config._options import build_options, options_class, to_plain
 from agl_kernel.errors import ConfigError, PluginNotFoundError

@@ -26,7 +26,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 from stevedore.extension import Extension
 from stevedore.named import NamedExtensionManager
 
-from agl_kernel.errors import ConfigError, MissingDependencyError, PluginError, PluginNotFoundError
+from agl_kernel.errors import MissingDependencyError, PluginError, PluginNotFoundError
 
 __all__ = [
     "KINDS",

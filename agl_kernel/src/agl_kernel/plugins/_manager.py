@@ -17,7 +17,7 @@ import pluggy
 
 from agl_kernel.errors import PluginError
 from agl_kernel.plugins import hookspecs
-from agl_kernel.plugins._loading import AglPluginWarning, _clear_discovery_cache, _Entry, _entries, _load_entries
+from agl_kernel.plugins._loading import AglPluginWarning, _clear_discovery_cache, _entries, _Entry, _load_entries
 
 __all__ = ["STRICT_ENV", "call_hook", "get_plugin_manager", "reset_plugin_manager", "strict_plugins"]
 
