@@ -47,7 +47,7 @@ def test_typed_values_and_strings_are_structured_by_the_field_type() -> None:
     built = build_options(Outer, {"steps": "7", "rate": "2", "on": "yes", "mode": "slow", "limit": "none"})
     assert built == Outer(steps=7, rate=2.0, on=True, mode="slow", limit=None)
     assert build_options(Outer, {"steps": 7, "rate": 1, "on": False, "limit": 1.5}).limit == 1.5
-    nested = build_options(Outer, {"inner": {"r": "4", "modules": "[\"a\", \"b\"]"}})
+    nested = build_options(Outer, {"inner": {"r": "4", "modules": '["a", "b"]'}})
     assert nested.inner == Inner(r=4, modules=["a", "b"])
     assert build_options(Outer, {"inner": {"modules": "a, b"}}).inner == Inner(modules=["a", "b"])
     assert build_options(Outer, {"inner": "{r = 2}"}).inner == Inner(r=2)
@@ -57,7 +57,10 @@ def test_typed_values_and_strings_are_structured_by_the_field_type() -> None:
 @pytest.mark.parametrize(
     ("data", "message"),
     [
-        ({"stepz": 1}, "algorithm.stepz: unknown option. Did you mean 'steps'? Valid keys: inner, limit, mode, on, rate, steps"),
+        (
+            {"stepz": 1},
+            "algorithm.stepz: unknown option. Did you mean 'steps'? Valid keys: inner, limit, mode, on, rate, steps",
+        ),
         ({"steps": "many"}, "algorithm.steps: expected an integer, got 'many'"),
         ({"steps": True}, "algorithm.steps: expected an integer, got True"),
         ({"steps": 0}, "algorithm.steps: must be >= 1: 0"),
@@ -77,7 +80,11 @@ def test_mistakes_are_one_line_errors_with_the_full_path(data: dict, message: st
 
 def test_options_are_documented_from_the_field_docstrings() -> None:
     options = {o.name: o for o in describe_options(Outer)}
-    assert options["steps"].type == "integer" and options["steps"].default == 3 and options["steps"].doc == "Training steps."
+    assert (
+        options["steps"].type == "integer"
+        and options["steps"].default == 3
+        and options["steps"].doc == "Training steps."
+    )
     assert options["limit"].type == "number or none"
     assert options["mode"].type == "one of 'fast', 'slow'"
     assert options["inner.r"].doc == "The rank." and options["inner.modules"].default == ["q", "v"]
@@ -107,14 +114,17 @@ def test_run_file_then_environment_then_set_then_flags(tmp_path: Path) -> None:
     runner = config.resolved()["runner"]
     assert runner == {"name": "litagent", "heartbeat_interval": 9.0, "wait_seconds": 4.0, "stop_grace": 6.0}
     assert config.resolved()["store"] == {"name": "memory", "watchdog_interval": 0.5}
-    assert 'heartbeat_interval = 9.0' in to_toml(config.resolved())
+    assert "heartbeat_interval = 9.0" in to_toml(config.resolved())
 
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
         ({"overrides": ["algorithm"]}, "--set 'algorithm': expected TABLE.KEY=VALUE"),
-        ({"overrides": ["algoritm.steps=1"]}, "unknown table 'algoritm' (--set algoritm.steps=1). Did you mean 'algorithm'?"),
+        (
+            {"overrides": ["algoritm.steps=1"]},
+            "unknown table 'algoritm' (--set algoritm.steps=1). Did you mean 'algorithm'?",
+        ),
         ({"overrides": ["run.runners=0"]}, "run.runners: must be at least 1, not 0"),
         ({"overrides": ["run.agnt=x"]}, "run.agnt: unknown option. Did you mean 'agent'?"),
         ({"environ": {"AGL_RUN__RUNNERS": "two"}}, "run.runners: expected an integer, got 'two'"),
@@ -138,7 +148,9 @@ def test_a_missing_or_broken_run_file_is_a_config_error(tmp_path: Path) -> None:
 
 
 def test_unknown_component_and_options_a_backend_does_not_take() -> None:
-    with pytest.raises(ConfigError, match=r"^algorithm.name: No algorithms plugin named 'nope'. Available algorithms: .*baseline"):
+    with pytest.raises(
+        ConfigError, match=r"^algorithm.name: No algorithms plugin named 'nope'. Available algorithms: .*baseline"
+    ):
         load_run_config(flags={"algorithm.name": "nope"}, environ={}).resolved()
     with pytest.raises(ConfigError, match=r"^store.path: unknown option. Valid keys: watchdog_interval$"):
         load_run_config(flags={"store.name": "memory", "store.path": "x"}, environ={}).resolved()
@@ -178,7 +190,9 @@ def test_trainer_from_a_run_file_runs_the_loop(tmp_path: Path) -> None:
         stop_grace = 0.5
         """)
     )
-    with Trainer.from_config(tmp_path / "run.toml", overrides=["runner.heartbeat_interval=1"], progress=False) as trainer:
+    with Trainer.from_config(
+        tmp_path / "run.toml", overrides=["runner.heartbeat_interval=1"], progress=False
+    ) as trainer:
         report = trainer.dev(lambda task, resources: float(task), [1, 0, 1])
     assert report.by_status == {"succeeded": 3} and report.mean_reward == pytest.approx(2 / 3)
     assert trainer.n_runners == 2 and trainer.runner.options == {"stop_grace": 0.5, "heartbeat_interval": "1"}
@@ -199,7 +213,12 @@ def agl(cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     environ = {k: v for k, v in os.environ.items() if not k.startswith("AGL_")}
     environ.update(env)
     return subprocess.run(
-        [sys.executable, "-m", "agl_kernel.cli", *args], cwd=cwd, env=environ, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "agl_kernel.cli", *args],
+        cwd=cwd,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -251,7 +270,9 @@ def test_agl_config_prints_the_effective_configuration(project: Path) -> None:
     result = agl(project, "config", "--store", "memory", "--set", "runner.stop_grace=2", AGL_RUN__RUNNERS="3")
     assert result.returncode == 0, result.stderr
     assert "[run]\nrunners = 3\n" in result.stdout
-    assert '[runner]\nname = "litagent"\nheartbeat_interval = 5.0\nwait_seconds = 0.5\nstop_grace = 2.0\n' in result.stdout
+    assert (
+        '[runner]\nname = "litagent"\nheartbeat_interval = 5.0\nwait_seconds = 0.5\nstop_grace = 2.0\n' in result.stdout
+    )
     assert '[store]\nname = "memory"\nwatchdog_interval = 0.5\n' in result.stdout
     (project / "effective.toml").write_text(result.stdout)
     again = agl(project, "config", "--config", "effective.toml")

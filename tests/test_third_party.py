@@ -105,7 +105,7 @@ def tasks():
     return [{"x": 1}, {"x": 2}, {"x": 3}]
 '''
 
-PYPROJECT = '''
+PYPROJECT = """
 [build-system]
 requires = ["setuptools>=68"]
 build-backend = "setuptools.build_meta"
@@ -127,7 +127,7 @@ logging = "agl_thirdparty_demo:LoggingRunner"
 
 [tool.setuptools]
 packages = ["agl_thirdparty_demo"]
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -200,7 +200,7 @@ def test_agl_train_runs_it_from_a_run_file(site: Path, tmp_path: Path, strategy:
         [algorithm]
         name = "scaled"
         factor = 3
-        report_path = "{tmp_path / 'report.json'}"
+        report_path = "{tmp_path / "report.json"}"
         [store]
         name = "notebook"
         label = "from-file"
@@ -227,7 +227,10 @@ def test_agl_train_runs_it_from_a_run_file(site: Path, tmp_path: Path, strategy:
     [
         (["--set", "algorithm.factor=-1"], "algorithm.factor"),
         (["--set", "algorithm.factor=lots"], "algorithm.factor: expected a number, got 'lots'"),
-        (["--set", "algorithm.fcator=2"], "algorithm.fcator: unknown option. Did you mean 'factor'? Valid keys: factor"),
+        (
+            ["--set", "algorithm.fcator=2"],
+            "algorithm.fcator: unknown option. Did you mean 'factor'? Valid keys: factor",
+        ),
         (["--runner", "logging"], "runner.log_path: required option is missing"),
         (["--set", "store.path=x.db"], "store.path: unknown option"),
     ],

@@ -51,7 +51,9 @@ def _selection_flags(*, algorithm: bool) -> list[Callable[[Any], Any]]:
         _option("--adapter", "adapter", help="Adapter by name [adapter.name; default: the algorithm's choice]."),
     ]
     if algorithm:
-        flags.insert(0, _option("--algorithm", "algorithm", help="Algorithm by name [algorithm.name; default baseline]."))
+        flags.insert(
+            0, _option("--algorithm", "algorithm", help="Algorithm by name [algorithm.name; default baseline].")
+        )
     return flags
 
 
@@ -189,10 +191,17 @@ def config_command(**values: Any) -> None:
 
 @click.command("runner")
 @_apply(_CONFIG_FLAGS + _selection_flags(algorithm=False)[:-2])
-@click.option("--token", envvar="AGL_STORE_TOKEN", default=None, help="The server's bearer token [env AGL_STORE_TOKEN].")
+@click.option(
+    "--token", envvar="AGL_STORE_TOKEN", default=None, help="The server's bearer token [env AGL_STORE_TOKEN]."
+)
 @click.option("--agent", "agent", default=None, help="The agent: module:name or path/to/file.py:name [run.agent].")
-@click.option("--runners", "runners", type=click.IntRange(min=1), default=None,
-              help="Runners in this process (asyncio tasks) [run.runners; default 1].")
+@click.option(
+    "--runners",
+    "runners",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Runners in this process (asyncio tasks) [run.runners; default 1].",
+)
 @click.option("--worker-id", default=None, help="Worker id (a suffix -N is added for several runners).")
 @click.option("--parent-pid", type=int, default=None, hidden=True, help="Exit when this process is gone.")
 @click.option("--runner-options", default=None, hidden=True, help="The runner's options as JSON (from a strategy).")
@@ -220,8 +229,13 @@ def runner_command(**values: Any) -> None:
     async def main() -> int:
         try:
             return await run_runners(
-                store, agent, n_runners=n_runners, tracer=tracer, worker_prefix=values.get("worker_id"),
-                parent_pid=values.get("parent_pid"), runner=runner,
+                store,
+                agent,
+                n_runners=n_runners,
+                tracer=tracer,
+                worker_prefix=values.get("worker_id"),
+                parent_pid=values.get("parent_pid"),
+                runner=runner,
             )
         finally:
             await store.close()

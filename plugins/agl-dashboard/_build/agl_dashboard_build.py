@@ -11,13 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from setuptools import build_meta as _setuptools
-from setuptools.build_meta import *  # noqa: F403 - every other hook is setuptools' own
+from setuptools.build_meta import *  # every other hook is setuptools' own
 from setuptools.build_meta import __all__  # noqa: F401
 
 PAGE = Path("src", "agl_dashboard", "static", "index.html")
-NOT_BUILT = (
-    "the dashboard's page is not built: run `npm ci && npm run build` in plugins/agl-dashboard/frontend first"
-)
+NOT_BUILT = "the dashboard's page is not built: run `npm ci && npm run build` in plugins/agl-dashboard/frontend first"
 
 
 def _require_page() -> None:

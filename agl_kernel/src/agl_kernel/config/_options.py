@@ -159,13 +159,13 @@ def _make_converter() -> cattrs.Converter:
                 return member
         raise ValueError(f"expected one of {', '.join(repr(m.value) for m in tp)}, got {value!r}")
 
-    converter.register_structure_hook_func(lambda tp: isinstance(tp, type) and issubclass(tp, enum.Enum), structure_enum)
+    converter.register_structure_hook_func(
+        lambda tp: isinstance(tp, type) and issubclass(tp, enum.Enum), structure_enum
+    )
 
     def structure_union(value: Any, tp: Any) -> Any:
         options = _non_none(tp)
-        if value is None or (
-            _is_optional(tp) and isinstance(value, str) and value.strip().lower() in _NONE_WORDS
-        ):
+        if value is None or (_is_optional(tp) and isinstance(value, str) and value.strip().lower() in _NONE_WORDS):
             if _is_optional(tp):
                 return None
             raise ValueError(f"expected {type_name(tp)}, got none")

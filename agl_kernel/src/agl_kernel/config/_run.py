@@ -177,8 +177,8 @@ def parse_override(text: str) -> tuple[list[str], str]:
 def _env_overrides(environ: Mapping[str, str]) -> list[tuple[list[str], str, str]]:
     found = []
     for name, value in sorted(environ.items()):
-        if name.startswith(ENV_PREFIX) and "__" in name[len(ENV_PREFIX):]:
-            path = [part.lower() for part in name[len(ENV_PREFIX):].split("__")]
+        if name.startswith(ENV_PREFIX) and "__" in name[len(ENV_PREFIX) :]:
+            path = [part.lower() for part in name[len(ENV_PREFIX) :].split("__")]
             if all(path):
                 found.append((path, value, f"environment variable {name}"))
     return found
@@ -251,7 +251,9 @@ def _check_table(path: list[str], value: Any, source: str) -> None:
 
         close = difflib.get_close_matches(table, _TABLES, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ConfigError(f"{'.'.join(path)}: unknown table {table!r} ({source}).{hint} Valid tables: {', '.join(_TABLES)}")
+        raise ConfigError(
+            f"{'.'.join(path)}: unknown table {table!r} ({source}).{hint} Valid tables: {', '.join(_TABLES)}"
+        )
     if len(path) == 1 and not isinstance(value, Mapping):
         raise ConfigError(f"{table}: expected a table of options ({source}), got {value!r}")
 
@@ -282,4 +284,3 @@ def to_toml(tree: Mapping[str, Any]) -> str:
             lines.append(f"# {key} = none" if value is None else f"{key} = {_toml_value(value)}")
         lines.append("")
     return "\n".join(lines)
-

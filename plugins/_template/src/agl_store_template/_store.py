@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Optional, Union
 
+import attrs
 from msgspec import UNSET, UnsetType
 
 from agl_kernel import (
@@ -33,15 +34,27 @@ from agl_kernel import (
 )
 from agl_kernel.store import LATEST, SortOrder
 
-__all__ = ["TemplateLightningStore"]
+__all__ = ["TemplateLightningStore", "TemplateStoreOptions"]
+
+
+@attrs.define(kw_only=True)
+class TemplateStoreOptions:
+    """Options of the template store (``template`` in ``agl.stores``): what users set in a run file's ``[store]``
+    table, with ``--set store.KEY=VALUE`` or ``AGL_STORE__KEY``. Add the backend's own (a path, a URL, ...)."""
+
+    watchdog_interval: float = attrs.field(default=0.5, validator=attrs.validators.gt(0))
+    """Seconds between the watchdog's checks of timeouts and heartbeats."""
 
 
 class TemplateLightningStore(LightningStore):
     """A store kept in <describe where>. Registered as ``template`` in the ``agl.stores`` entry-point group.
 
     ``watchdog_interval``: seconds between the watchdog's checks of timeouts and heartbeats (the conformance
-    suite passes a small value). Add the backend's own options (a path, a URL, ...) as keyword arguments.
+    suite passes a small value). The kernel validates the options of :class:`TemplateStoreOptions` before it calls
+    the constructor with them; the check here is for code that makes the class directly.
     """
+
+    Options = TemplateStoreOptions
 
     def __init__(self, *, watchdog_interval: float = 0.5) -> None:
         if watchdog_interval <= 0:
