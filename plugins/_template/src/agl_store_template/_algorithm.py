@@ -68,8 +68,11 @@ class TemplateReport(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class TemplateAlgorithm(Algorithm):
-    """Runs every training task ``epochs`` times, then the validation tasks once, and reports the rewards of each
-    epoch. Registered as ``template`` in the ``agl.algorithms`` entry-point group."""
+    """Runs every training task `epochs` times, then the validation tasks once; reports each epoch's rewards.
+
+    Registered as ``template`` in the ``agl.algorithms`` entry-point group. ``agl plugins show`` prints the first
+    line of this docstring.
+    """
 
     Options = TemplateAlgorithmOptions
 

@@ -47,10 +47,11 @@ class TemplateRunnerOptions:
 
 
 class TemplateRunner(Runner):
-    """Runs an agent (a LitAgent, or a function ``f(task, resources)`` returning a reward) on rollouts, one at a
-    time. Registered as ``template`` in the ``agl.runners`` entry-point group.
+    """Runs the agent on rollouts from the store, one at a time, with heartbeats while it runs.
 
-    The kernel makes it with ``worker_id`` and ``tracer`` plus the fields of :class:`TemplateRunnerOptions`.
+    Registered as ``template`` in the ``agl.runners`` entry-point group. The agent is a LitAgent or a function
+    ``f(task, resources)`` returning a reward. The kernel makes the runner with ``worker_id`` and ``tracer`` plus
+    the fields of :class:`TemplateRunnerOptions`.
     """
 
     Options = TemplateRunnerOptions

@@ -47,11 +47,12 @@ class TemplateStoreOptions:
 
 
 class TemplateLightningStore(LightningStore):
-    """A store kept in <describe where>. Registered as ``template`` in the ``agl.stores`` entry-point group.
+    """A store kept in <describe where>.
 
-    ``watchdog_interval``: seconds between the watchdog's checks of timeouts and heartbeats (the conformance
-    suite passes a small value). The kernel validates the options of :class:`TemplateStoreOptions` before it calls
-    the constructor with them; the check here is for code that makes the class directly.
+    Registered as ``template`` in the ``agl.stores`` entry-point group. ``watchdog_interval``: seconds between the
+    watchdog's checks of timeouts and heartbeats (the conformance suite passes a small value). The kernel validates
+    the options of :class:`TemplateStoreOptions` before it calls the constructor with them; the check here is for
+    code that makes the class directly.
     """
 
     Options = TemplateStoreOptions

@@ -33,8 +33,11 @@ class TemplateTracerOptions:
 
 
 class TemplateTracer(Tracer):
-    """Records a root span per attempt (its start, end, outcome and the configured attributes); the agent's own
-    spans (rewards, messages, operations) become its children. Registered as ``template`` in ``agl.tracers``."""
+    """Records a root span per attempt, with the agent's own spans (rewards, messages, operations) under it.
+
+    The root span has the attempt's start, end and outcome and the configured attributes. Registered as
+    ``template`` in the ``agl.tracers`` entry-point group.
+    """
 
     Options = TemplateTracerOptions
 
