@@ -17,6 +17,7 @@ from rich.console import Console
 
 from agl_algo_grpo import (
     GRPO,
+    GRPOConfig,
     METRIC_PREFIX,
     NO_TRIPLET_REASONS,
     TRAINING_STEP_SPAN,
@@ -26,7 +27,7 @@ from agl_algo_grpo import (
 )
 from agl_algo_grpo.testing import tiny_llama
 from agl_kernel import semconv
-from agl_kernel.errors import MissingDependencyError
+from agl_kernel.errors import ConfigError, MissingDependencyError
 from agl_kernel.models import AttemptStatus, ProxyLLM, RolloutMode, RolloutStatus, Span
 from agl_kernel.plugins import create_component
 from agl_kernel.store.memory import InMemoryLightningStore
@@ -178,10 +179,18 @@ async def test_grpo_run_end_to_end_and_resume(tmp_path: Path) -> None:
 
 
 async def test_entry_point_builds_from_string_options() -> None:
-    algorithm = create_component("algorithms", "grpo", model=tiny_llama(), steps="2", group_size="3", device="cpu")
+    algorithm = create_component(
+        "algorithms", "grpo", model="agl_algo_grpo.testing:tiny_chat_model", steps="2", group_size="3", device="cpu"
+    )
     assert isinstance(algorithm, GRPO) and algorithm.config.steps == 2 and algorithm.config.group_size == 3
+    assert algorithm.serve and algorithm.publisher is None  # selected by name: it serves the policy itself
+    assert GRPO.Options is GRPOConfig
     with pytest.raises(ValueError, match="needs the model"):
         GRPO()
+    with pytest.raises(ConfigError, match="^algorithm.model: required"):
+        create_component("algorithms", "grpo", steps=2)
+    with pytest.raises(ConfigError, match="^algorithm.model: cannot import 'no_such_module:f'"):
+        create_component("algorithms", "grpo", options={"model": "no_such_module:f"})
     assert [t["n"] for t in algorithm.tasks_for_step([{"n": i} for i in range(5)], 0)] == [
         t["n"] for t in GRPO(tiny_llama(), steps=2, group_size=3).tasks_for_step([{"n": i} for i in range(5)], 0)
     ]

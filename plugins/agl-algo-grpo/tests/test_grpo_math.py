@@ -20,6 +20,7 @@ from agl_algo_grpo import (
     policy_loss,
     token_logprobs,
 )
+from agl_kernel.errors import ConfigError
 from agl_kernel.models import Triplet
 
 # ------------------------------------------------------------------------------------------------ advantages
@@ -187,9 +188,19 @@ def test_make_config_takes_strings_and_names_unknown_options() -> None:
     assert (config.steps, config.group_size, config.scale_rewards, config.clip_high) == (5, 8, False, 0.28)
     assert config.lora == LoraSettings()
     assert make_config({"lora": {"r": 4}}).lora == LoraSettings(r=4)
-    with pytest.raises(TypeError, match="unknown GRPO option.*'group'.*group_size"):
+    assert make_config(lora="false").lora is None and make_config(lora=LoraSettings(r=2)).lora == LoraSettings(r=2)
+    assert make_config(lora={"target_modules": "q_proj,v_proj"}).lora.target_modules == ("q_proj", "v_proj")
+    # one-line ConfigErrors (ValueErrors) that name the option and, for an unknown one, the valid keys
+    with pytest.raises(
+        ConfigError, match=r"^algorithm\.group: unknown option\. Did you mean 'group_size'\?.*Valid keys:"
+    ):
         make_config(group=4)
-    with pytest.raises(ValueError, match="group_size must be at least 1"):
+    with pytest.raises(ConfigError, match=r"^algorithm\.group_size: must be >= 1: 0$"):
         make_config(group_size=0)
+    with pytest.raises(ConfigError, match=r"^algorithm\.steps: expected an integer, got 'zero'$"):
+        make_config(steps="zero")
+    with pytest.raises(ConfigError, match=r"^algorithm\.lora\.rank: unknown option.*Valid keys: alpha, dropout, r, "):
+        make_config(lora={"rank": 4})
     with pytest.raises(ValueError, match="clip_low"):
         GRPOConfig(clip_low=1.5)
+    assert issubclass(ConfigError, ValueError)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import attrs
 import pytest
 import torch
 
@@ -99,7 +100,7 @@ def test_checkpoint_and_resume_restore_step_weights_and_optimizer(tmp_path: Path
     assert path.name == "step-000003"
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["step-000002", "step-000003"]  # pruned
 
-    resumed = PolicyTrainer(tiny_llama(seed=5), GRPOConfig(**{**_fields(config), "resume": True}))
+    resumed = PolicyTrainer(tiny_llama(seed=5), attrs.evolve(config, resume=True))
     assert resumed.step == 3 and resumed.resumed_from == path
     trained = policy.model.state_dict()
     assert all(torch.equal(trained[k], v) for k, v in resumed.model.state_dict().items())
@@ -108,10 +109,6 @@ def test_checkpoint_and_resume_restore_step_weights_and_optimizer(tmp_path: Path
     # and both continue identically
     policy.train_step(samples), resumed.train_step(samples)
     assert all(torch.allclose(policy.model.state_dict()[k], v) for k, v in resumed.model.state_dict().items())
-
-
-def _fields(config: GRPOConfig) -> dict:
-    return {name: getattr(config, name) for name in config.__struct_fields__}
 
 
 def test_serving_weights_without_lora_are_the_model_weights(samples) -> None:
@@ -155,7 +152,7 @@ def test_lora_trains_adapters_only_and_serves_merged_weights(tmp_path: Path, sam
 
     path = policy.save_checkpoint()
     assert (path / "model" / "adapter_model.safetensors").is_file()
-    resumed = PolicyTrainer(tiny_llama(), GRPOConfig(**{**_fields(config), "resume": True}))
+    resumed = PolicyTrainer(tiny_llama(), attrs.evolve(config, resume=True))
     assert resumed.step == 3
     assert all(torch.equal(served[k], v) for k, v in resumed.state_dict_for_serving().items())
     with pytest.raises(ValueError, match="written with LoRA on"):

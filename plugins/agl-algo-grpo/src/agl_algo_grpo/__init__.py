@@ -1,7 +1,12 @@
 """GRPO for agents: group-relative advantages over rollouts of the same task, a clipped policy-gradient update of
 a Hugging Face causal LM (fully or with LoRA), checkpoints, and the loop that drives rollouts through the store.
 
-Registered as ``grpo`` in ``agl.algorithms``::
+Registered as ``grpo`` in ``agl.algorithms``; its options are :class:`GRPOConfig` (``GRPO.Options``;
+``agl plugins show grpo`` lists them). Selected by name, GRPO serves the policy itself (``agl-algo-grpo[serve]``)::
+
+    Trainer(algorithm="grpo", options={"algorithm": {"model": "smollm2", "steps": 12}}).fit(agent, tasks)
+
+or given its own model server and publisher::
 
     from agl_algo_grpo import GRPO, GRPOConfig, LLMPublisher
 
@@ -31,6 +36,7 @@ from agl_kernel.training_metrics import (
 )
 from agl_algo_grpo._policy import PolicyTrainer, keep_freed_memory
 from agl_algo_grpo._publish import LLMPublisher, PolicyPublisher, WeightSink
+from agl_algo_grpo._serving import SERVE_EXTRA, SERVED_MODEL_NAME, load_named_model
 
 __all__ = [
     "GRPO",
@@ -43,6 +49,9 @@ __all__ = [
     "PolicyPublisher",
     "LLMPublisher",
     "WeightSink",
+    "SERVE_EXTRA",
+    "SERVED_MODEL_NAME",
+    "load_named_model",
     "RolloutSample",
     "TrainingSample",
     "Batch",

@@ -5,17 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import random
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Union
 
+import attrs
 import msgspec
 from rich.console import Console
 from torch import nn
 
 from agl_kernel.algorithm import Algorithm
+from agl_kernel.config import to_plain
+from agl_kernel.errors import ConfigError
 from agl_kernel.models import EnqueueRequest, Rollout, RolloutConfig, RolloutMode, RolloutStatus, Triplet
 from agl_kernel.rewards import final_reward
 from agl_kernel.store import LightningStore
@@ -25,6 +29,14 @@ from agl_algo_grpo._batching import RolloutSample, assign_advantages
 from agl_algo_grpo._config import GRPOConfig, make_config
 from agl_algo_grpo._policy import PolicyTrainer, keep_freed_memory, resolve_device
 from agl_algo_grpo._publish import PolicyPublisher, as_publisher
+from agl_algo_grpo._serving import (
+    check_model_name,
+    is_object_spec,
+    load_named_model,
+    require_model_server,
+    served_copy,
+    serving,
+)
 
 
 __all__ = ["GRPO", "GRPOReport"]
@@ -77,13 +89,25 @@ class GRPO(Algorithm):
     Only rollouts that succeeded are trained on; the others, and those whose spans give no triplet, are counted
     and reported with the reason (the adapter's, when it gives one).
 
-    - ``model``: a Hugging Face causal LM module, or its name/path; or pass a ready ``policy`` (:class:`PolicyTrainer`).
-    - ``config``: a :class:`GRPOConfig` or mapping; ``**options`` override its fields (``steps=3``).
+    - ``model``: a Hugging Face causal LM module, or a name (see :attr:`GRPOConfig.model`: a Hugging Face name or
+      directory, ``smollm2``, ``module:factory``); or pass a ready ``policy`` (:class:`PolicyTrainer`).
+    - ``config``: a :class:`GRPOConfig` (also ``GRPO.Options``) or mapping; ``**options`` override its fields
+      (``steps=3``).
     - ``publisher``: a :class:`PolicyPublisher` (e.g. :class:`LLMPublisher`) or an async function
-      ``(policy, *, version, store, sampling_parameters) -> resources_id``. ``None``: nothing is published and
-      rollouts use the latest resources, so the rollouts do not sample from the trained weights — only for tests.
+      ``(policy, *, version, store, sampling_parameters) -> resources_id``.
+    - ``serve``: serve the policy itself during :meth:`run` (agl-model-server's ``ModelServer`` with a copy of the
+      policy, the LLM proxy in front of it on 127.0.0.1, an :class:`LLMPublisher`; see
+      :mod:`agl_algo_grpo._serving`; needs ``agl-algo-grpo[serve]``). ``None`` (the default): serve when no
+      ``publisher`` and no ``policy`` are given and the model is named by a string (its tokenizer is loaded with
+      it), as when GRPO is selected by name. With neither a publisher nor serving, nothing is published and
+      rollouts use the latest resources, so they do not sample from the trained weights: only for tests.
     - ``rollout_config``: the store's supervision of each rollout (timeouts, retries).
+
+    Selected by name, GRPO is made by :meth:`from_options`: ``Trainer(algorithm="grpo", options={"algorithm":
+    {"model": "smollm2", "steps": 12}})`` or ``agl train --algorithm grpo --set algorithm.model=smollm2``.
     """
+
+    Options = GRPOConfig
 
     def __init__(
         self,
@@ -92,21 +116,49 @@ class GRPO(Algorithm):
         *,
         policy: Optional[PolicyTrainer] = None,
         publisher: Union[PolicyPublisher, Callable[..., Any], None] = None,
+        serve: Optional[bool] = None,
         rollout_config: Optional[RolloutConfig] = None,
         console: Optional[Console] = None,
         **options: Any,
     ) -> None:
         self.config = make_config(config, **options)
+        if model is None:
+            model = self.config.model
+        elif isinstance(model, str) and model != self.config.model:
+            self.config = attrs.evolve(self.config, model=model)
         if model is None and policy is None:
             raise ValueError("GRPO needs the model to train: GRPO(model=<module or name/path>) or GRPO(policy=...)")
         self.model = model
         self.policy = policy
         self.publisher = as_publisher(publisher)
+        can_serve = publisher is None and policy is None and isinstance(model, str)
+        if serve and not can_serve:
+            raise ValueError(
+                "GRPO(serve=True) serves the policy itself: it needs the model named by a string (to load its "
+                "tokenizer too), and no publisher or policy"
+            )
+        self.serve = can_serve if serve is None else serve
+        if self.serve:
+            require_model_server()
+            check_model_name(model)  # type: ignore[arg-type]
         self.rollout_config = rollout_config
         self.console = console if console is not None else (Console() if self.config.console else None)
         self._published: Optional[tuple[int, Optional[str]]] = None  # (version, resources_id)
+        self._active_publisher: Optional[PolicyPublisher] = self.publisher
+        self._served: Optional[tuple[nn.Module, Any]] = None  # (the served copy, its tokenizer)
         self._orders: dict[int, list[int]] = {}
         self._trainer_thread: Optional[concurrent.futures.ThreadPoolExecutor] = None
+
+    @classmethod
+    def from_options(cls, options: GRPOConfig, **objects: Any) -> "GRPO":
+        """GRPO selected by name (``Trainer(algorithm="grpo", options=...)``, ``agl train --algorithm grpo``): the
+        model is ``options.model``; with no ``publisher`` among ``objects`` GRPO serves the policy itself."""
+        if options.model is None and objects.get("policy") is None:
+            raise ConfigError(
+                "algorithm.model: required: the model to train, a Hugging Face name or directory, smollm2, or "
+                'module:factory (--set algorithm.model=NAME, or model = "NAME" in the run file\'s [algorithm] table)'
+            )
+        return cls(None, options, **objects)
 
     # ------------------------------------------------------------------------------------------------ the loop
 
@@ -121,9 +173,31 @@ class GRPO(Algorithm):
         # The policy is built, trained and saved on a thread of its own (torch releases the GIL meanwhile).
         self._trainer_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="agl-grpo-train")
         try:
-            return await self._run(store, train_dataset, val_dataset)
+            async with contextlib.AsyncExitStack() as stack:
+                if self.policy is None:
+                    self.policy = await self._on_trainer_thread(self._build_policy)
+                self._active_publisher = self.publisher
+                if self.serve:
+                    assert self._served is not None
+                    model, tokenizer = self._served
+                    self._active_publisher = await stack.enter_async_context(
+                        serving(store, model, tokenizer, max_tokens=self.config.max_tokens)
+                    )
+                return await self._run(store, train_dataset, val_dataset)
         finally:
+            self._active_publisher = self.publisher  # what it served is stopped
             self._trainer_thread.shutdown(wait=False)
+
+    def _build_policy(self) -> PolicyTrainer:
+        """The policy (on the trainer thread): the model loaded when it is named by a string, and when GRPO serves
+        it, a copy for the server and the tokenizer (kept for later runs of this instance)."""
+        model: Any = self.model
+        if isinstance(model, str) and (self.serve or is_object_spec(model)):
+            device, weights_dtype, _ = resolve_device(self.config)
+            model, tokenizer = load_named_model(model, dtype=weights_dtype)
+            if self.serve:
+                self._served = (served_copy(model, device), tokenizer)
+        return PolicyTrainer(model, self.config)  # a name not loaded above: transformers' from_pretrained
 
     async def _on_trainer_thread(self, function: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._trainer_thread, function, *args)
@@ -131,8 +205,7 @@ class GRPO(Algorithm):
     async def _run(
         self, store: LightningStore, train_dataset: Sequence[Any], val_dataset: Optional[Sequence[Any]]
     ) -> GRPOReport:
-        if self.policy is None:
-            self.policy = await self._on_trainer_thread(PolicyTrainer, self.model, self.config)
+        assert self.policy is not None
         policy = self.policy
         if self.adapter is None:
             from agl_kernel.adapters import TripletAdapter
@@ -147,7 +220,7 @@ class GRPO(Algorithm):
             columns=CONSOLE_COLUMNS,
         )
         resumed = str(policy.resumed_from) if policy.resumed_from is not None else None
-        metrics_rollout_id = await recorder.open({"config": msgspec.to_builtins(self.config), "resumed_from": resumed})
+        metrics_rollout_id = await recorder.open({"config": to_plain(self.config), "resumed_from": resumed})
         history: list[dict[str, float]] = []
         validations: list[dict[str, float]] = []
         checkpoint: Optional[str] = None
@@ -244,12 +317,12 @@ class GRPO(Algorithm):
         return tasks
 
     async def _publish(self, store: LightningStore, policy: PolicyTrainer) -> Optional[str]:
-        if self.publisher is None:
+        if self._active_publisher is None:
             return None
         if self._published is not None and self._published[0] == policy.version:
             return self._published[1]
         sampling = {"temperature": self.config.temperature, "max_tokens": self.config.max_tokens}
-        resources_id = await self.publisher.publish(
+        resources_id = await self._active_publisher.publish(
             policy, version=policy.version, store=store, sampling_parameters=sampling
         )
         self._published = (policy.version, resources_id)

@@ -1,46 +1,100 @@
-"""GRPO's settings, in one frozen struct (every field has a default; :func:`make_config` builds one from options
-that may be strings, as they come from the command line)."""
+"""GRPO's options, in one frozen attrs class: :class:`GRPOConfig` is also ``GRPO.Options``, so the same fields (with
+their types, defaults, validators and the docstring under each) are what ``GRPO(...)`` takes as keywords, what
+``Trainer(algorithm="grpo", options={"algorithm": {...}})``, a run file's ``[algorithm]`` table and
+``--set algorithm.KEY=VALUE`` set, and what ``agl plugins show grpo`` prints. :func:`make_config` builds one from
+options that may be strings, as they come from the command line (with the kernel's
+:func:`agl_kernel.config.build_options`)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any, Literal, Optional, Union
 
-import msgspec
+import attrs
+from attrs import validators as v
+
+from agl_kernel.config import build_options, to_plain
 
 __all__ = ["GRPOConfig", "LoraSettings", "make_config"]
 
 
-class LoraSettings(msgspec.Struct, frozen=True, kw_only=True):
+def _target_modules(value: Any) -> Any:
+    """``"q_proj,v_proj"`` or ``'["q_proj", "v_proj"]'`` (as ``--set`` gives them) as a tuple; ``"all-linear"``
+    and other single names stay a string; a list becomes a tuple."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                return tuple(str(name) for name in json.loads(text))
+            except ValueError:
+                raise ValueError(f"target_modules: expected a list of module names, got {value!r}") from None
+        if "," in text:
+            return tuple(part.strip() for part in text.split(",") if part.strip())
+        return text
+    return tuple(value)
+
+
+def _non_empty_modules(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if not value:  # worded as attrs' validators are: the kernel puts the name in the option's path
+        raise ValueError(f"'{attribute.name}' must name at least one module, or be 'all-linear'")
+
+
+@attrs.frozen(kw_only=True)
+class LoraSettings:
     """Train low-rank adapters (peft) instead of every weight. Giving one turns LoRA on."""
 
-    r: int = 16
-    alpha: float = 32.0
-    dropout: float = 0.0
-    target_modules: Union[str, tuple[str, ...]] = "all-linear"
-    """peft's ``target_modules``: module names (``("q_proj", "v_proj")``) or ``"all-linear"``."""
+    r: int = attrs.field(default=16, validator=v.ge(1))
+    """Rank of the adapters."""
+    alpha: float = attrs.field(default=32.0, validator=v.gt(0))
+    """peft's ``lora_alpha``: the adapters' output is scaled by ``alpha / r``."""
+    dropout: float = attrs.field(default=0.0, validator=[v.ge(0), v.lt(1)])
+    """Dropout on the adapters' input (keep 0 for GRPO: dropout moves the ratio to the sampling policy off 1)."""
+    target_modules: Union[str, tuple[str, ...]] = attrs.field(
+        default="all-linear", converter=_target_modules, validator=_non_empty_modules
+    )
+    """peft's ``target_modules``: module names (``["q_proj", "v_proj"]``, or ``q_proj,v_proj`` on the command
+    line) or ``"all-linear"``."""
 
 
-class GRPOConfig(msgspec.Struct, frozen=True, kw_only=True):
-    """How GRPO samples, computes advantages, updates the policy, checkpoints and validates."""
+def _lora(value: Any) -> Optional[LoraSettings]:
+    """``True`` means the default settings, ``False`` none (``lora = true`` in a run file, ``--set
+    algorithm.lora=true``)."""
+    if value is True:
+        return LoraSettings()
+    if value is False:
+        return None
+    return value
 
+
+@attrs.frozen(kw_only=True)
+class GRPOConfig:
+    """How GRPO samples, computes advantages, updates the policy, checkpoints and validates (``GRPO.Options``)."""
+
+    # ---------------------------------------------------------------- the model
+    model: Optional[str] = None
+    """The model to train, when GRPO is selected by name: a Hugging Face model name or a local directory, a name
+    agl-model-server knows (``smollm2``: the bundled SmolLM2-135M-Instruct), or ``module:factory`` (a function
+    returning ``(model, tokenizer)``, e.g. ``agl_algo_grpo.testing:tiny_chat_model``). GRPO then serves the
+    policy itself (needs ``agl-algo-grpo[serve]``). In Python, ``GRPO(model, ...)`` also takes a loaded module."""
     # ---------------------------------------------------------------- the loop
-    steps: int = 100
+    steps: int = attrs.field(default=100, validator=v.ge(1))
     """Training steps; each samples ``batch_size`` tasks × ``group_size`` rollouts and updates once."""
-    batch_size: int = 8
+    batch_size: int = attrs.field(default=8, validator=v.ge(1))
     """Tasks per step (the dataset is walked in a seeded random order, a new order each pass)."""
-    group_size: int = 4
+    group_size: int = attrs.field(default=4, validator=v.ge(1))
     """Rollouts per task: the group whose rewards are compared with each other."""
     seed: int = 0
-    rollout_timeout: Optional[float] = None
+    """Seeds torch (the initial weights of LoRA adapters, dropout) and the order the tasks are walked in."""
+    rollout_timeout: Optional[float] = attrs.field(default=None, validator=v.optional(v.gt(0)))
     """Seconds to wait for a step's rollouts; those still running then are cancelled and reported."""
-    val_every: int = 0
+    val_every: int = attrs.field(default=0, validator=v.ge(0))
     """Validate every N steps (and after the last) when a validation set is given; 0 = only after the last."""
     # ---------------------------------------------------------------- sampling (published with the LLM resource)
-    temperature: float = 1.0
+    temperature: float = attrs.field(default=1.0, validator=v.gt(0))
     """Sampling temperature; the trainer divides its logits by it too, so its logprobs match the sampler's."""
-    max_tokens: int = 512
-    """Completion tokens per LLM call."""
+    max_tokens: int = attrs.field(default=512, validator=v.ge(1))
+    """Completion tokens per LLM call (also the served model's default when an agent does not say)."""
     # ---------------------------------------------------------------- advantages
     scale_rewards: bool = True
     """Divide by the group's standard deviation (``False``: only subtract the mean, as Dr. GRPO does)."""
@@ -48,11 +102,13 @@ class GRPOConfig(msgspec.Struct, frozen=True, kw_only=True):
     """Leave out triplets whose advantage is 0 (groups where every rollout scored the same): they carry no
     policy gradient, only compute."""
     # ---------------------------------------------------------------- optimisation
-    learning_rate: float = 1e-6
-    weight_decay: float = 0.0
-    epochs_per_step: int = 1
+    learning_rate: float = attrs.field(default=1e-6, validator=v.gt(0))
+    """AdamW's learning rate."""
+    weight_decay: float = attrs.field(default=0.0, validator=v.ge(0))
+    """AdamW's weight decay."""
+    epochs_per_step: int = attrs.field(default=1, validator=v.ge(1))
     """Passes over a step's triplets (PPO epochs); the ratio departs from 1 from the second pass on."""
-    micro_batch_size: int = 4
+    micro_batch_size: int = attrs.field(default=4, validator=v.ge(1))
     """Sequences per forward/backward pass."""
     share_prompts: bool = True
     """Samples go into micro-batches in the order of their prompts, and a micro-batch runs as prefix trees: tokens
@@ -60,20 +116,24 @@ class GRPOConfig(msgspec.Struct, frozen=True, kw_only=True):
     run once, with a mask that lets each token see its own sequence only. Same logprobs and gradients, less compute
     (most of it when prompts are long). Needs a model whose attention takes a custom mask (``sdpa`` or ``eager``);
     others run padded."""
-    grad_accumulation: Optional[int] = None
+    grad_accumulation: Optional[int] = attrs.field(default=None, validator=v.optional(v.ge(1)))
     """Micro-batches per optimizer step; ``None``: one optimizer step per epoch (the whole batch)."""
-    clip_low: float = 0.2
-    """ε below: the ratio is clipped at ``1 - clip_low``."""
-    clip_high: float = 0.2
+    clip_low: float = attrs.field(default=0.2, validator=[v.ge(0), v.lt(1)])
+    """ε below: the ratio is clipped at ``1 - clip_low`` (in [0, 1))."""
+    clip_high: float = attrs.field(default=0.2, validator=v.ge(0))
     """ε above: the ratio is clipped at ``1 + clip_high`` (raise it, e.g. 0.28, for DAPO's clip-higher)."""
-    kl_coef: float = 0.0
+    kl_coef: float = attrs.field(default=0.0, validator=v.ge(0))
     """Weight of the k3 KL penalty to the initial policy; 0 = no reference model is kept."""
-    max_grad_norm: Optional[float] = 1.0
+    max_grad_norm: Optional[float] = attrs.field(default=1.0, validator=v.optional(v.gt(0)))
+    """Clip the gradient's norm to this before each optimizer step; ``None``: no clipping."""
     recompute_logprobs: bool = False
     """Recompute the old logprobs with the trainer's model instead of using those recorded at sampling time (use
     it when the server's numerics differ from the trainer's); triplets without recorded logprobs always are."""
     gradient_checkpointing: bool = False
-    lora: Optional[LoraSettings] = None
+    """Recompute activations in the backward pass instead of keeping them: less memory, more compute."""
+    lora: Union[bool, LoraSettings, None] = attrs.field(default=None, converter=_lora)
+    """Train LoRA adapters instead of every weight (needs ``agl-algo-grpo[lora]``): ``true`` for the default
+    settings, or a table of them (``lora.r``, ...); ``None``/``false``: full fine-tuning."""
     # ---------------------------------------------------------------- hardware
     device: str = "auto"
     """``"auto"``: CUDA if available, else the CPU; or any torch device string."""
@@ -81,10 +141,11 @@ class GRPOConfig(msgspec.Struct, frozen=True, kw_only=True):
     """Weights' dtype. ``"auto"``: float32 on the CPU; on CUDA bfloat16 for a frozen LoRA base and float32 master
     weights for full fine-tuning, computed under bfloat16 autocast."""
     # ---------------------------------------------------------------- checkpoints and logs
-    checkpoint_every: int = 0
+    checkpoint_every: int = attrs.field(default=0, validator=v.ge(0))
     """Save a checkpoint every N steps (and after the last); 0 = never."""
     checkpoint_dir: str = ".agl/grpo"
-    keep_checkpoints: Optional[int] = 3
+    """Where checkpoints go (one folder per step: ``step-000012``)."""
+    keep_checkpoints: Optional[int] = attrs.field(default=3, validator=v.optional(v.ge(1)))
     """Delete older checkpoints beyond this many; ``None`` keeps all."""
     resume: bool = False
     """Start from the latest checkpoint in ``checkpoint_dir`` (weights, optimizer, step), if there is one."""
@@ -93,40 +154,17 @@ class GRPOConfig(msgspec.Struct, frozen=True, kw_only=True):
     console: bool = True
     """Print a table of metrics per step."""
 
-    def __post_init__(self) -> None:
-        positive = ("steps", "batch_size", "group_size", "epochs_per_step", "micro_batch_size", "max_tokens")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ValueError(f"GRPOConfig.{name} must be at least 1, not {getattr(self, name)}")
-        for name in ("val_every", "checkpoint_every"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"GRPOConfig.{name} must be 0 (off) or more, not {getattr(self, name)}")
-        if self.grad_accumulation is not None and self.grad_accumulation < 1:
-            raise ValueError("GRPOConfig.grad_accumulation must be at least 1, or None for the whole batch")
-        if not 0 <= self.clip_low < 1 or self.clip_high < 0:
-            raise ValueError(f"clip_low must be in [0, 1) and clip_high >= 0 (got {self.clip_low}, {self.clip_high})")
-        if self.learning_rate <= 0 or self.temperature <= 0 or self.kl_coef < 0:
-            raise ValueError("learning_rate and temperature must be > 0 and kl_coef >= 0")
-        if self.keep_checkpoints is not None and self.keep_checkpoints < 1:
-            raise ValueError("keep_checkpoints must be at least 1, or None to keep every checkpoint")
-
 
 def make_config(config: Union[GRPOConfig, Mapping[str, Any], None] = None, **overrides: Any) -> GRPOConfig:
     """A :class:`GRPOConfig` from a config, a mapping or nothing, with ``overrides`` on top. Values may be strings
-    (``"8"``, ``"true"``, as the command line gives them); unknown names raise an error that lists the known ones."""
-    base: dict[str, Any] = msgspec.structs.asdict(config) if isinstance(config, GRPOConfig) else dict(config or {})
+    (``"8"``, ``"true"``, as the command line gives them; ``lora=True`` means the default LoRA settings). A wrong key
+    or value raises :class:`~agl_kernel.errors.ConfigError` (a ``ValueError``): one line that names
+    ``algorithm.KEY`` and, for an unknown key, the valid ones."""
+    if isinstance(config, GRPOConfig):
+        if not overrides:
+            return config
+        base: dict[str, Any] = to_plain(config)
+    else:
+        base = dict(config or {})
     base.update(overrides)
-    known = set(GRPOConfig.__struct_fields__)
-    unknown = sorted(set(base) - known)
-    if unknown:
-        raise TypeError(f"unknown GRPO option(s) {unknown}; the options are: {', '.join(sorted(known))}")
-    if isinstance(base.get("lora"), LoraSettings):
-        base["lora"] = msgspec.structs.asdict(base["lora"])
-    if base.get("lora") is True or base.get("lora") in ("true", "True", "1", "on"):
-        base["lora"] = {}
-    elif base.get("lora") in (False, "false", "False", "0", "off", "none", "None"):
-        base["lora"] = None
-    try:
-        return msgspec.convert(base, GRPOConfig, strict=False)
-    except msgspec.ValidationError as err:
-        raise ValueError(f"invalid GRPO option: {err}") from None
+    return build_options(GRPOConfig, base, path="algorithm")

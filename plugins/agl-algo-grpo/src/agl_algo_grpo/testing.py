@@ -1,7 +1,16 @@
 """Test helpers: a tiny randomly initialised Llama and synthetic GRPO samples (for this plugin's tests and for
-anyone testing a loop built on it). Needs transformers."""
+anyone testing a loop built on it). Needs transformers.
+
+:func:`tiny_chat_model` is a model GRPO can be selected by name with, offline and in seconds (it also needs
+agl-model-server, as serving does)::
+
+    Trainer(algorithm="grpo", options={"algorithm": {"model": "agl_algo_grpo.testing:tiny_chat_model", "steps": 1}})
+    agl train --algorithm grpo --set algorithm.model=agl_algo_grpo.testing:tiny_chat_model ...
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 
@@ -10,7 +19,7 @@ from agl_kernel.models import Triplet
 from agl_algo_grpo._batching import TrainingSample
 from agl_algo_grpo._policy import PolicyTrainer
 
-__all__ = ["VOCAB", "sequence_logps", "synthetic_samples", "tiny_llama", "with_sampling_logprobs"]
+__all__ = ["VOCAB", "sequence_logps", "synthetic_samples", "tiny_chat_model", "tiny_llama", "with_sampling_logprobs"]
 
 VOCAB = 128
 
@@ -30,6 +39,17 @@ def tiny_llama(seed: int = 0) -> torch.nn.Module:
         tie_word_embeddings=False,
     )
     return LlamaForCausalLM(config)
+
+
+def tiny_chat_model(seed: int = 0) -> tuple[torch.nn.Module, Any]:
+    """``(model, tokenizer)``: agl-model-server's tiny random Llama (2 layers, width 64) and its small byte-level
+    BPE tokenizer with a chat template, made on the spot (nothing downloaded; about a second). The same ``seed``
+    gives the same weights. A ``module:factory`` for GRPO's ``model`` option:
+    ``agl_algo_grpo.testing:tiny_chat_model``."""
+    from agl_model_server.testing import make_tiny_model, make_tiny_tokenizer
+
+    tokenizer = make_tiny_tokenizer()
+    return make_tiny_model(len(tokenizer), seed=seed), tokenizer
 
 
 def synthetic_samples(n_prompts: int = 4, seed: int = 1) -> list[TrainingSample]:
