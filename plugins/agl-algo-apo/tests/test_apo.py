@@ -14,9 +14,10 @@ import openai
 import pytest
 from click.testing import CliRunner
 
-from agl_algo_apo import APO, CANDIDATE_SPAN, APOReport
+from agl_algo_apo import APO, CANDIDATE_SPAN, APOConfig, APOReport, make_config
 from agl_kernel.agent import rollout
 from agl_kernel.cli import cli
+from agl_kernel.errors import ConfigError
 from agl_kernel.models import LLM, PromptTemplate
 from agl_kernel.store.defaults import make_store
 from agl_kernel.testing.openai_server import FakeOpenAIServer
@@ -78,13 +79,18 @@ async def solver(task: dict[str, int], resources: dict[str, Any]) -> float:
     return 1.0 if reply.choices[0].message.content.strip() == str(task["a"] + task["b"]) else 0.0
 
 
-def fit(tmp_path: Path, server: FakeOpenAIServer, prompts: dict[str, str], **options: Any) -> tuple[APOReport, Any]:
+def fit(
+    tmp_path: Path, server: FakeOpenAIServer, prompts: dict[str, str], *, by_name: bool = False, **options: Any
+) -> tuple[APOReport, Any]:
+    """APO made here with ``options`` (``by_name``: selected by name, ``Trainer(algorithm="apo", options=...)``)."""
     options.setdefault("optimizer_base_url", server.base_url)
     options = {"critique_model": "optimizer", "output_path": str(tmp_path / "best.json"), "console": False, **options}
+    options = {k: v for k, v in options.items() if v is not None}
     resources: dict[str, Any] = {name: PromptTemplate(template=text) for name, text in prompts.items()}
     resources["llm"] = LLM(endpoint=server.base_url, model="agent")
     trainer = Trainer(
-        algorithm=APO(**options),
+        algorithm="apo" if by_name else APO(**options),
+        options={"algorithm": options} if by_name else None,
         n_runners=4,
         store_path=tmp_path / "agl.db",
         tracer="otel",
@@ -251,10 +257,14 @@ def test_optimizer_down_or_failing_rejects_candidates_and_keeps_the_seed(tmp_pat
 
 
 def test_bad_configuration_is_refused_before_the_run(tmp_path: Path) -> None:
-    with pytest.raises(TypeError, match="unknown APO option.*beam_widht"):
+    with pytest.raises(ConfigError, match=r"^algorithm\.beam_widht: unknown option\. Did you mean 'beam_width'\?"):
         APO(beam_widht=2)
-    with pytest.raises(ValueError, match="beam_width must be at least 1"):
+    with pytest.raises(ConfigError, match=r"^algorithm\.beam_width: must be >= 1: 0$"):
         APO(beam_width=0)
+    with pytest.raises(ConfigError, match=r"^algorithm\.rounds: expected an integer, got 'three'$"):
+        Trainer(algorithm="apo", options={"algorithm": {"rounds": "three"}}, store="memory")
+    with pytest.raises(ConfigError, match=r"^algorithm\.templates: must name at least one template"):
+        APO(templates=[])
     template = tmp_path / "critique.md"
     template.write_text("Critique {templates} with {nonsense}")
     with pytest.raises(ValueError, match=r"uses \{nonsense\}"):
@@ -279,3 +289,22 @@ def test_a_repeated_prompt_is_not_run_again(tmp_path: Path) -> None:
     assert [first[c].reason for c in ("c2", "c3")] == ["the same prompts as candidate c1"] * 2
     # The seed on 6 validation tasks, its training batch of 4, then c1 alone on the 6 validation tasks.
     assert report.rollouts == 6 + 4 + 6
+
+
+def test_selected_by_name_with_options_and_the_optimizer_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``Trainer(algorithm="apo", options=...)`` (string values, as from the command line); the optimizer's
+    endpoint and key from OPENAI_BASE_URL / OPENAI_API_KEY, and the key is not recorded in the store."""
+    assert APO.Options is APOConfig and make_config(beam_width="2").beam_width == 2
+    with FakeOpenAIServer(make_router(single_template_optimizer)) as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-secret-for-the-test")
+        assert APOConfig().optimizer_base_url is None  # read when APO runs, not kept in the options
+        report, db = fit(
+            tmp_path, server, {"instructions": "Compute {question}."}, by_name=True, optimizer_base_url=None,
+            rounds="1", beam_width="2", branch_factor="3", pareto="false",
+        )  # fmt: skip
+        assert any(c["request"].get("model") == "optimizer" for c in server.calls)  # reached through the variable
+    assert report.best_score > report.seed_score and len(report.rounds) == 2
+    assert b"sk-secret-for-the-test" not in db.read_bytes()

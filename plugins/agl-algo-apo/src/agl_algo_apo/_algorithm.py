@@ -19,12 +19,13 @@ from rich.markup import escape
 from rich.table import Table
 
 from agl_kernel.algorithm import Algorithm, RolloutOutcome, collect_outcomes
+from agl_kernel.config import to_plain
 from agl_kernel.models import EnqueueRequest, PromptTemplate, Resource, RolloutConfig, RolloutMode, RolloutStatus
 from agl_kernel.store import LightningStore
 from agl_kernel.training_metrics import MetricsRecorder
 
 from agl_algo_apo._beam import Candidate, select_beam
-from agl_algo_apo._config import APOConfig, make_config
+from agl_algo_apo._config import APOConfig, make_config, optimizer_endpoint
 from agl_algo_apo._optimizer import OptimizerError, PromptOptimizer, load_template
 from agl_algo_apo._trajectory import render_trajectory
 
@@ -80,7 +81,17 @@ class APO(Algorithm):
     candidate is a full set of templates, stored as its own resources set, which its rollouts pin. The best set is
     published under ``resources_id`` (default: the seed's id) whenever it improves on the whole validation set,
     and is the store's latest resources when the run ends.
+
+    Selected by name: ``Trainer(algorithm="apo", options={"algorithm": {"beam_width": 2}})``, or ``agl train
+    --algorithm apo --set algorithm.beam_width=2``; ``agl plugins show apo`` lists the options.
     """
+
+    Options = APOConfig
+
+    @classmethod
+    def from_options(cls, options: APOConfig, **objects: Any) -> "APO":
+        """APO selected by name: ``options`` built by the kernel, ``objects`` (``rollout_config``, ``console``)."""
+        return cls(options, **objects)
 
     def __init__(
         self,
@@ -117,9 +128,10 @@ class APO(Algorithm):
             )
         names = self._template_names(base.resources)
         publish_id = config.resources_id or base.resources_id
+        base_url, api_key = optimizer_endpoint(config)
         optimizer = PromptOptimizer(
-            base_url=config.optimizer_base_url,
-            api_key=config.optimizer_api_key,
+            base_url=base_url,
+            api_key=api_key,
             critique_model=config.critique_model,
             edit_model=config.edit_model or config.critique_model,
             critique_temperature=config.critique_temperature,
@@ -130,7 +142,10 @@ class APO(Algorithm):
             max_tokens=config.optimizer_max_tokens,
         )
         recorder = MetricsRecorder(store, algorithm="apo")
-        await recorder.open({"config": msgspec.to_builtins(config), "templates": names})
+        recorded = to_plain(config)
+        if recorded.get("optimizer_api_key") is not None:
+            recorded["optimizer_api_key"] = "(set)"  # a secret: the store does not keep it
+        await recorder.open({"config": recorded, "templates": names})
         succeeded = False
         try:
             report = await self._search(

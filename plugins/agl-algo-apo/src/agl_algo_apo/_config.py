@@ -1,4 +1,8 @@
-"""APO's options."""
+"""APO's options, in one frozen attrs class: :class:`APOConfig` is also ``APO.Options``, so the same fields (with
+their types, defaults, validators and the docstring under each) are what ``APO(...)`` takes as keywords, what
+``Trainer(algorithm="apo", options={"algorithm": {...}})``, a run file's ``[algorithm]`` table and
+``--set algorithm.KEY=VALUE`` set, and what ``agl plugins show apo`` prints. :func:`make_config` builds one from
+options that may be strings (with the kernel's :func:`agl_kernel.config.build_options`)."""
 
 from __future__ import annotations
 
@@ -6,12 +10,21 @@ import os
 from collections.abc import Mapping
 from typing import Any, Literal, Optional, Union
 
-import msgspec
+import attrs
+from attrs import validators as v
 
-__all__ = ["APOConfig", "make_config"]
+from agl_kernel.config import build_options, to_plain
+
+__all__ = ["APOConfig", "make_config", "optimizer_endpoint"]
 
 
-class APOConfig(msgspec.Struct, kw_only=True):
+def _names(_instance: Any, attribute: attrs.Attribute, value: Optional[list[str]]) -> None:
+    if value is not None and not value:  # worded as attrs' validators are: the kernel puts the name in the path
+        raise ValueError(f"'{attribute.name}' must name at least one template (or be none: every PromptTemplate)")
+
+
+@attrs.frozen(kw_only=True)
+class APOConfig:
     """Every option of :class:`~agl_algo_apo.APO` (pass them as keyword arguments, or as ``config=``).
 
     Search: ``rounds`` rounds; each takes every candidate of the beam (at most ``beam_width``) as a parent, runs
@@ -20,32 +33,45 @@ class APOConfig(msgspec.Struct, kw_only=True):
     are scored on ``val_batch_size`` validation tasks (``None``: all of them); the best ``beam_width`` stay.
     """
 
-    rounds: int = 3
-    beam_width: int = 4
-    branch_factor: int = 4
-    train_batch_size: int = 4
-    val_batch_size: Optional[int] = None
-    examples: int = 2
+    rounds: int = attrs.field(default=3, validator=v.ge(1))
+    """Rounds of the search: each makes children of every candidate in the beam and keeps the best."""
+    beam_width: int = attrs.field(default=4, validator=v.ge(1))
+    """Candidates kept after each round (each is a parent in the next)."""
+    branch_factor: int = attrs.field(default=4, validator=v.ge(1))
+    """Children the optimizer writes per parent and round."""
+    train_batch_size: int = attrs.field(default=4, validator=v.ge(1))
+    """Training tasks each parent runs on, whose trajectories the critique reads."""
+    val_batch_size: Optional[int] = attrs.field(default=None, validator=v.optional(v.ge(1)))
+    """Validation tasks each candidate is scored on per round; ``None``: all of them."""
+    examples: int = attrs.field(default=2, validator=v.ge(1))
     """How many of the worst (and of the best) trajectories the critique sees."""
-    templates: Optional[list[str]] = None
+    templates: Optional[list[str]] = attrs.field(default=None, validator=_names)
     """Names of the prompt templates (in the resources) to optimize; ``None``: every PromptTemplate there."""
     template_selection: Literal["round-robin", "blame"] = "round-robin"
     """Which template a child edits: one per round in turn, or the one the critique blames."""
     pareto: bool = True
     """Keep the candidates that are best on some validation task even if their mean is not among the top."""
     seed: int = 0
+    """Seeds the order training tasks are walked in and the validation batches."""
 
     # The optimizer LLM: any OpenAI-compatible endpoint (default: the OPENAI_BASE_URL / OPENAI_API_KEY variables).
     optimizer_base_url: Optional[str] = None
-    optimizer_api_key: Optional[str] = None
+    """The optimizer's OpenAI-compatible endpoint; ``None``: the ``OPENAI_BASE_URL`` variable (else OpenAI's)."""
+    optimizer_api_key: Optional[str] = attrs.field(default=None, repr=False)
+    """The optimizer's API key; ``None``: the ``OPENAI_API_KEY`` variable. Never recorded in the store."""
     critique_model: str = "gpt-4.1-mini"
+    """The model that writes the critiques (the textual gradients)."""
     edit_model: Optional[str] = None
-    """``None``: the critique model."""
-    critique_temperature: float = 0.7
-    edit_temperature: float = 0.7
-    optimizer_max_tokens: int = 2048
-    optimizer_timeout: float = 120.0
-    optimizer_concurrency: int = 8
+    """The model that edits the templates; ``None``: the critique model."""
+    critique_temperature: float = attrs.field(default=0.7, validator=v.ge(0))
+    """Sampling temperature of the critique calls."""
+    edit_temperature: float = attrs.field(default=0.7, validator=v.ge(0))
+    """Sampling temperature of the edit calls."""
+    optimizer_max_tokens: int = attrs.field(default=2048, validator=v.ge(1))
+    """Completion tokens per optimizer call."""
+    optimizer_timeout: float = attrs.field(default=120.0, validator=v.gt(0))
+    """Seconds one optimizer call may take."""
+    optimizer_concurrency: int = attrs.field(default=8, validator=v.ge(1))
     """Optimizer calls in flight at once."""
     critique_template: Optional[str] = None
     """A file with the critique prompt (``None``: the packaged ``prompts/critique.md``)."""
@@ -57,34 +83,33 @@ class APOConfig(msgspec.Struct, kw_only=True):
     """Where the best prompts are written after every improvement (``None``: nowhere)."""
     resources_id: Optional[str] = None
     """The resources id the best prompts are published under (``None``: the seed's)."""
-    rollout_timeout: Optional[float] = None
+    rollout_timeout: Optional[float] = attrs.field(default=None, validator=v.optional(v.gt(0)))
     """Seconds to wait for one batch of rollouts; those still running are cancelled and score 0."""
     console: bool = True
+    """Print each round's candidates as a table."""
 
-    def __post_init__(self) -> None:
-        for name in ("rounds", "beam_width", "branch_factor", "train_batch_size", "examples", "optimizer_concurrency"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"APO option {name} must be at least 1, not {getattr(self, name)}")
-        if self.val_batch_size is not None and self.val_batch_size < 1:
-            raise ValueError(f"APO option val_batch_size must be at least 1 (or None: all), not {self.val_batch_size}")
-        if self.templates is not None and not self.templates:
-            raise ValueError("APO option templates must name at least one template (or be None: all)")
-        if self.optimizer_base_url is None:
-            self.optimizer_base_url = os.environ.get("OPENAI_BASE_URL")
-        if self.optimizer_api_key is None:
-            self.optimizer_api_key = os.environ.get("OPENAI_API_KEY")
+
+def optimizer_endpoint(config: APOConfig) -> tuple[Optional[str], Optional[str]]:
+    """``(base_url, api_key)`` of the optimizer: the options, else the ``OPENAI_BASE_URL`` / ``OPENAI_API_KEY``
+    variables (read when called; they stay out of the options, so that ``agl config`` and the store never show the
+    key)."""
+    base_url = config.optimizer_base_url
+    api_key = config.optimizer_api_key
+    return (
+        os.environ.get("OPENAI_BASE_URL") if base_url is None else base_url,
+        os.environ.get("OPENAI_API_KEY") if api_key is None else api_key,
+    )
 
 
 def make_config(config: Union[APOConfig, Mapping[str, Any], None] = None, **overrides: Any) -> APOConfig:
     """An :class:`APOConfig` from a config, a mapping or nothing, with ``overrides`` on top; strings are converted
-    (as the command line gives them); unknown names raise an error that lists the known ones."""
-    base: dict[str, Any] = msgspec.structs.asdict(config) if isinstance(config, APOConfig) else dict(config or {})
+    (as the command line gives them). A wrong key or value raises :class:`~agl_kernel.errors.ConfigError` (a
+    ``ValueError``): one line that names ``algorithm.KEY`` and, for an unknown key, the valid ones."""
+    if isinstance(config, APOConfig):
+        if not overrides:
+            return config
+        base: dict[str, Any] = to_plain(config)
+    else:
+        base = dict(config or {})
     base.update(overrides)
-    known = set(APOConfig.__struct_fields__)
-    unknown = sorted(set(base) - known)
-    if unknown:
-        raise TypeError(f"unknown APO option(s) {unknown}; the options are: {', '.join(sorted(known))}")
-    try:
-        return msgspec.convert(base, APOConfig, strict=False)
-    except msgspec.ValidationError as err:
-        raise ValueError(f"invalid APO option: {err}") from None
+    return build_options(APOConfig, base, path="algorithm")
