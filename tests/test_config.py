@@ -289,3 +289,18 @@ def test_agl_plugins_show_prints_types_defaults_and_docs(project: Path) -> None:
     assert "no options" in agl(project, "plugins", "show", "noop").stdout
     missing = agl(project, "plugins", "show", "nothing-here")
     assert missing.returncode == 2 and "no component named 'nothing-here'" in missing.stderr
+
+
+def test_agl_dev_ignores_the_run_files_algorithm(project: Path) -> None:
+    (project / "run.toml").write_text(
+        '[run]\nagent = "agents.py:agent"\ndataset = "agents.py:tasks"\n[store]\nname = "memory"\n'
+        '[algorithm]\nname = "apo"\nbeam_width = 2\n'
+    )
+    result = agl(project, "dev", "--config", "run.toml")
+    assert result.returncode == 0, result.stderr
+    assert "rollouts by status: {'succeeded': 2}" in result.stdout
+
+
+def test_agl_store_serve_takes_the_store_by_name_with_checked_options(project: Path) -> None:
+    result = agl(project, "store", "serve", "--store", "memory", "--option", "path=x.db", "--port", "0")
+    assert result.returncode == 2 and result.stderr.strip() == "Error: store.path: unknown option. Valid keys: watchdog_interval"

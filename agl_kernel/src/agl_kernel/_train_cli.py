@@ -162,12 +162,16 @@ def train_command(**values: Any) -> None:
 def dev_command(**values: Any) -> None:
     """Run an agent on every task of a dataset through the whole loop (the baseline algorithm), to debug it; the
     same selection and configuration as `agl train`."""
+    import attrs
+
+    from agl_kernel.config import Choice
     from agl_kernel.trainer import Trainer
 
     config = _load(values)
     agent = _import(_required(config.run.agent, "run.agent", "--agent"), "run.agent")
     tasks = _dataset(_required(config.run.dataset, "run.dataset", "--dataset"), "run.dataset")
     val = None if config.run.val_dataset is None else _dataset(config.run.val_dataset, "run.val_dataset")
+    config = attrs.evolve(config, choices={**config.choices, "algorithm": Choice("algorithm", None, {})})
     with Trainer.from_config(config, algorithm="baseline") as trainer:
         report = trainer.dev(agent, tasks, val)
     _print_report(report)

@@ -270,8 +270,13 @@ def _format(exc: BaseException, _tp: Any) -> str:
     if isinstance(exc, KeyError):
         return "required option is missing"
     if isinstance(exc, (ValueError, TypeError)):
-        return str(exc)
+        return _message(exc)
     return f"{type(exc).__name__}: {exc}"
+
+
+def _message(exc: BaseException) -> str:
+    # attrs' validators raise with extra arguments (the attribute, the bound, the value): the first is the message.
+    return str(exc.args[0]) if exc.args and isinstance(exc.args[0], str) else str(exc)
 
 
 def build_options(cls: type, data: Optional[Mapping[str, Any]] = None, *, path: str = "") -> Any:
@@ -286,11 +291,32 @@ def build_options(cls: type, data: Optional[Mapping[str, Any]] = None, *, path: 
         messages = cattrs.transform_error(err, path=path or "$", format_exception=_format)
         first = messages[0] if messages else str(err)
         message, _, where = first.rpartition(" @ ")
-        raise ConfigError(_locate(where, message)) from None
+        field = _named_field(_class_at(cls, where[len(path or "$") :].strip(".")), message)
+        raise ConfigError(_locate(_join(where, field) if field else where, message)) from None
     except (ValueError, TypeError) as err:  # a validator, or the class's own __attrs_post_init__
+        message = _message(err)
         field = next((a.name for a in err.args[1:] if isinstance(a, attrs.Attribute)), None)
-        message = str(err.args[0]) if err.args and isinstance(err.args[0], str) else str(err)
+        field = field or _named_field(cls, message)
         raise ConfigError(_locate(_join(path, field) if field else path or cls.__qualname__, message)) from None
+
+
+def _class_at(cls: type, dotted: str) -> Optional[type]:
+    """The options class at ``dotted`` (``"lora"``) below ``cls``; ``None`` when it is not an options class."""
+    for part in filter(None, dotted.split(".")):
+        field = attrs.fields_dict(cls).get(part)
+        nested = None if field is None else _nested_attrs(field.type)
+        if nested is None:
+            return None
+        cls = nested
+    return cls
+
+
+def _named_field(cls: Optional[type], message: str) -> Optional[str]:
+    """A field of ``cls`` that a validator's message names in quotes (``Length of 'name' must be >= 1: 0``)."""
+    if cls is None:
+        return None
+    names = {f.name for f in attrs.fields(cls)}
+    return next((n for n in re.findall(r"'([A-Za-z_][A-Za-z0-9_]*)'", message) if n in names), None)
 
 
 _NAMED = re.compile(r"^'(?P<name>[A-Za-z_][A-Za-z0-9_]*)' (?P<rest>.*)$", re.S)

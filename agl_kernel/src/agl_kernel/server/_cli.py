@@ -40,7 +40,9 @@ def store_group() -> None:
 
 @store_group.command("serve")
 @click.option(
+    "--store",
     "--backend",
+    "backend",
     default=None,
     help="The store plugin behind the server, by name (`agl plugins --kind stores`). Default: sqlite at --path.",
 )
@@ -107,7 +109,7 @@ def serve_command(
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     sock = _bound_socket(host, port)  # before opening the store: a busy port fails fast
-    store = make_store(backend, path=path, **_parse_options(options))
+    store = make_store(backend, path=path, options=_parse_options(options))
     routes: list[Any] = []
     if llm_backends:
         from agl_kernel.proxy import LLMProxy, serve_backends_option
