@@ -171,6 +171,9 @@ def _make_converter() -> cattrs.Converter:
             raise ValueError(f"expected {type_name(tp)}, got none")
         if len(options) == 1:
             return converter.structure(value, options[0])
+        nested = _nested_attrs(tp)
+        if nested is not None and isinstance(value, Mapping):  # a table: its own errors, with their paths
+            return converter.structure(value, nested)
         errors = []
         for option in options:  # the first member that takes the value, in the order written
             try:
