@@ -104,7 +104,7 @@ def _required(value: Optional[str], key: str, flag: str) -> str:
 
 
 def _import(spec: str, key: str) -> Any:
-    from agl_kernel._imports import import_object
+    from agl_kernel.imports import import_object
 
     try:
         return import_object(spec)

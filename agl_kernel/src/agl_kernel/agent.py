@@ -182,7 +182,7 @@ def as_lit_agent(agent: Any) -> LitAgent:
     """``agent`` as a LitAgent: a LitAgent as is; a plain function ``f(task, resources[, rollout])`` as if it
     were decorated with :func:`rollout`; a ``module:name`` (or ``file.py:name``) string, the object it names."""
     if isinstance(agent, str):
-        from agl_kernel._imports import import_object
+        from agl_kernel.imports import import_object
 
         agent = import_object(agent)
     if isinstance(agent, LitAgent):

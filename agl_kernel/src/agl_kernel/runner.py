@@ -68,7 +68,7 @@ class RunnerSpec:
         """The ``agl runner`` arguments that make the same runner in another process."""
         import json
 
-        from agl_kernel._imports import object_spec
+        from agl_kernel.imports import object_spec
 
         name = self.component if isinstance(self.component, str) else object_spec(self.component)
         return ["--runner", name, "--runner-options", json.dumps(dict(self.options))]

@@ -147,7 +147,7 @@ class ClientServerStrategy(ExecutionStrategy):
         tracer: Optional[Tracer] = None,
         runner: Optional[RunnerSpec] = None,
     ) -> Any:
-        from agl_kernel._imports import object_spec
+        from agl_kernel.imports import object_spec
         from agl_kernel.server import running_server
 
         agent_spec = agent if isinstance(agent, str) else object_spec(agent)

@@ -414,7 +414,9 @@ def make_component(
     data = dict(options or {})
     rest = {}
     for key, value in kwargs.items():
-        if key in names:
+        # An option given from Python as plain data is validated; an object in its place (a model module where
+        # the option names a model) is handed to the component as it is.
+        if key in names and _is_plain(value):
             data[key] = value
         else:
             rest[key] = value
@@ -423,12 +425,23 @@ def make_component(
     if from_options is not None:
         obj = from_options(built, **rest)
     else:
-        obj = target(**{name: getattr(built, name) for name in names}, **rest)
+        obj = target(**{name: getattr(built, name) for name in names if name not in rest}, **rest)
     try:  # what it was made with, so that a strategy can make the same component in another process
         obj.agl_options = to_plain(built)
     except (AttributeError, TypeError):
         pass
     return obj
+
+
+def _is_plain(value: Any) -> bool:
+    """Data a configuration can hold: scalars, lists and tables of them, enums and options instances."""
+    if value is None or isinstance(value, (str, int, float, bool, enum.Enum)) or attrs.has(type(value)):
+        return True
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return all(_is_plain(v) for v in value)
+    if isinstance(value, Mapping):
+        return all(isinstance(k, str) and _is_plain(v) for k, v in value.items())
+    return False
 
 
 def to_plain(options: Any) -> dict[str, Any]:

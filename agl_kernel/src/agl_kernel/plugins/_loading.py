@@ -420,7 +420,7 @@ def resolve_name(kind: str, name: str) -> Any:
     """The class or factory ``name`` stands for: ``module:attr`` (or ``path/file.py:attr``) is imported, anything
     else is a registered name (``NAME`` or ``NAME@DISTRIBUTION``) loaded with :func:`load_component`."""
     if ":" in name and "@" not in name:
-        from agl_kernel._imports import import_object
+        from agl_kernel.imports import import_object
 
         try:
             return import_object(name)

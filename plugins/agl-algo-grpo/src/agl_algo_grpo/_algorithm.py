@@ -153,12 +153,13 @@ class GRPO(Algorithm):
     def from_options(cls, options: GRPOConfig, **objects: Any) -> "GRPO":
         """GRPO selected by name (``Trainer(algorithm="grpo", options=...)``, ``agl train --algorithm grpo``): the
         model is ``options.model``; with no ``publisher`` among ``objects`` GRPO serves the policy itself."""
-        if options.model is None and objects.get("policy") is None:
+        model = objects.pop("model", None)  # a module given from Python, in place of the model option
+        if model is None and options.model is None and objects.get("policy") is None:
             raise ConfigError(
                 "algorithm.model: required: the model to train, a Hugging Face name or directory, smollm2, or "
                 'module:factory (--set algorithm.model=NAME, or model = "NAME" in the run file\'s [algorithm] table)'
             )
-        return cls(None, options, **objects)
+        return cls(model, options, **objects)
 
     # ------------------------------------------------------------------------------------------------ the loop
 

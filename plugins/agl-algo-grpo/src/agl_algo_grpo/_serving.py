@@ -23,11 +23,10 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any, Callable, Optional
 
 import torch
-from torch import nn
-
 from agl_kernel.errors import ConfigError, MissingDependencyError
 from agl_kernel.models import LLM, ProxyLLM, Resource
 from agl_kernel.store import LightningStore
+from torch import nn
 
 from agl_algo_grpo._publish import LLMPublisher
 
@@ -59,21 +58,11 @@ def is_object_spec(name: str) -> bool:
 
 
 def _import_factory(spec: str) -> Callable[..., Any]:
-    target, _, attr = spec.partition(":")
+    from agl_kernel.imports import import_object
+
     try:
-        if target.endswith(".py"):
-            path = os.path.abspath(target)
-            module_spec = importlib.util.spec_from_file_location(f"_agl_grpo_model_{abs(hash(path))}", path)
-            if module_spec is None or module_spec.loader is None or not os.path.isfile(path):
-                raise ImportError(f"no file {path}")
-            module = importlib.util.module_from_spec(module_spec)
-            module_spec.loader.exec_module(module)
-        else:
-            module = importlib.import_module(target)
-        obj: Any = module
-        for part in attr.split("."):
-            obj = getattr(obj, part)
-    except (ImportError, AttributeError, OSError) as err:
+        obj = import_object(spec)
+    except (ValueError, ImportError, AttributeError, OSError) as err:
         raise ConfigError(f"algorithm.model: cannot import {spec!r}: {err}") from None
     if not callable(obj):
         raise ConfigError(f"algorithm.model: {spec!r} is not a function returning (model, tokenizer)")
@@ -150,10 +139,9 @@ async def serving(
     body runs; yields the publisher. The published resources are a ``ProxyLLM`` under ``main_llm``, next to the
     store's latest resources that are not LLMs (e.g. a prompt given with ``Trainer(initial_resources=...)``)."""
     require_model_server()
-    from agl_model_server import ModelServer
-
     from agl_kernel.proxy import LLMProxy
     from agl_kernel.server import running_server
+    from agl_model_server import ModelServer
 
     latest = await store.get_latest_resources()
     extra: dict[str, Resource] = {
