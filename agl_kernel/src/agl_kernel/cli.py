@@ -131,7 +131,10 @@ def plugins_command(ctx: click.Context, kind: Optional[str], as_json: bool, chec
         table.add_column("loads")
     for info in infos:
         row = [escape(text) for text in (info.kind, info.name, info.distribution, info.version, info.module)]
-        table.add_row(*row, *(["[red]no[/red]" if info.error else "[green]yes[/green]"] if check else []))
+        loads = "[red]no[/red]" if info.error else "[green]yes[/green]"
+        if not info.error and (info.note or "").startswith("not usable without an extra"):
+            loads = "[yellow]needs an extra[/yellow]"
+        table.add_row(*row, *([loads] if check else []))
     console = Console()
     console.print(table)
     for info in failed:

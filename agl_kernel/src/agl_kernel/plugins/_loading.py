@@ -550,16 +550,24 @@ def list_plugins(kind: Optional[str] = None, *, check: bool = False) -> list[Plu
     ``error`` says when its distribution needs another kernel version, and ``note`` names a clash (another
     distribution registering the same name for the same kind, and which one is used). With ``check=True`` each one
     is imported and checked against its kind's interface, and ``error`` says why it failed (``None`` when it
-    loaded).
+    loaded); one that needs an optional extra of its own distribution gets a ``note`` naming it instead.
     """
     if kind is not None:
         _check_kind(kind)
     visible, _hidden, _switch = _entries(kind)
     errors: dict[int, str] = {}
+    extras: dict[int, str] = {}
+
+    def failed(entry: _Entry, error: PluginError) -> None:
+        # A component that needs an extra of its own distribution is not installed, not broken: a note.
+        if isinstance(error, MissingDependencyError) and f"{entry.distribution}[" in str(error):
+            extras[id(entry)] = f"not usable without an extra: {error}"
+        else:
+            errors[id(entry)] = str(error)
+
     if check:
-        usable = [e for e in visible if not e.incompatible]
-        _load_entries(usable, lambda entry, error: errors.__setitem__(id(entry), str(error)))
-    infos = [e.info(errors.get(id(e)), _clash_note(e, visible)) for e in visible]
+        _load_entries([e for e in visible if not e.incompatible], failed)
+    infos = [e.info(errors.get(id(e)), extras.get(id(e)) or _clash_note(e, visible)) for e in visible]
     return sorted(infos, key=lambda i: (i.kind, i.name, i.distribution))
 
 
