@@ -550,7 +550,7 @@ def list_plugins(kind: Optional[str] = None, *, check: bool = False) -> list[Plu
     ``error`` says when its distribution needs another kernel version, and ``note`` names a clash (another
     distribution registering the same name for the same kind, and which one is used). With ``check=True`` each one
     is imported and checked against its kind's interface, and ``error`` says why it failed (``None`` when it
-    loaded); one that needs an optional extra of its own distribution gets a ``note`` naming it instead.
+    loaded); a built-in that needs one of the kernel's extras gets a ``note`` naming it instead.
     """
     if kind is not None:
         _check_kind(kind)
@@ -559,8 +559,9 @@ def list_plugins(kind: Optional[str] = None, *, check: bool = False) -> list[Plu
     extras: dict[int, str] = {}
 
     def failed(entry: _Entry, error: PluginError) -> None:
-        # A component that needs an extra of its own distribution is not installed, not broken: a note.
-        if isinstance(error, MissingDependencyError) and f"{entry.distribution}[" in str(error):
+        # A built-in that needs one of the kernel's extras (the http store: agl-kernel[client]) is an optional
+        # feature left out, not a broken plugin: a note. A third party's missing extra stays an error.
+        if entry.is_builtin and isinstance(error, MissingDependencyError) and f"{entry.distribution}[" in str(error):
             extras[id(entry)] = f"not usable without an extra: {error}"
         else:
             errors[id(entry)] = str(error)
