@@ -23,6 +23,7 @@ from agl_kernel.config._options import (
     describe_options,
     options_class,
     options_fields,
+    options_with,
     to_plain,
     type_name,
 )
@@ -49,6 +50,7 @@ __all__ = [
     "load_run_config",
     "options_class",
     "options_fields",
+    "options_with",
     "parse_override",
     "to_plain",
     "to_toml",

@@ -37,6 +37,7 @@ __all__ = [
     "make_component",
     "options_class",
     "options_fields",
+    "options_with",
     "to_plain",
     "type_name",
 ]
@@ -335,6 +336,16 @@ def _locate(where: str, message: str) -> str:
             where = _join(where, name)
         message = named.group("rest")
     return f"{where}: {message}"
+
+
+def options_with(cls: type, base: Any = None, overrides: Optional[Mapping[str, Any]] = None, *, path: str = "") -> Any:
+    """An instance of the options class ``cls`` from ``base`` (an instance, a mapping or ``None``) with ``overrides``
+    on top, validated as :func:`build_options` does (the ``make_config(config, **overrides)`` of a component)."""
+    if isinstance(base, cls) and not overrides:
+        return base
+    data = to_plain(base) if isinstance(base, cls) else dict(base or {})
+    data.update(overrides or {})
+    return build_options(cls, data, path=path)
 
 
 # -------------------------------------------------------------------------------------------- documentation

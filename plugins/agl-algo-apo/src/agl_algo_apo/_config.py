@@ -2,7 +2,7 @@
 their types, defaults, validators and the docstring under each) are what ``APO(...)`` takes as keywords, what
 ``Trainer(algorithm="apo", options={"algorithm": {...}})``, a run file's ``[algorithm]`` table and
 ``--set algorithm.KEY=VALUE`` set, and what ``agl plugins show apo`` prints. :func:`make_config` builds one from
-options that may be strings (with the kernel's :func:`agl_kernel.config.build_options`)."""
+options that may be strings (with the kernel's :func:`agl_kernel.config.options_with`)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Any, Literal, Optional, Union
 import attrs
 from attrs import validators as v
 
-from agl_kernel.config import build_options, to_plain
+from agl_kernel.config import options_with
 
 __all__ = ["APOConfig", "make_config", "optimizer_endpoint"]
 
@@ -105,11 +105,4 @@ def make_config(config: Union[APOConfig, Mapping[str, Any], None] = None, **over
     """An :class:`APOConfig` from a config, a mapping or nothing, with ``overrides`` on top; strings are converted
     (as the command line gives them). A wrong key or value raises :class:`~agl_kernel.errors.ConfigError` (a
     ``ValueError``): one line that names ``algorithm.KEY`` and, for an unknown key, the valid ones."""
-    if isinstance(config, APOConfig):
-        if not overrides:
-            return config
-        base: dict[str, Any] = to_plain(config)
-    else:
-        base = dict(config or {})
-    base.update(overrides)
-    return build_options(APOConfig, base, path="algorithm")
+    return options_with(APOConfig, config, overrides, path="algorithm")

@@ -3,7 +3,7 @@ their types, defaults, validators and the docstring under each) are what ``GRPO(
 ``Trainer(algorithm="grpo", options={"algorithm": {...}})``, a run file's ``[algorithm]`` table and
 ``--set algorithm.KEY=VALUE`` set, and what ``agl plugins show grpo`` prints. :func:`make_config` builds one from
 options that may be strings, as they come from the command line (with the kernel's
-:func:`agl_kernel.config.build_options`)."""
+:func:`agl_kernel.config.options_with`)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Any, Literal, Optional, Union
 import attrs
 from attrs import validators as v
 
-from agl_kernel.config import build_options, to_plain
+from agl_kernel.config import options_with
 
 __all__ = ["GRPOConfig", "LoraSettings", "make_config"]
 
@@ -160,11 +160,4 @@ def make_config(config: Union[GRPOConfig, Mapping[str, Any], None] = None, **ove
     (``"8"``, ``"true"``, as the command line gives them; ``lora=True`` means the default LoRA settings). A wrong key
     or value raises :class:`~agl_kernel.errors.ConfigError` (a ``ValueError``): one line that names
     ``algorithm.KEY`` and, for an unknown key, the valid ones."""
-    if isinstance(config, GRPOConfig):
-        if not overrides:
-            return config
-        base: dict[str, Any] = to_plain(config)
-    else:
-        base = dict(config or {})
-    base.update(overrides)
-    return build_options(GRPOConfig, base, path="algorithm")
+    return options_with(GRPOConfig, config, overrides, path="algorithm")
