@@ -54,6 +54,7 @@ PLUGIN_API_VERSION = "1.0"
 """The version of what plugins rely on: the entry-point groups, the kinds' interfaces, the hooks, options classes and
 the public modules. A minor step only adds; a major step breaks. agl-kernel 0.2.x provides 1.0; a plugin says what
 it needs by the ``agl-kernel`` range it depends on (e.g. ``agl-kernel>=0.2,<0.3``)."""
+
 DISABLE_AUTOLOAD_ENV = "AGL_DISABLE_PLUGIN_AUTOLOAD"
 PLUGINS_ENV = "AGL_PLUGINS"
 
@@ -97,7 +98,8 @@ class PluginInfo(msgspec.Struct, frozen=True, kw_only=True):
     requires_kernel: Optional[str] = None
     """The ``agl-kernel`` versions its distribution declares it works with (``None``: it declares none)."""
     note: Optional[str] = None
-    """A name clash: another distribution registers the same name for the same kind, and which one is used."""
+    """A name clash (another distribution registers the same name for the same kind, and which one is used), or
+    the kernel extra a built-in needs (``list_plugins(check=True)``)."""
 
 
 def entry_point_group(kind: str) -> str:
