@@ -27,7 +27,7 @@ import attrs
 
 from agl_kernel import semconv
 from agl_kernel.agent import LitAgent, as_lit_agent
-from agl_kernel.errors import InvalidStatusTransitionError
+from agl_kernel.errors import ConfigError, InvalidStatusTransitionError
 from agl_kernel.models import AttemptedRollout, AttemptStatus, Resource, Span, SpanStatus
 from agl_kernel.store.base import LightningStore
 from agl_kernel.tracer import NoOpTracer, Tracer
@@ -63,6 +63,18 @@ class RunnerSpec:
         from agl_kernel.plugins import create_component
 
         return create_component("runners", self.component, options=self.options, worker_id=worker_id, tracer=tracer)
+
+    def check(self) -> None:
+        """Raise what :meth:`make` would for an unknown runner or a bad option, without making a runner."""
+        from agl_kernel.config import build_options, options_class
+        from agl_kernel.plugins import resolve_name
+
+        component = resolve_name("runners", self.component) if isinstance(self.component, str) else self.component
+        cls = options_class(component)
+        if cls is not None:
+            build_options(cls, self.options, path="runner")
+        elif self.options:
+            raise ConfigError(f"runner.{sorted(self.options)[0]}: the runner {self.component!r} takes no options")
 
     def command_args(self) -> list[str]:
         """The ``agl runner`` arguments that make the same runner in another process."""

@@ -153,7 +153,7 @@ class ClientServerStrategy(ExecutionStrategy):
         agent_spec = agent if isinstance(agent, str) else object_spec(agent)
         tracer_spec = "noop" if tracer is None else object_spec(type(tracer))
         spec = runner or RunnerSpec()
-        spec.make(worker_id="runner-check", tracer=None)  # a bad runner option fails here, not in every process
+        spec.check()  # a bad runner option fails here, not in every runner process
         runner_args = spec.command_args()
         tracer_options = getattr(tracer, "agl_options", None)
         if tracer_options:

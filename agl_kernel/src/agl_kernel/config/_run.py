@@ -98,7 +98,7 @@ class Choice:
 
     def component(self) -> Any:
         """The registered class or factory this choice names (``None`` for a default left to the trainer)."""
-        from agl_kernel.plugins._loading import resolve_name
+        from agl_kernel.plugins import resolve_name
 
         if self.name is None:
             return None

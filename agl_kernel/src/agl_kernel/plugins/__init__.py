@@ -22,6 +22,7 @@ from agl_kernel.plugins._loading import (
     kernel_version,
     list_plugins,
     load_component,
+    resolve_name,
 )
 from agl_kernel.plugins._manager import STRICT_ENV, call_hook, get_plugin_manager, reset_plugin_manager, strict_plugins
 from agl_kernel.plugins.hookspecs import hookimpl, hookspec
@@ -46,5 +47,6 @@ __all__ = [
     "list_plugins",
     "load_component",
     "reset_plugin_manager",
+    "resolve_name",
     "strict_plugins",
 ]
