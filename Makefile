@@ -21,8 +21,8 @@ $(STAMP): $(SOURCES)
 
 test: setup dashboard-assets
 	cd $(DASHBOARD) && npm test
-	AGL_DASHBOARD_E2E=1 $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 	$(BIN)/python tools/check_plugins_alone.py
+	AGL_DASHBOARD_E2E=1 $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 # Every distribution's wheel, then the kernel plus one plugin at a time in a fresh venv: `agl plugins --check` and the
 # plugin's tests/smoke.py there (tools/check_plugins_alone.py). The dashboard's wheel needs its page.
