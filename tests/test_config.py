@@ -304,3 +304,14 @@ def test_agl_dev_ignores_the_run_files_algorithm(project: Path) -> None:
 def test_agl_store_serve_takes_the_store_by_name_with_checked_options(project: Path) -> None:
     result = agl(project, "store", "serve", "--store", "memory", "--option", "path=x.db", "--port", "0")
     assert result.returncode == 2 and result.stderr.strip() == "Error: store.path: unknown option. Valid keys: watchdog_interval"
+
+
+def test_a_bad_value_in_a_table_option_names_its_key() -> None:
+    @attrs.define(kw_only=True)
+    class Tagged:
+        attributes: dict[str, str] = attrs.field(factory=dict)
+        """Attributes."""
+
+    assert build_options(Tagged, {"attributes": '{team = "a"}'}).attributes == {"team": "a"}
+    with pytest.raises(ConfigError, match=r"^tracer.attributes.team: expected a string, got 1$"):
+        build_options(Tagged, {"attributes": {"team": 1}}, path="tracer")

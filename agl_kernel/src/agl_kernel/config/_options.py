@@ -216,7 +216,13 @@ def _make_converter() -> cattrs.Converter:
                 if not isinstance(value, Mapping):
                     raise ValueError(f"expected a table, got {value!r}")
                 key_type, value_type = (args + [Any, Any])[:2]
-                return {converter.structure(k, key_type): converter.structure(v, value_type) for k, v in value.items()}
+                table = {}
+                for key, item in value.items():
+                    try:
+                        table[converter.structure(key, key_type)] = converter.structure(item, value_type)
+                    except ValueError as err:  # name the key: "tracer.attributes.team: expected a string, got 1"
+                        raise ValueError(f"{key}: {err}") from None
+                return table
             if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, (list, tuple, set, frozenset)):
                 raise ValueError(f"expected {type_name(tp)}, got {value!r}")
             element = args[0] if args else Any
@@ -330,6 +336,9 @@ def _locate(where: str, message: str) -> str:
     """``where: message``, with the field an attrs validator names in its message (``'steps' must be >= 1: 0``)
     moved into the path: ``algorithm.steps: must be >= 1: 0``."""
     named = _NAMED.match(message)
+    keyed = re.match(r"^(?P<key>[^:\s]+): (?P<rest>.*)$", message, re.S)
+    if keyed and not named and not keyed.group("key").endswith(("Error", "Exception")):  # a table's key
+        return _locate(_join(where, keyed.group("key")), keyed.group("rest"))
     if named:
         name = named.group("name")
         if not where.endswith(f".{name}") and where != name:
