@@ -9,6 +9,7 @@ from agl_kernel.errors import (
     PluginError,
     PluginNotFoundError,
     StoreClosedError,
+    StoreDamagedError,
 )
 from agl_kernel.models import *  # noqa: F403 - the data model is the kernel's public surface
 from agl_kernel.models import __all__ as _model_names
@@ -26,6 +27,7 @@ __all__ = [
     "PluginError",
     "PluginNotFoundError",
     "StoreClosedError",
+    "StoreDamagedError",
     "LightningStore",
     *_model_names,
 ]

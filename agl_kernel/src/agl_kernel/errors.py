@@ -12,6 +12,7 @@ __all__ = [
     "PluginNotFoundError",
     "MissingDependencyError",
     "StoreClosedError",
+    "StoreDamagedError",
 ]
 
 
@@ -50,3 +51,8 @@ class PluginNotFoundError(PluginError, LookupError):
 
 class MissingDependencyError(PluginError, ImportError):
     """A plugin or feature needs an optional package that is not installed; the message names what to install."""
+
+
+class StoreDamagedError(AglError, RuntimeError):
+    """The store's data cannot be used: its file is damaged, or can no longer be written. The message names it and
+    what to do (restore a backup, fix permissions); retrying does not help until someone does."""

@@ -21,6 +21,7 @@ from agl_kernel.errors import (
     InvalidStatusTransitionError,
     NotFoundError,
     StoreClosedError,
+    StoreDamagedError,
 )
 from agl_kernel.models import encode_json
 from agl_kernel.server._wire import ErrorBody
@@ -34,6 +35,7 @@ _STATUS_OF: tuple[tuple[type[BaseException], int], ...] = (
     (InvalidStatusTransitionError, 409),
     (InvalidQueryError, 400),
     (StoreClosedError, 503),
+    (StoreDamagedError, 503),
 )
 
 _HTTP_CODES = {
