@@ -108,20 +108,31 @@ FINAL_ATTEMPT_STATUSES = frozenset({AttemptStatus.SUCCEEDED, AttemptStatus.FAILE
 
 PositiveSeconds = Annotated[float, msgspec.Meta(gt=0)]
 
+DEFAULT_UNRESPONSIVE_SECONDS = 30.0
+"""``RolloutConfig.unresponsive_seconds`` by default: six missed heartbeats of the kernel's runner (5 s apart)."""
+DEFAULT_MAX_ATTEMPTS = 3
+"""``RolloutConfig.max_attempts`` by default: the first attempt and two retries."""
+
 
 class RolloutConfig(_Struct, kw_only=True):
     """How the store supervises a rollout's attempts.
 
-    - ``timeout_seconds``: an attempt running longer than this (from its start) becomes ``timeout``.
+    - ``timeout_seconds``: an attempt running longer than this (from its start) becomes ``timeout``
+      (default ``None``: no limit).
     - ``unresponsive_seconds``: an attempt with no heartbeat (span or ``update_attempt``) for this long becomes
-      ``unresponsive``.
-    - ``max_attempts``: attempts allowed in all, the first included (1 = never retry).
+      ``unresponsive`` (default 30 s; the kernel's runner beats every 5 s, and at least three times per window, so
+      only a runner that died, hung or lost the store for that long misses it; ``None`` turns the check off).
+    - ``max_attempts``: attempts allowed in all, the first included (default 3; 1 = never retry).
     - ``retry_condition``: the attempt statuses that trigger a retry while attempts are left.
+
+    The defaults recover from a lost runner: its attempt turns ``unresponsive`` within 30 s and the rollout is
+    retried on another runner, up to twice. A late result of the abandoned attempt is kept as its own but no
+    longer changes the rollout.
     """
 
     timeout_seconds: Optional[PositiveSeconds] = None
-    unresponsive_seconds: Optional[PositiveSeconds] = None
-    max_attempts: Annotated[int, msgspec.Meta(ge=1)] = 1
+    unresponsive_seconds: Optional[PositiveSeconds] = DEFAULT_UNRESPONSIVE_SECONDS
+    max_attempts: Annotated[int, msgspec.Meta(ge=1)] = DEFAULT_MAX_ATTEMPTS
     retry_condition: tuple[AttemptStatus, ...] = (
         AttemptStatus.FAILED,
         AttemptStatus.TIMEOUT,

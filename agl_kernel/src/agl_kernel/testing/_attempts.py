@@ -9,7 +9,7 @@ import pytest
 from agl_kernel.errors import InvalidStatusTransitionError, NotFoundError
 from agl_kernel.models import AttemptStatus, RolloutConfig, RolloutStatus, WorkerStatus
 from agl_kernel.store.base import LightningStore
-from agl_kernel.testing._base import SuiteBase, make_span
+from agl_kernel.testing._base import NO_RETRY, SuiteBase, make_span
 
 FINALS = (AttemptStatus.SUCCEEDED, AttemptStatus.FAILED, AttemptStatus.TIMEOUT)
 
@@ -249,7 +249,7 @@ class WorkerTests(SuiteBase):
 
     async def test_each_final_status_frees_worker(self, store: LightningStore) -> None:
         for i, final in enumerate(FINALS):
-            attempted = await self.start_running(store, worker_id=f"w-{i}")
+            attempted = await self.start_running(store, worker_id=f"w-{i}", config=NO_RETRY)
             assert (await store.get_worker(f"w-{i}")).status is WorkerStatus.BUSY
             await store.update_attempt(attempted.rollout_id, "latest", status=final)
             assert (await store.get_worker(f"w-{i}")).status is WorkerStatus.IDLE, final

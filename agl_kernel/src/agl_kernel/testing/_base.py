@@ -27,6 +27,9 @@ T = TypeVar("T")
 FAST_WATCHDOG_INTERVAL = 0.05
 """The watchdog interval the suite asks for in tests that exercise the watchdog."""
 
+NO_RETRY = RolloutConfig(max_attempts=1)
+"""For tests where a failed attempt must end its rollout (the default config retries it)."""
+
 
 def _suite_marks() -> list[Any]:
     marks: list[Any] = [pytest.mark.asyncio]

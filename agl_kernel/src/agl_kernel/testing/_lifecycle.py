@@ -34,12 +34,12 @@ from agl_kernel.models import (
     encode_msgpack,
 )
 from agl_kernel.store.base import LightningStore
-from agl_kernel.testing._base import SuiteBase, make_span
+from agl_kernel.testing._base import NO_RETRY, SuiteBase, make_span
 
 
 class DeletionTests(SuiteBase):
     async def _ended(self, store: LightningStore, status: AttemptStatus = AttemptStatus.SUCCEEDED) -> str:
-        attempted = await self.start_running(store)
+        attempted = await self.start_running(store, config=NO_RETRY)
         await store.add_span(make_span(attempted.rollout_id, attempted.attempt.attempt_id))
         await store.add_span(make_span(attempted.rollout_id, attempted.attempt.attempt_id))
         await self.finish(store, attempted.rollout_id, status)

@@ -19,7 +19,7 @@ from agl_kernel.models import (
     StoreCapabilities,
 )
 from agl_kernel.store.base import LightningStore
-from agl_kernel.testing._base import SuiteBase
+from agl_kernel.testing._base import NO_RETRY, SuiteBase
 
 
 class RolloutCreationTests(SuiteBase):
@@ -315,7 +315,7 @@ class UpdateRolloutTests(SuiteBase):
         assert attempted.attempt.sequence_id == 2 and attempted.attempt_count == 2
 
     async def test_failed_rollout_requeued_with_requeuing(self, store: LightningStore) -> None:
-        rollout = await store.start_rollout("x")
+        rollout = await store.start_rollout("x", config=NO_RETRY)
         await self.finish(store, rollout.rollout_id, AttemptStatus.FAILED)
         assert await self.rollout_status(store, rollout.rollout_id) is RolloutStatus.FAILED
         await store.update_rollout(rollout.rollout_id, status=RolloutStatus.REQUEUING)

@@ -10,7 +10,7 @@ import pytest
 from agl_kernel.errors import NotFoundError
 from agl_kernel.models import AttemptStatus, RolloutConfig, RolloutStatus, Span, SpanEvent, SpanLink, SpanStatus
 from agl_kernel.store.base import LightningStore
-from agl_kernel.testing._base import SuiteBase, make_span
+from agl_kernel.testing._base import NO_RETRY, SuiteBase, make_span
 
 
 class SpanTests(SuiteBase):
@@ -149,7 +149,7 @@ class SpanTests(SuiteBase):
 
     async def test_span_on_final_attempt_keeps_status(self, store: LightningStore) -> None:
         for final in (AttemptStatus.SUCCEEDED, AttemptStatus.FAILED, AttemptStatus.TIMEOUT):
-            attempted = await self.start_running(store)
+            attempted = await self.start_running(store, config=NO_RETRY)
             rid, aid = attempted.rollout_id, attempted.attempt.attempt_id
             await store.update_attempt(rid, aid, status=final)
             rollout_before = await store.get_rollout(rid)

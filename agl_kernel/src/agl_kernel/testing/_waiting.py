@@ -10,7 +10,7 @@ import pytest
 from agl_kernel.errors import NotFoundError
 from agl_kernel.models import AttemptStatus, EnqueueRequest, RolloutConfig, RolloutStatus
 from agl_kernel.store.base import LightningStore
-from agl_kernel.testing._base import SuiteBase
+from agl_kernel.testing._base import NO_RETRY, SuiteBase
 
 PROMPT = 2.0
 """A woken waiter must return within this many seconds of the event (its own timeout is far longer)."""
@@ -23,7 +23,7 @@ class WaitForRolloutsTests(SuiteBase):
         running = await self.start_running(store)
         cancelled = await store.enqueue_rollout("cancelled")
         await store.cancel_rollout(cancelled.rollout_id)
-        failed = await store.start_rollout("failed")
+        failed = await store.start_rollout("failed", config=NO_RETRY)
         await self.finish(store, failed.rollout_id, AttemptStatus.FAILED)
         requeuing = await self.start_running(store, config=RolloutConfig(max_attempts=2))
         await self.finish(store, requeuing.rollout_id, AttemptStatus.FAILED)
@@ -45,7 +45,7 @@ class WaitForRolloutsTests(SuiteBase):
 
     async def test_returns_when_all_have_ended(self, store: LightningStore) -> None:
         a = await self.start_running(store)
-        b = await self.start_running(store)
+        b = await self.start_running(store, config=NO_RETRY)
         waiter = asyncio.create_task(store.wait_for_rollouts([b.rollout_id, a.rollout_id], timeout=10))
         await asyncio.sleep(0.1)
         await self.finish(store, a.rollout_id)
@@ -74,7 +74,7 @@ class WaitForRolloutsTests(SuiteBase):
         assert ended[0].status is RolloutStatus.SUCCEEDED
 
     async def test_many_waiters_on_overlapping_ids(self, store: LightningStore) -> None:
-        rollouts = [await self.start_running(store) for _ in range(6)]
+        rollouts = [await self.start_running(store, config=NO_RETRY) for _ in range(6)]
         r = [x.rollout_id for x in rollouts]
         groups = [[r[0], r[1]], [r[1], r[2], r[3]], [r[3]], list(reversed(r)), [r[5], r[4]], [r[2], r[0]]]
         waiters = [asyncio.create_task(store.wait_for_rollouts(g, timeout=10)) for g in groups]

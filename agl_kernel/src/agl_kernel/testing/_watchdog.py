@@ -152,12 +152,30 @@ class WatchdogTests(SuiteBase):
         store = fast_store
         done = await self.start_running(store, config=RolloutConfig(timeout_seconds=LIMIT, unresponsive_seconds=LIMIT))
         await store.update_attempt(done.rollout_id, "latest", status=AttemptStatus.SUCCEEDED)
-        unlimited = await self.start_running(store)
+        unlimited = await self.start_running(store, config=RolloutConfig(unresponsive_seconds=None))
         await asyncio.sleep(QUIET_SLEEP)
         assert (await store.get_attempt(done.rollout_id)).status is AttemptStatus.SUCCEEDED
         assert await self.rollout_status(store, done.rollout_id) is RolloutStatus.SUCCEEDED
         assert (await store.get_attempt(unlimited.rollout_id)).status is AttemptStatus.RUNNING
         assert await self.rollout_status(store, unlimited.rollout_id) is RolloutStatus.RUNNING
+
+    async def test_default_config_retries_a_silent_attempt(self, fast_store: LightningStore) -> None:
+        """With ``RolloutConfig()``, what every algorithm uses unless told otherwise, an attempt whose runner has
+        been silent for ``unresponsive_seconds`` is retried: a dead runner never leaves its rollout running."""
+        store = fast_store
+        default = RolloutConfig()
+        assert default.unresponsive_seconds is not None and default.max_attempts > 1
+        attempted = await self.start_running(store, worker_id="w-dead")
+        rid, aid = attempted.rollout_id, attempted.attempt.attempt_id
+        # Its last sign of life lies a whole window back (its runner died then), so the test need not wait it out.
+        silent_since = time.time() - default.unresponsive_seconds - 1
+        await store.update_attempt(rid, aid, last_heartbeat_time=silent_since)
+        await self.eventually(
+            lambda: store.get_rollout(rid), lambda r: r.status is RolloutStatus.REQUEUING, what="requeuing"
+        )
+        assert (await store.get_attempt(rid, aid)).status is AttemptStatus.UNRESPONSIVE
+        again = await store.dequeue_rollout(worker_id="w-alive")
+        assert again is not None and again.rollout_id == rid and again.attempt.sequence_id == 2
 
     async def test_watchdog_wakes_waiters(self, fast_store: LightningStore) -> None:
         store = fast_store
