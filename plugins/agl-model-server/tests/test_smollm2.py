@@ -120,3 +120,20 @@ def test_partial_weight_update_on_the_real_model(smol_server: Any, smol: Any) ->
     after = _chat(smol_server, QUESTIONS[2])
     assert after["choices"][0]["token_ids"] == before["choices"][0]["token_ids"]
     assert after["choices"][0]["model_logprobs"] == pytest.approx(before["choices"][0]["model_logprobs"], abs=1e-5)
+
+
+
+def test_the_server_answers_to_the_names_it_was_started_with() -> None:
+    """`agl serve-model --model smollm2` answers to "smollm2" as well as the full name; another name is a 404."""
+    from agl_model_server import ModelServer
+
+    server = ModelServer(model="smollm2", max_batch_size=2).start()
+    try:
+        for name in ("smollm2", "smollm2-135m", "smollm2-135m-instruct"):
+            assert _chat(server, QUESTIONS[2], model=name, max_tokens=2)["model"] == "smollm2-135m-instruct"
+        with httpx.Client(base_url=server.url, timeout=60) as c:
+            body = {"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}]}
+            response = c.post("/v1/chat/completions", json=body)
+        assert response.status_code == 404 and "smollm2-135m-instruct" in response.text
+    finally:
+        server.stop()

@@ -64,8 +64,10 @@ class ModelServer:
         attn_implementation: str | None = "auto",
         static_decode: bool | None = None,
     ) -> None:
+        aliases: set[str] = set()  # the names it was started with answer too ("smollm2" and the full name)
         if model is None or isinstance(model, (str, os.PathLike)):
             source = "smollm2" if model is None else str(model)
+            aliases = set(DEFAULT_MODEL_ALIASES) if source in DEFAULT_MODEL_ALIASES else {source}
             model, loaded_tokenizer = load_model(source, device=device, dtype=dtype)
             tokenizer = tokenizer or loaded_tokenizer
             if model_name is None:
@@ -81,7 +83,7 @@ class ModelServer:
         self.model_name = (
             model_name or str(getattr(model.config, "_name_or_path", "") or "model").rstrip("/").split("/")[-1]
         )
-        self.served_names = {self.model_name}
+        self.served_names = {self.model_name, *aliases}
         self.default_max_tokens = default_max_tokens
         self.token_texts = TokenTexts(tokenizer)
         self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
