@@ -209,3 +209,187 @@ def test_agl_proxy_command_serves_the_proxy_with_its_store(tmp_path):
 
     (span,) = asyncio.run(spans())
     assert span.attributes[semconv.LLM_RESPONSE_TOKEN_IDS] == tokenize("echo: hi")
+
+
+# ------------------------------------------------------------------------------------------------ status codes
+
+
+def test_streamed_and_plain_calls_answer_200():
+    """Litestar's POST handlers answer 201 unless told otherwise; an OpenAI endpoint answers 200, streamed or not."""
+    import httpx
+
+    with FakeOpenAIServer() as backend:
+
+        async def body(store, proxy, url, rollout_id, attempt_id):
+            base = ProxyLLM(endpoint=url, model="m").get_base_url(rollout_id, attempt_id)
+            chat = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+            text = {"model": "m", "prompt": "hi", "max_tokens": 4}
+
+            def calls():
+                codes = {}
+                with httpx.Client(timeout=10) as client:
+                    codes["chat"] = client.post(f"{base}/chat/completions", json=chat).status_code
+                    codes["text"] = client.post(f"{base}/completions", json=text).status_code
+                    for name, path, request in (("chat", "chat/completions", chat), ("text", "completions", text)):
+                        with client.stream("POST", f"{base}/{path}", json={**request, "stream": True}) as answer:
+                            events = [line for line in answer.iter_lines() if line.startswith("data:")]
+                            codes[f"streamed {name}"] = answer.status_code
+                            codes[f"streamed {name} type"] = answer.headers["content-type"].split(";")[0]
+                            codes[f"streamed {name} done"] = events[-1] == "data: [DONE]"
+                    codes["pause"] = client.post(f"{url}/api/v1/proxy/pause").status_code
+                    codes["resume"] = client.post(f"{url}/api/v1/proxy/resume").status_code
+                return codes
+
+            return await asyncio.to_thread(calls)
+
+        codes = asyncio.run(with_proxy([backend.base_url], body))
+    assert codes == {
+        "chat": 200, "text": 200,
+        "streamed chat": 200, "streamed chat type": "text/event-stream", "streamed chat done": True,
+        "streamed text": 200, "streamed text type": "text/event-stream", "streamed text done": True,
+        "pause": 200, "resume": 200,
+    }
+
+
+# ------------------------------------------------------------------------------------------------ malformed calls
+
+
+MALFORMED_CHATS = [
+    ({"model": "m", "messages": "hi"}, "messages", "must be a list of messages"),
+    ({"model": "m", "messages": []}, "messages", "at least one message"),
+    ({"model": "m", "messages": ["hi"]}, "messages[0]", "must be an object"),
+    ({"model": "m", "messages": [{"content": "hi"}]}, "messages[0].role", "must be a string"),
+    ({"model": "m", "messages": [{"role": "user", "content": 3}]}, "messages[0].content", "a list of content parts"),
+    ({"model": "m", "messages": [{"role": "user", "content": ["x"]}]}, "messages[0].content[0]", "must be an object"),
+    ({"model": 7, "messages": [{"role": "user", "content": "hi"}]}, "model", "must be a string"),
+    ({"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": "yes"}, "stream", "true or false"),
+    ({"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream_options": "x"}, "stream_options",
+     "must be an object"),
+    ({"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": "9"}, "max_tokens",
+     "must be an integer"),
+    ({"model": "m", "messages": [{"role": "user", "content": "hi"}], "tools": {"a": 1}}, "tools", "must be a list"),
+]
+MALFORMED_COMPLETIONS = [
+    ({"model": "m", "prompt": 5}, "prompt", "must be a string"),
+    ({"model": "m", "prompt": []}, "prompt", "must not be empty"),
+    ({"model": "m", "prompt": ["a", 1]}, "prompt", "must be a string"),
+    ({"model": "m", "prompt": [[1, "x"]]}, "prompt", "must be a string"),
+]
+
+
+def test_a_malformed_call_gets_a_400_that_says_what_is_wrong_and_reaches_no_backend():
+    import httpx
+
+    with FakeOpenAIServer() as backend:
+
+        async def body(store, proxy, url, rollout_id, attempt_id):
+            base = ProxyLLM(endpoint=url, model="m").get_base_url(rollout_id, attempt_id)
+
+            def calls():
+                cases = [("chat/completions", MALFORMED_CHATS), ("completions", MALFORMED_COMPLETIONS)]
+                with httpx.Client(timeout=10) as client:
+                    return [
+                        client.post(f"{base}/{path}", json=request) for path, group in cases for request, _, _ in group
+                    ]
+
+            answers = await asyncio.to_thread(calls)
+            return answers, (await store.query_spans(rollout_id)).items
+
+        answers, spans = asyncio.run(with_proxy([backend.base_url], body))
+        calls = list(backend.calls)
+    for answer, (request, param, message) in zip(answers, MALFORMED_CHATS + MALFORMED_COMPLETIONS):
+        assert answer.status_code == 400, (request, answer.text)
+        error = answer.json()["error"]
+        assert error["type"] == "invalid_request_error" and error["code"] == 400
+        assert error["param"] == param and message in error["message"], (request, error)
+    assert calls == [] and spans == []  # nothing was forwarded, nothing recorded
+
+
+def test_a_call_that_breaks_the_backend_does_not_take_it_down_for_the_other_attempts():
+    """The issue's case: one attempt's bad request made the backend drop the connection, the proxy marked the backend
+    down, and every other attempt got 503 for `retry_after` seconds. Now the malformed request is refused before
+    it is forwarded, and a request that passes the checks but still breaks the backend's connection fails alone."""
+    import httpx
+
+    def reply_for(request):
+        if "boom" in str(request.get("messages")):
+            raise RuntimeError("the backend breaks on this request")  # the handler dies: the connection drops
+        return "echo: ok"
+
+    with FakeOpenAIServer(reply_for=reply_for) as backend:
+
+        async def body(store, proxy, url, rollout_id, attempt_id):
+            other = await store.start_rollout("other")
+            bad = ProxyLLM(endpoint=url, model="m").get_base_url(rollout_id, attempt_id)
+            good = ProxyLLM(endpoint=url, model="m").get_base_url(other.rollout_id, other.attempt.attempt_id)
+            hi = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+
+            def calls():
+                answers = {}
+                with httpx.Client(timeout=10) as client:
+                    answers["malformed"] = client.post(f"{bad}/chat/completions", json={"model": "m", "messages": "hi"})
+                    answers["after malformed"] = client.post(f"{good}/chat/completions", json=hi)
+                    boom = [{"role": "user", "content": "boom"}]
+                    answers["breaks"] = client.post(f"{bad}/chat/completions", json={"model": "m", "messages": boom})
+                    t0 = time.monotonic()
+                    answers["after break"] = client.post(f"{good}/chat/completions", json=hi)
+                    answers["same attempt again"] = client.post(f"{bad}/chat/completions", json=hi)
+                    answers["elapsed"] = time.monotonic() - t0
+                return answers
+
+            answers = await asyncio.to_thread(calls)
+            return answers, (await store.query_spans(rollout_id)).items
+
+        answers, spans = asyncio.run(with_proxy([backend.base_url], body))
+    assert answers["malformed"].status_code == 400
+    assert "messages" in answers["malformed"].json()["error"]["message"]
+    assert answers["after malformed"].status_code == 200, answers["after malformed"].text
+    assert answers["breaks"].status_code == 502, answers["breaks"].text
+    assert "closed the connection" in answers["breaks"].json()["error"]["message"]
+    assert answers["after break"].status_code == 200, answers["after break"].text
+    assert answers["same attempt again"].status_code == 200
+    assert answers["elapsed"] < 5  # at once: no waiting out `retry_after` (60 s here)
+    assert [s.status.status_code for s in spans] == ["ERROR", "OK"]  # the broken call is recorded as failed
+
+
+def test_a_backend_that_is_gone_after_a_failed_call_is_skipped():
+    """A call fails mid-way and the backend no longer accepts connections: it is down, not the call's fault. The
+    proxy checks that with a new connection, and skips the backend for `retry_after` seconds."""
+    import socket as sockets
+    import threading
+
+    import httpx
+
+    listener = sockets.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    dying = f"http://127.0.0.1:{listener.getsockname()[1]}/v1"
+
+    def die_on_first_call():
+        connection, _ = listener.accept()
+        connection.recv(65536)
+        listener.close()  # the server is gone: new connections are refused
+        connection.close()
+
+    threading.Thread(target=die_on_first_call, daemon=True).start()
+    with FakeOpenAIServer() as healthy:
+
+        async def body(store, proxy, url, rollout_id, attempt_id):
+            proxy.set_backends([dying])
+            base = ProxyLLM(endpoint=url, model="m").get_base_url(rollout_id, attempt_id)
+            request = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+
+            def calls():
+                with httpx.Client(timeout=10) as client:
+                    first = client.post(f"{base}/chat/completions", json=request)
+                    proxy.set_backends([dying, healthy.base_url])
+                    second = client.post(f"{base}/chat/completions", json=request)
+                    return first, second
+
+            first, second = await asyncio.to_thread(calls)
+            return first, second, (await store.query_spans(rollout_id)).items
+
+        first, second, spans = asyncio.run(with_proxy([healthy.base_url], body))
+    assert first.status_code == 502, first.text
+    assert second.status_code == 200, second.text  # the rollout moved to the backend that is up
+    assert spans[-1].attributes["agl.llm.backend"] == healthy.base_url

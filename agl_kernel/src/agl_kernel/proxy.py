@@ -10,9 +10,23 @@ the call (streaming or not), and stores a ``chat <model>`` / ``text_completion <
 the request, the response, usage, token ids, logprobs, latency, the backend and the resources version; a call that
 fails gets a span with status ERROR that says why, and the agent an OpenAI-style error.
 
-Backends: a rollout sticks to one backend (so its calls reuse that server's prefix cache); a backend that cannot
-be reached is skipped for ``retry_after`` seconds; the algorithm changes the set at run time (:meth:`set_backends`,
-or ``PUT /api/v1/proxy/backends``) and pauses new calls while it swaps weights (:meth:`pause` / :meth:`resume`).
+A request whose body does not have the shape of an OpenAI request (``messages`` a list of objects with a string
+``role``, ``prompt`` a string or token ids, ...) gets a 400 that names the field, and reaches no backend.
+
+Backends: a rollout sticks to one backend (so its calls reuse that server's prefix cache); the algorithm changes the
+set at run time (:meth:`set_backends`, or ``PUT /api/v1/proxy/backends``) and pauses new calls while it swaps
+weights (:meth:`pause` / :meth:`resume`). A backend is skipped for ``retry_after`` seconds when it is down, and only
+then, so that one request cannot take it out for every rollout:
+
+- a connection to it cannot be opened (refused, or no answer within 5 s): nothing was sent, so the request is not
+  to blame;
+- a call fails once the request was sent (the backend closed the connection, or did not answer in time): the
+  request may be what broke it, so the call fails alone (502 / 504) and the proxy opens a new connection to the
+  backend to see whether it is still up (any HTTP answer will do; failing calls at the same time share one check);
+  it is skipped only if it is not.
+
+This is what nginx-style passive health checks do with a connection-level test instead of a failure count: no
+threshold to tune, and a crashing request never counts against the backend while it still accepts connections.
 """
 
 import asyncio
@@ -59,6 +73,7 @@ class _Backend:
         self.down_until = 0.0
         self.in_flight = 0
         self.assigned = 0  # rollouts assigned so far: spreads new rollouts when none is busier than another
+        self.check: Optional["asyncio.Future[bool]"] = None  # the check under way after a failed call
 
     @property
     def healthy(self) -> bool:
@@ -69,8 +84,8 @@ class LLMProxy:
     """The proxy's state and routes. ``backends``: base URLs of OpenAI-compatible servers (ending in ``/v1``).
 
     - ``request_token_ids`` / ``request_logprobs``: ask backends for them (vLLM and agl's model server answer).
-    - ``timeout``: seconds a backend may take for one call; ``retry_after``: how long an unreachable backend is
-      skipped.
+    - ``timeout``: seconds a backend may take for one call; ``retry_after``: how long a backend that is down is
+      skipped (see the module's docstring for when it is).
     """
 
     def __init__(
@@ -92,7 +107,10 @@ class LLMProxy:
         self.set_backends(backends)
         self._sticky: OrderedDict[str, str] = OrderedDict()
         self._sticky_size = sticky_rollouts
+        self.timeout = timeout
         self._client = httpx.AsyncClient(timeout=httpx.Timeout(timeout, connect=5.0), limits=httpx.Limits(max_connections=256))
+        # Health checks open a new connection each (no keep-alive): a pooled one says nothing about new ones.
+        self._checker = httpx.AsyncClient(timeout=httpx.Timeout(5.0), limits=httpx.Limits(max_keepalive_connections=0))
         self._open = asyncio.Event()
         self._open.set()
         self._idle = asyncio.Condition()
@@ -129,6 +147,7 @@ class LLMProxy:
 
     async def aclose(self) -> None:
         await self._client.aclose()
+        await self._checker.aclose()
 
     def _pick(self, rollout_id: str) -> _Backend:
         url = self._sticky.get(rollout_id)
@@ -165,11 +184,7 @@ class LLMProxy:
         return attributes
 
     def _prepare(self, operation: str, body: Any) -> dict[str, Any]:
-        if not isinstance(body, dict):
-            raise ProxyError(400, "the request body must be a JSON object")
-        key = "messages" if operation == "chat" else "prompt"
-        if key not in body:
-            raise ProxyError(400, f"the request has no {key!r}", param=key)
+        check_request(operation, body)
         body = dict(body)
         if self.request_token_ids:
             body.setdefault("return_token_ids", True)
@@ -198,8 +213,7 @@ class LLMProxy:
             response = await self._client.send(request, stream=bool(body.get("stream")))
         except httpx.HTTPError as exc:
             self._leave(backend)
-            backend.down_until = time.monotonic() + self.retry_after
-            error = ProxyError(502, f"the LLM backend {backend.url} could not be reached: {exc!r}", "backend_error")
+            error = await self._failed(backend, exc)
             await recorder.failed(error)
             raise error from exc
         if body.get("stream") and response.status_code == 200:
@@ -208,6 +222,10 @@ class LLMProxy:
             payload = json.loads(await response.aread())
         except ValueError:
             payload = None
+        except httpx.HTTPError as exc:  # the backend sent the head of its answer, then broke off
+            error = await self._failed(backend, exc)
+            await recorder.failed(error)
+            raise error from exc
         finally:
             await response.aclose()
             self._leave(backend)
@@ -237,7 +255,10 @@ class LLMProxy:
                         except ValueError:
                             pass
                 yield (line + "\n").encode()
-        except BaseException as exc:
+        except httpx.HTTPError as exc:  # the backend broke off the stream: the agent's stream ends with an error
+            error = await self._failed(backend, exc)
+            raise error from exc
+        except BaseException as exc:  # the agent went away (or the server is stopping)
             error = exc
             raise
         finally:
@@ -247,6 +268,46 @@ class LLMProxy:
                 await recorder.succeeded(stream.attributes())
             else:
                 await recorder.failed(error)
+
+    async def _failed(self, backend: _Backend, exc: httpx.HTTPError) -> ProxyError:
+        """The error for a call that failed at the transport level; marks the backend down if it is down."""
+        if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):  # nothing was sent: the backend is down
+            self._mark_down(backend)
+            return ProxyError(
+                502, f"the LLM backend {backend.url} could not be reached: {exc!r}; it is skipped for "
+                f"{self.retry_after:g} s", "backend_error",
+            )
+        if isinstance(exc, httpx.PoolTimeout):  # the proxy's own connection pool is full: nobody's fault downstream
+            return ProxyError(503, "the LLM proxy has too many calls in flight; retry", "service_unavailable")
+        up = await self._check(backend)
+        if isinstance(exc, httpx.TimeoutException):
+            status, what = 504, f"did not answer within {self.timeout:g} s ({exc!r})"
+        else:
+            status, what = 502, f"closed the connection during the call ({exc!r})"
+        state = (
+            "it still accepts connections, so the request may be what broke it; other calls go on"
+            if up else f"it no longer accepts connections and is skipped for {self.retry_after:g} s"
+        )
+        return ProxyError(status, f"the LLM backend {backend.url} {what}: {state}", "backend_error")
+
+    def _mark_down(self, backend: _Backend) -> None:
+        backend.down_until = time.monotonic() + self.retry_after
+        log.warning("LLM backend %s is down; skipping it for %g s", backend.url, self.retry_after)
+
+    async def _check(self, backend: _Backend) -> bool:
+        """Whether ``backend`` still answers a new connection; marks it down if not. Calls failing at the same time
+        share one check."""
+        if backend.check is None or backend.check.done():
+            backend.check = asyncio.ensure_future(self._probe(backend))
+        return await asyncio.shield(backend.check)
+
+    async def _probe(self, backend: _Backend) -> bool:
+        try:
+            await self._checker.get(backend.url + "/models")  # any HTTP answer, even an error, means it is up
+        except httpx.HTTPError:
+            self._mark_down(backend)
+            return False
+        return True
 
     def _enter(self, backend: _Backend) -> None:
         backend.in_flight += 1
@@ -270,6 +331,12 @@ class LLMProxy:
         from litestar.params import FromPath, JSONBody
         from litestar.response import Stream
 
+        class EventStream(Stream):
+            """A stream with its own media type: litestar's ``Stream`` takes the handler's (JSON) over its own."""
+
+            def to_asgi_response(self, *args: Any, **kwargs: Any) -> Any:
+                return super().to_asgi_response(*args, **{**kwargs, "media_type": None})
+
         def error_response(error: ProxyError) -> Response:
             return Response(content=error.body(), status_code=error.status, media_type="application/json")
 
@@ -280,15 +347,19 @@ class LLMProxy:
                 return error_response(error)
             if isinstance(payload, dict):
                 return Response(content=payload, status_code=status, media_type="application/json")
-            return Stream(payload, media_type="text/event-stream")
+            return EventStream(payload, media_type="text/event-stream", status_code=200)
 
         prefix = "/rollout/{rollout_id:str}/attempt/{attempt_id:str}/v1"
 
-        @post(f"{prefix}/chat/completions", tags=["llm proxy"], summary="OpenAI chat completions, recorded")
+        # POST handlers answer 201 unless told otherwise; OpenAI's endpoints answer 200, streamed or not.
+        @post(
+            f"{prefix}/chat/completions", tags=["llm proxy"], summary="OpenAI chat completions, recorded",
+            status_code=200,
+        )
         async def chat(request: Request, rollout_id: FromPath[str], attempt_id: FromPath[str]) -> Any:
             return await forward("chat", request, rollout_id, attempt_id)
 
-        @post(f"{prefix}/completions", tags=["llm proxy"], summary="OpenAI completions, recorded")
+        @post(f"{prefix}/completions", tags=["llm proxy"], summary="OpenAI completions, recorded", status_code=200)
         async def completions(request: Request, rollout_id: FromPath[str], attempt_id: FromPath[str]) -> Any:
             return await forward("text_completion", request, rollout_id, attempt_id)
 
@@ -298,8 +369,10 @@ class LLMProxy:
                     answer = await self._client.get(backend.url + "/models")
                     if answer.status_code == 200:
                         return Response(content=answer.json(), media_type="application/json")
+                except (httpx.ConnectError, httpx.ConnectTimeout):
+                    self._mark_down(backend)
                 except httpx.HTTPError:
-                    backend.down_until = time.monotonic() + self.retry_after
+                    pass
             return error_response(ProxyError(503, "no backend answered /models", "service_unavailable"))
 
         @get(f"{prefix}/models", tags=["llm proxy"], summary="The backends' models")
@@ -325,17 +398,134 @@ class LLMProxy:
                 return error_response(ProxyError(400, str(exc), param="backends"))
             return Response(content={"backends": self.backends}, media_type="application/json")
 
-        @post("/api/v1/proxy/pause", tags=["llm proxy"], summary="Hold new LLM calls; returns when none is in flight")
+        @post(
+            "/api/v1/proxy/pause", tags=["llm proxy"], summary="Hold new LLM calls; returns when none is in flight",
+            status_code=200,
+        )
         async def pause() -> dict[str, Any]:
             await self.pause()
             return {"paused": True}
 
-        @post("/api/v1/proxy/resume", tags=["llm proxy"], summary="Let LLM calls through again")
+        @post("/api/v1/proxy/resume", tags=["llm proxy"], summary="Let LLM calls through again", status_code=200)
         async def resume() -> dict[str, Any]:
             self.resume()
             return {"paused": False}
 
         return [chat, completions, attempt_models, models, get_backends, put_backends, pause, resume]
+
+
+# ---------------------------------------------------------------------------------------------------- requests
+
+_INTEGER_FIELDS = ("max_tokens", "max_completion_tokens", "n", "seed", "top_k")
+_NUMBER_FIELDS = ("temperature", "top_p", "presence_penalty", "frequency_penalty")
+
+
+def _type_name(value: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(value), "a number" if isinstance(value, (int, float)) else type(value).__name__
+    )
+
+
+def check_request(operation: str, body: Any) -> None:
+    """Refuse (400, naming the field) a body that does not have the shape of an OpenAI ``chat`` or
+    ``text_completion`` request. Only the shape the proxy and every backend rely on is checked; the backend
+    judges the values (an unknown model, a too long prompt, ...)."""
+
+    def refuse(param: str, message: str) -> ProxyError:
+        return ProxyError(400, f"{param} {message}", param=param)
+
+    if not isinstance(body, dict):
+        raise ProxyError(400, f"the request body must be a JSON object, not {_type_name(body)}")
+    if operation == "chat":
+        _check_messages(body, refuse)
+    else:
+        _check_prompt(body, refuse)
+    if body.get("model") is not None and not isinstance(body["model"], str):
+        raise refuse("model", f"must be a string, not {_type_name(body['model'])}")
+    if body.get("stream") is not None and not isinstance(body["stream"], bool):
+        raise refuse("stream", f"must be true or false, not {_type_name(body['stream'])}")
+    if body.get("stream_options") is not None and not isinstance(body["stream_options"], dict):
+        raise refuse("stream_options", f"must be an object, not {_type_name(body['stream_options'])}")
+    for key in _INTEGER_FIELDS:
+        value = body.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+            raise refuse(key, f"must be an integer, not {_type_name(value)}")
+    for key in _NUMBER_FIELDS:
+        value = body.get(key)
+        if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)):
+            raise refuse(key, f"must be a number, not {_type_name(value)}")
+    stop = body.get("stop")
+    if stop is not None and not isinstance(stop, str) and not (
+        isinstance(stop, list) and all(isinstance(s, str) for s in stop)
+    ):
+        raise refuse("stop", "must be a string or a list of strings")
+    tools = body.get("tools")
+    if tools is not None:
+        if not isinstance(tools, list):
+            raise refuse("tools", f"must be a list of tool objects, not {_type_name(tools)}")
+        for i, tool in enumerate(tools):
+            if not isinstance(tool, dict):
+                raise refuse(f"tools[{i}]", f"must be an object, not {_type_name(tool)}")
+
+
+def _check_messages(body: dict[str, Any], refuse: Any) -> None:
+    if "messages" not in body:
+        raise refuse("messages", "is missing: a chat completion needs a list of messages")
+    messages = body["messages"]
+    if not isinstance(messages, list):
+        example = '[{"role": "user", "content": "hi"}]'
+        raise refuse("messages", f"must be a list of messages such as {example}, not {_type_name(messages)}")
+    if not messages:
+        raise refuse("messages", "must hold at least one message")
+    for i, message in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(message, dict):
+            raise refuse(where, f"must be an object with a role and a content, not {_type_name(message)}")
+        role = message.get("role")
+        if not isinstance(role, str) or not role:
+            raise refuse(f"{where}.role", f"must be a string such as \"user\", not {_type_name(role)}")
+        content = message.get("content")
+        if isinstance(content, list):
+            for j, part in enumerate(content):
+                if not isinstance(part, dict):
+                    example = '{"type": "text", "text": "hi"}'
+                    raise refuse(
+                        f"{where}.content[{j}]", f"must be an object such as {example}, not {_type_name(part)}"
+                    )
+        elif content is not None and not isinstance(content, str):
+            raise refuse(
+                f"{where}.content", f"must be a string, a list of content parts or null, not {_type_name(content)}"
+            )
+        for key in ("tool_calls",):
+            value = message.get(key)
+            if value is not None and not (isinstance(value, list) and all(isinstance(v, dict) for v in value)):
+                raise refuse(f"{where}.{key}", "must be a list of objects")
+        for key in ("name", "tool_call_id"):
+            value = message.get(key)
+            if value is not None and not isinstance(value, str):
+                raise refuse(f"{where}.{key}", f"must be a string, not {_type_name(value)}")
+
+
+def _is_token_ids(value: Any) -> bool:
+    return (
+        isinstance(value, list) and bool(value) and all(isinstance(t, int) and not isinstance(t, bool) for t in value)
+    )
+
+
+def _check_prompt(body: dict[str, Any], refuse: Any) -> None:
+    if "prompt" not in body:
+        raise refuse("prompt", "is missing: a completion needs a prompt")
+    prompt = body["prompt"]
+    shape = "must be a string, a list of strings, a list of token ids or a list of lists of token ids"
+    if isinstance(prompt, str):
+        return
+    if not isinstance(prompt, list):
+        raise refuse("prompt", f"{shape}, not {_type_name(prompt)}")
+    if not prompt:
+        raise refuse("prompt", "must not be empty")
+    if all(isinstance(p, str) for p in prompt) or _is_token_ids(prompt) or all(_is_token_ids(p) for p in prompt):
+        return
+    raise refuse("prompt", shape)
 
 
 def _backend_message(payload: Any) -> Optional[str]:
