@@ -5,6 +5,10 @@ Each OTLP span becomes a kernel :class:`~agl_kernel.models.Span`. Where it belon
 the span's own attributes first and then from its resource's. A request is stored whole or not at all: one span
 without the ids rejects it with a 400 that names the span and the missing attribute.
 
+Numbers keep OTLP's ranges, the same whatever store is behind the server: an ``intValue`` is a signed 64-bit
+integer, a time in nanoseconds an unsigned one, and ``agl.sequence_id`` a non-negative signed 64-bit integer; a
+value outside its range refuses the request with a 400 that names it (nothing is stored).
+
 Success answers with an (empty) ``ExportTraceServiceResponse`` in the request's encoding; failures answer with a
 ``google.rpc.Status``-shaped body (protobuf for protobuf requests, JSON otherwise) carrying the message.
 """
@@ -26,6 +30,12 @@ __all__ = ["OtlpError", "decode_request", "decompress", "encode_error", "encode_
 _KINDS = ("INTERNAL", "INTERNAL", "SERVER", "CLIENT", "PRODUCER", "CONSUMER")
 _STATUS_CODES = ("UNSET", "OK", "ERROR")
 _GRPC_CODE = {400: 3, 401: 16, 403: 7, 404: 5, 409: 9, 413: 8, 415: 3, 503: 14}
+_INT64_MIN, _INT64_MAX, _UINT64_MAX = -(2**63), 2**63 - 1, 2**64 - 1
+
+
+def _number(value: int) -> str:
+    """``value`` for a message: a huge integer by its size (str() refuses more than 4300 digits)."""
+    return str(value) if value.bit_length() <= 128 else f"an integer of {value.bit_length()} bits"
 
 
 class OtlpError(ValueError):
@@ -130,8 +140,10 @@ def _varint(value: int) -> bytes:
 def _seconds(nanos: Any, what: str) -> float | None:
     try:
         value = int(nanos or 0)
-    except (TypeError, ValueError):
-        raise OtlpError(f"{what} must be an integer number of nanoseconds, not {nanos!r}") from None
+    except (TypeError, ValueError, OverflowError):  # OverflowError: int(inf)
+        raise OtlpError(f"{what} must be an integer number of nanoseconds, not {_short(nanos)}") from None
+    if not 0 <= value <= _UINT64_MAX:
+        raise OtlpError(f"{what} must be an unsigned 64-bit number of nanoseconds (fixed64), not {_number(value)}")
     # Whole seconds and the fraction apart: value / 1e9 would lose the last digits of the fraction.
     return value // 1_000_000_000 + (value % 1_000_000_000) / 1e9 if value else None
 
@@ -166,11 +178,11 @@ def _make_span(
     raw_sequence = attributes.get(semconv.SEQUENCE_ID, resource.get(semconv.SEQUENCE_ID, 0))
     try:
         sequence_id = int(raw_sequence)
-        if sequence_id < 0 or isinstance(raw_sequence, float) and raw_sequence != sequence_id:
+        if not 0 <= sequence_id <= _INT64_MAX or isinstance(raw_sequence, float) and raw_sequence != sequence_id:
             raise ValueError
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: int(inf)
         raise OtlpError(
-            f"{label}: {semconv.SEQUENCE_ID} must be a non-negative integer, not {raw_sequence!r}"
+            f"{label}: {semconv.SEQUENCE_ID} must be an integer from 0 to 2**63-1, not {_short(raw_sequence)}"
         ) from None
     _check_hex(trace_id, 32, f"{label}: trace_id")
     _check_hex(span_id, 16, f"{label}: span_id")
@@ -195,6 +207,14 @@ def _make_span(
         end_time=_seconds(end, f"{label}: end time"),
         resource=resource,
     )
+
+
+def _short(value: Any) -> str:
+    """``repr(value)`` for a message, cut short (a huge integer by its size)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return _number(value)
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _check_hex(value: str, length: int, what: str) -> None:
@@ -298,9 +318,17 @@ def _json_value(value: Any, what: str) -> Any:
     if "intValue" in value or "int_value" in value:
         raw = _field(value, "intValue", "int_value", 0)
         try:
-            return int(raw)
-        except (TypeError, ValueError):
-            raise OtlpError(f"{what}: intValue must be an integer, not {raw!r}") from None
+            number = int(raw)
+        except (TypeError, ValueError, OverflowError):  # OverflowError: int(inf)
+            raise OtlpError(f"{what}: intValue must be an integer, not {_short(raw)}") from None
+        if isinstance(raw, float) and raw != number:
+            raise OtlpError(f"{what}: intValue must be an integer, not {raw!r}")
+        if not _INT64_MIN <= number <= _INT64_MAX:
+            raise OtlpError(
+                f"{what}: intValue must be a signed 64-bit integer (-2**63 .. 2**63-1), not {_number(number)}; "
+                "send larger numbers as stringValue or doubleValue"
+            )
+        return number
     if "doubleValue" in value or "double_value" in value:
         raw = _field(value, "doubleValue", "double_value", 0.0)
         if not isinstance(raw, (int, float)) or isinstance(raw, bool):

@@ -3,6 +3,10 @@
 All state sits behind one ``threading.Lock`` held only for short, non-blocking sections, so the store is safe
 under many asyncio tasks and under threads (each with its own event loop). Stored objects are frozen structs,
 handed out without copying. Nothing survives the process: use the SQLite plugin for a durable store.
+
+It refuses what a durable backend could not keep, so that code tested against it runs on them: an integer beyond
+64 bits in a stored value (outside -2**63 .. 2**64-1, msgpack's range) or as a sequence id or limit (outside the
+signed 64-bit range) is a ``ValueError``, and nothing is written. Other Python objects are kept as they are.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from collections.abc import Sequence
 from typing import Any, Optional, Union
 
 import attrs
+import msgspec
 from msgspec import UNSET, UnsetType
 from msgspec.structs import asdict, replace
 
@@ -35,6 +40,7 @@ from agl_kernel.models import (
     StoreStatistics,
     Worker,
     WorkerStatus,
+    encode_msgpack,
 )
 from agl_kernel.store import policy
 from agl_kernel.store.query import check_query, paginate
@@ -44,6 +50,51 @@ from agl_kernel.store.base import LATEST, LightningStore, SortOrder
 __all__ = ["InMemoryLightningStore"]
 
 _DEFAULT_CONFIG = RolloutConfig()
+
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
+def _describe(value: int) -> str:
+    # str() of an int past 4300 digits raises (and a long one says nothing): name its size instead.
+    return str(value) if value.bit_length() <= 128 else f"an integer of {value.bit_length()} bits"
+
+
+def _check_value(value: Any, what: str) -> None:
+    """Refuse a value holding an integer that a durable backend cannot keep (outside -2**63 .. 2**64-1), as the
+    SQLite store does, with the same error class (ValueError: a server answers 400)."""
+    try:
+        encode_msgpack(value)
+    except OverflowError:
+        raise ValueError(
+            f"the store cannot keep the {what}: it holds an integer outside -2**63 .. 2**64-1. "
+            "Store such numbers as strings (or floats); nothing was written"
+        ) from None
+    except (TypeError, ValueError, msgspec.EncodeError):  # another Python object: kept as it is, in memory
+        pass
+
+
+def _check_int64(value: Any, what: str) -> None:
+    """Refuse an integer outside the signed 64-bit range where the store keeps (or compares with) a number."""
+    if isinstance(value, int) and not _INT64_MIN <= value <= _INT64_MAX:
+        raise ValueError(
+            f"{what} must lie in the signed 64-bit range -2**63 .. 2**63-1, not {_describe(value)}; nothing was written"
+        )
+
+
+def _check_span(span: Span) -> None:
+    if span.sequence_id > 0:  # zero or below asks the store to assign one
+        _check_int64(span.sequence_id, f"the sequence id of span {span.span_id!r}")
+    _check_int64(span.start_time, f"the start time of span {span.span_id!r}")
+    _check_int64(span.end_time, f"the end time of span {span.span_id!r}")
+    _check_value(span, f"span {span.span_id!r}")
+
+
+def _check_rollout_values(input: Any, config: Optional[RolloutConfig], metadata: Optional[dict[str, Any]]) -> None:
+    _check_value(input, "rollout input")
+    if config is not None:
+        _check_value(config, "rollout config")
+    if metadata:
+        _check_value(metadata, "rollout metadata")
 
 
 @attrs.define(kw_only=True)
@@ -264,6 +315,7 @@ class InMemoryLightningStore(LightningStore):
         config: Optional[RolloutConfig] = None,
         metadata: Optional[dict[str, Any]] = None,
     ) -> Rollout:
+        _check_rollout_values(input, config, metadata)
         with self._lock:
             self._check_open()
             rollout = self._make_rollout(input, mode, resources_id, config, metadata, RolloutStatus.QUEUING, time.time())
@@ -272,6 +324,8 @@ class InMemoryLightningStore(LightningStore):
         return rollout
 
     async def enqueue_many_rollouts(self, requests: Sequence[EnqueueRequest]) -> list[Rollout]:
+        for request in requests:
+            _check_rollout_values(request.input, request.config, request.metadata)
         with self._lock:
             self._check_open()
             for request in requests:  # validate everything before the first write: all or nothing
@@ -296,6 +350,7 @@ class InMemoryLightningStore(LightningStore):
         metadata: Optional[dict[str, Any]] = None,
         worker_id: Optional[str] = None,
     ) -> AttemptedRollout:
+        _check_rollout_values(input, config, metadata)
         with self._lock:
             self._check_open()
             now = time.time()
@@ -332,6 +387,7 @@ class InMemoryLightningStore(LightningStore):
     ) -> list[AttemptedRollout]:
         if limit < 1:
             raise ValueError(f"limit must be at least 1, not {limit!r}")
+        _check_int64(limit, "limit")
         taken = self._pop_queue(limit, worker_id)
         if taken or timeout <= 0:
             return taken
@@ -370,6 +426,7 @@ class InMemoryLightningStore(LightningStore):
         offset: int = 0,
     ) -> PaginatedResult[Rollout]:
         check_query("rollouts", sort_by, sort_order, limit, offset)
+        _check_int64(limit, "limit")
         with self._lock:
             self._check_open()
             if rollout_id_in is not None:
@@ -399,8 +456,10 @@ class InMemoryLightningStore(LightningStore):
         if mode is not UNSET:
             changes["mode"] = None if mode is None else RolloutMode(mode)
         if config is not UNSET:
+            _check_value(config, "rollout config")
             changes["config"] = config
         if metadata is not UNSET:
+            _check_value(metadata, "rollout metadata")
             changes["metadata"] = metadata
         with self._lock:
             rollout = self._rollout(rollout_id)
@@ -441,6 +500,7 @@ class InMemoryLightningStore(LightningStore):
     async def delete_rollouts(
         self, rollout_ids: Optional[Sequence[str]] = None, *, ended_before: Optional[float] = None
     ) -> int:
+        _check_int64(ended_before, "ended_before")
         with self._lock:
             if rollout_ids is not None:
                 targets = [self._rollout(r) for r in dict.fromkeys(rollout_ids)]
@@ -487,6 +547,7 @@ class InMemoryLightningStore(LightningStore):
         offset: int = 0,
     ) -> PaginatedResult[Attempt]:
         check_query("attempts", sort_by, sort_order, limit, offset)
+        _check_int64(limit, "limit")
         with self._lock:
             self._rollout(rollout_id)
             attempts = list(self._attempts[rollout_id])
@@ -505,6 +566,10 @@ class InMemoryLightningStore(LightningStore):
         last_heartbeat_time: Union[float, UnsetType] = UNSET,
         metadata: Union[dict[str, Any], UnsetType] = UNSET,
     ) -> Attempt:
+        if metadata is not UNSET:
+            _check_value(metadata, "attempt metadata")
+        if last_heartbeat_time is not UNSET:
+            _check_int64(last_heartbeat_time, "last_heartbeat_time")
         with self._lock:
             attempt = self._attempt(rollout_id, attempt_id)
             now = time.time()
@@ -531,6 +596,7 @@ class InMemoryLightningStore(LightningStore):
         attempt = self._attempt(span.rollout_id, span.attempt_id)
         last = self._span_seq.get(span.attempt_id, 0)
         if span.sequence_id <= 0:
+            _check_int64(last + 1, f"the next sequence id of attempt {span.attempt_id!r}")
             span = replace(span, sequence_id=last + 1)
         self._span_seq[span.attempt_id] = max(last, span.sequence_id)
         self._span_ids[key] = span
@@ -544,16 +610,29 @@ class InMemoryLightningStore(LightningStore):
         return span
 
     async def add_span(self, span: Span) -> Span:
+        _check_span(span)
         with self._lock:
             stored = self._store_span(span, time.time())
         self._wake()
         return stored
 
     async def add_many_spans(self, spans: Sequence[Span]) -> list[Span]:
+        for span in spans:
+            _check_span(span)
         with self._lock:
+            last: dict[str, int] = {}  # the sequence ids the batch will reach, per attempt
+            seen: set[tuple[str, str, str]] = set()
             for span in spans:  # validate everything before the first write: all or nothing
-                if (span.rollout_id, span.attempt_id, span.span_id) not in self._span_ids:
-                    self._attempt(span.rollout_id, span.attempt_id)
+                key = (span.rollout_id, span.attempt_id, span.span_id)
+                if key in self._span_ids or key in seen:
+                    continue
+                seen.add(key)
+                self._attempt(span.rollout_id, span.attempt_id)
+                reached = last.get(span.attempt_id, self._span_seq.get(span.attempt_id, 0))
+                if span.sequence_id <= 0:
+                    reached += 1
+                    _check_int64(reached, f"the next sequence id of attempt {span.attempt_id!r}")
+                last[span.attempt_id] = max(reached, span.sequence_id)
             now = time.time()
             stored = [self._store_span(span, now) for span in spans]
         self._wake()
@@ -562,9 +641,11 @@ class InMemoryLightningStore(LightningStore):
     async def get_many_span_sequence_ids(self, rollout_id: str, attempt_id: str, count: int) -> list[int]:
         if count < 1:
             raise ValueError(f"count must be at least 1, not {count!r}")
+        _check_int64(count, "count")
         with self._lock:
             attempt = self._attempt(rollout_id, attempt_id)
             last = self._span_seq.get(attempt.attempt_id, 0)
+            _check_int64(last + count, f"the last reserved sequence id of attempt {attempt.attempt_id!r}")
             self._span_seq[attempt.attempt_id] = last + count
         return list(range(last + 1, last + count + 1))
 
@@ -580,6 +661,7 @@ class InMemoryLightningStore(LightningStore):
         offset: int = 0,
     ) -> PaginatedResult[Span]:
         check_query("spans", sort_by, sort_order, limit, offset)
+        _check_int64(limit, "limit")
         with self._lock:
             if attempt_id is None:
                 self._rollout(rollout_id)
@@ -598,6 +680,7 @@ class InMemoryLightningStore(LightningStore):
         return await self.update_resources(policy.new_resources_id(), resources)
 
     async def update_resources(self, resources_id: str, resources: dict[str, Resource]) -> ResourcesUpdate:
+        _check_value(dict(resources), "resources")
         with self._lock:
             self._check_open()
             now = time.time()
@@ -620,6 +703,7 @@ class InMemoryLightningStore(LightningStore):
             latest = self._resources_latest_version.get(resources_id)
             if latest is None:
                 raise NotFoundError(f"no resources with id {resources_id!r}")
+            _check_int64(version, "version")
             if version is None or version == latest.version:
                 return latest
             for update in self._resources:
@@ -642,6 +726,7 @@ class InMemoryLightningStore(LightningStore):
         offset: int = 0,
     ) -> PaginatedResult[ResourcesUpdate]:
         check_query("resources", sort_by, sort_order, limit, offset)
+        _check_int64(limit, "limit")
         with self._lock:
             self._check_open()
             updates = list(self._resources)
@@ -654,6 +739,8 @@ class InMemoryLightningStore(LightningStore):
     async def update_worker(
         self, worker_id: str, *, heartbeat_stats: Union[dict[str, Any], UnsetType] = UNSET
     ) -> Worker:
+        if heartbeat_stats is not UNSET:
+            _check_value(heartbeat_stats, "worker heartbeat stats")
         with self._lock:
             self._check_open()
             worker = self._workers.get(worker_id) or Worker(worker_id=worker_id)
@@ -683,6 +770,7 @@ class InMemoryLightningStore(LightningStore):
         offset: int = 0,
     ) -> PaginatedResult[Worker]:
         check_query("workers", sort_by, sort_order, limit, offset)
+        _check_int64(limit, "limit")
         with self._lock:
             self._check_open()
             workers = list(self._workers.values())

@@ -25,14 +25,15 @@ import pytest
 # rewrite their asserts otherwise). Must run before they are imported.
 pytest.register_assert_rewrite(
     *(f"agl_kernel.testing.{name}" for name in (
-        "_attempts", "_base", "_concurrency", "_lifecycle", "_queries", "_resources", "_rollouts", "_spans",
-        "_waiting", "_watchdog",
+        "_attempts", "_base", "_concurrency", "_integers", "_lifecycle", "_queries", "_resources", "_rollouts",
+        "_spans", "_waiting", "_watchdog",
     ))
 )
 
 from agl_kernel.testing._attempts import FinalStatusTests, NewestAttemptTests, RetryTests, WorkerTests
 from agl_kernel.testing._base import SuiteBase, make_span
 from agl_kernel.testing._concurrency import ConcurrentDequeueTests, ConcurrentResourceTests, ConcurrentSequenceTests
+from agl_kernel.testing._integers import IntegerRangeTests
 from agl_kernel.testing._lifecycle import CloseTests, DeletionTests, SnapshotAndCodecTests, StatisticsTests
 from agl_kernel.testing._queries import (
     AttemptQueryTests,
@@ -78,6 +79,7 @@ class StoreConformanceSuite(
     StatisticsTests,
     CloseTests,
     SnapshotAndCodecTests,
+    IntegerRangeTests,
     SuiteBase,
 ):
     """The store contract of :mod:`agl_kernel.store.base`, as tests. Subclass it (``class TestMyStore(...)``)
