@@ -78,8 +78,18 @@ def test_agent_without_retries_ends_failed_and_counted():
     def agent(task, resources):
         raise RuntimeError("always")
 
-    report, _, _ = run(_execute(agent, [1, 2, 3], n_runners=2))
+    report, _, _ = run(_execute(agent, [1, 2, 3], n_runners=2, config=RolloutConfig(max_attempts=1)))
     assert report.by_status == {"failed": 3} and report.mean_reward is None
+    assert all(o.attempts == 1 for o in report.outcomes)
+
+
+def test_by_default_a_failing_agent_is_tried_three_times_then_fails():
+    def agent(task, resources):
+        raise RuntimeError("always")
+
+    report, _, _ = run(_execute(agent, [1, 2], n_runners=2))
+    assert report.by_status == {"failed": 2}
+    assert all(o.attempts == RolloutConfig().max_attempts == 3 for o in report.outcomes)
 
 
 def test_a_crashing_runner_stops_the_run_instead_of_hanging():

@@ -4,8 +4,12 @@ run file, the environment and ``--set``, and run the loop (or serve a store with
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from collections.abc import Callable
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any, Optional
 
 import click
@@ -138,6 +142,41 @@ def _print_report(report: Any) -> None:
         click.echo(f"done: {type(report).__name__}")
 
 
+SIGTERM_EXIT_CODE = 128 + signal.SIGTERM
+"""The exit code of `agl train` / `agl dev` stopped by SIGTERM (143, as for a process the signal killed)."""
+
+
+@contextlib.contextmanager
+def _stopped_by_sigterm(command: str) -> Iterator[None]:
+    """SIGTERM stops the run the way Ctrl-C does: the algorithm is cancelled, the runners (tasks, or the runner
+    processes of ``cs``) are stopped, the store is closed; then the command says so on stderr and exits with
+    143. A second SIGTERM interrupts the clean-up itself."""
+    if threading.current_thread() is not threading.main_thread():  # signal handlers belong to the main thread
+        yield
+        return
+    terminated = False
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        nonlocal terminated
+        terminated = True
+        handler = signal.getsignal(signal.SIGINT)
+        if callable(handler):  # asyncio's own (it cancels the run's main task), or the default one
+            handler(signal.SIGINT, frame)
+        else:  # SIGINT is ignored (a background job): interrupt all the same
+            raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield
+    except KeyboardInterrupt:
+        if not terminated:
+            raise
+        click.echo(f"agl {command}: stopped by SIGTERM; runners stopped and the store closed", err=True)
+        sys.exit(SIGTERM_EXIT_CODE)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 # ---------------------------------------------------------------------------------------------------- commands
 
 
@@ -152,7 +191,7 @@ def train_command(**values: Any) -> None:
     agent = _import(_required(config.run.agent, "run.agent", "--agent"), "run.agent")
     train = _dataset(_required(config.run.dataset, "run.dataset", "--dataset"), "run.dataset")
     val = None if config.run.val_dataset is None else _dataset(config.run.val_dataset, "run.val_dataset")
-    with Trainer.from_config(config) as trainer:
+    with _stopped_by_sigterm("train"), Trainer.from_config(config) as trainer:
         report = trainer.fit(agent, train, val)
     _print_report(report)
 
@@ -172,7 +211,7 @@ def dev_command(**values: Any) -> None:
     tasks = _dataset(_required(config.run.dataset, "run.dataset", "--dataset"), "run.dataset")
     val = None if config.run.val_dataset is None else _dataset(config.run.val_dataset, "run.val_dataset")
     config = attrs.evolve(config, choices={**config.choices, "algorithm": Choice("algorithm", None, {})})
-    with Trainer.from_config(config, algorithm="baseline") as trainer:
+    with _stopped_by_sigterm("dev"), Trainer.from_config(config, algorithm="baseline") as trainer:
         report = trainer.dev(agent, tasks, val)
     _print_report(report)
 

@@ -4,6 +4,10 @@ A runner takes rollouts from the store (waiting on the store's push notification
 agent on each inside the tracer's context, and reports the outcome. :class:`LitAgentRunner` also sends heartbeats
 with system stats, stops an agent that runs past its rollout's ``timeout_seconds`` or whose rollout is
 cancelled, stores a failed agent's exception as a span, and calls the ``agl_on_rollout_start/end`` hooks.
+
+It rides out outages of the store (a store server restarting, the network down): a call that fails with a
+transient error (see :func:`is_transient`) is retried with backoff for up to ``store_outage_seconds``, while the
+agent in flight keeps running, and its result is reported once the store is back.
 """
 
 from __future__ import annotations
@@ -20,21 +24,101 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, Callable, Optional, Union
+from collections.abc import Awaitable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Optional, TypeVar, Union
 
 import attrs
 
 from agl_kernel import semconv
 from agl_kernel.agent import LitAgent, as_lit_agent
-from agl_kernel.errors import ConfigError, InvalidStatusTransitionError
+from agl_kernel.errors import AglError, ConfigError, InvalidStatusTransitionError, NotFoundError
 from agl_kernel.models import AttemptedRollout, AttemptStatus, Resource, Span, SpanStatus
 from agl_kernel.store.base import LightningStore
 from agl_kernel.tracer import NoOpTracer, Tracer
 
-__all__ = ["AgentStopped", "LitAgentRunner", "Runner", "RunnerSpec", "run_runners"]
+__all__ = ["AgentStopped", "LitAgentRunner", "Runner", "RunnerSpec", "is_transient", "run_runners"]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+DEFAULT_STORE_OUTAGE_SECONDS = 300.0
+"""How long a runner rides out a store it cannot reach, by default: long enough for a server restart."""
+_TRANSIENT_STATUS = frozenset({408, 425, 429})
+"""4xx answers that say "try again later" rather than "this request is wrong"."""
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a store call that raised ``exc`` may succeed if tried again later: the store server could not be
+    reached or the connection broke (``StoreConnectionError``, any ``ConnectionError`` or ``TimeoutError``), it
+    answered 5xx (restarting, shutting down, overloaded) or 408/425/429. Everything else is permanent: a wrong
+    token (``StoreAuthError``), another 4xx, the kernel's own errors (``NotFoundError``,
+    ``InvalidStatusTransitionError``, ...), a closed client."""
+    if isinstance(exc, (ConnectionError, TimeoutError)):  # the http client's StoreConnectionError is one
+        return True
+    status = getattr(exc, "status_code", None)
+    return isinstance(exc, AglError) and isinstance(status, int) and (status >= 500 or status in _TRANSIENT_STATUS)
+
+
+class _StoreLink:
+    """Retries a runner's store calls through outages: a transient failure is retried with backoff (0.25 s, then
+    doubling up to 5 s) until the store has been unreachable for ``window`` seconds, counted from the first
+    failure since the last success of any call (heartbeats included). Logs once when the store is lost, once when
+    it is back."""
+
+    def __init__(self, worker_id: str, window: float) -> None:
+        self.worker_id = worker_id
+        self.window = window
+        self.down_since: Optional[float] = None  # time.monotonic() of the first failure of the current outage
+        self.outages = 0
+
+    def failed(self, exc: BaseException, what: str) -> float:
+        """Note a transient failure of ``what``; the seconds left of the window (<= 0: give up)."""
+        now = time.monotonic()
+        if self.down_since is None:
+            self.down_since = now
+            self.outages += 1
+            log.warning(
+                "runner %s: the store is unreachable (%s: %s: %s); retrying for up to %.0f s, the agent in flight "
+                "keeps running", self.worker_id, what, type(exc).__name__, exc, self.window,
+            )
+        return self.window - (now - self.down_since)
+
+    def succeeded(self) -> None:
+        if self.down_since is not None:
+            outage = time.monotonic() - self.down_since
+            log.warning("runner %s: the store is reachable again after %.1f s", self.worker_id, outage)
+            self.down_since = None
+
+    async def call(self, what: str, fn: Callable[[], Awaitable[T]], *, stop: Optional[asyncio.Event] = None) -> T:
+        """``await fn()``, retried through transient failures until the window closes (then the last error is
+        raised). With ``stop``: returns ``None`` if it is set while the store is unreachable."""
+        delay = 0.25
+        while True:
+            try:
+                result = await fn()
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                left = self.failed(exc, what)
+                if left <= 0:
+                    log.error(
+                        "runner %s: the store has been unreachable for %.0f s (store_outage_seconds); giving up",
+                        self.worker_id, self.window,
+                    )
+                    raise
+                pause = min(delay, left)
+                delay = min(delay * 2, 5.0)
+                if stop is None:
+                    await asyncio.sleep(pause)
+                else:
+                    try:
+                        await asyncio.wait_for(stop.wait(), pause)
+                        return None  # type: ignore[return-value]
+                    except asyncio.TimeoutError:
+                        pass
+            else:
+                self.succeeded()
+                return result
 
 
 class Runner(abc.ABC):
@@ -184,6 +268,11 @@ class LitAgentRunnerOptions:
     """How long one dequeue call waits for work before the runner checks whether it should stop."""
     stop_grace: float = attrs.field(default=1.0, validator=attrs.validators.ge(0))
     """Seconds a stopped agent (timeout, cancelled rollout) gets to finish before the runner moves on."""
+    store_outage_seconds: float = attrs.field(default=DEFAULT_STORE_OUTAGE_SECONDS, validator=attrs.validators.ge(0))
+    """Seconds the runner keeps retrying a store it cannot reach (a server restarting, the network down), with
+    backoff, before it gives up and exits; the agent in flight keeps running meanwhile and its result is reported
+    once the store is back. Only errors that may pass count (connection errors, 5xx, 408/429); any other error
+    ends the runner at once. 0: give up at the first failure."""
 
 
 class LitAgentRunner(Runner):
@@ -193,6 +282,8 @@ class LitAgentRunner(Runner):
     - ``heartbeat_interval``: seconds between heartbeats (worker stats, and the attempt's sign of life).
     - ``wait_seconds``: how long one dequeue call waits for work before the runner checks ``stop`` again.
     - ``stop_grace``: seconds a stopped agent gets to finish before the runner gives up on it and moves on.
+    - ``store_outage_seconds``: how long the runner retries a store it cannot reach before it gives up (default
+      300); its agent keeps running meanwhile, and the result is reported once the store is back.
     """
 
     Options = LitAgentRunnerOptions
@@ -205,19 +296,27 @@ class LitAgentRunner(Runner):
         heartbeat_interval: float = 5.0,
         wait_seconds: float = 0.5,
         stop_grace: float = 1.0,
+        store_outage_seconds: float = DEFAULT_STORE_OUTAGE_SECONDS,
     ) -> None:
         self.worker_id = worker_id or f"worker-{uuid.uuid4().hex[:8]}"
         self.tracer = tracer or NoOpTracer()
         self.heartbeat_interval = heartbeat_interval
         self.wait_seconds = wait_seconds
         self.stop_grace = stop_grace
+        self.store_outage_seconds = store_outage_seconds
         self.finished = 0
+        self._link = _StoreLink(self.worker_id, store_outage_seconds)
 
     async def run(self, store: LightningStore, agent: Any, *, stop: asyncio.Event) -> int:
         lit_agent = as_lit_agent(agent)
-        await store.update_worker(self.worker_id, heartbeat_stats=system_stats())
+        link = self._link
+        await link.call("register", lambda: store.update_worker(self.worker_id, heartbeat_stats=system_stats()))
         while not stop.is_set():
-            attempted = await store.dequeue_rollout(worker_id=self.worker_id, timeout=self.wait_seconds)
+            attempted = await link.call(
+                "dequeue",
+                lambda: store.dequeue_rollout(worker_id=self.worker_id, timeout=self.wait_seconds),
+                stop=stop,
+            )
             if attempted is not None:
                 await self.run_one(store, lit_agent, attempted)
         return self.finished
@@ -230,12 +329,15 @@ class LitAgentRunner(Runner):
         rollout_id, attempt_id = attempted.rollout_id, attempted.attempt.attempt_id
         call_hook("agl_on_rollout_start", rollout=attempted, attempt=attempted.attempt, runner=self)
         status = AttemptStatus.FAILED
+        running = AttemptStatus.RUNNING
         try:
-            await store.update_attempt(rollout_id, attempt_id, status=AttemptStatus.RUNNING)
+            try:
+                await self._link.call("start", lambda: store.update_attempt(rollout_id, attempt_id, status=running))
+            except (InvalidStatusTransitionError, NotFoundError) as exc:  # it ended (or went) before it began
+                log.info("runner %s: attempt %s ended before it started (%s)", self.worker_id, attempt_id, exc)
+                return AttemptStatus.FAILED
             status, spans = await self._execute(store, agent, attempted)
-            if spans:
-                await store.add_many_spans(spans)
-            await store.update_attempt(rollout_id, attempt_id, status=status)
+            await self._report(store, attempted, status, spans)
             self.finished += 1
         except asyncio.CancelledError:  # the runner is stopped mid-rollout: fail the attempt so it is retried now
             await self._abandon(store, attempted)
@@ -249,7 +351,7 @@ class LitAgentRunner(Runner):
     ) -> tuple[AttemptStatus, list[Span]]:
         """Run the agent to its end, its timeout or its rollout's cancellation; the status and spans to store."""
         try:
-            resources = await self._resources(store, attempted)
+            resources = await self._link.call("resources", lambda: self._resources(store, attempted))
         except Exception as exc:  # e.g. the pinned resources were deleted: the attempt fails, the runner goes on
             return AttemptStatus.FAILED, [exception_span(attempted, exc)]
         method = agent.rollout_for(attempted)
@@ -301,6 +403,25 @@ class LitAgentRunner(Runner):
         message = f"the agent ran past timeout_seconds={deadline} and was stopped"
         return AttemptStatus.TIMEOUT, [exception_span(attempted, TimeoutError(message), parent=parent())]
 
+    async def _report(
+        self, store: LightningStore, attempted: AttemptedRollout, status: AttemptStatus, spans: list[Span]
+    ) -> None:
+        """Store the attempt's spans and final status, through outages. The store may have moved on meanwhile:
+        an attempt it ended itself (a timeout, a cancelled or deleted rollout) keeps the store's verdict, and the
+        result of an attempt it retried elsewhere (unresponsive while the store was out of reach) is kept with
+        that attempt without changing the rollout. Either way the runner goes on quietly."""
+        rollout_id, attempt_id = attempted.rollout_id, attempted.attempt.attempt_id
+        link = self._link
+        try:
+            if spans:
+                await link.call("report spans", lambda: store.add_many_spans(spans))
+            await link.call("report status", lambda: store.update_attempt(rollout_id, attempt_id, status=status))
+        except (InvalidStatusTransitionError, NotFoundError) as exc:
+            log.info(
+                "runner %s: the store ended attempt %s of rollout %s meanwhile; its result (%s) is discarded: %s",
+                self.worker_id, attempt_id, rollout_id, status.value, exc,
+            )
+
     async def _abandon(self, store: LightningStore, attempted: AttemptedRollout) -> None:
         """Mark the attempt failed (with why) before the runner goes away, within a second or not at all."""
         stopped = AgentStopped(f"runner {self.worker_id} was stopped while the agent ran")
@@ -311,7 +432,10 @@ class LitAgentRunner(Runner):
         except InvalidStatusTransitionError:  # it ended already (the final update got through): nothing to do
             pass
         except (Exception, asyncio.CancelledError) as exc:  # the watchdog's unresponsive check is the fallback
-            log.warning("could not mark attempt %s failed on the way out: %r", attempt_id, exc)
+            log.warning(
+                "could not mark attempt %s failed on the way out (%r); the store retries it once it has had no "
+                "heartbeat for the rollout's unresponsive_seconds", attempt_id, exc,
+            )
 
     async def _resources(self, store: LightningStore, attempted: AttemptedRollout) -> dict[str, Resource]:
         if attempted.resources_id is None:
@@ -324,6 +448,7 @@ class LitAgentRunner(Runner):
         interval = self.heartbeat_interval
         if attempted.config.unresponsive_seconds is not None:  # beat well within the store's patience
             interval = min(interval, attempted.config.unresponsive_seconds / 3)
+        link = self._link
         while True:
             try:
                 ended = await store.wait_for_rollouts([rollout_id], timeout=interval)
@@ -331,9 +456,14 @@ class LitAgentRunner(Runner):
                     return ended[0].status.value
                 await store.update_attempt(rollout_id, attempt_id)  # a heartbeat
                 await store.update_worker(self.worker_id, heartbeat_stats=system_stats())
+                link.succeeded()
             except Exception as exc:  # a missed heartbeat must not stop the agent; the next one may get through
-                log.warning("heartbeat of %s on worker %s failed: %s", attempt_id, self.worker_id, exc)
-                await asyncio.sleep(interval)
+                if is_transient(exc):  # logged once per outage, not once per beat; try again soon after it
+                    link.failed(exc, "heartbeat")
+                    await asyncio.sleep(min(interval, 1.0))
+                else:
+                    log.warning("heartbeat of %s on worker %s failed: %s", attempt_id, self.worker_id, exc)
+                    await asyncio.sleep(interval)
 
     async def _stop_agent(self, work: asyncio.Future, thread: Optional[_AgentThread]) -> None:
         if thread is not None:

@@ -57,7 +57,11 @@ def make_store(
 
 
 def describe_store(store: LightningStore) -> str:
-    """One line for the console: the store's class and, for a store that keeps a file, its absolute path."""
+    """One line for the console: the store's class and, for a store that keeps a file, its absolute path; for a
+    store server's client, the server's URL."""
     path: Optional[Any] = getattr(store, "path", None)
     name = type(store).__name__
-    return f"{name} at {os.path.abspath(path)}" if path is not None else f"{name} (in memory)"
+    if path is not None:
+        return f"{name} at {os.path.abspath(path)}"
+    url = getattr(store, "url", None)
+    return f"{name} at {url}" if isinstance(url, str) else f"{name} (in memory)"
