@@ -112,7 +112,10 @@ def test_run_file_then_environment_then_set_then_flags(tmp_path: Path) -> None:
     )
     assert config.run.runners == 4 and config.run.agent == "a:b"
     runner = config.resolved()["runner"]
-    assert runner == {"name": "litagent", "heartbeat_interval": 9.0, "wait_seconds": 4.0, "stop_grace": 6.0}
+    assert runner == {
+        "name": "litagent", "heartbeat_interval": 9.0, "wait_seconds": 4.0, "stop_grace": 6.0,
+        "store_outage_seconds": 300.0,  # the default
+    }  # fmt: skip
     assert config.resolved()["store"] == {"name": "memory", "watchdog_interval": 0.5}
     assert "heartbeat_interval = 9.0" in to_toml(config.resolved())
 

@@ -457,3 +457,29 @@ def _alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def test_agl_dev_retries_by_default_and_takes_the_baseline_s_retry_options(tmp_path: Path) -> None:
+    from agl_store_sqlite import SqliteLightningStore
+
+    dataset = tmp_path / "tasks.json"
+    dataset.write_text(json.dumps([{"seconds": 0, "fail": True}]))
+
+    def attempts(*args: str) -> list[Any]:
+        db = tmp_path / f"run{len(args)}.db"
+        command = [*PYTHON, "dev", "--path", str(db), "--agent", f"{AGENTS}:sleepy", "--dataset", str(dataset), *args]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0 and "rollouts by status: {'failed': 1}" in result.stdout, result.stderr
+
+        async def read() -> Any:
+            async with SqliteLightningStore(db) as store:
+                rollout = (await store.query_rollouts()).items[0]
+                return rollout.config, (await store.query_attempts(rollout.rollout_id)).items
+
+        config, items = run(read())
+        assert all(a.status is AttemptStatus.FAILED for a in items)
+        return [config, len(items)]
+
+    assert attempts() == [RolloutConfig(), 3]
+    config, count = attempts("--set", "algorithm.max_attempts=2", "--set", "algorithm.unresponsive_seconds=60")
+    assert count == 2 and config.max_attempts == 2 and config.unresponsive_seconds == 60

@@ -200,7 +200,8 @@ def train_command(**values: Any) -> None:
 @_apply(_CONFIG_FLAGS + _RUN_FLAGS + _selection_flags(algorithm=False))
 def dev_command(**values: Any) -> None:
     """Run an agent on every task of a dataset through the whole loop (the baseline algorithm), to debug it; the
-    same selection and configuration as `agl train`."""
+    same selection and configuration as `agl train`. The baseline's options (`agl plugins show baseline`) set how
+    rollouts are retried: --set algorithm.max_attempts=1, --set algorithm.unresponsive_seconds=60."""
     import attrs
 
     from agl_kernel.config import Choice
@@ -210,9 +211,14 @@ def dev_command(**values: Any) -> None:
     agent = _import(_required(config.run.agent, "run.agent", "--agent"), "run.agent")
     tasks = _dataset(_required(config.run.dataset, "run.dataset", "--dataset"), "run.dataset")
     val = None if config.run.val_dataset is None else _dataset(config.run.val_dataset, "run.val_dataset")
-    config = attrs.evolve(config, choices={**config.choices, "algorithm": Choice("algorithm", None, {})})
+    # Always the baseline: another algorithm named in the run file (and its options) is for `agl train`; the
+    # baseline's own options (max_attempts, unresponsive_seconds, ...) apply when the run file names no other.
+    chosen = config.choices.get("algorithm")
+    options = dict(chosen.options) if chosen is not None and chosen.name in (None, "baseline") else {}
+    baseline = Choice("algorithm", "baseline" if options else None, options)
+    config = attrs.evolve(config, choices={**config.choices, "algorithm": baseline})
     with _stopped_by_sigterm("dev"), Trainer.from_config(config, algorithm="baseline") as trainer:
-        report = trainer.dev(agent, tasks, val)
+        report = trainer.fit(agent, tasks, val)  # the trainer's algorithm: the baseline, with its options
     _print_report(report)
 
 

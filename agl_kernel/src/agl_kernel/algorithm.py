@@ -11,7 +11,15 @@ from typing import Any, Optional
 import attrs
 import msgspec
 
-from agl_kernel.models import EnqueueRequest, Rollout, RolloutConfig, RolloutMode, RolloutStatus
+from agl_kernel.models import (
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_UNRESPONSIVE_SECONDS,
+    EnqueueRequest,
+    Rollout,
+    RolloutConfig,
+    RolloutMode,
+    RolloutStatus,
+)
 from agl_kernel.progress import NoProgress, ProgressReporter
 from agl_kernel.rewards import get_reward
 from agl_kernel.store.base import LightningStore
@@ -50,6 +58,18 @@ class BaselineOptions:
 
     timeout: Optional[float] = attrs.field(default=None, validator=attrs.validators.optional(attrs.validators.gt(0)))
     """Seconds to wait for the rollouts to end; those still running then are reported as they are (default: wait)."""
+    max_attempts: int = attrs.field(default=DEFAULT_MAX_ATTEMPTS, validator=attrs.validators.ge(1))
+    """Attempts per rollout, the first included: a failed, timed-out or unresponsive attempt (its runner died or lost
+    the store) is retried on the next free runner while attempts are left; 1 never retries."""
+    unresponsive_seconds: Optional[float] = attrs.field(
+        default=DEFAULT_UNRESPONSIVE_SECONDS, validator=attrs.validators.optional(attrs.validators.gt(0))
+    )
+    """Seconds without a heartbeat after which the store gives up on an attempt and retries it (the runner beats
+    every 5 s); none turns the check off, and then a rollout whose runner died stays running."""
+    timeout_seconds: Optional[float] = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.gt(0))
+    )
+    """Seconds one attempt may run before it is stopped (and retried while attempts are left); default: no limit."""
 
 
 class BaselineReport(msgspec.Struct, frozen=True, kw_only=True):
@@ -59,11 +79,28 @@ class BaselineReport(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Baseline(Algorithm):
-    """Runs every task once and reports rewards: for debugging an agent through the whole loop."""
+    """Runs every task once and reports rewards: for debugging an agent through the whole loop.
+
+    Its rollouts are supervised as ``max_attempts``, ``unresponsive_seconds`` and ``timeout_seconds`` say (the
+    store's defaults: 3 attempts, 30 s without a heartbeat); ``config``, a whole
+    :class:`~agl_kernel.models.RolloutConfig`, replaces all three.
+    """
 
     Options = BaselineOptions
 
-    def __init__(self, *, config: Optional[RolloutConfig] = None, timeout: Optional[float] = None) -> None:
+    def __init__(
+        self,
+        *,
+        config: Optional[RolloutConfig] = None,
+        timeout: Optional[float] = None,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        unresponsive_seconds: Optional[float] = DEFAULT_UNRESPONSIVE_SECONDS,
+        timeout_seconds: Optional[float] = None,
+    ) -> None:
+        if config is None:
+            config = RolloutConfig(
+                max_attempts=max_attempts, unresponsive_seconds=unresponsive_seconds, timeout_seconds=timeout_seconds
+            )
         self.config = config
         self.timeout = timeout
 
