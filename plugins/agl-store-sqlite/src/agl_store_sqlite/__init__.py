@@ -6,7 +6,13 @@
 or, by name: ``agl_kernel.plugins.create_component("stores", "sqlite", path="runs/agl.db")``.
 """
 
-from agl_store_sqlite._schema import SCHEMA_VERSION, SchemaVersionError, SqliteStoreError
+from agl_store_sqlite._schema import SCHEMA_VERSION, SchemaVersionError, SqliteStoreDamagedError, SqliteStoreError
 from agl_store_sqlite.store import SqliteLightningStore
 
-__all__ = ["SCHEMA_VERSION", "SchemaVersionError", "SqliteLightningStore", "SqliteStoreError"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "SchemaVersionError",
+    "SqliteLightningStore",
+    "SqliteStoreDamagedError",
+    "SqliteStoreError",
+]

@@ -10,6 +10,10 @@ The transaction runs on the event loop's own thread (a hop to a worker thread co
 itself), but the loop never waits for another process: a batch that finds the file locked by another process is
 handed to a worker thread, which waits for the lock in small steps (``wait_unlocked``). Inside the process one
 ``threading.Lock`` orders the writers, so they never meet SQLite's busy handling at all.
+
+A query that finds the file damaged (SQLITE_CORRUPT, SQLITE_NOTADB) or no longer writable (SQLITE_READONLY) stops
+the engine (:meth:`Engine.damage`): it is reported once, and every later call raises
+:class:`SqliteStoreDamagedError` without touching the file again.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from typing import Any, Optional, TypeVar
 
 from agl_kernel.errors import StoreClosedError
 
-from agl_store_sqlite._schema import SqliteStoreError, connect
+from agl_store_sqlite._schema import SqliteStoreDamagedError, SqliteStoreError, connect, damage_kind
 
 T = TypeVar("T")
 
@@ -88,6 +92,7 @@ class Engine:
         synchronous: str,
         busy_timeout: float,
         on_commit: Callable[[bool, bool], None],
+        on_damaged: Callable[[str], None] = lambda message: None,
     ) -> None:
         self.path = path
         self._synchronous = synchronous
@@ -99,12 +104,43 @@ class Engine:
         self._write_lock = threading.Lock()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agl-sqlite-wait")
         self.closed = False
+        self.damaged: Optional[str] = None
+        """Why this engine stopped serving (the message of its :class:`SqliteStoreDamagedError`), or None."""
+        self._on_damaged = on_damaged
+        self._damage_lock = threading.Lock()
 
     # ------------------------------------------------------------------------------------------------ connections
 
     def check_open(self) -> None:
         if self.closed:
             raise StoreClosedError(f"the SQLite store {self.path} is closed; open a new SqliteLightningStore")
+        if self.damaged is not None:
+            raise SqliteStoreDamagedError(self.damaged, self.path)
+
+    def damage(self, exc: BaseException) -> Optional[SqliteStoreDamagedError]:
+        """If ``exc`` says the file is damaged or can no longer be written, stop serving (the first time: call
+        ``on_damaged`` with the message, once) and return the error to raise instead of ``exc``; else None."""
+        kind = damage_kind(exc)
+        if kind is None:
+            return None
+        with self._damage_lock:
+            first = self.damaged is None
+            if first:
+                if kind == "damaged":
+                    self.damaged = (
+                        f"the SQLite store {self.path} is damaged ({exc}); this store stopped serving. Restore the "
+                        "file from a backup, or move it away to start a new store, then start the store again (the "
+                        "sqlite3 shell's .recover command may salvage what is still readable)"
+                    )
+                else:
+                    self.damaged = (
+                        f"the SQLite store {self.path} can no longer be written ({exc}): it was made read-only, "
+                        "moved or deleted while the store was open; this store stopped serving. Make the file "
+                        "writable (or put it back), then start the store again"
+                    )
+        if first:
+            self._on_damaged(self.damaged)
+        return SqliteStoreDamagedError(self.damaged, self.path)
 
     def connection(self) -> sqlite3.Connection:
         """This thread's connection. It has no busy timeout: waiting for another process is done by
@@ -153,6 +189,7 @@ class Engine:
         meanwhile are copied while this process's writers wait a moment, so that the next write starts the log
         over instead of letting it grow. Another process checkpointing at the same time makes this a no-op.
         """
+        self.check_open()
         conn = self.connection()
         copied = 0
         for _ in range(CHECKPOINT_PASSES):  # each pass copies what was written during the one before
@@ -193,12 +230,18 @@ class Engine:
         """Run ``fn`` on this thread's connection; ``snapshot=True`` wraps it in one read transaction (for reads
         of several statements that must agree). Readers are blocked only in rare moments (another process
         recovering the log after a crash); then this waits."""
+        self.check_open()
         conn = self.connection()
         try:
             return self.wait_unlocked(lambda: self._read(conn, fn, snapshot))
         except sqlite3.ProgrammingError:
             self.check_open()  # a connection closed under us: the store was closed meanwhile
             raise
+        except sqlite3.DatabaseError as exc:
+            damaged = self.damage(exc)
+            if damaged is None:
+                raise
+            raise damaged from None
 
     @staticmethod
     def _read(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T], snapshot: bool) -> T:
@@ -276,6 +319,7 @@ class Engine:
             raise Busy()
         wake_queue = wake_ended = False
         try:
+            self.check_open()
             conn = self.connection()
             self._begin(conn, wait=blocking)
             tx = Tx(conn)
@@ -283,23 +327,34 @@ class Engine:
                 results = [op(tx) for op in ops]
                 conn.execute("COMMIT")
             except BaseException as exc:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
+                self._rollback(conn)
+                damaged = self.damage(exc)
+                if damaged is not None:  # the file, not the op: no op of the batch is tried again
+                    return [(False, damaged)] * len(ops)
                 if len(ops) == 1 or not isinstance(exc, Exception):
                     if isinstance(exc, Exception):
                         return [(False, exc)]
                     raise
                 outcomes = []
                 for op in ops:
-                    self._begin(conn, wait=True)
+                    if self.damaged is not None:  # found by an op before: refuse the rest, keep what committed
+                        outcomes.append((False, SqliteStoreDamagedError(self.damaged, self.path)))
+                        continue
+                    try:
+                        self._begin(conn, wait=True)
+                    except sqlite3.DatabaseError as failed:
+                        damaged = self.damage(failed)
+                        if damaged is None:
+                            raise
+                        outcomes.append((False, damaged))
+                        continue
                     tx = Tx(conn)
                     try:
                         result = op(tx)
                         conn.execute("COMMIT")
                     except Exception as single:
-                        if conn.in_transaction:
-                            conn.execute("ROLLBACK")
-                        outcomes.append((False, single))
+                        self._rollback(conn)
+                        outcomes.append((False, self.damage(single) or single))
                         continue
                     outcomes.append((True, result))
                     wake_queue |= tx.wake_queue
@@ -310,10 +365,24 @@ class Engine:
         except sqlite3.ProgrammingError:
             self.check_open()
             raise
+        except sqlite3.DatabaseError as exc:  # from BEGIN (or ROLLBACK): the file itself
+            damaged = self.damage(exc)
+            if damaged is None:
+                raise
+            raise damaged from None
         finally:
             self._write_lock.release()
             if wake_queue or wake_ended:
                 self._on_commit(wake_queue, wake_ended)
+
+    @staticmethod
+    def _rollback(conn: sqlite3.Connection) -> None:
+        if conn.in_transaction:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.DatabaseError:  # a damaged file may refuse even that; SQLite rolls back by itself then
+                if conn.in_transaction:
+                    raise
 
     def _begin(self, conn: sqlite3.Connection, wait: bool) -> None:
         if not wait:

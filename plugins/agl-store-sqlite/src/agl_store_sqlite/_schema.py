@@ -4,26 +4,33 @@ The schema version lives in ``PRAGMA user_version`` and the file is marked as an
 ``PRAGMA application_id``, so that a SQLite database of some other program is never mistaken for (and changed
 into) a store. Migrations run in one ``BEGIN IMMEDIATE`` transaction: several processes opening an old file at
 once migrate it exactly once, and a failed migration leaves the file as it was.
+
+Opening also refuses a damaged file (:func:`check_integrity`, before anything is written) and one that cannot be
+written (a write probe inside the same transaction, rolled back), so that such a file is never served.
 """
 
 from __future__ import annotations
 
 import os
+import random
 import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
-from agl_kernel.errors import AglError
+from agl_kernel.errors import AglError, StoreDamagedError
 
 __all__ = [
     "APPLICATION_ID",
     "MIGRATIONS",
     "SCHEMA_VERSION",
     "SchemaVersionError",
+    "SqliteStoreDamagedError",
     "SqliteStoreError",
+    "check_integrity",
     "connect",
+    "damage_kind",
     "ensure_schema",
     "prepare_path",
 ]
@@ -42,6 +49,40 @@ class SqliteStoreError(AglError):
 
 class SchemaVersionError(SqliteStoreError):
     """The file was written by a newer agl-store-sqlite than this one."""
+
+
+class SqliteStoreDamagedError(SqliteStoreError, StoreDamagedError):
+    """The file is damaged (found when opening it, or by a query while the store runs), or can no longer be written
+    while the store runs. A store that meets it stops serving: every later call raises it too."""
+
+
+FULL_CHECK_MAX_MB = 64.0
+"""Files up to this size (MB, with their write-ahead log) get a full ``PRAGMA quick_check`` when opened; larger
+ones get :func:`_bounded_check`. quick_check reads every page: about 1.5 ms per MB from the page cache and 15 ms per
+MB from a cold (virtual) disk on the reference machine."""
+
+SAMPLED_ROWS = 64
+"""Rows read at random positions of each table by the bounded check."""
+
+_CORRUPT = 11  # SQLITE_CORRUPT
+_NOTADB = 26  # SQLITE_NOTADB
+_READONLY = 8  # SQLITE_READONLY (and its extended codes: READONLY_DBMOVED, ...)
+
+
+def damage_kind(exc: BaseException) -> Optional[str]:
+    """``"damaged"`` when ``exc`` is SQLite reporting a damaged file (SQLITE_CORRUPT, SQLITE_NOTADB),
+    ``"read-only"`` when it refuses a write (SQLITE_READONLY: the file was made read-only, moved or deleted),
+    else None."""
+    if not isinstance(exc, sqlite3.DatabaseError):
+        return None
+    code = getattr(exc, "sqlite_errorcode", None)  # Python 3.11+; the message otherwise
+    if code is not None:
+        code &= 0xFF
+        return "damaged" if code in (_CORRUPT, _NOTADB) else "read-only" if code == _READONLY else None
+    message = str(exc)
+    if "malformed" in message or "not a database" in message:
+        return "damaged"
+    return "read-only" if "readonly database" in message else None
 
 
 # ---------------------------------------------------------------------------------------------------- schema
@@ -205,11 +246,13 @@ def connect(path: Path, *, busy_timeout: float, synchronous: str) -> sqlite3.Con
 def _open_error(path: Path, exc: sqlite3.Error) -> SqliteStoreError:
     message = str(exc)
     if isinstance(exc, sqlite3.DatabaseError) and ("not a database" in message or "malformed" in message):
-        return SqliteStoreError(
+        return SqliteStoreDamagedError(
             f"{path} is not a usable SQLite database ({message}); it was left untouched. Move it away or choose "
             "another path for the store",
             path,
         )
+    if damage_kind(exc) == "read-only" and os.access(path.parent, os.W_OK) and path.exists():
+        return _read_only(path, message)
     if "readonly" in message or "unable to open" in message or "disk I/O" in message:
         return SqliteStoreError(
             f"cannot write the SQLite store {path} ({message}): the file and its directory {path.parent} must be "
@@ -220,11 +263,25 @@ def _open_error(path: Path, exc: sqlite3.Error) -> SqliteStoreError:
     return SqliteStoreError(f"cannot open the SQLite store {path}: {message}", path)
 
 
-def ensure_schema(conn: sqlite3.Connection, path: Path, *, busy_timeout: float) -> int:
-    """Switch the file to WAL, then create or migrate its schema; returns the version found before.
-    Raises SqliteStoreError (nothing changed) for a foreign database or a newer schema."""
+def _read_only(path: Path, message: str) -> SqliteStoreError:
+    return SqliteStoreError(
+        f"the SQLite store {path} is read-only ({message}); it was left untouched. Make it writable "
+        f"(chmod u+w {path}, as its owner) or copy it to a writable file and open the copy",
+        path,
+    )
+
+
+def ensure_schema(
+    conn: sqlite3.Connection, path: Path, *, busy_timeout: float, full_check_max_mb: Optional[float] = None
+) -> int:
+    """Check the file, switch it to WAL, then create or migrate its schema; returns the version found before.
+    Raises SqliteStoreError (nothing changed) for a foreign database, a newer schema, a damaged file
+    (:class:`SqliteStoreDamagedError`; with ``full_check_max_mb`` given, see :func:`check_integrity`) or a file
+    that cannot be written (a write probe, rolled back, when there is nothing to migrate)."""
     try:
         _check_identity(conn, path)  # before the first write: a foreign or newer file is never touched
+        if full_check_max_mb is not None:
+            check_integrity(conn, path, full_check_max_mb=full_check_max_mb)
         mode = _switch_to_wal(conn, busy_timeout)
         if str(mode).lower() != "wal":
             raise SqliteStoreError(
@@ -241,13 +298,117 @@ def ensure_schema(conn: sqlite3.Connection, path: Path, *, busy_timeout: float) 
             if found < SCHEMA_VERSION:
                 conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
                 conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            conn.execute("COMMIT")
+                conn.execute("COMMIT")
+            else:
+                # The write probe: SQLite opens a file it may not write read-only without a word, and even
+                # BEGIN IMMEDIATE succeeds on it; writing page 1 (the same value) does not. Rolled back: no trace.
+                conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+                conn.execute("ROLLBACK")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise
     except sqlite3.Error as exc:
         raise _open_error(path, exc) from exc
     return found
+
+
+# ---------------------------------------------------------------------------------------------------- integrity
+
+
+def check_integrity(conn: sqlite3.Connection, path: Path, *, full_check_max_mb: float) -> None:
+    """Refuse a damaged file with :class:`SqliteStoreDamagedError` (read-only: nothing is written).
+
+    A file up to ``full_check_max_mb`` (with its write-ahead log) gets ``PRAGMA quick_check``: every page of every
+    table and index, their structure and record formats (not the agreement of indexes with tables, which
+    ``integrity_check`` adds at three times the cost). A larger file gets :func:`_bounded_check`, whose cost does
+    not grow with the file. Damage the check does not see is found by the first query that reaches it; the store
+    then stops serving and says so once (see ``Engine.damage``).
+    """
+    try:
+        size = path.stat().st_size + _size(Path(f"{path}-wal"))
+    except OSError:
+        size = 0
+    what = "PRAGMA quick_check"
+    try:
+        if size <= full_check_max_mb * 1e6:
+            problems = [str(row[0]) for row in conn.execute("PRAGMA quick_check(3)")]
+            if problems != ["ok"]:
+                raise _damaged(path, what, "\n".join(problems))
+        else:
+            what = "reading the first, last and sampled rows of each table and index"
+            _bounded_check(conn)
+    except sqlite3.DatabaseError as exc:
+        if damage_kind(exc) != "damaged":
+            raise
+        raise _damaged(path, what, str(exc)) from exc
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _damaged(path: Path, what: str, problems: str) -> SqliteStoreDamagedError:
+    lines = (line.strip() for line in problems.replace("*** in database main ***", "").splitlines())
+    found = f"{what}: " + "; ".join(" ".join(line.split()) for line in lines if line)  # one line
+    if len(found) > 300:
+        found = found[:297] + "..."
+    return SqliteStoreDamagedError(
+        f"the SQLite store {path} is damaged ({found}); it was left untouched. Restore it from a backup, or move "
+        "it away to start a new store (the sqlite3 shell's .recover command may salvage what is still readable)",
+        path,
+    )
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _bounded_check(conn: sqlite3.Connection) -> None:
+    """A check whose cost does not grow with the file: the schema (read by then), and for every table and index
+    the path from its root page to its first and its last entry, and for every table :data:`SAMPLED_ROWS` rows at
+    random positions, read in full (overflow pages too), with ``PRAGMA cell_size_check`` on. It reads a few
+    hundred pages: damage there (the root and edge pages of every tree are where the issue's "random bytes at
+    offset 8192" lands) raises SQLITE_CORRUPT; damage to other pages is found later, by the query that reads them."""
+    conn.execute("PRAGMA cell_size_check=ON")
+    schema = conn.execute(
+        "SELECT type, name, tbl_name, sql FROM sqlite_schema WHERE type IN ('table', 'index') AND rootpage > 0"
+    ).fetchall()
+    for kind, name, table, sql in schema:
+        if kind == "table":
+            if "WITHOUT ROWID" in str(sql).upper():
+                continue
+            t = _quote(name)
+            first = conn.execute(f"SELECT rowid, * FROM {t} NOT INDEXED ORDER BY rowid LIMIT 1").fetchone()
+            last = conn.execute(f"SELECT rowid, * FROM {t} NOT INDEXED ORDER BY rowid DESC LIMIT 1").fetchone()
+            if first is None or last is None:
+                continue
+            low, high = first[0], last[0]
+            for _ in range(SAMPLED_ROWS if high > low else 0):
+                conn.execute(
+                    f"SELECT * FROM {t} WHERE rowid >= ? ORDER BY rowid LIMIT 1", (random.randint(low, high),)
+                ).fetchall()
+            continue
+        columns = [row[2] for row in conn.execute(f"PRAGMA index_xinfo({_quote(name)})") if row[5] and row[1] >= 0]
+        if not columns:
+            continue  # an index on expressions: SQLite's own check covers it
+        where = "1"
+        if sql and " WHERE " in str(sql).upper():
+            where = str(sql)[str(sql).upper().rindex(" WHERE ") + 7 :]
+        column = _quote(columns[0])
+        for order in ("ASC", "DESC"):
+            try:
+                conn.execute(
+                    f"SELECT {column} FROM {_quote(table)} INDEXED BY {_quote(name)} WHERE {where} "
+                    f"ORDER BY {column} {order} LIMIT 1"
+                ).fetchall()
+            except sqlite3.OperationalError as exc:
+                if damage_kind(exc) is not None:
+                    raise
+                break  # the planner cannot walk this index in order: skip it
 
 
 def _switch_to_wal(conn: sqlite3.Connection, busy_timeout: float) -> str:

@@ -14,7 +14,7 @@ from typing import Any, Literal, Optional, Union
 import attrs
 from msgspec import UNSET, UnsetType
 
-from agl_kernel.errors import NotFoundError, StoreClosedError
+from agl_kernel.errors import NotFoundError, StoreClosedError, StoreDamagedError
 from agl_kernel.models import (
     Attempt,
     AttemptedRollout,
@@ -49,7 +49,7 @@ from agl_store_sqlite._codec import (
     encode_span,
 )
 from agl_store_sqlite._engine import Busy, Engine
-from agl_store_sqlite._schema import connect, ensure_schema, prepare_path
+from agl_store_sqlite._schema import FULL_CHECK_MAX_MB, connect, ensure_schema, prepare_path
 
 __all__ = ["SqliteLightningStore"]
 
@@ -58,6 +58,8 @@ logger = logging.getLogger(__name__)
 _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 _RETRY_AFTER_BUSY = 0.01
 _CHECKPOINT_INTERVAL = 0.25
+_REPEAT_FAILURE_EVERY = 60.0
+"""Seconds between two reports of the same failure of the background thread (its traceback is logged once)."""
 
 
 def _seconds(name: str, value: Any, *, allow_zero: bool = False) -> float:
@@ -68,6 +70,16 @@ def _seconds(name: str, value: Any, *, allow_zero: bool = False) -> float:
     if seconds < 0 or (seconds == 0 and not allow_zero):
         raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'} seconds, not {value!r}")
     return seconds
+
+
+def _megabytes(name: str, value: Any) -> float:
+    try:
+        size = float(value)
+    except (TypeError, ValueError):
+        size = -1.0
+    if not size >= 0:  # NaN too
+        raise ValueError(f"{name} must be a size in MB, >= 0 (0: always the bounded check), not {value!r}")
+    return size
 
 
 @attrs.define(kw_only=True)
@@ -85,6 +97,9 @@ class SqliteStoreOptions:
     across a power loss, at a cost."""
     busy_timeout: float = attrs.field(default=30.0, validator=attrs.validators.gt(0))
     """Seconds a write waits for another process holding the file's write lock."""
+    full_check_max_mb: float = attrs.field(default=FULL_CHECK_MAX_MB, validator=attrs.validators.ge(0))
+    """Files up to this size (MB) get a full integrity check (PRAGMA quick_check, ~1.5-15 ms per MB) when opened;
+    larger ones a bounded check of each table's and index's root, first and last pages and sampled rows."""
 
 
 class SqliteLightningStore(LightningStore):
@@ -97,6 +112,11 @@ class SqliteLightningStore(LightningStore):
     - ``synchronous``: SQLite's ``PRAGMA synchronous``. ``NORMAL`` (default) keeps every acknowledged write across a
       crash of the process; ``FULL`` also across a power loss, at a cost.
     - ``busy_timeout``: how long a write waits for another process holding the file's write lock.
+    - ``full_check_max_mb``: files up to this size get a full ``PRAGMA quick_check`` when opened, larger ones a
+      bounded check (see the README's "Files it refuses"). A damaged or read-only file is refused with a
+      :class:`~agl_store_sqlite.SqliteStoreError` (:class:`~agl_store_sqlite.SqliteStoreDamagedError` for damage)
+      that names it and what to do; damage found while the store runs stops it (every call then raises
+      :class:`~agl_store_sqlite.SqliteStoreDamagedError`, a :class:`~agl_kernel.errors.StoreDamagedError`).
     """
 
     Options = SqliteStoreOptions
@@ -109,8 +129,10 @@ class SqliteLightningStore(LightningStore):
         cross_process_poll: float = 0.05,
         synchronous: str = "NORMAL",
         busy_timeout: float = 30.0,
+        full_check_max_mb: float = FULL_CHECK_MAX_MB,
     ) -> None:
         watchdog_interval = _seconds("watchdog_interval", watchdog_interval)
+        full_check_max_mb = _megabytes("full_check_max_mb", full_check_max_mb)
         cross_process_poll = _seconds("cross_process_poll", cross_process_poll, allow_zero=True)
         busy_timeout = _seconds("busy_timeout", busy_timeout)
         synchronous = str(synchronous).upper()
@@ -119,13 +141,19 @@ class SqliteLightningStore(LightningStore):
         self._path = prepare_path(path)
         conn = connect(self._path, busy_timeout=busy_timeout, synchronous=synchronous)
         try:
-            ensure_schema(conn, self._path, busy_timeout=busy_timeout)
+            ensure_schema(conn, self._path, busy_timeout=busy_timeout, full_check_max_mb=full_check_max_mb)
         finally:
             conn.close()
         self._closed = False
         self._ended = Signal()
         self._enqueued = Signal()
-        self._engine = Engine(self._path, synchronous=synchronous, busy_timeout=busy_timeout, on_commit=self._wake)
+        self._engine = Engine(
+            self._path,
+            synchronous=synchronous,
+            busy_timeout=busy_timeout,
+            on_commit=self._wake,
+            on_damaged=self._report_damage,
+        )
         self._stop = threading.Event()
         self._monitor = threading.Thread(
             target=self._monitor_loop,
@@ -161,6 +189,13 @@ class SqliteLightningStore(LightningStore):
     def _check_open(self) -> None:
         if self._closed:
             raise StoreClosedError(f"the SQLite store {self._path} is closed; open a new SqliteLightningStore")
+        self._engine.check_open()  # the file was found damaged while serving: SqliteStoreDamagedError
+
+    def _report_damage(self, message: str) -> None:
+        """The engine found the file damaged (once): say so, and wake the waiters so that they see it too."""
+        logger.error("agl-store-sqlite: %s", message)
+        self._ended.notify()
+        self._enqueued.notify()
 
     def _wake(self, queue: bool, ended: bool) -> None:
         if ended:
@@ -184,6 +219,7 @@ class SqliteLightningStore(LightningStore):
         next_check = time.monotonic() + watchdog_interval
         next_checkpoint = time.monotonic() + _CHECKPOINT_INTERVAL
         version: Optional[int] = None
+        last_failure, next_report = "", 0.0
         while not self._stop.wait(tick):
             try:
                 if time.monotonic() >= next_checkpoint:
@@ -198,11 +234,20 @@ class SqliteLightningStore(LightningStore):
                 if time.monotonic() >= next_check:
                     next_check = time.monotonic() + watchdog_interval
                     self.check_deadlines(time.time())
-            except StoreClosedError:
+                last_failure = ""
+            except (StoreClosedError, StoreDamagedError):  # closed, or stopped serving (reported once already)
                 return
-            except Exception:  # keep watching: a failed round is retried at the next tick
-                if not self._closed:
+            except Exception as exc:  # keep watching: a failed round is retried at the next tick
+                if self._closed or self._engine.damage(exc) is not None:
+                    return
+                failure = f"{type(exc).__name__}: {exc}"
+                if failure != last_failure:  # a new failure: its traceback, once
                     logger.exception("agl-store-sqlite: the watchdog of %s failed; retrying", self._path)
+                elif time.monotonic() >= next_report:  # the same one again: a line now and then
+                    logger.error("agl-store-sqlite: the watchdog of %s still fails: %s", self._path, failure)
+                else:
+                    continue
+                last_failure, next_report = failure, time.monotonic() + _REPEAT_FAILURE_EVERY
 
     def check_deadlines(self, now: float) -> int:
         """Apply timeouts and heartbeat deadlines as of ``now``; returns how many attempts changed.
