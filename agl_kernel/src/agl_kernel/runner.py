@@ -69,14 +69,12 @@ class _StoreLink:
         self.worker_id = worker_id
         self.window = window
         self.down_since: Optional[float] = None  # time.monotonic() of the first failure of the current outage
-        self.outages = 0
 
     def failed(self, exc: BaseException, what: str) -> float:
         """Note a transient failure of ``what``; the seconds left of the window (<= 0: give up)."""
         now = time.monotonic()
         if self.down_since is None:
             self.down_since = now
-            self.outages += 1
             log.warning(
                 "runner %s: the store is unreachable (%s: %s: %s); retrying for up to %.0f s, the agent in flight "
                 "keeps running", self.worker_id, what, type(exc).__name__, exc, self.window,

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from agl_kernel import AttemptStatus, EnqueueRequest, RolloutStatus
+from agl_kernel import AttemptStatus, EnqueueRequest, RolloutConfig, RolloutStatus
 from agl_kernel.agent import as_lit_agent
 from agl_kernel.algorithm import collect_outcomes
 from agl_kernel.errors import ConfigError
@@ -20,9 +20,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 import toy_agent  # noqa: E402
 
 
-async def _serve(runner: TemplateRunner, agent, tasks: list) -> list:
+async def _serve(runner: TemplateRunner, agent, tasks: list, config: RolloutConfig | None = None) -> list:
     store = create_component("stores", "memory")
-    rollouts = await store.enqueue_many_rollouts([EnqueueRequest(input=task) for task in tasks])
+    rollouts = await store.enqueue_many_rollouts([EnqueueRequest(input=task, config=config) for task in tasks])
     stop = asyncio.Event()
     running = asyncio.create_task(runner.run(store, agent, stop=stop))
     ended = await collect_outcomes(store, [r.rollout_id for r in rollouts], timeout=30)
@@ -46,7 +46,8 @@ def test_the_runner_runs_rollouts_and_stores_their_rewards(agent) -> None:
 
 def test_a_failing_agent_fails_its_rollout_with_the_exception_as_a_span() -> None:
     runner = TemplateRunner(worker_id="w-1", wait_seconds=0.05)
-    [(outcome, spans, _)] = asyncio.run(_serve(runner, toy_agent.failing_agent, toy_agent.TASKS[:1]))
+    no_retry = RolloutConfig(max_attempts=1)  # by default a failed attempt is retried, up to 3 in all
+    [(outcome, spans, _)] = asyncio.run(_serve(runner, toy_agent.failing_agent, toy_agent.TASKS[:1], no_retry))
     assert outcome.status == RolloutStatus.FAILED.value and outcome.reward is None
     [error] = [s for s in spans if s.name == "agl.exception"]
     assert "cannot add" in error.attributes["exception.message"]
