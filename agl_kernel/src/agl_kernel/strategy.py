@@ -110,7 +110,8 @@ class ClientServerStrategy(ExecutionStrategy):
     The runners are ``agl runner`` processes, started and stopped here: on the way out (the algorithm done, an
     error, Ctrl-C) they get SIGTERM, then SIGKILL after ``stop_timeout`` seconds, and each one also exits by itself
     when this process is gone, so no runner outlives a run. A runner that dies mid-rollout leaves its attempt to
-    the store's watchdog (``unresponsive_seconds``), which retries it on another runner. More runners, on other
+    the store's watchdog, which finds it unresponsive (``RolloutConfig.unresponsive_seconds``, 30 s by default) and
+    retries it on another runner (up to ``max_attempts``, 3 by default). More runners, on other
     machines, can join with ``agl runner --store URL --agent MODULE:NAME`` (``host`` must then be reachable and
     ``token`` set).
     """
