@@ -134,7 +134,7 @@ def test_an_old_form_file_without_a_suffix_is_recognised(store_file: tuple[Path,
     [
         (
             ["--set", "store.bogus=1"],
-            "store.bogus: unknown option. Valid keys: busy_timeout, cross_process_poll, "
+            "store.bogus: unknown option. Valid keys: busy_timeout, cross_process_poll, full_check_max_mb, "
             "path, synchronous, watchdog_interval",
         ),
         (["--set", "store.busy_timeout=soon"], "store.busy_timeout: expected a number, got 'soon'"),
