@@ -19,7 +19,14 @@ import msgspec
 
 from agl_kernel._client_batch import Batcher
 from agl_kernel._fasthttp import FastHTTPTransport
-from agl_kernel.errors import AglError, InvalidQueryError, InvalidStatusTransitionError, NotFoundError, StoreClosedError
+from agl_kernel.errors import (
+    AglError,
+    InvalidQueryError,
+    InvalidStatusTransitionError,
+    NotFoundError,
+    StoreClosedError,
+    StoreDamagedError,
+)
 from agl_kernel.models import StoreCapabilities
 from agl_kernel.server import _wire as wire
 from agl_kernel.store.waiting import Signal
@@ -89,6 +96,8 @@ def error_from_body(body: wire.ErrorBody, status: int) -> AglError:
     kernel = _KERNEL_ERRORS.get(body.error)
     if kernel is not None:
         return kernel(body.message)
+    if body.error.endswith("StoreDamagedError"):  # a backend's damaged file: permanent, not a server hiccup
+        return StoreDamagedError(body.message)
     kwargs = {"status_code": status, "error": body.error, "error_id": body.error_id}
     if status in (401, 403):
         return StoreAuthError(body.message, **kwargs)

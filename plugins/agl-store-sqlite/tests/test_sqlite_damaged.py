@@ -401,6 +401,16 @@ async def test_agl_store_serve_on_a_store_damaged_while_running(tmp_path: Path) 
                     answers.append((answer.status_code, error.get("error", ""), error.get("message", "")))
                 await asyncio.sleep(0.02)
             assert (await client.get("/health")).status_code == 200
+        # Through the store client: the kernel's StoreDamagedError, which a runner takes as permanent (it stops
+        # instead of riding it out as an outage).
+        from agl_kernel.client import LightningStoreClient
+        from agl_kernel.errors import StoreDamagedError
+        from agl_kernel.runner import is_transient
+
+        async with LightningStoreClient(url) as store:
+            with pytest.raises(StoreDamagedError, match="is damaged") as caught:
+                await store.get_rollout(ids[1])
+        assert not is_transient(caught.value)
     finally:
         server.terminate()
         server.wait(20)
