@@ -30,8 +30,9 @@ class RolloutSettings:
         default=None, validator=attrs.validators.optional(attrs.validators.gt(0))
     )
     """Seconds an attempt may run before the store times it out (unset: no limit)."""
-    max_attempts: int = attrs.field(default=1, validator=attrs.validators.ge(1))
-    """Attempts per rollout, the first included: a failed or timed-out attempt is retried while some are left."""
+    max_attempts: int = attrs.field(default=3, validator=attrs.validators.ge(1))
+    """Attempts per rollout, the first included: a failed, timed-out or unresponsive attempt is retried while some
+    are left (3, as the store's default)."""
 
 
 @attrs.define(kw_only=True)
