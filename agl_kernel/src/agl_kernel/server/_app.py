@@ -12,11 +12,13 @@ from litestar import Litestar, Request, Response, get, post
 from litestar.di import Provide
 from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig
+from litestar.routes import HTTPRoute
 from litestar.types import ControllerRouterHandler
 
 from agl_kernel.server._auth import bearer_auth
 from agl_kernel.server._errors import error_body, handle_exception, logger
 from agl_kernel.server._metrics import CONTENT_TYPE_LATEST, UNMATCHED, ServerMetrics
+from agl_kernel.server._openapi import OPENAPI, render_plugins
 from agl_kernel.server._otlp import OtlpError, decode_request, decompress, encode_error, encode_success, is_protobuf
 from agl_kernel.server._routes import ServerContext, store_routes
 from agl_kernel.server._wire import MAX_WAIT_SECONDS
@@ -25,6 +27,77 @@ from agl_kernel.store.base import LightningStore
 __all__ = ["create_app", "server_context"]
 
 DEFAULT_MAX_BODY_SIZE = 64 * 1024 * 1024
+
+_OTLP_MEDIA = "application/x-protobuf", "application/json"
+_OTLP_STATUS = {
+    "title": "OtlpStatus",
+    "description": "A google.rpc.Status as OTLP answers a refused export (code, message), with agl's error fields.",
+    "type": "object",
+    "properties": {
+        "code": {"type": "integer", "description": "The gRPC status code"},
+        "message": {"type": "string", "minLength": 1},
+        "status": {"type": "integer", "description": "The HTTP status"},
+        "error": {"type": "string", "description": "A stable code, as in the store API's errors"},
+    },
+    "required": ["code", "message"],
+}
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+
+
+def _otlp_answer(description: str, json_schema: dict[str, Any]) -> dict[str, Any]:
+    return {"description": description, "content": {_OTLP_MEDIA[0]: _BINARY, _OTLP_MEDIA[1]: {"schema": json_schema}}}
+
+
+_OTLP_OPENAPI = {
+    "requestBody": {
+        "required": True,
+        "description": (
+            "An OTLP ExportTraceServiceRequest (https://opentelemetry.io/docs/specs/otlp/#otlphttp) as protobuf or "
+            "JSON (lowerCamelCase or snake_case field names), optionally with Content-Encoding gzip or deflate. "
+            "Every span names its rollout and attempt with the attributes agl.rollout_id and agl.attempt_id (on "
+            "the span or on its resource) and may carry agl.sequence_id; a request is stored whole or not at all."
+        ),
+        "content": {
+            _OTLP_MEDIA[0]: _BINARY,
+            _OTLP_MEDIA[1]: {
+                "schema": {
+                    "title": "ExportTraceServiceRequest",
+                    "type": "object",
+                    "properties": {
+                        "resourceSpans": {
+                            "anyOf": [
+                                {
+                                    "type": "array",
+                                    "items": {
+                                        "description": "A ResourceSpans: resource.attributes, scopeSpans[].spans[]"
+                                    },
+                                },
+                                {"type": "null"},
+                            ]
+                        }
+                    },
+                }
+            },
+        },
+    },
+    "responses": {
+        "200": _otlp_answer(
+            "Stored; an empty ExportTraceServiceResponse in the request's encoding", {"type": "object"}
+        ),
+        "400": _otlp_answer(
+            "The body is not a valid export, or a span lacks its ids (the message says which)", _OTLP_STATUS
+        ),
+        "404": _otlp_answer("A span names a rollout or attempt the store does not have", _OTLP_STATUS),
+        "413": _otlp_answer(
+            "The body, or what it decompresses to, is larger than the server accepts",
+            {"anyOf": [_OTLP_STATUS, {"$ref": "#/components/schemas/ErrorBody"}]},
+        ),
+        "415": _otlp_answer("Neither protobuf nor JSON, or an unknown Content-Encoding", _OTLP_STATUS),
+        "500": _otlp_answer("Unexpected server error; the server's log has the details", _OTLP_STATUS),
+        "503": _otlp_answer("The server is shutting down or its store is closed", _OTLP_STATUS),
+    },
+}
+"""What the OTLP route takes and answers: it reads the raw request, so litestar cannot see its bodies."""
 
 
 class _App(Litestar):
@@ -108,7 +181,9 @@ def create_app(
     if max_wait <= 0 or poll_slice <= 0:
         raise ValueError("max_wait and poll_slice must be positive numbers of seconds")
     metrics = ServerMetrics()
-    ctx = ServerContext(store=store, metrics=metrics, max_wait=max_wait, poll_slice=poll_slice)
+    ctx = ServerContext(
+        store=store, metrics=metrics, max_wait=max_wait, poll_slice=poll_slice, token_required=bool(token)
+    )
 
     @get("/health", tags=["server"], summary="Liveness: 200 while the server serves (no auth)")
     async def health() -> dict[str, str]:
@@ -121,7 +196,13 @@ def create_app(
         stats = await metrics.timed("statistics", store.statistics())
         return Response(content=metrics.render(stats), media_type=CONTENT_TYPE_LATEST)
 
-    @post("/v1/traces", tags=["otlp"], summary="OTLP/HTTP trace export (protobuf or JSON)", status_code=200)
+    @post(
+        "/v1/traces",
+        tags=["otlp"],
+        summary="OTLP/HTTP trace export (protobuf or JSON)",
+        status_code=200,
+        opt={OPENAPI: _OTLP_OPENAPI},
+    )
     async def otlp_traces(request: Request) -> Response:
         content_type = request.headers.get("content-type", "")
         protobuf = is_protobuf(content_type)
@@ -176,13 +257,33 @@ def create_app(
             title="agl store server",
             version=__version__,
             description="The agl store contract over HTTP (see docs/server.md), OTLP trace ingestion and metrics.",
+            path="/schema",
+            render_plugins=render_plugins(),
         ),
         request_max_body_size=max_body_size,
         debug=debug,
         logging_config=None,
     )
     app.state["agl"] = ctx
+    _repair_options(app)
     return app
+
+
+def _repair_options(app: Litestar) -> None:
+    """Make every automatic ``OPTIONS`` answer list all the methods of its path.
+
+    Litestar 2 makes a path's ``OPTIONS`` handler when the path's first handler is registered and keeps it when
+    handlers for other methods join the path (``GET`` then ``PATCH`` on ``/api/v1/rollouts/{rollout_id}``): the
+    handler reads the methods of the route it was made for, which the merged route replaced, so its ``Allow``
+    header named only the first handler's methods. Pointed at the route as it is now, it names them all.
+    """
+    for route in app.routes:
+        if not isinstance(route, HTTPRoute) or "OPTIONS" not in route.route_handler_map:
+            continue
+        handler = route.route_handler_map["OPTIONS"][0]
+        for cell in getattr(getattr(handler, "fn", None), "__closure__", None) or ():
+            if isinstance(cell.cell_contents, HTTPRoute) and cell.cell_contents is not route:
+                cell.cell_contents = route
 
 
 logging.getLogger("agl.server").addHandler(logging.NullHandler())

@@ -16,6 +16,7 @@ from litestar.params import JSONBody
 
 from agl_kernel.server._context import ServerContext
 from agl_kernel.server._errors import error_body, logger
+from agl_kernel.server._openapi import CALLS_ANSWER_FOR_THEMSELVES
 from agl_kernel.server._wire import (
     API_PREFIX,
     AddSpanOp,
@@ -74,7 +75,12 @@ def batch_route(ctx: ServerContext, responses: dict[int, Any]) -> HTTPRouteHandl
         status_code=200,
         tags=["store"],
         summary="Several short calls in one request",
+        description=(
+            "Each call answers for itself: a call the store refuses (an unknown id, a value it cannot keep) has its "
+            "error in its result, and the request still answers 200; a body that does not decode is refused whole."
+        ),
         responses=responses,
+        opt={CALLS_ANSWER_FOR_THEMSELVES: True},
     )
     async def batch(data: JSONBody[BatchBody]) -> list[OpResult]:
         ops = data.ops

@@ -30,6 +30,8 @@ class ServerContext:
     poll_slice: float = 1.0
     draining: bool = False
     """Set when shutdown begins: long polls return what they have at the end of their current slice."""
+    token_required: bool = False
+    """Whether requests need the bearer token (the OpenAPI document declares it then)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
 

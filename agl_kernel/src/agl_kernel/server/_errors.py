@@ -8,6 +8,7 @@ an error id, logged here with its traceback, and never a traceback to the client
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from typing import Any
 
@@ -24,7 +25,7 @@ from agl_kernel.errors import (
     StoreDamagedError,
 )
 from agl_kernel.models import encode_json
-from agl_kernel.server._wire import ErrorBody
+from agl_kernel.server._wire import ErrorBody, _Query
 
 __all__ = ["error_body", "error_response", "handle_exception", "logger"]
 
@@ -118,10 +119,44 @@ def _decode_error(exc: BaseException) -> BaseException | None:
     return found
 
 
+def _body_type(request: Request) -> Any:
+    """The type the route's handler decodes its body into, if it takes one."""
+    handler = request.scope.get("route_handler")
+    signature = getattr(handler, "parsed_fn_signature", None)
+    data = signature.parameters.get("data") if signature is not None else None
+    return None if data is None else data.annotation
+
+
+def _choices(kind: Any, field: str) -> list[str]:
+    """The values a top-level field of the struct ``kind`` may take, if it is a literal or an enum (or a list or an
+    optional one), else []."""
+    try:
+        info = msgspec.inspect.type_info(kind)
+    except Exception:  # noqa: BLE001 - not a type msgspec knows: no hint
+        return []
+    for found in getattr(info, "fields", ()):
+        if found.encode_name != field:
+            continue
+        pending, values = [found.type], []
+        while pending:
+            item = pending.pop()
+            if isinstance(item, msgspec.inspect.LiteralType):
+                values.extend(str(value) for value in item.values)
+            elif isinstance(item, msgspec.inspect.EnumType):
+                values.extend(str(member.value) for member in item.cls)
+            elif isinstance(item, msgspec.inspect.UnionType):
+                pending.extend(item.types)
+            elif isinstance(item, (msgspec.inspect.ListType, msgspec.inspect.TupleType)):
+                pending.append(getattr(item, "item_type", None))
+        return values
+    return []
+
+
 def _explain(request: Request, exc: Exception, status: int, body: ErrorBody) -> ErrorBody:
     """Litestar's generic messages for routing and decoding failures, made specific."""
     method, path = request.method, request.scope.get("path", "")
     message = None
+    error = body.error
     if status == 404 and isinstance(exc, HTTPException) and "route_handler" not in request.scope:
         message = (
             f"no route {method} {path}: the store API is under /api/v1, OTLP at /v1/traces; the OpenAPI document "
@@ -132,15 +167,26 @@ def _explain(request: Request, exc: Exception, status: int, body: ErrorBody) -> 
         message = f"{method} is not allowed on {path}" + (f"; allowed: {allowed}" if allowed else "")
     elif status == 400 and (root := _decode_error(exc)) is not None:
         text = str(root).replace("`$.data.", "`$.").replace("`$.data`", "`$`")
-        if isinstance(root, msgspec.ValidationError):
-            message = f"invalid request body: {text}"
+        if isinstance(root, msgspec.ValidationError) and str(root) == "Object missing required field `data`":
+            message = "this route needs a JSON body (Content-Type: application/json); see /schema/openapi.json"
+        elif isinstance(root, msgspec.ValidationError):
+            sources = {str(getattr(item.get("source"), "value", item.get("source"))) for item in body.details or ()}
+            sources -= {"None", "body"}
+            where = f"{min(sources)} parameter" if len(sources) == 1 else "request" if sources else "request body"
+            message = f"invalid {where}: {text}"
+            kind = _body_type(request)
+            field = re.search(r"`\$\.([A-Za-z_][A-Za-z0-9_]*)", text)
+            if "Invalid enum value" in text and field and (allowed := _choices(kind, field.group(1))):
+                message += f"; {field.group(1)} may be one of: {', '.join(sorted(allowed))}"
+            if isinstance(kind, type) and issubclass(kind, _Query):
+                error = "InvalidQueryError"  # as a store raises for a query it refuses (the client raises it too)
         else:
             message = f"the request body is not valid JSON: {text}"
     elif status == 413:
         message = "the request body is larger than the server accepts; send smaller batches"
     if message is None:
         return body
-    return ErrorBody(error=body.error, message=message, status=status, details=body.details)
+    return ErrorBody(error=error, message=message, status=status, details=body.details)
 
 
 def handle_exception(request: Request, exc: Exception) -> Response:

@@ -8,12 +8,12 @@ has gone is put back in the queue.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from litestar import Request, get, patch, post, put
 from litestar.handlers import HTTPRouteHandler
 from litestar.openapi import ResponseSpec
-from litestar.params import FromPath, FromQuery, JSONBody
+from litestar.params import FromPath, JSONBody, Parameter
 
 from agl_kernel.models import (
     Attempt,
@@ -33,6 +33,8 @@ from agl_kernel.server._context import ServerContext, long_poll, user_id
 from agl_kernel.server._errors import logger
 from agl_kernel.server._wire import (
     API_PREFIX,
+    INT64_MAX,
+    INT64_MIN,
     AttemptPatch,
     AttemptQuery,
     DeleteBody,
@@ -374,7 +376,10 @@ def store_routes(ctx: ServerContext) -> list[HTTPRouteHandler]:
         summary="Get a resources set",
         responses=ERRORS,
     )
-    async def get_resources(resources_id: FromPath[str], version: FromQuery[int | None] = None) -> ResourcesUpdate:
+    async def get_resources(
+        resources_id: FromPath[str],
+        version: Annotated[int | None, Parameter(ge=INT64_MIN, le=INT64_MAX, description="Default: the latest")] = None,
+    ) -> ResourcesUpdate:
         return await timed("get_resources", store.get_resources(user_id(resources_id), version))
 
     @put(

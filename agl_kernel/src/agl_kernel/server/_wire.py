@@ -1,14 +1,17 @@
 """Request and response bodies of the store's REST API, shared by the server and :mod:`agl_kernel.client`.
 
 Results are the kernel's own structs (``Rollout``, ``Span``, ``PaginatedResult[...]``, ...); only the arguments of
-the store methods get a shape of their own here. Unknown fields are refused (a typo gets a 400 naming it), and
-query fields are passed to the store unchecked, so that the store's own :class:`~agl_kernel.errors.InvalidQueryError`
-reaches the client. Importing this module needs msgspec only.
+the store methods get a shape of their own here. Unknown fields are refused (a typo gets a 400 naming it). Query
+fields carry the store contract's own rules (sort fields from :data:`~agl_kernel.store.base.SORT_FIELDS`, ``asc`` or
+``desc``, non-negative 64-bit limit and offset), so that the decoder refuses what a store would, the server answers
+such a body with the error ``InvalidQueryError`` (the client raises it, as a store does), and the OpenAPI document,
+which is msgspec's own schema of these structs, says exactly what is accepted. Importing this module needs msgspec
+only.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import UNSET, UnsetType
@@ -23,6 +26,7 @@ from agl_kernel.models import (
     Span,
     WorkerStatus,
 )
+from agl_kernel.store.base import SORT_FIELDS
 
 API_PREFIX = "/api/v1"
 """Every store route lives under this prefix (``/v1/...`` belongs to OTLP and the OpenAI-style proxy)."""
@@ -32,9 +36,32 @@ MAX_WAIT_SECONDS = 60.0
 
 NonNegativeSeconds = Annotated[float, msgspec.Meta(ge=0, description="Seconds; 0 = do not wait.")]
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+"""The integers a store keeps as numbers (SQLite's, and the memory store refuses what SQLite would)."""
+
+Limit = Annotated[int, msgspec.Meta(ge=0, le=INT64_MAX, description="At most this many items; null: all of them.")]
+Offset = Annotated[int, msgspec.Meta(ge=0, le=INT64_MAX, description="Items to skip (after sorting).")]
+SortOrder = Literal["asc", "desc"]
+
+
+def _sort_field(collection: str) -> Any:
+    """The fields a query of ``collection`` may sort by, as a ``Literal`` (from the store contract's table)."""
+    return Literal[tuple(sorted(SORT_FIELDS[collection]))]  # type: ignore[valid-type]
+
+
+RolloutSortField = _sort_field("rollouts")
+AttemptSortField = _sort_field("attempts")
+SpanSortField = _sort_field("spans")
+ResourcesSortField = _sort_field("resources")
+WorkerSortField = _sort_field("workers")
+
 
 class _Body(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
     """Base of every request body: keyword-only, unknown fields refused."""
+
+
+class _Query(_Body):
+    """Base of the query bodies: a body that fails validation is an invalid query (``InvalidQueryError``)."""
 
 
 # ---------------------------------------------------------------------------------------------------- rollouts
@@ -57,7 +84,7 @@ class DequeueBody(_Body):
 
 
 class DequeueManyBody(_Body):
-    limit: Annotated[int, msgspec.Meta(ge=1)]
+    limit: Annotated[int, msgspec.Meta(ge=1, le=INT64_MAX)]
     worker_id: str | None = None
     timeout: NonNegativeSeconds = 0.0
 
@@ -77,14 +104,14 @@ class DeletedCount(_Body):
     deleted: int
 
 
-class RolloutQuery(_Body):
+class RolloutQuery(_Query):
     status_in: list[RolloutStatus] | None = None
     rollout_id_in: list[str] | None = None
     mode_in: list[RolloutMode] | None = None
-    sort_by: str | None = None
-    sort_order: str = "asc"
-    limit: int | None = None
-    offset: int = 0
+    sort_by: RolloutSortField | None = None
+    sort_order: SortOrder = "asc"
+    limit: Limit | None = None
+    offset: Offset = 0
 
 
 class RolloutPatch(_Body):
@@ -104,12 +131,12 @@ class StartAttemptBody(_Body):
     worker_id: str | None = None
 
 
-class AttemptQuery(_Body):
+class AttemptQuery(_Query):
     status_in: list[AttemptStatus] | None = None
-    sort_by: str | None = None
-    sort_order: str = "asc"
-    limit: int | None = None
-    offset: int = 0
+    sort_by: AttemptSortField | None = None
+    sort_order: SortOrder = "asc"
+    limit: Limit | None = None
+    offset: Offset = 0
 
 
 class AttemptPatch(_Body):
@@ -132,13 +159,13 @@ class SpanBatch(_Body):
     spans: list[Span]
 
 
-class SpanQuery(_Body):
+class SpanQuery(_Query):
     attempt_id: str | None = None
     name: str | None = None
-    sort_by: str | None = None
-    sort_order: str = "asc"
-    limit: int | None = None
-    offset: int = 0
+    sort_by: SpanSortField | None = None
+    sort_order: SortOrder = "asc"
+    limit: Limit | None = None
+    offset: Offset = 0
 
 
 class ErrorBody(_Body, omit_defaults=True):
@@ -147,7 +174,7 @@ class ErrorBody(_Body, omit_defaults=True):
     ``unauthorized``, ``not_found``, ``method_not_allowed``, ``internal``, ..."""
 
     error: str
-    message: str
+    message: Annotated[str, msgspec.Meta(min_length=1)]
     status: int
     error_id: str | None = None
     """Only on 500: quote it to find the traceback in the server's log."""
@@ -161,12 +188,12 @@ class ResourcesBody(_Body):
     resources: dict[str, Resource]
 
 
-class ResourcesQuery(_Body):
+class ResourcesQuery(_Query):
     resources_id: str | None = None
-    sort_by: str | None = None
-    sort_order: str = "asc"
-    limit: int | None = None
-    offset: int = 0
+    sort_by: ResourcesSortField | None = None
+    sort_order: SortOrder = "asc"
+    limit: Limit | None = None
+    offset: Offset = 0
 
 
 # ---------------------------------------------------------------------------------------------------- workers
@@ -176,12 +203,12 @@ class WorkerHeartbeat(_Body):
     heartbeat_stats: dict[str, Any] | UnsetType = UNSET
 
 
-class WorkerQuery(_Body):
+class WorkerQuery(_Query):
     status_in: list[WorkerStatus] | None = None
-    sort_by: str | None = None
-    sort_order: str = "asc"
-    limit: int | None = None
-    offset: int = 0
+    sort_by: WorkerSortField | None = None
+    sort_order: SortOrder = "asc"
+    limit: Limit | None = None
+    offset: Offset = 0
 
 
 # ---------------------------------------------------------------------------------------------------- batch

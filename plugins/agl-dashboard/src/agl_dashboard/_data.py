@@ -18,6 +18,7 @@ from agl_kernel.store.base import SORT_FIELDS, LightningStore
 from agl_kernel import semconv
 
 __all__ = [
+    "MAX_OFFSET",
     "MAX_PAGE",
     "MAX_TRACE_SPANS",
     "TrainingRuns",
@@ -31,6 +32,8 @@ __all__ = [
 
 MAX_PAGE = 500
 """The largest page of rollouts one request may ask for."""
+MAX_OFFSET = 2**63 - 1
+"""The largest offset (a store keeps its numbers in 64 bits)."""
 MAX_TRACE_SPANS = 5000
 """A trace with more spans than this is cut (the answer says so)."""
 
@@ -115,8 +118,8 @@ async def rollouts_page(
         )
     if not 1 <= limit <= MAX_PAGE:
         raise InvalidQueryError(f"limit must be between 1 and {MAX_PAGE}, not {limit}")
-    if offset < 0:
-        raise InvalidQueryError(f"offset must be 0 or more, not {offset}")
+    if not 0 <= offset <= MAX_OFFSET:
+        raise InvalidQueryError(f"offset must be 0 or more (and below 2**63), not {offset}")
     query = {"status_in": statuses, "mode_in": modes, "sort_by": sort_by, "sort_order": sort_order}
     needle = search.strip().lower()
     if needle:

@@ -4,13 +4,15 @@ its read-only JSON under ``/api/dashboard`` (behind the server's token like ever
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+from agl_kernel.models import RolloutMode, RolloutStatus
 from agl_kernel.server import PUBLIC
-from agl_kernel.store.base import LightningStore
+from agl_kernel.store.base import SORT_FIELDS, LightningStore
 from litestar import Response, Router, get
 from litestar.di import NamedDependency
-from litestar.params import FromPath, FromQuery
+from litestar.openapi.spec import OpenAPIType, Schema
+from litestar.params import FromPath, FromQuery, Parameter
 from litestar.static_files import create_static_files_router
 
 from agl_dashboard import _data
@@ -44,6 +46,30 @@ async def index() -> Response[bytes]:
     return Response(page.read_bytes(), media_type="text/html", headers={"cache-control": "no-cache"})
 
 
+def _comma_list(choices: type[Any], what: str) -> Any:
+    """Documents a query parameter given as ``?name=a&name=b`` or ``?name=a,b`` (each item checked by the handler,
+    which says what it accepts): an array of strings, each a comma-separated list of ``choices``."""
+    word = "|".join(sorted(member.value for member in choices))
+    return Parameter(
+        description=f"Only {what} with one of these values (repeat the parameter, or separate values by commas)",
+        schema_extra={
+            "one_of": None,
+            "type": OpenAPIType.ARRAY,
+            "items": Schema(type=OpenAPIType.STRING, pattern=f"^({word})?(,({word})?)*$"),
+        },
+    )
+
+
+# The handler checks these itself (its messages say what is allowed); the document says the same from the same
+# definitions (the store contract's sort fields, the page size, the enums).
+_Statuses = Annotated[list[str] | None, _comma_list(RolloutStatus, "rollouts in a status")]
+_Modes = Annotated[list[str] | None, _comma_list(RolloutMode, "rollouts of a mode")]
+_SortBy = Annotated[str, Parameter(schema_extra={"enum": sorted(SORT_FIELDS["rollouts"])})]
+_SortOrder = Annotated[str, Parameter(schema_extra={"enum": ["asc", "desc"]})]
+_Limit = Annotated[int, Parameter(schema_extra={"minimum": 1, "maximum": _data.MAX_PAGE})]
+_Offset = Annotated[int, Parameter(schema_extra={"minimum": 0, "maximum": _data.MAX_OFFSET})]
+
+
 def _list(value: Any) -> list[str]:
     if value is None:
         return []
@@ -54,13 +80,13 @@ def _list(value: Any) -> list[str]:
 @get("/rollouts", summary="A page of rollouts with reward and latest attempt (dashboard)")
 async def rollouts(
     store: NamedDependency[LightningStore],
-    status: FromQuery[list[str] | None] = None,
-    mode: FromQuery[list[str] | None] = None,
+    status: _Statuses = None,
+    mode: _Modes = None,
     q: FromQuery[str] = "",
-    sort_by: FromQuery[str] = "start_time",
-    sort_order: FromQuery[str] = "desc",
-    limit: FromQuery[int] = 50,
-    offset: FromQuery[int] = 0,
+    sort_by: _SortBy = "start_time",
+    sort_order: _SortOrder = "desc",
+    limit: _Limit = 50,
+    offset: _Offset = 0,
 ) -> dict[str, Any]:
     if sort_order not in ("asc", "desc"):
         from agl_kernel.errors import InvalidQueryError
