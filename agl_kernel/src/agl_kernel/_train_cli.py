@@ -116,6 +116,22 @@ def _import(spec: str, key: str) -> Any:
         raise ConfigError(f"{key}: {err}") from None
 
 
+def _agent(spec: str, key: str = "run.agent") -> Any:
+    """The agent ``spec`` names, checked now (a LitAgent, or a function taking (task, <resource>)) so a wrong one
+    is one line on the command line, not a traceback from a runner."""
+    from agl_kernel.agent import as_lit_agent
+
+    agent = _import(spec, key)
+    try:
+        as_lit_agent(agent)
+    except TypeError as err:
+        raise ConfigError(
+            f"{key}: {spec!r}: {err}; an agent is a LitAgent or a function (task, resources[, rollout]), "
+            "or decorated with @llm_rollout / @prompt_rollout"
+        ) from None
+    return agent
+
+
 def _dataset(spec: str, key: str) -> list[Any]:
     """Tasks from a ``.jsonl``/``.json`` file, or from an object spec (a list, or a function returning one)."""
     if spec.endswith((".jsonl", ".json")) and ":" not in spec:
@@ -127,8 +143,18 @@ def _dataset(spec: str, key: str) -> list[Any]:
         except (OSError, ValueError) as err:
             raise ConfigError(f"{key}: cannot read {spec!r}: {err}") from None
     data = _import(spec, key)
+    if isinstance(data, (str, bytes, dict)):
+        raise ConfigError(
+            f"{key}: {spec!r} is a {type(data).__name__}, not a list of tasks (or a function returning one)"
+        )
     try:
-        return list(data() if callable(data) else data)
+        tasks = data() if callable(data) else data
+    except Exception as err:  # noqa: BLE001 - the user's function: one line, not a traceback
+        raise ConfigError(f"{key}: calling {spec!r} raised {type(err).__name__}: {err}") from None
+    if isinstance(tasks, (str, bytes, dict)):
+        raise ConfigError(f"{key}: {spec!r} gave a {type(tasks).__name__}, not a list of tasks")
+    try:
+        return list(tasks)
     except TypeError as err:
         raise ConfigError(f"{key}: {spec!r} is not a list of tasks (or a function returning one): {err}") from None
 
@@ -138,6 +164,10 @@ def _print_report(report: Any) -> None:
     if by_status is not None:
         mean = getattr(report, "mean_reward", None)
         click.echo(f"rollouts by status: {by_status}; mean reward: {'n/a' if mean is None else f'{mean:.3f}'}")
+        failures = getattr(report, "failures", None)  # the trainer printed them in full; point at the next step
+        first = getattr(failures, "first", None)
+        if first:
+            click.echo(f"{failures.count} failed: see `agl rollouts why {first[0].rollout_id}`")
     else:
         click.echo(f"done: {type(report).__name__}")
 
@@ -188,7 +218,7 @@ def train_command(**values: Any) -> None:
     from agl_kernel.trainer import Trainer
 
     config = _load(values)
-    agent = _import(_required(config.run.agent, "run.agent", "--agent"), "run.agent")
+    agent = _agent(_required(config.run.agent, "run.agent", "--agent"))
     train = _dataset(_required(config.run.dataset, "run.dataset", "--dataset"), "run.dataset")
     val = None if config.run.val_dataset is None else _dataset(config.run.val_dataset, "run.val_dataset")
     with _stopped_by_sigterm("train"), Trainer.from_config(config) as trainer:
@@ -208,7 +238,7 @@ def dev_command(**values: Any) -> None:
     from agl_kernel.trainer import Trainer
 
     config = _load(values)
-    agent = _import(_required(config.run.agent, "run.agent", "--agent"), "run.agent")
+    agent = _agent(_required(config.run.agent, "run.agent", "--agent"))
     tasks = _dataset(_required(config.run.dataset, "run.dataset", "--dataset"), "run.dataset")
     val = None if config.run.val_dataset is None else _dataset(config.run.val_dataset, "run.val_dataset")
     # Always the baseline: another algorithm named in the run file (and its options) is for `agl train`; the
@@ -263,7 +293,7 @@ def runner_command(**values: Any) -> None:
 
     config = _load(values)
     agent_spec = _required(config.run.agent, "run.agent", "--agent")
-    agent = _import(agent_spec, "run.agent")
+    agent = _agent(agent_spec)
     config.resolved()  # every name and option checked before anything starts
     store_choice, tracer_choice, runner_choice = (config.choice(t) for t in ("store", "tracer", "runner"))
     store_options = dict(store_choice.options)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import re
 import statistics
 import time
 from collections.abc import Sequence
@@ -24,7 +25,18 @@ from agl_kernel.progress import NoProgress, ProgressReporter
 from agl_kernel.rewards import get_reward
 from agl_kernel.store.base import LightningStore
 
-__all__ = ["Algorithm", "Baseline", "BaselineReport", "RolloutOutcome", "collect_outcomes", "rollout_outcome"]
+__all__ = [
+    "Algorithm",
+    "Baseline",
+    "BaselineReport",
+    "FailureSummary",
+    "RolloutFailure",
+    "RolloutOutcome",
+    "collect_outcomes",
+    "failure_lines",
+    "rollout_outcome",
+    "summarize_failures",
+]
 
 
 class Algorithm(abc.ABC):
@@ -72,10 +84,85 @@ class BaselineOptions:
     """Seconds one attempt may run before it is stopped (and retried while attempts are left); default: no limit."""
 
 
+class RolloutFailure(msgspec.Struct, frozen=True, kw_only=True):
+    """Why one rollout failed: its last attempt's exception (from the runner's ``agl.exception`` span)."""
+
+    rollout_id: str
+    type: Optional[str] = None
+    """The exception's type (``TimeoutError`` for an attempt stopped by its timeout); ``None``: none recorded."""
+    message: str = ""
+    where: Optional[str] = None
+    """``file:line`` of the innermost frame, where the exception was raised."""
+
+
+class FailureSummary(msgspec.Struct, frozen=True, kw_only=True):
+    """The failed (and timed-out) rollouts of a run: how many, counted by exception type, and the first few."""
+
+    count: int = 0
+    by_type: dict[str, int] = msgspec.field(default_factory=dict)
+    first: list[RolloutFailure] = msgspec.field(default_factory=list)
+
+
 class BaselineReport(msgspec.Struct, frozen=True, kw_only=True):
     outcomes: list[RolloutOutcome]
     by_status: dict[str, int]
     mean_reward: Optional[float]
+    failures: FailureSummary = msgspec.field(default_factory=FailureSummary)
+    """The failed rollouts, with their exceptions (``failure_lines`` words it as the CLI prints it)."""
+
+
+_FRAME = re.compile(r'^\s*File "([^"]+)", line (\d+)', re.MULTILINE)
+NO_EXCEPTION = "no exception recorded"
+
+
+async def rollout_failure(store: LightningStore, rollout_id: str) -> RolloutFailure:
+    """The exception that ended ``rollout_id``'s latest attempt, read from its ``agl.exception`` span."""
+    from agl_kernel import semconv
+
+    try:
+        spans = (await store.query_spans(rollout_id, "latest", name=semconv.EXCEPTION_SPAN)).items
+    except Exception:  # noqa: BLE001 - a summary must not fail the run it summarises
+        spans = []
+    if not spans:
+        return RolloutFailure(rollout_id=rollout_id)
+    attributes = spans[-1].attributes or {}
+    frames = _FRAME.findall(str(attributes.get(semconv.EXCEPTION_STACKTRACE) or ""))
+    return RolloutFailure(
+        rollout_id=rollout_id,
+        type=str(attributes.get(semconv.EXCEPTION_TYPE) or "") or None,
+        message=str(attributes.get(semconv.EXCEPTION_MESSAGE) or ""),
+        where=f"{frames[-1][0]}:{frames[-1][1]}" if frames else None,
+    )
+
+
+async def summarize_failures(
+    store: LightningStore, outcomes: Sequence[RolloutOutcome], *, first: int = 3
+) -> FailureSummary:
+    """Count the failed rollouts among ``outcomes`` by exception type; keep the first ``first`` in full."""
+    failed = [o.rollout_id for o in outcomes if o.status == RolloutStatus.FAILED.value]
+    by_type: dict[str, int] = {}
+    kept: list[RolloutFailure] = []
+    for rollout_id in failed:
+        failure = await rollout_failure(store, rollout_id)
+        key = failure.type or NO_EXCEPTION
+        by_type[key] = by_type.get(key, 0) + 1
+        if len(kept) < first:
+            kept.append(failure)
+    return FailureSummary(count=len(failed), by_type=by_type, first=kept)
+
+
+def failure_lines(summary: FailureSummary) -> list[str]:
+    """The failure summary as plain lines (empty when nothing failed)."""
+    if not summary.count:
+        return []
+    counts = ", ".join(f"{name} x{n}" for name, n in sorted(summary.by_type.items(), key=lambda kv: -kv[1]))
+    lines = [f"{summary.count} rollout(s) failed: {counts}"]
+    for failure in summary.first:
+        what = f"{failure.type}: {failure.message}" if failure.type else NO_EXCEPTION
+        lines.append(f"  {failure.rollout_id}  {what}" + (f"  (at {failure.where})" if failure.where else ""))
+    if summary.count > len(summary.first):
+        lines.append(f"  ... and {summary.count - len(summary.first)} more")
+    return lines
 
 
 class Baseline(Algorithm):
@@ -122,7 +209,10 @@ class Baseline(Algorithm):
             by_status[outcome.status] = by_status.get(outcome.status, 0) + 1
         rewards = [o.reward for o in outcomes if o.reward is not None]
         return BaselineReport(
-            outcomes=outcomes, by_status=by_status, mean_reward=statistics.fmean(rewards) if rewards else None
+            outcomes=outcomes,
+            by_status=by_status,
+            mean_reward=statistics.fmean(rewards) if rewards else None,
+            failures=await summarize_failures(store, outcomes),
         )
 
 
@@ -166,5 +256,6 @@ async def collect_outcomes(
                 pending = [r for r in pending if r not in ended]
             succeeded = sum(o.status == RolloutStatus.SUCCEEDED.value for o in ended.values())
             rewards = [o.reward for o in ended.values() if o.reward is not None]
-            progress.rollouts(done=len(ended), succeeded=succeeded, rewards=rewards)
+            failed = sum(o.status == RolloutStatus.FAILED.value for o in ended.values())
+            progress.rollouts(done=len(ended), succeeded=succeeded, rewards=rewards, failed=failed)
     return ended

@@ -21,9 +21,9 @@ class ProgressReporter:
     def start(self, description: str, total: int) -> None:
         """A phase (e.g. a training step) with ``total`` rollouts begins."""
 
-    def rollouts(self, *, done: int, succeeded: int, rewards: list[float]) -> None:
-        """Of the phase's rollouts, ``done`` have ended, ``succeeded`` of them successfully; ``rewards`` are those
-        known so far."""
+    def rollouts(self, *, done: int, succeeded: int, rewards: list[float], failed: Optional[int] = None) -> None:
+        """Of the phase's rollouts, ``done`` have ended, ``succeeded`` of them successfully (``failed`` of them
+        failed, when the algorithm counts them); ``rewards`` are those known so far."""
 
     def finish(self) -> None:
         """The phase is over."""
@@ -47,6 +47,7 @@ class RichProgress(ProgressReporter):
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("success {task.fields[success]}"),
+            TextColumn("failed {task.fields[failed]}"),
             TextColumn("reward {task.fields[reward]}"),
             TextColumn("{task.fields[rate]} rollouts/s"),
             TimeElapsedColumn(),
@@ -59,9 +60,9 @@ class RichProgress(ProgressReporter):
         self.finish()
         self._progress.start()
         self._started = time.monotonic()
-        self._task = self._progress.add_task(description, total=total, success="-", reward="-", rate="-")
+        self._task = self._progress.add_task(description, total=total, success="-", failed="-", reward="-", rate="-")
 
-    def rollouts(self, *, done: int, succeeded: int, rewards: list[float]) -> None:
+    def rollouts(self, *, done: int, succeeded: int, rewards: list[float], failed: Optional[int] = None) -> None:
         if self._task is None:
             return
         elapsed = max(time.monotonic() - self._started, 1e-9)
@@ -69,6 +70,7 @@ class RichProgress(ProgressReporter):
             self._task,
             completed=done,
             success=f"{succeeded / done:.0%}" if done else "-",
+            failed="-" if failed is None else str(failed),
             reward=f"{sum(rewards) / len(rewards):.3f}" if rewards else "-",
             rate=f"{done / elapsed:.1f}",
         )

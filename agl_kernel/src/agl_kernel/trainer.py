@@ -21,7 +21,7 @@ from typing import Any, Optional, Union
 
 from rich.console import Console
 
-from agl_kernel.algorithm import Algorithm, Baseline
+from agl_kernel.algorithm import Algorithm, Baseline, FailureSummary, failure_lines
 from agl_kernel.config import COMPONENT_TABLES, RunConfig, load_run_config
 from agl_kernel.errors import ConfigError
 from agl_kernel.models import Resource
@@ -124,8 +124,11 @@ class Trainer:
 
     def dev(self, agent: Any, dataset: Sequence[Any], val_dataset: Optional[Sequence[Any]] = None) -> Any:
         """Run ``agent`` on every task of ``dataset`` through the whole loop with the baseline algorithm (whatever
-        ``algorithm`` was given), for debugging an agent before training it."""
-        return asyncio.run(self.fit_async(agent, dataset, val_dataset, algorithm=Baseline()))
+        ``algorithm`` was given: the trainer's own when it is a baseline, so ``options={"algorithm":
+        {"max_attempts": 1}}`` applies), for debugging an agent before training it. Failed rollouts are summarised
+        on the console and in the report's ``failures``."""
+        baseline = self.algorithm if isinstance(self.algorithm, Baseline) else Baseline()
+        return asyncio.run(self.fit_async(agent, dataset, val_dataset, algorithm=baseline))
 
     async def fit_async(
         self,
@@ -146,7 +149,7 @@ class Trainer:
         if self.initial_resources:
             update = await self.store.add_resources(self.initial_resources)
             self.console.print(f"published resources {update.resources_id} v{update.version}")
-        return await self.strategy.execute_async(
+        report = await self.strategy.execute_async(
             store=self.store,
             algorithm=algorithm,
             agent=agent,
@@ -155,6 +158,20 @@ class Trainer:
             tracer=self.tracer,
             runner=self.runner,
         )
+        self._print_failures(report)
+        return report
+
+    def _print_failures(self, report: Any) -> None:
+        """The report's failed rollouts (a baseline's ``failures``), in red on the console."""
+        from rich.markup import escape
+
+        failures = getattr(report, "failures", None)
+        if not isinstance(failures, FailureSummary) or not failures.count:
+            return
+        lines = failure_lines(failures)
+        self.console.print(f"[bold red]{escape(lines[0])}[/bold red]")
+        for line in lines[1:]:
+            self.console.print(escape(line), soft_wrap=True)
 
     def close(self) -> None:
         """Close the store (a trainer can run ``fit``/``dev`` any number of times before)."""
