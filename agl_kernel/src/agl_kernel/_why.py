@@ -10,11 +10,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from agl_kernel import semconv
 from agl_kernel.adapters import CallReason, TripletAdapter, TripletResult
 from agl_kernel.errors import AglError
 
 
-def open_store(store: Optional[str], path: Optional[str], url: Optional[str]) -> Any:
+def open_store(store: Optional[str], path: Optional[str], url: Optional[str], token: Optional[str] = None) -> Any:
     """The store the command reads: ``--url`` (the ``http`` store), ``--store``/``--path``, or the default file,
     which must exist (a read-only command must not create an empty store)."""
     from agl_kernel.store.defaults import DEFAULT_STORE_PATH, make_store
@@ -22,7 +23,9 @@ def open_store(store: Optional[str], path: Optional[str], url: Optional[str]) ->
     if url is not None:
         if store is not None or path is not None:
             raise AglError("give either --url or --store/--path, not both")
-        return make_store("http", url=url)
+        return make_store("http", url=url) if token is None else make_store("http", url=url, token=token)
+    if token is not None and url is None and os.environ.get("AGL_STORE_TOKEN") != token:
+        raise AglError("--token is for a store server: give it with --url SERVER_URL")
     if store is None or path is not None:
         file = path or DEFAULT_STORE_PATH
         if not os.path.exists(file):
@@ -39,7 +42,22 @@ async def explain(store: Any, rollout_id: str, attempt_id: str, adapter: Triplet
         rollout = await store.get_rollout(rollout_id)
         attempt = await store.get_attempt(rollout_id, attempt_id)
         spans = (await store.query_spans(rollout_id, attempt.attempt_id)).items
-    return {"rollout": rollout, "attempt": attempt, "result": adapter.adapt(spans), "span_count": len(spans)}
+    exception = None
+    for span in reversed(spans):  # the exception the attempt ended with (the runner's exception span)
+        if span.name == semconv.EXCEPTION_SPAN:
+            exception = {
+                "type": span.attributes.get(semconv.EXCEPTION_TYPE),
+                "message": span.attributes.get(semconv.EXCEPTION_MESSAGE),
+                "stacktrace": span.attributes.get(semconv.EXCEPTION_STACKTRACE),
+            }
+            break
+    return {
+        "rollout": rollout,
+        "attempt": attempt,
+        "result": adapter.adapt(spans),
+        "span_count": len(spans),
+        "exception": exception,
+    }
 
 
 def to_json(report: dict[str, Any]) -> bytes:
@@ -55,6 +73,7 @@ def to_json(report: dict[str, Any]) -> bytes:
             "final_reward": result.final_reward,
             "calls": result.calls,
             "why": result.why(),
+            "exception": report.get("exception"),
         }
     )
 
@@ -91,6 +110,11 @@ def render(report: dict[str, Any], console: Console) -> None:
                 outcome,
             )
         console.print(table)
+    exception = report.get("exception")
+    if exception is not None:
+        from agl_kernel._rollouts_view import render_exception
+
+        render_exception(exception, console, f"The attempt ended with an exception ({attempt.status.value}):")
     reasons = result.why()
     if not reasons:
         console.print("[green]Every LLM call gave training data.[/green]")

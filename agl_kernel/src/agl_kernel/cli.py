@@ -225,6 +225,29 @@ def _with_store_options(command: Any) -> Any:
     return command
 
 
+def _run_on_store(coroutine: Any, url: Optional[str]) -> Any:
+    """Run a read of the store; a store server that refuses the token is one line naming ``--token``."""
+    import asyncio
+
+    try:
+        return asyncio.run(coroutine)
+    except PermissionError as err:
+        if url is None or type(err).__name__ != "StoreAuthError":
+            raise
+        raise AglError(
+            f"{url} refused the request ({err}); give the server's token with --token TOKEN or the "
+            f"AGL_STORE_TOKEN environment variable"
+        ) from err
+
+
+_token_option = click.option(
+    "--token",
+    envvar="AGL_STORE_TOKEN",
+    default=None,
+    help="The store server's bearer token, for --url (default: $AGL_STORE_TOKEN).",
+)
+
+
 @cli.group("rollouts")
 def rollouts_group() -> None:
     """Inspect the rollouts in a store."""
@@ -233,6 +256,7 @@ def rollouts_group() -> None:
 @rollouts_group.command("why")
 @click.argument("rollout_id")
 @_with_store_options
+@_token_option
 @click.option("--attempt", "attempt_id", default="latest", show_default=True, help="Which attempt.")
 @click.option("--agent-match", default=None, help="Only LLM calls of agents whose name matches this regex.")
 @click.option("--merge", is_flag=True, help="Merge consecutive calls whose tokens continue each other.")
@@ -243,6 +267,7 @@ def rollouts_why_command(
     store: Optional[str],
     path: Optional[str],
     url: Optional[str],
+    token: Optional[str],
     attempt_id: str,
     agent_match: Optional[str],
     merge: bool,
@@ -250,8 +275,6 @@ def rollouts_why_command(
     as_json: bool,
 ) -> None:
     """Show the training data (triplets) a rollout gives, and why each LLM call that gave none did not."""
-    import asyncio
-
     from agl_kernel import _why
     from agl_kernel.adapters import TripletAdapter
 
@@ -259,13 +282,93 @@ def rollouts_why_command(
         adapter = TripletAdapter(agent_match=agent_match, merge=merge, final_reward=final_reward)  # type: ignore[arg-type]
     except ValueError as err:
         raise click.BadParameter(str(err), param_hint="--agent-match") from err
-    report = asyncio.run(_why.explain(_why.open_store(store, path, url), rollout_id, attempt_id, adapter))
+    report = _run_on_store(_why.explain(_why.open_store(store, path, url, token), rollout_id, attempt_id, adapter), url)
     if as_json:
         click.echo(_why.to_json(report))
         return
     from rich.console import Console
 
     _why.render(report, Console())
+
+
+_STATUSES = ["queuing", "preparing", "running", "succeeded", "failed", "cancelled", "requeuing"]
+
+
+@rollouts_group.command("list")
+@_with_store_options
+@_token_option
+@click.option(
+    "--status",
+    "statuses",
+    multiple=True,
+    type=click.Choice(_STATUSES),
+    help="Only rollouts in this status (repeatable).",
+)
+@click.option(
+    "--mode", "modes", multiple=True, type=click.Choice(["train", "val", "test"]), help="Only this mode (repeatable)."
+)
+@click.option(
+    "--since", default=None, help="Only rollouts started since then: a duration ago (10m, 2h) or an ISO time."
+)
+@click.option(
+    "--until", default=None, help="Only rollouts started until then: a duration ago (10m, 2h) or an ISO time."
+)
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True, help="Show at most this many.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def rollouts_list_command(
+    store: Optional[str],
+    path: Optional[str],
+    url: Optional[str],
+    token: Optional[str],
+    statuses: tuple[str, ...],
+    modes: tuple[str, ...],
+    since: Optional[str],
+    until: Optional[str],
+    limit: int,
+    as_json: bool,
+) -> None:
+    """The newest rollouts: id, status, mode, attempts, reward, start time and, for failed ones, the exception."""
+    from agl_kernel import _rollouts_view, _why
+
+    since_time = _rollouts_view.parse_time(since, "--since")
+    until_time = _rollouts_view.parse_time(until, "--until")
+    report = _run_on_store(
+        _rollouts_view.list_rollouts(
+            _why.open_store(store, path, url, token),
+            status=list(statuses) or None,
+            mode=list(modes) or None,
+            since=since_time,
+            until=until_time,
+            limit=limit,
+        ),
+        url,
+    )
+    if as_json:
+        click.echo(_rollouts_view.list_to_json(report))
+        return
+    from rich.console import Console
+
+    _rollouts_view.render_list(report, Console())
+
+
+@rollouts_group.command("show")
+@click.argument("rollout_id")
+@_with_store_options
+@_token_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def rollouts_show_command(
+    rollout_id: str, store: Optional[str], path: Optional[str], url: Optional[str], token: Optional[str], as_json: bool
+) -> None:
+    """One rollout: its attempts, reward and the exception its last failed attempt ended with."""
+    from agl_kernel import _rollouts_view, _why
+
+    report = _run_on_store(_rollouts_view.show_rollout(_why.open_store(store, path, url, token), rollout_id), url)
+    if as_json:
+        click.echo(_rollouts_view.show_to_json(report))
+        return
+    from rich.console import Console
+
+    _rollouts_view.render_show(report, Console())
 
 
 @cli.group("resources")
