@@ -53,6 +53,8 @@ def agl(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
     (tmp_path / "agents.py").write_text(AGENTS)
+    (tmp_path / "typo.py").write_text("def agent(task, resources):\n    return 1 +\n")
+    (tmp_path / "boom.py").write_text('raise RuntimeError("boom at import")\n')
     return tmp_path
 
 
@@ -104,6 +106,8 @@ def test_runner_against_a_store_url_checks_the_agent_first(project: Path) -> Non
         (["--agent", "agents.py:agent", "--dataset", "agents.py:not_tasks"], "run.dataset", "not a list of tasks"),
         (["--agent", "agents.py:agent", "--dataset", "agents.py:broken_tasks"], "run.dataset", "no tasks today"),
         (["--agent", "agents.py:not_tasks", "--dataset", "agents.py:tasks"], "run.agent", "LitAgent"),
+        (["--agent", "typo.py:agent", "--dataset", "agents.py:tasks"], "run.agent", "typo.py, line 2"),
+        (["--agent", "boom.py:agent", "--dataset", "agents.py:tasks"], "run.agent", "RuntimeError: boom at import"),
     ],
 )
 def test_command_line_mistakes_are_one_line(project: Path, args: list[str], key: str, words: str) -> None:

@@ -114,6 +114,14 @@ def _import(spec: str, key: str) -> Any:
         return import_object(spec)
     except (ValueError, ImportError, OSError, AttributeError) as err:
         raise ConfigError(f"{key}: {err}") from None
+    except SyntaxError as err:
+        raise ConfigError(f"{key}: {spec!r}: {err.msg} ({err.filename}, line {err.lineno})") from None
+    except Exception as err:  # noqa: BLE001 - the user's module failed as it was imported: one line, where
+        import traceback
+
+        frames = traceback.extract_tb(err.__traceback__)
+        where = f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+        raise ConfigError(f"{key}: importing {spec!r} raised {type(err).__name__}: {err}{where}") from None
 
 
 def _agent(spec: str, key: str = "run.agent") -> Any:
