@@ -145,3 +145,51 @@ def test_unknown_id_and_missing_store_are_one_line_errors(db: Path, tmp_path: Pa
 def test_token_without_url_is_refused(db: Path) -> None:
     result = agl("rollouts", "list", "--path", str(db), "--token", "secret")
     assert result.returncode != 0 and "--url" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_list_show_and_why_through_a_store_server_with_a_token(db: Path, tmp_path: Path) -> None:
+    import socket
+    import time
+
+    httpx = pytest.importorskip("httpx", reason="the http store needs agl-kernel[client]")
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    log = (tmp_path / "serve.log").open("wb")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "agl_kernel.cli", "store", "serve", "--path", str(db), "--port", str(port)]
+        + ["--token", "s3cret"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert server.poll() is None, (tmp_path / "serve.log").read_text()
+            try:
+                if httpx.get(f"{url}/health", timeout=0.5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.05)
+
+        result = agl("rollouts", "list", "--url", url, "--token", "s3cret", "--status", "failed")
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.count("ValueError") == 2
+        rollout_id = next(r["rollout_id"] for r in listed(db, "--status", "failed"))
+        assert rollout_id in result.stdout
+        show = agl("rollouts", "show", rollout_id, "--url", url, "--token", "s3cret")
+        assert show.returncode == 0 and "the answer is missing" in show.stdout
+        why = agl("rollouts", "why", rollout_id, "--url", url, "--token", "s3cret")
+        assert why.returncode == 0 and "ValueError" in why.stdout
+
+        refused = agl("rollouts", "list", "--url", url)
+        assert refused.returncode != 0 and "Traceback" not in refused.stderr
+        assert "--token" in refused.stderr and "AGL_STORE_TOKEN" in refused.stderr
+    finally:
+        server.terminate()
+        server.wait(15)
+        log.close()
