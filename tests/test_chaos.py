@@ -15,7 +15,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ pytest.importorskip("agl_store_sqlite", reason="the chaos test serves a SQLite s
 
 from agl_kernel import semconv  # noqa: E402
 from agl_kernel.client import LightningStoreClient, StoreHTTPError  # noqa: E402
+from agl_kernel.imports import import_object  # noqa: E402
 from agl_kernel.models import AttemptStatus, EnqueueRequest, RolloutConfig, RolloutStatus  # noqa: E402
 
 AGENTS = Path(__file__).with_name("recovery_agents.py")
@@ -40,42 +40,10 @@ DEADLINE = 240.0
 """Seconds the whole run may take (it needs about a minute: the work, two restarts, one 30 s window)."""
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Server:
-    """`agl store serve` on a SQLite file at a fixed port, to be killed and started again."""
-
-    def __init__(self, db: Path, log: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.command = [*PYTHON, "store", "serve", "--path", str(db), "--port", str(self.port)]
-        self.log = log
-        self.process: Optional[subprocess.Popen] = None
-
-    def start(self, timeout: float = 30.0) -> None:
-        import httpx
-
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while True:
-            assert self.process.poll() is None, self.log.read_text()[-3000:]
-            try:
-                if httpx.get(f"{self.url}/health", timeout=0.5).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.05)
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait(10)
+# The server process both process tests use (tests/ is not a package: load it by path).
+_PROCESSES = f"{Path(__file__).with_name('store_processes.py')}"
+Server = import_object(f"{_PROCESSES}:Server")
+free_port = import_object(f"{_PROCESSES}:free_port")
 
 
 async def poll(url: str, what: str, *args: Any, **kwargs: Any) -> Any:

@@ -9,15 +9,15 @@ import inspect
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import pytest
 from agl_kernel.errors import InvalidStatusTransitionError, NotFoundError, StoreClosedError
+from agl_kernel.imports import import_object
 from agl_kernel.models import AttemptStatus, RolloutConfig, RolloutStatus
 from agl_kernel.runner import LitAgentRunner, is_transient
 from agl_kernel.store.memory import InMemoryLightningStore
@@ -202,47 +202,10 @@ def needs_server() -> None:
     pytest.importorskip("litestar", reason="the process tests need the server extra: pip install 'agl-kernel[server]'")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Server:
-    """`agl store serve` on a SQLite file, on a fixed port, so that it can be killed and started again."""
-
-    def __init__(self, db: Path, log: Path, *args: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.command = [*PYTHON, "store", "serve", "--path", str(db), "--port", str(self.port), *args]
-        self.log = log
-        self.process: Optional[subprocess.Popen] = None
-
-    def start(self, timeout: float = 30.0) -> None:
-        import httpx
-
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while True:
-            assert self.process.poll() is None, self.log.read_text()[-3000:]
-            try:
-                if httpx.get(f"{self.url}/health", timeout=0.5).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.05)
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait(10)
-
-    def terminate(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGTERM)
-        self.process.wait(30)
+# The server process both process tests use (tests/ is not a package: load it by path).
+_PROCESSES = f"{Path(__file__).with_name('store_processes.py')}"
+Server = import_object(f"{_PROCESSES}:Server")
+free_port = import_object(f"{_PROCESSES}:free_port")
 
 
 def start_runner(url: str, log: Path, *args: str, agent: str = "sleepy") -> subprocess.Popen:
