@@ -16,8 +16,9 @@ from rich.table import Table
 from agl_kernel import semconv
 from agl_kernel.errors import AglError
 from agl_kernel.models import AttemptStatus, RolloutMode, RolloutStatus
+from agl_kernel.runs import RunSummary, list_runs, run_of
 
-__all__ = ["exception_of", "last_frames", "list_rollouts", "parse_time", "show_rollout"]
+__all__ = ["exception_of", "last_frames", "list_rollouts", "parse_time", "runs_report", "show_rollout"]
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -85,6 +86,7 @@ async def list_rollouts(
     mode: Optional[list[str]] = None,
     since: Optional[float] = None,
     until: Optional[float] = None,
+    run: Optional[str] = None,
     limit: int = 50,
 ) -> dict[str, Any]:
     """The newest ``limit`` rollouts that match the filters, newest first, each with its reward and (for a failed
@@ -94,7 +96,7 @@ async def list_rollouts(
     async with store:
         status_in = [RolloutStatus(s) for s in status] if status else None
         mode_in = [RolloutMode(m) for m in mode] if mode else None
-        windowed = since is not None or until is not None
+        windowed = since is not None or until is not None or run is not None
         page = await store.query_rollouts(
             status_in=status_in,
             mode_in=mode_in,
@@ -108,7 +110,9 @@ async def list_rollouts(
             rollouts = [
                 r
                 for r in rollouts
-                if (since is None or r.start_time >= since) and (until is None or r.start_time <= until)
+                if (since is None or r.start_time >= since)
+                and (until is None or r.start_time <= until)
+                and (run is None or run_of(r) == run)
             ]
             total = len(rollouts)
             rollouts = rollouts[:limit]
@@ -131,6 +135,7 @@ def list_to_json(report: dict[str, Any]) -> bytes:
             "rollouts": [
                 {
                     "rollout_id": row["rollout"].rollout_id,
+                    "run": run_of(row["rollout"]),
                     "status": row["rollout"].status,
                     "mode": row["rollout"].mode,
                     "attempts": row["rollout"].attempt_count,
@@ -232,8 +237,8 @@ def render_show(report: dict[str, Any], console: Console) -> None:
         highlight=False,
     )
     console.print(
-        f"  started {_when(rollout.start_time)}, ended {_when(rollout.end_time)}, resources "
-        f"{escape(rollout.resources_id or '-')}",
+        f"  run {escape(run_of(rollout) or '-')}, started {_when(rollout.start_time)}, ended "
+        f"{_when(rollout.end_time)}, resources {escape(rollout.resources_id or '-')}",
         highlight=False,
     )
     console.print(f"  input: {escape(repr(rollout.input)[:200])}", highlight=False)
@@ -257,3 +262,53 @@ def render_show(report: dict[str, Any], console: Console) -> None:
         console.print("  no attempts yet")
     if exception is not None:
         render_exception(exception, console, f"Attempt {exception.get('attempt_id')} failed with")
+
+
+# ---------------------------------------------------------------------------------------------------- agl runs
+
+
+async def runs_report(store: Any, limit: int) -> dict[str, Any]:
+    """The newest ``limit`` runs in ``store`` (from their rollouts), and how many there are."""
+    async with store:
+        runs = await list_runs(store)
+    return {"runs": runs[:limit], "total": len(runs)}
+
+
+def runs_to_json(report: dict[str, Any]) -> bytes:
+    return msgspec.json.encode({"total": report["total"], "runs": report["runs"]})
+
+
+def render_runs(report: dict[str, Any], console: Console) -> None:
+    runs: list[RunSummary] = report["runs"]
+    if not runs:
+        console.print("No runs yet: `agl dev`, `agl train` or Trainer(...).fit/dev start one.")
+        return
+    table = Table(box=None, padding=(0, 1), pad_edge=False, header_style="bold")
+    table.add_column("run", no_wrap=True, min_width=max(len(r.run_id or "(no run)") for r in runs))
+    table.add_column("algorithm", no_wrap=True)
+    table.add_column("started", no_wrap=True)
+    # Columns that would say nothing (no run still running, no run using other resources than its own, whose id
+    # is the run id) are left out: room on an 80-column terminal.
+    others = {r.run_id: [i for i in r.resources_ids if i != r.run_id] for r in runs}
+    counts = ["rollouts", "finished", "failed"] + (["running"] if any(r.running for r in runs) else [])
+    for column in counts:
+        table.add_column(column, justify="right", min_width=len(column))
+    if any(others.values()):
+        table.add_column("resources", overflow="fold", min_width=9)
+    for run in runs:
+        failed = run.by_status.get(RolloutStatus.FAILED.value, 0)
+        values = {
+            "rollouts": str(run.rollouts),
+            "finished": str(run.by_status.get(RolloutStatus.SUCCEEDED.value, 0)),
+            "failed": f"[red]{failed}[/red]" if failed else "0",
+            "running": str(run.running),
+        }
+        row = [escape(run.run_id or "(no run)"), escape(run.algorithm or "-"), _when(run.started)[5:16]]
+        row += [values[column] for column in counts]
+        if any(others.values()):
+            row.append(escape(", ".join(others[run.run_id]) or "its own"))
+        table.add_row(*row)
+    console.print(table)
+    if report["total"] > len(runs):
+        console.print(f"{len(runs)} of {report['total']} runs shown (newest first); --limit shows more.")
+    console.print("`agl rollouts list --run RUN` lists one run's rollouts.", highlight=False)

@@ -42,6 +42,8 @@ _RUN_FLAGS = [
     _option("--dataset", "dataset", help="Tasks: a .jsonl/.json file or module:name [run.dataset]."),
     _option("--val-dataset", "val_dataset", help="Validation tasks, in the same forms [run.val_dataset]."),
     _option("--runners", "runners", type=click.IntRange(min=1), help="How many runners [run.runners; default 1]."),
+    _option("--llm", "llm", metavar="URL", help="An OpenAI-compatible endpoint for the agent's LLM [run.llm]."),
+    _option("--llm-model", "llm_model", metavar="NAME", help="The model to ask --llm for [run.llm_model]."),
 ]
 
 
@@ -78,6 +80,8 @@ def _flag_values(values: dict[str, Any]) -> dict[str, Any]:
         "run.dataset": values.get("dataset"),
         "run.val_dataset": values.get("val_dataset"),
         "run.runners": values.get("runners"),
+        "run.llm": values.get("llm"),
+        "run.llm_model": values.get("llm_model"),
         "algorithm.name": values.get("algorithm"),
         "store.name": store,
         "store.path": values.get("path"),

@@ -106,11 +106,17 @@ def _one_of(kinds: tuple[type, ...], label: str, name: Optional[str]) -> Callabl
         matches = [r for r in resources.values() if isinstance(r, kinds)]
         if len(matches) != 1:
             names = ", ".join(f"{k} ({type(v).__name__})" for k, v in resources.items()) or "none"
+            if matches:
+                fix = f"name the one to use, e.g. @{'llm' if label == 'LLM' else 'prompt'}_rollout(resource_name=...)"
+            elif label == "LLM":
+                fix = (
+                    "give the run one: agl dev/train --llm URL --llm-model NAME (e.g. `agl serve-model --model "
+                    "smollm2`), or Trainer(initial_resources={'main_llm': LLM(endpoint=..., model=...)})"
+                )
+            else:
+                fix = "give the run one: Trainer(initial_resources={'prompt': PromptTemplate(template=...)})"
             problem = "no" if not matches else "more than one"
-            raise LookupError(
-                f"the rollout's resources have {problem} {label} (resources: {names}); "
-                f"name the one to use, e.g. @{'llm' if label == 'LLM' else 'prompt'}_rollout(resource_name=...)"
-            )
+            raise LookupError(f"the rollout's resources have {problem} {label} (resources: {names}); {fix}")
         return matches[0]
 
     return pick

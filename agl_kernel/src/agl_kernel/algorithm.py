@@ -131,8 +131,25 @@ async def rollout_failure(store: LightningStore, rollout_id: str) -> RolloutFail
         rollout_id=rollout_id,
         type=str(attributes.get(semconv.EXCEPTION_TYPE) or "") or None,
         message=str(attributes.get(semconv.EXCEPTION_MESSAGE) or ""),
-        where=f"{frames[-1][0]}:{frames[-1][1]}" if frames else None,
+        where=_where(frames),
     )
+
+
+def _where(frames: list[tuple[str, str]]) -> Optional[str]:
+    """``file:line`` of the innermost frame in the user's own code (not the standard library, an installed
+    package or agl itself), else of the innermost frame."""
+    import os
+    import sysconfig
+
+    skip = tuple(
+        os.path.join(os.path.realpath(p), "")
+        for p in {sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["purelib"], os.path.dirname(__file__)}
+    )
+    for filename, line in reversed(frames):
+        path = os.path.realpath(filename)
+        if not path.startswith(skip) and "site-packages" not in path and not filename.startswith("<"):
+            return f"{filename}:{line}"
+    return f"{frames[-1][0]}:{frames[-1][1]}" if frames else None
 
 
 async def summarize_failures(

@@ -313,6 +313,7 @@ _STATUSES = ["queuing", "preparing", "running", "succeeded", "failed", "cancelle
 @click.option(
     "--until", default=None, help="Only rollouts started until then: a duration ago (10m, 2h) or an ISO time."
 )
+@click.option("--run", "run", default=None, help="Only the rollouts of this run (`agl runs list` shows run ids).")
 @click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True, help="Show at most this many.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def rollouts_list_command(
@@ -324,6 +325,7 @@ def rollouts_list_command(
     modes: tuple[str, ...],
     since: Optional[str],
     until: Optional[str],
+    run: Optional[str],
     limit: int,
     as_json: bool,
 ) -> None:
@@ -339,6 +341,7 @@ def rollouts_list_command(
             mode=list(modes) or None,
             since=since_time,
             until=until_time,
+            run=run,
             limit=limit,
         ),
         url,
@@ -369,6 +372,31 @@ def rollouts_show_command(
     from rich.console import Console
 
     _rollouts_view.render_show(report, Console())
+
+
+@cli.group("runs")
+def runs_group() -> None:
+    """Inspect the runs in a store: each fit/dev/train is one, with its own id."""
+
+
+@runs_group.command("list")
+@_with_store_options
+@_token_option
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True, help="Show at most this many.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def runs_list_command(
+    store: Optional[str], path: Optional[str], url: Optional[str], token: Optional[str], limit: int, as_json: bool
+) -> None:
+    """The newest runs: id, algorithm, start time, rollouts finished / failed / running, the resources they used."""
+    from agl_kernel import _rollouts_view, _why
+
+    report = _run_on_store(_rollouts_view.runs_report(_why.open_store(store, path, url, token), limit), url)
+    if as_json:
+        click.echo(_rollouts_view.runs_to_json(report))
+        return
+    from rich.console import Console
+
+    _rollouts_view.render_runs(report, Console())
 
 
 @cli.group("resources")

@@ -13,6 +13,7 @@ __all__ = [
     "MissingDependencyError",
     "StoreClosedError",
     "StoreDamagedError",
+    "LLMUnreachableError",
 ]
 
 
@@ -56,3 +57,8 @@ class MissingDependencyError(PluginError, ImportError):
 class StoreDamagedError(AglError, RuntimeError):
     """The store's data cannot be used: its file is damaged, or can no longer be written. The message names it and
     what to do (restore a backup, fix permissions); retrying does not help until someone does."""
+
+
+class LLMUnreachableError(AglError, ConnectionError):
+    """An agent's LLM call could not reach the endpoint of an LLM resource: the message names the resource, the
+    resources id and version, the run, and the endpoint (a run given a stale or wrong endpoint)."""

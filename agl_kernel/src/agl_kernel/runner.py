@@ -31,8 +31,14 @@ import attrs
 
 from agl_kernel import semconv
 from agl_kernel.agent import LitAgent, as_lit_agent
-from agl_kernel.errors import AglError, ConfigError, InvalidStatusTransitionError, NotFoundError
-from agl_kernel.models import AttemptedRollout, AttemptStatus, Resource, Span, SpanStatus
+from agl_kernel.errors import (
+    AglError,
+    ConfigError,
+    InvalidStatusTransitionError,
+    LLMUnreachableError,
+    NotFoundError,
+)
+from agl_kernel.models import LLM, AttemptedRollout, AttemptStatus, ResourcesUpdate, Span, SpanStatus
 from agl_kernel.store.base import LightningStore
 from agl_kernel.tracer import NoOpTracer, Tracer
 
@@ -213,6 +219,65 @@ def exception_span(
     return _span(attempted, semconv.EXCEPTION_SPAN, attributes, status, parent)
 
 
+_CONNECT_FAILURES = frozenset({"APIConnectionError", "ConnectError", "ConnectTimeout", "ClientConnectorError"})
+"""Type names (in the MRO) of the errors HTTP clients raise when no connection could be made (openai, httpx,
+aiohttp), recognised without importing them."""
+
+
+def _connect_failure(exc: BaseException) -> bool:
+    seen: set[int] = set()
+    current: Optional[BaseException] = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ConnectionRefusedError) or _CONNECT_FAILURES & {t.__name__ for t in type(current).__mro__}:
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+async def _answers(endpoint: str, timeout: float = 2.0) -> bool:
+    """Whether anything accepts a TCP connection at ``endpoint``'s host and port."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(endpoint)
+    if not parts.hostname:
+        return False
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(parts.hostname, port), timeout)
+    except (OSError, asyncio.TimeoutError):
+        return False
+    writer.close()
+    return True
+
+
+async def unreachable_llm(
+    exc: BaseException, update: Optional[ResourcesUpdate], attempted: AttemptedRollout
+) -> Optional[LLMUnreachableError]:
+    """For an agent that failed to connect (``exc``): an error naming the rollout's LLM resource whose endpoint
+    does not answer, its resources id and version, the run and the endpoint; ``None`` when ``exc`` is no connection
+    failure or every LLM endpoint answers (the agent called something else)."""
+    if update is None or not _connect_failure(exc):
+        return None
+    from agl_kernel.runs import run_of
+
+    for name, resource in update.resources.items():
+        if isinstance(resource, LLM) and not await _answers(resource.endpoint):
+            run = run_of(attempted)
+            if run == update.resources_id:  # the resources the run started with
+                version = f"run {run}'s resources v{update.version}"
+            else:
+                version = f"resources {update.resources_id} v{update.version}" + (f", run {run}" if run else "")
+            error = LLMUnreachableError(
+                f"LLM resource {name!r} ({version}) at {resource.endpoint} does not answer ({exc}); start that "
+                f"server, or give the run a live one: agl dev/train --llm URL --llm-model NAME, or "
+                f"Trainer(initial_resources={{{name!r}: LLM(endpoint=..., model=...)}})"
+            )
+            error.__cause__ = exc
+            return error
+    return None
+
+
 def system_stats() -> dict[str, Any]:
     """Cheap facts about this worker process, sent with every heartbeat."""
     stats: dict[str, Any] = {"pid": os.getpid(), "host": socket.gethostname()}
@@ -349,9 +414,10 @@ class LitAgentRunner(Runner):
     ) -> tuple[AttemptStatus, list[Span]]:
         """Run the agent to its end, its timeout or its rollout's cancellation; the status and spans to store."""
         try:
-            resources = await self._link.call("resources", lambda: self._resources(store, attempted))
+            update = await self._link.call("resources", lambda: self._resources(store, attempted))
         except Exception as exc:  # e.g. the pinned resources were deleted: the attempt fails, the runner goes on
             return AttemptStatus.FAILED, [exception_span(attempted, exc)]
+        resources = dict(update.resources) if update is not None else {}
         method = agent.rollout_for(attempted)
         is_async = agent.is_async(attempted)
         scopes: list[Any] = []  # the trace scope, for the parent of the spans recorded here
@@ -390,6 +456,7 @@ class LitAgentRunner(Runner):
             try:
                 status, spans = AttemptStatus.SUCCEEDED, self._result_spans(attempted, work.result(), parent())
             except Exception as exc:  # the agent's failure is the rollout's outcome, not the runner's
+                exc = await unreachable_llm(exc, update, attempted) or exc
                 status, spans = AttemptStatus.FAILED, [exception_span(attempted, exc, parent=parent())]
             await self.tracer.flush()
             return status, spans
@@ -435,10 +502,10 @@ class LitAgentRunner(Runner):
                 "heartbeat for the rollout's unresponsive_seconds", attempt_id, exc,
             )
 
-    async def _resources(self, store: LightningStore, attempted: AttemptedRollout) -> dict[str, Resource]:
+    async def _resources(self, store: LightningStore, attempted: AttemptedRollout) -> Optional[ResourcesUpdate]:
         if attempted.resources_id is None:
-            return {}
-        return dict((await store.get_resources(attempted.resources_id)).resources)
+            return None
+        return await store.get_resources(attempted.resources_id)
 
     async def _watch(self, store: LightningStore, attempted: AttemptedRollout) -> str:
         """Heartbeats while the agent runs; returns the rollout's status if it ends (e.g. cancelled) meanwhile."""

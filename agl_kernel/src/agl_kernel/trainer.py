@@ -28,6 +28,7 @@ from agl_kernel.models import Resource
 from agl_kernel.plugins import create_component
 from agl_kernel.progress import NoProgress, RichProgress
 from agl_kernel.runner import RunnerSpec
+from agl_kernel.runs import RunStore, describe_run
 from agl_kernel.store.base import LightningStore
 from agl_kernel.store.defaults import describe_store, make_store
 from agl_kernel.strategy import ExecutionStrategy
@@ -49,7 +50,9 @@ class Trainer:
     - ``strategy``: ``agl.strategies`` (default ``shm``), made with ``n_runners``.
     - ``options``: options of the components given by name or class, by table: ``{"algorithm": {"steps": 3},
       "store": {"path": "run.db"}}``. A wrong key or value raises :class:`~agl_kernel.errors.ConfigError`.
-    - ``initial_resources``: named resources published before the run; rollouts pin the latest version.
+    - ``initial_resources``: named resources (an ``LLM`` endpoint, a ``PromptTemplate``) the run starts from. Each
+      ``fit``/``dev`` is a run with its own id (``run_id`` after it began): its rollouts use what it was given and
+      what its algorithm publishes, never an earlier run's resources (see :mod:`agl_kernel.runs`).
     - ``progress``: show a live progress bar on the console.
     """
 
@@ -88,6 +91,8 @@ class Trainer:
             "strategies", strategy, options=options.get("strategy"), **strategy_options
         )
         self.initial_resources = dict(initial_resources or {})
+        self.run_id: Optional[str] = None
+        """The id of the run started last (``None`` before the first ``fit``/``dev``)."""
         self.console = console or Console()
         self.progress = progress
 
@@ -112,6 +117,7 @@ class Trainer:
         for table, choice in config.choices.items():
             if choice.name is not None:
                 chosen[table] = choice.name
+        kwargs.setdefault("initial_resources", config.run.initial_resources())
         return cls(
             n_runners=config.run.runners,
             options={table: choice.options for table, choice in config.choices.items() if choice.options},
@@ -146,11 +152,11 @@ class Trainer:
             f"[bold]agl[/bold] {type(algorithm).__name__} with {self.n_runners} runner(s) "
             f"({type(self.strategy).__name__}); store [cyan]{describe_store(self.store)}[/cyan]"
         )
-        if self.initial_resources:
-            update = await self.store.add_resources(self.initial_resources)
-            self.console.print(f"published resources {update.resources_id} v{update.version}")
+        run = RunStore(self.store, algorithm=type(algorithm).__name__)
+        self.run_id = run.run_id
+        self.console.print(describe_run(run.run_id, await run.begin(self.initial_resources)), highlight=False)
         report = await self.strategy.execute_async(
-            store=self.store,
+            store=run,
             algorithm=algorithm,
             agent=agent,
             train_dataset=train_dataset,
@@ -159,6 +165,7 @@ class Trainer:
             runner=self.runner,
         )
         self._print_failures(report)
+        self.console.print(f"run {run.run_id}: its rollouts: agl rollouts list --run {run.run_id}", highlight=False)
         return report
 
     def _print_failures(self, report: Any) -> None:

@@ -81,6 +81,24 @@ class RunOptions:
     """The validation tasks, in the same forms as dataset."""
     runners: int = attrs.field(default=1, validator=_positive)
     """How many runners serve the agent (tasks in one process under shm, processes under cs)."""
+    llm: Optional[str] = None
+    """An OpenAI-compatible endpoint (http://127.0.0.1:8000/v1: `agl serve-model`) the agent calls: the run starts
+    with it as its LLM resource main_llm (an agent's @llm_rollout gets it)."""
+    llm_model: Optional[str] = None
+    """The model name to ask that endpoint for (required with llm)."""
+
+    def initial_resources(self) -> dict[str, Any]:
+        """The resources the run starts with: ``main_llm`` when ``llm`` is set."""
+        if self.llm is None:
+            return {}
+        if not self.llm_model:
+            raise ConfigError(
+                "run.llm_model: required with run.llm; pass --llm-model NAME (the model the endpoint serves, e.g. "
+                "smollm2 for `agl serve-model --model smollm2`)"
+            )
+        from agl_kernel.models import LLM
+
+        return {"main_llm": LLM(endpoint=self.llm, model=self.llm_model)}
 
 
 @attrs.frozen
