@@ -9,8 +9,10 @@ tool's format now and then; GRPO makes it do so reliably, with the right express
 
 Everything runs in this process, on this CPU: the SQLite store (``./.agl/agl.db``), the store server with the LLM
 proxy on 127.0.0.1, the model server (continuous batching) that serves the current policy, runners (asyncio
-tasks) and the GRPO update. A summary at the end gives the validation reward before and after training and where
-the checkpoint and the store file are.
+tasks) and the GRPO update. A summary at the end gives the validation reward before and after training, and what
+the run leaves on disk: the checkpoint (``./.agl/grpo-calculator/``, about 1.6 GB: weights and optimizer state; the
+newest ``keep_checkpoints`` are kept), the store file and the converted model (``~/.cache/agl/models/``, about 517 MB,
+made by the first run and reused). ``make clean`` removes them all.
 
     python contrib/recipes/grpo_calculator.py                  # the README's main job (make demo)
     python contrib/recipes/grpo_calculator.py --steps 2 --tiny  # seconds: a tiny random model, for tests
@@ -27,6 +29,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "calc_agent"))
+# reasoning-gym imports matplotlib (through cellpylib); nothing here plots: no GUI backend, no font-cache log line.
+os.environ.setdefault("MPLBACKEND", "Agg")
 
 import calc_task  # noqa: E402  (the task: safe arithmetic, the prompt, the reward rule)
 from calc_task import PROMPT, calculate, format_number  # noqa: E402
@@ -165,7 +169,21 @@ async def train(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         await proxy.aclose()
         await asyncio.to_thread(server.stop)
         await store.close()
-    return {"report": report, "elapsed": elapsed, "store": describe_store(store)}
+    return {
+        "report": report,
+        "elapsed": elapsed,
+        "store": describe_store(store),
+        "store_path": getattr(store, "path", None),
+        "model_dir": None if args.tiny else model_cache_dir(args.model),
+    }
+
+
+def model_cache_dir(model: str) -> Optional[Path]:
+    """Where the model server keeps the converted default model (SmolLM2, GGUF → transformers, made on first use),
+    or ``None`` when ``model`` is a directory of the user's own."""
+    from agl_model_server import default_model_dir
+
+    return None if Path(model).expanduser().is_dir() else default_model_dir()
 
 
 def summarize(result: dict[str, Any], console: Console) -> None:
@@ -182,6 +200,31 @@ def summarize(result: dict[str, Any], console: Console) -> None:
         console.print(f"validation reward: before training {before:.3f} → after {after:.3f}")
     console.print(f"{report.steps_done} steps in {result['elapsed']:.0f} s; checkpoint: {report.checkpoint}")
     console.print(f"store: {result['store']} (the run's rollouts, spans and metrics; `agl rollouts why ID`)")
+    console.print(disk_table(result))
+
+
+def disk_table(result: dict[str, Any]) -> Table:
+    """What the run leaves on disk, with sizes as ``du`` counts them; ``make clean`` removes all of it."""
+    from agl_algo_grpo import disk_usage, format_size
+
+    report = result["report"]
+    table = Table(title="left on disk (`make clean` in the repository removes it all)", title_justify="left")
+    table.add_column("what")
+    table.add_column("where")
+    table.add_column("size", justify="right")
+    if report.checkpoint_dir is not None:
+        names = ", ".join(Path(p).name for p in report.checkpoints)
+        where = os.path.abspath(report.checkpoint_dir)
+        table.add_row(f"checkpoints ({names})", f"{where}/", format_size(report.checkpoints_bytes))
+    store_path = result.get("store_path")
+    if store_path is not None:
+        files = [Path(f"{store_path}{suffix}") for suffix in ("", "-wal", "-shm")]
+        table.add_row("store (SQLite)", str(store_path), format_size(sum(disk_usage(f) for f in files)))
+    model_dir = result.get("model_dir")
+    if model_dir is not None and model_dir.is_dir():
+        what = "model cache (SmolLM2 converted by the first run, reused; AGL_MODELS_DIR moves it)"
+        table.add_row(what, f"{model_dir}/", format_size(disk_usage(model_dir)))
+    return table
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
@@ -214,6 +257,8 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     args = parse_args(argv)
     for noisy in ("httpx", "httpx2", "openai"):  # one line per HTTP request would bury the progress display
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # matplotlib (imported by reasoning-gym, unused here) logs "generated new fontManager" on a first run
+    logging.getLogger("matplotlib").setLevel(logging.ERROR)
     console = Console() if sys.stdout.isatty() else Console(width=160)  # a log file gets the whole table
     result = asyncio.run(train(args, console))
     summarize(result, console)

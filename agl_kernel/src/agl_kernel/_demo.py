@@ -13,6 +13,8 @@ from rich.console import Console
 from rich.table import Table
 
 from agl_kernel.algorithm import BaselineReport
+from agl_kernel.models import RolloutStatus
+from agl_kernel.progress import count_full_rewards, format_outcomes
 from agl_kernel.trainer import Trainer
 
 
@@ -46,6 +48,15 @@ def run_demo(
         task = outcome.input
         table.add_row(outcome.rollout_id, f"{task['a']} + {task['b']}", outcome.status, f"{outcome.reward}", str(outcome.attempts))
     console.print(table)
-    mean = "n/a" if report.mean_reward is None else f"{report.mean_reward:.2f}"
-    console.print(f"by status: {report.by_status}; mean reward: {mean}")
+    # The same words as the progress bar and GRPO's tables (agl_kernel.progress): finished, failed, reward ≥ 1.
+    rewards = [o.reward for o in report.outcomes if o.reward is not None]
+    summary = format_outcomes(
+        finished=report.by_status.get(RolloutStatus.SUCCEEDED.value, 0),
+        failed=report.by_status.get(RolloutStatus.FAILED.value, 0),
+        full_reward=count_full_rewards(rewards),
+        mean_reward=report.mean_reward,
+    )
+    counted = (RolloutStatus.SUCCEEDED.value, RolloutStatus.FAILED.value)
+    others = {status: n for status, n in report.by_status.items() if status not in counted}
+    console.print(f"{len(report.outcomes)} rollouts  {summary}" + (f"  other: {others}" if others else ""))
     return report

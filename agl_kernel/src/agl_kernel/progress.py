@@ -1,18 +1,75 @@
-"""Progress of a run, as algorithms report it: rollouts done, success rate, mean reward, throughput.
+"""Progress of a run, as algorithms report it: rollouts done, finished, failed, with reward ≥ 1, mean reward,
+throughput.
 
 An algorithm calls ``progress.rollouts(...)`` as rollouts end; the trainer hands it a :class:`RichProgress` (a live
 bar on the console) or the silent :class:`NoProgress`.
+
+Every table and line that counts rollouts (this bar, ``agl demo``'s summary, GRPO's step table and validation line)
+uses the same words, :data:`OUTCOME_LABELS`:
+
+- ``finished``: rollouts that ran to the end without an error (status ``succeeded``), whatever their reward;
+- ``failed``: rollouts whose last attempt failed (status ``failed``);
+- ``reward ≥ 1``: rollouts whose final reward is at least 1.0 (a full reward: the task done right);
+- ``mean reward``: the mean final reward of the rollouts that have one.
+
+A value that is not known (yet) shows as ``-``.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any, Optional
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
-__all__ = ["NoProgress", "ProgressReporter", "RichProgress"]
+__all__ = [
+    "FAILED",
+    "FINISHED",
+    "FULL_REWARD",
+    "MEAN_REWARD",
+    "OUTCOME_LABELS",
+    "NoProgress",
+    "ProgressReporter",
+    "RichProgress",
+    "count_full_rewards",
+    "format_outcomes",
+]
+
+FINISHED = "finished"
+FAILED = "failed"
+FULL_REWARD = "reward ≥ 1"
+MEAN_REWARD = "mean reward"
+OUTCOME_LABELS = (FINISHED, FAILED, FULL_REWARD, MEAN_REWARD)
+"""The labels, in order, of the rollout counts every progress table shows."""
+
+
+def format_outcomes(
+    *,
+    finished: Optional[int],
+    failed: Optional[int],
+    full_reward: Optional[int],
+    mean_reward: Optional[float],
+    separator: str = "  ",
+) -> str:
+    """``finished: 5  failed: 1  reward ≥ 1: 3  mean reward: 0.625`` (``-`` for what is ``None``)."""
+    values = (
+        _count(finished),
+        _count(failed),
+        _count(full_reward),
+        "-" if mean_reward is None else f"{mean_reward:.3f}",
+    )
+    return separator.join(f"{label}: {value}" for label, value in zip(OUTCOME_LABELS, values))
+
+
+def _count(value: Optional[int]) -> str:
+    return "-" if value is None else str(value)
+
+
+def count_full_rewards(rewards: Sequence[float]) -> int:
+    """How many of ``rewards`` are a full reward (≥ 1.0)."""
+    return sum(r >= 1.0 for r in rewards)
 
 
 class ProgressReporter:
@@ -21,9 +78,19 @@ class ProgressReporter:
     def start(self, description: str, total: int) -> None:
         """A phase (e.g. a training step) with ``total`` rollouts begins."""
 
-    def rollouts(self, *, done: int, succeeded: int, rewards: list[float], failed: Optional[int] = None) -> None:
-        """Of the phase's rollouts, ``done`` have ended, ``succeeded`` of them successfully (``failed`` of them
-        failed, when the algorithm counts them); ``rewards`` are those known so far."""
+    def rollouts(
+        self,
+        *,
+        done: int,
+        succeeded: int,
+        rewards: list[float],
+        failed: Optional[int] = None,
+        full_reward: Optional[int] = None,
+    ) -> None:
+        """Of the phase's rollouts, ``done`` have ended, ``succeeded`` of them ran to the end (shown as
+        ``finished``) and ``failed`` of them failed (when the algorithm counts them); ``rewards`` are the final
+        rewards known so far. ``full_reward``: how many rollouts got a reward ≥ 1, when the algorithm counts them
+        itself (default: counted in ``rewards``, unknown when ``rewards`` is empty)."""
 
     def finish(self) -> None:
         """The phase is over."""
@@ -39,16 +106,14 @@ NoProgress = ProgressReporter
 
 
 class RichProgress(ProgressReporter):
-    """A live progress bar: done/total, success rate, mean reward, rollouts per second."""
+    """A live progress bar: done/total, then finished, failed, reward ≥ 1, mean reward, rollouts per second."""
 
     def __init__(self, console: Optional[Console] = None) -> None:
         self._progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("success {task.fields[success]}"),
-            TextColumn("failed {task.fields[failed]}"),
-            TextColumn("reward {task.fields[reward]}"),
+            TextColumn("{task.fields[outcomes]}"),
             TextColumn("{task.fields[rate]} rollouts/s"),
             TimeElapsedColumn(),
             console=console,
@@ -60,20 +125,30 @@ class RichProgress(ProgressReporter):
         self.finish()
         self._progress.start()
         self._started = time.monotonic()
-        self._task = self._progress.add_task(description, total=total, success="-", failed="-", reward="-", rate="-")
+        outcomes = format_outcomes(finished=None, failed=None, full_reward=None, mean_reward=None)
+        self._task = self._progress.add_task(description, total=total, outcomes=outcomes, rate="-")
 
-    def rollouts(self, *, done: int, succeeded: int, rewards: list[float], failed: Optional[int] = None) -> None:
+    def rollouts(
+        self,
+        *,
+        done: int,
+        succeeded: int,
+        rewards: list[float],
+        failed: Optional[int] = None,
+        full_reward: Optional[int] = None,
+    ) -> None:
         if self._task is None:
             return
         elapsed = max(time.monotonic() - self._started, 1e-9)
-        self._progress.update(
-            self._task,
-            completed=done,
-            success=f"{succeeded / done:.0%}" if done else "-",
-            failed="-" if failed is None else str(failed),
-            reward=f"{sum(rewards) / len(rewards):.3f}" if rewards else "-",
-            rate=f"{done / elapsed:.1f}",
+        if full_reward is None and rewards:
+            full_reward = count_full_rewards(rewards)
+        outcomes = format_outcomes(
+            finished=succeeded,
+            failed=failed,
+            full_reward=full_reward,
+            mean_reward=sum(rewards) / len(rewards) if rewards else None,
         )
+        self._progress.update(self._task, completed=done, outcomes=outcomes, rate=f"{done / elapsed:.1f}")
 
     def finish(self) -> None:
         if self._task is not None:

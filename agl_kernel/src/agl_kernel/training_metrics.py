@@ -63,12 +63,16 @@ class MetricsRecorder:
         console: Optional[Console] = None,
         tensorboard_dir: Optional[str] = None,
         columns: Optional[Sequence[Column]] = None,
+        validation_columns: Optional[Sequence[Column]] = None,
     ) -> None:
         self.store = store
         self.algorithm = algorithm
         self.console = console
         self.columns = list(columns) if columns is not None else None
-        """What the console table shows; ``None``: every metric of the step, as ``{:.4g}``."""
+        """What the console table shows, every column on every step (``-`` for a metric the step lacks, e.g. the
+        loss of a step without an update); ``None``: every metric of the step, as ``{:.4g}``."""
+        self.validation_columns = list(validation_columns) if validation_columns is not None else None
+        """What the console line of a validation shows (``header: value``); ``None``: every metric, as ``{:.3f}``."""
         self.rollout_id: Optional[str] = None
         self.attempt_id: Optional[str] = None
         self._trace_id = os.urandom(16).hex()
@@ -141,17 +145,18 @@ class MetricsRecorder:
     ) -> None:
         assert self.console is not None
         if validation:
-            shown = ", ".join(f"{k} {v:.3f}" for k, v in metrics.items())
+            if self.validation_columns is None:
+                shown = ", ".join(f"{k} {v:.3f}" for k, v in metrics.items())
+            else:
+                columns = self.validation_columns
+                shown = "  ".join(f"{header}: {_cell(metrics, key, fmt)}" for key, header, fmt in columns)
             self.console.print(f"[bold]validation[/bold] at step {step}: {shown}")
             return
         table = Table(title=f"{self.algorithm} step {step}", title_justify="left")
-        if self.columns is None:
-            columns = [(key, key, "{:.4g}") for key in metrics]
-        else:
-            columns = [(key, header, fmt) for key, header, fmt in self.columns if key in metrics]
+        columns = [(key, key, "{:.4g}") for key in metrics] if self.columns is None else self.columns
         for _, header, _ in columns:
             table.add_column(header, justify="right")
-        table.add_row(*(fmt.format(metrics[key]) for key, _, fmt in columns))
+        table.add_row(*(_cell(metrics, key, fmt) for key, _, fmt in columns))
         self.console.print(table)
         for item in list(reasons)[:3]:
             self.console.print(f"  [yellow]no training data[/yellow] from {item['rollout_id']}: {item['reason']}")
@@ -166,3 +171,8 @@ class MetricsRecorder:
             status = AttemptStatus.SUCCEEDED if succeeded else AttemptStatus.FAILED
             await self.store.update_attempt(self.rollout_id, self.attempt_id, status=status)
             self.rollout_id = self.attempt_id = None
+
+
+def _cell(metrics: Mapping[str, float], key: str, fmt: str) -> str:
+    """``metrics[key]`` formatted, or ``-`` when the step has no such metric."""
+    return fmt.format(metrics[key]) if key in metrics else "-"

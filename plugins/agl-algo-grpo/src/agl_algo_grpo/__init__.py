@@ -23,6 +23,7 @@ from agl_algo_grpo._batching import (
     collate,
     pack_prefixes,
 )
+from agl_algo_grpo._checkpoint import disk_usage, format_size
 from agl_algo_grpo._config import GRPOConfig, LoraSettings, make_config
 from agl_algo_grpo._losses import group_advantages, policy_loss, token_logprobs
 from agl_kernel.training_metrics import (
@@ -44,6 +45,8 @@ __all__ = [
     "GRPOReport",
     "LoraSettings",
     "make_config",
+    "disk_usage",
+    "format_size",
     "PolicyTrainer",
     "keep_freed_memory",
     "PolicyPublisher",

@@ -10,6 +10,7 @@ import random
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
 import attrs
@@ -21,11 +22,13 @@ from agl_kernel.algorithm import Algorithm
 from agl_kernel.config import to_plain
 from agl_kernel.errors import ConfigError
 from agl_kernel.models import EnqueueRequest, Rollout, RolloutConfig, RolloutMode, RolloutStatus, Triplet
-from agl_kernel.rewards import final_reward
+from agl_kernel.progress import FAILED, FINISHED, FULL_REWARD, MEAN_REWARD, ProgressReporter, count_full_rewards
+from agl_kernel.rewards import final_reward, get_reward
 from agl_kernel.store import LightningStore
 from agl_kernel.training_metrics import Column, MetricsRecorder
 
 from agl_algo_grpo._batching import RolloutSample, assign_advantages
+from agl_algo_grpo._checkpoint import disk_usage, format_size, list_checkpoints
 from agl_algo_grpo._config import GRPOConfig, make_config
 from agl_algo_grpo._policy import PolicyTrainer, keep_freed_memory, resolve_device
 from agl_algo_grpo._publish import PolicyPublisher, as_publisher
@@ -41,11 +44,14 @@ from agl_algo_grpo._serving import (
 
 __all__ = ["GRPO", "GRPOReport"]
 
-CONSOLE_COLUMNS: list[Column] = [  # what each step's console table shows
-    ("reward_mean", "reward", "{:.3f}"),
+# What each step's console table shows: every column on every step ("-" where a step has no value, e.g. the loss
+# of a step without an update). The rollout counts use the words of every progress table (agl_kernel.progress).
+CONSOLE_COLUMNS: list[Column] = [
+    ("rollouts_succeeded", FINISHED, "{:.0f}"),
+    ("rollouts_failed", FAILED, "{:.0f}"),
+    ("rollouts_full_reward", FULL_REWARD, "{:.0f}"),
+    ("reward_mean", MEAN_REWARD, "{:.3f}"),
     ("reward_std", "std", "{:.3f}"),
-    ("success_rate", "success", "{:.0%}"),
-    ("rollouts_succeeded", "ok", "{:.0f}"),
     ("rollouts_without_triplets", "no data", "{:.0f}"),
     ("triplets_trained", "triplets", "{:.0f}"),
     ("loss", "loss", "{:.4f}"),
@@ -55,12 +61,20 @@ CONSOLE_COLUMNS: list[Column] = [  # what each step's console table shows
     ("tokens_per_s", "tok/s", "{:.0f}"),
     ("rollout_time_s", "rollout s", "{:.1f}"),
     ("update_time_s", "update s", "{:.1f}"),
-    ("val_reward_mean", "val reward", "{:.3f}"),
+]
+VALIDATION_COLUMNS: list[Column] = [  # the console line of each validation
+    ("val_rollouts", "rollouts", "{:.0f}"),
+    ("val_finished", FINISHED, "{:.0f}"),
+    ("val_failed", FAILED, "{:.0f}"),
+    ("val_full_reward", FULL_REWARD, "{:.0f}"),
+    ("val_reward_mean", MEAN_REWARD, "{:.3f}"),
 ]
 
 
 class GRPOReport(msgspec.Struct, frozen=True, kw_only=True):
-    """What a GRPO run did: per-step and per-validation metrics, where they are in the store, the last checkpoint."""
+    """What a GRPO run did: per-step and per-validation metrics, where they are in the store, the last checkpoint,
+    and the checkpoints on disk after the run (``checkpoints``: their folders, oldest first; ``checkpoints_bytes``:
+    what they take on disk together, as ``du`` counts)."""
 
     steps_done: int
     history: list[dict[str, float]]
@@ -68,6 +82,9 @@ class GRPOReport(msgspec.Struct, frozen=True, kw_only=True):
     metrics_rollout_id: Optional[str] = None
     checkpoint: Optional[str] = None
     resumed_from: Optional[str] = None
+    checkpoint_dir: Optional[str] = None
+    checkpoints: list[str] = msgspec.field(default_factory=list)
+    checkpoints_bytes: int = 0
 
 
 @dataclass
@@ -75,6 +92,7 @@ class _Collected:
     samples: list[RolloutSample]
     rewards: list[float]
     succeeded: int
+    failed: int
     no_triplets: list[dict[str, str]]
 
 
@@ -219,6 +237,7 @@ class GRPO(Algorithm):
             console=self.console,
             tensorboard_dir=self.config.tensorboard_dir,
             columns=CONSOLE_COLUMNS,
+            validation_columns=VALIDATION_COLUMNS,
         )
         resumed = str(policy.resumed_from) if policy.resumed_from is not None else None
         metrics_rollout_id = await recorder.open({"config": to_plain(self.config), "resumed_from": resumed})
@@ -242,6 +261,16 @@ class GRPO(Algorithm):
             await recorder.close(succeeded=False)
             raise
         await recorder.close(succeeded=True)
+        kept = [str(path) for _, path in list_checkpoints(policy.checkpoint_dir)] if checkpoint else []
+        size = sum(disk_usage(Path(path)) for path in kept)
+        if self.console is not None and checkpoint is not None:
+            keep = self.config.keep_checkpoints
+            self.console.print(
+                f"checkpoints: {len(kept)} in {policy.checkpoint_dir}/ ({', '.join(Path(p).name for p in kept)}), "
+                f"{format_size(size)} on disk; the newest {keep} are kept (keep_checkpoints)"
+                if keep is not None
+                else f"checkpoints: {len(kept)} in {policy.checkpoint_dir}/, {format_size(size)} on disk"
+            )
         return GRPOReport(
             steps_done=policy.step,
             history=history,
@@ -249,6 +278,9 @@ class GRPO(Algorithm):
             metrics_rollout_id=metrics_rollout_id,
             checkpoint=checkpoint,
             resumed_from=resumed,
+            checkpoint_dir=str(policy.checkpoint_dir) if checkpoint else None,
+            checkpoints=kept,
+            checkpoints_bytes=size,
         )
 
     async def _step(
@@ -287,6 +319,7 @@ class GRPO(Algorithm):
         metrics.update(
             rollouts=float(len(rollouts)),
             rollouts_succeeded=float(collected.succeeded),
+            rollouts_failed=float(collected.failed),
             rollouts_without_triplets=float(len(collected.no_triplets)),
             triplets=float(total),
             triplets_trained=float(len(samples)),
@@ -298,7 +331,8 @@ class GRPO(Algorithm):
             mean = sum(rewards) / len(rewards)
             metrics["reward_mean"] = mean
             metrics["reward_std"] = (sum((r - mean) ** 2 for r in rewards) / len(rewards)) ** 0.5
-            metrics["success_rate"] = sum(r >= 1.0 for r in rewards) / len(rewards)
+            metrics["rollouts_full_reward"] = float(count_full_rewards(rewards))
+            metrics["success_rate"] = metrics["rollouts_full_reward"] / len(rewards)  # share with reward ≥ 1
         metrics["update_time_s"] = metrics["step_time_s"] - rollout_time
         await recorder.record(policy.step, metrics, no_triplet_reasons=collected.no_triplets, started=started_wall)
         return metrics
@@ -335,6 +369,8 @@ class GRPO(Algorithm):
         timeout = self.config.rollout_timeout
         deadline = None if timeout is None else time.monotonic() + timeout
         ended: dict[str, Rollout] = {}
+        rewards: dict[str, float] = {}
+        shown = type(self.progress) is not ProgressReporter  # the silent reporter needs no rewards read
         pending = [r.rollout_id for r in rollouts]
         self.progress.start(phase, len(pending))
         try:
@@ -344,9 +380,17 @@ class GRPO(Algorithm):
                     break
                 for rollout in await store.wait_for_rollouts(pending, timeout=min(left or 1.0, 1.0)):
                     ended[rollout.rollout_id] = rollout
+                    if shown and rollout.status is RolloutStatus.SUCCEEDED:
+                        reward = await get_reward(store, rollout.rollout_id)
+                        if reward is not None:
+                            rewards[rollout.rollout_id] = reward
                 pending = [r for r in pending if r not in ended]
-                succeeded = sum(r.status is RolloutStatus.SUCCEEDED for r in ended.values())
-                self.progress.rollouts(done=len(ended), succeeded=succeeded, rewards=[])
+                self.progress.rollouts(
+                    done=len(ended),
+                    succeeded=sum(r.status is RolloutStatus.SUCCEEDED for r in ended.values()),
+                    failed=sum(r.status is RolloutStatus.FAILED for r in ended.values()),
+                    rewards=list(rewards.values()),
+                )
         finally:
             self.progress.finish()
         for rollout_id in pending:
@@ -355,7 +399,7 @@ class GRPO(Algorithm):
 
     async def _collect(self, store: LightningStore, rollouts: list[Rollout], ended: dict[str, Rollout]) -> _Collected:
         """Triplets (via the adapter) of each rollout that succeeded, with a reason for each that gave none."""
-        samples, rewards, no_triplets, succeeded = [], [], [], 0
+        samples, rewards, no_triplets, succeeded, failed = [], [], [], 0, 0
         for index, rollout in enumerate(rollouts):
             rid = rollout.rollout_id
             group = index // self.config.group_size
@@ -364,6 +408,7 @@ class GRPO(Algorithm):
                 no_triplets.append({"rollout_id": rid, "reason": "did not end within rollout_timeout; cancelled"})
                 continue
             if done.status is not RolloutStatus.SUCCEEDED:
+                failed += done.status is RolloutStatus.FAILED
                 no_triplets.append({"rollout_id": rid, "reason": f"the rollout {done.status.value}"})
                 continue
             succeeded += 1
@@ -375,7 +420,9 @@ class GRPO(Algorithm):
                 no_triplets.append({"rollout_id": rid, "reason": reason})
                 continue
             samples.append(RolloutSample(rollout_id=rid, group=group, triplets=triplets, final_reward=reward))
-        return _Collected(samples=samples, rewards=rewards, succeeded=succeeded, no_triplets=no_triplets)
+        return _Collected(
+            samples=samples, rewards=rewards, succeeded=succeeded, failed=failed, no_triplets=no_triplets
+        )
 
     def _adapt(self, spans: Sequence[Any]) -> tuple[list[Triplet], Optional[float], str]:
         """(triplets, final reward, why there are none) from one attempt's spans, whatever the adapter returns: a
@@ -425,6 +472,9 @@ class GRPO(Algorithm):
             "val_rewarded": len(rewards) / len(rollouts),
             "val_succeeded": succeeded / len(rollouts),
             "val_rollouts": float(len(rollouts)),
+            "val_finished": float(succeeded),
+            "val_failed": float(sum(r.status is RolloutStatus.FAILED for r in ended.values())),
+            "val_full_reward": float(count_full_rewards(rewards)),
         }
         await recorder.record(policy.step, metrics, validation=True, started=started_wall)
         return metrics

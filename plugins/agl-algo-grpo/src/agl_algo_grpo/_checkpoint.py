@@ -4,15 +4,19 @@ is written under a temporary name and renamed when complete, so a crash never le
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 
 __all__ = [
+    "disk_usage",
+    "format_size",
     "latest_checkpoint",
     "list_checkpoints",
     "load_model_weights",
@@ -42,11 +46,39 @@ def latest_checkpoint(directory: Path) -> Optional[Path]:
     return checkpoints[-1][1] if checkpoints else None
 
 
-def prune_checkpoints(directory: Path, keep: Optional[int]) -> None:
+def prune_checkpoints(directory: Path, keep: Optional[int], *, newest: Optional[Path] = None) -> None:
+    """Delete all but ``keep`` checkpoints in ``directory`` (``None``: keep all): the highest steps are kept, and
+    ``newest`` (the one just written) always is, even when an earlier run left checkpoints of later steps."""
     if keep is None:
         return
-    for _, path in list_checkpoints(directory)[:-keep]:
+    found = [path for _, path in list_checkpoints(directory)]
+    if newest is not None and newest in found:
+        found.remove(newest)
+        keep -= 1
+    for path in found[: max(len(found) - keep, 0)]:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def disk_usage(path: Path) -> int:
+    """Bytes ``path`` (a file or a folder, walked) takes on disk, as ``du`` counts them (allocated blocks)."""
+    if not path.exists():
+        return 0
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file() and not p.is_symlink()]
+    total = 0
+    for file in files:
+        info = file.stat()
+        total += getattr(info, "st_blocks", 0) * 512 or info.st_size
+    return total
+
+
+def format_size(size: int) -> str:
+    """``1.6 GB``, ``517 MB``, ``12 kB`` (powers of 1024, as ``du -h``)."""
+    value = float(size)
+    for unit in ("B", "kB", "MB", "GB"):
+        if value < 1024 or unit == "GB":
+            break
+        value /= 1024
+    return f"{value:.1f} {unit}" if unit == "GB" else f"{value:.0f} {unit}"
 
 
 def write_checkpoint(directory: Path, step: int, *, model: Any, optimizer: Any, state: dict[str, Any]) -> Path:
@@ -90,10 +122,27 @@ def read_checkpoint(path: Path, *, model: Any, optimizer: Any, lora: bool, devic
 def save_model_weights(model: Any, target: Path) -> None:
     """``save_pretrained`` when the model has it (a peft model saves its adapter only); else a plain state dict."""
     if hasattr(model, "save_pretrained"):
-        model.save_pretrained(str(target))
+        with _no_progress_bar():  # transformers' "Writing model shards" bar would cut into the console's tables
+            model.save_pretrained(str(target))
     else:
         target.mkdir(parents=True, exist_ok=True)
         torch.save(model.state_dict(), target / "weights.pt")
+
+
+@contextlib.contextmanager
+def _no_progress_bar() -> Iterator[None]:
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        yield
+        return
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
 
 
 def load_model_weights(model: Any, source: Path, *, lora: bool, device: torch.device) -> None:

@@ -342,7 +342,7 @@ class PolicyTrainer:
             optimizer=self.optimizer,
             state={"lora": self.lora, "seed": self.config.seed},
         )
-        prune_checkpoints(root, self.config.keep_checkpoints)
+        prune_checkpoints(root, self.config.keep_checkpoints, newest=path)
         return path
 
     def resume(self, directory: Union[str, Path, None] = None) -> Optional[Path]:
