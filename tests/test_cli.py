@@ -123,7 +123,7 @@ def test_plugin_commands_run_and_agl_errors_are_reported_without_traceback() -> 
     assert invoke("greet").output == "hi\n"
     assert invoke("find-store", "memory").output.strip() == "InMemoryLightningStore"
     result = CliRunner().invoke(cli, ["find-store", "nope"])
-    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.exit_code == 2 and "Traceback" not in result.output
     assert "Error: No stores plugin named 'nope'. Available stores:" in result.output and "memory" in result.output
 
 

@@ -358,13 +358,13 @@ def test_a_permanent_error_or_an_outage_past_the_window_ends_agl_runner(tmp_path
     finally:
         server.kill()
     output = (tmp_path / "wrong.log").read_text()
-    assert wrong.returncode == 1 and "token" in output and "Traceback" not in output, output
+    assert wrong.returncode == 2 and "token" in output and "Traceback" not in output, output
 
     gone = start_runner(server.url, tmp_path / "gone.log", "--set", "runner.store_outage_seconds=1")
     t0 = time.monotonic()
     gone.wait(60)
     output = (tmp_path / "gone.log").read_text()
-    assert gone.returncode == 1 and "Traceback" not in output, output
+    assert gone.returncode == 2 and "Traceback" not in output, output
     assert "giving up" in output and "Is `agl store serve` running there?" in output, output
     assert time.monotonic() - t0 < 30
 

@@ -81,13 +81,13 @@ def test_a_good_rollout_and_json_output(tmp_path: Path) -> None:
 def test_errors_say_what_to_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     missing = _why("ro-1")
-    assert missing.exit_code == 1 and "there is no store file at" in missing.output and "--path" in missing.output
+    assert missing.exit_code == 2 and "there is no store file at" in missing.output and "--path" in missing.output
     assert not (tmp_path / ".agl").exists()  # a read-only command creates no store
     db = tmp_path / "agl.db"
     _store_rollout(db, with_token_ids=True)
     unknown = _why("ro-nope", "--path", str(db))
-    assert unknown.exit_code == 1 and "ro-nope" in unknown.output
+    assert unknown.exit_code == 2 and "ro-nope" in unknown.output
     both = _why("ro-1", "--path", str(db), "--url", "http://127.0.0.1:1")
-    assert both.exit_code == 1 and "either --url or --store/--path" in both.output
+    assert both.exit_code == 2 and "either --url or --store/--path" in both.output
     bad = _why("ro-1", "--path", str(db), "--agent-match", "(")
     assert bad.exit_code == 2 and "not a valid regular expression" in bad.output

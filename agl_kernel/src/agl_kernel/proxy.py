@@ -40,7 +40,7 @@ from typing import Any, Optional
 
 import httpx
 
-from agl_kernel.errors import NotFoundError
+from agl_kernel.errors import AglError, NotFoundError
 from agl_kernel.llm_calls import StreamAccumulator, request_attributes, response_attributes, span_name
 from agl_kernel.models import Span, SpanStatus
 from agl_kernel.store.base import LightningStore
@@ -56,7 +56,7 @@ RESOURCES_ID = "agl.resources.id"
 RESOURCES_VERSION = "agl.resources.version"
 
 
-class ProxyError(Exception):
+class ProxyError(AglError):
     """A call the proxy refuses or cannot complete: ``status`` and an OpenAI-style error ``type``."""
 
     def __init__(self, status: int, message: str, kind: str = "invalid_request_error", param: Optional[str] = None):

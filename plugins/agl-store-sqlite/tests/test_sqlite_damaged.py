@@ -139,7 +139,7 @@ def run_cli(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[st
 
 def assert_one_line_refusal(result: subprocess.CompletedProcess[str]) -> str:
     output = (result.stdout + result.stderr).strip()
-    assert result.returncode == 1, output
+    assert result.returncode == 2, output
     assert "Traceback" not in output, output
     assert len(output.splitlines()) == 1 and output.startswith("Error: "), output
     return output

@@ -23,6 +23,7 @@ from typing import Any
 import msgspec
 
 from agl_kernel import semconv
+from agl_kernel.errors import AglError
 from agl_kernel.models import Span, SpanEvent, SpanLink, SpanStatus
 
 __all__ = ["OtlpError", "decode_request", "decompress", "encode_error", "encode_success"]
@@ -38,7 +39,7 @@ def _number(value: int) -> str:
     return str(value) if value.bit_length() <= 128 else f"an integer of {value.bit_length()} bits"
 
 
-class OtlpError(ValueError):
+class OtlpError(AglError, ValueError):
     """The request cannot be ingested; ``status`` is the HTTP status to answer with."""
 
     def __init__(self, message: str, status: int = 400) -> None:

@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 
+from agl_kernel.errors import AglError
 from agl_model_server import _kvcache, _static
 from agl_model_server._sampling import SamplingParams, sample_batch
 
@@ -58,7 +59,7 @@ class TokenEvent:
     """The weights version that generated the sequence (the same on all its events: weight changes drain first)."""
 
 
-class EngineError(RuntimeError):
+class EngineError(AglError, RuntimeError):
     """The engine is not running (stopped, or never started)."""
 
 

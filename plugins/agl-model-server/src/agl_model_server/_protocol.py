@@ -11,6 +11,8 @@ from typing import Any
 
 import msgspec
 
+from agl_kernel.errors import AglError
+
 __all__ = [
     "ApiError",
     "ChatRequest",
@@ -21,7 +23,7 @@ __all__ = [
 ]
 
 
-class ApiError(Exception):
+class ApiError(AglError):
     """An error answered as ``{"error": {"message", "type", "param", "code"}}`` with ``status``."""
 
     def __init__(

@@ -10,10 +10,12 @@ from typing import Any
 
 import torch
 
+from agl_kernel.errors import AglError
+
 __all__ = ["WeightsError", "apply_state_dict", "read_safetensors_bytes", "read_weights_path"]
 
 
-class WeightsError(ValueError):
+class WeightsError(AglError, ValueError):
     """New weights that do not fit the served model (unknown names, wrong shapes, missing tensors, unreadable
     data); nothing was changed."""
 
