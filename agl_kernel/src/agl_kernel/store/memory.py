@@ -269,12 +269,9 @@ class InMemoryLightningStore(LightningStore):
         rollout = self._rollouts[attempt.rollout_id]
         updated = replace(attempt, status=status, end_time=now if status.is_final else None, **changes)
         self._put_attempt(updated)
-        if status.is_final:
-            self._release_worker(attempt, WorkerStatus.IDLE, now)
-        elif status is AttemptStatus.UNRESPONSIVE:
-            self._release_worker(attempt, WorkerStatus.UNRESPONSIVE, now)
-        elif attempt.status is AttemptStatus.UNRESPONSIVE:
-            self._release_worker(attempt, WorkerStatus.BUSY, now)
+        worker_status = policy.worker_status_after_attempt(attempt.status, status)
+        if worker_status is not None:
+            self._release_worker(attempt, worker_status, now)
         if self._attempts[rollout.rollout_id][-1].attempt_id == attempt.attempt_id:
             rollout_status = policy.rollout_status_after_attempt(rollout, attempt, status)
             if rollout_status is not None and rollout_status is not rollout.status:

@@ -6,7 +6,7 @@ import uuid
 from typing import Optional
 
 from agl_kernel.errors import InvalidStatusTransitionError
-from agl_kernel.models import Attempt, AttemptStatus, Rollout, RolloutConfig, RolloutStatus
+from agl_kernel.models import Attempt, AttemptStatus, Rollout, RolloutConfig, RolloutStatus, WorkerStatus
 
 QUEUED_STATUSES = frozenset({RolloutStatus.QUEUING, RolloutStatus.REQUEUING})
 RETRYABLE_STATUSES = frozenset({AttemptStatus.FAILED, AttemptStatus.TIMEOUT, AttemptStatus.UNRESPONSIVE})
@@ -44,6 +44,20 @@ def rollout_status_after_attempt(rollout: Rollout, attempt: Attempt, status: Att
     if status is AttemptStatus.SUCCEEDED:
         return RolloutStatus.SUCCEEDED
     return RolloutStatus.REQUEUING if should_retry(rollout.config, attempt.sequence_id, status) else RolloutStatus.FAILED
+
+
+def worker_status_after_attempt(previous: AttemptStatus, status: AttemptStatus) -> Optional[WorkerStatus]:
+    """The status the worker running an attempt takes when the attempt moves from ``previous`` to ``status``;
+    ``None`` = leave it. A final attempt frees its worker (``idle``: the backend also clears its current rollout
+    and attempt), an unresponsive one makes it ``unresponsive``, and a revived one (a late heartbeat) makes it
+    ``busy`` again. Backends apply it only while the worker is still on that attempt."""
+    if status.is_final:
+        return WorkerStatus.IDLE
+    if status is AttemptStatus.UNRESPONSIVE:
+        return WorkerStatus.UNRESPONSIVE
+    if previous is AttemptStatus.UNRESPONSIVE:
+        return WorkerStatus.BUSY
+    return None
 
 
 def should_retry(config: RolloutConfig, attempt_sequence_id: int, status: AttemptStatus) -> bool:

@@ -228,12 +228,9 @@ def set_attempt_status(
     rollout_status = None
     if attempt.sequence_id == rollout.attempt_count:  # only the newest attempt drives the rollout
         rollout_status = policy.rollout_status_after_attempt(rollout, attempt, status)  # type: ignore[arg-type]
-    if status.is_final:
-        release_worker(tx, attempt, WorkerStatus.IDLE, now)
-    elif status is AttemptStatus.UNRESPONSIVE:
-        release_worker(tx, attempt, WorkerStatus.UNRESPONSIVE, now)
-    elif attempt.status is AttemptStatus.UNRESPONSIVE:
-        release_worker(tx, attempt, WorkerStatus.BUSY, now)
+    worker_status = policy.worker_status_after_attempt(attempt.status, status)
+    if worker_status is not None:
+        release_worker(tx, attempt, worker_status, now)
     row_changes = {"status": status.value, "end_time": now if status.is_final else None, **changes}
     if status.is_final:
         row_changes["watch"] = None
