@@ -196,3 +196,33 @@ def test_agl_dev_twice_in_one_folder_then_runs_list(tmp_path: Path) -> None:
     assert {r["status"] for r in rollouts} == {"succeeded"}
     shown = agl("rollouts", "show", rollouts[0]["rollout_id"], cwd=tmp_path)
     assert f"run {oldest['run_id']}" in shown.stdout, shown.stdout
+
+
+PROMPT_AGENT = textwrap.dedent(
+    """
+    from agl_kernel.agent import prompt_rollout
+    from agl_kernel.models import PromptTemplate
+
+    tasks = [{"question": "q"}]
+    seeds = {"prompt": PromptTemplate(template="from python {question}")}
+
+    @prompt_rollout
+    def agent(task, prompt):
+        print("the prompt is", prompt.template)
+        return 1.0
+    """
+)
+
+
+def test_agl_dev_starts_from_resources_given_as_json_or_python(tmp_path: Path) -> None:
+    (tmp_path / "agents.py").write_text(PROMPT_AGENT)
+    (tmp_path / "seeds.json").write_text(json.dumps({"prompt": {"resource_type": "prompt_template", "template": "from json {x}"}}))
+    spec = ["--agent", "agents.py:agent", "--dataset", "agents.py:tasks"]
+    from_json = agl("dev", *spec, "--resources", "seeds.json", cwd=tmp_path)
+    assert "the prompt is from json {x}" in from_json.stdout, from_json.stdout + from_json.stderr
+    from_python = agl("dev", *spec, "--resources", "agents.py:seeds", cwd=tmp_path)
+    assert "the prompt is from python {question}" in from_python.stdout, from_python.stdout + from_python.stderr
+    (tmp_path / "bad.json").write_text(json.dumps({"prompt": {"template": "no type"}}))
+    bad = agl("dev", *spec, "--resources", "bad.json", cwd=tmp_path)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert bad.stderr.startswith("Error: run.resources: 'bad.json'") and "resource_type" in bad.stderr, bad.stderr

@@ -86,19 +86,72 @@ class RunOptions:
     with it as its LLM resource main_llm (an agent's @llm_rollout gets it)."""
     llm_model: Optional[str] = None
     """The model name to ask that endpoint for (required with llm)."""
+    resources: Optional[str] = None
+    """Resources the run starts from (seed prompts, LLMs): a .json file of name -> resource (with its
+    resource_type: prompt_template, llm, proxy_llm), or module:name of such a dict (or of a function returning one)."""
 
     def initial_resources(self) -> dict[str, Any]:
-        """The resources the run starts with: ``main_llm`` when ``llm`` is set."""
-        if self.llm is None:
-            return {}
-        if not self.llm_model:
-            raise ConfigError(
-                "run.llm_model: required with run.llm; pass --llm-model NAME (the model the endpoint serves, e.g. "
-                "smollm2 for `agl serve-model --model smollm2`)"
-            )
+        """The resources the run starts with: those of ``resources``, and ``main_llm`` when ``llm`` is set."""
         from agl_kernel.models import LLM
 
-        return {"main_llm": LLM(endpoint=self.llm, model=self.llm_model)}
+        found = {} if self.resources is None else _load_resources(self.resources)
+        if self.llm is not None:
+            if not self.llm_model:
+                raise ConfigError(
+                    "run.llm_model: required with run.llm; pass --llm-model NAME (the model the endpoint serves, "
+                    "e.g. smollm2 for `agl serve-model --model smollm2`)"
+                )
+            found["main_llm"] = LLM(endpoint=self.llm, model=self.llm_model)
+        return found
+
+
+def _load_resources(spec: str) -> dict[str, Any]:
+    import json
+
+    import msgspec
+
+    from agl_kernel.models import Resource
+
+    key = "run.resources"
+    if spec.endswith(".json") and ":" not in spec:
+        try:
+            with open(spec, encoding="utf-8") as file:
+                data: Any = json.load(file)
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"{key}: cannot read {spec!r}: {err}") from None
+    else:
+        data = import_spec(spec, key)
+        if callable(data):
+            data = data()
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{key}: {spec!r} is a {type(data).__name__}, not a dict of name -> resource")
+    try:
+        return dict(msgspec.convert(dict(data), dict[str, Resource], from_attributes=True))
+    except msgspec.ValidationError as err:
+        raise ConfigError(
+            f"{key}: {spec!r}: {err} (each resource is a PromptTemplate, LLM or ProxyLLM; in JSON an object with "
+            f"resource_type prompt_template, llm or proxy_llm)"
+        ) from None
+
+
+def import_spec(spec: str, key: str) -> Any:
+    """The object ``spec`` (``module:name`` or ``path/to/file.py:name``) names, for the configuration key ``key``;
+    any failure, including an exception raised by the module as it is imported, is one :class:`ConfigError` line
+    naming ``key`` (and the file and line)."""
+    from agl_kernel.imports import import_object
+
+    try:
+        return import_object(spec)
+    except (ValueError, ImportError, OSError, AttributeError) as err:
+        raise ConfigError(f"{key}: {err}") from None
+    except SyntaxError as err:
+        raise ConfigError(f"{key}: {spec!r}: {err.msg} ({err.filename}, line {err.lineno})") from None
+    except Exception as err:  # noqa: BLE001 - the user's module failed as it was imported: one line, where
+        import traceback
+
+        frames = traceback.extract_tb(err.__traceback__)
+        where = f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+        raise ConfigError(f"{key}: importing {spec!r} raised {type(err).__name__}: {err}{where}") from None
 
 
 @attrs.frozen
