@@ -168,7 +168,7 @@ def test_beam_keeps_the_better_candidates_and_publishes_the_best(tmp_path: Path,
     shown = CliRunner().invoke(cli, ["resources", "show", "instructions", "--path", str(db)])
     assert shown.exit_code == 0, shown.output
     assert "Compute {question}." in shown.output and "Be CAREFUL. Compute {question}." in shown.output
-    listed = CliRunner().invoke(cli, ["resources", "list", "--path", str(db)])
+    listed = CliRunner().invoke(cli, ["resources", "list", "--path", str(db)], env={"COLUMNS": "200"})  # ids unclipped
     assert listed.exit_code == 0 and report.resources_id in listed.output
 
 

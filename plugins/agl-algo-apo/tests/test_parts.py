@@ -1,14 +1,23 @@
-"""APO's parts on their own: the beam selection, the checks of an edited prompt, the trajectory text."""
+"""APO's parts on their own: the beam selection, the checks of an edited prompt, the trajectory text, and the search's
+pure steps (children, batches, scores, a round's rows, spans and metrics) without a store."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from typing import Any
 
 import pytest
 
-from agl_algo_apo import Candidate, check_edit, pareto_front, render_trajectory, select_beam
+from agl_algo_apo import APO, Candidate, CandidateRecord, OptimizerError, check_edit, pareto_front, render_trajectory
+from agl_algo_apo import select_beam
+from agl_algo_apo._algorithm import Proposal, Rejected, Search, examples, outcome_score, template_names
+from agl_algo_apo._optimizer import load_template
+from agl_algo_apo._report import round_metrics, round_rows, span_attributes
 from agl_kernel import semconv
-from agl_kernel.models import PromptTemplate, Span
+from agl_kernel.algorithm import RolloutOutcome
+from agl_kernel.errors import AglError, ConfigError
+from agl_kernel.models import PromptTemplate, ResourcesUpdate, Span
 
 TASKS = [0, 1, 2, 3]
 
@@ -133,3 +142,109 @@ def test_trajectory_reads_calls_tools_and_errors() -> None:
     )
     long = render_trajectory(spans * 1, task="x" * 10_000, reward=1.0, status="succeeded", max_chars=500)
     assert len(long) <= 520 and long.endswith("Outcome: succeeded, reward 1")
+
+
+# ---------------------------------------------------------------------------------------------------- the search's
+# pure steps, without a store: the search object is built on a store it never touches here
+
+
+def outcome(reward: float | None, status: str = "succeeded") -> RolloutOutcome:
+    return RolloutOutcome(rollout_id=f"ro-{reward}-{status}", input=None, status=status, reward=reward, attempts=1)
+
+
+def search(**options: Any) -> Search:
+    apo = APO(console=False, output_path=None, optimizer_base_url="http://127.0.0.1:9/v1", **options)
+    prompts = {"style": PromptTemplate(template="Be brief."), "instructions": PromptTemplate(template="Do {x}.")}
+    base = ResourcesUpdate(resources_id="seed", version=1, create_time=0.0, update_time=0.0, resources=prompts)
+    return Search(apo, None, base, train=list(range(5)), val=list(range(4)))  # type: ignore[arg-type]
+
+
+def test_scores_and_the_examples_the_critique_reads() -> None:
+    assert outcome_score(outcome(0.5)) == 0.5
+    assert outcome_score(outcome(1.0, "failed")) == 0.0 and outcome_score(outcome(None)) == 0.0
+    runs = [(task, outcome(reward)) for task, reward in enumerate([0.2, 1.0, 0.0, 0.7, None])]
+    worst, best = examples(runs, 2)
+    assert [task for task, _ in worst] == [2, 4] and [task for task, _ in best] == [1, 3]
+    worst, best = examples(runs[:3], 2)  # too few runs: the best are the ones left over
+    assert [task for task, _ in worst] == [2, 0] and [task for task, _ in best] == [1]
+
+
+def test_children_are_numbered_in_order_and_repeats_are_rejected() -> None:
+    s = search(branch_factor=3)
+    edited = PromptTemplate(template="Do {x}, carefully.")
+    proposals: list[list[Proposal]] = [
+        [("instructions", edited), Rejected("style", "the edited prompt is empty"), ("instructions", edited)]
+    ]
+    children, rejected = s.children(1, proposals)
+    assert [(c.candidate_id, c.parent, c.edited, c.round) for c in children] == [("c1", "c0", "instructions", 1)]
+    assert children[0].prompts == {"style": s.seed.prompts["style"], "instructions": edited}
+    assert [(r.candidate, r.template, r.status, r.reason) for r in rejected] == [
+        ("c2", "style", "rejected", "the edited prompt is empty"),
+        ("c3", "instructions", "rejected", "the same prompts as candidate c1"),
+    ]
+    same_as_seed = [[("style", s.seed.prompts["style"])]]
+    assert s.children(2, same_as_seed)[1][0].reason == "the same prompts as candidate c0"  # c4: the seed again
+
+
+def test_batches_walk_the_shuffled_training_set_and_sample_validation() -> None:
+    s = search(train_batch_size=3, val_batch_size=2, seed=7)
+    walked = s.train_batch(1) + s.train_batch(2)
+    assert sorted(walked[:5]) == [0, 1, 2, 3, 4] and walked[5] == walked[0]  # every task, then around again
+    batch = s.val_batch()
+    assert len(batch) == 2 and batch == sorted(batch) and set(batch) <= {0, 1, 2, 3}
+    assert search(val_batch_size=10).val_batch() == [0, 1, 2, 3]  # larger than the set: all of it
+
+
+def test_a_round_is_recorded_as_rows_spans_and_metrics() -> None:
+    parent = Candidate("c0", {"p": PromptTemplate(template="seed")}, round=0, scores={0: 0.0, 1: 1.0})
+    child = Candidate("c1", {"p": PromptTemplate(template="edit")}, 1, "c0", edited="p", scores={0: 1.0, 1: 1.0})
+    rejected = CandidateRecord(
+        round=1, candidate="c2", parent="c0", template="p", score=None, status="rejected", reason="no <prompt>"
+    )
+    rows = round_rows(1, [parent, child], [child], [0, 1], [rejected])
+    assert [(r.candidate, r.status, r.score) for r in rows] == [
+        ("c1", "beam", 1.0),
+        ("c0", "dropped", 0.5),
+        ("c2", "rejected", None),  # the rejected last, whatever their number
+    ]
+    assert round_metrics(rows, best_score=0.75, calls=3) == {
+        "best_score": 1.0,
+        "mean_score": 0.75,
+        "best_full_score": 0.75,
+        "candidates": 3.0,
+        "rejected": 1.0,
+        "optimizer_calls": 3.0,
+    }
+    assert span_attributes(rows[0], child) == {
+        "agl.apo.round": 1,
+        "agl.apo.candidate": "c1",
+        "agl.apo.parent": "c0",
+        "agl.apo.template": "p",
+        "agl.apo.score": 1.0,
+        "agl.apo.status": "beam",
+        "agl.apo.prompt": "edit",
+    }
+    assert span_attributes(rows[2], None) == {  # rejected: no score and no prompt, but why
+        "agl.apo.round": 1,
+        "agl.apo.candidate": "c2",
+        "agl.apo.parent": "c0",
+        "agl.apo.template": "p",
+        "agl.apo.status": "rejected",
+        "agl.apo.reason": "no <prompt>",
+    }
+    two = Candidate("c0", {"a": PromptTemplate(template="A"), "b": PromptTemplate(template="B")}, round=0)
+    seed_row = CandidateRecord(round=0, candidate="c0", parent=None, template=None, score=0.0, status="seed")
+    assert span_attributes(seed_row, two)["agl.apo.prompt"] == "[a]\nA\n\n[b]\nB"  # the seed: all its templates
+
+
+def test_errors_a_user_sees_are_agl_errors(tmp_path: Path) -> None:
+    assert issubclass(OptimizerError, AglError)
+    with pytest.raises(ConfigError, match=r"^algorithm\.templates names 'nope'.*\(their prompt templates: p\)"):
+        template_names({"p": PromptTemplate(template="x")}, ["nope"])
+    with pytest.raises(ConfigError, match="no PromptTemplate"):
+        template_names({}, None)
+    (tmp_path / "edit.md").write_text("Edit {prompt} of {mood}")
+    with pytest.raises(ConfigError, match=r"^algorithm\.edit_template: uses \{mood\}"):
+        load_template(tmp_path / "edit.md", "edit")
+    with pytest.raises(ConfigError, match=r"^algorithm\.critique_template: cannot read"):
+        load_template(tmp_path / "missing.md", "critique")

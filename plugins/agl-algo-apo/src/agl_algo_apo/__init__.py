@@ -8,10 +8,11 @@ one that is best on some task stays too). Several named templates of one agent a
 written to a file.
 """
 
-from agl_algo_apo._algorithm import APO, CANDIDATE_SPAN, APOReport, CandidateRecord
+from agl_algo_apo._algorithm import APO
 from agl_algo_apo._beam import Candidate, pareto_front, select_beam
 from agl_algo_apo._config import APOConfig, make_config
 from agl_algo_apo._optimizer import OptimizerError, PromptOptimizer, check_edit, template_variables
+from agl_algo_apo._report import CANDIDATE_SPAN, APOReport, CandidateRecord
 from agl_algo_apo._trajectory import render_trajectory
 
 __all__ = [

@@ -11,6 +11,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Optional, Union
 
+from agl_kernel.errors import AglError, ConfigError
 from agl_kernel.models import PromptTemplate
 
 __all__ = ["OptimizerError", "PromptOptimizer", "check_edit", "load_template", "template_variables"]
@@ -21,13 +22,13 @@ _PROMPT_BLOCK = re.compile(r"<prompt>\s*(.*?)\s*</prompt>", re.DOTALL | re.IGNOR
 _BLAME_LINE = re.compile(r"^\s*TEMPLATE:\s*[\"'`]?([\w.\-]+)[\"'`]?\s*$", re.MULTILINE | re.IGNORECASE)
 
 
-class OptimizerError(Exception):
+class OptimizerError(AglError):
     """The optimizer LLM gave no usable answer (endpoint down, HTTP error, garbage); the message says which."""
 
 
 def load_template(source: Union[str, Path, None], kind: str) -> str:
     """The text of the ``kind`` ("critique" or "edit") template: the file ``source``, or the packaged
-    ``prompts/<kind>.md``; checked to name only the fields the optimizer fills in."""
+    ``prompts/<kind>.md``; checked to name only the fields the optimizer fills in (else a ``ConfigError``)."""
     if source is None:
         text = resources.files("agl_algo_apo").joinpath("prompts", f"{kind}.md").read_text(encoding="utf-8")
     else:
@@ -35,7 +36,9 @@ def load_template(source: Union[str, Path, None], kind: str) -> str:
         try:
             text = path.read_text(encoding="utf-8")
         except OSError as exc:
-            raise ValueError(f"cannot read the optimizer template {path}: {exc.strerror or exc}") from exc
+            raise ConfigError(
+                f"algorithm.{kind}_template: cannot read the optimizer template {path}: {exc.strerror or exc}"
+            ) from exc
     _check_fields(text, PromptOptimizer.FIELDS[kind], kind)
     return text
 
@@ -45,12 +48,12 @@ def _check_fields(template: str, fields: Sequence[str], what: str) -> None:
     try:
         named = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
     except ValueError as exc:
-        raise ValueError(f"the {what} template is not a valid format string ({exc}); write literal braces as {{{{ }}}}")
+        raise ConfigError(f"algorithm.{what}_template: not a format string ({exc}); write literal braces as {{{{ }}}}")
     unknown = sorted(n for n in named if n not in fields)
     if unknown:
-        raise ValueError(
-            f"the {what} template uses {', '.join('{' + n + '}' for n in unknown)}, which the optimizer does not "
-            f"fill in; it can use {', '.join('{' + f + '}' for f in fields)} (write literal braces as {{{{ }}}})"
+        raise ConfigError(
+            f"algorithm.{what}_template: uses {', '.join('{' + n + '}' for n in unknown)}, which the optimizer does "
+            f"not fill in; it can use {', '.join('{' + f + '}' for f in fields)} (write literal braces as {{{{ }}}})"
         )
 
 
