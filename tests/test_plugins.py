@@ -182,8 +182,8 @@ class RecordingPlugin:
         self.calls.append(("agl_register_commands", {"cli": cli}))
 
     @hookimpl
-    def agl_server_routes(self, register: Any) -> None:
-        self.calls.append(("agl_server_routes", {"register": register}))
+    def agl_register_routes(self, register: Any) -> None:
+        self.calls.append(("agl_register_routes", {"register": register}))
 
     @hookimpl
     def agl_on_rollout_start(self, rollout: Any, attempt: Any, runner: Any) -> None:
@@ -205,8 +205,8 @@ class RecordingPlugin:
         self.calls.append(("agl_on_trace_end", call))
 
     @hookimpl
-    def agl_store_created(self, store: Any) -> None:
-        self.calls.append(("agl_store_created", {"store": store}))
+    def agl_on_store_created(self, store: Any) -> None:
+        self.calls.append(("agl_on_store_created", {"store": store}))
 
 
 @pytest.mark.parametrize("hook", HOOKS)
@@ -350,7 +350,7 @@ async def test_example_store_and_algorithm_by_name(with_example: Path) -> None:
 
     store = create_component("stores", "example", tag="tested")
     assert type(store).__name__ == "ExampleStore" and isinstance(store, InMemoryLightningStore)
-    assert hooks.CREATED_STORES[-1:] == ["ExampleStore"], "agl_store_created was not called"
+    assert hooks.CREATED_STORES[-1:] == ["ExampleStore"], "agl_on_store_created was not called"
     algorithm = create_component("algorithms", "example", repeat=2)
     async with store:
         rollout_ids = await algorithm.run(store, ["a", "b"])
@@ -465,10 +465,10 @@ def test_hook_plugin_with_unknown_hook_is_skipped_with_the_known_hooks(site: Pat
         entry_points={"agl.plugins": {"typo": "agl_typo", "good": "agl_good"}},
         modules={
             "agl_typo": "from agl_kernel.plugins import hookimpl\n@hookimpl\ndef agl_store_creatd(store): pass\n",
-            "agl_good": "from agl_kernel.plugins import hookimpl\n@hookimpl\ndef agl_store_created(store): pass\n",
+            "agl_good": "from agl_kernel.plugins import hookimpl\n@hookimpl\ndef agl_on_store_created(store): pass\n",
         },
     )
-    with pytest.warns(AglPluginWarning, match=r"unknown hooks \['agl_store_creatd'\].*agl_store_created"):
+    with pytest.warns(AglPluginWarning, match=r"unknown hooks \['agl_store_creatd'\].*agl_on_store_created"):
         manager = get_plugin_manager()
     assert manager.get_plugin("typo") is None and manager.get_plugin("good") is not None
 
@@ -727,7 +727,7 @@ def agl_register_commands(cli):
     raise RuntimeError("plugin bug")
 
 @hookimpl
-def agl_server_routes(register):
+def agl_register_routes(register):
     raise RuntimeError("plugin bug")
 
 @hookimpl
@@ -747,7 +747,7 @@ def agl_on_trace_end(rollout_id, attempt_id, tracer, spans):
     raise RuntimeError("plugin bug")
 
 @hookimpl
-def agl_store_created(store):
+def agl_on_store_created(store):
     raise RuntimeError("plugin bug")
 """
 
@@ -786,7 +786,7 @@ def test_a_plugin_raising_in_every_hook_does_not_break_a_run_unless_strict(site:
         return
     assert result.returncode == 0, result.stderr
     assert "report {'succeeded': 3}" in result.stdout and "served True" in result.stdout
-    for hook in ("agl_store_created", "agl_on_rollout_start", "agl_on_rollout_end"):
+    for hook in ("agl_on_store_created", "agl_on_rollout_start", "agl_on_rollout_end"):
         assert result.stderr.count(f"raised in {hook}") == 1, result.stderr
         assert f"'buggy' (from agl-buggy 1.0) raised in {hook}" in result.stderr
     assert "failed to add its server routes" in result.stderr

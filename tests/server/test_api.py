@@ -283,10 +283,10 @@ def test_graceful_shutdown_finishes_requests_then_closes_the_store() -> None:
 
 
 class RoutesPlugin:
-    """A plugin adding a route through the ``agl_server_routes`` hook."""
+    """A plugin adding a route through the ``agl_register_routes`` hook."""
 
     @hookimpl
-    def agl_server_routes(self, register: Any) -> None:
+    def agl_register_routes(self, register: Any) -> None:
         @get("/plugin/queue-depth")
         async def queue_depth(store: NamedDependency[LightningStore]) -> dict[str, int]:
             return {"queue_depth": (await store.statistics()).queue_depth}
@@ -318,7 +318,7 @@ async def test_plugin_routes() -> None:
 
 class BrokenRoutesPlugin:
     @hookimpl
-    def agl_server_routes(self, register: Any) -> None:
+    def agl_register_routes(self, register: Any) -> None:
         raise RuntimeError("plugin bug")
 
 

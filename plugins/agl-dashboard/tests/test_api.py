@@ -192,6 +192,6 @@ def test_the_page_says_how_to_build_it_when_it_is_not_built(monkeypatch: pytest.
 
 
 def test_installed_plugin_adds_its_routes_to_every_server() -> None:
-    """Through the entry point and the ``agl_server_routes`` hook, as ``agl store serve`` builds its app."""
+    """Through the entry point and the ``agl_register_routes`` hook, as ``agl store serve`` builds its app."""
     with ServerThread(create_app(InMemoryLightningStore())) as server:
         assert httpx.get(server.url + "/api/dashboard/workers").json()["workers"] == []

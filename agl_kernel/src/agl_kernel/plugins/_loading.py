@@ -510,7 +510,7 @@ def create_component(kind: str, spec: Any, *, options: Optional[Mapping[str, Any
     naming ``store.path``-style paths and the valid keys. ``kwargs`` that name an option are validated the same
     way; the others (objects such as a tracer or a model) are passed to the constructor as they are. A made
     component that does not implement its kind's interface raises :class:`PluginError`. A store made here is
-    announced with the ``agl_store_created`` hook.
+    announced with the ``agl_on_store_created`` hook.
     """
     from agl_kernel.config._options import make_component
 
@@ -541,7 +541,7 @@ def create_component(kind: str, spec: Any, *, options: Optional[Mapping[str, Any
     if kind == "stores":
         from agl_kernel.plugins._manager import call_hook
 
-        call_hook("agl_store_created", store=obj)
+        call_hook("agl_on_store_created", store=obj)
     return obj
 
 

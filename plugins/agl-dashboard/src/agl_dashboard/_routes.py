@@ -132,7 +132,7 @@ async def training(store: NamedDependency[LightningStore]) -> dict[str, Any]:
 
 def dashboard_routes() -> list[Any]:
     """The route handlers to add to a store server (``create_app(store, route_handlers=dashboard_routes())``);
-    the ``agl_server_routes`` hook adds them to every server when the plugin is installed."""
+    the ``agl_register_routes`` hook adds them to every server when the plugin is installed."""
     api = Router(path=API_PREFIX, route_handlers=[rollouts, rollout, resources, workers, training], tags=["dashboard"])
     assets = create_static_files_router(
         path="/assets",

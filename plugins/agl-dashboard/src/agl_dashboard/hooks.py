@@ -9,7 +9,7 @@ from agl_kernel.plugins import hookimpl
 
 
 @hookimpl
-def agl_server_routes(register: Callable[..., Any]) -> None:
+def agl_register_routes(register: Callable[..., Any]) -> None:
     from agl_dashboard._routes import dashboard_routes
 
     register(*dashboard_routes())
