@@ -34,7 +34,7 @@ pytest.importorskip("agl_model_server")
 pytest.importorskip("agl_store_sqlite")
 pytest.importorskip("openai")
 
-from agl_kernel.testing.openai_server import FakeOpenAIServer  # noqa: E402
+from agl_kernel.testing.openai_server import FakeOpenAIServer
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 README_ENDPOINT = "http://127.0.0.1:8000/v1"
@@ -99,9 +99,7 @@ def bundled_model_server(tmp_path: Path) -> Iterator[str]:
     # 20 s instead of 2).
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     with log.open("wb") as out:
-        process = subprocess.Popen(
-            [*command, "--log-level", "warning"], stdout=out, stderr=subprocess.STDOUT, env=env
-        )
+        process = subprocess.Popen([*command, "--log-level", "warning"], stdout=out, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}/v1"
     try:
         deadline = time.monotonic() + 240  # the first start converts the model once (about 40 s), later ones ~5 s
@@ -126,9 +124,10 @@ def bundled_model_server(tmp_path: Path) -> Iterator[str]:
 
 async def _grpo_rollouts() -> dict[str, Any]:
     """What the GRPO line left in the default store: its rollouts, and their LLM calls recorded by the proxy."""
-    from agl_kernel import semconv
     from agl_kernel.models import ProxyLLM, RolloutMode, RolloutStatus
     from agl_kernel.store.defaults import make_store
+
+    from agl_kernel import semconv
 
     store = make_store(None)  # the default: ./.agl/agl.db
     try:
@@ -151,7 +150,7 @@ async def _grpo_rollouts() -> dict[str, Any]:
 def run_example(endpoint: str, capsys: pytest.CaptureFixture[str]) -> tuple[dict[str, Any], str]:
     code = substituted(using_it_example(README.read_text(encoding="utf-8")), endpoint)
     namespace: dict[str, Any] = {"__name__": "readme_example"}
-    exec(compile(code, "README.md (Using it)", "exec"), namespace)
+    exec(compile(code, "README.md (Using it)", "exec"), namespace)  # noqa: S102 - the README's own code
     return namespace, capsys.readouterr().out
 
 
