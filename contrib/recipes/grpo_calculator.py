@@ -95,7 +95,9 @@ def load_models(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     import copy
 
     import torch
+    from transformers.utils import logging as transformers_logging
 
+    transformers_logging.disable_progress_bar()  # "Loading weights: 100%|███|": the demo prints its own progress
     if args.tiny:
         from agl_model_server.testing import make_tiny_model, make_tiny_tokenizer
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import re
 import shutil
 from collections.abc import Iterator
@@ -72,13 +73,17 @@ def disk_usage(path: Path) -> int:
 
 
 def format_size(size: int) -> str:
-    """``1.6 GB``, ``517 MB``, ``12 kB`` (powers of 1024, as ``du -h``)."""
-    value = float(size)
-    for unit in ("B", "kB", "MB", "GB"):
-        if value < 1024 or unit == "GB":
+    """``1.6 GB``, ``517 MB``, ``348 kB``: the figure ``du -h`` gives (powers of 1024, rounded up; one decimal
+    below 10)."""
+    value, unit = float(size), "B"
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if value < 1024 or unit == "TB":
             break
         value /= 1024
-    return f"{value:.1f} {unit}" if unit == "GB" else f"{value:.0f} {unit}"
+    if unit == "B":
+        return f"{size} B"
+    tenths = math.ceil(value * 10) / 10
+    return f"{tenths:.1f} {unit}" if tenths < 10 else f"{math.ceil(value)} {unit}"
 
 
 def write_checkpoint(directory: Path, step: int, *, model: Any, optimizer: Any, state: dict[str, Any]) -> Path:
