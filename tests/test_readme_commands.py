@@ -323,7 +323,8 @@ def test_store_server_runner_rollouts_and_dashboard(work: Path) -> None:
         assert rollout_id in out and "ZeroDivisionError" in out, out
     line = one("runs list")
     if line:
-        run(concrete(line)[0], work)
+        out = run(concrete(line)[0], work).stdout
+        assert "run-" in out and "finished" in out and "failed" in out, out
     line = one("dashboard")
     if line:
         listen = free_port()
