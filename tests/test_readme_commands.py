@@ -324,7 +324,8 @@ def test_store_server_runner_rollouts_and_dashboard(work: Path) -> None:
     line = one("runs list")
     if line:
         out = run(concrete(line)[0], work).stdout
-        assert "run-" in out and "finished" in out and "failed" in out, out
+        # The runner line's rollouts were enqueued by the test outside any run: 4 rollouts, 3 finished, 1 failed.
+        assert "finished" in out and re.search(r"\(no run\).*\b4\s+3\s+1\b", out), out
     line = one("dashboard")
     if line:
         listen = free_port()
