@@ -6,6 +6,7 @@ The public names are re-exported by :mod:`agl_kernel.client`.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import random
 import threading
@@ -49,6 +50,14 @@ _encoder = msgspec.json.Encoder()
 _decoders: dict[Any, msgspec.json.Decoder] = {}
 
 
+def _running_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
 def _decoder(type_: Any) -> msgspec.json.Decoder:
     decoder = _decoders.get(type_)
     if decoder is None:
@@ -71,7 +80,13 @@ class StoreRequestError(StoreHTTPError, ValueError):
 
 
 class StoreAuthError(StoreHTTPError, PermissionError):
-    """401/403: the server needs a bearer token (``token=`` or ``AGL_STORE_TOKEN``), or a different one."""
+    """401/403: the server needs a bearer token (``token=`` or ``AGL_STORE_TOKEN``), or a different one.
+
+    ``url`` is the server's and ``token_sent`` whether the client sent a token (it was refused) or none (the server
+    needs one); the command line turns them into one line naming ``--token`` and ``AGL_STORE_TOKEN``."""
+
+    url: str = ""
+    token_sent: bool = False
 
 
 class StoreServerError(StoreHTTPError):
@@ -159,6 +174,8 @@ class ClientCore:
             raise ValueError("timeout must be positive; retries and backoff must not be negative")
         self.url = url
         token = token if token is not None else os.environ.get("AGL_STORE_TOKEN") or None
+        self._token_sent = bool(token)
+        self._server_info: wire.ServerInfo | None = None
         self._headers = [
             (b"Accept", b"application/json"),
             (b"Content-Type", b"application/json"),
@@ -192,6 +209,40 @@ class ClientCore:
         (the server dequeues exactly once); ``durable`` is the server's store's, once the first call has asked."""
         durable = bool(self._server_capabilities and self._server_capabilities.durable)
         return StoreCapabilities(thread_safe=True, async_safe=True, durable=durable, multi_process=True, remote=True)
+
+    def describe(self) -> str:
+        """The server's URL and the store behind it, for a console line: ``http://127.0.0.1:4747 (sqlite
+        /home/me/.agl/agl.db)``. Asks the server (``GET /api/v1/server``, once, for up to 5 s, from a thread of
+        its own when an event loop runs here); a server that cannot be reached, or is older than that route, is
+        described by its URL alone. A server that refuses the token raises :class:`StoreAuthError`: whatever the
+        description was for would be refused next."""
+        if self._server_info is None:
+            try:
+                if _running_loop():
+                    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                        self._server_info = pool.submit(self._fetch_server_info).result()
+                else:
+                    self._server_info = self._fetch_server_info()
+            except StoreAuthError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a description must not fail for a server that is not up yet
+                reason = "not reachable yet" if isinstance(exc, httpx.TransportError) else "store not known"
+                return f"{self.url} (agl store server; {reason})"
+        info = self._server_info
+        return f"{self.url} ({info.backend}{' ' + info.location if info.location else ''})"
+
+    def _fetch_server_info(self) -> wire.ServerInfo:
+        headers = {k.decode(): v.decode() for k, v in self._headers if k != b"Content-Type"}
+        answer = httpx.get(f"{self.url}{_P}/server", headers=headers, timeout=5.0)
+        if answer.status_code >= 300:
+            raise self._annotated(_error_from_answer(answer.status_code, answer.content, f"GET {_P}/server"))
+        return _decoder(wire.ServerInfo).decode(answer.content)
+
+    def _annotated(self, error: AglError) -> AglError:
+        """``error``, with the server's URL and whether a token was sent when it is a refused token."""
+        if isinstance(error, StoreAuthError):
+            error.url, error.token_sent = self.url, self._token_sent
+        return error
 
     async def server_capabilities(self) -> StoreCapabilities:
         """The capabilities of the store behind the server."""
@@ -254,7 +305,7 @@ class ClientCore:
             else:
                 if status < 300:
                     return _decoder(result_type).decode(answer) if result_type is not None else None
-                error = _error_from_answer(status, answer, f"{method} {path}")
+                error = self._annotated(_error_from_answer(status, answer, f"{method} {path}"))
                 refused = getattr(error, "error", "") in ("StoreClosedError", "unavailable")
                 if not (status == 503 and refused or status in (502, 503, 504) and idempotent):
                     raise error

@@ -14,6 +14,7 @@ from typing import Any, Optional
 
 import click
 
+from agl_kernel._cli_token import token_option
 from agl_kernel.errors import ConfigError
 
 __all__ = ["config_command", "dev_command", "runner_command", "train_command"]
@@ -102,7 +103,22 @@ def _load(values: dict[str, Any]) -> Any:
     for table in ("runner", "tracer"):  # options a strategy hands to the runner processes it starts, as JSON
         for key, value in json.loads(values.get(f"{table}_options") or "{}").items():
             flags[f"{table}.{key}"] = value
-    return load_run_config(values.get("config_path"), overrides=values.get("overrides") or (), flags=flags)
+    config = load_run_config(values.get("config_path"), overrides=values.get("overrides") or (), flags=flags)
+    token = _command_line_token(values)
+    if token is not None:  # from AGL_STORE_TOKEN, the http store reads it itself (after a run file's store.token)
+        if config.choice("store").name != "http":
+            raise ConfigError("--token: the token is for a store server; give its URL with --store http://HOST:PORT")
+        flags["store.token"] = token
+        config = load_run_config(values.get("config_path"), overrides=values.get("overrides") or (), flags=flags)
+    return config
+
+
+def _command_line_token(values: dict[str, Any]) -> Optional[str]:
+    """``--token`` when it was given on the command line (not read from AGL_STORE_TOKEN)."""
+    if values.get("token") is None:
+        return None
+    source = click.get_current_context().get_parameter_source("token")
+    return values["token"] if source == click.core.ParameterSource.COMMANDLINE else None
 
 
 def _required(value: Optional[str], key: str, flag: str) -> str:
@@ -223,7 +239,7 @@ def _stopped_by_sigterm(command: str) -> Iterator[None]:
 
 
 @click.command("train")
-@_apply(_CONFIG_FLAGS + _RUN_FLAGS + _selection_flags(algorithm=True))
+@_apply(_CONFIG_FLAGS + _RUN_FLAGS + _selection_flags(algorithm=True) + [token_option])
 def train_command(**values: Any) -> None:
     """Train an agent: every component by name (`agl plugins`), configured by --config, AGL_<TABLE>__<KEY>
     variables and --set (in rising precedence; the flags above win)."""
@@ -239,7 +255,7 @@ def train_command(**values: Any) -> None:
 
 
 @click.command("dev")
-@_apply(_CONFIG_FLAGS + _RUN_FLAGS + _selection_flags(algorithm=False))
+@_apply(_CONFIG_FLAGS + _RUN_FLAGS + _selection_flags(algorithm=False) + [token_option])
 def dev_command(**values: Any) -> None:
     """Run an agent on every task of a dataset through the whole loop (the baseline algorithm), to debug it; the
     same selection and configuration as `agl train`. The baseline's options (`agl plugins show baseline`) set how
@@ -282,9 +298,7 @@ def config_command(**values: Any) -> None:
 
 @click.command("runner")
 @_apply(_CONFIG_FLAGS + _selection_flags(algorithm=False)[:-2])
-@click.option(
-    "--token", envvar="AGL_STORE_TOKEN", default=None, help="The server's bearer token [env AGL_STORE_TOKEN]."
-)
+@token_option
 @click.option("--agent", "agent", default=None, help="The agent: module:name or path/to/file.py:name [run.agent].")
 @click.option(
     "--runners",
@@ -308,12 +322,9 @@ def runner_command(**values: Any) -> None:
     agent = _agent(agent_spec)
     config.resolved()  # every name and option checked before anything starts
     store_choice, tracer_choice, runner_choice = (config.choice(t) for t in ("store", "tracer", "runner"))
-    store_options = dict(store_choice.options)
-    if values.get("token") and store_choice.name == "http":
-        store_options.setdefault("token", values["token"])
     tracer = create_component("tracers", tracer_choice.name or "noop", options=tracer_choice.options)
     runner = RunnerSpec(runner_choice.name or "litagent", runner_choice.options)
-    store = make_store(store_choice.name, options=store_options)
+    store = make_store(store_choice.name, options=store_choice.options)
     n_runners = config.run.runners
     click.echo(f"agl runner: {n_runners} runner(s) for {agent_spec} on {describe_store(store)}", err=True)
 

@@ -12,6 +12,7 @@ from typing import Any, Optional
 
 import click
 
+from agl_kernel._cli_token import refused_token, token_option
 from agl_kernel.errors import AglError, ConfigError
 from agl_kernel.plugins import KINDS
 
@@ -40,8 +41,13 @@ class _AglGroup(click.Group):
             return super().invoke(ctx)
         except ConfigError as err:
             raise _ConfigExit(str(err)) from err
-        except AglError as err:
-            raise click.ClickException(str(err)) from err
+        except Exception as err:
+            refused = refused_token(err)  # a store server refused the token, wherever in the command
+            if refused is not None:
+                raise _ConfigExit(refused) from err
+            if isinstance(err, AglError):
+                raise click.ClickException(str(err)) from err
+            raise
 
     def add_plugin_commands(self) -> None:
         """Add the commands of every ``agl_register_commands`` implementation (again if the plugin manager was
@@ -225,27 +231,21 @@ def _with_store_options(command: Any) -> Any:
     return command
 
 
-def _run_on_store(coroutine: Any, url: Optional[str]) -> Any:
-    """Run a read of the store; a store server that refuses the token is one line naming ``--token``."""
+def _run_on_store(coroutine: Any, url: Optional[str] = None) -> Any:
+    """Run a read of the store; a store server that refuses the token is one line naming ``--token`` and
+    ``AGL_STORE_TOKEN``, exit code 2 (:func:`agl_kernel._cli_token.refused_token`)."""
     import asyncio
 
     try:
         return asyncio.run(coroutine)
-    except PermissionError as err:
-        if url is None or type(err).__name__ != "StoreAuthError":
+    except Exception as err:
+        refused = refused_token(err)
+        if refused is None:
             raise
-        raise AglError(
-            f"{url} refused the request ({err}); give the server's token with --token TOKEN or the "
-            f"AGL_STORE_TOKEN environment variable"
-        ) from err
+        raise _ConfigExit(refused) from err
 
 
-_token_option = click.option(
-    "--token",
-    envvar="AGL_STORE_TOKEN",
-    default=None,
-    help="The store server's bearer token, for --url (default: $AGL_STORE_TOKEN).",
-)
+_token_option = token_option
 
 
 @cli.group("rollouts")
@@ -406,15 +406,16 @@ def resources_group() -> None:
 
 @resources_group.command("list")
 @_with_store_options
-def resources_list_command(store: Optional[str], path: Optional[str], url: Optional[str]) -> None:
+@_token_option
+def resources_list_command(
+    store: Optional[str], path: Optional[str], url: Optional[str], token: Optional[str]
+) -> None:
     """Every resources id: its number of versions, when it last changed, and what it holds."""
-    import asyncio
-
     from rich.console import Console
 
     from agl_kernel import _resources_view, _why
 
-    Console().print(asyncio.run(_resources_view.list_table(_why.open_store(store, path, url))))
+    Console().print(_run_on_store(_resources_view.list_table(_why.open_store(store, path, url, token)), url))
 
 
 @resources_group.command("show")
@@ -422,19 +423,26 @@ def resources_list_command(store: Optional[str], path: Optional[str], url: Optio
 @click.option("--id", "resources_id", default=None, help="The resources id. Default: that of the latest resources.")
 @click.option("--diff", is_flag=True, help="Show each change as a diff against the version before.")
 @_with_store_options
+@_token_option
 def resources_show_command(
-    name: str, resources_id: Optional[str], diff: bool, store: Optional[str], path: Optional[str], url: Optional[str]
+    name: str,
+    resources_id: Optional[str],
+    diff: bool,
+    store: Optional[str],
+    path: Optional[str],
+    url: Optional[str],
+    token: Optional[str],
 ) -> None:
     """The history of the resource NAME (a prompt template, an LLM): every version of the resources id in which it
     changed, oldest first."""
-    import asyncio
-
     from rich.console import Console
 
     from agl_kernel import _resources_view, _why
 
     _resources_view.print_history(
-        asyncio.run(_resources_view.history(_why.open_store(store, path, url), name, resources_id)), Console(), diff
+        _run_on_store(_resources_view.history(_why.open_store(store, path, url, token), name, resources_id), url),
+        Console(),
+        diff,
     )
 
 

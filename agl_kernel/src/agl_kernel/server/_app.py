@@ -15,13 +15,13 @@ from litestar.openapi import OpenAPIConfig
 from litestar.routes import HTTPRoute
 from litestar.types import ControllerRouterHandler
 
-from agl_kernel.server._auth import bearer_auth
+from agl_kernel.server._auth import bearer_auth, unrouted_refusal
 from agl_kernel.server._errors import error_body, handle_exception, logger
 from agl_kernel.server._metrics import CONTENT_TYPE_LATEST, UNMATCHED, ServerMetrics
 from agl_kernel.server._openapi import OPENAPI, render_plugins
 from agl_kernel.server._otlp import OtlpError, decode_request, decompress, encode_error, encode_success, is_protobuf
 from agl_kernel.server._routes import ServerContext, store_routes
-from agl_kernel.server._wire import MAX_WAIT_SECONDS
+from agl_kernel.server._wire import API_PREFIX, MAX_WAIT_SECONDS, ServerInfo
 from agl_kernel.store.base import LightningStore
 
 __all__ = ["create_app", "server_context"]
@@ -114,20 +114,40 @@ class _App(Litestar):
         return plugins
 
 
+def _server_info(store: LightningStore) -> ServerInfo:
+    """Which store this is: its registered name (found by its class among the ``agl.stores`` entry points) and
+    the absolute path of its file."""
+    import os
+
+    from agl_kernel import __version__
+    from agl_kernel.plugins import list_plugins
+
+    cls = type(store)
+    backend = cls.__name__
+    for info in list_plugins("stores"):
+        module, _, attr = info.module.partition(":")
+        if attr == cls.__qualname__ and (cls.__module__ == module or cls.__module__.startswith(module + ".")):
+            backend = info.name
+            break
+    path = getattr(store, "path", None)
+    location = os.path.abspath(path) if isinstance(path, (str, os.PathLike)) else None
+    return ServerInfo(backend=backend, store=cls.__name__, location=location, version=__version__)
+
+
 def server_context(app: Litestar) -> ServerContext:
     """The :class:`ServerContext` of an app made by :func:`create_app`."""
     return app.state["agl"]
 
 
 def _plugin_routes(plugin_manager: Any) -> list[ControllerRouterHandler]:
-    """Route handlers (or routers/controllers) that plugins register through ``agl_server_routes``."""
+    """Route handlers (or routers/controllers) that plugins register through ``agl_register_routes``."""
     if plugin_manager is None:
         from agl_kernel.plugins import get_plugin_manager
 
         plugin_manager = get_plugin_manager()
     collected: list[ControllerRouterHandler] = []
     # Each implementation on its own: a broken plugin is skipped with a warning, the others' routes stay.
-    for impl in plugin_manager.hook.agl_server_routes.get_hookimpls():
+    for impl in plugin_manager.hook.agl_register_routes.get_hookimpls():
         mine: list[ControllerRouterHandler] = []
 
         def register(*handlers: ControllerRouterHandler, _into: list[ControllerRouterHandler] = mine) -> None:
@@ -166,12 +186,14 @@ def create_app(
     max_body_size: int = DEFAULT_MAX_BODY_SIZE,
     debug: bool = False,
 ) -> Litestar:
-    """A litestar app serving ``store``: the REST API under ``/api/v1``, OTLP at ``/v1/traces``, ``/health``,
-    ``/metrics`` and the OpenAPI document at ``/schema/openapi.json``.
+    """A litestar app serving ``store``: the REST API under ``/api/v1`` (and ``/api/v1/server``: which store it
+    is), OTLP at ``/v1/traces``, ``/health``, ``/metrics``, the OpenAPI document at ``/schema/openapi.json`` and
+    a page of it at ``/schema``.
 
-    - ``token``: require ``Authorization: Bearer <token>`` on every route but ``/health``.
+    - ``token``: require ``Authorization: Bearer <token>`` on every route but ``/health`` (checked before the
+      method: without the token, a wrong method or an unknown path is 401 too, not 405/404).
     - ``route_handlers``: more routes (litestar handlers, routers or controllers); with ``plugins``, the routes of
-      every ``agl_server_routes`` hook implementation too (of ``plugin_manager``, default: agl's).
+      every ``agl_register_routes`` hook implementation too (of ``plugin_manager``, default: agl's).
       Handlers may take a ``store: LightningStore`` parameter (it is injected).
     - ``close_store``: close the store when the app shuts down (after in-flight requests have finished).
     - ``max_wait``: the longest a long-poll request is held (clients ask again); ``poll_slice``: how often a long
@@ -190,6 +212,12 @@ def create_app(
         if ctx.draining:
             raise HTTPException(status_code=503, detail="the server is shutting down")
         return {"status": "ok"}
+
+    @get(f"{API_PREFIX}/server", tags=["server"], summary="The store this server serves: its backend and file")
+    async def server_info() -> ServerInfo:
+        if "server_info" not in ctx.extra:
+            ctx.extra["server_info"] = _server_info(store)
+        return ctx.extra["server_info"]
 
     @get("/metrics", tags=["server"], summary="Prometheus metrics", media_type=CONTENT_TYPE_LATEST)
     async def prometheus_metrics() -> Response:
@@ -225,7 +253,12 @@ def create_app(
         return Response(content=content, status_code=200, media_type=media)
 
     def count_unmatched(request: Request, exc: Exception) -> Response:
-        response = handle_exception(request, exc)
+        refusal = None if "route_handler" in request.scope else unrouted_refusal(request.scope, token)
+        if refusal is not None:  # no route takes it (404, 405): without the token, that is not told
+            status, body, headers = refusal
+            response = Response(content=body, status_code=status, headers=headers, media_type="application/json")
+        else:
+            response = handle_exception(request, exc)
         if "route_handler" not in request.scope:  # no route matched: the metrics middleware never saw it
             metrics.observe_request(request.method, UNMATCHED, response.status_code, 0.0)
         return response
@@ -238,7 +271,13 @@ def create_app(
             except Exception:  # noqa: BLE001 - shutting down anyway
                 logger.exception("closing the store failed")
 
-    handlers: list[ControllerRouterHandler] = [health, prometheus_metrics, otlp_traces, *store_routes(ctx)]
+    handlers: list[ControllerRouterHandler] = [
+        health,
+        server_info,
+        prometheus_metrics,
+        otlp_traces,
+        *store_routes(ctx),
+    ]
     handlers.extend(route_handlers)
     if plugins:
         handlers.extend(_plugin_routes(plugin_manager))

@@ -19,30 +19,30 @@ fields). On top of that, what the server adds to every route:
 - with a token, the bearer scheme and, per operation, that it needs it;
 - what a handler that reads the raw request declares itself, as ``opt={OPENAPI: {...}}`` (OTLP's bodies).
 
-The document is built on first use and kept (``app.state``), so that starting a server costs nothing for it.
+The document is built on first use and kept (``app.state``), so that starting a server costs nothing for it. It
+is served as JSON (``/schema/openapi.json``), YAML (``/schema/openapi.yaml``) and, at ``/schema``, as a plain HTML
+page that the server writes from it (:class:`_PlainPage`): every operation with its summary, parameters and the
+schemas of its bodies, and every schema. The page loads nothing from anywhere (no script, no stylesheet, no font):
+litestar's Redoc and Swagger pages fetch their code from a CDN, so they are blank on a machine without internet.
 """
 
 from __future__ import annotations
 
 import copy
+import html
+import json
 import re
 from collections.abc import Iterator
 from typing import Any
 
 import msgspec
 from litestar import Litestar, Request
-from litestar.openapi.plugins import (
-    JsonRenderPlugin,
-    OpenAPIRenderPlugin,
-    RedocRenderPlugin,
-    SwaggerRenderPlugin,
-    YamlRenderPlugin,
-)
+from litestar.openapi.plugins import JsonRenderPlugin, OpenAPIRenderPlugin, YamlRenderPlugin
 from litestar.routes import HTTPRoute
 
 from agl_kernel.server._wire import INT64_MAX, INT64_MIN, ErrorBody
 
-__all__ = ["CALLS_ANSWER_FOR_THEMSELVES", "OPENAPI", "openapi_document", "render_plugins"]
+__all__ = ["CALLS_ANSWER_FOR_THEMSELVES", "OPENAPI", "openapi_document", "render_page", "render_plugins"]
 
 OPENAPI = "agl_openapi"
 """The key of a route handler's ``opt`` whose mapping is merged into its operation (``requestBody``,
@@ -334,11 +334,111 @@ class _Rendered(OpenAPIRenderPlugin):
         self.inner.receive_router(router)
 
 
-def render_plugins() -> list[OpenAPIRenderPlugin]:
-    """The document as JSON (``/schema/openapi.json``) and YAML, and the Redoc (``/schema``) and Swagger pages."""
-    return [
-        _Rendered(RedocRenderPlugin(path=["/", "/redoc"])),
-        _Rendered(JsonRenderPlugin()),
-        _Rendered(YamlRenderPlugin()),
-        _Rendered(SwaggerRenderPlugin()),
+_METHODS = ("get", "put", "post", "patch", "delete", "head", "options")
+_PAGE_STYLE = """
+body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 70em; padding: 0 1em; color: #222 }
+h1 { margin-bottom: .2em } h2 { margin-top: 2em; border-bottom: 1px solid #ccc }
+table { border-collapse: collapse; width: 100% } td, th { border: 1px solid #ddd; padding: .3em .5em;
+vertical-align: top; text-align: left } th { background: #f4f4f4 }
+code, pre { font-family: ui-monospace, monospace; font-size: 13px } pre { background: #f7f7f7; padding: .6em;
+overflow-x: auto } .method { font-weight: bold; text-transform: uppercase } .lock { color: #a40 }
+"""
+
+
+def _schema_label(schema: Any) -> str:
+    """A schema as HTML for a table cell: the names of the components it uses (linked), or its type."""
+    if not isinstance(schema, dict):
+        return ""
+    ref = schema.get("$ref")
+    if isinstance(ref, str) and ref.startswith(_REF):
+        name = html.escape(ref[len(_REF) :])
+        return f'<a href="#schema-{name}">{name}</a>'
+    for key in ("anyOf", "oneOf"):
+        if isinstance(schema.get(key), list):
+            return " | ".join(_schema_label(item) for item in schema[key])
+    kind = schema.get("type")
+    if kind == "array":
+        return f"array of {_schema_label(schema.get('items')) or 'any'}"
+    if isinstance(kind, list):
+        return " | ".join(html.escape(str(k)) for k in kind)
+    if isinstance(kind, str):
+        return html.escape(kind + (f" ({schema['format']})" if "format" in schema else ""))
+    return "any"
+
+
+def _bodies(section: Any) -> str:
+    """The media types of a request body or answer, each with its schema."""
+    content = section.get("content", {}) if isinstance(section, dict) else {}
+    return "<br>".join(
+        f"{_schema_label(media.get('schema'))} <small>({html.escape(kind)})</small>"
+        for kind, media in content.items()
+        if isinstance(media, dict)
+    )
+
+
+def render_page(document: dict[str, Any], json_url: str) -> str:
+    """The OpenAPI ``document`` as one self-contained HTML page (no script, no external link but ``json_url``)."""
+    info = document.get("info", {})
+    title = html.escape(str(info.get("title", "API")))
+    out = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{title}</title><style>{_PAGE_STYLE}</style></head><body>",
+        f"<h1>{title} <small>{html.escape(str(info.get('version', '')))}</small></h1>",
+        f"<p>{html.escape(str(info.get('description', '')))}</p>",
+        (
+            f'<p>The OpenAPI document: <a href="{html.escape(json_url)}">{html.escape(json_url)}</a> (JSON, for '
+            f"code generators and API clients); YAML at <code>{html.escape(json_url[: -len('json')] + 'yaml')}"
+            "</code>. Operations marked <span class=lock>token</span> need the header <code>Authorization: "
+            "Bearer TOKEN</code>.</p>"
+        ),
+        (
+            "<h2>Operations</h2><table><tr><th>method</th><th>path</th><th>summary</th><th>parameters</th>"
+            "<th>request body</th><th>answers</th></tr>"
+        ),
     ]
+    for path, item in document.get("paths", {}).items():
+        for method in _METHODS:
+            operation = item.get(method) if isinstance(item, dict) else None
+            if not isinstance(operation, dict):
+                continue
+            lock = " <span class=lock>token</span>" if operation.get("security") else ""
+            parameters = ", ".join(
+                f"<code>{html.escape(str(p.get('name')))}</code> ({html.escape(str(p.get('in')))}"
+                f"{', required' if p.get('required') else ''})"
+                for p in operation.get("parameters", [])
+                if isinstance(p, dict)
+            )
+            answers = "<br>".join(
+                f"<b>{html.escape(status)}</b> {_bodies(answer) or html.escape(str(answer.get('description', '')))}"
+                for status, answer in sorted(operation.get("responses", {}).items())
+                if isinstance(answer, dict)
+            )
+            out.append(
+                f"<tr><td class=method>{method}</td><td><code>{html.escape(path)}</code></td>"
+                f"<td>{html.escape(str(operation.get('summary', '')))}{lock}</td><td>{parameters}</td>"
+                f"<td>{_bodies(operation.get('requestBody'))}</td><td>{answers}</td></tr>"
+            )
+    out.append("</table><h2>Schemas</h2>")
+    for name, schema in document.get("components", {}).get("schemas", {}).items():
+        anchor = html.escape(name)
+        text = html.escape(json.dumps(schema, indent=2, sort_keys=True))
+        out.append(f'<h3 id="schema-{anchor}">{anchor}</h3><pre>{text}</pre>')
+    out.append("</body></html>")
+    return "\n".join(out)
+
+
+class _PlainPage(OpenAPIRenderPlugin):
+    """``/schema``: the document as a plain HTML page the server writes (see :func:`render_page`)."""
+
+    def __init__(self) -> None:
+        super().__init__(path=["/", "/redoc", "/swagger"], favicon="")
+
+    def render(self, request: Request, openapi_schema: dict[str, Any]) -> bytes:
+        return render_page(openapi_document(request.app), self.get_openapi_json_route(request)).encode("utf-8")
+
+
+def render_plugins() -> list[OpenAPIRenderPlugin]:
+    """The document as an HTML page that needs no internet (``/schema``; ``/schema/redoc`` and
+    ``/schema/swagger``, where litestar's CDN pages were, serve it too), JSON (``/schema/openapi.json``) and YAML."""
+    return [_PlainPage(), _Rendered(JsonRenderPlugin()), _Rendered(YamlRenderPlugin())]

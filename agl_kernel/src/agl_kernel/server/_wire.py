@@ -277,6 +277,21 @@ class RawOpResult(_Body, omit_defaults=True):
     error: ErrorBody | None = None
 
 
+class ServerInfo(msgspec.Struct, kw_only=True, frozen=True):
+    """What ``GET /api/v1/server`` answers: the store the server serves, for a client's console line (the
+    server's URL, then ``(sqlite /home/me/.agl/agl.db)``). Unknown fields are ignored: new ones come at the end,
+    with defaults, so that older clients read newer servers."""
+
+    backend: str
+    """The store's registered name (``agl plugins --kind stores``), or its class name when none is registered."""
+    store: str
+    """The store's class name."""
+    location: str | None = None
+    """The absolute path of the file the store keeps, for a store that keeps one."""
+    version: str = ""
+    """The agl-kernel version of the server."""
+
+
 def set_fields(body: msgspec.Struct) -> dict[str, Any]:
     """The fields of a patch body that were given (not ``UNSET``), as keyword arguments."""
     return {name: value for name in body.__struct_fields__ if (value := getattr(body, name)) is not UNSET}

@@ -57,8 +57,13 @@ def make_store(
 
 
 def describe_store(store: LightningStore) -> str:
-    """One line for the console: the store's class and, for a store that keeps a file, its absolute path; for a
-    store server's client, the server's URL."""
+    """One line for the console: the store's class and, for a store that keeps a file, its absolute path. A store
+    that knows better says it itself with a ``describe()`` method: the store server's client gives the server's URL
+    and the store behind it, ``http://127.0.0.1:4747 (sqlite /home/me/.agl/agl.db)``, and raises its
+    ``StoreAuthError`` when the server refuses the token."""
+    describe = getattr(store, "describe", None)
+    if callable(describe):
+        return str(describe())
     path: Optional[Any] = getattr(store, "path", None)
     name = type(store).__name__
     if path is not None:

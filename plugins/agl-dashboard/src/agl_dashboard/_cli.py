@@ -105,7 +105,8 @@ def _open_store(
     envvar="AGL_STORE_TOKEN",
     default=None,
     help="Require 'Authorization: Bearer TOKEN' on the data routes (default: $AGL_STORE_TOKEN); the browser "
-    "opened here gets it in the address fragment, which is never sent to the server.",
+    "opened here gets it in the address fragment, which is never sent to the server. With a store server's URL "
+    "for --store, it is the token sent to that server too.",
 )
 @click.option("--no-open", is_flag=True, help="Do not open a browser; just print the address.")
 def dashboard_command(
@@ -138,8 +139,11 @@ def dashboard_command(
             "Set --token (or AGL_STORE_TOKEN), or listen on 127.0.0.1."
         )
     flags = _store_flags(store, path)
+    if token and flags["store.name"] == "http":  # the store server's token (the client reads AGL_STORE_TOKEN too)
+        flags["store.token"] = token
     old_form = store is not None and flags["store.name"] == "sqlite" and flags["store.path"] == store
     opened = _open_store(config_path, overrides, flags, where="--store" if old_form else "store.path")
+    described = describe_store(opened)  # a store server that refuses the token stops here, in one line
     try:
         server = ServerThread(create_app(opened, token=token or None), host=host, port=port)
     except OSError as err:
@@ -147,7 +151,7 @@ def dashboard_command(
         raise click.UsageError(f"{err}; pick another --port (0: any free one)") from err
     server.start()
     url = server.url + "/"
-    click.echo(f"agl dashboard: {describe_store(opened)}")
+    click.echo(f"agl dashboard: {described}")
     click.echo(f"open {url}" + ("  (the page asks for the token)" if token else ""))
     if not assets_built():
         click.echo(
