@@ -226,3 +226,17 @@ def test_agl_dev_starts_from_resources_given_as_json_or_python(tmp_path: Path) -
     bad = agl("dev", *spec, "--resources", "bad.json", cwd=tmp_path)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert bad.stderr.startswith("Error: run.resources: 'bad.json'") and "resource_type" in bad.stderr, bad.stderr
+
+
+def test_runner_processes_ignore_the_trainers_algorithm_variables(tmp_path: Path) -> None:
+    """``AGL_ALGORITHM__*`` configures the trainer's algorithm; the runner processes of ``--strategy cs`` inherit
+    the variable and must not check it against an algorithm they do not run."""
+    (tmp_path / "agents.py").write_text(PROMPT_AGENT)
+    env_run = subprocess.run(
+        [sys.executable, "-m", "agl_kernel.cli", "dev", "--agent", "agents.py:agent", "--dataset", "agents.py:tasks",
+         "--strategy", "cs", "--resources", "agents.py:seeds"],
+        cwd=tmp_path, env={**os.environ, "AGL_ALGORITHM__MAX_ATTEMPTS": "1", "COLUMNS": "200"},
+        capture_output=True, text=True, timeout=180,
+    )
+    assert env_run.returncode == 0, env_run.stdout + env_run.stderr
+    assert "'succeeded': 1" in env_run.stdout, env_run.stdout

@@ -45,6 +45,12 @@ _RUN_FLAGS = [
     _option("--runners", "runners", type=click.IntRange(min=1), help="How many runners [run.runners; default 1]."),
     _option("--llm", "llm", metavar="URL", help="An OpenAI-compatible endpoint for the agent's LLM [run.llm]."),
     _option("--llm-model", "llm_model", metavar="NAME", help="The model to ask --llm for [run.llm_model]."),
+    _option(
+        "--resources",
+        "resources",
+        metavar="SPEC",
+        help="Resources the run starts from (prompts, LLMs): a .json file or module:name of a dict [run.resources].",
+    ),
 ]
 
 
@@ -83,6 +89,7 @@ def _flag_values(values: dict[str, Any]) -> dict[str, Any]:
         "run.runners": values.get("runners"),
         "run.llm": values.get("llm"),
         "run.llm_model": values.get("llm_model"),
+        "run.resources": values.get("resources"),
         "algorithm.name": values.get("algorithm"),
         "store.name": store,
         "store.path": values.get("path"),
@@ -128,20 +135,9 @@ def _required(value: Optional[str], key: str, flag: str) -> str:
 
 
 def _import(spec: str, key: str) -> Any:
-    from agl_kernel.imports import import_object
+    from agl_kernel.config import import_spec
 
-    try:
-        return import_object(spec)
-    except (ValueError, ImportError, OSError, AttributeError) as err:
-        raise ConfigError(f"{key}: {err}") from None
-    except SyntaxError as err:
-        raise ConfigError(f"{key}: {spec!r}: {err.msg} ({err.filename}, line {err.lineno})") from None
-    except Exception as err:  # noqa: BLE001 - the user's module failed as it was imported: one line, where
-        import traceback
-
-        frames = traceback.extract_tb(err.__traceback__)
-        where = f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
-        raise ConfigError(f"{key}: importing {spec!r} raised {type(err).__name__}: {err}{where}") from None
+    return import_spec(spec, key)
 
 
 def _agent(spec: str, key: str = "run.agent") -> Any:
@@ -320,7 +316,7 @@ def runner_command(**values: Any) -> None:
     config = _load(values)
     agent_spec = _required(config.run.agent, "run.agent", "--agent")
     agent = _agent(agent_spec)
-    config.resolved()  # every name and option checked before anything starts
+    config.resolved(("store", "tracer", "runner"))  # what a runner uses, checked before anything starts
     store_choice, tracer_choice, runner_choice = (config.choice(t) for t in ("store", "tracer", "runner"))
     tracer = create_component("tracers", tracer_choice.name or "noop", options=tracer_choice.options)
     runner = RunnerSpec(runner_choice.name or "litagent", runner_choice.options)

@@ -45,8 +45,8 @@ class _AglGroup(click.Group):
             refused = refused_token(err)  # a store server refused the token, wherever in the command
             if refused is not None:
                 raise _ConfigExit(refused) from err
-            if isinstance(err, AglError):
-                raise click.ClickException(str(err)) from err
+            if isinstance(err, AglError):  # agl's own errors say what to do: one line, as for a bad flag
+                raise _ConfigExit(str(err)) from err
             raise
 
     def add_plugin_commands(self) -> None:
@@ -87,7 +87,7 @@ class _AglGroup(click.Group):
 
 
 class _ConfigExit(click.ClickException):
-    """A configuration mistake: one line, exit code 2 (as for a bad command-line flag)."""
+    """A configuration mistake or any other :class:`AglError`: one line, exit code 2 (as for a bad flag)."""
 
     exit_code = 2
 

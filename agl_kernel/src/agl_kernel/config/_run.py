@@ -210,11 +210,16 @@ class RunConfig:
     def choice(self, table: str) -> Choice:
         return self.choices[table]
 
-    def resolved(self) -> dict[str, Any]:
+    def resolved(self, tables: Optional[Iterable[str]] = None) -> dict[str, Any]:
         """The effective configuration as plain data (every option, defaults filled in), as ``agl config`` prints
-        it. Loads each component, so unknown names and bad options raise :class:`ConfigError` here."""
+        it; only ``tables`` when given (a runner process checks the store, tracer and runner it uses, not the
+        algorithm an ``AGL_ALGORITHM__*`` variable configures for the trainer). Loads each component, so unknown
+        names and bad options raise :class:`ConfigError` here."""
         out: dict[str, Any] = {"run": {k: v for k, v in attrs.asdict(self.run).items() if v is not None}}
+        wanted = None if tables is None else set(tables)
         for table, choice in self.choices.items():
+            if wanted is not None and table not in wanted:
+                continue
             name = choice.name if choice.name is not None else _default_name(table)
             if name is None:
                 continue
