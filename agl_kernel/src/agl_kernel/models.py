@@ -35,6 +35,7 @@ __all__ = [
     "PromptTemplate",
     "LLM",
     "ProxyLLM",
+    "PROXY_ATTEMPT_PATH",
     "Resource",
     "ResourcesUpdate",
     "Worker",
@@ -288,9 +289,13 @@ class LLM(_Struct, tag="llm", tag_field="resource_type", kw_only=True):
         return self.endpoint
 
 
+PROXY_ATTEMPT_PATH = "/rollout/{rollout_id}/attempt/{attempt_id}/v1"
+"""Where the LLM proxy serves an attempt's OpenAI-compatible API, under the store server's URL."""
+
+
 class ProxyLLM(LLM, tag="proxy_llm", tag_field="resource_type", kw_only=True):
     """An LLM reached through agl's proxy: the endpoint is rewritten per rollout and attempt, so that the proxy
-    can attribute every call to them (``{endpoint}/rollout/{rid}/attempt/{aid}/v1``)."""
+    can attribute every call to them (``{endpoint}`` + :data:`PROXY_ATTEMPT_PATH`)."""
 
     def get_base_url(self, rollout_id: Optional[str] = None, attempt_id: Optional[str] = None) -> str:
         if rollout_id is None or attempt_id is None:
@@ -298,7 +303,7 @@ class ProxyLLM(LLM, tag="proxy_llm", tag_field="resource_type", kw_only=True):
         base = self.endpoint.rstrip("/")
         if base.endswith("/v1"):
             base = base[: -len("/v1")]
-        return f"{base}/rollout/{rollout_id}/attempt/{attempt_id}/v1"
+        return base + PROXY_ATTEMPT_PATH.format(rollout_id=rollout_id, attempt_id=attempt_id)
 
 
 Resource = Union[PromptTemplate, LLM, ProxyLLM]

@@ -8,6 +8,8 @@ EXCEPTION_SPAN = "agl.exception"
 EXCEPTION_TYPE = "exception.type"
 EXCEPTION_MESSAGE = "exception.message"
 EXCEPTION_STACKTRACE = "exception.stacktrace"
+ERROR_TYPE = "error.type"
+"""On a failed call's span: the class of the error (OpenTelemetry's ``error.type``)."""
 
 # Where a span belongs. Set as OpenTelemetry *resource* or *span* attributes by tracers and by agents in other
 # languages that send OTLP to the store server's ``/v1/traces``; the server maps them onto the Span fields.
@@ -93,3 +95,11 @@ LLM_RESPONSE_CAPTURED = "agl.llm.response_captured"
 """``False`` when the call's response could not be read (e.g. ``with_streaming_response``), with a reason in
 :data:`LLM_NOT_CAPTURED_REASON`."""
 LLM_NOT_CAPTURED_REASON = "agl.llm.not_captured_reason"
+# Set by the LLM proxy on the spans of the calls it forwards.
+LLM_BACKEND = "agl.llm.backend"
+"""The base URL of the backend that answered the call."""
+LLM_LATENCY_SECONDS = "agl.llm.latency_seconds"
+"""Seconds from forwarding the call to its end (a stream's last chunk)."""
+RESOURCES_ID = "agl.resources.id"
+RESOURCES_VERSION = "agl.resources.version"
+"""The resources the call's rollout runs with: their ``resources_id`` and that update's version."""
