@@ -17,6 +17,7 @@ import functools
 import inspect
 import json
 import re
+import sys
 import textwrap
 import types
 import typing
@@ -25,8 +26,12 @@ from typing import Any, Literal, Optional, Union
 
 import attrs
 import cattrs
-import tomllib
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: the same parser, published as tomli
+    import tomli as tomllib
 
 from agl_kernel.errors import ConfigError
 
@@ -41,6 +46,9 @@ __all__ = [
     "to_plain",
     "type_name",
 ]
+
+_FACTORY = typing.cast("type[Any]", attrs.Factory)
+"""The class of ``attrs.Factory(...)`` defaults (attrs' stubs declare ``Factory`` a function returning the value)."""
 
 _NONE_WORDS = ("none", "null")
 _TRUE = ("true", "yes", "on", "1")
@@ -152,7 +160,10 @@ def _make_converter() -> cattrs.Converter:
                 return choice
         raise ValueError(f"expected one of {', '.join(repr(c) for c in choices)}, got {value!r}")
 
-    converter.register_structure_hook_func(lambda tp: typing.get_origin(tp) is Literal, structure_literal)
+    def is_literal(tp: Any) -> bool:
+        return typing.get_origin(tp) is Literal
+
+    converter.register_structure_hook_func(is_literal, structure_literal)
 
     def structure_enum(value: Any, tp: Any) -> Any:
         for member in tp:
@@ -183,9 +194,10 @@ def _make_converter() -> cattrs.Converter:
                 errors.append(err)
         raise ValueError(f"expected {type_name(tp)}, got {value!r}")
 
-    converter.register_structure_hook_func(
-        lambda tp: typing.get_origin(tp) in (Union, types.UnionType), structure_union
-    )
+    def is_union(tp: Any) -> bool:
+        return typing.get_origin(tp) in (Union, types.UnionType)
+
+    converter.register_structure_hook_func(is_union, structure_union)
 
     # Containers and tables written on the command line or in an environment variable: parse them inline.
     def is_container(tp: Any) -> bool:
@@ -377,8 +389,8 @@ def options_fields(cls: type, prefix: str = "") -> list[OptionInfo]:
     infos: list[OptionInfo] = []
     for field in attrs.fields(_resolved(cls)):
         default = field.default
-        if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
-            default = default.factory() if not default.takes_self else attrs.NOTHING  # type: ignore[union-attr]
+        if isinstance(default, _FACTORY):
+            default = default.factory() if not default.takes_self else attrs.NOTHING
         doc = docs.get(field.name) or str(field.metadata.get("doc", ""))
         infos.append(OptionInfo(name=prefix + field.name, type=type_name(field.type), default=default, doc=doc))
         nested = _nested_attrs(field.type)
@@ -466,4 +478,5 @@ def _is_plain(value: Any) -> bool:
 
 def to_plain(options: Any) -> dict[str, Any]:
     """An options instance as plain data (nested options as tables), for printing and for other processes."""
-    return _converter.unstructure(options)
+    plain: dict[str, Any] = _converter.unstructure(options)
+    return plain

@@ -21,11 +21,16 @@ Precedence, lowest first: each option's default, the run file, ``AGL_<TABLE>__<K
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterable, Mapping
 from typing import Any, Optional
 
 import attrs
-import tomllib
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: the same parser, published as tomli
+    import tomli as tomllib
 
 from agl_kernel.config._options import build_options, options_class, to_plain
 from agl_kernel.errors import ConfigError, PluginNotFoundError
@@ -64,7 +69,7 @@ ENV_PREFIX = "AGL_"
 """``AGL_<TABLE>__<KEY>=value`` sets ``table.key`` (only names with a double underscore; nested: ``__`` again)."""
 
 
-def _positive(_instance: Any, attribute: attrs.Attribute, value: int) -> None:
+def _positive(_instance: Any, attribute: attrs.Attribute[int], value: int) -> None:
     if value < 1:
         raise ValueError(f"'{attribute.name}' must be at least 1, not {value}")
 
@@ -273,7 +278,8 @@ def _set(tree: dict[str, Any], path: list[str], value: Any, source: str) -> None
 def _read_file(path: str) -> dict[str, Any]:
     try:
         with open(path, "rb") as file:
-            return tomllib.load(file)
+            data: dict[str, Any] = tomllib.load(file)
+            return data
     except FileNotFoundError:
         raise ConfigError(f"run file {path!r}: no such file") from None
     except tomllib.TOMLDecodeError as err:
