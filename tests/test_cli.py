@@ -107,9 +107,15 @@ def test_unknown_kind_is_a_usage_error() -> None:
     assert result.exit_code == 2 and "stores" in result.output and "algorithms" in result.output
 
 
-def test_builtin_commands_do_not_build_the_plugin_manager() -> None:
+def test_builtin_commands_arrive_through_the_hook_like_a_plugins() -> None:
+    from agl_kernel.plugins import BUILTIN_HOOKS
+
+    impls = get_plugin_manager().hook.agl_register_commands.get_hookimpls()
+    assert BUILTIN_HOOKS in {impl.plugin_name for impl in impls}
+    names = set(cli.list_commands(click.Context(cli)))
+    builtin = {"train", "dev", "runner", "config", "store", "proxy", "plugins", "demo", "rollouts", "runs", "resources"}
+    assert builtin <= names, builtin - names
     assert invoke("plugins", "--json").exit_code == 0
-    assert _manager._manager is None
 
 
 def test_help_lists_builtin_and_plugin_commands() -> None:

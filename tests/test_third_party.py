@@ -53,7 +53,8 @@ class Scaled(Algorithm):
         rewards = sorted(o.reward for o in ended.values() if o.reward is not None)
         if self.report_path:
             with open(self.report_path, "w") as file:
-                json.dump({"rewards": rewards, "store": type(store).__name__}, file)
+                # The trainer hands algorithms a view of the store scoped to the run; ``inner`` is the store.
+                json.dump({"rewards": rewards, "store": type(store.inner).__name__, "view": type(store).__name__}, file)
         return rewards
 
 
@@ -182,7 +183,7 @@ def test_agl_train_runs_it_by_name_with_set(site: Path, tmp_path: Path, strategy
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads((tmp_path / "report.json").read_text())
-    assert report == {"rewards": [2.5, 2.5, 5.0, 5.0, 7.5, 7.5], "store": "NotebookStore"}
+    assert report == {"rewards": [2.5, 2.5, 5.0, 5.0, 7.5, 7.5], "store": "NotebookStore", "view": "RunStore"}
     lines = log.read_text().split()
     assert len(lines) == 6 * 3 and set(lines[0::3]) == {"mine"}
     assert set(lines[1::3]) <= {"runner-0", "runner-1"}

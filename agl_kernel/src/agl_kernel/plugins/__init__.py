@@ -24,10 +24,18 @@ from agl_kernel.plugins._loading import (
     load_component,
     resolve_name,
 )
-from agl_kernel.plugins._manager import STRICT_ENV, call_hook, get_plugin_manager, reset_plugin_manager, strict_plugins
+from agl_kernel.plugins._manager import (
+    BUILTIN_HOOKS,
+    STRICT_ENV,
+    call_hook,
+    get_plugin_manager,
+    reset_plugin_manager,
+    strict_plugins,
+)
 from agl_kernel.plugins.hookspecs import hookimpl, hookspec
 
 __all__ = [
+    "BUILTIN_HOOKS",
     "DISABLE_AUTOLOAD_ENV",
     "KERNEL_DISTRIBUTION",
     "KINDS",

@@ -19,7 +19,10 @@ from agl_kernel.errors import PluginError
 from agl_kernel.plugins import hookspecs
 from agl_kernel.plugins._loading import AglPluginWarning, _clear_discovery_cache, _entries, _Entry, _load_entries
 
-__all__ = ["STRICT_ENV", "call_hook", "get_plugin_manager", "reset_plugin_manager", "strict_plugins"]
+__all__ = ["BUILTIN_HOOKS", "STRICT_ENV", "call_hook", "get_plugin_manager", "reset_plugin_manager", "strict_plugins"]
+
+BUILTIN_HOOKS = "agl-kernel"
+"""The name the kernel's own hook implementations (:mod:`agl_kernel._builtin_hooks`) are registered under."""
 
 STRICT_ENV = "AGL_STRICT_PLUGINS"
 """Set to 1 to have a hook implementation's error raised instead of logged and skipped (for plugin authors)."""
@@ -33,7 +36,8 @@ _reported: set[tuple[str, str]] = set()  # (plugin name, hook) whose failure was
 
 
 def get_plugin_manager() -> pluggy.PluginManager:
-    """The plugin manager, built on the first call: hook specs, then every visible ``agl.plugins`` entry point.
+    """The plugin manager, built on the first call: hook specs, the kernel's own hook implementations, then every
+    visible ``agl.plugins`` entry point.
 
     A plugin that fails to import or register is skipped with an :class:`AglPluginWarning`; the rest work.
     """
@@ -42,6 +46,9 @@ def get_plugin_manager() -> pluggy.PluginManager:
         if _manager is None:
             manager = pluggy.PluginManager("agl")
             manager.add_hookspecs(hookspecs)
+            from agl_kernel import _builtin_hooks
+
+            manager.register(_builtin_hooks, name=BUILTIN_HOOKS)  # the built-ins first, through the same hooks
             _register_hook_plugins(manager)
             _manager = manager
         return _manager
