@@ -140,7 +140,10 @@ def rollout(fn: F) -> LitAgent: ...
 def rollout(fn: None = None) -> Callable[[F], LitAgent]: ...
 def rollout(fn: Optional[F] = None) -> Any:
     """``fn(task, resources[, rollout])``: the agent gets every resource of the rollout, by name."""
-    make = lambda f: _FunctionAgent(f, lambda resources, attempted: dict(resources))  # noqa: E731
+
+    def make(f: F) -> LitAgent:
+        return _FunctionAgent(f, lambda resources, attempted: dict(resources))
+
     return make(fn) if fn is not None else make
 
 
@@ -148,7 +151,10 @@ def llm_rollout(fn: Optional[F] = None, *, resource_name: Optional[str] = None) 
     """``fn(task, llm[, rollout])``: the agent gets the rollout's LLM (the only one, or ``resource_name``); a
     :class:`ProxyLLM` arrives with its endpoint already set to this attempt's URL, ready for an OpenAI client."""
     pick = _one_of((LLM,), "LLM", resource_name)
-    make = lambda f: _FunctionAgent(f, lambda res, attempted: _resolve_llm(pick(res, attempted), attempted))  # noqa: E731
+
+    def make(f: F) -> LitAgent:
+        return _FunctionAgent(f, lambda res, attempted: _resolve_llm(pick(res, attempted), attempted))
+
     return make(fn) if fn is not None else make
 
 
@@ -180,7 +186,10 @@ def prompt_rollout(fn: Optional[F] = None, *, resource_name: Optional[str] = Non
     """``fn(task, prompt_template[, rollout])``: the agent gets the rollout's prompt template (the only one, or
     ``resource_name``)."""
     pick = _one_of((PromptTemplate,), "prompt template", resource_name)
-    make = lambda f: _FunctionAgent(f, pick)  # noqa: E731
+
+    def make(f: F) -> LitAgent:
+        return _FunctionAgent(f, pick)
+
     return make(fn) if fn is not None else make
 
 
@@ -196,5 +205,6 @@ def as_lit_agent(agent: Any) -> LitAgent:
     if isinstance(agent, type) and issubclass(agent, LitAgent):
         return agent()
     if callable(agent):
-        return rollout(agent)
+        function_agent: LitAgent = rollout(agent)
+        return function_agent
     raise TypeError(f"an agent must be a LitAgent or a function (task, resources), not {type(agent).__name__}")

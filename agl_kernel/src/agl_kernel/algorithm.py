@@ -74,7 +74,9 @@ class BaselineOptions:
     """Attempts per rollout, the first included: a failed, timed-out or unresponsive attempt (its runner died or lost
     the store) is retried on the next free runner while attempts are left; 1 never retries."""
     unresponsive_seconds: Optional[float] = attrs.field(
-        default=DEFAULT_UNRESPONSIVE_SECONDS, validator=attrs.validators.optional(attrs.validators.gt(0))
+        default=DEFAULT_UNRESPONSIVE_SECONDS,
+        # attrs' stubs type the validator by the default's type (float), not the field's (float | None)
+        validator=attrs.validators.optional(attrs.validators.gt(0)),  # type: ignore[arg-type]
     )
     """Seconds without a heartbeat after which the store gives up on an attempt and retries it (the runner beats
     every 5 s); none turns the check off, and then a rollout whose runner died stays running."""

@@ -298,7 +298,7 @@ class Operation:
         name = self.name or fn.__qualname__
         signature = _signature(fn)
 
-        def fresh(args: tuple, kwargs: dict) -> Operation:
+        def fresh(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Operation:
             op = Operation(name, agent=self.agent, attributes=self._attributes, record_io=self.record_io)
             op._start(name, _bound_arguments(signature, args, kwargs) if self.record_io else _NOT_GIVEN)
             return op
@@ -375,7 +375,7 @@ def _signature(fn: Callable[..., Any]) -> Optional[inspect.Signature]:
         return None
 
 
-def _bound_arguments(signature: Optional[inspect.Signature], args: tuple, kwargs: dict) -> Any:
+def _bound_arguments(signature: Optional[inspect.Signature], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     if signature is None:
         return {"args": list(args), "kwargs": kwargs}
     try:

@@ -72,8 +72,8 @@ def request_attributes(operation: str, body: Mapping[str, Any], *, provider: str
         if isinstance(prompt, str):
             attributes[semconv.LLM_PROMPT_TEXT] = prompt
             attributes[semconv.GEN_AI_INPUT_MESSAGES] = to_json(to_genai_messages([{"role": "user", "content": prompt}]))
-        elif _int_list(prompt) is not None:  # the prompt given as token ids: they are the prompt's token ids
-            attributes[semconv.LLM_PROMPT_TOKEN_IDS] = list(prompt)
+        elif (token_ids := _int_list(prompt)) is not None:  # the prompt given as token ids: recorded as they are
+            attributes[semconv.LLM_PROMPT_TOKEN_IDS] = token_ids
     if "tools" in given:
         attributes[semconv.GEN_AI_TOOL_DEFINITIONS] = to_json(given["tools"])
     rest = {k: v for k, v in given.items() if k not in _HANDLED and k not in _NOT_RECORDED and k not in _NUMERIC}

@@ -150,7 +150,10 @@ class RunnerSpec:
         """A runner registered as ``worker_id``; options are validated by the runner's options class."""
         from agl_kernel.plugins import create_component
 
-        return create_component("runners", self.component, options=self.options, worker_id=worker_id, tracer=tracer)
+        runner: Runner = create_component(
+            "runners", self.component, options=self.options, worker_id=worker_id, tracer=tracer
+        )
+        return runner
 
     def check(self) -> None:
         """Raise what :meth:`make` would for an unknown runner or a bad option, without making a runner."""
@@ -296,7 +299,7 @@ class _AgentThread:
     finishes first)."""
 
     def __init__(self, fn: Callable[[], Any]) -> None:
-        self.future: asyncio.Future = asyncio.get_running_loop().create_future()
+        self.future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         loop = self.future.get_loop()
         context = contextvars.copy_context()
 
@@ -316,7 +319,7 @@ class _AgentThread:
             ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self.thread.ident), ctypes.py_object(AgentStopped))
 
 
-def _settle(future: asyncio.Future, result: Any, exc: Optional[BaseException]) -> None:
+def _settle(future: asyncio.Future[Any], result: Any, exc: Optional[BaseException]) -> None:
     if not future.done():
         future.set_exception(exc) if exc is not None else future.set_result(result)
 
@@ -441,7 +444,7 @@ class LitAgentRunner(Runner):
             return getattr(scopes[0], "parent", None) if scopes else None
 
         thread = None if is_async else _AgentThread(run_sync)
-        work: asyncio.Future = asyncio.ensure_future(run_async()) if is_async else thread.future  # type: ignore[union-attr]
+        work: asyncio.Future[Any] = thread.future if thread is not None else asyncio.ensure_future(run_async())
         watch = asyncio.create_task(self._watch(store, attempted))
         deadline = attempted.config.timeout_seconds
         remaining = None if deadline is None else max(0.0, attempted.attempt.start_time + deadline - time.time())
@@ -530,7 +533,7 @@ class LitAgentRunner(Runner):
                     log.warning("heartbeat of %s on worker %s failed: %s", attempt_id, self.worker_id, exc)
                     await asyncio.sleep(interval)
 
-    async def _stop_agent(self, work: asyncio.Future, thread: Optional[_AgentThread]) -> None:
+    async def _stop_agent(self, work: asyncio.Future[Any], thread: Optional[_AgentThread]) -> None:
         if thread is not None:
             thread.stop()
         else:

@@ -135,7 +135,7 @@ class ClientServerStrategy(ExecutionStrategy):
         self.token = token
         self.stop_timeout = stop_timeout
         self.url: Optional[str] = None
-        self.processes: list[subprocess.Popen] = []
+        self.processes: list[subprocess.Popen[bytes]] = []
 
     async def execute_async(
         self,
@@ -198,7 +198,7 @@ class ClientServerStrategy(ExecutionStrategy):
 
     def _start_runner(
         self, url: str, agent_spec: str, tracer_spec: str, index: int, runner_args: Sequence[str]
-    ) -> subprocess.Popen:
+    ) -> subprocess.Popen[bytes]:
         env = dict(os.environ)
         # The runner imports the agent by module name: give it this process's import path.
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p and os.path.isdir(p))

@@ -20,7 +20,7 @@ import random
 import threading
 import time
 from collections.abc import Iterator, Mapping
-from typing import Any, Optional, Union
+from typing import Any, Optional, TypeAlias
 
 from agl_kernel.models import Span, SpanStatus
 
@@ -36,6 +36,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger("agl.tracer")
+
+_SpanWrite: TypeAlias = "asyncio.Future[Span] | concurrent.futures.Future[Span]"
+"""A span being written to the store: a task on the running loop, or a write handed to the scope's loop."""
 
 _SCOPE: contextvars.ContextVar[Optional["TraceScope"]] = contextvars.ContextVar("agl_trace_scope", default=None)
 _PARENT: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar("agl_parent_span", default=None)
@@ -196,7 +199,7 @@ class Tracer(abc.ABC):
             running: Optional[asyncio.AbstractEventLoop] = asyncio.get_running_loop()
         except RuntimeError:
             running = None
-        future: Union[asyncio.Future, concurrent.futures.Future]
+        future: _SpanWrite
         if running is not None and (scope.loop is None or running is scope.loop):
             future = running.create_task(scope.store.add_span(span))
         elif scope.loop is not None and not scope.loop.is_closed() and scope.loop.is_running():
@@ -204,7 +207,7 @@ class Tracer(abc.ABC):
         else:  # no event loop anywhere: write now
             asyncio.run(scope.store.add_span(span))
             return
-        pending: set = self.__dict__.setdefault("_agl_pending", set())
+        pending: set[_SpanWrite] = self.__dict__.setdefault("_agl_pending", set())
         pending.add(future)
         future.add_done_callback(_log_failed_write)
         future.add_done_callback(pending.discard)
@@ -281,11 +284,11 @@ def exception_attributes(error: BaseException) -> dict[str, str]:
     }
 
 
-def _awaitable(future: Union[asyncio.Future, concurrent.futures.Future]) -> Any:
+def _awaitable(future: _SpanWrite) -> Any:
     return asyncio.wrap_future(future) if isinstance(future, concurrent.futures.Future) else future
 
 
-def _log_failed_write(future: Union[asyncio.Future, concurrent.futures.Future]) -> None:
+def _log_failed_write(future: _SpanWrite) -> None:
     if future.cancelled():
         return
     error = future.exception()

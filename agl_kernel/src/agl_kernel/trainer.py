@@ -62,7 +62,7 @@ class Trainer:
         algorithm: Spec = "baseline",
         n_runners: int = 1,
         store: Spec = None,
-        store_path: Union[str, os.PathLike, None] = None,
+        store_path: Union[str, os.PathLike[str], None] = None,
         tracer: Spec = "noop",
         runner: Union[str, type, None] = "litagent",
         adapter: Spec = None,
@@ -99,7 +99,7 @@ class Trainer:
     @classmethod
     def from_config(
         cls,
-        config: Union[RunConfig, str, os.PathLike, Mapping[str, Any], None] = None,
+        config: Union[RunConfig, str, os.PathLike[str], Mapping[str, Any], None] = None,
         *,
         overrides: Iterable[str] = (),
         **kwargs: Any,

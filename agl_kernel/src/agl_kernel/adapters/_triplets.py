@@ -154,10 +154,10 @@ class TripletAdapter(Adapter[TripletResult]):
         triplets: list[Triplet] = []
         for index, group in enumerate(groups):
             steps = [r for call in group for r in call.step_rewards]
-            step = sum(r.value for r in steps) if steps else None
+            step_reward = sum(r.value for r in steps) if steps else None
             applies = self.final_reward == "all" or (self.final_reward == "last" and index == len(groups) - 1)
             final_here = final if applies else None
-            total = None if step is None and final_here is None else (step or 0.0) + (final_here or 0.0)
+            total = None if step_reward is None and final_here is None else (step_reward or 0.0) + (final_here or 0.0)
             if total is None and self.require_reward:
                 detail = (
                     "no reward: the attempt has no final reward and no per-step reward names this call; emit one "
@@ -171,7 +171,7 @@ class TripletAdapter(Adapter[TripletResult]):
                 continue
             for call in group:
                 reports[call.span.span_id].update(triplet=len(triplets), reward=total)
-            triplets.append(_triplet(group, step, final_here, total))
+            triplets.append(_triplet(group, step_reward, final_here, total))
         if trace.calls and not triplets and final is None and not any(c.step_rewards for c in trace.calls):
             problems.append("the attempt has no reward: the agent returned none and emitted none")
         return TripletResult(

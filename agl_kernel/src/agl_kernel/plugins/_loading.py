@@ -19,7 +19,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import msgspec
 from packaging.requirements import InvalidRequirement, Requirement
@@ -267,7 +267,13 @@ def _check_kind(kind: str) -> None:
 # --------------------------------------------------------------------------------------------------- loading
 
 
-class _Manager(NamedExtensionManager):
+if TYPE_CHECKING:
+    _NamedManager = NamedExtensionManager[Any]
+else:  # stevedore is generic only from 5.6 on (the kernel supports 5.1)
+    _NamedManager = NamedExtensionManager
+
+
+class _Manager(_NamedManager):
     """stevedore's manager, fed the entry points we discovered instead of stevedore's cached scan."""
 
     def __init__(
@@ -301,7 +307,7 @@ def _load_entries(
             on_failure(by_ep[id(ep)], _load_error(by_ep[id(ep)], err))
 
         manager = _Manager(f"agl.{kind}", [e.entry_point for e in of_kind], failed)
-        extensions: list[Extension] = manager.extensions
+        extensions: list[Extension[Any]] = manager.extensions
         for ext in extensions:
             entry = by_ep[id(ext.entry_point)]
             problem = _interface_problem(kind, ext.plugin)
@@ -437,7 +443,8 @@ def interface_of(kind: str) -> Optional[type]:
     if kind == "plugins":
         return None
     module, attr = _INTERFACES[kind]
-    return getattr(importlib.import_module(module), attr)
+    interface: type = getattr(importlib.import_module(module), attr)
+    return interface
 
 
 _INTERFACES = {

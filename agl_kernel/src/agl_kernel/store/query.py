@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Optional, TypeVar
 
 from agl_kernel.errors import InvalidQueryError
@@ -27,7 +27,7 @@ def check_query(collection: str, sort_by: Optional[str], sort_order: str, limit:
         raise InvalidQueryError(f"offset must be a non-negative integer, not {offset!r}")
 
 
-def _sort_key(field: str):
+def _sort_key(field: str) -> Callable[[Any], tuple[bool, Any]]:
     def key(item: Any) -> tuple[bool, Any]:
         value = getattr(item, field)
         # None sorts before every value; enums sort by their string value.

@@ -11,7 +11,7 @@ from typing import Optional, TypeVar
 T = TypeVar("T")
 
 
-def _wake(fut: asyncio.Future) -> None:
+def _wake(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_result(None)
 
@@ -25,7 +25,7 @@ class Signal:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._waiters: dict[asyncio.Future, asyncio.AbstractEventLoop] = {}
+        self._waiters: dict[asyncio.Future[None], asyncio.AbstractEventLoop] = {}
 
     def notify(self) -> None:
         if not self._waiters:  # racy read is fine: a waiter registering now re-checks its condition first
