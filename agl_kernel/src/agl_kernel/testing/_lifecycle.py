@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -167,7 +168,7 @@ class CloseTests(SuiteBase):
     async def test_calls_after_close_raise(self, store: LightningStore) -> None:
         rollout = await store.enqueue_rollout("x")
         await store.close()
-        calls = [
+        calls: list[Callable[[], Awaitable[Any]]] = [
             lambda: store.get_rollout(rollout.rollout_id),
             lambda: store.enqueue_rollout("y"),
             lambda: store.dequeue_rollout(),

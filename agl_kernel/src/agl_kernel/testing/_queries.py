@@ -9,9 +9,11 @@ import pytest
 
 from agl_kernel.errors import InvalidQueryError, NotFoundError
 from agl_kernel.models import (
+    Attempt,
     AttemptStatus,
     PaginatedResult,
     PromptTemplate,
+    Resource,
     Rollout,
     RolloutConfig,
     RolloutMode,
@@ -160,7 +162,10 @@ class AttemptQueryTests(SuiteBase):
         page = await store.query_attempts(rid)
         assert page.items == attempts and page.total == 3
         assert [a.sequence_id for a in attempts] == [1, 2, 3]
-        key = lambda a: a.attempt_id  # noqa: E731
+
+        def key(a: Attempt) -> str:
+            return a.attempt_id
+
         failed = await store.query_attempts(rid, status_in=[AttemptStatus.TIMEOUT, AttemptStatus.FAILED])
         assert [key(a) for a in failed.items] == [key(attempts[1]), key(attempts[2])] and failed.total == 2
         assert (await store.query_attempts(rid, status_in=[AttemptStatus.RUNNING])).total == 0
@@ -211,7 +216,10 @@ class SpanSortTests(SuiteBase):
 
 class ResourceAndWorkerQueryTests(SuiteBase):
     async def test_resource_sorting_and_pagination(self, store: LightningStore) -> None:
-        p = lambda t: {"p": PromptTemplate(template=t)}  # noqa: E731
+
+        def p(t: str) -> dict[str, Resource]:
+            return {"p": PromptTemplate(template=t)}
+
         await store.update_resources("x", p("x1"))
         await store.update_resources("y", p("y1"))
         await store.update_resources("x", p("x2"))

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 
 from agl_kernel.errors import NotFoundError
-from agl_kernel.models import LLM, PromptTemplate, ProxyLLM, ResourcesUpdate
+from agl_kernel.models import LLM, PromptTemplate, ProxyLLM, Resource, ResourcesUpdate
 from agl_kernel.store.base import LightningStore
 from agl_kernel.testing._base import SuiteBase
 
 
-def prompt(text: str) -> dict:
+def prompt(text: str) -> dict[str, Resource]:
     return {"prompt": PromptTemplate(template=text)}
 
 
@@ -21,7 +21,7 @@ class ResourceTests(SuiteBase):
         assert page.items == [] and page.total == 0
 
     async def test_add_resources(self, store: LightningStore) -> None:
-        resources = {
+        resources: dict[str, Resource] = {
             "prompt": PromptTemplate(template="Hello {name}", engine="f-string"),
             "llm": LLM(endpoint="http://localhost:8000/v1", model="m", sampling_parameters={"temperature": 0.7}),
             "proxy": ProxyLLM(endpoint="http://proxy/v1", model="p", api_key="k"),

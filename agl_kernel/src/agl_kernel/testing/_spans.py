@@ -8,7 +8,16 @@ import msgspec
 import pytest
 
 from agl_kernel.errors import NotFoundError
-from agl_kernel.models import AttemptStatus, RolloutConfig, RolloutStatus, Span, SpanEvent, SpanLink, SpanStatus
+from agl_kernel.models import (
+    AttemptStatus,
+    PaginatedResult,
+    RolloutConfig,
+    RolloutStatus,
+    Span,
+    SpanEvent,
+    SpanLink,
+    SpanStatus,
+)
 from agl_kernel.store.base import LightningStore
 from agl_kernel.testing._base import NO_RETRY, SuiteBase, make_span
 
@@ -195,7 +204,10 @@ class SpanQueryTests(SuiteBase):
         await store.add_span(make_span(rid, a1, name="a1-1"))
         await store.add_span(make_span(rid, a2, name="a2-2"))
         await store.add_span(make_span(rid, a1, name="a1-2"))
-        names = lambda page: [s.name for s in page.items]  # noqa: E731
+
+        def names(page: PaginatedResult[Span]) -> list[str]:
+            return [s.name for s in page.items]
+
         assert names(await store.query_spans(rid)) == ["a1-1", "a1-2", "a2-1", "a2-2"]
         assert names(await store.query_spans(rid, a1)) == ["a1-1", "a1-2"]
         assert names(await store.query_spans(rid, "latest")) == ["a2-1", "a2-2"]

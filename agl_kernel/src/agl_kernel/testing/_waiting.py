@@ -159,4 +159,4 @@ class CloseWakesWaitersTests(SuiteBase):
         assert not rollout_waiter.done() and not dequeue_waiter.done()
         await store.close()
         results = await asyncio.wait_for(asyncio.gather(rollout_waiter, dequeue_waiter), PROMPT)
-        assert results == [[], None]
+        assert list(results) == [[], None]

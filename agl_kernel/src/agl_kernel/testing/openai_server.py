@@ -70,7 +70,7 @@ class FakeOpenAIServer:
     def base_url(self) -> str:
         assert self._server is not None, "the server is not running: use it as a context manager"
         host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}/v1"
+        return f"http://{host!s}:{port}/v1"
 
     def __enter__(self) -> "FakeOpenAIServer":
         owner = self
