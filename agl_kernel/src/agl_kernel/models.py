@@ -53,7 +53,11 @@ T = TypeVar("T")
 
 
 class _Struct(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=False):
-    """Base of every agl struct: immutable, keyword-only."""
+    """Base of every agl struct: immutable, keyword-only.
+
+    Subclasses inherit both, and repeat ``frozen=True, kw_only=True`` for type checkers, which read a struct's
+    options (``dataclass_transform``) from its own class keywords only.
+    """
 
 
 # ---------------------------------------------------------------------------------------------------- statuses
@@ -115,7 +119,7 @@ DEFAULT_MAX_ATTEMPTS = 3
 """``RolloutConfig.max_attempts`` by default: the first attempt and two retries."""
 
 
-class RolloutConfig(_Struct, kw_only=True):
+class RolloutConfig(_Struct, frozen=True, kw_only=True):
     """How the store supervises a rollout's attempts.
 
     - ``timeout_seconds``: an attempt running longer than this (from its start) becomes ``timeout``
@@ -141,7 +145,7 @@ class RolloutConfig(_Struct, kw_only=True):
     )
 
 
-class Rollout(_Struct, kw_only=True):
+class Rollout(_Struct, frozen=True, kw_only=True):
     """One task to run: its input, the resources it uses and where it stands."""
 
     rollout_id: str
@@ -159,7 +163,7 @@ class Rollout(_Struct, kw_only=True):
     """How many attempts the rollout has had so far."""
 
 
-class Attempt(_Struct, kw_only=True):
+class Attempt(_Struct, frozen=True, kw_only=True):
     """One try at running a rollout, by one worker."""
 
     rollout_id: str
@@ -180,7 +184,7 @@ class AttemptedRollout(Rollout, frozen=True, kw_only=True):
     attempt: Attempt
 
 
-class EnqueueRequest(_Struct, kw_only=True):
+class EnqueueRequest(_Struct, frozen=True, kw_only=True):
     """One item of :meth:`LightningStore.enqueue_many_rollouts`."""
 
     input: Any
@@ -193,24 +197,24 @@ class EnqueueRequest(_Struct, kw_only=True):
 # ---------------------------------------------------------------------------------------------------- spans
 
 
-class SpanStatus(_Struct, kw_only=True):
+class SpanStatus(_Struct, frozen=True, kw_only=True):
     status_code: Literal["UNSET", "OK", "ERROR"] = "UNSET"
     description: Optional[str] = None
 
 
-class SpanEvent(_Struct, kw_only=True):
+class SpanEvent(_Struct, frozen=True, kw_only=True):
     name: str
     timestamp: Optional[float] = None
     attributes: dict[str, Any] = {}
 
 
-class SpanLink(_Struct, kw_only=True):
+class SpanLink(_Struct, frozen=True, kw_only=True):
     trace_id: str
     span_id: str
     attributes: dict[str, Any] = {}
 
 
-class Span(_Struct, kw_only=True):
+class Span(_Struct, frozen=True, kw_only=True):
     """An OpenTelemetry span, tagged with the rollout and attempt it belongs to.
 
     ``sequence_id`` orders spans within an attempt; leave it 0 and the store assigns the next one.
@@ -238,7 +242,7 @@ class Span(_Struct, kw_only=True):
 # ---------------------------------------------------------------------------------------------------- resources
 
 
-class PromptTemplate(_Struct, tag="prompt_template", tag_field="resource_type", kw_only=True):
+class PromptTemplate(_Struct, frozen=True, tag="prompt_template", tag_field="resource_type", kw_only=True):
     """A prompt with placeholders, rendered by :meth:`format`.
 
     ``engine="f-string"`` uses :meth:`str.format` placeholders (``{name}``); ``engine="jinja"`` uses Jinja2
@@ -277,7 +281,7 @@ class PromptTemplate(_Struct, tag="prompt_template", tag_field="resource_type", 
         return [name for _, name, _, _ in string.Formatter().parse(self.template) if name]
 
 
-class LLM(_Struct, tag="llm", tag_field="resource_type", kw_only=True):
+class LLM(_Struct, frozen=True, tag="llm", tag_field="resource_type", kw_only=True):
     """An OpenAI-compatible model endpoint and how to sample from it."""
 
     endpoint: str
@@ -293,7 +297,7 @@ PROXY_ATTEMPT_PATH = "/rollout/{rollout_id}/attempt/{attempt_id}/v1"
 """Where the LLM proxy serves an attempt's OpenAI-compatible API, under the store server's URL."""
 
 
-class ProxyLLM(LLM, tag="proxy_llm", tag_field="resource_type", kw_only=True):
+class ProxyLLM(LLM, frozen=True, tag="proxy_llm", tag_field="resource_type", kw_only=True):
     """An LLM reached through agl's proxy: the endpoint is rewritten per rollout and attempt, so that the proxy
     can attribute every call to them (``{endpoint}`` + :data:`PROXY_ATTEMPT_PATH`)."""
 
@@ -309,7 +313,7 @@ class ProxyLLM(LLM, tag="proxy_llm", tag_field="resource_type", kw_only=True):
 Resource = Union[PromptTemplate, LLM, ProxyLLM]
 
 
-class ResourcesUpdate(_Struct, kw_only=True):
+class ResourcesUpdate(_Struct, frozen=True, kw_only=True):
     """A named set of resources, versioned: every update of a ``resources_id`` stores a new version."""
 
     resources_id: str
@@ -322,7 +326,7 @@ class ResourcesUpdate(_Struct, kw_only=True):
 # ---------------------------------------------------------------------------------------------------- workers
 
 
-class Worker(_Struct, kw_only=True):
+class Worker(_Struct, frozen=True, kw_only=True):
     worker_id: str
     status: WorkerStatus = WorkerStatus.IDLE
     heartbeat_stats: dict[str, Any] = {}
@@ -337,7 +341,7 @@ class Worker(_Struct, kw_only=True):
 # ---------------------------------------------------------------------------------------------------- training data
 
 
-class Triplet(_Struct, kw_only=True):
+class Triplet(_Struct, frozen=True, kw_only=True):
     """One training example: a prompt, the model's response and the reward it earned."""
 
     prompt_token_ids: list[int] = []
@@ -362,7 +366,7 @@ class Triplet(_Struct, kw_only=True):
 # ---------------------------------------------------------------------------------------------------- queries
 
 
-class PaginatedResult(_Struct, Generic[T], kw_only=True):
+class PaginatedResult(_Struct, Generic[T], frozen=True, kw_only=True):
     """One page of a query: ``items`` after sort, offset and limit; ``total`` counts every match."""
 
     items: list[T]
@@ -371,7 +375,7 @@ class PaginatedResult(_Struct, Generic[T], kw_only=True):
     offset: int = 0
 
 
-class StoreStatistics(_Struct, kw_only=True):
+class StoreStatistics(_Struct, frozen=True, kw_only=True):
     total_rollouts: int
     rollouts_by_status: dict[str, int]
     total_attempts: int
@@ -382,7 +386,7 @@ class StoreStatistics(_Struct, kw_only=True):
     total_workers: int
 
 
-class StoreCapabilities(_Struct, kw_only=True):
+class StoreCapabilities(_Struct, frozen=True, kw_only=True):
     """What a store backend can do; the conformance suite and callers check these instead of the type."""
 
     thread_safe: bool = False
