@@ -31,6 +31,7 @@ def _auth_error(exc: BaseException) -> BaseException | None:
     core = sys.modules.get("agl_kernel._client_core")
     if core is None:  # the client was never imported: no server can have refused anything
         return None
+    auth_error: type[BaseException] = core.StoreAuthError
     pending: list[BaseException | None] = [exc]
     seen: set[int] = set()
     while pending:
@@ -38,7 +39,7 @@ def _auth_error(exc: BaseException) -> BaseException | None:
         if err is None or id(err) in seen:
             continue
         seen.add(id(err))
-        if isinstance(err, core.StoreAuthError):
+        if isinstance(err, auth_error):
             return err
         pending.extend([err.__cause__, err.__context__, *getattr(err, "exceptions", ())])
     return None

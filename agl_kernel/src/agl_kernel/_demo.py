@@ -40,7 +40,7 @@ def run_demo(
     """Run the toy loop on ``store`` (by name; default: the SQLite file at ``path`` or ``./.agl/agl.db``)."""
     console = console or Console()
     with Trainer(n_runners=n_workers, store=store, store_path=path, console=console) as trainer:
-        report = trainer.dev(arithmetic_agent, make_tasks(n_tasks))
+        report: BaselineReport = trainer.dev(arithmetic_agent, make_tasks(n_tasks))
     table = Table(title="rollouts")
     for column in ("rollout", "task", "status", "reward", "attempts"):
         table.add_column(column)

@@ -39,7 +39,7 @@ def parse_request(operation: str, raw: bytes, *, token_ids: bool, logprobs: bool
     """The body to forward: ``raw`` checked (:func:`check_request`), asking for token ids and logprobs unless the
     agent set them, and for a stream's usage."""
     try:
-        body = json.loads(raw)
+        body: dict[str, Any] = json.loads(raw)  # a dict once check_request passes
     except ValueError as exc:
         raise ProxyError(400, f"the request body is not valid JSON: {exc}") from exc
     check_request(operation, body)

@@ -22,24 +22,24 @@ class _EventStream(Stream):
         return super().to_asgi_response(*args, **{**kwargs, "media_type": None})
 
 
-def _error_response(request: Request, error: ProxyError) -> Response:
+def _error_response(request: Request[Any, Any, Any], error: ProxyError) -> Response[dict[str, Any]]:
     return Response(content=error.body(), status_code=error.status, media_type="application/json")
 
 
 def proxy_routes(proxy: LLMProxy) -> list[Any]:
     """The routes of ``proxy``; a :class:`ProxyError` raised in them is answered in OpenAI's error shape."""
 
-    async def forward(operation: str, request: Request, rollout_id: str, attempt_id: str) -> Any:
+    async def forward(operation: str, request: Request[Any, Any, Any], rollout_id: str, attempt_id: str) -> Any:
         _, payload = await proxy.call(operation, rollout_id, attempt_id, await request.body())
         return payload if isinstance(payload, dict) else _EventStream(payload, media_type="text/event-stream")
 
     # POST handlers answer 201 unless told otherwise; OpenAI's endpoints answer 200, streamed or not.
     @post(_ATTEMPT + OPERATION_PATHS["chat"], summary="OpenAI chat completions, recorded", status_code=200)
-    async def chat(request: Request, rollout_id: FromPath[str], attempt_id: FromPath[str]) -> Any:
+    async def chat(request: Request[Any, Any, Any], rollout_id: FromPath[str], attempt_id: FromPath[str]) -> Any:
         return await forward("chat", request, rollout_id, attempt_id)
 
     @post(_ATTEMPT + OPERATION_PATHS["text_completion"], summary="OpenAI completions, recorded", status_code=200)
-    async def completions(request: Request, rollout_id: FromPath[str], attempt_id: FromPath[str]) -> Any:
+    async def completions(request: Request[Any, Any, Any], rollout_id: FromPath[str], attempt_id: FromPath[str]) -> Any:
         return await forward("text_completion", request, rollout_id, attempt_id)
 
     @get(_ATTEMPT + MODELS_PATH, summary="The backends' models")

@@ -26,7 +26,7 @@ def default_store_name() -> str:
 def make_store(
     spec: Union[str, type, LightningStore, None] = None,
     *,
-    path: Union[str, os.PathLike, None] = None,
+    path: Union[str, os.PathLike[str], None] = None,
     options: Optional[Mapping[str, Any]] = None,
     **kwargs: Any,
 ) -> LightningStore:
@@ -42,10 +42,13 @@ def make_store(
     options = dict(options or {})
     if path is not None:
         options["path"] = os.fspath(path)
+    store: LightningStore
     if spec is not None:
-        return create_component("stores", spec, options=options, **kwargs)
+        store = create_component("stores", spec, options=options, **kwargs)
+        return store
     try:
-        return create_component("stores", DEFAULT_STORE, options={"path": DEFAULT_STORE_PATH, **options}, **kwargs)
+        store = create_component("stores", DEFAULT_STORE, options={"path": DEFAULT_STORE_PATH, **options}, **kwargs)
+        return store
     except PluginNotFoundError:
         warnings.warn(
             "agl-store-sqlite is not installed, so this run uses the in-memory store and keeps nothing after it "
@@ -53,7 +56,8 @@ def make_store(
             stacklevel=2,
         )
         options.pop("path", None)
-        return create_component("stores", "memory", options=options, **kwargs)
+        store = create_component("stores", "memory", options=options, **kwargs)
+        return store
 
 
 def describe_store(store: LightningStore) -> str:
