@@ -24,7 +24,7 @@ from typing import Any, Optional
 import pytest
 
 pytest.importorskip("litestar", reason="the chaos test needs the server extra: pip install 'agl-kernel[server]'")
-pytest.importorskip("agl_store_sqlite", reason="the chaos test serves a SQLite store: pip install agl-store-sqlite")
+pytestmark = pytest.mark.requires_plugin("agl_store_sqlite")
 
 from agl_kernel import semconv  # noqa: E402
 from agl_kernel.client import LightningStoreClient, StoreHTTPError  # noqa: E402

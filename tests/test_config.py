@@ -265,7 +265,7 @@ def test_agl_train_and_dev_run_the_builtins_by_name(project: Path) -> None:
             "--path", "run.db", "--runners", "2", "--set", "runner.stop_grace=0.5", "--strategy", "shm",
         )  # fmt: skip
         assert result.returncode == 0, result.stdout + result.stderr
-        assert "rollouts by status: {'succeeded': 2}; mean reward: 0.500" in result.stdout
+        assert "rollouts: 2  finished: 2  failed: 0  reward ≥ 1: 1  mean reward: 0.500" in result.stdout
     assert (project / "run.db").exists()
 
 
@@ -301,7 +301,7 @@ def test_agl_dev_ignores_the_run_files_algorithm(project: Path) -> None:
     )
     result = agl(project, "dev", "--config", "run.toml")
     assert result.returncode == 0, result.stderr
-    assert "rollouts by status: {'succeeded': 2}" in result.stdout
+    assert "rollouts: 2  finished: 2  failed: 0" in result.stdout
 
 
 def test_agl_store_serve_takes_the_store_by_name_with_checked_options(project: Path) -> None:

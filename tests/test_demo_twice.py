@@ -17,6 +17,7 @@ import pytest
 pytest.importorskip("agl_algo_grpo")
 pytest.importorskip("agl_model_server")
 pytest.importorskip("reasoning_gym")
+pytestmark = pytest.mark.requires_plugin("agl_algo_grpo", "agl_model_server")
 
 from agl_algo_grpo import GRPOConfig  # noqa: E402
 from agl_algo_grpo._checkpoint import list_checkpoints, prune_checkpoints  # noqa: E402

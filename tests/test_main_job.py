@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("agl_algo_grpo")
-pytest.importorskip("agl_model_server")
+pytestmark = pytest.mark.requires_plugin("agl_algo_grpo", "agl_model_server")
 pytest.importorskip("reasoning_gym")
 
 RECIPES = Path(__file__).resolve().parents[1] / "contrib" / "recipes"

@@ -43,7 +43,7 @@ from typing import Any
 
 import pytest
 
-pytest.importorskip("agl_store_sqlite")
+pytestmark = pytest.mark.requires_plugin("agl_store_sqlite")
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -258,7 +258,7 @@ def test_dev_and_train_from_a_run_file(work: Path) -> None:
     line = one("dev")
     if line:
         out = run(concrete(line)[0], work).stdout
-        assert "'succeeded': 40" in out and "failed: 0" in out, out
+        assert "rollouts: 40  finished: 40  failed: 0" in out, out
     line = one("train run file")
     if line:
         run(concrete(line)[0], work, timeout=300)
@@ -354,7 +354,7 @@ def test_serve_model_and_demo(work: Path) -> None:
             line = one("dev with an LLM")
             if line:  # the agent asks the model server on every task; the last task fails after its call
                 out = run(concrete(line, model_port=listen)[0], work).stdout
-                assert "main_llm (LLM)" in out and "'succeeded': 3, 'failed': 1" in out, out
+                assert "main_llm (LLM)" in out and "rollouts: 4  finished: 3  failed: 1" in out, out
     line = one("demo")
     if line:
         out = run(concrete(line)[0], work).stdout

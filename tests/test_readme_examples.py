@@ -29,9 +29,7 @@ from typing import Any
 
 import pytest
 
-pytest.importorskip("agl_algo_grpo")
-pytest.importorskip("agl_model_server")
-pytest.importorskip("agl_store_sqlite")
+pytestmark = pytest.mark.requires_plugin("agl_algo_grpo", "agl_model_server", "agl_store_sqlite")
 pytest.importorskip("openai")
 
 from agl_kernel.testing.openai_server import FakeOpenAIServer

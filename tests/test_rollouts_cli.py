@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("agl_store_sqlite", reason="needs the SQLite store plugin: pip install -e plugins/agl-store-sqlite")
+pytestmark = pytest.mark.requires_plugin("agl_store_sqlite")
 
 from agl_kernel.trainer import Trainer
 

@@ -14,7 +14,7 @@ from agl_kernel.cli import cli
 from agl_kernel.models import AttemptStatus, Span
 from agl_kernel.store.defaults import make_store
 
-pytest.importorskip("agl_store_sqlite", reason="needs the SQLite store plugin: pip install -e plugins/agl-store-sqlite")
+pytestmark = pytest.mark.requires_plugin("agl_store_sqlite")
 
 
 def _span(attempted, name, attributes, n):

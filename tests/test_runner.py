@@ -276,6 +276,7 @@ def test_trainer_takes_components_by_name_and_fit_runs_the_algorithm():
 # ------------------------------------------------------------------------------------------------ agl runner
 
 
+@pytest.mark.requires_plugin("agl_store_sqlite")
 def test_agl_runner_process_serves_a_shared_file_and_sigterm_retries_its_rollout(tmp_path: Path):
     """`agl runner` on a SQLite file another process enqueues into; SIGTERM mid-rollout stops it within seconds
     and fails the attempt at once, so the rollout is requeued without waiting for the watchdog."""

@@ -30,7 +30,7 @@ from agl_kernel.store.memory import InMemoryLightningStore
 from agl_kernel.testing.openai_server import FakeOpenAIServer
 from agl_kernel.trainer import Trainer
 
-pytest.importorskip("agl_store_sqlite")
+pytestmark = pytest.mark.requires_plugin("agl_store_sqlite")
 pytest.importorskip("openai")
 
 TASKS = [{"question": "one"}, {"question": "two"}]
@@ -165,12 +165,12 @@ def test_agl_dev_twice_in_one_folder_then_runs_list(tmp_path: Path) -> None:
     with FakeOpenAIServer() as server:
         first = agl("dev", *spec, "--llm", server.base_url, "--llm-model", "m", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
-    assert "'succeeded': 2" in first.stdout, first.stdout
+    assert "rollouts: 2  finished: 2  failed: 0" in first.stdout, first.stdout
     # Again in the same folder, with the endpoint gone and none given: the agent is told it has no LLM (not a
     # connection error to the first run's endpoint), with the rollout ids.
     second = agl("dev", *spec, cwd=tmp_path)
     assert second.returncode == 0, second.stderr
-    assert "'failed': 2" in second.stdout and "have no LLM" in second.stdout, second.stdout
+    assert "rollouts: 2  finished: 0  failed: 2" in second.stdout and "have no LLM" in second.stdout, second.stdout
     assert "Connection error" not in second.stdout
     # Given an endpoint that is gone: named, with the run.
     dead = dead_endpoint()
@@ -239,4 +239,4 @@ def test_runner_processes_ignore_the_trainers_algorithm_variables(tmp_path: Path
         capture_output=True, text=True, timeout=180,
     )
     assert env_run.returncode == 0, env_run.stdout + env_run.stderr
-    assert "'succeeded': 1" in env_run.stdout, env_run.stdout
+    assert "rollouts: 1  finished: 1  failed: 0" in env_run.stdout, env_run.stdout

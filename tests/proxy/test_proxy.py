@@ -161,6 +161,7 @@ def test_rollouts_stick_to_a_backend_and_pause_holds_new_calls():
     assert was_held
 
 
+@pytest.mark.requires_plugin("agl_store_sqlite")
 def test_agl_proxy_command_serves_the_proxy_with_its_store(tmp_path):
     """`agl proxy` as a real process: an agent's call through it is recorded in the store file."""
     import os

@@ -184,10 +184,22 @@ def _dataset(spec: str, key: str) -> list[Any]:
 
 
 def _print_report(report: Any) -> None:
+    """The run's outcome in the words of every progress table (``finished``, ``failed``, ``reward ≥ 1``, ``mean
+    reward``); rollouts in any other status (cancelled, still running at a timeout) are counted after them."""
+    from agl_kernel.progress import count_full_rewards, format_outcomes
+
     by_status = getattr(report, "by_status", None)
     if by_status is not None:
-        mean = getattr(report, "mean_reward", None)
-        click.echo(f"rollouts by status: {by_status}; mean reward: {'n/a' if mean is None else f'{mean:.3f}'}")
+        outcomes = getattr(report, "outcomes", None)
+        rewards = [o.reward for o in outcomes or () if o.reward is not None]
+        line = format_outcomes(
+            finished=by_status.get("succeeded", 0),
+            failed=by_status.get("failed", 0),
+            full_reward=count_full_rewards(rewards) if outcomes is not None else None,
+            mean_reward=getattr(report, "mean_reward", None),
+        )
+        others = "".join(f"  {status}: {n}" for status, n in by_status.items() if status not in ("succeeded", "failed"))
+        click.echo(f"rollouts: {sum(by_status.values())}  {line}{others}")
         failures = getattr(report, "failures", None)  # the trainer printed them in full; point at the next step
         first = getattr(failures, "first", None)
         if first:

@@ -81,7 +81,7 @@ def test_agl_train_runs_the_skeletons_by_name(tmp_path: Path) -> None:
         cwd=tmp_path,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "rollouts by status: {'succeeded': 4}; mean reward: 0.750" in done.stdout
+    assert "rollouts: 4  finished: 4  failed: 0  reward ≥ 1: -  mean reward: 0.750" in done.stdout
 
 
 def test_agl_config_and_plugins_show_describe_the_options(tmp_path: Path) -> None:
