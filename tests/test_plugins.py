@@ -709,7 +709,7 @@ def test_a_raising_hook_is_logged_once_with_its_distribution_and_skipped(
     recorder = RecordingPlugin()
     get_plugin_manager().register(recorder)
     arguments = {name: object() for name in inspect.signature(getattr(hookspecs, hook)).parameters}
-    with caplog.at_level("ERROR", logger="agl.plugins"):
+    with caplog.at_level("ERROR", logger="agl_kernel.plugins"):
         call_hook(hook, **arguments)
         call_hook(hook, **arguments)
     assert [call[0] for call in recorder.calls] == [hook, hook]  # the others still run, every time

@@ -105,7 +105,7 @@ def test_unknown_route_and_wrong_method(http: httpx.Client) -> None:
 def test_unexpected_error_is_a_500_with_an_id_and_no_traceback(
     http: httpx.Client, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.ERROR, logger="agl.server"):
+    with caplog.at_level(logging.ERROR, logger="agl_kernel.server"):
         body = error(http.get("/api/v1/statistics"), 500)
     assert body["error"] == "internal" and body["error_id"] in body["message"]
     assert "boom" not in body["message"] and "Traceback" not in http.get("/api/v1/statistics").text

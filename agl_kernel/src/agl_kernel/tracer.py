@@ -35,7 +35,7 @@ __all__ = [
     "new_trace_id",
 ]
 
-logger = logging.getLogger("agl.tracer")
+logger = logging.getLogger(__name__)
 
 _SpanWrite: TypeAlias = "asyncio.Future[Span] | concurrent.futures.Future[Span]"
 """A span being written to the store: a task on the running loop, or a write handed to the scope's loop."""

@@ -27,7 +27,7 @@ BUILTIN_HOOKS = "agl-kernel"
 STRICT_ENV = "AGL_STRICT_PLUGINS"
 """Set to 1 to have a hook implementation's error raised instead of logged and skipped (for plugin authors)."""
 
-log = logging.getLogger("agl.plugins")
+log = logging.getLogger(__name__)
 
 _lock = threading.RLock()
 _manager: Optional[pluggy.PluginManager] = None

@@ -22,7 +22,7 @@ import httpx
 
 from agl_kernel.proxy._openai import MODELS_PATH, ProxyError
 
-log = logging.getLogger("agl_kernel.proxy")
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(eq=False)

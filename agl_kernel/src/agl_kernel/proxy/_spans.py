@@ -14,7 +14,7 @@ from agl_kernel.proxy._openai import ProxyError
 from agl_kernel.store.base import LightningStore
 from agl_kernel.tracer import exception_attributes, new_span_id, new_trace_id
 
-log = logging.getLogger("agl_kernel.proxy")
+log = logging.getLogger(__name__)
 
 async def attempt_resources(store: LightningStore, rollout_id: str, attempt_id: str) -> dict[str, Any]:
     """The attributes of the resources the attempt's rollout runs with; a 404 when there is no such attempt."""

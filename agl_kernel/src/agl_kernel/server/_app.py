@@ -325,4 +325,4 @@ def _repair_options(app: Litestar) -> None:
                 cell.cell_contents = route
 
 
-logging.getLogger("agl.server").addHandler(logging.NullHandler())
+logging.getLogger("agl_kernel.server").addHandler(logging.NullHandler())

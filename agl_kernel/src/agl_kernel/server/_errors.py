@@ -29,7 +29,7 @@ from agl_kernel.server._wire import ErrorBody, _Query
 
 __all__ = ["error_body", "error_response", "handle_exception", "logger"]
 
-logger = logging.getLogger("agl.server")
+logger = logging.getLogger(__name__)
 
 _STATUS_OF: tuple[tuple[type[BaseException], int], ...] = (
     (NotFoundError, 404),

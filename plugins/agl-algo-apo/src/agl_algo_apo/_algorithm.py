@@ -36,7 +36,7 @@ from agl_algo_apo._trajectory import render_trajectory
 
 __all__ = ["APO"]
 
-logger = logging.getLogger("agl_algo_apo")
+logger = logging.getLogger(__name__)
 
 
 class APO(Algorithm):

@@ -16,7 +16,7 @@ from agl_kernel.models import PromptTemplate
 
 __all__ = ["OptimizerError", "PromptOptimizer", "check_edit", "load_template", "template_variables"]
 
-logger = logging.getLogger("agl_algo_apo")
+logger = logging.getLogger(__name__)
 
 _PROMPT_BLOCK = re.compile(r"<prompt>\s*(.*?)\s*</prompt>", re.DOTALL | re.IGNORECASE)
 _BLAME_LINE = re.compile(r"^\s*TEMPLATE:\s*[\"'`]?([\w.\-]+)[\"'`]?\s*$", re.MULTILINE | re.IGNORECASE)

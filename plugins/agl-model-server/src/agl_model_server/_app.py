@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
 __all__ = ["create_app"]
 
-logger = logging.getLogger("agl.model_server")
+logger = logging.getLogger(__name__)
 _JSON = "application/json"
 _encode = msgspec.json.encode
 

@@ -30,7 +30,7 @@ from agl_model_server._models import cache_dir
 
 __all__ = ["MAX_ROWS", "load"]
 
-logger = logging.getLogger("agl.model_server")
+logger = logging.getLogger(__name__)
 
 MAX_ROWS = 32
 """Up to this many rows the kernel beats ``torch.mm`` here (both bound by reading the weights); above it, a

@@ -40,7 +40,7 @@ from agl_model_server._sampling import SamplingParams, sample_batch
 
 __all__ = ["Engine", "EngineError", "TokenEvent"]
 
-logger = logging.getLogger("agl.model_server")
+logger = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)

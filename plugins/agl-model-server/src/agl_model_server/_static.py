@@ -34,7 +34,7 @@ from agl_model_server import _cpu_kernel
 
 __all__ = ["StaticDecoder", "supported"]
 
-logger = logging.getLogger("agl.model_server")
+logger = logging.getLogger(__name__)
 
 _FAMILIES = {"llama", "mistral", "qwen2", "qwen3"}
 

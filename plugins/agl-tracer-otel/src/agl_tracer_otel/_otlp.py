@@ -21,7 +21,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from agl_kernel import semconv
 
-logger = logging.getLogger("agl_tracer_otel")
+logger = logging.getLogger(__name__)
 
 _KIND = {SpanKind.INTERNAL: 1, SpanKind.SERVER: 2, SpanKind.CLIENT: 3, SpanKind.PRODUCER: 4, SpanKind.CONSUMER: 5}
 _CODE = {StatusCode.UNSET: 0, StatusCode.OK: 1, StatusCode.ERROR: 2}

@@ -28,7 +28,7 @@ from agl_kernel.tracer import TraceScope, current_scope
 
 from agl_tracer_otel._convert import to_span
 
-logger = logging.getLogger("agl_tracer_otel")
+logger = logging.getLogger(__name__)
 
 Item = tuple[ReadableSpan, TraceScope]
 WAKE_AT = 64

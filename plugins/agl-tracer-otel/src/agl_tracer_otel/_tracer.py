@@ -25,7 +25,7 @@ from agl_tracer_otel._processor import BatchWriter, OtlpSink, Sink, StoreSink
 
 __all__ = ["OtelTracer"]
 
-logger = logging.getLogger("agl_tracer_otel")
+logger = logging.getLogger(__name__)
 
 _INSTRUMENTATIONS = ("openai",)
 
