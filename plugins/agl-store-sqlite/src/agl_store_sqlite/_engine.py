@@ -124,23 +124,25 @@ class Engine:
         if kind is None:
             return None
         with self._damage_lock:
-            first = self.damaged is None
-            if first:
+            message = self.damaged
+            first = message is None
+            if message is None:
                 if kind == "damaged":
-                    self.damaged = (
+                    message = (
                         f"the SQLite store {self.path} is damaged ({exc}); this store stopped serving. Restore the "
                         "file from a backup, or move it away to start a new store, then start the store again (the "
                         "sqlite3 shell's .recover command may salvage what is still readable)"
                     )
                 else:
-                    self.damaged = (
+                    message = (
                         f"the SQLite store {self.path} can no longer be written ({exc}): it was made read-only, "
                         "moved or deleted while the store was open; this store stopped serving. Make the file "
                         "writable (or put it back), then start the store again"
                     )
+                self.damaged = message
         if first:
-            self._on_damaged(self.damaged)
-        return SqliteStoreDamagedError(self.damaged, self.path)
+            self._on_damaged(message)
+        return SqliteStoreDamagedError(message, self.path)
 
     def connection(self) -> sqlite3.Connection:
         """This thread's connection. It has no busy timeout: waiting for another process is done by
@@ -335,7 +337,7 @@ class Engine:
                     if isinstance(exc, Exception):
                         return [(False, exc)]
                     raise
-                outcomes = []
+                outcomes: list[Outcome] = []
                 for op in ops:
                     if self.damaged is not None:  # found by an op before: refuse the rest, keep what committed
                         outcomes.append((False, SqliteStoreDamagedError(self.damaged, self.path)))
