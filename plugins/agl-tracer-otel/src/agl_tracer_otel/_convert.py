@@ -56,8 +56,8 @@ def to_span(span: ReadableSpan, rollout_id: str, attempt_id: str) -> Span:
     return Span(
         rollout_id=rollout_id,
         attempt_id=attempt_id,
-        trace_id=f"{context.trace_id:032x}",  # type: ignore[union-attr]
-        span_id=f"{context.span_id:016x}",  # type: ignore[union-attr]
+        trace_id=f"{context.trace_id:032x}",
+        span_id=f"{context.span_id:016x}",
         parent_id=f"{parent.span_id:016x}" if parent is not None else None,
         name=span.name,
         kind=_KINDS[span.kind],  # type: ignore[arg-type]

@@ -51,8 +51,8 @@ def _span(span: ReadableSpan) -> dict[str, Any]:
     context = span.context
     status = span.status
     out: dict[str, Any] = {
-        "traceId": f"{context.trace_id:032x}",  # type: ignore[union-attr]
-        "spanId": f"{context.span_id:016x}",  # type: ignore[union-attr]
+        "traceId": f"{context.trace_id:032x}",
+        "spanId": f"{context.span_id:016x}",
         "name": span.name,
         "kind": _KIND.get(span.kind, 1),
         "startTimeUnixNano": str(span.start_time or 0),

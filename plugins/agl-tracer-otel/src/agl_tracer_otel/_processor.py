@@ -167,7 +167,7 @@ class BatchWriter(SpanProcessor):
         self._open[span.context.span_id] = scope
 
     def on_end(self, span: ReadableSpan) -> None:
-        scope = self._open.pop(span.context.span_id, None)  # type: ignore[union-attr]
+        scope = self._open.pop(span.context.span_id, None)
         if scope is None:
             return
         if scope.collect:
@@ -192,11 +192,15 @@ class BatchWriter(SpanProcessor):
     async def flush_async(self) -> None:
         """Return once every span that ended before the call is stored."""
         loop = asyncio.get_running_loop()
-        future = loop.create_future()
+        future: asyncio.Future[None] = loop.create_future()
+
+        def settle() -> None:
+            if not future.done():
+                future.set_result(None)
 
         def release() -> None:
             try:
-                loop.call_soon_threadsafe(lambda: future.done() or future.set_result(None))
+                loop.call_soon_threadsafe(settle)
             except RuntimeError:  # the caller's loop has closed: nobody is waiting
                 pass
 
