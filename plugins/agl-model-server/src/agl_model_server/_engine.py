@@ -299,7 +299,8 @@ class Engine:
             self._waiting.clear()
             commands, self._commands = list(self._commands), collections.deque()
         self._clear_batch()
-        events, sinks = [], {}
+        events: list[TokenEvent] = []
+        sinks: dict[int, Callable[[TokenEvent], None]] = {}
         for seq in pending:
             self._finish_only(seq, "abort", events, sinks)
         self._deliver(events, sinks)
@@ -334,7 +335,7 @@ class Engine:
                 pass
 
     def _apply_aborts(self, aborts: set[int], events: list, sinks: dict) -> None:
-        kept = collections.deque()
+        kept: collections.deque[_Seq] = collections.deque()
         for seq in self._waiting:
             if seq.id in aborts:
                 self._finish_only(seq, "abort", events, sinks)

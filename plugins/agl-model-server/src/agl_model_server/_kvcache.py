@@ -38,12 +38,13 @@ class _GrowingLayer(DynamicLayer):
         self._kbuf: torch.Tensor | None = None
         self._vbuf: torch.Tensor | None = None
 
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any):  # type: ignore[override]
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any):
         if not self.is_initialized or self.keys is None or self.keys.numel() == 0:
             self.lazy_initialization(key_states, value_states)
             self.keys, self.values = key_states, value_states
             self._kbuf = self._vbuf = None
             return self.keys, self.values
+        assert self.values is not None  # initialized together with keys
         length, new = self.keys.shape[-2], key_states.shape[-2]
         buf = self._kbuf
         if (

@@ -103,8 +103,8 @@ def sample_batch(
         idx = torch.tensor(greedy, device=logits.device)
         tokens[idx] = logits.index_select(0, idx).argmax(dim=-1)
     if sampled:
-        idx = torch.tensor(sampled, device=logits.device) if len(sampled) < rows else None
-        probs = (sampling_lp if idx is None else sampling_lp.index_select(0, idx)).exp()
+        rows_idx = torch.tensor(sampled, device=logits.device) if len(sampled) < rows else None
+        probs = (sampling_lp if rows_idx is None else sampling_lp.index_select(0, rows_idx)).exp()
         sub = [params[i] for i in sampled]
         if any(p.top_p < 1.0 or p.top_k > 0 for p in sub):
             probs = _truncate(probs, [p.top_p for p in sub], [p.top_k for p in sub])
@@ -119,10 +119,10 @@ def sample_batch(
             if gen is not None:
                 uniform[j] = torch.rand(1, dtype=torch.float64, device=logits.device, generator=gen)[0]
         chosen = _inverse_cdf(probs, uniform)
-        if idx is None:
+        if rows_idx is None:
             tokens = chosen
         else:
-            tokens[idx] = chosen
+            tokens[rows_idx] = chosen
 
     picked_lp = sampling_lp.gather(1, tokens[:, None]).squeeze(1)
     picked_model_lp = picked_lp if sampling_lp is model_lp else model_lp.gather(1, tokens[:, None]).squeeze(1)

@@ -12,7 +12,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 from agl_model_server._detok import TextAssembler, TokenTexts
 from agl_model_server._engine import Engine, TokenEvent
@@ -263,7 +263,7 @@ class ModelServer:
         elif prompt and isinstance(prompt[0], Mapping):
             prompt_ids = self.chat_prompt_ids(prompt)  # type: ignore[arg-type]
         else:
-            prompt_ids = [int(t) for t in prompt]  # type: ignore[union-attr]
+            prompt_ids = [int(t) for t in cast(Sequence[int], prompt)]
         params = SamplingParams(
             max_tokens=max_tokens,
             temperature=temperature,
@@ -360,7 +360,7 @@ class ModelServer:
         self.host, self.port = host, sock.getsockname()[1]
         self.engine.start()
         server = uvicorn.Server(self._uvicorn_config(host, self.port, log_level))
-        server.install_signal_handlers = lambda: None  # type: ignore[method-assign] # uvicorn < 0.29
+        server.install_signal_handlers = lambda: None  # type: ignore[attr-defined]  # uvicorn < 0.29 only
         self._uvicorn = server
         self._thread = threading.Thread(
             target=server.run, kwargs={"sockets": [sock]}, name="agl-model-server", daemon=True
