@@ -236,8 +236,9 @@ class Search:
         per child (concurrently). A failure rejects the child it concerns (the critique's, all of them)."""
         turn = self.names[(round_no - 1) % len(self.names)]  # round-robin: the template edited this round
         target = None if self.config.template_selection == "blame" else turn
-        worst, best = examples(runs, self.config.examples)
-        worst, best = [await self.trajectory(*r) for r in worst], [await self.trajectory(*r) for r in best]
+        worst_runs, best_runs = examples(runs, self.config.examples)
+        worst = [await self.trajectory(*r) for r in worst_runs]
+        best = [await self.trajectory(*r) for r in best_runs]
         try:
             async with self.semaphore:
                 critique, blamed = await self.optimizer.critique(

@@ -30,7 +30,7 @@ def load_template(source: Union[str, Path, None], kind: str) -> str:
     """The text of the ``kind`` ("critique" or "edit") template: the file ``source``, or the packaged
     ``prompts/<kind>.md``; checked to name only the fields the optimizer fills in (else a ``ConfigError``)."""
     if source is None:
-        text = resources.files("agl_algo_apo").joinpath("prompts", f"{kind}.md").read_text(encoding="utf-8")
+        text = resources.files("agl_algo_apo").joinpath("prompts").joinpath(f"{kind}.md").read_text(encoding="utf-8")
     else:
         path = Path(source)
         try:
