@@ -200,7 +200,7 @@ def _print_report(report: Any) -> None:
         )
         others = "".join(f"  {status}: {n}" for status, n in by_status.items() if status not in ("succeeded", "failed"))
         click.echo(f"rollouts: {sum(by_status.values())}  {line}{others}")
-        failures = getattr(report, "failures", None)  # the trainer printed them in full; point at the next step
+        failures: Any = getattr(report, "failures", None)  # the trainer printed them in full; point at the next step
         first = getattr(failures, "first", None)
         if first:
             click.echo(f"{failures.count} failed: see `agl rollouts why {first[0].rollout_id}`")
