@@ -2,11 +2,13 @@
 
 httpx's own pool (httpcore over anyio) costs several milliseconds of CPU per request once a few dozen requests
 run at once (encode/httpx#3215), which would make the store client, not the server, the bottleneck. This
-transport keeps what the store client needs and nothing else: keep-alive connections on asyncio streams, reused
-last-in first-out in O(1), ``Content-Length`` and chunked bodies, TLS through an ``ssl.SSLContext``, and errors
-raised as httpx's own exception types (so retry logic works the same with any httpx transport).
+transport keeps what the store client needs and nothing else: keep-alive connections, each a plain
+``asyncio.Protocol`` that owns its receive buffer, reused last-in first-out in O(1), ``Content-Length``, chunked and
+read-to-close bodies, 1xx interim responses skipped, TLS through an ``ssl.SSLContext``, and errors raised as httpx's
+own exception types (so retry logic works the same with any httpx transport). benchmarks/http_transport.py
+compares it with plain httpx and httpx-aiohttp on the store's cycle (docs/performance.md has the numbers).
 
-An instance belongs to one event loop (asyncio streams do); the client keeps one per loop.
+An instance belongs to one event loop (its connections do); the client keeps one per loop.
 """
 
 from __future__ import annotations
@@ -54,31 +56,165 @@ else:  # pragma: no cover - Python 3.10
             handle.cancel()
 
 
-class _Connection:
-    __slots__ = ("idle_since", "reader", "writer")
+class _Closed(Exception):
+    """The connection ended before the response did."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection: an asyncio protocol that keeps what the server sent in ``buffer`` until a
+    response is read from it. Owning the buffer is what shows a connection holding bytes that no request asked
+    for (a server's parting 408, a response longer than it said): such a connection is out of step and is not
+    reused."""
+
+    __slots__ = (
+        "_data_waiter",
+        "_drain_waiter",
+        "buffer",
+        "ended",
+        "error",
+        "idle_since",
+        "paused",
+        "received",
+        "transport",
+    )
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.received = 0  # bytes that arrived since the current request went out
+        self.ended = False  # the server closed its side, or the connection was lost
+        self.error: BaseException | None = None  # what the connection was lost to, if anything
         self.idle_since = 0.0
+        self.paused = False  # the transport's write buffer is over its high-water mark
+        self._data_waiter: asyncio.Future[None] | None = None
+        self._drain_waiter: asyncio.Future[None] | None = None
+
+    # ------------------------------------------------------------------------ asyncio.Protocol callbacks
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        self.received += len(data)
+        self._wake_reader()
+
+    def eof_received(self) -> bool:
+        self.ended = True
+        self._wake_reader()
+        return False  # close the transport: an HTTP/1.1 client has nothing to say on a half-closed connection
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.ended = True
+        self.error = exc
+        self._wake_reader()
+        self._wake_writer()
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        self._wake_writer()
+
+    def _wake_reader(self) -> None:
+        waiter = self._data_waiter
+        if waiter is not None:
+            self._data_waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _wake_writer(self) -> None:
+        waiter = self._drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # ------------------------------------------------------------------------ used by the transport
 
     def usable(self, now: float, expiry: float) -> bool:
-        return (
-            not self.reader.at_eof()
-            and not self.writer.is_closing()
-            and now - self.idle_since < expiry
-            and not self.reader._buffer  # type: ignore[attr-defined] # bytes nobody asked for: out of sync
-        )
+        assert self.transport is not None
+        return not self.ended and not self.buffer and not self.transport.is_closing() and now - self.idle_since < expiry
 
     def close(self) -> None:
+        assert self.transport is not None
         try:
-            self.writer.close()
+            self.transport.close()
         except RuntimeError:  # the loop has closed already
             pass
 
+    def send(self, payload: bytes) -> None:
+        """Hand a request to the transport (see :meth:`drain` for when its buffer fills up)."""
+        assert self.transport is not None
+        self.received = 0
+        self.transport.write(payload)
+
+    async def drain(self) -> None:
+        """Wait while the transport's write buffer is over its high-water mark (``paused``)."""
+        while self.paused and not self.ended:
+            self._drain_waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._drain_waiter
+            finally:
+                self._drain_waiter = None
+        if self.ended:
+            raise _Closed()
+
+    async def _more(self) -> None:
+        """Wait until more bytes arrive; :class:`_Closed` once the connection has ended."""
+        if self.ended:
+            raise _Closed()
+        self._data_waiter = asyncio.get_running_loop().create_future()
+        await self._data_waiter
+
+    async def read_until(self, separator: bytes, limit: int) -> bytes:
+        """The bytes up to and including ``separator``; more than ``limit`` bytes without it are a protocol error."""
+        start = 0
+        while True:
+            end = self.buffer.find(separator, start)
+            if end >= 0:
+                end += len(separator)
+                data = bytes(self.buffer[:end])
+                del self.buffer[:end]
+                return data
+            if len(self.buffer) > limit:
+                raise httpx.RemoteProtocolError("the response headers are too large")
+            start = max(0, len(self.buffer) - len(separator) + 1)
+            await self._more()
+
+    async def read_exactly(self, size: int) -> bytes:
+        while len(self.buffer) < size:
+            await self._more()
+        if len(self.buffer) == size:  # the usual case: the body is the rest of what came
+            data = bytes(self.buffer)
+            self.buffer.clear()
+            return data
+        data = bytes(self.buffer[:size])
+        del self.buffer[:size]
+        return data
+
+    async def read_to_end(self) -> bytes:
+        """Everything until the server closes the connection."""
+        while not self.ended:
+            self._data_waiter = asyncio.get_running_loop().create_future()
+            await self._data_waiter
+        if self.error is not None:
+            raise _Closed()
+        data = bytes(self.buffer)
+        self.buffer.clear()
+        return data
+
+    def failure(self, *, writing: bool) -> httpx.TransportError:
+        """The httpx error for a connection that ended while writing the request or reading the response."""
+        if isinstance(self.error, OSError):
+            if writing:
+                return httpx.WriteError(f"sending the request failed: {self.error}")
+            return httpx.ReadError(f"reading the response failed: {self.error}")
+        what = "in the middle of its response" if self.received else "without sending a response"
+        return httpx.RemoteProtocolError(f"the server closed the connection {what}")
+
 
 class FastHTTPTransport(httpx.AsyncBaseTransport):
-    """Keep-alive HTTP/1.1 connections on asyncio streams.
+    """Keep-alive HTTP/1.1 connections on asyncio's transports and protocols.
 
     - ``max_connections``: open connections at most (requests beyond it wait, up to the pool timeout).
     - ``keepalive_expiry``: idle seconds after which a connection is not reused. Keep it below the server's
@@ -134,8 +270,12 @@ class FastHTTPTransport(httpx.AsyncBaseTransport):
                 try:
                     async with _timeout(None if deadline is None else max(0.0, deadline - time.monotonic())):
                         await waiter
-                except TimeoutError:
-                    raise httpx.PoolTimeout(f"no free connection within {pool_timeout} s") from None
+                except BaseException as exc:
+                    if waiter.done() and not waiter.cancelled():
+                        self._notify_one()  # woken, but leaving: the free slot is the next waiter's
+                    if isinstance(exc, TimeoutError):
+                        raise httpx.PoolTimeout(f"no free connection within {pool_timeout} s") from None
+                    raise
                 finally:
                     if waiter in self._slot_waiters:
                         self._slot_waiters.remove(waiter)
@@ -143,13 +283,14 @@ class FastHTTPTransport(httpx.AsyncBaseTransport):
     async def _connect(self, key: tuple[str, str, int], timeouts: dict) -> _Connection:
         self._open += 1
         scheme, host, port = key
+        loop = asyncio.get_running_loop()
         try:
             async with _timeout(timeouts.get("connect")):
                 if scheme == "https":
                     context = self._ssl or _ssl.create_default_context()
-                    reader, writer = await asyncio.open_connection(host, port, ssl=context, server_hostname=host)
+                    _, conn = await loop.create_connection(_Connection, host, port, ssl=context, server_hostname=host)
                 else:
-                    reader, writer = await asyncio.open_connection(host, port)
+                    _, conn = await loop.create_connection(_Connection, host, port)
         except TimeoutError:
             self._release_slot()
             raise httpx.ConnectTimeout(f"connecting to {host}:{port} timed out") from None
@@ -159,7 +300,7 @@ class FastHTTPTransport(httpx.AsyncBaseTransport):
         except BaseException:
             self._release_slot()
             raise
-        return _Connection(reader, writer)
+        return conn
 
     def _notify_one(self) -> None:
         while self._slot_waiters:
@@ -218,27 +359,22 @@ class FastHTTPTransport(httpx.AsyncBaseTransport):
             raise RuntimeError("the transport is closed")
         conn, reused = await self._acquire(key, timeouts)
         try:
-            try:
-                conn.writer.write(payload)
-                if conn.writer.transport.get_write_buffer_size():
+            conn.send(payload)
+            if conn.paused:  # a request larger than the socket takes at once
+                try:
                     async with _timeout(timeouts.get("write")):
-                        await conn.writer.drain()
-            except TimeoutError:
-                raise httpx.WriteTimeout("sending the request timed out") from None
-            except OSError as exc:
-                raise httpx.WriteError(f"sending the request failed: {exc}") from exc
+                        await conn.drain()
+                except TimeoutError:
+                    raise httpx.WriteTimeout("sending the request timed out") from None
+                except _Closed:
+                    raise conn.failure(writing=True) from conn.error
             try:
                 async with _timeout(timeouts.get("read")):
-                    status, headers, content, keep_alive = await _read_response(conn.reader, method)
+                    status, headers, content, keep_alive = await _read_response(conn, method)
             except TimeoutError:
                 raise httpx.ReadTimeout("the server did not answer in time") from None
-            except asyncio.IncompleteReadError as exc:
-                what = "without sending a response" if not exc.partial else "in the middle of its response"
-                raise httpx.RemoteProtocolError(f"the server closed the connection {what}") from exc
-            except asyncio.LimitOverrunError as exc:
-                raise httpx.RemoteProtocolError("the response headers are too large") from exc
-            except OSError as exc:
-                raise httpx.ReadError(f"reading the response failed: {exc}") from exc
+            except _Closed:
+                raise conn.failure(writing=False) from conn.error
         except BaseException:
             self._discard(conn)
             raise
@@ -256,12 +392,10 @@ class FastHTTPTransport(httpx.AsyncBaseTransport):
         self._idle.clear()
 
 
-async def _read_response(
-    reader: asyncio.StreamReader, method: str
-) -> tuple[int, list[tuple[bytes, bytes]], bytes, bool]:
+async def _read_response(conn: _Connection, method: str) -> tuple[int, list[tuple[bytes, bytes]], bytes, bool]:
     """(status, headers, body, keep-alive) of one HTTP/1.1 response; 1xx interim responses are skipped."""
     while True:
-        raw = await reader.readuntil(b"\r\n\r\n")
+        raw = await conn.read_until(b"\r\n\r\n", _MAX_HEADER_BYTES)
         if len(raw) > _MAX_HEADER_BYTES:
             raise httpx.RemoteProtocolError("the response headers are too large")
         lines = raw[:-4].split(b"\r\n")
@@ -301,25 +435,26 @@ async def _read_response(
         return (
             status,
             [(n, v) for n, v in headers if n.lower() != b"transfer-encoding"],
-            await _read_chunked(reader),
+            await _read_chunked(conn),
             keep_alive,
         )
     if length is not None:
-        return status, headers, await reader.readexactly(length) if length else b"", keep_alive
-    return status, headers, await reader.read(), False  # the body runs to the end of the connection
+        return status, headers, await conn.read_exactly(length) if length else b"", keep_alive
+    return status, headers, await conn.read_to_end(), False  # the body runs to the end of the connection
 
 
-async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
+async def _read_chunked(conn: _Connection) -> bytes:
     body = bytearray()
     while True:
-        size_line = await reader.readuntil(b"\r\n")
+        size_line = await conn.read_until(b"\r\n", _MAX_HEADER_BYTES)
         try:
             size = int(size_line.split(b";", 1)[0].strip(), 16)
         except ValueError:
             raise httpx.RemoteProtocolError(f"malformed chunk size {size_line[:40]!r}") from None
         if size == 0:
-            while (await reader.readuntil(b"\r\n")) != b"\r\n":  # trailers
+            while (await conn.read_until(b"\r\n", _MAX_HEADER_BYTES)) != b"\r\n":  # trailers
                 pass
             return bytes(body)
-        body += await reader.readexactly(size)
-        await reader.readexactly(2)
+        body += await conn.read_exactly(size)
+        if await conn.read_exactly(2) != b"\r\n":
+            raise httpx.RemoteProtocolError("a chunk is longer than its size line says")
