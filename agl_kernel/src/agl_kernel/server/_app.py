@@ -136,7 +136,8 @@ def _server_info(store: LightningStore) -> ServerInfo:
 
 def server_context(app: Litestar) -> ServerContext:
     """The :class:`ServerContext` of an app made by :func:`create_app`."""
-    return app.state["agl"]
+    ctx: ServerContext = app.state["agl"]
+    return ctx
 
 
 def _plugin_routes(plugin_manager: Any) -> list[ControllerRouterHandler]:
@@ -217,10 +218,11 @@ def create_app(
     async def server_info() -> ServerInfo:
         if "server_info" not in ctx.extra:
             ctx.extra["server_info"] = _server_info(store)
-        return ctx.extra["server_info"]
+        info: ServerInfo = ctx.extra["server_info"]
+        return info
 
     @get("/metrics", tags=["server"], summary="Prometheus metrics", media_type=CONTENT_TYPE_LATEST)
-    async def prometheus_metrics() -> Response:
+    async def prometheus_metrics() -> Response[Any]:  # Any: the OpenAPI document gives no schema for it
         stats = await metrics.timed("statistics", store.statistics())
         return Response(content=metrics.render(stats), media_type=CONTENT_TYPE_LATEST)
 
@@ -231,7 +233,7 @@ def create_app(
         status_code=200,
         opt={OPENAPI: _OTLP_OPENAPI},
     )
-    async def otlp_traces(request: Request) -> Response:
+    async def otlp_traces(request: Request[Any, Any, Any]) -> Response[bytes]:
         content_type = request.headers.get("content-type", "")
         protobuf = is_protobuf(content_type)
         try:
@@ -252,7 +254,7 @@ def create_app(
         content, media = encode_success(protobuf)
         return Response(content=content, status_code=200, media_type=media)
 
-    def count_unmatched(request: Request, exc: Exception) -> Response:
+    def count_unmatched(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
         refusal = None if "route_handler" in request.scope else unrouted_refusal(request.scope, token)
         if refusal is not None:  # no route takes it (404, 405): without the token, that is not told
             status, body, headers = refusal

@@ -40,7 +40,7 @@ def user_id(raw: str) -> str:
     return raw.removeprefix("/")
 
 
-async def _disconnected(request: Request) -> None:
+async def _disconnected(request: Request[Any, Any, Any]) -> None:
     """Return when the client closes the connection (the body has been read, so nothing else arrives)."""
     while True:
         message = await request.receive()
@@ -50,7 +50,7 @@ async def _disconnected(request: Request) -> None:
 
 async def long_poll(
     ctx: ServerContext,
-    request: Request,
+    request: Request[Any, Any, Any],
     operation: str,
     poll: Callable[[float], Awaitable[T]],
     done: Callable[[T], bool],

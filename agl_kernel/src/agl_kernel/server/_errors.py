@@ -104,7 +104,7 @@ def error_body(exc: BaseException) -> tuple[int, ErrorBody]:
     )
 
 
-def error_response(status: int, body: ErrorBody, headers: dict[str, str] | None = None) -> Response:
+def error_response(status: int, body: ErrorBody, headers: dict[str, str] | None = None) -> Response[bytes]:
     return Response(content=encode_json(body), status_code=status, media_type="application/json", headers=headers)
 
 
@@ -119,7 +119,7 @@ def _decode_error(exc: BaseException) -> BaseException | None:
     return found
 
 
-def _body_type(request: Request) -> Any:
+def _body_type(request: Request[Any, Any, Any]) -> Any:
     """The type the route's handler decodes its body into, if it takes one."""
     handler = request.scope.get("route_handler")
     signature = getattr(handler, "parsed_fn_signature", None)
@@ -137,7 +137,8 @@ def _choices(kind: Any, field: str) -> list[str]:
     for found in getattr(info, "fields", ()):
         if found.encode_name != field:
             continue
-        pending, values = [found.type], []
+        pending: list[Any] = [found.type]
+        values: list[str] = []
         while pending:
             item = pending.pop()
             if isinstance(item, msgspec.inspect.LiteralType):
@@ -152,7 +153,7 @@ def _choices(kind: Any, field: str) -> list[str]:
     return []
 
 
-def _explain(request: Request, exc: Exception, status: int, body: ErrorBody) -> ErrorBody:
+def _explain(request: Request[Any, Any, Any], exc: Exception, status: int, body: ErrorBody) -> ErrorBody:
     """Litestar's generic messages for routing and decoding failures, made specific."""
     method, path = request.method, request.scope.get("path", "")
     message = None
@@ -176,8 +177,8 @@ def _explain(request: Request, exc: Exception, status: int, body: ErrorBody) -> 
             message = f"invalid {where}: {text}"
             kind = _body_type(request)
             field = re.search(r"`\$\.([A-Za-z_][A-Za-z0-9_]*)", text)
-            if "Invalid enum value" in text and field and (allowed := _choices(kind, field.group(1))):
-                message += f"; {field.group(1)} may be one of: {', '.join(sorted(allowed))}"
+            if "Invalid enum value" in text and field and (choices := _choices(kind, field.group(1))):
+                message += f"; {field.group(1)} may be one of: {', '.join(sorted(choices))}"
             if isinstance(kind, type) and issubclass(kind, _Query):
                 error = "InvalidQueryError"  # as a store raises for a query it refuses (the client raises it too)
         else:
@@ -189,7 +190,7 @@ def _explain(request: Request, exc: Exception, status: int, body: ErrorBody) -> 
     return ErrorBody(error=error, message=message, status=status, details=body.details)
 
 
-def handle_exception(request: Request, exc: Exception) -> Response:
+def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     """Litestar's exception handler for every exception a route raises."""
     status, body = error_body(exc)
     body = _explain(request, exc, status, body)

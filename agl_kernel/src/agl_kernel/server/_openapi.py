@@ -327,7 +327,7 @@ class _Rendered(OpenAPIRenderPlugin):
         super().__init__(path=inner.paths, media_type=inner.media_type)
         self.inner = inner
 
-    def render(self, request: Request, openapi_schema: dict[str, Any]) -> bytes:
+    def render(self, request: Request[Any, Any, Any], openapi_schema: dict[str, Any]) -> bytes:
         return self.inner.render(request, openapi_document(request.app))
 
     def receive_router(self, router: Any) -> None:
@@ -434,7 +434,7 @@ class _PlainPage(OpenAPIRenderPlugin):
     def __init__(self) -> None:
         super().__init__(path=["/", "/redoc", "/swagger"], favicon="")
 
-    def render(self, request: Request, openapi_schema: dict[str, Any]) -> bytes:
+    def render(self, request: Request[Any, Any, Any], openapi_schema: dict[str, Any]) -> bytes:
         return render_page(openapi_document(request.app), self.get_openapi_json_route(request)).encode("utf-8")
 
 

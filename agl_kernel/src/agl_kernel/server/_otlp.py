@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import base64
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import msgspec
@@ -97,7 +97,7 @@ def decode_request(body: bytes, content_type: str) -> list[Span]:
     raise OtlpError(f"unsupported Content-Type {content_type!r}: send application/x-protobuf or application/json", 415)
 
 
-def _guarded(convert: Any) -> list[Span]:
+def _guarded(convert: Callable[[], list[Span]]) -> list[Span]:
     try:
         return convert()
     except RecursionError:
