@@ -11,7 +11,7 @@ only.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import msgspec
 from msgspec import UNSET, UnsetType
@@ -46,28 +46,36 @@ SortOrder = Literal["asc", "desc"]
 
 def _sort_field(collection: str) -> Any:
     """The fields a query of ``collection`` may sort by, as a ``Literal`` (from the store contract's table)."""
-    return Literal[tuple(sorted(SORT_FIELDS[collection]))]  # type: ignore[valid-type]
+    return Literal[tuple(sorted(SORT_FIELDS[collection]))]
 
 
-RolloutSortField = _sort_field("rollouts")
-AttemptSortField = _sort_field("attempts")
-SpanSortField = _sort_field("spans")
-ResourcesSortField = _sort_field("resources")
-WorkerSortField = _sort_field("workers")
+if TYPE_CHECKING:  # a Literal built at run time is no type to a checker: it sees the str the store methods take
+    RolloutSortField = str
+    AttemptSortField = str
+    SpanSortField = str
+    ResourcesSortField = str
+    WorkerSortField = str
+else:
+    RolloutSortField = _sort_field("rollouts")
+    AttemptSortField = _sort_field("attempts")
+    SpanSortField = _sort_field("spans")
+    ResourcesSortField = _sort_field("resources")
+    WorkerSortField = _sort_field("workers")
 
 
 class _Body(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
-    """Base of every request body: keyword-only, unknown fields refused."""
+    """Base of every request body: keyword-only, unknown fields refused. Subclasses repeat ``frozen=True,
+    kw_only=True`` for type checkers, which read a struct's options from its own class keywords only."""
 
 
-class _Query(_Body):
+class _Query(_Body, frozen=True, kw_only=True):
     """Base of the query bodies: a body that fails validation is an invalid query (``InvalidQueryError``)."""
 
 
 # ---------------------------------------------------------------------------------------------------- rollouts
 
 
-class EnqueueManyBody(_Body):
+class EnqueueManyBody(_Body, frozen=True, kw_only=True):
     requests: list[EnqueueRequest]
 
 
@@ -77,34 +85,34 @@ class StartRolloutBody(EnqueueRequest, frozen=True, kw_only=True):
     worker_id: str | None = None
 
 
-class DequeueBody(_Body):
+class DequeueBody(_Body, frozen=True, kw_only=True):
     worker_id: str | None = None
     timeout: NonNegativeSeconds = 0.0
     """Seconds to hold the request open while the queue is empty (capped by the server's ``max_wait``)."""
 
 
-class DequeueManyBody(_Body):
+class DequeueManyBody(_Body, frozen=True, kw_only=True):
     limit: Annotated[int, msgspec.Meta(ge=1, le=INT64_MAX)]
     worker_id: str | None = None
     timeout: NonNegativeSeconds = 0.0
 
 
-class WaitBody(_Body):
+class WaitBody(_Body, frozen=True, kw_only=True):
     rollout_ids: list[str]
     timeout: NonNegativeSeconds | None = None
     """``None`` waits as long as the server holds a request (``max_wait``); the client asks again until done."""
 
 
-class DeleteBody(_Body):
+class DeleteBody(_Body, frozen=True, kw_only=True):
     rollout_ids: list[str] | None = None
     ended_before: float | None = None
 
 
-class DeletedCount(_Body):
+class DeletedCount(_Body, frozen=True, kw_only=True):
     deleted: int
 
 
-class RolloutQuery(_Query):
+class RolloutQuery(_Query, frozen=True, kw_only=True):
     status_in: list[RolloutStatus] | None = None
     rollout_id_in: list[str] | None = None
     mode_in: list[RolloutMode] | None = None
@@ -114,7 +122,7 @@ class RolloutQuery(_Query):
     offset: Offset = 0
 
 
-class RolloutPatch(_Body):
+class RolloutPatch(_Body, frozen=True, kw_only=True):
     """Fields to change; a field left out is left alone (``null`` is a value: it clears ``mode``/``resources_id``)."""
 
     status: RolloutStatus | UnsetType = UNSET
@@ -127,11 +135,11 @@ class RolloutPatch(_Body):
 # ---------------------------------------------------------------------------------------------------- attempts
 
 
-class StartAttemptBody(_Body):
+class StartAttemptBody(_Body, frozen=True, kw_only=True):
     worker_id: str | None = None
 
 
-class AttemptQuery(_Query):
+class AttemptQuery(_Query, frozen=True, kw_only=True):
     status_in: list[AttemptStatus] | None = None
     sort_by: AttemptSortField | None = None
     sort_order: SortOrder = "asc"
@@ -139,7 +147,7 @@ class AttemptQuery(_Query):
     offset: Offset = 0
 
 
-class AttemptPatch(_Body):
+class AttemptPatch(_Body, frozen=True, kw_only=True):
     """Fields to change; every PATCH of an attempt is also a heartbeat."""
 
     status: AttemptStatus | UnsetType = UNSET
@@ -148,18 +156,18 @@ class AttemptPatch(_Body):
     metadata: dict[str, Any] | UnsetType = UNSET
 
 
-class SequenceIdsBody(_Body):
+class SequenceIdsBody(_Body, frozen=True, kw_only=True):
     count: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)]
 
 
 # ---------------------------------------------------------------------------------------------------- spans
 
 
-class SpanBatch(_Body):
+class SpanBatch(_Body, frozen=True, kw_only=True):
     spans: list[Span]
 
 
-class SpanQuery(_Query):
+class SpanQuery(_Query, frozen=True, kw_only=True):
     attempt_id: str | None = None
     name: str | None = None
     sort_by: SpanSortField | None = None
@@ -168,7 +176,7 @@ class SpanQuery(_Query):
     offset: Offset = 0
 
 
-class ErrorBody(_Body, omit_defaults=True):
+class ErrorBody(_Body, frozen=True, kw_only=True, omit_defaults=True):
     """What every 4xx/5xx response carries. ``error`` is a stable code: the kernel error's class name
     (``NotFoundError``, ``InvalidStatusTransitionError``, ``InvalidQueryError``, ...) or ``invalid_request``,
     ``unauthorized``, ``not_found``, ``method_not_allowed``, ``internal``, ..."""
@@ -184,11 +192,11 @@ class ErrorBody(_Body, omit_defaults=True):
 # ---------------------------------------------------------------------------------------------------- resources
 
 
-class ResourcesBody(_Body):
+class ResourcesBody(_Body, frozen=True, kw_only=True):
     resources: dict[str, Resource]
 
 
-class ResourcesQuery(_Query):
+class ResourcesQuery(_Query, frozen=True, kw_only=True):
     resources_id: str | None = None
     sort_by: ResourcesSortField | None = None
     sort_order: SortOrder = "asc"
@@ -199,11 +207,11 @@ class ResourcesQuery(_Query):
 # ---------------------------------------------------------------------------------------------------- workers
 
 
-class WorkerHeartbeat(_Body):
+class WorkerHeartbeat(_Body, frozen=True, kw_only=True):
     heartbeat_stats: dict[str, Any] | UnsetType = UNSET
 
 
-class WorkerQuery(_Query):
+class WorkerQuery(_Query, frozen=True, kw_only=True):
     status_in: list[WorkerStatus] | None = None
     sort_by: WorkerSortField | None = None
     sort_order: SortOrder = "asc"
@@ -217,38 +225,38 @@ class WorkerQuery(_Query):
 # concurrent workers cost few requests. Waiting calls are not allowed in a batch (they would hold up the others).
 
 
-class _Op(_Body, tag_field="op"):
+class _Op(_Body, frozen=True, kw_only=True, tag_field="op"):
     pass
 
 
-class EnqueueRolloutOp(_Op, tag="enqueue_rollout"):
+class EnqueueRolloutOp(_Op, frozen=True, kw_only=True, tag="enqueue_rollout"):
     request: EnqueueRequest
 
 
-class DequeueRolloutOp(_Op, tag="dequeue_rollout"):
+class DequeueRolloutOp(_Op, frozen=True, kw_only=True, tag="dequeue_rollout"):
     worker_id: str | None = None
 
 
-class AddSpanOp(_Op, tag="add_span"):
+class AddSpanOp(_Op, frozen=True, kw_only=True, tag="add_span"):
     span: Span
 
 
-class UpdateAttemptOp(_Op, tag="update_attempt"):
+class UpdateAttemptOp(_Op, frozen=True, kw_only=True, tag="update_attempt"):
     rollout_id: str
     attempt_id: str
     patch: AttemptPatch
 
 
-class UpdateWorkerOp(_Op, tag="update_worker"):
+class UpdateWorkerOp(_Op, frozen=True, kw_only=True, tag="update_worker"):
     worker_id: str
     heartbeat: WorkerHeartbeat
 
 
-class GetRolloutOp(_Op, tag="get_rollout"):
+class GetRolloutOp(_Op, frozen=True, kw_only=True, tag="get_rollout"):
     rollout_id: str
 
 
-class GetAttemptOp(_Op, tag="get_attempt"):
+class GetAttemptOp(_Op, frozen=True, kw_only=True, tag="get_attempt"):
     rollout_id: str
     attempt_id: str
 
@@ -258,11 +266,11 @@ BatchOp = (
 )
 
 
-class BatchBody(_Body):
+class BatchBody(_Body, frozen=True, kw_only=True):
     ops: Annotated[list[BatchOp], msgspec.Meta(max_length=10_000)]
 
 
-class OpResult(_Body, omit_defaults=True):
+class OpResult(_Body, frozen=True, kw_only=True, omit_defaults=True):
     """One call's outcome: ``result`` (what the single-call route answers; ``null`` is a result too, e.g. an
     empty queue) or ``error``."""
 
@@ -270,7 +278,7 @@ class OpResult(_Body, omit_defaults=True):
     error: ErrorBody | None = None
 
 
-class RawOpResult(_Body, omit_defaults=True):
+class RawOpResult(_Body, frozen=True, kw_only=True, omit_defaults=True):
     """:class:`OpResult` with the result left undecoded (the client decodes it by the call's type)."""
 
     result: msgspec.Raw = msgspec.Raw(b"null")
