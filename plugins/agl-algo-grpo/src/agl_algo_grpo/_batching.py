@@ -167,7 +167,7 @@ def collate(
         else:
             skip = 0
         loss_mask[row, start : start + len(mask)] = mask
-        if has_old[row]:
+        if has_old[row] and logps is not None:
             old_logps[row, start : start + len(mask)] = torch.tensor(logps[skip:kept], dtype=torch.float32)
     return Batch(
         input_ids=input_ids,
@@ -257,7 +257,8 @@ class _Tree:
 
     def add(self, sequence: list[int]) -> list[int]:
         """The node of each token of ``sequence``, made where missing."""
-        path, node = [], -1
+        path: list[int] = []
+        node = -1
         for position, token in enumerate(sequence):
             node = self.nodes.setdefault((node, token), len(self.tokens))
             if node == len(self.tokens):

@@ -124,7 +124,8 @@ class GRPOConfig:
     """ε above: the ratio is clipped at ``1 + clip_high`` (raise it, e.g. 0.28, for DAPO's clip-higher)."""
     kl_coef: float = attrs.field(default=0.0, validator=v.ge(0))
     """Weight of the k3 KL penalty to the initial policy; 0 = no reference model is kept."""
-    max_grad_norm: Optional[float] = attrs.field(default=1.0, validator=v.optional(v.gt(0)))
+    # attrs' stubs type a validator by the default's type (float), not the field's (float | None)
+    max_grad_norm: Optional[float] = attrs.field(default=1.0, validator=v.optional(v.gt(0)))  # type: ignore[arg-type]
     """Clip the gradient's norm to this before each optimizer step; ``None``: no clipping."""
     recompute_logprobs: bool = False
     """Recompute the old logprobs with the trainer's model instead of using those recorded at sampling time (use
@@ -145,7 +146,8 @@ class GRPOConfig:
     """Save a checkpoint every N steps (and after the last); 0 = never."""
     checkpoint_dir: str = ".agl/grpo"
     """Where checkpoints go (one folder per step: ``step-000012``)."""
-    keep_checkpoints: Optional[int] = attrs.field(default=2, validator=v.optional(v.ge(1)))
+    # attrs' stubs type a validator by the default's type (int), not the field's (int | None)
+    keep_checkpoints: Optional[int] = attrs.field(default=2, validator=v.optional(v.ge(1)))  # type: ignore[arg-type]
     """Delete older checkpoints beyond this many (the one just written is always kept); ``None`` keeps all. Each
     holds the weights and the optimizer state: with full fine-tuning in float32 about 12 bytes per parameter (1.6 GB
     for SmolLM2-135M); with LoRA only the adapter's."""

@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional, Union, cast
 
 import torch
 from torch import nn
@@ -30,6 +30,11 @@ from agl_algo_grpo._losses import policy_loss, token_logprobs
 __all__ = ["PolicyTrainer", "glibc_malloc", "keep_freed_memory", "resolve_device"]
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+CausalLM = Any
+"""A Hugging Face causal LM module, or peft's wrapper of one. Typed ``Any``: the methods called on it (gradient
+checkpointing, ``disable_adapter``, ``get_base_model``) are not ``nn.Module``'s, which types unknown attributes as
+tensors or modules."""
 
 
 def _adamw(parameters: list[torch.Tensor], **options: Any) -> torch.optim.Optimizer:
@@ -99,7 +104,7 @@ class PolicyTrainer:
     """
 
     def __init__(
-        self, model: Union[nn.Module, str], config: Optional[GRPOConfig] = None, *, pad_token_id: Optional[int] = None
+        self, model: Union[CausalLM, str], config: Optional[GRPOConfig] = None, *, pad_token_id: Optional[int] = None
     ) -> None:
         self.config = config or GRPOConfig()
         self.device, self.weights_dtype, self.autocast_dtype = resolve_device(self.config)
@@ -117,7 +122,7 @@ class PolicyTrainer:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             if self.config.lora is not None:
                 model.enable_input_require_grads()
-        self.model: nn.Module = model
+        self.model: CausalLM = model
         self._keeps_logits = _accepts_logits_to_keep(model)
         self._attention = getattr(getattr(model, "config", None), "_attn_implementation", None)
         self._packs = self.config.share_prompts and self._attention in ("sdpa", "eager")
@@ -357,7 +362,7 @@ class PolicyTrainer:
         return path
 
 
-def _load_pretrained(name: str, dtype: torch.dtype) -> nn.Module:
+def _load_pretrained(name: str, dtype: torch.dtype) -> CausalLM:
     try:
         from transformers import AutoModelForCausalLM
     except ModuleNotFoundError as exc:  # pragma: no cover - depends on the environment
@@ -368,7 +373,7 @@ def _load_pretrained(name: str, dtype: torch.dtype) -> nn.Module:
         return AutoModelForCausalLM.from_pretrained(name, torch_dtype=dtype)
 
 
-def _accepts_logits_to_keep(model: nn.Module) -> bool:
+def _accepts_logits_to_keep(model: CausalLM) -> bool:
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     try:
         return "logits_to_keep" in inspect.signature(base.forward).parameters
@@ -385,21 +390,25 @@ def _pad_token_id(model: nn.Module) -> int:
     return 0  # padding is masked out of attention and loss, so any id the model knows will do
 
 
-def _with_lora(model: nn.Module, config: GRPOConfig) -> nn.Module:
+def _with_lora(model: CausalLM, config: GRPOConfig) -> CausalLM:
     try:
         import peft
     except ModuleNotFoundError as exc:
         raise MissingDependencyError("GRPOConfig.lora needs peft: pip install 'agl-algo-grpo[lora]'") from exc
     lora = config.lora
-    assert lora is not None
+    assert lora is not None and not isinstance(lora, bool)  # the option's converter turns true into LoraSettings()
     targets = lora.target_modules if isinstance(lora.target_modules, str) else list(lora.target_modules)
     settings = peft.LoraConfig(
-        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets, task_type="CAUSAL_LM"
+        r=lora.r,
+        lora_alpha=lora.alpha,  # type: ignore[arg-type]  # peft types it int; it only scales (alpha / r), a float works
+        lora_dropout=lora.dropout,
+        target_modules=targets,
+        task_type="CAUSAL_LM",
     )
     return peft.get_peft_model(model, settings)
 
 
-def _merged_lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+def _merged_lora_state_dict(model: CausalLM) -> dict[str, torch.Tensor]:
     from peft.tuners.lora import LoraLayer
 
     base = model.get_base_model()
@@ -410,7 +419,7 @@ def _merged_lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     }
     for name, module in base.named_modules():
         if isinstance(module, LoraLayer) and hasattr(module, "get_delta_weight"):
-            weight = module.get_base_layer().weight.detach()
+            weight = cast(torch.Tensor, module.get_base_layer().weight).detach()
             delta = sum(
                 module.get_delta_weight(adapter) for adapter in module.active_adapters if adapter in module.lora_A
             )

@@ -105,7 +105,7 @@ class _FunctionPublisher:
 def as_publisher(publisher: Union[PolicyPublisher, Callable[..., Any], None]) -> Optional[PolicyPublisher]:
     """``publisher`` as an object with ``publish``: a publisher as is, a function wrapped, ``None`` kept."""
     if publisher is None or hasattr(publisher, "publish"):
-        return publisher  # type: ignore[return-value]
+        return publisher
     if callable(publisher):
         return _FunctionPublisher(publisher)
     raise TypeError(

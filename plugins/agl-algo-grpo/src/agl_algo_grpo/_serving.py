@@ -87,8 +87,8 @@ def load_named_model(name: str, *, dtype: Optional[torch.dtype] = None) -> tuple
     try:
         from agl_model_server import load_model
     except ImportError:
-        load_model = None
-    if load_model is not None:
+        pass
+    else:
         try:
             return load_model(name, dtype=dtype)
         except FileNotFoundError:
