@@ -29,9 +29,10 @@ if sys.version_info >= (3, 11):
     _timeout = asyncio.timeout
 else:  # pragma: no cover - Python 3.10
     import contextlib
+    from collections.abc import AsyncIterator
 
     @contextlib.asynccontextmanager
-    async def _timeout(delay: float | None):  # type: ignore[no-redef]
+    async def _timeout(delay: float | None) -> AsyncIterator[None]:
         # Python 3.10 has no asyncio.timeout: cancel the current task after ``delay`` seconds.
         if delay is None:
             yield
@@ -242,7 +243,7 @@ class FastHTTPTransport(httpx.AsyncBaseTransport):
 
     # ------------------------------------------------------------------------------------------------ pool
 
-    async def _acquire(self, key: tuple[str, str, int], timeouts: dict) -> tuple[_Connection, bool]:
+    async def _acquire(self, key: tuple[str, str, int], timeouts: dict[str, float]) -> tuple[_Connection, bool]:
         """A connection to ``key`` and whether it was reused: an idle one, else a new one while fewer than
         ``max_connections`` are open, else the next one that comes free (up to the pool timeout)."""
         deadline: float | None = None
@@ -280,7 +281,7 @@ class FastHTTPTransport(httpx.AsyncBaseTransport):
                     if waiter in self._slot_waiters:
                         self._slot_waiters.remove(waiter)
 
-    async def _connect(self, key: tuple[str, str, int], timeouts: dict) -> _Connection:
+    async def _connect(self, key: tuple[str, str, int], timeouts: dict[str, float]) -> _Connection:
         self._open += 1
         scheme, host, port = key
         loop = asyncio.get_running_loop()
@@ -350,7 +351,7 @@ class FastHTTPTransport(httpx.AsyncBaseTransport):
         )
 
     async def exchange(
-        self, key: tuple[str, str, int], method: str, payload: bytes, timeouts: dict
+        self, key: tuple[str, str, int], method: str, payload: bytes, timeouts: dict[str, float]
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes, bool]:
         """Send one serialized request (head and body) to ``key`` = (scheme, host, port) and read the answer:
         (status, headers, body, whether the connection was reused). The store client calls this directly,
