@@ -55,6 +55,7 @@ async def poll(url: str, what: str, *args: Any, **kwargs: Any) -> Any:
             return None
 
 
+@pytest.mark.slow
 def test_rollouts_end_exactly_once_through_server_and_runner_kills(tmp_path: Path) -> None:
     rng = random.Random(SEED)
     planned_failures = set(rng.sample(range(N_ROLLOUTS), 8))

@@ -87,6 +87,7 @@ def _check_run(output: str) -> dict[str, list[re.Match[str]]]:
     return summary
 
 
+@pytest.mark.slow
 def test_the_demo_runs_twice_in_one_folder(tmp_path: Path) -> None:
     first = _check_run(_run_demo(tmp_path))
     second = _check_run(_run_demo(tmp_path))

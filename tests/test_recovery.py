@@ -245,6 +245,7 @@ def wait_for(url: str, rollout_id: str, status: RolloutStatus, timeout: float) -
 
 
 @pytest.mark.requires_plugin("agl_store_sqlite")
+@pytest.mark.slow
 def test_a_killed_runner_s_rollout_is_retried_on_another_runner_with_the_default_settings(tmp_path: Path) -> None:
     """`agl dev --strategy cs --runners 2` with no setting at all: the runner running the only task is
     SIGKILLed mid-rollout; the store finds its attempt unresponsive after the default window and the other runner
@@ -291,6 +292,7 @@ def test_a_killed_runner_s_rollout_is_retried_on_another_runner_with_the_default
     print(f"\nrollout retried on another runner {recovered_in:.1f} s after its runner was killed")
 
 
+@pytest.mark.slow
 def test_a_runner_process_rides_out_server_restarts_and_finishes_its_rollouts(tmp_path: Path) -> None:
     """One `agl runner` process with two runners (one busy, one idle) against `agl store serve` on a SQLite file:
     the server is SIGKILLed and started again (same port, same file), then stopped gracefully for 10 s. The runner
@@ -349,6 +351,7 @@ def test_a_runner_process_rides_out_server_restarts_and_finishes_its_rollouts(tm
     assert "the store is unreachable" in output and "reachable again" in output, output
 
 
+@pytest.mark.slow
 def test_a_permanent_error_or_an_outage_past_the_window_ends_agl_runner(tmp_path: Path) -> None:
     needs_server()
     server = Server(tmp_path / "agl.db", tmp_path / "server.log", "--token", "right")

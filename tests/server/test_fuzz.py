@@ -226,10 +226,12 @@ def _check(report: dict[str, Any], output: str, seconds: float, what: str) -> No
     assert cases["generated"] >= 1000, cases
 
 
+@pytest.mark.slow
 def test_schemathesis_finds_nothing_with_the_memory_store(memory_server: ServerThread, tmp_path: Path) -> None:
     _check(*_schemathesis(memory_server.url, tmp_path), "memory store, no token")
 
 
+@pytest.mark.slow
 def test_schemathesis_finds_nothing_with_the_sqlite_store_and_a_token(
     sqlite_server: ServerThread, tmp_path: Path
 ) -> None:

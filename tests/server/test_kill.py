@@ -19,6 +19,7 @@ WORKERS = 16
 
 @pytest.mark.asyncio
 @pytest.mark.timeout(180)
+@pytest.mark.slow
 async def test_sigkill_mid_load_loses_no_acknowledged_write(tmp_path: Path, server_process: Any) -> None:
     pytest.importorskip("agl_store_sqlite", reason="pip install agl-store-sqlite")
     server = server_process("--backend", "sqlite", "--path", str(tmp_path / "kill.db"))

@@ -24,6 +24,7 @@ SECONDS = float(os.environ.get("AGL_LOAD_SECONDS", "10"))
 
 @pytest.mark.asyncio
 @pytest.mark.timeout(SECONDS * 4 + 120)
+@pytest.mark.slow
 async def test_64_workers_full_cycles(tmp_path: Path, server_process: Any) -> None:
     pytest.importorskip("agl_store_sqlite", reason="pip install agl-store-sqlite")
     server = server_process("--backend", "sqlite", "--path", str(tmp_path / "load.db"))

@@ -92,6 +92,7 @@ async def _expectations(db: Path) -> dict:
     return expect
 
 
+@pytest.mark.slow
 def test_dashboard_in_chromium(browser_ready: None, filled_store: Path, tmp_path: Path) -> None:
     expect = asyncio.run(_expectations(filled_store))
     assert expect["counts"]["failed"] >= 1 and "nested" in expect

@@ -55,6 +55,7 @@ def test_logprobs_match_a_forward_pass(smol_server: Any, smol: Any) -> None:
     assert "Paris" in _chat(smol_server, QUESTIONS[0])["choices"][0]["message"]["content"]
 
 
+@pytest.mark.slow
 def test_eight_concurrent_requests_batched_and_equal_to_alone(smol_server: Any) -> None:
     alone = {q: _chat(smol_server, q)["choices"][0] for q in QUESTIONS}
     smol_server.engine.reset_stats()

@@ -119,7 +119,11 @@ class PolicyTrainer:
         elif self.config.kl_coef > 0:
             self.reference = copy.deepcopy(model).eval().requires_grad_(False)
         if self.config.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            # transformers 5 names it activation checkpointing (the old name warns that it goes away in v6).
+            if hasattr(model, "activation_checkpointing_enable"):
+                model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             if self.config.lora is not None:
                 model.enable_input_require_grads()
         self.model: CausalLM = model
