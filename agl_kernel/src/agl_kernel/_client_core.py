@@ -47,7 +47,7 @@ T = TypeVar("T")
 DEFAULT_URL = "http://127.0.0.1:4747"
 _P = wire.API_PREFIX
 _encoder = msgspec.json.Encoder()
-_decoders: dict[Any, msgspec.json.Decoder] = {}
+_decoders: dict[Any, msgspec.json.Decoder[Any]] = {}
 
 
 def _running_loop() -> bool:
@@ -58,7 +58,7 @@ def _running_loop() -> bool:
     return True
 
 
-def _decoder(type_: Any) -> msgspec.json.Decoder:
+def _decoder(type_: Any) -> msgspec.json.Decoder[Any]:
     decoder = _decoders.get(type_)
     if decoder is None:
         decoder = _decoders[type_] = msgspec.json.Decoder(type_)
@@ -113,7 +113,7 @@ def error_from_body(body: wire.ErrorBody, status: int) -> AglError:
         return kernel(body.message)
     if body.error.endswith("StoreDamagedError"):  # a backend's damaged file: permanent, not a server hiccup
         return StoreDamagedError(body.message)
-    kwargs = {"status_code": status, "error": body.error, "error_id": body.error_id}
+    kwargs: dict[str, Any] = {"status_code": status, "error": body.error, "error_id": body.error_id}
     if status in (401, 403):
         return StoreAuthError(body.message, **kwargs)
     if status >= 500:
@@ -236,7 +236,8 @@ class ClientCore:
         answer = httpx.get(f"{self.url}{_P}/server", headers=headers, timeout=5.0)
         if answer.status_code >= 300:
             raise self._annotated(_error_from_answer(answer.status_code, answer.content, f"GET {_P}/server"))
-        return _decoder(wire.ServerInfo).decode(answer.content)
+        info: wire.ServerInfo = _decoder(wire.ServerInfo).decode(answer.content)
+        return info
 
     def _annotated(self, error: AglError) -> AglError:
         """``error``, with the server's URL and whether a token was sent when it is a refused token."""
@@ -246,7 +247,9 @@ class ClientCore:
 
     async def server_capabilities(self) -> StoreCapabilities:
         """The capabilities of the store behind the server."""
-        caps = await self._call("GET", f"{_P}/capabilities", None, StoreCapabilities, idempotent=True)
+        caps: StoreCapabilities = await self._call(
+            "GET", f"{_P}/capabilities", None, StoreCapabilities, idempotent=True
+        )
         self._server_capabilities = caps
         return caps
 
