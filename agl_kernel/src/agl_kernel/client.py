@@ -33,7 +33,6 @@ import threading
 import time
 from collections.abc import Sequence
 from typing import Any, Optional, TypeVar
-from urllib.parse import quote
 
 import attrs
 from msgspec import UNSET, UnsetType
@@ -65,6 +64,7 @@ from agl_kernel.models import (
     WorkerStatus,
 )
 from agl_kernel.server import _wire as wire
+from agl_kernel.server._operations import OPERATIONS
 from agl_kernel.store.base import LATEST, LightningStore, SortOrder
 
 __all__ = [
@@ -79,7 +79,6 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-_P = wire.API_PREFIX
 
 
 @attrs.define(kw_only=True)
@@ -123,6 +122,18 @@ class LightningStoreClient(ClientCore, LightningStore):
 
     Options = HttpStoreOptions
 
+    async def _store_call(self, name: str, *arguments: Any, wait: float = 0.0, empty: Any = None) -> Any:
+        """The store method ``name`` on the server, for ``arguments`` (see :mod:`agl_kernel.server._operations`):
+        in a batch for a short call, as a long poll that ``close()`` ends (answering ``empty``) when ``wait``."""
+        op = OPERATIONS[name]
+        idempotent = op.is_idempotent(*arguments)
+        if op.batch is not None and self._batch_calls and not wait:
+            return await self._batched(op.to_batch(*arguments), op.result, idempotent=idempotent)
+        path, body, params = op.request(*arguments)
+        if wait:
+            return await self._waiting_call(path, body, op.result, wait, empty, idempotent=idempotent)
+        return await self._call(op.method, path, body, op.result, idempotent=idempotent, params=params)
+
     # ------------------------------------------------------------------------------------------------ rollouts
 
     async def enqueue_rollout(
@@ -135,16 +146,13 @@ class LightningStoreClient(ClientCore, LightningStore):
         metadata: dict[str, Any] | None = None,
     ) -> Rollout:
         body = EnqueueRequest(input=input, mode=mode, resources_id=resources_id, config=config, metadata=metadata)
-        if self._batch_calls:
-            return await self._batched(wire.EnqueueRolloutOp(request=body), Rollout, idempotent=False)
-        return await self._call("POST", f"{_P}/rollouts", body, Rollout, idempotent=False)
+        return await self._store_call("enqueue_rollout", body)
 
     async def enqueue_many_rollouts(self, requests: Sequence[EnqueueRequest]) -> list[Rollout]:
         self._check_open()
         if not requests:
             return []
-        body = wire.EnqueueManyBody(requests=list(requests))
-        return await self._call("POST", f"{_P}/rollouts/batch", body, list[Rollout], idempotent=False)
+        return await self._store_call("enqueue_many_rollouts", wire.EnqueueManyBody(requests=list(requests)))
 
     async def start_rollout(
         self,
@@ -159,25 +167,16 @@ class LightningStoreClient(ClientCore, LightningStore):
         body = wire.StartRolloutBody(
             input=input, mode=mode, resources_id=resources_id, config=config, metadata=metadata, worker_id=worker_id
         )
-        return await self._call("POST", f"{_P}/rollouts/start", body, AttemptedRollout, idempotent=False)
+        return await self._store_call("start_rollout", body)
 
     async def dequeue_rollout(self, *, worker_id: str | None = None, timeout: float = 0.0) -> AttemptedRollout | None:
         if timeout <= 0:
-            if self._batch_calls:
-                op = wire.DequeueRolloutOp(worker_id=worker_id)
-                return await self._batched(op, AttemptedRollout, idempotent=False)
-            body = wire.DequeueBody(worker_id=worker_id)
-            return await self._call(
-                "POST", f"{_P}/rollouts/dequeue", body, Optional[AttemptedRollout], idempotent=False
-            )
+            return await self._store_call("dequeue_rollout", wire.DequeueBody(worker_id=worker_id))
         deadline = time.monotonic() + timeout
         while True:
-            remaining = max(0.0, deadline - time.monotonic())
-            chunk = min(remaining, wire.MAX_WAIT_SECONDS)
+            chunk = min(max(0.0, deadline - time.monotonic()), wire.MAX_WAIT_SECONDS)
             body = wire.DequeueBody(worker_id=worker_id, timeout=chunk)
-            got = await self._waiting_call(
-                f"{_P}/rollouts/dequeue", body, Optional[AttemptedRollout], chunk, None, idempotent=False
-            )
+            got = await self._store_call("dequeue_rollout", body, wait=chunk)
             if got is not None or self._closed or time.monotonic() >= deadline - 0.001:
                 return got
 
@@ -190,26 +189,15 @@ class LightningStoreClient(ClientCore, LightningStore):
         while True:
             chunk = min(max(0.0, deadline - time.monotonic()), wire.MAX_WAIT_SECONDS)
             body = wire.DequeueManyBody(limit=limit, worker_id=worker_id, timeout=chunk)
-            if chunk <= 0:
-                return await self._call(
-                    "POST", f"{_P}/rollouts/dequeue-many", body, list[AttemptedRollout], idempotent=False
-                )
-            got = await self._waiting_call(
-                f"{_P}/rollouts/dequeue-many", body, list[AttemptedRollout], chunk, [], idempotent=False
-            )
+            got = await self._store_call("dequeue_many_rollouts", body, wait=chunk, empty=[])
             if got or self._closed or time.monotonic() >= deadline - 0.001:
                 return got
 
     async def start_attempt(self, rollout_id: str, *, worker_id: str | None = None) -> AttemptedRollout:
-        body = wire.StartAttemptBody(worker_id=worker_id)
-        return await self._call(
-            "POST", f"{_P}/rollouts/{_q(rollout_id)}/attempts", body, AttemptedRollout, idempotent=False
-        )
+        return await self._store_call("start_attempt", rollout_id, wire.StartAttemptBody(worker_id=worker_id))
 
     async def get_rollout(self, rollout_id: str) -> Rollout:
-        if self._batch_calls:
-            return await self._batched(wire.GetRolloutOp(rollout_id=rollout_id), Rollout, idempotent=True)
-        return await self._call("GET", f"{_P}/rollouts/{_q(rollout_id)}", None, Rollout, idempotent=True)
+        return await self._store_call("get_rollout", rollout_id)
 
     async def query_rollouts(
         self,
@@ -231,7 +219,7 @@ class LightningStoreClient(ClientCore, LightningStore):
             limit=limit,
             offset=offset,
         )
-        return await self._call("POST", f"{_P}/rollouts/query", body, PaginatedResult[Rollout], idempotent=True)
+        return await self._store_call("query_rollouts", body)
 
     async def update_rollout(
         self,
@@ -244,11 +232,10 @@ class LightningStoreClient(ClientCore, LightningStore):
         metadata: dict[str, Any] | UnsetType = UNSET,
     ) -> Rollout:
         body = wire.RolloutPatch(status=status, mode=mode, resources_id=resources_id, config=config, metadata=metadata)
-        # A status change is not safe to repeat (a re-queue twice, a terminal status onto itself).
-        return await self._call("PATCH", f"{_P}/rollouts/{_q(rollout_id)}", body, Rollout, idempotent=status is UNSET)
+        return await self._store_call("update_rollout", rollout_id, body)
 
     async def cancel_rollout(self, rollout_id: str) -> Rollout:
-        return await self._call("POST", f"{_P}/rollouts/{_q(rollout_id)}/cancel", None, Rollout, idempotent=True)
+        return await self._store_call("cancel_rollout", rollout_id)
 
     async def wait_for_rollouts(self, rollout_ids: Sequence[str], *, timeout: float | None = None) -> list[Rollout]:
         self._check_open()
@@ -258,9 +245,7 @@ class LightningStoreClient(ClientCore, LightningStore):
             remaining = wire.MAX_WAIT_SECONDS if deadline is None else max(0.0, deadline - time.monotonic())
             chunk = min(remaining, wire.MAX_WAIT_SECONDS)
             body = wire.WaitBody(rollout_ids=ids, timeout=chunk)
-            if chunk <= 0:
-                return await self._call("POST", f"{_P}/rollouts/wait", body, list[Rollout], idempotent=True)
-            ended = await self._waiting_call(f"{_P}/rollouts/wait", body, list[Rollout], chunk, [], idempotent=True)
+            ended = await self._store_call("wait_for_rollouts", body, wait=chunk, empty=[])
             if len(ended) >= len(ids) or self._closed or deadline is not None and time.monotonic() >= deadline:
                 return ended
 
@@ -268,17 +253,12 @@ class LightningStoreClient(ClientCore, LightningStore):
         self, rollout_ids: Sequence[str] | None = None, *, ended_before: float | None = None
     ) -> int:
         body = wire.DeleteBody(rollout_ids=_list(rollout_ids), ended_before=ended_before)
-        result = await self._call("POST", f"{_P}/rollouts/delete", body, wire.DeletedCount, idempotent=False)
-        return result.deleted
+        return (await self._store_call("delete_rollouts", body)).deleted
 
     # ------------------------------------------------------------------------------------------------ attempts
 
     async def get_attempt(self, rollout_id: str, attempt_id: str = LATEST) -> Attempt:
-        path = f"{_P}/rollouts/{_q(rollout_id)}/attempts/{_q(attempt_id)}"
-        if self._batch_calls:
-            op = wire.GetAttemptOp(rollout_id=rollout_id, attempt_id=attempt_id)
-            return await self._batched(op, Attempt, idempotent=True)
-        return await self._call("GET", path, None, Attempt, idempotent=True)
+        return await self._store_call("get_attempt", rollout_id, attempt_id)
 
     async def query_attempts(
         self,
@@ -293,8 +273,7 @@ class LightningStoreClient(ClientCore, LightningStore):
         body = wire.AttemptQuery(
             status_in=_list(status_in), sort_by=sort_by, sort_order=sort_order, limit=limit, offset=offset
         )
-        path = f"{_P}/rollouts/{_q(rollout_id)}/attempts/query"
-        return await self._call("POST", path, body, PaginatedResult[Attempt], idempotent=True)
+        return await self._store_call("query_attempts", rollout_id, body)
 
     async def update_attempt(
         self,
@@ -309,31 +288,23 @@ class LightningStoreClient(ClientCore, LightningStore):
         body = wire.AttemptPatch(
             status=status, worker_id=worker_id, last_heartbeat_time=last_heartbeat_time, metadata=metadata
         )
-        path = f"{_P}/rollouts/{_q(rollout_id)}/attempts/{_q(attempt_id)}"
-        # "latest" may name a newer attempt by the time a retry arrives; a named attempt is safe to update twice.
-        if self._batch_calls:
-            op = wire.UpdateAttemptOp(rollout_id=rollout_id, attempt_id=attempt_id, patch=body)
-            return await self._batched(op, Attempt, idempotent=attempt_id != LATEST)
-        return await self._call("PATCH", path, body, Attempt, idempotent=attempt_id != LATEST)
+        return await self._store_call("update_attempt", rollout_id, attempt_id, body)
 
     # ------------------------------------------------------------------------------------------------ spans
 
     async def add_span(self, span: Span) -> Span:
-        if self._batch_calls:
-            return await self._batched(wire.AddSpanOp(span=span), Span, idempotent=True)
-        return await self._call("POST", f"{_P}/spans", span, Span, idempotent=True)
+        return await self._store_call("add_span", span)
 
     async def add_many_spans(self, spans: Sequence[Span]) -> list[Span]:
         self._check_open()
         if not spans:
             return []
-        return await self._call(
-            "POST", f"{_P}/spans/batch", wire.SpanBatch(spans=list(spans)), list[Span], idempotent=True
-        )
+        return await self._store_call("add_many_spans", wire.SpanBatch(spans=list(spans)))
 
     async def get_many_span_sequence_ids(self, rollout_id: str, attempt_id: str, count: int) -> list[int]:
-        path = f"{_P}/rollouts/{_q(rollout_id)}/attempts/{_q(attempt_id)}/sequence-ids"
-        return await self._call("POST", path, wire.SequenceIdsBody(count=count), list[int], idempotent=False)
+        return await self._store_call(
+            "get_many_span_sequence_ids", rollout_id, attempt_id, wire.SequenceIdsBody(count=count)
+        )
 
     async def query_spans(
         self,
@@ -349,37 +320,21 @@ class LightningStoreClient(ClientCore, LightningStore):
         body = wire.SpanQuery(
             attempt_id=attempt_id, name=name, sort_by=sort_by, sort_order=sort_order, limit=limit, offset=offset
         )
-        path = f"{_P}/rollouts/{_q(rollout_id)}/spans/query"
-        return await self._call("POST", path, body, PaginatedResult[Span], idempotent=True)
+        return await self._store_call("query_spans", rollout_id, body)
 
     # ------------------------------------------------------------------------------------------------ resources
 
     async def add_resources(self, resources: dict[str, Resource]) -> ResourcesUpdate:
-        return await self._call(
-            "POST", f"{_P}/resources", wire.ResourcesBody(resources=resources), ResourcesUpdate, idempotent=False
-        )
+        return await self._store_call("add_resources", wire.ResourcesBody(resources=resources))
 
     async def update_resources(self, resources_id: str, resources: dict[str, Resource]) -> ResourcesUpdate:
-        return await self._call(
-            "PUT",
-            f"{_P}/resources/id/{_q(resources_id)}",
-            wire.ResourcesBody(resources=resources),
-            ResourcesUpdate,
-            idempotent=False,
-        )
+        return await self._store_call("update_resources", resources_id, wire.ResourcesBody(resources=resources))
 
     async def get_resources(self, resources_id: str, version: int | None = None) -> ResourcesUpdate:
-        return await self._call(
-            "GET",
-            f"{_P}/resources/id/{_q(resources_id)}",
-            None,
-            ResourcesUpdate,
-            idempotent=True,
-            params=None if version is None else {"version": version},
-        )
+        return await self._store_call("get_resources", resources_id, version)
 
     async def get_latest_resources(self) -> ResourcesUpdate | None:
-        return await self._call("GET", f"{_P}/resources/latest", None, Optional[ResourcesUpdate], idempotent=True)
+        return await self._store_call("get_latest_resources")
 
     async def query_resources(
         self,
@@ -393,22 +348,16 @@ class LightningStoreClient(ClientCore, LightningStore):
         body = wire.ResourcesQuery(
             resources_id=resources_id, sort_by=sort_by, sort_order=sort_order, limit=limit, offset=offset
         )
-        return await self._call(
-            "POST", f"{_P}/resources/query", body, PaginatedResult[ResourcesUpdate], idempotent=True
-        )
+        return await self._store_call("query_resources", body)
 
     # ------------------------------------------------------------------------------------------------ workers
 
     async def update_worker(self, worker_id: str, *, heartbeat_stats: dict[str, Any] | UnsetType = UNSET) -> Worker:
         heartbeat = wire.WorkerHeartbeat(heartbeat_stats=heartbeat_stats)
-        if self._batch_calls:
-            return await self._batched(
-                wire.UpdateWorkerOp(worker_id=worker_id, heartbeat=heartbeat), Worker, idempotent=True
-            )
-        return await self._call("PUT", f"{_P}/workers/id/{_q(worker_id)}", heartbeat, Worker, idempotent=True)
+        return await self._store_call("update_worker", worker_id, heartbeat)
 
     async def get_worker(self, worker_id: str) -> Worker:
-        return await self._call("GET", f"{_P}/workers/id/{_q(worker_id)}", None, Worker, idempotent=True)
+        return await self._store_call("get_worker", worker_id)
 
     async def query_workers(
         self,
@@ -422,12 +371,12 @@ class LightningStoreClient(ClientCore, LightningStore):
         body = wire.WorkerQuery(
             status_in=_list(status_in), sort_by=sort_by, sort_order=sort_order, limit=limit, offset=offset
         )
-        return await self._call("POST", f"{_P}/workers/query", body, PaginatedResult[Worker], idempotent=True)
+        return await self._store_call("query_workers", body)
 
     # ------------------------------------------------------------------------------------------------ misc
 
     async def statistics(self) -> StoreStatistics:
-        return await self._call("GET", f"{_P}/statistics", None, StoreStatistics, idempotent=True)
+        return await self._store_call("statistics")
 
 
 class SyncLightningStoreClient:
@@ -468,11 +417,6 @@ class SyncLightningStoreClient:
 
     def __exit__(self, *exc_info: Any) -> None:
         self.close()
-
-
-def _q(segment: str) -> str:
-    """A path segment, percent-encoded (ids may hold any character)."""
-    return quote(segment, safe="")
 
 
 def _list(values: Sequence[T] | None) -> list[T] | None:
