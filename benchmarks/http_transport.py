@@ -37,8 +37,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import httpx
 from _cycle import free_port, run_cycles
-from agl_kernel.client import LightningStoreClient
 from store_cycle import AglOps
+
+from agl_kernel.client import LightningStoreClient
 
 MAX_CONNECTIONS = 256
 KEEPALIVE_EXPIRY = 2.0

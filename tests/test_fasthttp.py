@@ -10,12 +10,14 @@ import asyncio
 import socket
 import ssl
 import struct
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import httpx
 import pytest
 import pytest_asyncio
+
 from agl_kernel._fasthttp import FastHTTPTransport
 
 Respond = Callable[[asyncio.StreamWriter, bytes, int], Awaitable[bool | None]]
@@ -44,7 +46,7 @@ class RawServer:
         self.most_open = 0
         self.handlers: set[asyncio.Task[None]] = set()
 
-    async def __aenter__(self) -> RawServer:  # noqa: PYI034 - the tests name the class
+    async def __aenter__(self) -> RawServer:
         self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0, ssl=self.ssl_context)
         self.port = self.server.sockets[0].getsockname()[1]
         return self
@@ -396,13 +398,24 @@ async def test_a_closed_transport_refuses_and_closes_what_comes_back() -> None:
 def test_closing_after_the_connections_loop_has_ended() -> None:
     """The store client closes the transports of loops whose threads have ended: their loops are closed."""
     transport = FastHTTPTransport()
+    done = threading.Event()
+    with socket.create_server(("127.0.0.1", 0)) as listener:  # a server outside the loop: it keeps the connection
 
-    async def one_request() -> bytes:
-        async with RawServer(answer(OK)) as server:
-            return (await get(transport, server.url)).content
+        def serve() -> None:
+            conn, _ = listener.accept()
+            with conn:
+                conn.recv(65536)
+                conn.sendall(OK)
+                done.wait(10)
 
-    assert asyncio.run(one_request()) == b"ok"
-    asyncio.run(transport.aclose())  # the idle connection belongs to a closed loop: closing it raises nothing
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        port = listener.getsockname()[1]
+        response = asyncio.run(get(transport, f"http://127.0.0.1:{port}/"))
+        assert response.content == b"ok"
+        asyncio.run(transport.aclose())  # the idle connection's loop is closed: closing it raises nothing
+        done.set()
+        thread.join(10)
     assert transport._open == 0
 
 
