@@ -146,13 +146,17 @@ class LightningStoreClient(ClientCore, LightningStore):
         metadata: dict[str, Any] | None = None,
     ) -> Rollout:
         body = EnqueueRequest(input=input, mode=mode, resources_id=resources_id, config=config, metadata=metadata)
-        return await self._store_call("enqueue_rollout", body)
+        rollout: Rollout = await self._store_call("enqueue_rollout", body)
+        return rollout
 
     async def enqueue_many_rollouts(self, requests: Sequence[EnqueueRequest]) -> list[Rollout]:
         self._check_open()
         if not requests:
             return []
-        return await self._store_call("enqueue_many_rollouts", wire.EnqueueManyBody(requests=list(requests)))
+        rollouts: list[Rollout] = await self._store_call(
+            "enqueue_many_rollouts", wire.EnqueueManyBody(requests=list(requests))
+        )
+        return rollouts
 
     async def start_rollout(
         self,
@@ -167,16 +171,20 @@ class LightningStoreClient(ClientCore, LightningStore):
         body = wire.StartRolloutBody(
             input=input, mode=mode, resources_id=resources_id, config=config, metadata=metadata, worker_id=worker_id
         )
-        return await self._store_call("start_rollout", body)
+        attempted: AttemptedRollout = await self._store_call("start_rollout", body)
+        return attempted
 
     async def dequeue_rollout(self, *, worker_id: str | None = None, timeout: float = 0.0) -> AttemptedRollout | None:
         if timeout <= 0:
-            return await self._store_call("dequeue_rollout", wire.DequeueBody(worker_id=worker_id))
+            attempted: AttemptedRollout | None = await self._store_call(
+                "dequeue_rollout", wire.DequeueBody(worker_id=worker_id)
+            )
+            return attempted
         deadline = time.monotonic() + timeout
         while True:
             chunk = min(max(0.0, deadline - time.monotonic()), wire.MAX_WAIT_SECONDS)
             body = wire.DequeueBody(worker_id=worker_id, timeout=chunk)
-            got = await self._store_call("dequeue_rollout", body, wait=chunk)
+            got: AttemptedRollout | None = await self._store_call("dequeue_rollout", body, wait=chunk)
             if got is not None or self._closed or time.monotonic() >= deadline - 0.001:
                 return got
 
@@ -189,15 +197,19 @@ class LightningStoreClient(ClientCore, LightningStore):
         while True:
             chunk = min(max(0.0, deadline - time.monotonic()), wire.MAX_WAIT_SECONDS)
             body = wire.DequeueManyBody(limit=limit, worker_id=worker_id, timeout=chunk)
-            got = await self._store_call("dequeue_many_rollouts", body, wait=chunk, empty=[])
+            got: list[AttemptedRollout] = await self._store_call("dequeue_many_rollouts", body, wait=chunk, empty=[])
             if got or self._closed or time.monotonic() >= deadline - 0.001:
                 return got
 
     async def start_attempt(self, rollout_id: str, *, worker_id: str | None = None) -> AttemptedRollout:
-        return await self._store_call("start_attempt", rollout_id, wire.StartAttemptBody(worker_id=worker_id))
+        attempted: AttemptedRollout = await self._store_call(
+            "start_attempt", rollout_id, wire.StartAttemptBody(worker_id=worker_id)
+        )
+        return attempted
 
     async def get_rollout(self, rollout_id: str) -> Rollout:
-        return await self._store_call("get_rollout", rollout_id)
+        rollout: Rollout = await self._store_call("get_rollout", rollout_id)
+        return rollout
 
     async def query_rollouts(
         self,
@@ -219,7 +231,8 @@ class LightningStoreClient(ClientCore, LightningStore):
             limit=limit,
             offset=offset,
         )
-        return await self._store_call("query_rollouts", body)
+        page: PaginatedResult[Rollout] = await self._store_call("query_rollouts", body)
+        return page
 
     async def update_rollout(
         self,
@@ -232,10 +245,12 @@ class LightningStoreClient(ClientCore, LightningStore):
         metadata: dict[str, Any] | UnsetType = UNSET,
     ) -> Rollout:
         body = wire.RolloutPatch(status=status, mode=mode, resources_id=resources_id, config=config, metadata=metadata)
-        return await self._store_call("update_rollout", rollout_id, body)
+        rollout: Rollout = await self._store_call("update_rollout", rollout_id, body)
+        return rollout
 
     async def cancel_rollout(self, rollout_id: str) -> Rollout:
-        return await self._store_call("cancel_rollout", rollout_id)
+        rollout: Rollout = await self._store_call("cancel_rollout", rollout_id)
+        return rollout
 
     async def wait_for_rollouts(self, rollout_ids: Sequence[str], *, timeout: float | None = None) -> list[Rollout]:
         self._check_open()
@@ -245,7 +260,7 @@ class LightningStoreClient(ClientCore, LightningStore):
             remaining = wire.MAX_WAIT_SECONDS if deadline is None else max(0.0, deadline - time.monotonic())
             chunk = min(remaining, wire.MAX_WAIT_SECONDS)
             body = wire.WaitBody(rollout_ids=ids, timeout=chunk)
-            ended = await self._store_call("wait_for_rollouts", body, wait=chunk, empty=[])
+            ended: list[Rollout] = await self._store_call("wait_for_rollouts", body, wait=chunk, empty=[])
             if len(ended) >= len(ids) or self._closed or deadline is not None and time.monotonic() >= deadline:
                 return ended
 
@@ -253,12 +268,14 @@ class LightningStoreClient(ClientCore, LightningStore):
         self, rollout_ids: Sequence[str] | None = None, *, ended_before: float | None = None
     ) -> int:
         body = wire.DeleteBody(rollout_ids=_list(rollout_ids), ended_before=ended_before)
-        return (await self._store_call("delete_rollouts", body)).deleted
+        deleted: wire.DeletedCount = await self._store_call("delete_rollouts", body)
+        return deleted.deleted
 
     # ------------------------------------------------------------------------------------------------ attempts
 
     async def get_attempt(self, rollout_id: str, attempt_id: str = LATEST) -> Attempt:
-        return await self._store_call("get_attempt", rollout_id, attempt_id)
+        attempt: Attempt = await self._store_call("get_attempt", rollout_id, attempt_id)
+        return attempt
 
     async def query_attempts(
         self,
@@ -273,7 +290,8 @@ class LightningStoreClient(ClientCore, LightningStore):
         body = wire.AttemptQuery(
             status_in=_list(status_in), sort_by=sort_by, sort_order=sort_order, limit=limit, offset=offset
         )
-        return await self._store_call("query_attempts", rollout_id, body)
+        page: PaginatedResult[Attempt] = await self._store_call("query_attempts", rollout_id, body)
+        return page
 
     async def update_attempt(
         self,
@@ -288,23 +306,27 @@ class LightningStoreClient(ClientCore, LightningStore):
         body = wire.AttemptPatch(
             status=status, worker_id=worker_id, last_heartbeat_time=last_heartbeat_time, metadata=metadata
         )
-        return await self._store_call("update_attempt", rollout_id, attempt_id, body)
+        attempt: Attempt = await self._store_call("update_attempt", rollout_id, attempt_id, body)
+        return attempt
 
     # ------------------------------------------------------------------------------------------------ spans
 
     async def add_span(self, span: Span) -> Span:
-        return await self._store_call("add_span", span)
+        stored: Span = await self._store_call("add_span", span)
+        return stored
 
     async def add_many_spans(self, spans: Sequence[Span]) -> list[Span]:
         self._check_open()
         if not spans:
             return []
-        return await self._store_call("add_many_spans", wire.SpanBatch(spans=list(spans)))
+        stored: list[Span] = await self._store_call("add_many_spans", wire.SpanBatch(spans=list(spans)))
+        return stored
 
     async def get_many_span_sequence_ids(self, rollout_id: str, attempt_id: str, count: int) -> list[int]:
-        return await self._store_call(
+        sequence_ids: list[int] = await self._store_call(
             "get_many_span_sequence_ids", rollout_id, attempt_id, wire.SequenceIdsBody(count=count)
         )
+        return sequence_ids
 
     async def query_spans(
         self,
@@ -320,21 +342,28 @@ class LightningStoreClient(ClientCore, LightningStore):
         body = wire.SpanQuery(
             attempt_id=attempt_id, name=name, sort_by=sort_by, sort_order=sort_order, limit=limit, offset=offset
         )
-        return await self._store_call("query_spans", rollout_id, body)
+        page: PaginatedResult[Span] = await self._store_call("query_spans", rollout_id, body)
+        return page
 
     # ------------------------------------------------------------------------------------------------ resources
 
     async def add_resources(self, resources: dict[str, Resource]) -> ResourcesUpdate:
-        return await self._store_call("add_resources", wire.ResourcesBody(resources=resources))
+        update: ResourcesUpdate = await self._store_call("add_resources", wire.ResourcesBody(resources=resources))
+        return update
 
     async def update_resources(self, resources_id: str, resources: dict[str, Resource]) -> ResourcesUpdate:
-        return await self._store_call("update_resources", resources_id, wire.ResourcesBody(resources=resources))
+        update: ResourcesUpdate = await self._store_call(
+            "update_resources", resources_id, wire.ResourcesBody(resources=resources)
+        )
+        return update
 
     async def get_resources(self, resources_id: str, version: int | None = None) -> ResourcesUpdate:
-        return await self._store_call("get_resources", resources_id, version)
+        update: ResourcesUpdate = await self._store_call("get_resources", resources_id, version)
+        return update
 
     async def get_latest_resources(self) -> ResourcesUpdate | None:
-        return await self._store_call("get_latest_resources")
+        update: ResourcesUpdate | None = await self._store_call("get_latest_resources")
+        return update
 
     async def query_resources(
         self,
@@ -348,16 +377,19 @@ class LightningStoreClient(ClientCore, LightningStore):
         body = wire.ResourcesQuery(
             resources_id=resources_id, sort_by=sort_by, sort_order=sort_order, limit=limit, offset=offset
         )
-        return await self._store_call("query_resources", body)
+        page: PaginatedResult[ResourcesUpdate] = await self._store_call("query_resources", body)
+        return page
 
     # ------------------------------------------------------------------------------------------------ workers
 
     async def update_worker(self, worker_id: str, *, heartbeat_stats: dict[str, Any] | UnsetType = UNSET) -> Worker:
         heartbeat = wire.WorkerHeartbeat(heartbeat_stats=heartbeat_stats)
-        return await self._store_call("update_worker", worker_id, heartbeat)
+        worker: Worker = await self._store_call("update_worker", worker_id, heartbeat)
+        return worker
 
     async def get_worker(self, worker_id: str) -> Worker:
-        return await self._store_call("get_worker", worker_id)
+        worker: Worker = await self._store_call("get_worker", worker_id)
+        return worker
 
     async def query_workers(
         self,
@@ -371,12 +403,14 @@ class LightningStoreClient(ClientCore, LightningStore):
         body = wire.WorkerQuery(
             status_in=_list(status_in), sort_by=sort_by, sort_order=sort_order, limit=limit, offset=offset
         )
-        return await self._store_call("query_workers", body)
+        page: PaginatedResult[Worker] = await self._store_call("query_workers", body)
+        return page
 
     # ------------------------------------------------------------------------------------------------ misc
 
     async def statistics(self) -> StoreStatistics:
-        return await self._store_call("statistics")
+        stats: StoreStatistics = await self._store_call("statistics")
+        return stats
 
 
 class SyncLightningStoreClient:
