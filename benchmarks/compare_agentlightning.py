@@ -53,7 +53,7 @@ import tempfile
 import time
 from collections import deque
 from pathlib import Path
-from typing import IO, Any, Optional
+from typing import IO, Any
 
 BENCHMARKS_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCHMARKS_DIR.parent
@@ -91,7 +91,7 @@ def venv_python() -> Path:
     return VENV_DIR / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
 
 
-def _installed_version(python: Path) -> Optional[str]:
+def _installed_version(python: Path) -> str | None:
     probe = "import importlib.metadata as m; print(m.version('agentlightning'))"
     done = subprocess.run([str(python), "-c", probe], capture_output=True, text=True)
     return done.stdout.strip() if done.returncode == 0 else None
@@ -172,7 +172,7 @@ class SideProcess:
 
     def __init__(self, python: Path, script: Path = SIDE_SCRIPT, log: Path = SIDE_LOG) -> None:
         self.log = log
-        self._stderr: IO[str] = open(log, "w")
+        self._stderr: IO[str] = open(log, "w")  # noqa: SIM115 - the side process writes to it until close()
         env = dict(os.environ, LITELLM_LOCAL_MODEL_COST_MAP="True", PYTHONUNBUFFERED="1")
         env.pop("PYTHONPATH", None)  # nothing of the project's interpreter leaks into the other one
         self._process = subprocess.Popen(

@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 import httpx
+
 from agl_kernel.models import AttemptStatus, EnqueueRequest, RolloutMode, Span
 from agl_kernel.server import ServerThread, create_app
 

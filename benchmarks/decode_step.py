@@ -15,10 +15,11 @@ import time
 from collections.abc import Callable
 
 import torch
-from agl_model_server import _kvcache, load_model
-from agl_model_server._static import StaticDecoder
 from rich.console import Console
 from rich.table import Table
+
+from agl_model_server import _kvcache, load_model
+from agl_model_server._static import StaticDecoder
 
 
 def timed(fn: Callable[[], None], repeats: int, device: str) -> float:

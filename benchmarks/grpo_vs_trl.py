@@ -49,7 +49,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare_agentlightning import BenchError, _tail  # noqa: E402
+from compare_agentlightning import BenchError, _tail
 
 BENCHMARKS_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCHMARKS_DIR.parent
@@ -120,7 +120,8 @@ def recipe_argv(args: argparse.Namespace, scratch: str) -> list[str]:
     model = flags(model=args.model) if args.model else []
     return model + flags(device=args.device) + flags(
         steps=steps, batch_size=batch, group_size=args.group_size, max_tokens=args.max_tokens, lr=args.lr,
-        runners=batch * args.group_size, micro_batch_size=args.micro_batch_size, train_tasks=steps * batch, val_tasks=0, val_every=0, seed=args.seed,
+        runners=batch * args.group_size, micro_batch_size=args.micro_batch_size, train_tasks=steps * batch,
+        val_tasks=0, val_every=0, seed=args.seed,
         path=os.path.join(scratch, "agl.db"), checkpoint_dir=os.path.join(scratch, "checkpoints"),
     )  # fmt: skip
 
@@ -267,7 +268,10 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
                 for side in args.sides if index % 2 == 0 else args.sides[::-1]:
                     label = f"round {index + 1}/{args.rounds}: {side} (model load, then steps)"
                     progress.update(bar, description=label)
-                    advance = lambda: progress.advance(bar)
+
+                    def advance():
+                        return progress.advance(bar)
+
                     if side == "agl":
                         runs["agl"].append(run_agl(recipe, args, advance)["steps"])
                     else:
@@ -296,7 +300,8 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         report["sides"]["trl"].update(trl_info)
         report["sides"]["trl"]["ran"] = (
             f"trl {trl_info['versions']['trl']} GRPOTrainer, transformers {trl_info['versions']['transformers']}, "
-            f"model.generate, gradient_checkpointing={trl_info['gradient_checkpointing']}, loss_type={trl_info['loss_type']}"
+            f"model.generate, gradient_checkpointing={trl_info['gradient_checkpointing']}, "
+            f"loss_type={trl_info['loss_type']}"
         )
     if "agl" in report["sides"] and "trl" in report["sides"]:
         agl, trl = report["sides"]["agl"], report["sides"]["trl"]
@@ -318,11 +323,13 @@ def print_table(report: dict[str, Any]) -> None:
     table = Table(
         title=(
             f"Seconds per GRPO step: {s['batch_size']} prompts × {s['group_size']} completions, ≤{s['max_tokens']} "
-            f"new tokens, {s['threads']} threads; median of {s['steps']}×{s['rounds']} steps after {s['warmup']} warm-up"
+            f"new tokens, {s['threads']} threads; median of {s['steps']}×{s['rounds']} steps after "
+            f"{s['warmup']} warm-up"
         ),
         caption=(
             f"{report['model']}; Python {report['python']}, torch {report['torch']}, agl's transformers "
-            f"{report['transformers']}; load average {report['loadavg_before'][0]:.1f} → {report['loadavg_after'][0]:.1f}"
+            f"{report['transformers']}; load average {report['loadavg_before'][0]:.1f} → "
+            f"{report['loadavg_after'][0]:.1f}"
         ),
     )
     names = ("side", "median s/step", "min–max", "rollout s", "update s", "completion tokens", "trained / step")

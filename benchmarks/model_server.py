@@ -5,7 +5,8 @@
     python benchmarks/model_server.py --device cuda --dtype bfloat16 --concurrency 1,64 --static-generate
 
 Server: ``concurrency`` chat requests are sent at once over HTTP, from a separate client process (asyncio, one
-connection per request, as agents in other processes would), to a ModelServer on 127.0.0.1, greedy, ``ignore_eos`` so each generates exactly ``--max-tokens`` tokens; tokens/s =
+connection per request, as agents in other processes would), to a ModelServer on 127.0.0.1, greedy, ``ignore_eos``
+so each generates exactly ``--max-tokens`` tokens; tokens/s =
 all generated tokens / wall time from the first request sent to the last response received (HTTP, tokenization,
 chat template and detokenization included). Baseline: ``model.generate`` on the same prompts (chat template
 applied, left-padded batch of the same size), greedy, ``min_new_tokens = max_new_tokens``, timed around the call
@@ -142,6 +143,7 @@ def main() -> None:
     sizes = [int(s) for s in args.concurrency.split(",") if s]
 
     import torch
+
     from agl_model_server import ModelServer, load_model
 
     if args.threads:

@@ -53,9 +53,10 @@ REPO_ROOT = BENCHMARKS_DIR.parent
 sys.path.insert(0, str(BENCHMARKS_DIR))
 
 from _cycle import median_of  # noqa: E402
+from compare_agentlightning import VENV_DIR, BenchError, SideProcess, ensure_venv  # noqa: E402
+
 from agl_kernel.agent import rollout  # noqa: E402
 from agl_kernel.algorithm import Baseline  # noqa: E402
-from compare_agentlightning import VENV_DIR, BenchError, SideProcess, ensure_venv  # noqa: E402
 
 SIDE_SCRIPT = BENCHMARKS_DIR / "_agentlightning_runner_side.py"
 READY_TIMEOUT = 60.0
@@ -94,10 +95,11 @@ class TimedBaseline(Baseline):
 
 def run_agl(strategy: str, store: str, runners: int, rollouts: int, agent: str) -> dict[str, float]:
     """One agl run on a fresh trainer and store; see the module docstring."""
+    from rich.console import Console
+
     from agl_kernel.models import PromptTemplate
     from agl_kernel.strategy import ClientServerStrategy, SharedMemoryStrategy
     from agl_kernel.trainer import Trainer
-    from rich.console import Console
 
     algorithm = TimedBaseline(ready_workers=runners)
     with tempfile.TemporaryDirectory(prefix="agl-runner-bench-") as scratch:
@@ -143,7 +145,7 @@ def cs_unavailable() -> str | None:
         from agl_kernel.server import running_server  # noqa: F401
 
         load_component("stores", "http")  # what the runner processes connect with
-    except Exception as error:  # noqa: BLE001  (whatever is missing, say so and go on without cs)
+    except Exception as error:
         return f"{type(error).__name__}: {error}"
     return None
 
@@ -243,7 +245,7 @@ def benchmark(args: argparse.Namespace, err: Any) -> dict[str, Any]:
         name = label(config)
         try:
             result = one_run(config, runners, rollouts)
-        except Exception as error:  # noqa: BLE001  (reported in the table; the traceback goes to the log)
+        except Exception as error:
             traceback.print_exc()
             failed[name] = f"{type(error).__name__}: {str(error).strip().splitlines()[-1] if str(error) else ''}"
             err.print(f"[red]{name} failed ({runners} runners): {failed[name]}; traceback in {LOG}[/]")

@@ -23,14 +23,14 @@ import uuid
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _cycle import median_of, run_cycles  # noqa: E402
-from rich.console import Console  # noqa: E402
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn  # noqa: E402
-from rich.table import Table  # noqa: E402
-from store_cycle import AglOps  # noqa: E402
+from _cycle import median_of, run_cycles
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+from store_cycle import AglOps
 
-from agl_kernel.models import AttemptStatus, EnqueueRequest, Span  # noqa: E402
-from agl_store_sqlite import SqliteLightningStore  # noqa: E402
+from agl_kernel.models import AttemptStatus, EnqueueRequest, Span
+from agl_store_sqlite import SqliteLightningStore
 
 SPANS = 10
 

@@ -24,13 +24,13 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _cycle import free_port, median_of, rss_mb, run_cycles  # noqa: E402
-from rich.console import Console  # noqa: E402
-from rich.progress import Progress  # noqa: E402
-from rich.table import Table  # noqa: E402
+from _cycle import free_port, median_of, rss_mb, run_cycles
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
 
-from agl_kernel.models import AttemptStatus, Span  # noqa: E402
-from agl_kernel.plugins import create_component, load_component  # noqa: E402
+from agl_kernel.models import AttemptStatus, Span
+from agl_kernel.plugins import create_component, load_component
 
 
 class AglOps:

@@ -32,7 +32,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Callable
-from typing import Any, Optional
+from typing import Any
 
 from rich.console import Console
 from rich.progress import Progress
@@ -83,7 +83,7 @@ class RemoteServer:
         self.process.wait(15)
 
 
-def make_store(target: str, scratch: str, server: Optional[RemoteServer]) -> Any:
+def make_store(target: str, scratch: str, server: RemoteServer | None) -> Any:
     if target == "memory":
         return InMemoryLightningStore()
     if target == "sqlite":
@@ -144,7 +144,7 @@ async def one_run(tracer: Any, otel_tracer: Any, store: Any, kind: str, mode: st
 
 
 async def measure(
-    target: str, kind: str, mode: str, spans: int, scratch: str, server: Optional[RemoteServer]
+    target: str, kind: str, mode: str, spans: int, scratch: str, server: RemoteServer | None
 ) -> dict[str, float]:
     """One run of ``kind`` spans in ``mode`` through ``target`` (``sdk`` / ``noop``: the baselines)."""
     from opentelemetry.sdk.trace import TracerProvider

@@ -9,7 +9,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Optional
 
 PYTHON = [sys.executable, "-m", "agl_kernel.cli"]
 
@@ -28,7 +27,7 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.command = [*PYTHON, "store", "serve", "--path", str(db), "--port", str(self.port), *args]
         self.log = log
-        self.process: Optional[subprocess.Popen] = None
+        self.process: subprocess.Popen | None = None
 
     def start(self, timeout: float = 30.0) -> None:
         import httpx

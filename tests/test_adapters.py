@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Optional
+from typing import Any
 
 import pytest
 
@@ -20,7 +20,7 @@ class Trace:
     def __init__(self) -> None:
         self.spans: list[Span] = []
 
-    def add(self, name: str, attributes: dict[str, Any], parent: Optional[str] = None, error: bool = False) -> str:
+    def add(self, name: str, attributes: dict[str, Any], parent: str | None = None, error: bool = False) -> str:
         span_id = f"{len(self.spans) + 1:016x}"
         self.spans.append(
             Span(
@@ -37,7 +37,7 @@ class Trace:
         )
         return span_id
 
-    def llm(self, prompt: Optional[list[int]], response: Optional[list[int]], *, parent=None, error=False, **extra):
+    def llm(self, prompt: list[int] | None, response: list[int] | None, *, parent=None, error=False, **extra):
         attributes: dict[str, Any] = {
             semconv.GEN_AI_OPERATION_NAME: "chat",
             semconv.GEN_AI_REQUEST_MODEL: "m",
@@ -54,13 +54,13 @@ class Trace:
             attributes[semconv.LLM_RESPONSE_LOGPROBS] = [-0.5] * len(response)
         return self.add("chat m", attributes, parent, error)
 
-    def reward(self, value: float, step: Optional[str] = None) -> str:
+    def reward(self, value: float, step: str | None = None) -> str:
         attributes: dict[str, Any] = {semconv.REWARD_VALUE: value}
         if step is not None:
             attributes[semconv.REWARD_STEP_SPAN_ID] = step
         return self.add(semconv.REWARD_SPAN, attributes)
 
-    def operation(self, name: str, agent: Optional[str] = None, parent: Optional[str] = None) -> str:
+    def operation(self, name: str, agent: str | None = None, parent: str | None = None) -> str:
         attributes = {semconv.OPERATION_NAME: name}
         if agent:
             attributes[semconv.GEN_AI_AGENT_NAME] = agent

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import pytest
 
@@ -85,7 +85,7 @@ def test_rollouts_end_exactly_once_through_server_and_runner_kills(tmp_path: Pat
             processes.append(subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
 
     events: list[str] = []
-    victim: Optional[int] = None
+    victim: int | None = None
     victim_attempts: set[tuple[str, str]] = set()  # what the killed runners were running
     started = time.monotonic()
     ended = 0

@@ -8,10 +8,11 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal
 
 import attrs
 import pytest
+
 from agl_kernel.config import build_options, describe_options, load_run_config, options_class, to_toml
 from agl_kernel.errors import ConfigError
 from agl_kernel.plugins import create_component
@@ -37,9 +38,9 @@ class Outer:
     """A switch."""
     mode: Literal["fast", "slow"] = "fast"
     """How."""
-    limit: Optional[float] = None
+    limit: float | None = None
     """A limit, or none."""
-    inner: Optional[Inner] = None
+    inner: Inner | None = None
     """Nested options."""
 
 
@@ -306,7 +307,10 @@ def test_agl_dev_ignores_the_run_files_algorithm(project: Path) -> None:
 
 def test_agl_store_serve_takes_the_store_by_name_with_checked_options(project: Path) -> None:
     result = agl(project, "store", "serve", "--store", "memory", "--option", "path=x.db", "--port", "0")
-    assert result.returncode == 2 and result.stderr.strip() == "Error: store.path: unknown option. Valid keys: watchdog_interval"
+    assert (
+        result.returncode == 2
+        and result.stderr.strip() == "Error: store.path: unknown option. Valid keys: watchdog_interval"
+    )
 
 
 def test_a_bad_value_in_a_table_option_names_its_key() -> None:

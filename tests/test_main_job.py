@@ -54,8 +54,25 @@ def test_tiny_run_trains_through_the_whole_loop(recipe, tmp_path, monkeypatch):
     # A tiny random model never answers right; a reward that varies with the reply gives GRPO something to learn.
     monkeypatch.setattr(recipe, "score", lambda task, reply: float(len(reply) % 2))
     result = recipe.main(
-        ["--tiny", "--steps", "2", "--batch-size", "2", "--group-size", "4", "--val-tasks", "4", "--val-every", "1",
-         "--runners", "8", "--max-tokens", "6", "--train-tasks", "8"]
+        [
+            "--tiny",
+            "--steps",
+            "2",
+            "--batch-size",
+            "2",
+            "--group-size",
+            "4",
+            "--val-tasks",
+            "4",
+            "--val-every",
+            "1",
+            "--runners",
+            "8",
+            "--max-tokens",
+            "6",
+            "--train-tasks",
+            "8",
+        ]
     )
     report = result["report"]
     assert report.steps_done == 2 and len(report.validations) == 3

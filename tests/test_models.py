@@ -31,32 +31,81 @@ from agl_kernel.models import (
     encode_msgpack,
 )
 
-ATTEMPT = Attempt(rollout_id="ro-1", attempt_id="at-1", sequence_id=1, start_time=1.5, status=AttemptStatus.RUNNING,
-                  worker_id="w", last_heartbeat_time=2.25, metadata={"k": [1, 2]})
-ROLLOUT = Rollout(rollout_id="ro-1", input={"q": "2+2", "nested": [1, {"a": None}]}, start_time=1.0, end_time=3.0,
-                  mode=RolloutMode.VAL, resources_id="rs-1", status=RolloutStatus.SUCCEEDED,
-                  config=RolloutConfig(timeout_seconds=5, unresponsive_seconds=2.5, max_attempts=3,
-                                       retry_condition=(AttemptStatus.TIMEOUT,)),
-                  metadata={"tag": "x"}, attempt_count=1)
+ATTEMPT = Attempt(
+    rollout_id="ro-1",
+    attempt_id="at-1",
+    sequence_id=1,
+    start_time=1.5,
+    status=AttemptStatus.RUNNING,
+    worker_id="w",
+    last_heartbeat_time=2.25,
+    metadata={"k": [1, 2]},
+)
+ROLLOUT = Rollout(
+    rollout_id="ro-1",
+    input={"q": "2+2", "nested": [1, {"a": None}]},
+    start_time=1.0,
+    end_time=3.0,
+    mode=RolloutMode.VAL,
+    resources_id="rs-1",
+    status=RolloutStatus.SUCCEEDED,
+    config=RolloutConfig(
+        timeout_seconds=5, unresponsive_seconds=2.5, max_attempts=3, retry_condition=(AttemptStatus.TIMEOUT,)
+    ),
+    metadata={"tag": "x"},
+    attempt_count=1,
+)
 SAMPLES = [
     ROLLOUT,
     ATTEMPT,
     AttemptedRollout(**msgspec.structs.asdict(ROLLOUT), attempt=ATTEMPT),
-    Span(rollout_id="ro-1", attempt_id="at-1", sequence_id=7, trace_id="ab" * 16, span_id="cd" * 8, parent_id="ef" * 8,
-         name="openai.chat", kind="CLIENT", status=SpanStatus(status_code="ERROR", description="boom"),
-         attributes={"gen_ai.usage.input_tokens": 12, "ids": [1, 2, 3], "f": 0.1},
-         events=[SpanEvent(name="e", timestamp=1.25, attributes={"a": True})],
-         links=[SpanLink(trace_id="01" * 16, span_id="02" * 8)], start_time=1.0, end_time=1.1,
-         resource={"service.name": "agent"}),
-    ResourcesUpdate(resources_id="rs-1", version=3, create_time=1.0, update_time=2.0, resources={
-        "prompt": PromptTemplate(template="Hi {name}", engine="f-string"),
-        "llm": LLM(endpoint="http://127.0.0.1:8000/v1", model="m", sampling_parameters={"temperature": 0.7}),
-        "proxy": ProxyLLM(endpoint="http://127.0.0.1:4747", model="m"),
-    }),
-    Worker(worker_id="w", status=WorkerStatus.BUSY, heartbeat_stats={"cpu": 0.5}, last_heartbeat_time=1.0,
-           current_rollout_id="ro-1", current_attempt_id="at-1"),
-    Triplet(prompt_token_ids=[1, 2], response_token_ids=[3], prompt_text="p", response_text="r",
-            response_logprobs=[-0.5], reward=1.0, rollout_id="ro-1", attempt_id="at-1", span_id="s"),
+    Span(
+        rollout_id="ro-1",
+        attempt_id="at-1",
+        sequence_id=7,
+        trace_id="ab" * 16,
+        span_id="cd" * 8,
+        parent_id="ef" * 8,
+        name="openai.chat",
+        kind="CLIENT",
+        status=SpanStatus(status_code="ERROR", description="boom"),
+        attributes={"gen_ai.usage.input_tokens": 12, "ids": [1, 2, 3], "f": 0.1},
+        events=[SpanEvent(name="e", timestamp=1.25, attributes={"a": True})],
+        links=[SpanLink(trace_id="01" * 16, span_id="02" * 8)],
+        start_time=1.0,
+        end_time=1.1,
+        resource={"service.name": "agent"},
+    ),
+    ResourcesUpdate(
+        resources_id="rs-1",
+        version=3,
+        create_time=1.0,
+        update_time=2.0,
+        resources={
+            "prompt": PromptTemplate(template="Hi {name}", engine="f-string"),
+            "llm": LLM(endpoint="http://127.0.0.1:8000/v1", model="m", sampling_parameters={"temperature": 0.7}),
+            "proxy": ProxyLLM(endpoint="http://127.0.0.1:4747", model="m"),
+        },
+    ),
+    Worker(
+        worker_id="w",
+        status=WorkerStatus.BUSY,
+        heartbeat_stats={"cpu": 0.5},
+        last_heartbeat_time=1.0,
+        current_rollout_id="ro-1",
+        current_attempt_id="at-1",
+    ),
+    Triplet(
+        prompt_token_ids=[1, 2],
+        response_token_ids=[3],
+        prompt_text="p",
+        response_text="r",
+        response_logprobs=[-0.5],
+        reward=1.0,
+        rollout_id="ro-1",
+        attempt_id="at-1",
+        span_id="s",
+    ),
 ]
 
 

@@ -26,7 +26,7 @@ def test_clients_share_a_pool_per_loop_and_keep_their_endpoint_and_key() -> None
                 assert reply.choices[0].message.content == "echo: hi"
             return plain._client, routed
 
-        first_pool, routed = asyncio.run(calls())
+        first_pool, _routed = asyncio.run(calls())
         assert len(server.calls) == 2
         second_pool, _ = asyncio.run(calls())  # another event loop: its own pool
         assert second_pool is not first_pool

@@ -162,7 +162,7 @@ HOOKS = sorted(name for name in dir(hookspecs) if name.startswith("agl_"))
 
 
 def test_hookspecs_are_registered_and_documented() -> None:
-    assert HOOKS == sorted(name for name in hookspecs.__all__ if name.startswith("agl_"))
+    assert sorted(name for name in hookspecs.__all__ if name.startswith("agl_")) == HOOKS
     manager = get_plugin_manager()
     docs = (REPO / "docs" / "writing-plugins.md").read_text()
     for name in HOOKS:
@@ -256,7 +256,7 @@ def test_plugin_manager_is_shared_until_reset() -> None:
 
 def test_builtins_are_listed_from_metadata() -> None:
     infos = list_plugins()
-    assert BUILTINS <= entries(infos)
+    assert entries(infos) >= BUILTINS
     for info in infos:
         if (info.kind, info.name) in BUILTINS:
             assert info.distribution == "agl-kernel" and info.version == agl_kernel.__version__
@@ -314,7 +314,7 @@ def test_unknown_kind_lists_kinds() -> None:
 
 def test_example_plugin_is_discovered_with_distribution_and_version(with_example: Path) -> None:
     infos = list_plugins()
-    assert EXAMPLE_ENTRIES | BUILTINS <= entries(infos)
+    assert entries(infos) >= EXAMPLE_ENTRIES | BUILTINS
     example = {(i.kind, i.name): i for i in infos if i.distribution == "agl-example-plugin"}
     assert set(example) == EXAMPLE_ENTRIES
     assert {i.version for i in example.values()} == {"0.3.1"}
@@ -390,12 +390,12 @@ def test_a_new_sys_path_entry_is_seen_without_reset(example_site: Path) -> None:
 def test_disable_autoload_keeps_only_kernel_builtins(with_example: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AGL_DISABLE_PLUGIN_AUTOLOAD", "1")
     assert {i.distribution for i in list_plugins()} == {"agl-kernel"}
-    assert BUILTINS <= entries(list_plugins())
+    assert entries(list_plugins()) >= BUILTINS
     with pytest.raises(PluginNotFoundError, match="hidden by AGL_DISABLE_PLUGIN_AUTOLOAD=1"):
         load_component("stores", "example")
     assert get_plugin_manager().get_plugin("example") is None
     monkeypatch.setenv("AGL_DISABLE_PLUGIN_AUTOLOAD", "0")
-    assert EXAMPLE_ENTRIES <= entries(list_plugins())
+    assert entries(list_plugins()) >= EXAMPLE_ENTRIES
 
 
 @pytest.mark.parametrize(
@@ -414,7 +414,7 @@ def test_agl_plugins_selects_distributions_or_names(
     monkeypatch.setenv("AGL_DISABLE_PLUGIN_AUTOLOAD", "1")  # AGL_PLUGINS wins, as PYTEST_PLUGINS does
     infos = list_plugins()
     assert {(i.kind, i.name) for i in infos if i.distribution == "agl-example-plugin"} == expected
-    assert BUILTINS <= entries(infos)
+    assert entries(infos) >= BUILTINS
 
 
 # --------------------------------------------------------------------------------- other failures, synthetic dists
@@ -482,9 +482,12 @@ def test_cli_lists_builtins_and_the_example_plugin(example_site: Path) -> None:
     result = run_python(example_site, "-m", "agl_kernel.cli", "plugins", "--json")
     assert result.returncode == 0, result.stderr
     listed = json.loads(result.stdout)
-    assert all(set(item) == {"kind", "name", "distribution", "version", "module", "error", "requires_kernel", "note"} for item in listed)
+    assert all(
+        set(item) == {"kind", "name", "distribution", "version", "module", "error", "requires_kernel", "note"}
+        for item in listed
+    )
     found = {(i["kind"], i["name"]): i for i in listed}
-    assert BUILTINS | EXAMPLE_ENTRIES <= set(found)
+    assert set(found) >= BUILTINS | EXAMPLE_ENTRIES
     for key in EXAMPLE_ENTRIES:
         assert (found[key]["distribution"], found[key]["version"]) == ("agl-example-plugin", "0.3.1")
     assert found["stores", "memory"]["distribution"] == "agl-kernel"
@@ -568,7 +571,10 @@ def test_the_plugin_template_implements_the_store_contract_exactly() -> None:
 def test_the_plugin_template_is_not_collected_by_the_repository_run() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "--collect-only", "-q", str(TEMPLATE)],
-        capture_output=True, text=True, cwd=REPO, timeout=120,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
     )
     assert "no tests collected" in result.stdout, result.stdout + result.stderr
 
@@ -581,7 +587,11 @@ def test_a_component_that_does_not_implement_its_kind_is_refused_at_load_and_by_
         site,
         "agl-wrong",
         entry_points={
-            "agl.algorithms": {"notalgo": "agl_wrong:NotAnAlgorithm", "ducky": "agl_wrong:Duck", "obj": "agl_wrong:THING"},
+            "agl.algorithms": {
+                "notalgo": "agl_wrong:NotAnAlgorithm",
+                "ducky": "agl_wrong:Duck",
+                "obj": "agl_wrong:THING",
+            },
             "agl.stores": {"half": "agl_wrong:HalfStore"},
         },
         modules={
@@ -598,7 +608,11 @@ def test_a_component_that_does_not_implement_its_kind_is_refused_at_load_and_by_
             """,
         },
     )
-    with pytest.raises(PluginError, match=r"'notalgo' from agl-wrong 1.0 .*is not a agl_kernel.algorithm.Algorithm and lacks run.*Report this to the authors of agl-wrong"):
+    with pytest.raises(
+        PluginError,
+        match=r"'notalgo' from agl-wrong 1.0 .*is not a agl_kernel.algorithm.Algorithm and lacks run"
+        r".*Report this to the authors of agl-wrong",
+    ):
         load_component("algorithms", "notalgo")
     with pytest.raises(PluginError, match=r"'obj' from agl-wrong 1.0 .*is a int, not a class or a factory"):
         load_component("algorithms", "obj")
@@ -632,13 +646,18 @@ def test_a_third_party_cannot_replace_a_builtin_by_name(site: Path) -> None:
     assert load_component("algorithms", "baseline") is Baseline
     assert load_component("algorithms", "baseline@agl-impostor").__name__ == "Fake"
     assert type(create_component("tracers", "noop@agl_impostor")).__name__ == "T"
-    with pytest.raises(PluginNotFoundError, match="'baseline' from the distribution 'agl-other'; 'baseline' is provided by: agl-impostor, agl-kernel"):
+    with pytest.raises(
+        PluginNotFoundError,
+        match="'baseline' from the distribution 'agl-other'; 'baseline' is provided by: agl-impostor, agl-kernel",
+    ):
         load_component("algorithms", "baseline@agl-other")
     notes = {(i.distribution, i.name): i.note for i in list_plugins("algorithms")}
     assert "this built-in is used" in notes[("agl-kernel", "baseline")]
     assert notes[("agl-impostor", "baseline")] == "shadowed by the kernel's built-in; use it as baseline@agl-impostor"
     result = run_python(site, "-m", "agl_kernel.cli", "plugins", "--kind", "algorithms")
-    assert result.returncode == 0 and "shadowed by the kernel's built-in; use it as baseline@agl-impostor" in result.stdout
+    assert (
+        result.returncode == 0 and "shadowed by the kernel's built-in; use it as baseline@agl-impostor" in result.stdout
+    )
 
 
 def test_a_plugin_for_another_kernel_version_is_skipped_saying_which_it_needs(site: Path) -> None:
@@ -657,7 +676,11 @@ def test_a_plugin_for_another_kernel_version_is_skipped_saying_which_it_needs(si
         modules={"agl_current": "from agl_kernel.algorithm import Baseline as Algo\n"},
         requires=("agl-kernel>=0.2,<0.3",),
     )
-    with pytest.raises(PluginError, match=r"agl-future 2.0 needs agl-kernel<10,>=9.0, but agl-kernel 0.2.\d+ is installed \(plugin API 1.0\); it is skipped"):
+    with pytest.raises(
+        PluginError,
+        match=r"agl-future 2.0 needs agl-kernel<10,>=9.0, but agl-kernel 0.2.\d+ is installed "
+        r"\(plugin API 1.0\); it is skipped",
+    ):
         load_component("algorithms", "future")
     assert load_component("algorithms", "current") is not None
     with pytest.warns(AglPluginWarning, match="'future-hooks': agl-future 2.0 needs agl-kernel<10,>=9.0"):
@@ -702,7 +725,10 @@ def test_a_raising_hook_is_logged_once_with_its_distribution_and_skipped(
     from agl_kernel.plugins import call_hook
 
     install_distribution(
-        site, "agl-buggy", entry_points={"agl.plugins": {"buggy": "agl_buggy"}}, modules={"agl_buggy": _raising_module(hook)}
+        site,
+        "agl-buggy",
+        entry_points={"agl.plugins": {"buggy": "agl_buggy"}},
+        modules={"agl_buggy": _raising_module(hook)},
     )
     monkeypatch.setenv("AGL_PLUGINS", "agl-buggy")
     reset_plugin_manager()
@@ -777,7 +803,10 @@ asyncio.run(serve())
 @pytest.mark.parametrize("strict", [False, True])
 def test_a_plugin_raising_in_every_hook_does_not_break_a_run_unless_strict(site: Path, strict: bool) -> None:
     install_distribution(
-        site, "agl-buggy", entry_points={"agl.plugins": {"buggy": "agl_buggy"}}, modules={"agl_buggy": RAISES_EVERYWHERE}
+        site,
+        "agl-buggy",
+        entry_points={"agl.plugins": {"buggy": "agl_buggy"}},
+        modules={"agl_buggy": RAISES_EVERYWHERE},
     )
     env = {"AGL_STRICT_PLUGINS": "1"} if strict else {}
     result = run_python(site, "-c", RUN, **env)

@@ -41,12 +41,17 @@ class RawBackend:
                 head = connection.recv(65536)
                 if head.startswith(b"GET"):
                     body = httpx.Response(200, json=MODELS).content
-                    connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
-                                       + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+                    connection.sendall(
+                        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+                        + body
+                    )
                 else:
                     event = b'data: {"choices": [{"index": 0, "delta": {"content": "par"}}]}\n\n'
-                    connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
-                                       b"Transfer-Encoding: chunked\r\n\r\n" + b"%x\r\n%s\r\n" % (len(event), event))
+                    connection.sendall(
+                        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                        b"Transfer-Encoding: chunked\r\n\r\n" + b"%x\r\n%s\r\n" % (len(event), event)
+                    )
 
     def close(self) -> None:
         self.listener.close()
@@ -64,7 +69,9 @@ async def serve(backends, body):
         attempted = await store.start_rollout({"q": 1})
         async with running_server(store, route_handlers=proxy.routes()) as url:
             try:
-                base = ProxyLLM(endpoint=url, model="m").get_base_url(attempted.rollout_id, attempted.attempt.attempt_id)
+                base = ProxyLLM(endpoint=url, model="m").get_base_url(
+                    attempted.rollout_id, attempted.attempt.attempt_id
+                )
                 answers = await asyncio.to_thread(body, proxy, url, base)
                 return answers, (await store.query_spans(attempted.rollout_id)).items
             finally:
@@ -91,8 +98,12 @@ def test_models_come_from_the_first_backend_that_answers_and_a_refused_backend_i
     assert answers[0].json() == answers[1].json() == MODELS
     assert "every backend is unreachable" in answers[3].json()["error"]["message"]  # the refused one is skipped
     error = answers[2].json()["error"]
-    assert error == {"message": "no backend answered /models", "type": "service_unavailable", "param": None,
-                     "code": 503}
+    assert error == {
+        "message": "no backend answered /models",
+        "type": "service_unavailable",
+        "param": None,
+        "code": 503,
+    }
 
 
 def test_backends_are_listed_replaced_and_checked_and_pause_shows():
@@ -155,7 +166,8 @@ def test_the_proxy_routes_in_the_openapi_document():
                 await proxy.aclose()
         return {
             (method, path, operation["operationId"], operation["summary"])
-            for path, item in schema["paths"].items() for method, operation in item.items()
+            for path, item in schema["paths"].items()
+            for method, operation in item.items()
             if "proxy" in path or "/attempt/" in path or path == "/v1/models"
         }
 
@@ -224,5 +236,7 @@ def test_check_request_lets_openai_shapes_through(operation, body):
 
 def test_backend_options_split_on_commas():
     assert serve_backends_option(["http://a/v1, http://b/v1", " ", "http://c/v1"]) == [
-        "http://a/v1", "http://b/v1", "http://c/v1"
+        "http://a/v1",
+        "http://b/v1",
+        "http://c/v1",
     ]

@@ -292,6 +292,7 @@ def test_train_apo(work: Path) -> None:
 
 def test_store_server_runner_rollouts_and_dashboard(work: Path) -> None:
     import httpx
+
     from agl_kernel.server import API_PREFIX
 
     port = free_port()

@@ -29,10 +29,10 @@ from typing import Any
 
 import pytest
 
+from agl_kernel.testing.openai_server import FakeOpenAIServer
+
 pytestmark = pytest.mark.requires_plugin("agl_algo_grpo", "agl_model_server", "agl_store_sqlite")
 pytest.importorskip("openai")
-
-from agl_kernel.testing.openai_server import FakeOpenAIServer
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 README_ENDPOINT = "http://127.0.0.1:8000/v1"
@@ -122,10 +122,9 @@ def bundled_model_server(tmp_path: Path) -> Iterator[str]:
 
 async def _grpo_rollouts() -> dict[str, Any]:
     """What the GRPO line left in the default store: its rollouts, and their LLM calls recorded by the proxy."""
+    from agl_kernel import semconv
     from agl_kernel.models import ProxyLLM, RolloutMode, RolloutStatus
     from agl_kernel.store.defaults import make_store
-
-    from agl_kernel import semconv
 
     store = make_store(None)  # the default: ./.agl/agl.db
     try:
@@ -148,7 +147,7 @@ async def _grpo_rollouts() -> dict[str, Any]:
 def run_example(endpoint: str, capsys: pytest.CaptureFixture[str]) -> tuple[dict[str, Any], str]:
     code = substituted(using_it_example(README.read_text(encoding="utf-8")), endpoint)
     namespace: dict[str, Any] = {"__name__": "readme_example"}
-    exec(compile(code, "README.md (Using it)", "exec"), namespace)  # noqa: S102 - the README's own code
+    exec(compile(code, "README.md (Using it)", "exec"), namespace)
     return namespace, capsys.readouterr().out
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from agl_kernel.errors import InvalidStatusTransitionError, NotFoundError, StoreClosedError
 from agl_kernel.imports import import_object
 from agl_kernel.models import AttemptStatus, RolloutConfig, RolloutStatus
@@ -198,6 +199,7 @@ def test_a_result_for_an_attempt_the_store_gave_up_on_is_discarded_quietly(verdi
 
 # ------------------------------------------------------------------------------------------------ processes
 
+
 def needs_server() -> None:
     pytest.importorskip("litestar", reason="the process tests need the server extra: pip install 'agl-kernel[server]'")
 
@@ -257,8 +259,20 @@ def test_a_killed_runner_s_rollout_is_retried_on_another_runner_with_the_default
     dataset = tmp_path / "tasks.json"
     dataset.write_text(json.dumps([{"pid_file": str(pid_file)}]))
     db, log = tmp_path / "agl.db", tmp_path / "dev.log"
-    command = [*PYTHON, "dev", "--strategy", "cs", "--runners", "2", "--path", str(db),
-               "--agent", f"{AGENTS}:pid_then_hang_once", "--dataset", str(dataset)]
+    command = [
+        *PYTHON,
+        "dev",
+        "--strategy",
+        "cs",
+        "--runners",
+        "2",
+        "--path",
+        str(db),
+        "--agent",
+        f"{AGENTS}:pid_then_hang_once",
+        "--dataset",
+        str(dataset),
+    ]
     with log.open("wb") as out:
         dev = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
     try:
@@ -380,8 +394,20 @@ def test_sigterm_stops_agl_dev_cleanly(tmp_path: Path) -> None:
     dataset = tmp_path / "tasks.json"
     dataset.write_text(json.dumps([{"seconds": 30}] * 4))
     log = tmp_path / "dev.log"
-    command = [*PYTHON, "dev", "--strategy", "cs", "--runners", "2", "--store", "memory",
-               "--agent", f"{AGENTS}:sleepy", "--dataset", str(dataset)]
+    command = [
+        *PYTHON,
+        "dev",
+        "--strategy",
+        "cs",
+        "--runners",
+        "2",
+        "--store",
+        "memory",
+        "--agent",
+        f"{AGENTS}:sleepy",
+        "--dataset",
+        str(dataset),
+    ]
     with log.open("wb") as out:
         dev = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
     try:

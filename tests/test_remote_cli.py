@@ -18,10 +18,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-pytestmark = pytest.mark.requires_plugin("agl_store_sqlite")
-
 from agl_kernel.client import LightningStoreClient
 from agl_kernel.imports import import_object
+
+pytestmark = pytest.mark.requires_plugin("agl_store_sqlite")
 
 _PROCESSES = f"{Path(__file__).with_name('store_processes.py')}"
 Server = import_object(f"{_PROCESSES}:Server")

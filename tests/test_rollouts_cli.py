@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.requires_plugin("agl_store_sqlite")
-
 from agl_kernel.trainer import Trainer
+
+pytestmark = pytest.mark.requires_plugin("agl_store_sqlite")
 
 
 def agent(task: dict, resources: dict) -> float:

@@ -184,7 +184,7 @@ def test_agl_dev_twice_in_one_folder_then_runs_list(tmp_path: Path) -> None:
     assert listed.returncode == 0, listed.stderr
     runs = json.loads(listed.stdout)["runs"]
     assert len(runs) == 3
-    newest, middle, oldest = runs
+    _newest, middle, oldest = runs
     assert oldest["by_status"] == {"succeeded": 2} and middle["by_status"] == {"failed": 2}
     assert f"run {middle['run_id']}" in second.stdout
     table = agl("runs", "list", cwd=tmp_path)
@@ -216,7 +216,9 @@ PROMPT_AGENT = textwrap.dedent(
 
 def test_agl_dev_starts_from_resources_given_as_json_or_python(tmp_path: Path) -> None:
     (tmp_path / "agents.py").write_text(PROMPT_AGENT)
-    (tmp_path / "seeds.json").write_text(json.dumps({"prompt": {"resource_type": "prompt_template", "template": "from json {x}"}}))
+    (tmp_path / "seeds.json").write_text(
+        json.dumps({"prompt": {"resource_type": "prompt_template", "template": "from json {x}"}})
+    )
     spec = ["--agent", "agents.py:agent", "--dataset", "agents.py:tasks"]
     from_json = agl("dev", *spec, "--resources", "seeds.json", cwd=tmp_path)
     assert "the prompt is from json {x}" in from_json.stdout, from_json.stdout + from_json.stderr
@@ -233,10 +235,25 @@ def test_runner_processes_ignore_the_trainers_algorithm_variables(tmp_path: Path
     the variable and must not check it against an algorithm they do not run."""
     (tmp_path / "agents.py").write_text(PROMPT_AGENT)
     env_run = subprocess.run(
-        [sys.executable, "-m", "agl_kernel.cli", "dev", "--agent", "agents.py:agent", "--dataset", "agents.py:tasks",
-         "--strategy", "cs", "--resources", "agents.py:seeds"],
-        cwd=tmp_path, env={**os.environ, "AGL_ALGORITHM__MAX_ATTEMPTS": "1", "COLUMNS": "200"},
-        capture_output=True, text=True, timeout=180,
+        [
+            sys.executable,
+            "-m",
+            "agl_kernel.cli",
+            "dev",
+            "--agent",
+            "agents.py:agent",
+            "--dataset",
+            "agents.py:tasks",
+            "--strategy",
+            "cs",
+            "--resources",
+            "agents.py:seeds",
+        ],
+        cwd=tmp_path,
+        env={**os.environ, "AGL_ALGORITHM__MAX_ATTEMPTS": "1", "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
     assert env_run.returncode == 0, env_run.stdout + env_run.stderr
     assert "rollouts: 1  finished: 1  failed: 0" in env_run.stdout, env_run.stdout

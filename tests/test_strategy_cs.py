@@ -14,9 +14,9 @@ import pytest
 
 pytest.importorskip("litestar", reason="the cs strategy needs the server extra: pip install 'agl-kernel[server]'")
 
-from agl_kernel import semconv  # noqa: E402
-from agl_kernel.models import AttemptStatus, RolloutConfig  # noqa: E402
-from agl_kernel.trainer import Trainer  # noqa: E402
+from agl_kernel import semconv
+from agl_kernel.models import AttemptStatus, RolloutConfig
+from agl_kernel.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 CALC = REPO / "contrib" / "calc_agent" / "calc_agent.py"
@@ -106,18 +106,22 @@ def test_sigkilled_runner_s_rollout_is_retried_on_another_runner(tmp_path: Path)
 
 def test_ctrl_c_stops_the_trainer_and_every_runner_process(tmp_path: Path) -> None:
     script = tmp_path / "run.py"
-    script.write_text(textwrap.dedent(f"""
+    script.write_text(
+        textwrap.dedent(f"""
         import faulthandler, signal
         faulthandler.register(signal.SIGUSR1, all_threads=True)  # the test asks for stacks if the trainer hangs
         from agl_kernel.trainer import Trainer
         tasks = [{{"seconds": 30}}] * 8
         Trainer(strategy="cs", n_runners=4, store="memory", progress=False).dev({str(AGENTS) + ":slow"!r}, tasks)
-    """))
+    """)
+    )
     log = tmp_path / "trainer.log"  # a file, not a pipe: an unread pipe that fills up would block the trainer
     # As from a terminal: SIGINT not ignored (a background job of a non-interactive shell, e.g. CI, inherits it
     # ignored, and then Ctrl-C would never reach the trainer).
     trainer = subprocess.Popen(
-        [sys.executable, str(script)], stdout=log.open("wb"), stderr=subprocess.STDOUT,
+        [sys.executable, str(script)],
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:

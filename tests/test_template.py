@@ -13,10 +13,10 @@ import os
 import shutil
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 REPO = Path(__file__).resolve().parents[1]
 TEMPLATE = REPO / "plugins" / "_template"
@@ -57,8 +57,8 @@ def test_the_templates_own_tests_pass_once_installed(installed_copy: tuple[Path,
     env = {k: v for k, v in os.environ.items() if k not in ("AGL_PLUGINS", "AGL_DISABLE_PLUGIN_AUTOLOAD")}
     env["PYTHONPATH"] = os.pathsep.join([str(site), *filter(None, [env.get("PYTHONPATH")])])
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "asyncio_default_fixture_loop_scope=function",
-         "tests", "--ignore", "tests/test_conformance.py"],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+         "-o", "asyncio_default_fixture_loop_scope=function", "tests", "--ignore", "tests/test_conformance.py"],
         cwd=copy, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]

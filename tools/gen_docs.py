@@ -17,10 +17,11 @@ import argparse
 import difflib
 import inspect
 import sys
-import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "reference"
@@ -75,8 +76,8 @@ def components_page() -> str:
         "# Components",
         "",
         "Every component the distributions of this repository register, by kind: pick one by name (`--store sqlite`,",
-        "a run file's `name = ...`, `Trainer(store=\"sqlite\")`) and set its options (`--set store.KEY=VALUE`, the",
-        "run file's table, `AGL_STORE__KEY`, `options={\"store\": {...}}`). `agl plugins` lists what is installed.",
+        'a run file\'s `name = ...`, `Trainer(store="sqlite")`) and set its options (`--set store.KEY=VALUE`, the',
+        'run file\'s table, `AGL_STORE__KEY`, `options={"store": {...}}`). `agl plugins` lists what is installed.',
     ]
     by_kind: dict[str, list[tuple[str, str, str]]] = {}
     for distribution, groups in _distributions():
@@ -110,7 +111,11 @@ def cli_page() -> str:
 
     from agl_kernel.cli import cli
 
-    lines = ["# The `agl` command", "", "Every command, with its arguments and options (`agl COMMAND --help` says the same)."]
+    lines = [
+        "# The `agl` command",
+        "",
+        "Every command, with its arguments and options (`agl COMMAND --help` says the same).",
+    ]
 
     def walk(command: click.Command, path: list[str]) -> None:
         ctx = click.Context(command, info_name=" ".join(path))

@@ -18,10 +18,11 @@ from typing import Any
 if str(Path(__file__).resolve().parent) not in sys.path:  # loaded by path (agl dev FILE.py:NAME): find calc_task
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from calc_task import evaluate  # noqa: E402
+from calc_task import evaluate
 
-from agl_kernel.agent import rollout  # noqa: E402
-from agl_kernel.emit import operation  # noqa: E402
+from agl_kernel.agent import rollout
+from agl_kernel.emit import operation
+
 
 @operation("calculator")
 def calculator(expression: str) -> float:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import ast
 import operator
 import re
-from typing import Callable, Optional
+from collections.abc import Callable
 
 __all__ = ["EXPRESSION", "PROMPT", "TOOL_CALL", "calculate", "evaluate", "format_number", "score"]
 
@@ -44,7 +44,7 @@ def evaluate(expression: str) -> float:
     return _evaluate(ast.parse(expression.strip(), mode="eval"))
 
 
-def calculate(expression: str) -> Optional[float]:
+def calculate(expression: str) -> float | None:
     """:func:`evaluate`, or ``None`` for what it cannot evaluate."""
     try:
         return evaluate(expression)

@@ -20,18 +20,18 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "room_selector"))
 
-from room_selector import SEED_PROMPTS, make_dataset, room_agent  # noqa: E402
+from room_selector import SEED_PROMPTS, make_dataset, room_agent
 
-from agl_algo_apo import APO, APOReport  # noqa: E402
-from agl_kernel.models import LLM, PromptTemplate  # noqa: E402
-from agl_kernel.trainer import Trainer  # noqa: E402
+from agl_algo_apo import APO, APOReport
+from agl_kernel.models import LLM, PromptTemplate
+from agl_kernel.trainer import Trainer
 
 
-def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--beam-width", type=int, default=2)
@@ -47,7 +47,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: Optional[list[str]] = None, *, console: Any = None) -> APOReport:
+def main(argv: list[str] | None = None, *, console: Any = None) -> APOReport:
     args = parse_args(argv)
     base_url = os.environ.get("OPENAI_BASE_URL")
     if not base_url:

@@ -26,24 +26,24 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "calc_agent"))
 # reasoning-gym imports matplotlib (through cellpylib); nothing here plots: no GUI backend, no font-cache log line.
 os.environ.setdefault("MPLBACKEND", "Agg")
 
-import calc_task  # noqa: E402  (the task: safe arithmetic, the prompt, the reward rule)
-from calc_task import PROMPT, calculate, format_number  # noqa: E402
-from rich.console import Console  # noqa: E402
-from rich.table import Table  # noqa: E402
+import calc_task
+from calc_task import PROMPT, calculate, format_number
+from rich.console import Console
+from rich.table import Table
 
-from agl_kernel.agent import llm_rollout, openai_client  # noqa: E402
-from agl_kernel.emit import operation  # noqa: E402
-from agl_kernel.models import ProxyLLM, RolloutConfig  # noqa: E402
+from agl_kernel.agent import llm_rollout, openai_client
+from agl_kernel.emit import operation
+from agl_kernel.models import ProxyLLM, RolloutConfig
 
 
 @operation("calculator")
-def calculator(expression: str) -> Optional[float]:
+def calculator(expression: str) -> float | None:
     """The tool (an ``operation`` span): + - * / and parentheses; ``None`` for what it cannot evaluate."""
     return calculate(expression)
 
@@ -125,12 +125,11 @@ class _ServerSink:
 
 async def train(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     from agl_algo_grpo import GRPO, LLMPublisher, keep_freed_memory
-    from agl_model_server import ModelServer
-
     from agl_kernel.proxy import LLMProxy
     from agl_kernel.server import running_server
     from agl_kernel.store.defaults import describe_store, make_store
     from agl_kernel.trainer import Trainer
+    from agl_model_server import ModelServer
 
     if args.device == "cpu":
         keep_freed_memory()  # before the threads that load, serve and train start (see its docstring)
@@ -180,7 +179,7 @@ async def train(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     }
 
 
-def model_cache_dir(model: str) -> Optional[Path]:
+def model_cache_dir(model: str) -> Path | None:
     """Where the model server keeps the converted default model (SmolLM2, GGUF → transformers, made on first use),
     or ``None`` when ``model`` is a directory of the user's own."""
     from agl_model_server import default_model_dir
@@ -229,7 +228,7 @@ def disk_table(result: dict[str, Any]) -> Table:
     return table
 
 
-def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--batch-size", type=int, default=4, help="tasks per step")
@@ -253,7 +252,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
+def main(argv: list[str] | None = None) -> dict[str, Any]:
     import logging
 
     args = parse_args(argv)

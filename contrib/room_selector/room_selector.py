@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import random
 import re
-from typing import Any, Optional
+from typing import Any
 
 from agl_kernel.agent import openai_client, rollout
 from agl_kernel.emit import operation
@@ -80,7 +80,7 @@ def list_rooms(task: dict[str, Any], date: str, time: str, duration_min: int) ->
     return [{**room, "free": not _booked(room["id"], date, start, end, task["bookings"])} for room in ROOMS]
 
 
-def best_room(task: dict[str, Any]) -> Optional[str]:
+def best_room(task: dict[str, Any]) -> str | None:
     """The smallest free room that seats everyone and has every piece of equipment asked for (``None``: none)."""
     rooms = list_rooms(task, task["date"], task["time"], task["duration_min"])
     fits = [
@@ -91,7 +91,7 @@ def best_room(task: dict[str, Any]) -> Optional[str]:
     return min(fits, key=lambda r: (r["capacity"], r["id"]))["id"] if fits else None
 
 
-def room_reward(task: dict[str, Any], answer: Optional[str]) -> float:
+def room_reward(task: dict[str, Any], answer: str | None) -> float:
     best = best_room(task)
     if answer is None:
         return 0.0
@@ -144,7 +144,7 @@ def make_dataset(n: int, *, seed: int = 0) -> list[dict[str, Any]]:
     return tasks
 
 
-def parse_answer(text: Optional[str]) -> Optional[str]:
+def parse_answer(text: str | None) -> str | None:
     found = _ANSWER.findall(text or "")
     if not found:
         return None
@@ -173,7 +173,7 @@ async def room_agent(task: dict[str, Any], resources: dict[str, Any]) -> float:
         return list_rooms(task, str(arguments["date"]), str(arguments["time"]), int(arguments["duration_min"]))
 
     client = openai_client(llm, max_retries=2)
-    answer: Optional[str] = None
+    answer: str | None = None
     for _ in range(4):
         reply = await client.chat.completions.create(
             model=llm.model,

@@ -45,7 +45,10 @@ def agent_calls(base_url: str) -> list[str]:
     client = openai.OpenAI(base_url=base_url, api_key="none")
     messages = [{"role": "user", "content": "hello"}]
     first = client.chat.completions.create(model="m", messages=messages)
-    messages += [{"role": "assistant", "content": first.choices[0].message.content}, {"role": "user", "content": "more"}]
+    messages += [
+        {"role": "assistant", "content": first.choices[0].message.content},
+        {"role": "user", "content": "more"},
+    ]
     stream = client.chat.completions.create(model="m", messages=messages, stream=True)
     second = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
     third = client.completions.create(model="m", prompt="complete me", max_tokens=5).choices[0].text
@@ -72,7 +75,9 @@ def test_agent_calls_through_the_proxy_become_triplets_with_the_exact_token_ids(
         assert len(span.attributes[semconv.LLM_RESPONSE_LOGPROBS]) == len(text)
         assert span.attributes["agl.resources.version"] == 1 and span.status.status_code == "OK"
     assert llm[1].attributes[semconv.GEN_AI_REQUEST_STREAM] is True
-    assert llm[0].attributes[semconv.LLM_PROMPT_TOKEN_IDS] == tokenize(render_chat([{"role": "user", "content": "hello"}]))
+    assert llm[0].attributes[semconv.LLM_PROMPT_TOKEN_IDS] == tokenize(
+        render_chat([{"role": "user", "content": "hello"}])
+    )
 
     result = TripletAdapter(require_reward=False).adapt(spans)
     assert [t.response_token_ids for t in result.triplets] == [tokenize(text) for text in texts]
@@ -86,14 +91,18 @@ def test_bad_calls_get_openai_errors_and_failed_spans_and_nothing_hangs():
         async def body(store, proxy, url, rollout_id, attempt_id):
             def calls():
                 errors = {}
-                unknown = openai.OpenAI(base_url=f"{url}/rollout/ro-nope/attempt/at-nope/v1", api_key="x", max_retries=0)
+                unknown = openai.OpenAI(
+                    base_url=f"{url}/rollout/ro-nope/attempt/at-nope/v1", api_key="x", max_retries=0
+                )
                 try:
                     unknown.chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}])
                 except openai.NotFoundError as exc:
                     errors["unknown"] = exc
                 client = openai.OpenAI(
-                    base_url=ProxyLLM(endpoint=url, model="m").get_base_url(rollout_id, attempt_id), api_key="x",
-                    max_retries=0, timeout=10,
+                    base_url=ProxyLLM(endpoint=url, model="m").get_base_url(rollout_id, attempt_id),
+                    api_key="x",
+                    max_retries=0,
+                    timeout=10,
                 )
                 try:
                     client.chat.completions.create(model="fail", messages=[{"role": "user", "content": "x"}])
@@ -152,7 +161,7 @@ def test_rollouts_stick_to_a_backend_and_pause_holds_new_calls():
             await asyncio.wait_for(held, 10)
             return spans, was_held, others
 
-        spans, was_held, others = asyncio.run(with_proxy([one.base_url, two.base_url], body))
+        spans, was_held, _others = asyncio.run(with_proxy([one.base_url, two.base_url], body))
     by_rollout = {}
     for span in spans:
         by_rollout.setdefault(span.rollout_id, set()).add(span.attributes["agl.llm.backend"])
@@ -182,10 +191,25 @@ def test_agl_proxy_command_serves_the_proxy_with_its_store(tmp_path):
     attempted = asyncio.run(start())
     port = free_port()
     with FakeOpenAIServer() as backend:
-        command = [sys.executable, "-m", "agl_kernel.cli", "proxy", "--llm-backend", backend.base_url,
-                   "--path", str(db), "--port", str(port)]
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                   env={**os.environ, "AGL_STORE_TOKEN": ""})
+        command = [
+            sys.executable,
+            "-m",
+            "agl_kernel.cli",
+            "proxy",
+            "--llm-backend",
+            backend.base_url,
+            "--path",
+            str(db),
+            "--port",
+            str(port),
+        ]
+        process = subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "AGL_STORE_TOKEN": ""},
+        )
         try:
             url = f"http://127.0.0.1:{port}"
             for _ in range(200):
@@ -245,10 +269,16 @@ def test_streamed_and_plain_calls_answer_200():
 
         codes = asyncio.run(with_proxy([backend.base_url], body))
     assert codes == {
-        "chat": 200, "text": 200,
-        "streamed chat": 200, "streamed chat type": "text/event-stream", "streamed chat done": True,
-        "streamed text": 200, "streamed text type": "text/event-stream", "streamed text done": True,
-        "pause": 200, "resume": 200,
+        "chat": 200,
+        "text": 200,
+        "streamed chat": 200,
+        "streamed chat type": "text/event-stream",
+        "streamed chat done": True,
+        "streamed text": 200,
+        "streamed text type": "text/event-stream",
+        "streamed text done": True,
+        "pause": 200,
+        "resume": 200,
     }
 
 
@@ -264,10 +294,16 @@ MALFORMED_CHATS = [
     ({"model": "m", "messages": [{"role": "user", "content": ["x"]}]}, "messages[0].content[0]", "must be an object"),
     ({"model": 7, "messages": [{"role": "user", "content": "hi"}]}, "model", "must be a string"),
     ({"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": "yes"}, "stream", "true or false"),
-    ({"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream_options": "x"}, "stream_options",
-     "must be an object"),
-    ({"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": "9"}, "max_tokens",
-     "must be an integer"),
+    (
+        {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream_options": "x"},
+        "stream_options",
+        "must be an object",
+    ),
+    (
+        {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": "9"},
+        "max_tokens",
+        "must be an integer",
+    ),
     ({"model": "m", "messages": [{"role": "user", "content": "hi"}], "tools": {"a": 1}}, "tools", "must be a list"),
 ]
 MALFORMED_COMPLETIONS = [

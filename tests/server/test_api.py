@@ -12,6 +12,9 @@ from typing import Any
 
 import httpx
 import pytest
+from litestar import get
+from litestar.di import NamedDependency
+
 from agl_kernel.client import LightningStoreClient, StoreRequestError, StoreServerError
 from agl_kernel.errors import InvalidStatusTransitionError, NotFoundError, StoreClosedError
 from agl_kernel.models import AttemptStatus, PromptTemplate
@@ -19,8 +22,6 @@ from agl_kernel.plugins import hookimpl
 from agl_kernel.server import ServerThread, create_app
 from agl_kernel.store.base import LightningStore
 from agl_kernel.store.memory import InMemoryLightningStore
-from litestar import get
-from litestar.di import NamedDependency
 
 
 class FlakyStore(InMemoryLightningStore):

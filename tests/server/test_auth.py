@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+
 from agl_kernel.client import LightningStoreClient, StoreAuthError
 from agl_kernel.server import ServerThread, create_app
 from agl_kernel.store.memory import InMemoryLightningStore
@@ -75,8 +76,9 @@ async def test_client_with_and_without_token(url: str, monkeypatch: pytest.Monke
 
 def test_a_route_marked_public_is_served_without_the_token() -> None:
     """Static files (the dashboard's page) opt out with ``opt={PUBLIC: True}``; every other route keeps the check."""
-    from agl_kernel.server import PUBLIC
     from litestar import get
+
+    from agl_kernel.server import PUBLIC
 
     @get("/page", opt={PUBLIC: True}, media_type="text/html")
     async def page() -> str:

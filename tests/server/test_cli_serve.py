@@ -8,8 +8,9 @@ from typing import Any
 
 import httpx
 import pytest
-from agl_kernel.cli import cli
 from click.testing import CliRunner
+
+from agl_kernel.cli import cli
 
 
 def test_refuses_an_open_address_without_a_token(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
+
 from agl_kernel.client import LightningStoreClient, StoreConnectionError
 from agl_kernel.errors import NotFoundError
 from agl_kernel.models import AttemptStatus

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from agl_kernel.store.memory import InMemoryLightningStore
 from agl_kernel.testing import StoreConformanceSuite
 

@@ -27,6 +27,7 @@ import pytest
 pytest.importorskip("schemathesis", reason="pip install schemathesis")
 
 import httpx
+
 from agl_kernel.server import ServerThread, create_app
 from agl_kernel.server._openapi import openapi_document
 from agl_kernel.store.memory import InMemoryLightningStore

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from agl_kernel.client import LightningStoreClient, StoreConnectionError, StoreServerError
 from agl_kernel.models import AttemptStatus, RolloutStatus
 from agl_kernel.testing import make_span

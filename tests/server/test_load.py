@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from agl_kernel.client import LightningStoreClient
 from agl_kernel.models import AttemptStatus
 from agl_kernel.testing import make_span

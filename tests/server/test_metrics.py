@@ -7,6 +7,7 @@ import re
 
 import httpx
 import pytest
+
 from agl_kernel.client import LightningStoreClient
 from agl_kernel.models import AttemptStatus
 from agl_kernel.server import ServerThread, create_app

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import importlib.util
 
-import agl_kernel.server
 import pytest
+from click.testing import CliRunner
+
+import agl_kernel.server
 from agl_kernel.cli import cli
 from agl_kernel.errors import MissingDependencyError
-from click.testing import CliRunner
 
 
 @pytest.fixture

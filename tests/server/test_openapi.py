@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
+
 from agl_kernel.client import LightningStoreClient
 from agl_kernel.errors import InvalidQueryError
 from agl_kernel.server import ServerThread, create_app

@@ -11,14 +11,14 @@ import msgspec
 import pytest
 
 trace_service = pytest.importorskip("opentelemetry.proto.collector.trace.v1.trace_service_pb2")
-from agl_kernel.models import AttemptedRollout, AttemptStatus  # noqa: E402
-from agl_kernel.server import ServerThread, create_app  # noqa: E402
-from agl_kernel.store.memory import InMemoryLightningStore  # noqa: E402
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue, KeyValueList  # noqa: E402
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource  # noqa: E402
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status  # noqa: E402
 
 from agl_kernel import semconv  # noqa: E402
+from agl_kernel.models import AttemptedRollout, AttemptStatus  # noqa: E402
+from agl_kernel.server import ServerThread, create_app  # noqa: E402
+from agl_kernel.store.memory import InMemoryLightningStore  # noqa: E402
 
 TRACE = bytes.fromhex("0af7651916cd43dd8448eb211c80319c")
 PROTO = {"content-type": "application/x-protobuf"}

@@ -16,9 +16,9 @@ import pytest
 
 pytest.importorskip("litestar", reason="pip install 'agl-kernel[server]'")
 
-from agl_kernel import semconv  # noqa: E402
-from agl_kernel.server import ServerThread, create_app  # noqa: E402
-from agl_kernel.store.memory import InMemoryLightningStore  # noqa: E402
+from agl_kernel import semconv
+from agl_kernel.server import ServerThread, create_app
+from agl_kernel.store.memory import InMemoryLightningStore
 
 
 @pytest.fixture(params=["memory", "sqlite"])

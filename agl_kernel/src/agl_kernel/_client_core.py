@@ -225,7 +225,7 @@ class ClientCore:
                     self._server_info = self._fetch_server_info()
             except StoreAuthError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - a description must not fail for a server that is not up yet
+            except Exception as exc:
                 reason = "not reachable yet" if isinstance(exc, httpx.TransportError) else "store not known"
                 return f"{self.url} (agl store server; {reason})"
         info = self._server_info
@@ -310,7 +310,7 @@ class ClientCore:
                     return _decoder(result_type).decode(answer) if result_type is not None else None
                 error = self._annotated(_error_from_answer(status, answer, f"{method} {path}"))
                 refused = getattr(error, "error", "") in ("StoreClosedError", "unavailable")
-                if not (status == 503 and refused or status in (502, 503, 504) and idempotent):
+                if not ((status == 503 and refused) or (status in (502, 503, 504) and idempotent)):
                     raise error
                 failure, retry = error, True
             if not retry or attempt >= self._retries or self._closed:

@@ -5,7 +5,7 @@ through the ``agl_register_commands`` hook, as a plugin's commands do (:mod:`agl
 from __future__ import annotations
 
 import json
-from typing import Any, Optional
+from typing import Any
 
 import click
 
@@ -21,7 +21,7 @@ __all__ = ["BUILTIN_COMMANDS"]
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of a table.")
 @click.option("--check", is_flag=True, help="Import every plugin and report the ones that fail to load.")
 @click.pass_context
-def plugins_command(ctx: click.Context, kind: Optional[str], as_json: bool, check: bool) -> None:
+def plugins_command(ctx: click.Context, kind: str | None, as_json: bool, check: bool) -> None:
     """List installed plugins: kind, name, distribution, version and module; `agl plugins show NAME` prints one
     component's options.
 
@@ -62,7 +62,9 @@ def plugins_command(ctx: click.Context, kind: Optional[str], as_json: bool, chec
     console = Console()
     console.print(table)
     for info in failed:
-        console.print(f"[red]{escape(info.kind)}/{escape(info.name)}[/red]: {escape(info.error or '')}", highlight=False)
+        console.print(
+            f"[red]{escape(info.kind)}/{escape(info.name)}[/red]: {escape(info.error or '')}", highlight=False
+        )
     for info in infos:
         if info.note:
             console.print(
@@ -77,7 +79,7 @@ def plugins_command(ctx: click.Context, kind: Optional[str], as_json: bool, chec
 @plugins_command.command("show")
 @click.argument("name")
 @click.option("--kind", type=click.Choice(KINDS), default=None, help="The kind, when NAME is used by several.")
-def plugins_show_command(name: str, kind: Optional[str]) -> None:
+def plugins_show_command(name: str, kind: str | None) -> None:
     """One component's options: name, type, default and what it does (from its options class), as a run file's
     table takes them (`[algorithm] name = "NAME"`, then the options; or --set algorithm.OPTION=VALUE)."""
     import attrs
@@ -129,7 +131,7 @@ def plugins_show_command(name: str, kind: Optional[str]) -> None:
 @click.option("--path", default=None, help="The store's file, for stores that keep one. Default: ./.agl/agl.db.")
 @click.option("--tasks", "n_tasks", type=click.IntRange(min=1), default=20, show_default=True)
 @click.option("--workers", "n_workers", type=click.IntRange(min=1), default=4, show_default=True)
-def demo_command(store: Optional[str], path: Optional[str], n_tasks: int, n_workers: int) -> None:
+def demo_command(store: str | None, path: str | None, n_tasks: int, n_workers: int) -> None:
     """Train the baseline algorithm on a toy arithmetic agent, in this process."""
     from agl_kernel._demo import run_demo
 
@@ -149,7 +151,7 @@ def _with_store_options(command: Any) -> Any:
     return command
 
 
-def _run_on_store(coroutine: Any, url: Optional[str] = None) -> Any:
+def _run_on_store(coroutine: Any, url: str | None = None) -> Any:
     """Run a read of the store (a server refusing the token is one line: the ``agl`` group turns it into one)."""
     import asyncio
 
@@ -175,12 +177,12 @@ def rollouts_group() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def rollouts_why_command(
     rollout_id: str,
-    store: Optional[str],
-    path: Optional[str],
-    url: Optional[str],
-    token: Optional[str],
+    store: str | None,
+    path: str | None,
+    url: str | None,
+    token: str | None,
     attempt_id: str,
-    agent_match: Optional[str],
+    agent_match: str | None,
     merge: bool,
     final_reward: str,
     as_json: bool,
@@ -228,15 +230,15 @@ _STATUSES = ["queuing", "preparing", "running", "succeeded", "failed", "cancelle
 @click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True, help="Show at most this many.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def rollouts_list_command(
-    store: Optional[str],
-    path: Optional[str],
-    url: Optional[str],
-    token: Optional[str],
+    store: str | None,
+    path: str | None,
+    url: str | None,
+    token: str | None,
     statuses: tuple[str, ...],
     modes: tuple[str, ...],
-    since: Optional[str],
-    until: Optional[str],
-    run: Optional[str],
+    since: str | None,
+    until: str | None,
+    run: str | None,
     limit: int,
     as_json: bool,
 ) -> None:
@@ -271,7 +273,7 @@ def rollouts_list_command(
 @_token_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def rollouts_show_command(
-    rollout_id: str, store: Optional[str], path: Optional[str], url: Optional[str], token: Optional[str], as_json: bool
+    rollout_id: str, store: str | None, path: str | None, url: str | None, token: str | None, as_json: bool
 ) -> None:
     """One rollout: its attempts, reward and the exception its last failed attempt ended with."""
     from agl_kernel import _rollouts_view, _why
@@ -296,7 +298,7 @@ def runs_group() -> None:
 @click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True, help="Show at most this many.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def runs_list_command(
-    store: Optional[str], path: Optional[str], url: Optional[str], token: Optional[str], limit: int, as_json: bool
+    store: str | None, path: str | None, url: str | None, token: str | None, limit: int, as_json: bool
 ) -> None:
     """The newest runs: id, algorithm, start time, rollouts finished / failed / running, the resources they used."""
     from agl_kernel import _rollouts_view, _why
@@ -318,9 +320,7 @@ def resources_group() -> None:
 @resources_group.command("list")
 @_with_store_options
 @_token_option
-def resources_list_command(
-    store: Optional[str], path: Optional[str], url: Optional[str], token: Optional[str]
-) -> None:
+def resources_list_command(store: str | None, path: str | None, url: str | None, token: str | None) -> None:
     """Every resources id: its number of versions, when it last changed, and what it holds."""
     from rich.console import Console
 
@@ -337,12 +337,12 @@ def resources_list_command(
 @_token_option
 def resources_show_command(
     name: str,
-    resources_id: Optional[str],
+    resources_id: str | None,
     diff: bool,
-    store: Optional[str],
-    path: Optional[str],
-    url: Optional[str],
-    token: Optional[str],
+    store: str | None,
+    path: str | None,
+    url: str | None,
+    token: str | None,
 ) -> None:
     """The history of the resource NAME (a prompt template, an LLM): every version of the resources id in which it
     changed, oldest first."""

@@ -7,7 +7,7 @@ on purpose now and then) and returns a reward; the rollouts, their attempts and 
 from __future__ import annotations
 
 import random
-from typing import Any, Optional
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -31,11 +31,11 @@ def make_tasks(n_tasks: int, seed: int = 0) -> list[dict[str, int]]:
 
 def run_demo(
     *,
-    store: Optional[str] = None,
-    path: Optional[str] = None,
+    store: str | None = None,
+    path: str | None = None,
     n_tasks: int = 20,
     n_workers: int = 4,
-    console: Optional[Console] = None,
+    console: Console | None = None,
 ) -> BaselineReport:
     """Run the toy loop on ``store`` (by name; default: the SQLite file at ``path`` or ``./.agl/agl.db``)."""
     console = console or Console()
@@ -46,7 +46,9 @@ def run_demo(
         table.add_column(column)
     for outcome in report.outcomes:
         task = outcome.input
-        table.add_row(outcome.rollout_id, f"{task['a']} + {task['b']}", outcome.status, f"{outcome.reward}", str(outcome.attempts))
+        table.add_row(
+            outcome.rollout_id, f"{task['a']} + {task['b']}", outcome.status, f"{outcome.reward}", str(outcome.attempts)
+        )
     console.print(table)
     # The same words as the progress bar and GRPO's tables (agl_kernel.progress): finished, failed, reward ≥ 1.
     rewards = [o.reward for o in report.outcomes if o.reward is not None]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import difflib
 import time
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import msgspec
 from rich.console import Console
@@ -32,7 +32,7 @@ def resource_text(resource: Resource) -> str:
     return msgspec.json.encode(resource).decode()
 
 
-async def _all_versions(store: Any, resources_id: Optional[str] = None) -> list[ResourcesUpdate]:
+async def _all_versions(store: Any, resources_id: str | None = None) -> list[ResourcesUpdate]:
     versions: list[ResourcesUpdate] = []
     while True:
         page = await store.query_resources(resources_id=resources_id, limit=500, offset=len(versions))
@@ -67,7 +67,7 @@ class History:
     """Every version of the id, oldest first (the resource may be absent from some)."""
 
 
-async def history(store: Any, name: str, resources_id: Optional[str]) -> History:
+async def history(store: Any, name: str, resources_id: str | None) -> History:
     async with store:
         if resources_id is None:
             latest = await store.get_latest_resources()
@@ -86,7 +86,7 @@ async def history(store: Any, name: str, resources_id: Optional[str]) -> History
 
 
 def print_history(found: History, console: Console, diff: bool) -> None:
-    previous: Optional[str] = None
+    previous: str | None = None
     changes = 0
     for update in found.versions:
         resource = update.resources.get(found.name)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime
 import re
 import time
-from typing import Any, Optional
+from typing import Any
 
 import msgspec
 from rich.console import Console
@@ -26,7 +26,7 @@ FRAME_LINES = 12
 """How many lines from the end of a stack trace are shown."""
 
 
-def parse_time(value: Optional[str], option: str, now: Optional[float] = None) -> Optional[float]:
+def parse_time(value: str | None, option: str, now: float | None = None) -> float | None:
     """Seconds since the epoch for ``10m``/``2h``/``3d`` (that long ago) or an ISO time (local time when it has no
     zone); ``None`` for ``None``."""
     if value is None:
@@ -43,20 +43,20 @@ def parse_time(value: Optional[str], option: str, now: Optional[float] = None) -
     return parsed.timestamp()
 
 
-def _when(seconds: Optional[float]) -> str:
+def _when(seconds: float | None) -> str:
     if seconds is None:
         return "-"
     return datetime.datetime.fromtimestamp(seconds).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def last_frames(stacktrace: Optional[str], lines: int = FRAME_LINES) -> list[str]:
+def last_frames(stacktrace: str | None, lines: int = FRAME_LINES) -> list[str]:
     """The last ``lines`` lines of a formatted stack trace (the innermost frames and the exception line)."""
     if not stacktrace:
         return []
     return stacktrace.rstrip("\n").splitlines()[-lines:]
 
 
-async def exception_of(store: Any, rollout_id: str, attempt_id: str) -> Optional[dict[str, Any]]:
+async def exception_of(store: Any, rollout_id: str, attempt_id: str) -> dict[str, Any] | None:
     """The exception the attempt ended with (from the runner's exception span): type, message, stack trace."""
     spans = (await store.query_spans(rollout_id, attempt_id, name=semconv.EXCEPTION_SPAN)).items
     if not spans:
@@ -82,11 +82,11 @@ async def _last_failed_attempt(store: Any, rollout_id: str) -> Any:
 async def list_rollouts(
     store: Any,
     *,
-    status: Optional[list[str]] = None,
-    mode: Optional[list[str]] = None,
-    since: Optional[float] = None,
-    until: Optional[float] = None,
-    run: Optional[str] = None,
+    status: list[str] | None = None,
+    mode: list[str] | None = None,
+    since: float | None = None,
+    until: float | None = None,
+    run: str | None = None,
     limit: int = 50,
 ) -> dict[str, Any]:
     """The newest ``limit`` rollouts that match the filters, newest first, each with its reward and (for a failed

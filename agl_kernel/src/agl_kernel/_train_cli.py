@@ -10,7 +10,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any, Optional
+from typing import Any
 
 import click
 
@@ -120,7 +120,7 @@ def _load(values: dict[str, Any]) -> Any:
     return config
 
 
-def _command_line_token(values: dict[str, Any]) -> Optional[str]:
+def _command_line_token(values: dict[str, Any]) -> str | None:
     """``--token`` when it was given on the command line (not read from AGL_STORE_TOKEN)."""
     if values.get("token") is None:
         return None
@@ -128,7 +128,7 @@ def _command_line_token(values: dict[str, Any]) -> Optional[str]:
     return values["token"] if source == click.core.ParameterSource.COMMANDLINE else None
 
 
-def _required(value: Optional[str], key: str, flag: str) -> str:
+def _required(value: str | None, key: str, flag: str) -> str:
     if not value:
         raise ConfigError(f"{key}: required; pass {flag} or set {key.split('.')[1]} in the [run] table of --config")
     return value
@@ -173,7 +173,7 @@ def _dataset(spec: str, key: str) -> list[Any]:
         )
     try:
         tasks = data() if callable(data) else data
-    except Exception as err:  # noqa: BLE001 - the user's function: one line, not a traceback
+    except Exception as err:
         raise ConfigError(f"{key}: calling {spec!r} raised {type(err).__name__}: {err}") from None
     if isinstance(tasks, (str, bytes, dict)):
         raise ConfigError(f"{key}: {spec!r} gave a {type(tasks).__name__}, not a list of tasks")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Optional
+from typing import Any
 
 import msgspec
 from rich.console import Console
@@ -15,7 +15,7 @@ from agl_kernel.adapters import CallReason, TripletAdapter, TripletResult
 from agl_kernel.errors import AglError
 
 
-def open_store(store: Optional[str], path: Optional[str], url: Optional[str], token: Optional[str] = None) -> Any:
+def open_store(store: str | None, path: str | None, url: str | None, token: str | None = None) -> Any:
     """The store the command reads: ``--url`` (the ``http`` store), ``--store``/``--path``, or the default file,
     which must exist (a read-only command must not create an empty store)."""
     from agl_kernel.store.defaults import DEFAULT_STORE_PATH, make_store

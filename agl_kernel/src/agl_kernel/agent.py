@@ -24,13 +24,13 @@ import functools
 import inspect
 import weakref
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Optional, TypeVar, Union, overload
+from typing import Any, TypeVar, overload
 
 from agl_kernel.models import LLM, AttemptedRollout, PromptTemplate, ProxyLLM, Resource, RolloutMode, Span
 
 __all__ = ["LitAgent", "RolloutResult", "as_lit_agent", "llm_rollout", "openai_client", "prompt_rollout", "rollout"]
 
-RolloutResult = Union[None, float, int, bool, Sequence[Span]]
+RolloutResult = float | int | bool | Sequence[Span] | None
 """What a rollout returns: a reward, nothing, or spans to store for the attempt."""
 
 Resources = Mapping[str, Resource]
@@ -91,7 +91,7 @@ class _FunctionAgent(LitAgent):
         return f"<agl agent {getattr(self._fn, '__qualname__', self._fn)!r}>"
 
 
-def _one_of(kinds: tuple[type, ...], label: str, name: Optional[str]) -> Callable[[Resources, AttemptedRollout], Any]:
+def _one_of(kinds: tuple[type, ...], label: str, name: str | None) -> Callable[[Resources, AttemptedRollout], Any]:
     def pick(resources: Resources, attempted: AttemptedRollout) -> Any:
         if name is not None:
             if name not in resources:
@@ -138,7 +138,7 @@ def _resolve_llm(llm: LLM, attempted: AttemptedRollout) -> LLM:
 def rollout(fn: F) -> LitAgent: ...
 @overload
 def rollout(fn: None = None) -> Callable[[F], LitAgent]: ...
-def rollout(fn: Optional[F] = None) -> Any:
+def rollout(fn: F | None = None) -> Any:
     """``fn(task, resources[, rollout])``: the agent gets every resource of the rollout, by name."""
 
     def make(f: F) -> LitAgent:
@@ -147,7 +147,7 @@ def rollout(fn: Optional[F] = None) -> Any:
     return make(fn) if fn is not None else make
 
 
-def llm_rollout(fn: Optional[F] = None, *, resource_name: Optional[str] = None) -> Any:
+def llm_rollout(fn: F | None = None, *, resource_name: str | None = None) -> Any:
     """``fn(task, llm[, rollout])``: the agent gets the rollout's LLM (the only one, or ``resource_name``); a
     :class:`ProxyLLM` arrives with its endpoint already set to this attempt's URL, ready for an OpenAI client."""
     pick = _one_of((LLM,), "LLM", resource_name)
@@ -182,7 +182,7 @@ def openai_client(llm: LLM, **options: Any) -> Any:
     return shared.with_options(base_url=llm.endpoint, api_key=llm.api_key or "-", **options)
 
 
-def prompt_rollout(fn: Optional[F] = None, *, resource_name: Optional[str] = None) -> Any:
+def prompt_rollout(fn: F | None = None, *, resource_name: str | None = None) -> Any:
     """``fn(task, prompt_template[, rollout])``: the agent gets the rollout's prompt template (the only one, or
     ``resource_name``)."""
     pick = _one_of((PromptTemplate,), "prompt template", resource_name)

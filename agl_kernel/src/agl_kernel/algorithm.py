@@ -7,7 +7,7 @@ import re
 import statistics
 import time
 from collections.abc import Sequence
-from typing import Any, Optional
+from typing import Any
 
 import attrs
 import msgspec
@@ -46,12 +46,12 @@ class Algorithm(abc.ABC):
     (where to report rollouts as they end) before :meth:`run`.
     """
 
-    adapter: Optional[Any] = None
+    adapter: Any | None = None
     progress: ProgressReporter = NoProgress()
 
     @abc.abstractmethod
     async def run(
-        self, store: LightningStore, train_dataset: Sequence[Any], val_dataset: Optional[Sequence[Any]] = None
+        self, store: LightningStore, train_dataset: Sequence[Any], val_dataset: Sequence[Any] | None = None
     ) -> Any:
         """Train on ``train_dataset`` (validating on ``val_dataset``) through ``store``; returns a report."""
 
@@ -60,7 +60,7 @@ class RolloutOutcome(msgspec.Struct, frozen=True, kw_only=True):
     rollout_id: str
     input: Any
     status: str
-    reward: Optional[float]
+    reward: float | None
     attempts: int
 
 
@@ -68,19 +68,19 @@ class RolloutOutcome(msgspec.Struct, frozen=True, kw_only=True):
 class BaselineOptions:
     """Options of the baseline algorithm (``baseline``)."""
 
-    timeout: Optional[float] = attrs.field(default=None, validator=attrs.validators.optional(attrs.validators.gt(0)))
+    timeout: float | None = attrs.field(default=None, validator=attrs.validators.optional(attrs.validators.gt(0)))
     """Seconds to wait for the rollouts to end; those still running then are reported as they are (default: wait)."""
     max_attempts: int = attrs.field(default=DEFAULT_MAX_ATTEMPTS, validator=attrs.validators.ge(1))
     """Attempts per rollout, the first included: a failed, timed-out or unresponsive attempt (its runner died or lost
     the store) is retried on the next free runner while attempts are left; 1 never retries."""
-    unresponsive_seconds: Optional[float] = attrs.field(
+    unresponsive_seconds: float | None = attrs.field(
         default=DEFAULT_UNRESPONSIVE_SECONDS,
         # attrs' stubs type the validator by the default's type (float), not the field's (float | None)
         validator=attrs.validators.optional(attrs.validators.gt(0)),  # type: ignore[arg-type]
     )
     """Seconds without a heartbeat after which the store gives up on an attempt and retries it (the runner beats
     every 5 s); none turns the check off, and then a rollout whose runner died stays running."""
-    timeout_seconds: Optional[float] = attrs.field(
+    timeout_seconds: float | None = attrs.field(
         default=None, validator=attrs.validators.optional(attrs.validators.gt(0))
     )
     """Seconds one attempt may run before it is stopped (and retried while attempts are left); default: no limit."""
@@ -90,10 +90,10 @@ class RolloutFailure(msgspec.Struct, frozen=True, kw_only=True):
     """Why one rollout failed: its last attempt's exception (from the runner's ``agl.exception`` span)."""
 
     rollout_id: str
-    type: Optional[str] = None
+    type: str | None = None
     """The exception's type (``TimeoutError`` for an attempt stopped by its timeout); ``None``: none recorded."""
     message: str = ""
-    where: Optional[str] = None
+    where: str | None = None
     """``file:line`` of the innermost frame, where the exception was raised."""
 
 
@@ -108,7 +108,7 @@ class FailureSummary(msgspec.Struct, frozen=True, kw_only=True):
 class BaselineReport(msgspec.Struct, frozen=True, kw_only=True):
     outcomes: list[RolloutOutcome]
     by_status: dict[str, int]
-    mean_reward: Optional[float]
+    mean_reward: float | None
     failures: FailureSummary = msgspec.field(default_factory=FailureSummary)
     """The failed rollouts, with their exceptions (``failure_lines`` words it as the CLI prints it)."""
 
@@ -123,7 +123,7 @@ async def rollout_failure(store: LightningStore, rollout_id: str) -> RolloutFail
 
     try:
         spans = (await store.query_spans(rollout_id, "latest", name=semconv.EXCEPTION_SPAN)).items
-    except Exception:  # noqa: BLE001 - a summary must not fail the run it summarises
+    except Exception:
         spans = []
     if not spans:
         return RolloutFailure(rollout_id=rollout_id)
@@ -137,16 +137,18 @@ async def rollout_failure(store: LightningStore, rollout_id: str) -> RolloutFail
     )
 
 
-def _where(frames: list[tuple[str, str]]) -> Optional[str]:
+def _where(frames: list[tuple[str, str]]) -> str | None:
     """``file:line`` of the innermost frame in the user's own code (not the standard library, an installed
-    package or agl itself), else of the innermost frame."""
+    package, agl or one of its plugins, wherever they are installed), else of the innermost frame."""
     import os
+    import sys
     import sysconfig
 
-    skip = tuple(
-        os.path.join(os.path.realpath(p), "")
-        for p in {sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["purelib"], os.path.dirname(__file__)}
-    )
+    roots = {sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["purelib"]}
+    for name, module in list(sys.modules.items()):  # agl's packages, editable installs included
+        if "." not in name and name.startswith("agl_") and getattr(module, "__file__", None):
+            roots.add(os.path.dirname(module.__file__ or ""))
+    skip = tuple(os.path.join(os.path.realpath(root), "") for root in roots if root)
     for filename, line in reversed(frames):
         path = os.path.realpath(filename)
         if not path.startswith(skip) and "site-packages" not in path and not filename.startswith("<"):
@@ -197,11 +199,11 @@ class Baseline(Algorithm):
     def __init__(
         self,
         *,
-        config: Optional[RolloutConfig] = None,
-        timeout: Optional[float] = None,
+        config: RolloutConfig | None = None,
+        timeout: float | None = None,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
-        unresponsive_seconds: Optional[float] = DEFAULT_UNRESPONSIVE_SECONDS,
-        timeout_seconds: Optional[float] = None,
+        unresponsive_seconds: float | None = DEFAULT_UNRESPONSIVE_SECONDS,
+        timeout_seconds: float | None = None,
     ) -> None:
         if config is None:
             config = RolloutConfig(
@@ -211,7 +213,7 @@ class Baseline(Algorithm):
         self.timeout = timeout
 
     async def run(
-        self, store: LightningStore, train_dataset: Sequence[Any], val_dataset: Optional[Sequence[Any]] = None
+        self, store: LightningStore, train_dataset: Sequence[Any], val_dataset: Sequence[Any] | None = None
     ) -> BaselineReport:
         requests = [EnqueueRequest(input=task, mode=RolloutMode.TRAIN, config=self.config) for task in train_dataset]
         requests += [EnqueueRequest(input=task, mode=RolloutMode.VAL, config=self.config) for task in val_dataset or ()]
@@ -251,8 +253,8 @@ async def collect_outcomes(
     store: LightningStore,
     rollout_ids: Sequence[str],
     *,
-    timeout: Optional[float] = None,
-    progress: Optional[ProgressReporter] = None,
+    timeout: float | None = None,
+    progress: ProgressReporter | None = None,
     label: str = "rollouts",
 ) -> dict[str, RolloutOutcome]:
     """Wait (woken by the store) until every rollout ends or ``timeout`` passes, reporting to ``progress`` on the

@@ -7,7 +7,7 @@ raises, a store server refusing the token included, is one line with exit code 2
 from __future__ import annotations
 
 import warnings
-from typing import Any, Optional
+from typing import Any
 
 import click
 
@@ -25,7 +25,7 @@ class _AglGroup(click.Group):
         super().__init__(*args, **kwargs)
         self._commands_from: Any = None  # the plugin manager whose commands were added
 
-    def get_command(self, ctx: click.Context, cmd_name: str) -> Optional[click.Command]:
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         self.add_hook_commands()
         return super().get_command(ctx, cmd_name)
 
@@ -65,7 +65,7 @@ class _AglGroup(click.Group):
                 continue
             try:
                 impl.function(**{name: self for name in impl.argnames})
-            except Exception as err:  # noqa: BLE001 - a plugin's bug must not take the CLI down
+            except Exception as err:
                 if strict_plugins():
                     raise
                 warnings.warn(
@@ -97,7 +97,7 @@ def cli() -> None:
     """agl: train AI agents with reinforcement learning and prompt optimization."""
 
 
-def main(argv: Optional[list[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``agl`` console script."""
     cli.main(args=argv, prog_name="agl")
 

@@ -32,7 +32,7 @@ import inspect
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any, Optional, TypeVar
+from typing import Any, TypeVar
 
 import attrs
 from msgspec import UNSET, UnsetType
@@ -85,9 +85,9 @@ T = TypeVar("T")
 class HttpStoreOptions:
     """Options of the store server client (``http``)."""
 
-    url: Optional[str] = None
+    url: str | None = None
     """The store server's URL, http://host:port (default: $AGL_STORE_URL, else http://127.0.0.1:4747)."""
-    token: Optional[str] = attrs.field(default=None, repr=False)
+    token: str | None = attrs.field(default=None, repr=False)
     """The server's bearer token (default: $AGL_STORE_TOKEN)."""
     timeout: float = attrs.field(default=30.0, validator=attrs.validators.gt(0))
     """Seconds to wait for an answer (long polls get their waiting time on top)."""
@@ -239,8 +239,8 @@ class LightningStoreClient(ClientCore, LightningStore):
         rollout_id: str,
         *,
         status: RolloutStatus | UnsetType = UNSET,
-        mode: RolloutMode | None | UnsetType = UNSET,
-        resources_id: str | None | UnsetType = UNSET,
+        mode: RolloutMode | UnsetType | None = UNSET,
+        resources_id: str | UnsetType | None = UNSET,
         config: RolloutConfig | UnsetType = UNSET,
         metadata: dict[str, Any] | UnsetType = UNSET,
     ) -> Rollout:
@@ -261,7 +261,7 @@ class LightningStoreClient(ClientCore, LightningStore):
             chunk = min(remaining, wire.MAX_WAIT_SECONDS)
             body = wire.WaitBody(rollout_ids=ids, timeout=chunk)
             ended: list[Rollout] = await self._store_call("wait_for_rollouts", body, wait=chunk, empty=[])
-            if len(ended) >= len(ids) or self._closed or deadline is not None and time.monotonic() >= deadline:
+            if len(ended) >= len(ids) or self._closed or (deadline is not None and time.monotonic() >= deadline):
                 return ended
 
     async def delete_rollouts(
@@ -299,7 +299,7 @@ class LightningStoreClient(ClientCore, LightningStore):
         attempt_id: str = LATEST,
         *,
         status: AttemptStatus | UnsetType = UNSET,
-        worker_id: str | None | UnsetType = UNSET,
+        worker_id: str | UnsetType | None = UNSET,
         last_heartbeat_time: float | UnsetType = UNSET,
         metadata: dict[str, Any] | UnsetType = UNSET,
     ) -> Attempt:

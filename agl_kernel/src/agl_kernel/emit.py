@@ -24,7 +24,7 @@ import math
 import threading
 import warnings
 from collections.abc import Callable, Mapping
-from typing import Any, Optional, TypeVar, Union, overload
+from typing import Any, TypeVar, overload
 
 import msgspec
 
@@ -48,7 +48,7 @@ __all__ = [
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-_LAST_LLM_CALL: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar("agl_last_llm_call", default=None)
+_LAST_LLM_CALL: contextvars.ContextVar[str | None] = contextvars.ContextVar("agl_last_llm_call", default=None)
 _warned: set[str] = set()
 _warned_lock = threading.Lock()
 
@@ -57,7 +57,7 @@ class NoTraceContextWarning(UserWarning):
     """An emitter was called outside any trace context; it recorded nothing."""
 
 
-def _scope_or_warn(emitter: str) -> Optional[TraceScope]:
+def _scope_or_warn(emitter: str) -> TraceScope | None:
     scope = current_scope()
     if scope is None and emitter not in _warned:
         with _warned_lock:
@@ -90,7 +90,7 @@ def _json_fallback(value: Any) -> Any:
     return repr(value)
 
 
-def _step_span_id(step: Union[str, "Operation", SpanHandle, None]) -> Optional[str]:
+def _step_span_id(step: str | Operation | SpanHandle | None) -> str | None:
     if step is None:
         return None
     span_id = step.span_id if isinstance(step, (Operation, SpanHandle)) else step
@@ -105,7 +105,7 @@ def _step_span_id(step: Union[str, "Operation", SpanHandle, None]) -> Optional[s
 
 
 def _number(value: Any, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) and not hasattr(value, "__float__"):
+    if isinstance(value, bool) or (not isinstance(value, (int, float)) and not hasattr(value, "__float__")):
         raise TypeError(f"{what} must be a number, not {type(value).__name__} ({value!r})")
     number = float(value)
     if not math.isfinite(number):
@@ -113,7 +113,7 @@ def _number(value: Any, what: str) -> float:
     return number
 
 
-def _reward_attributes(value: Union[float, Mapping[str, float]], primary: Optional[str]) -> dict[str, Any]:
+def _reward_attributes(value: float | Mapping[str, float], primary: str | None) -> dict[str, Any]:
     if not isinstance(value, Mapping):
         if primary is not None:
             raise TypeError("primary= names one of several named rewards; a single value needs none")
@@ -141,12 +141,12 @@ def _reward_attributes(value: Union[float, Mapping[str, float]], primary: Option
 
 
 def emit_reward(
-    value: Union[float, Mapping[str, float]],
+    value: float | Mapping[str, float],
     *,
-    primary: Optional[str] = None,
-    step: Union[str, "Operation", SpanHandle, None] = None,
-    attributes: Optional[Mapping[str, Any]] = None,
-) -> Optional[str]:
+    primary: str | None = None,
+    step: str | Operation | SpanHandle | None = None,
+    attributes: Mapping[str, Any] | None = None,
+) -> str | None:
     """Record a reward; returns its span id (``None`` outside a trace context).
 
     ``value``: a number, or a dict of named numbers with ``primary`` naming the one that is *the* reward (not
@@ -164,7 +164,7 @@ def emit_reward(
     return scope.tracer.emit_span(scope, semconv.REWARD_SPAN, {**(attributes or {}), **reward_attributes})
 
 
-def emit_message(message: str, *, attributes: Optional[Mapping[str, Any]] = None) -> Optional[str]:
+def emit_message(message: str, *, attributes: Mapping[str, Any] | None = None) -> str | None:
     """Record a free-form message (a log line worth keeping with the trace); returns its span id."""
     if not isinstance(message, str):
         raise TypeError(f"emit_message() takes a str, not {type(message).__name__}; use emit_object() for objects")
@@ -174,7 +174,7 @@ def emit_message(message: str, *, attributes: Optional[Mapping[str, Any]] = None
     return scope.tracer.emit_span(scope, semconv.MESSAGE_SPAN, {**(attributes or {}), semconv.MESSAGE_BODY: message})
 
 
-def emit_object(obj: Any, *, attributes: Optional[Mapping[str, Any]] = None) -> Optional[str]:
+def emit_object(obj: Any, *, attributes: Mapping[str, Any] | None = None) -> str | None:
     """Record any object as JSON (see :func:`to_json`); returns its span id."""
     scope = _scope_or_warn("emit_object")
     if scope is None:
@@ -183,7 +183,7 @@ def emit_object(obj: Any, *, attributes: Optional[Mapping[str, Any]] = None) -> 
     return scope.tracer.emit_span(scope, semconv.OBJECT_SPAN, {**(attributes or {}), **recorded})
 
 
-def emit_exception(error: BaseException, *, attributes: Optional[Mapping[str, Any]] = None) -> Optional[str]:
+def emit_exception(error: BaseException, *, attributes: Mapping[str, Any] | None = None) -> str | None:
     """Record an exception the agent handled (type, message and stack trace; status ERROR); returns its span id."""
     if not isinstance(error, BaseException):
         raise TypeError(f"emit_exception() takes an exception, not {type(error).__name__}")
@@ -193,13 +193,13 @@ def emit_exception(error: BaseException, *, attributes: Optional[Mapping[str, An
     return scope.tracer.emit_span(scope, semconv.EXCEPTION_SPAN, dict(attributes or {}), error=error)
 
 
-def last_llm_call() -> Optional[str]:
+def last_llm_call() -> str | None:
     """The span id of the last LLM call made in this context (by an instrumented client), for
     ``emit_reward(..., step=last_llm_call())``; ``None`` when none was recorded."""
     return _LAST_LLM_CALL.get()
 
 
-def set_last_llm_call(span_id: Optional[str]) -> None:
+def set_last_llm_call(span_id: str | None) -> None:
     """For instrumentations: note the span id of the LLM call just started in this context."""
     _LAST_LLM_CALL.set(span_id)
 
@@ -219,11 +219,11 @@ class Operation:
 
     def __init__(
         self,
-        name: Optional[str] = None,
+        name: str | None = None,
         *,
         input: Any = _NOT_GIVEN,
-        agent: Optional[str] = None,
-        attributes: Optional[Mapping[str, Any]] = None,
+        agent: str | None = None,
+        attributes: Mapping[str, Any] | None = None,
         record_io: bool = True,
     ) -> None:
         if name is not None and (not isinstance(name, str) or not name):
@@ -235,11 +235,11 @@ class Operation:
         self.record_io = record_io
         self._input = input
         self._attributes = dict(attributes or {})
-        self._handle: Optional[SpanHandle] = None
-        self._span_id: Optional[str] = None
+        self._handle: SpanHandle | None = None
+        self._span_id: str | None = None
 
     @property
-    def span_id(self) -> Optional[str]:
+    def span_id(self) -> str | None:
         """The span id of the operation, once it has started (``None`` outside a trace context); it stays after
         the operation ends, for ``emit_reward(..., step=op)``."""
         return self._span_id
@@ -269,22 +269,22 @@ class Operation:
         self._handle = scope.tracer.start_span(scope, name, attributes, current=True)
         self._span_id = self._handle.span_id
 
-    def _end(self, error: Optional[BaseException]) -> None:
+    def _end(self, error: BaseException | None) -> None:
         handle, self._handle = self._handle, None
         if handle is not None:
             handle.end(error)
 
-    def __enter__(self) -> "Operation":
+    def __enter__(self) -> Operation:
         self._start(self.name or "operation", self._input)
         return self
 
-    def __exit__(self, exc_type: Any, exc: Optional[BaseException], tb: Any) -> None:
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
         self._end(exc)
 
-    async def __aenter__(self) -> "Operation":
+    async def __aenter__(self) -> Operation:
         return self.__enter__()
 
-    async def __aexit__(self, exc_type: Any, exc: Optional[BaseException], tb: Any) -> None:
+    async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
         self._end(exc)
 
     # -------------------------------------------------------------------------------- decorator
@@ -340,12 +340,12 @@ def operation(fn: F, /) -> F: ...
 
 @overload
 def operation(
-    name: Optional[str] = None,
+    name: str | None = None,
     /,
     *,
     input: Any = _NOT_GIVEN,
-    agent: Optional[str] = None,
-    attributes: Optional[Mapping[str, Any]] = None,
+    agent: str | None = None,
+    attributes: Mapping[str, Any] | None = None,
     record_io: bool = True,
 ) -> Operation: ...
 
@@ -355,8 +355,8 @@ def operation(
     /,
     *,
     input: Any = _NOT_GIVEN,
-    agent: Optional[str] = None,
-    attributes: Optional[Mapping[str, Any]] = None,
+    agent: str | None = None,
+    attributes: Mapping[str, Any] | None = None,
     record_io: bool = True,
 ) -> Any:
     """Record a step of the agent as a span: ``@operation``, ``@operation("name", agent="planner")`` or
@@ -368,14 +368,14 @@ def operation(
     return Operation(name, input=input, agent=agent, attributes=attributes, record_io=record_io)
 
 
-def _signature(fn: Callable[..., Any]) -> Optional[inspect.Signature]:
+def _signature(fn: Callable[..., Any]) -> inspect.Signature | None:
     try:
         return inspect.signature(fn)
     except (TypeError, ValueError):
         return None
 
 
-def _bound_arguments(signature: Optional[inspect.Signature], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+def _bound_arguments(signature: inspect.Signature | None, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     if signature is None:
         return {"args": list(args), "kwargs": kwargs}
     try:

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 __all__ = [
     "AglError",
-    "NotFoundError",
+    "ConfigError",
     "InvalidQueryError",
     "InvalidStatusTransitionError",
-    "ConfigError",
+    "LLMUnreachableError",
+    "MissingDependencyError",
+    "NotFoundError",
     "PluginError",
     "PluginNotFoundError",
-    "MissingDependencyError",
     "StoreClosedError",
     "StoreDamagedError",
-    "LLMUnreachableError",
 ]
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from typing import Any, Optional
+from typing import Any
 
 __all__ = ["json_or_text", "message_text", "to_genai_messages", "to_genai_output", "to_openai_messages"]
 
@@ -78,7 +78,7 @@ def to_genai_messages(messages: Iterable[Mapping[str, Any]]) -> list[dict[str, A
     return converted
 
 
-def to_genai_output(message: Mapping[str, Any], finish_reason: Optional[str]) -> dict[str, Any]:
+def to_genai_output(message: Mapping[str, Any], finish_reason: str | None) -> dict[str, Any]:
     """One choice's assistant message as a GenAI output message (with its ``finish_reason``)."""
     [converted] = to_genai_messages([message])
     converted["finish_reason"] = finish_reason or "stop"

@@ -10,7 +10,7 @@ on the response or on a choice, ``token_ids`` on each choice (in streams: on the
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Optional
+from typing import Any
 
 from agl_kernel import semconv
 from agl_kernel.emit import to_json
@@ -31,7 +31,7 @@ _HANDLED = {"model", "messages", "prompt", "tools", "stop", "n", "stream", "max_
 _NOT_RECORDED = {"extra_headers", "extra_query", "timeout"}
 
 
-def _int_list(value: Any) -> Optional[list[int]]:
+def _int_list(value: Any) -> list[int] | None:
     if isinstance(value, (list, tuple)) and value and all(type(x) is int for x in value):
         return list(value)
     return None
@@ -71,7 +71,9 @@ def request_attributes(operation: str, body: Mapping[str, Any], *, provider: str
         prompt = given.get("prompt")
         if isinstance(prompt, str):
             attributes[semconv.LLM_PROMPT_TEXT] = prompt
-            attributes[semconv.GEN_AI_INPUT_MESSAGES] = to_json(to_genai_messages([{"role": "user", "content": prompt}]))
+            attributes[semconv.GEN_AI_INPUT_MESSAGES] = to_json(
+                to_genai_messages([{"role": "user", "content": prompt}])
+            )
         elif (token_ids := _int_list(prompt)) is not None:  # the prompt given as token ids: recorded as they are
             attributes[semconv.LLM_PROMPT_TOKEN_IDS] = token_ids
     if "tools" in given:
@@ -82,7 +84,7 @@ def request_attributes(operation: str, body: Mapping[str, Any], *, provider: str
     return attributes
 
 
-def _logprobs(operation: str, logprobs: Any) -> Optional[list[float]]:
+def _logprobs(operation: str, logprobs: Any) -> list[float] | None:
     if not isinstance(logprobs, Mapping):
         return None
     if operation == "chat":
@@ -99,8 +101,12 @@ def response_attributes(operation: str, body: Mapping[str, Any]) -> dict[str, An
     first: Mapping[str, Any] = choices[0] if choices else {}
     outputs = []
     for choice in choices:
-        message = choice.get("message") or {} if operation == "chat" else {"role": "assistant", "content": choice.get("text")}
-        outputs.append(to_genai_output({k: v for k, v in message.items() if v is not None}, choice.get("finish_reason")))
+        message = (
+            choice.get("message") or {} if operation == "chat" else {"role": "assistant", "content": choice.get("text")}
+        )
+        outputs.append(
+            to_genai_output({k: v for k, v in message.items() if v is not None}, choice.get("finish_reason"))
+        )
     text = (first.get("message") or {}).get("content") if operation == "chat" else first.get("text")
     return _result_attributes(
         response_id=body.get("id"),
@@ -123,9 +129,9 @@ def _result_attributes(
     finish_reasons: list[str],
     outputs: list[dict[str, Any]],
     text: Any,
-    prompt_ids: Optional[list[int]],
-    response_ids: Optional[list[int]],
-    logprobs: Optional[list[float]],
+    prompt_ids: list[int] | None,
+    response_ids: list[int] | None,
+    logprobs: list[float] | None,
 ) -> dict[str, Any]:
     attributes: dict[str, Any] = {semconv.GEN_AI_RESPONSE_FINISH_REASONS: finish_reasons}
     if response_id:
@@ -157,7 +163,7 @@ class StreamAccumulator:
         self.response_id: Any = None
         self.model: Any = None
         self.usage: Any = None
-        self.prompt_ids: Optional[list[int]] = None
+        self.prompt_ids: list[int] | None = None
         self.choices: dict[int, dict[str, Any]] = {}
         self.chunks = 0
 

@@ -12,41 +12,41 @@ from __future__ import annotations
 
 import enum
 import string
-from typing import Annotated, Any, Generic, Literal, Optional, TypeVar, Union
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 import msgspec
 
 __all__ = [
-    "AttemptStatus",
-    "RolloutStatus",
-    "RolloutMode",
-    "WorkerStatus",
-    "TERMINAL_ROLLOUT_STATUSES",
     "FINAL_ATTEMPT_STATUSES",
-    "RolloutConfig",
-    "Rollout",
+    "LLM",
+    "PROXY_ATTEMPT_PATH",
+    "TERMINAL_ROLLOUT_STATUSES",
     "Attempt",
+    "AttemptStatus",
     "AttemptedRollout",
     "EnqueueRequest",
-    "SpanStatus",
-    "SpanEvent",
-    "SpanLink",
-    "Span",
+    "PaginatedResult",
     "PromptTemplate",
-    "LLM",
     "ProxyLLM",
-    "PROXY_ATTEMPT_PATH",
     "Resource",
     "ResourcesUpdate",
-    "Worker",
-    "Triplet",
-    "PaginatedResult",
-    "StoreStatistics",
+    "Rollout",
+    "RolloutConfig",
+    "RolloutMode",
+    "RolloutStatus",
+    "Span",
+    "SpanEvent",
+    "SpanLink",
+    "SpanStatus",
     "StoreCapabilities",
-    "encode_json",
+    "StoreStatistics",
+    "Triplet",
+    "Worker",
+    "WorkerStatus",
     "decode_json",
-    "encode_msgpack",
     "decode_msgpack",
+    "encode_json",
+    "encode_msgpack",
 ]
 
 T = TypeVar("T")
@@ -135,8 +135,8 @@ class RolloutConfig(_Struct, frozen=True, kw_only=True):
     longer changes the rollout.
     """
 
-    timeout_seconds: Optional[PositiveSeconds] = None
-    unresponsive_seconds: Optional[PositiveSeconds] = DEFAULT_UNRESPONSIVE_SECONDS
+    timeout_seconds: PositiveSeconds | None = None
+    unresponsive_seconds: PositiveSeconds | None = DEFAULT_UNRESPONSIVE_SECONDS
     max_attempts: Annotated[int, msgspec.Meta(ge=1)] = DEFAULT_MAX_ATTEMPTS
     retry_condition: tuple[AttemptStatus, ...] = (
         AttemptStatus.FAILED,
@@ -152,10 +152,10 @@ class Rollout(_Struct, frozen=True, kw_only=True):
     input: Any
     start_time: float
     """When the rollout was created (enqueued or started)."""
-    end_time: Optional[float] = None
+    end_time: float | None = None
     """When it reached a terminal status; ``None`` while it has not."""
-    mode: Optional[RolloutMode] = None
-    resources_id: Optional[str] = None
+    mode: RolloutMode | None = None
+    resources_id: str | None = None
     status: RolloutStatus = RolloutStatus.QUEUING
     config: RolloutConfig = RolloutConfig()
     metadata: dict[str, Any] = {}
@@ -171,10 +171,10 @@ class Attempt(_Struct, frozen=True, kw_only=True):
     sequence_id: int
     """1 for the first attempt of a rollout, 2 for the retry after it, ..."""
     start_time: float
-    end_time: Optional[float] = None
+    end_time: float | None = None
     status: AttemptStatus = AttemptStatus.PREPARING
-    worker_id: Optional[str] = None
-    last_heartbeat_time: Optional[float] = None
+    worker_id: str | None = None
+    last_heartbeat_time: float | None = None
     metadata: dict[str, Any] = {}
 
 
@@ -188,10 +188,10 @@ class EnqueueRequest(_Struct, frozen=True, kw_only=True):
     """One item of :meth:`LightningStore.enqueue_many_rollouts`."""
 
     input: Any
-    mode: Optional[RolloutMode] = None
-    resources_id: Optional[str] = None
-    config: Optional[RolloutConfig] = None
-    metadata: Optional[dict[str, Any]] = None
+    mode: RolloutMode | None = None
+    resources_id: str | None = None
+    config: RolloutConfig | None = None
+    metadata: dict[str, Any] | None = None
 
 
 # ---------------------------------------------------------------------------------------------------- spans
@@ -199,12 +199,12 @@ class EnqueueRequest(_Struct, frozen=True, kw_only=True):
 
 class SpanStatus(_Struct, frozen=True, kw_only=True):
     status_code: Literal["UNSET", "OK", "ERROR"] = "UNSET"
-    description: Optional[str] = None
+    description: str | None = None
 
 
 class SpanEvent(_Struct, frozen=True, kw_only=True):
     name: str
-    timestamp: Optional[float] = None
+    timestamp: float | None = None
     attributes: dict[str, Any] = {}
 
 
@@ -226,15 +226,15 @@ class Span(_Struct, frozen=True, kw_only=True):
     sequence_id: int = 0
     trace_id: str
     span_id: str
-    parent_id: Optional[str] = None
+    parent_id: str | None = None
     name: str
     kind: Literal["INTERNAL", "SERVER", "CLIENT", "PRODUCER", "CONSUMER"] = "INTERNAL"
     status: SpanStatus = SpanStatus()
     attributes: dict[str, Any] = {}
     events: list[SpanEvent] = []
     links: list[SpanLink] = []
-    start_time: Optional[float] = None
-    end_time: Optional[float] = None
+    start_time: float | None = None
+    end_time: float | None = None
     resource: dict[str, Any] = {}
     """Attributes of the OTel resource that produced the span (service name, ...)."""
 
@@ -287,9 +287,9 @@ class LLM(_Struct, frozen=True, tag="llm", tag_field="resource_type", kw_only=Tr
     endpoint: str
     model: str
     sampling_parameters: dict[str, Any] = {}
-    api_key: Optional[str] = None
+    api_key: str | None = None
 
-    def get_base_url(self, rollout_id: Optional[str] = None, attempt_id: Optional[str] = None) -> str:
+    def get_base_url(self, rollout_id: str | None = None, attempt_id: str | None = None) -> str:
         return self.endpoint
 
 
@@ -301,7 +301,7 @@ class ProxyLLM(LLM, frozen=True, tag="proxy_llm", tag_field="resource_type", kw_
     """An LLM reached through agl's proxy: the endpoint is rewritten per rollout and attempt, so that the proxy
     can attribute every call to them (``{endpoint}`` + :data:`PROXY_ATTEMPT_PATH`)."""
 
-    def get_base_url(self, rollout_id: Optional[str] = None, attempt_id: Optional[str] = None) -> str:
+    def get_base_url(self, rollout_id: str | None = None, attempt_id: str | None = None) -> str:
         if rollout_id is None or attempt_id is None:
             raise ValueError("ProxyLLM.get_base_url needs both rollout_id and attempt_id")
         base = self.endpoint.rstrip("/")
@@ -310,7 +310,7 @@ class ProxyLLM(LLM, frozen=True, tag="proxy_llm", tag_field="resource_type", kw_
         return base + PROXY_ATTEMPT_PATH.format(rollout_id=rollout_id, attempt_id=attempt_id)
 
 
-Resource = Union[PromptTemplate, LLM, ProxyLLM]
+Resource = PromptTemplate | LLM | ProxyLLM
 
 
 class ResourcesUpdate(_Struct, frozen=True, kw_only=True):
@@ -330,12 +330,12 @@ class Worker(_Struct, frozen=True, kw_only=True):
     worker_id: str
     status: WorkerStatus = WorkerStatus.IDLE
     heartbeat_stats: dict[str, Any] = {}
-    last_heartbeat_time: Optional[float] = None
-    last_dequeue_time: Optional[float] = None
-    last_busy_time: Optional[float] = None
-    last_idle_time: Optional[float] = None
-    current_rollout_id: Optional[str] = None
-    current_attempt_id: Optional[str] = None
+    last_heartbeat_time: float | None = None
+    last_dequeue_time: float | None = None
+    last_busy_time: float | None = None
+    last_idle_time: float | None = None
+    current_rollout_id: str | None = None
+    current_attempt_id: str | None = None
 
 
 # ---------------------------------------------------------------------------------------------------- training data
@@ -346,19 +346,19 @@ class Triplet(_Struct, frozen=True, kw_only=True):
 
     prompt_token_ids: list[int] = []
     response_token_ids: list[int] = []
-    prompt_text: Optional[str] = None
-    response_text: Optional[str] = None
-    response_logprobs: Optional[list[float]] = None
-    reward: Optional[float] = None
-    rollout_id: Optional[str] = None
-    attempt_id: Optional[str] = None
-    span_id: Optional[str] = None
+    prompt_text: str | None = None
+    response_text: str | None = None
+    response_logprobs: list[float] | None = None
+    reward: float | None = None
+    rollout_id: str | None = None
+    attempt_id: str | None = None
+    span_id: str | None = None
     metadata: dict[str, Any] = {}
-    step_reward: Optional[float] = None
+    step_reward: float | None = None
     """The sum of the per-step rewards given to this LLM call (or to an operation around it), if any."""
-    final_reward: Optional[float] = None
+    final_reward: float | None = None
     """The attempt's final reward, when the adapter applies it to this triplet. ``reward`` is the sum of the two."""
-    response_mask: Optional[list[int]] = None
+    response_mask: list[int] | None = None
     """For merged calls: 1 for each response token the model generated, 0 for the tokens in between (tool
     results, user turns) that continue the conversation; ``None`` when every response token is the model's."""
 
@@ -371,7 +371,7 @@ class PaginatedResult(_Struct, Generic[T], frozen=True, kw_only=True):
 
     items: list[T]
     total: int
-    limit: Optional[int] = None
+    limit: int | None = None
     offset: int = 0
 
 

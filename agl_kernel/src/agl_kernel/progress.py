@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Any, Optional
+from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
@@ -47,10 +47,10 @@ OUTCOME_LABELS = (FINISHED, FAILED, FULL_REWARD, MEAN_REWARD)
 
 def format_outcomes(
     *,
-    finished: Optional[int],
-    failed: Optional[int],
-    full_reward: Optional[int],
-    mean_reward: Optional[float],
+    finished: int | None,
+    failed: int | None,
+    full_reward: int | None,
+    mean_reward: float | None,
     separator: str = "  ",
 ) -> str:
     """``finished: 5  failed: 1  reward ≥ 1: 3  mean reward: 0.625`` (``-`` for what is ``None``)."""
@@ -63,7 +63,7 @@ def format_outcomes(
     return separator.join(f"{label}: {value}" for label, value in zip(OUTCOME_LABELS, values))
 
 
-def _count(value: Optional[int]) -> str:
+def _count(value: int | None) -> str:
     return "-" if value is None else str(value)
 
 
@@ -84,8 +84,8 @@ class ProgressReporter:
         done: int,
         succeeded: int,
         rewards: list[float],
-        failed: Optional[int] = None,
-        full_reward: Optional[int] = None,
+        failed: int | None = None,
+        full_reward: int | None = None,
     ) -> None:
         """Of the phase's rollouts, ``done`` have ended, ``succeeded`` of them ran to the end (shown as
         ``finished``) and ``failed`` of them failed (when the algorithm counts them); ``rewards`` are the final
@@ -95,7 +95,7 @@ class ProgressReporter:
     def finish(self) -> None:
         """The phase is over."""
 
-    def __enter__(self) -> "ProgressReporter":
+    def __enter__(self) -> ProgressReporter:
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
@@ -108,7 +108,7 @@ NoProgress = ProgressReporter
 class RichProgress(ProgressReporter):
     """A live progress bar: done/total, then finished, failed, reward ≥ 1, mean reward, rollouts per second."""
 
-    def __init__(self, console: Optional[Console] = None) -> None:
+    def __init__(self, console: Console | None = None) -> None:
         self._progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -118,7 +118,7 @@ class RichProgress(ProgressReporter):
             TimeElapsedColumn(),
             console=console,
         )
-        self._task: Optional[TaskID] = None
+        self._task: TaskID | None = None
         self._started = 0.0
 
     def start(self, description: str, total: int) -> None:
@@ -134,8 +134,8 @@ class RichProgress(ProgressReporter):
         done: int,
         succeeded: int,
         rewards: list[float],
-        failed: Optional[int] = None,
-        full_reward: Optional[int] = None,
+        failed: int | None = None,
+        full_reward: int | None = None,
     ) -> None:
         if self._task is None:
             return

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from typing import Any, Optional
+from typing import Any
 
 import msgspec
 
 from agl_kernel import semconv
 from agl_kernel.models import Span
 
-__all__ = ["Reward", "read_reward", "read_rewards", "final_reward", "step_rewards", "get_reward"]
+__all__ = ["Reward", "final_reward", "get_reward", "read_reward", "read_rewards", "step_rewards"]
 
 
 class Reward(msgspec.Struct, frozen=True, kw_only=True):
@@ -27,14 +27,14 @@ class Reward(msgspec.Struct, frozen=True, kw_only=True):
     """The primary value (the only one, for a plain reward)."""
     values: dict[str, float] = {}
     """Every named value, for a reward emitted as a dict."""
-    primary: Optional[str] = None
-    step_span_id: Optional[str] = None
+    primary: str | None = None
+    step_span_id: str | None = None
     """The step it is credit for; ``None`` for a reward of the whole attempt."""
     span_id: str = ""
     sequence_id: int = 0
 
 
-def read_reward(span: Span) -> Optional[Reward]:
+def read_reward(span: Span) -> Reward | None:
     """The reward ``span`` carries, or ``None`` when it is not a reward span (or carries no usable value)."""
     if span.name != semconv.REWARD_SPAN:
         return None
@@ -67,7 +67,7 @@ def read_rewards(spans: Iterable[Span]) -> list[Reward]:
     return [reward for span in spans for reward in [read_reward(span)] if reward is not None]
 
 
-def final_reward(spans: Sequence[Span]) -> Optional[Reward]:
+def final_reward(spans: Sequence[Span]) -> Reward | None:
     """The attempt's final reward: the last reward (in the order given) that is not for a single step."""
     for span in reversed(spans):
         reward = read_reward(span)
@@ -85,14 +85,14 @@ def step_rewards(spans: Iterable[Span]) -> dict[str, list[Reward]]:
     return by_step
 
 
-async def get_reward(store: Any, rollout_id: str, attempt_id: str = "latest") -> Optional[float]:
+async def get_reward(store: Any, rollout_id: str, attempt_id: str = "latest") -> float | None:
     """The final reward of a rollout's attempt (default: its newest), or ``None`` when it has none."""
     spans = await store.query_spans(rollout_id, attempt_id, name=semconv.REWARD_SPAN)
     reward = final_reward(spans.items)
     return None if reward is None else reward.value
 
 
-def _number(raw: Any) -> Optional[float]:
+def _number(raw: Any) -> float | None:
     if isinstance(raw, bool) or not isinstance(raw, (int, float)):
         return None
     value = float(raw)

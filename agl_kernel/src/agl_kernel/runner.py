@@ -24,8 +24,8 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Awaitable, Iterator, Mapping, Sequence
-from typing import Any, Callable, Optional, TypeVar, Union
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from typing import Any, TypeVar
 
 import attrs
 
@@ -74,7 +74,7 @@ class _StoreLink:
     def __init__(self, worker_id: str, window: float) -> None:
         self.worker_id = worker_id
         self.window = window
-        self.down_since: Optional[float] = None  # time.monotonic() of the first failure of the current outage
+        self.down_since: float | None = None  # time.monotonic() of the first failure of the current outage
 
     def failed(self, exc: BaseException, what: str) -> float:
         """Note a transient failure of ``what``; the seconds left of the window (<= 0: give up)."""
@@ -83,7 +83,12 @@ class _StoreLink:
             self.down_since = now
             log.warning(
                 "runner %s: the store is unreachable (%s: %s: %s); retrying for up to %.0f s, the agent in flight "
-                "keeps running", self.worker_id, what, type(exc).__name__, exc, self.window,
+                "keeps running",
+                self.worker_id,
+                what,
+                type(exc).__name__,
+                exc,
+                self.window,
             )
         return self.window - (now - self.down_since)
 
@@ -93,7 +98,7 @@ class _StoreLink:
             log.warning("runner %s: the store is reachable again after %.1f s", self.worker_id, outage)
             self.down_since = None
 
-    async def call(self, what: str, fn: Callable[[], Awaitable[T]], *, stop: Optional[asyncio.Event] = None) -> T:
+    async def call(self, what: str, fn: Callable[[], Awaitable[T]], *, stop: asyncio.Event | None = None) -> T:
         """``await fn()``, retried through transient failures until the window closes (then the last error is
         raised). With ``stop``: returns ``None`` if it is set while the store is unreachable."""
         delay = 0.25
@@ -107,7 +112,8 @@ class _StoreLink:
                 if left <= 0:
                     log.error(
                         "runner %s: the store has been unreachable for %.0f s (store_outage_seconds); giving up",
-                        self.worker_id, self.window,
+                        self.worker_id,
+                        self.window,
                     )
                     raise
                 pause = min(delay, left)
@@ -143,10 +149,10 @@ class RunnerSpec:
     """Which runner serves the agent: a registered name (``NAME@DISTRIBUTION`` and ``module:attr`` work too) or a
     runner class, with its options. Strategies make runners from it, here or in other processes."""
 
-    component: Union[str, type] = "litagent"
+    component: str | type = "litagent"
     options: Mapping[str, Any] = attrs.field(factory=dict, converter=dict)
 
-    def make(self, *, worker_id: str, tracer: Optional[Tracer] = None) -> Runner:
+    def make(self, *, worker_id: str, tracer: Tracer | None = None) -> Runner:
         """A runner registered as ``worker_id``; options are validated by the runner's options class."""
         from agl_kernel.plugins import create_component
 
@@ -187,7 +193,7 @@ def _span(
     name: str,
     attributes: dict[str, Any],
     status: SpanStatus,
-    parent: Optional[tuple[str, str]] = None,
+    parent: tuple[str, str] | None = None,
 ) -> Span:
     """A span the runner records itself; ``parent``: ``(trace id, span id)`` to put it under (the attempt's root)."""
     now = time.time()
@@ -208,8 +214,8 @@ def _span(
 def exception_span(
     attempted: AttemptedRollout,
     exc: BaseException,
-    message: Optional[str] = None,
-    parent: Optional[tuple[str, str]] = None,
+    message: str | None = None,
+    parent: tuple[str, str] | None = None,
 ) -> Span:
     """The ``agl.exception`` span that records why an attempt failed."""
     message = message or str(exc)
@@ -229,10 +235,12 @@ aiohttp), recognised without importing them."""
 
 def _connect_failure(exc: BaseException) -> bool:
     seen: set[int] = set()
-    current: Optional[BaseException] = exc
+    current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, ConnectionRefusedError) or _CONNECT_FAILURES & {t.__name__ for t in type(current).__mro__}:
+        if isinstance(current, ConnectionRefusedError) or _CONNECT_FAILURES & {
+            t.__name__ for t in type(current).__mro__
+        }:
             return True
         current = current.__cause__ or current.__context__
     return False
@@ -255,8 +263,8 @@ async def _answers(endpoint: str, timeout: float = 2.0) -> bool:
 
 
 async def unreachable_llm(
-    exc: BaseException, update: Optional[ResourcesUpdate], attempted: AttemptedRollout
-) -> Optional[LLMUnreachableError]:
+    exc: BaseException, update: ResourcesUpdate | None, attempted: AttemptedRollout
+) -> LLMUnreachableError | None:
     """For an agent that failed to connect (``exc``): an error naming the rollout's LLM resource whose endpoint
     does not answer, its resources id and version, the run and the endpoint; ``None`` when ``exc`` is no connection
     failure or every LLM endpoint answers (the agent called something else)."""
@@ -316,10 +324,12 @@ class _AgentThread:
 
     def stop(self) -> None:
         if self.thread.ident is not None and self.thread.is_alive():
-            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self.thread.ident), ctypes.py_object(AgentStopped))
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                ctypes.c_ulong(self.thread.ident), ctypes.py_object(AgentStopped)
+            )
 
 
-def _settle(future: asyncio.Future[Any], result: Any, exc: Optional[BaseException]) -> None:
+def _settle(future: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
     if not future.done():
         future.set_exception(exc) if exc is not None else future.set_result(result)
 
@@ -357,8 +367,8 @@ class LitAgentRunner(Runner):
     def __init__(
         self,
         *,
-        worker_id: Optional[str] = None,
-        tracer: Optional[Tracer] = None,
+        worker_id: str | None = None,
+        tracer: Tracer | None = None,
         heartbeat_interval: float = 5.0,
         wait_seconds: float = 0.5,
         stop_grace: float = 1.0,
@@ -440,7 +450,7 @@ class LitAgentRunner(Runner):
             with trace():
                 return await method(attempted.input, resources, attempted)
 
-        def parent() -> Optional[tuple[str, str]]:
+        def parent() -> tuple[str, str] | None:
             return getattr(scopes[0], "parent", None) if scopes else None
 
         thread = None if is_async else _AgentThread(run_sync)
@@ -487,7 +497,11 @@ class LitAgentRunner(Runner):
         except (InvalidStatusTransitionError, NotFoundError) as exc:
             log.info(
                 "runner %s: the store ended attempt %s of rollout %s meanwhile; its result (%s) is discarded: %s",
-                self.worker_id, attempt_id, rollout_id, status.value, exc,
+                self.worker_id,
+                attempt_id,
+                rollout_id,
+                status.value,
+                exc,
             )
 
     async def _abandon(self, store: LightningStore, attempted: AttemptedRollout) -> None:
@@ -502,10 +516,12 @@ class LitAgentRunner(Runner):
         except (Exception, asyncio.CancelledError) as exc:  # the watchdog's unresponsive check is the fallback
             log.warning(
                 "could not mark attempt %s failed on the way out (%r); the store retries it once it has had no "
-                "heartbeat for the rollout's unresponsive_seconds", attempt_id, exc,
+                "heartbeat for the rollout's unresponsive_seconds",
+                attempt_id,
+                exc,
             )
 
-    async def _resources(self, store: LightningStore, attempted: AttemptedRollout) -> Optional[ResourcesUpdate]:
+    async def _resources(self, store: LightningStore, attempted: AttemptedRollout) -> ResourcesUpdate | None:
         if attempted.resources_id is None:
             return None
         return await store.get_resources(attempted.resources_id)
@@ -533,7 +549,7 @@ class LitAgentRunner(Runner):
                     log.warning("heartbeat of %s on worker %s failed: %s", attempt_id, self.worker_id, exc)
                     await asyncio.sleep(interval)
 
-    async def _stop_agent(self, work: asyncio.Future[Any], thread: Optional[_AgentThread]) -> None:
+    async def _stop_agent(self, work: asyncio.Future[Any], thread: _AgentThread | None) -> None:
         if thread is not None:
             thread.stop()
         else:
@@ -541,12 +557,14 @@ class LitAgentRunner(Runner):
         try:
             await asyncio.wait_for(asyncio.shield(work), self.stop_grace)
         except asyncio.TimeoutError:
-            log.warning("agent on worker %s did not stop within %.1fs; leaving it behind", self.worker_id, self.stop_grace)
+            log.warning(
+                "agent on worker %s did not stop within %.1fs; leaving it behind", self.worker_id, self.stop_grace
+            )
         except BaseException:  # its AgentStopped / CancelledError / own error: it has stopped, which is the point
             pass
 
     @staticmethod
-    def _result_spans(attempted: AttemptedRollout, result: Any, parent: Optional[tuple[str, str]] = None) -> list[Span]:
+    def _result_spans(attempted: AttemptedRollout, result: Any, parent: tuple[str, str] | None = None) -> list[Span]:
         """Spans for what the agent returned: a reward span (under ``parent``) for a number, the spans themselves
         for spans."""
         if result is None:
@@ -559,9 +577,7 @@ class LitAgentRunner(Runner):
 
             ids = {"rollout_id": attempted.rollout_id, "attempt_id": attempted.attempt.attempt_id, "sequence_id": 0}
             return [msgspec.structs.replace(span, **ids) for span in result]
-        raise TypeError(
-            f"an agent returns a reward (a number), None or a list of Spans, not {type(result).__name__}"
-        )
+        raise TypeError(f"an agent returns a reward (a number), None or a list of Spans, not {type(result).__name__}")
 
 
 async def run_runners(
@@ -569,11 +585,11 @@ async def run_runners(
     agent: Any,
     *,
     n_runners: int = 1,
-    tracer: Optional[Tracer] = None,
-    worker_prefix: Optional[str] = None,
-    parent_pid: Optional[int] = None,
-    stop: Optional[asyncio.Event] = None,
-    runner: Optional[RunnerSpec] = None,
+    tracer: Tracer | None = None,
+    worker_prefix: str | None = None,
+    parent_pid: int | None = None,
+    stop: asyncio.Event | None = None,
+    runner: RunnerSpec | None = None,
 ) -> int:
     """Serve ``agent`` with ``n_runners`` runners on ``store`` until ``stop`` is set (or SIGINT/SIGTERM, or the
     process ``parent_pid`` is gone: a runner started by a trainer never outlives it); how many rollouts they ran.
@@ -589,7 +605,9 @@ async def run_runners(
             pass
     prefix = worker_prefix or f"{socket.gethostname()}-{os.getpid()}"
     spec = runner or RunnerSpec()
-    runners = [spec.make(worker_id=f"{prefix}-{i}" if n_runners > 1 else prefix, tracer=tracer) for i in range(n_runners)]
+    runners = [
+        spec.make(worker_id=f"{prefix}-{i}" if n_runners > 1 else prefix, tracer=tracer) for i in range(n_runners)
+    ]
     tasks = [asyncio.create_task(r.run(store, agent, stop=asyncio.Event())) for r in runners]
 
     async def orphan_check() -> None:

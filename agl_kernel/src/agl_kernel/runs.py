@@ -21,7 +21,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Sequence
-from typing import Any, Optional, Union
+from typing import Any
 
 import msgspec
 from msgspec import UNSET, UnsetType
@@ -45,7 +45,7 @@ from agl_kernel.models import (
 )
 from agl_kernel.store.base import LATEST, LightningStore, SortOrder
 
-__all__ = ["RUN_KEY", "ALGORITHM_KEY", "RunStore", "RunSummary", "new_run_id", "list_runs", "run_of"]
+__all__ = ["ALGORITHM_KEY", "RUN_KEY", "RunStore", "RunSummary", "list_runs", "new_run_id", "run_of"]
 
 RUN_KEY = "agl.run"
 """The rollout metadata key holding the id of the run that enqueued it."""
@@ -53,13 +53,13 @@ ALGORITHM_KEY = "agl.algorithm"
 """The rollout metadata key holding the name of the algorithm of that run."""
 
 
-def new_run_id(now: Optional[float] = None) -> str:
+def new_run_id(now: float | None = None) -> str:
     """``run-YYYYMMDD-HHMMSS-xxxx``: sortable by start time, unique across processes."""
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(time.time() if now is None else now))
     return f"run-{stamp}-{secrets.token_hex(2)}"
 
 
-def run_of(rollout: Rollout) -> Optional[str]:
+def run_of(rollout: Rollout) -> str | None:
     """The id of the run that enqueued ``rollout`` (``None`` for one enqueued outside a run)."""
     run = rollout.metadata.get(RUN_KEY) if isinstance(rollout.metadata, dict) else None
     return run if isinstance(run, str) else None
@@ -68,30 +68,30 @@ def run_of(rollout: Rollout) -> Optional[str]:
 class RunStore(LightningStore):
     """``inner`` as seen by one run (see the module docstring). Made by the trainer for each ``fit``/``dev``."""
 
-    def __init__(self, inner: LightningStore, *, run_id: Optional[str] = None, algorithm: Optional[str] = None):
+    def __init__(self, inner: LightningStore, *, run_id: str | None = None, algorithm: str | None = None):
         self.inner = inner
         self.run_id = run_id or new_run_id()
         self.algorithm = algorithm
-        self._latest: Optional[ResourcesUpdate] = None
+        self._latest: ResourcesUpdate | None = None
 
-    async def begin(self, resources: Optional[dict[str, Resource]] = None) -> ResourcesUpdate:
+    async def begin(self, resources: dict[str, Resource] | None = None) -> ResourcesUpdate:
         """Publish the run's starting resources (``resources``, or none) under the run's id; the run's rollouts pin
         them until the run publishes others."""
         self._latest = await self.inner.update_resources(self.run_id, dict(resources or {}))
         return self._latest
 
     @property
-    def latest(self) -> Optional[ResourcesUpdate]:
+    def latest(self) -> ResourcesUpdate | None:
         """The resources this run published last (``None`` before :meth:`begin`)."""
         return self._latest
 
-    def _tag(self, metadata: Optional[dict[str, Any]]) -> dict[str, Any]:
+    def _tag(self, metadata: dict[str, Any] | None) -> dict[str, Any]:
         tagged = {**(metadata or {}), RUN_KEY: self.run_id}
         if self.algorithm is not None:
             tagged.setdefault(ALGORITHM_KEY, self.algorithm)
         return tagged
 
-    def _pin(self, resources_id: Optional[str]) -> Optional[str]:
+    def _pin(self, resources_id: str | None) -> str | None:
         if resources_id is None and self._latest is not None:
             return self._latest.resources_id
         return resources_id
@@ -117,10 +117,10 @@ class RunStore(LightningStore):
         self,
         input: Any,
         *,
-        mode: Optional[RolloutMode] = None,
-        resources_id: Optional[str] = None,
-        config: Optional[RolloutConfig] = None,
-        metadata: Optional[dict[str, Any]] = None,
+        mode: RolloutMode | None = None,
+        resources_id: str | None = None,
+        config: RolloutConfig | None = None,
+        metadata: dict[str, Any] | None = None,
     ) -> Rollout:
         return await self.inner.enqueue_rollout(
             input, mode=mode, resources_id=self._pin(resources_id), config=config, metadata=self._tag(metadata)
@@ -137,11 +137,11 @@ class RunStore(LightningStore):
         self,
         input: Any,
         *,
-        mode: Optional[RolloutMode] = None,
-        resources_id: Optional[str] = None,
-        config: Optional[RolloutConfig] = None,
-        metadata: Optional[dict[str, Any]] = None,
-        worker_id: Optional[str] = None,
+        mode: RolloutMode | None = None,
+        resources_id: str | None = None,
+        config: RolloutConfig | None = None,
+        metadata: dict[str, Any] | None = None,
+        worker_id: str | None = None,
     ) -> AttemptedRollout:
         return await self.inner.start_rollout(
             input,
@@ -156,11 +156,11 @@ class RunStore(LightningStore):
         self,
         rollout_id: str,
         *,
-        status: Union[RolloutStatus, UnsetType] = UNSET,
-        mode: Union[Optional[RolloutMode], UnsetType] = UNSET,
-        resources_id: Union[Optional[str], UnsetType] = UNSET,
-        config: Union[RolloutConfig, UnsetType] = UNSET,
-        metadata: Union[dict[str, Any], UnsetType] = UNSET,
+        status: RolloutStatus | UnsetType = UNSET,
+        mode: RolloutMode | UnsetType | None = UNSET,
+        resources_id: str | UnsetType | None = UNSET,
+        config: RolloutConfig | UnsetType = UNSET,
+        metadata: dict[str, Any] | UnsetType = UNSET,
     ) -> Rollout:
         return await self.inner.update_rollout(
             rollout_id,
@@ -179,7 +179,7 @@ class RunStore(LightningStore):
         self._latest = await self.inner.update_resources(resources_id, resources)
         return self._latest
 
-    async def get_latest_resources(self) -> Optional[ResourcesUpdate]:
+    async def get_latest_resources(self) -> ResourcesUpdate | None:
         if self._latest is None:
             return await self.inner.get_latest_resources()
         # The newest version of what the run published last (another writer may have updated that id since).
@@ -187,17 +187,15 @@ class RunStore(LightningStore):
 
     # ------------------------------------------------------------------ the rest, unchanged
 
-    async def dequeue_rollout(
-        self, *, worker_id: Optional[str] = None, timeout: float = 0.0
-    ) -> Optional[AttemptedRollout]:
+    async def dequeue_rollout(self, *, worker_id: str | None = None, timeout: float = 0.0) -> AttemptedRollout | None:
         return await self.inner.dequeue_rollout(worker_id=worker_id, timeout=timeout)
 
     async def dequeue_many_rollouts(
-        self, *, limit: int, worker_id: Optional[str] = None, timeout: float = 0.0
+        self, *, limit: int, worker_id: str | None = None, timeout: float = 0.0
     ) -> list[AttemptedRollout]:
         return await self.inner.dequeue_many_rollouts(limit=limit, worker_id=worker_id, timeout=timeout)
 
-    async def start_attempt(self, rollout_id: str, *, worker_id: Optional[str] = None) -> AttemptedRollout:
+    async def start_attempt(self, rollout_id: str, *, worker_id: str | None = None) -> AttemptedRollout:
         return await self.inner.start_attempt(rollout_id, worker_id=worker_id)
 
     async def get_rollout(self, rollout_id: str) -> Rollout:
@@ -209,11 +207,11 @@ class RunStore(LightningStore):
     async def cancel_rollout(self, rollout_id: str) -> Rollout:
         return await self.inner.cancel_rollout(rollout_id)
 
-    async def wait_for_rollouts(self, rollout_ids: Sequence[str], *, timeout: Optional[float] = None) -> list[Rollout]:
+    async def wait_for_rollouts(self, rollout_ids: Sequence[str], *, timeout: float | None = None) -> list[Rollout]:
         return await self.inner.wait_for_rollouts(rollout_ids, timeout=timeout)
 
     async def delete_rollouts(
-        self, rollout_ids: Optional[Sequence[str]] = None, *, ended_before: Optional[float] = None
+        self, rollout_ids: Sequence[str] | None = None, *, ended_before: float | None = None
     ) -> int:
         return await self.inner.delete_rollouts(rollout_ids, ended_before=ended_before)
 
@@ -238,18 +236,16 @@ class RunStore(LightningStore):
     async def get_next_span_sequence_id(self, rollout_id: str, attempt_id: str) -> int:
         return await self.inner.get_next_span_sequence_id(rollout_id, attempt_id)
 
-    async def query_spans(self, rollout_id: str, attempt_id: Optional[str] = None, **kwargs: Any) -> PaginatedResult[Span]:
+    async def query_spans(self, rollout_id: str, attempt_id: str | None = None, **kwargs: Any) -> PaginatedResult[Span]:
         return await self.inner.query_spans(rollout_id, attempt_id, **kwargs)
 
-    async def get_resources(self, resources_id: str, version: Optional[int] = None) -> ResourcesUpdate:
+    async def get_resources(self, resources_id: str, version: int | None = None) -> ResourcesUpdate:
         return await self.inner.get_resources(resources_id, version)
 
     async def query_resources(self, **kwargs: Any) -> PaginatedResult[ResourcesUpdate]:
         return await self.inner.query_resources(**kwargs)
 
-    async def update_worker(
-        self, worker_id: str, *, heartbeat_stats: Union[dict[str, Any], UnsetType] = UNSET
-    ) -> Worker:
+    async def update_worker(self, worker_id: str, *, heartbeat_stats: dict[str, Any] | UnsetType = UNSET) -> Worker:
         return await self.inner.update_worker(worker_id, heartbeat_stats=heartbeat_stats)
 
     async def get_worker(self, worker_id: str) -> Worker:
@@ -258,10 +254,10 @@ class RunStore(LightningStore):
     async def query_workers(
         self,
         *,
-        status_in: Optional[Sequence[WorkerStatus]] = None,
-        sort_by: Optional[str] = None,
+        status_in: Sequence[WorkerStatus] | None = None,
+        sort_by: str | None = None,
         sort_order: SortOrder = "asc",
-        limit: Optional[int] = None,
+        limit: int | None = None,
         offset: int = 0,
     ) -> PaginatedResult[Worker]:
         return await self.inner.query_workers(
@@ -278,12 +274,12 @@ class RunStore(LightningStore):
 class RunSummary(msgspec.Struct, frozen=True, kw_only=True):
     """One run as ``agl runs list`` shows it, from its rollouts."""
 
-    run_id: Optional[str]
+    run_id: str | None
     """``None`` gathers the rollouts enqueued outside any run."""
-    algorithm: Optional[str] = None
+    algorithm: str | None = None
     started: float
     """When its first rollout was created."""
-    last_end: Optional[float] = None
+    last_end: float | None = None
     """When its last ended rollout ended."""
     rollouts: int = 0
     by_status: dict[str, int] = msgspec.field(default_factory=dict)
@@ -303,15 +299,22 @@ _PAGE = 1000
 
 async def list_runs(store: LightningStore) -> list[RunSummary]:
     """Every run with rollouts in ``store``, newest first (rollouts read a page at a time)."""
-    runs: dict[Optional[str], dict[str, Any]] = {}
+    runs: dict[str | None, dict[str, Any]] = {}
     offset = 0
     while True:
         page = await store.query_rollouts(sort_by="start_time", limit=_PAGE, offset=offset)
         for rollout in page.items:
             run = runs.setdefault(
                 run_of(rollout),
-                {"algorithm": None, "started": rollout.start_time, "last_end": None, "rollouts": 0,
-                 "by_status": {}, "modes": [], "resources_ids": []},
+                {
+                    "algorithm": None,
+                    "started": rollout.start_time,
+                    "last_end": None,
+                    "rollouts": 0,
+                    "by_status": {},
+                    "modes": [],
+                    "resources_ids": [],
+                },
             )
             algorithm = rollout.metadata.get(ALGORITHM_KEY) if isinstance(rollout.metadata, dict) else None
             if isinstance(algorithm, str):

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Optional
+from typing import Any
 
 import attrs
 
@@ -37,9 +37,9 @@ class ExecutionStrategy(abc.ABC):
         algorithm: Algorithm,
         agent: Any,
         train_dataset: Sequence[Any],
-        val_dataset: Optional[Sequence[Any]] = None,
-        tracer: Optional[Tracer] = None,
-        runner: Optional[RunnerSpec] = None,
+        val_dataset: Sequence[Any] | None = None,
+        tracer: Tracer | None = None,
+        runner: RunnerSpec | None = None,
     ) -> Any:
         """Run the algorithm to completion with runners serving ``agent`` (traced by ``tracer``); returns the
         algorithm's report. ``runner`` says which runner to make for each slot (default: the kernel's
@@ -49,7 +49,7 @@ class ExecutionStrategy(abc.ABC):
 class SharedMemoryStrategy(ExecutionStrategy):
     """The algorithm and ``n_runners`` runners as asyncio tasks of one event loop, sharing one store."""
 
-    def __init__(self, *, n_runners: int = 1, runner_factory: Optional[Callable[..., Runner]] = None) -> None:
+    def __init__(self, *, n_runners: int = 1, runner_factory: Callable[..., Runner] | None = None) -> None:
         if n_runners < 1:
             raise ValueError(f"n_runners must be at least 1, not {n_runners}")
         self.n_runners = n_runners
@@ -63,9 +63,9 @@ class SharedMemoryStrategy(ExecutionStrategy):
         algorithm: Algorithm,
         agent: Any,
         train_dataset: Sequence[Any],
-        val_dataset: Optional[Sequence[Any]] = None,
-        tracer: Optional[Tracer] = None,
-        runner: Optional[RunnerSpec] = None,
+        val_dataset: Sequence[Any] | None = None,
+        tracer: Tracer | None = None,
+        runner: RunnerSpec | None = None,
     ) -> Any:
         spec = runner or RunnerSpec()
         factory = self.runner_factory or (lambda index, tracer: spec.make(worker_id=f"runner-{index}", tracer=tracer))
@@ -97,7 +97,7 @@ class ClientServerOptions:
     """The address the store server listens on; runners on other machines need a reachable one (and a token)."""
     port: int = attrs.field(default=0, validator=[attrs.validators.ge(0), attrs.validators.le(65535)])
     """The store server's port; 0 picks a free one."""
-    token: Optional[str] = attrs.field(default=None, repr=False)
+    token: str | None = attrs.field(default=None, repr=False)
     """A bearer token the server requires (and the runners send)."""
     stop_timeout: float = attrs.field(default=5.0, validator=attrs.validators.ge(0))
     """Seconds runner processes get to stop after SIGTERM before they are killed."""
@@ -124,7 +124,7 @@ class ClientServerStrategy(ExecutionStrategy):
         n_runners: int = 1,
         host: str = "127.0.0.1",
         port: int = 0,
-        token: Optional[str] = None,
+        token: str | None = None,
         stop_timeout: float = 5.0,
     ) -> None:
         if n_runners < 1:
@@ -134,7 +134,7 @@ class ClientServerStrategy(ExecutionStrategy):
         self.port = port
         self.token = token
         self.stop_timeout = stop_timeout
-        self.url: Optional[str] = None
+        self.url: str | None = None
         self.processes: list[subprocess.Popen[bytes]] = []
 
     async def execute_async(
@@ -144,9 +144,9 @@ class ClientServerStrategy(ExecutionStrategy):
         algorithm: Algorithm,
         agent: Any,
         train_dataset: Sequence[Any],
-        val_dataset: Optional[Sequence[Any]] = None,
-        tracer: Optional[Tracer] = None,
-        runner: Optional[RunnerSpec] = None,
+        val_dataset: Sequence[Any] | None = None,
+        tracer: Tracer | None = None,
+        runner: RunnerSpec | None = None,
     ) -> Any:
         from agl_kernel.imports import object_spec
         from agl_kernel.server import running_server
@@ -205,8 +205,20 @@ class ClientServerStrategy(ExecutionStrategy):
         if self.token:
             env["AGL_STORE_TOKEN"] = self.token
         command = [
-            sys.executable, "-m", "agl_kernel.cli", "runner", "--store", url, "--agent", agent_spec,
-            "--tracer", tracer_spec, "--worker-id", f"runner-{index}", "--parent-pid", str(os.getpid()),
+            sys.executable,
+            "-m",
+            "agl_kernel.cli",
+            "runner",
+            "--store",
+            url,
+            "--agent",
+            agent_spec,
+            "--tracer",
+            tracer_spec,
+            "--worker-id",
+            f"runner-{index}",
+            "--parent-pid",
+            str(os.getpid()),
             *runner_args,
         ]
         return subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL)

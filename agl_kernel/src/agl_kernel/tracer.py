@@ -20,15 +20,15 @@ import random
 import threading
 import time
 from collections.abc import Iterator, Mapping
-from typing import Any, Optional, TypeAlias
+from typing import Any, TypeAlias
 
 from agl_kernel.models import Span, SpanStatus
 
 __all__ = [
-    "Tracer",
     "NoOpTracer",
-    "TraceScope",
     "SpanHandle",
+    "TraceScope",
+    "Tracer",
     "current_scope",
     "exception_attributes",
     "new_span_id",
@@ -40,10 +40,10 @@ logger = logging.getLogger(__name__)
 _SpanWrite: TypeAlias = "asyncio.Future[Span] | concurrent.futures.Future[Span]"
 """A span being written to the store: a task on the running loop, or a write handed to the scope's loop."""
 
-_SCOPE: contextvars.ContextVar[Optional["TraceScope"]] = contextvars.ContextVar("agl_trace_scope", default=None)
-_PARENT: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar("agl_parent_span", default=None)
+_SCOPE: contextvars.ContextVar[TraceScope | None] = contextvars.ContextVar("agl_trace_scope", default=None)
+_PARENT: contextvars.ContextVar[str | None] = contextvars.ContextVar("agl_parent_span", default=None)
 _active_lock = threading.Lock()
-_active: dict[int, "TraceScope"] = {}  # every open trace context of the process, by id(scope)
+_active: dict[int, TraceScope] = {}  # every open trace context of the process, by id(scope)
 
 
 def new_span_id() -> str:
@@ -60,16 +60,25 @@ class TraceScope:
     """One open trace context: where the spans of the code running inside it go."""
 
     __slots__ = (
-        "tracer", "rollout_id", "attempt_id", "store", "loop", "trace_id", "collect", "recorded", "state", "parent"
+        "attempt_id",
+        "collect",
+        "loop",
+        "parent",
+        "recorded",
+        "rollout_id",
+        "state",
+        "store",
+        "trace_id",
+        "tracer",
     )
 
-    def __init__(self, tracer: "Tracer", rollout_id: str, attempt_id: str, store: Any, collect: bool) -> None:
+    def __init__(self, tracer: Tracer, rollout_id: str, attempt_id: str, store: Any, collect: bool) -> None:
         self.tracer = tracer
         self.rollout_id = rollout_id
         self.attempt_id = attempt_id
         self.store = store
         try:
-            self.loop: Optional[asyncio.AbstractEventLoop] = asyncio.get_running_loop()
+            self.loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
             self.loop = None
         self.trace_id = new_trace_id()
@@ -79,7 +88,7 @@ class TraceScope:
         self.recorded: list[Any] = []
         self.state: Any = None
         """Free for the tracer's own per-attempt state."""
-        self.parent: Optional[tuple[str, str]] = None
+        self.parent: tuple[str, str] | None = None
         """``(trace id, span id)`` of the span that the spans recorded for this attempt outside the tracer (the
         runner's reward and exception spans) belong under: a tracer with a root span per attempt sets it."""
 
@@ -87,7 +96,7 @@ class TraceScope:
         return f"TraceScope(rollout_id={self.rollout_id!r}, attempt_id={self.attempt_id!r})"
 
 
-def current_scope() -> Optional[TraceScope]:
+def current_scope() -> TraceScope | None:
     """The trace context the calling code runs in, or ``None`` outside any.
 
     Asyncio tasks, ``asyncio.to_thread`` and ``contextvars.copy_context().run`` inherit the context. Code in a
@@ -114,7 +123,7 @@ class SpanHandle(abc.ABC):
         """Add or replace attributes (values: str, bool, int, float, or lists of one of those)."""
 
     @abc.abstractmethod
-    def end(self, error: Optional[BaseException] = None) -> None:
+    def end(self, error: BaseException | None = None) -> None:
         """End the span (with status ERROR and the exception's attributes when ``error`` is given). It stops being
         the parent of new spans. Ending twice is harmless."""
 
@@ -184,7 +193,7 @@ class Tracer(abc.ABC):
         return _DirectSpan(self, scope, name, attributes, current)
 
     def emit_span(
-        self, scope: TraceScope, name: str, attributes: Mapping[str, Any], *, error: Optional[BaseException] = None
+        self, scope: TraceScope, name: str, attributes: Mapping[str, Any], *, error: BaseException | None = None
     ) -> str:
         """Record an instant span (a reward, a message, an object, an exception); returns its span id."""
         handle = self.start_span(scope, name, attributes, current=False)
@@ -196,7 +205,7 @@ class Tracer(abc.ABC):
         if scope.collect:
             scope.recorded.append(span)
         try:
-            running: Optional[asyncio.AbstractEventLoop] = asyncio.get_running_loop()
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
             running = None
         future: _SpanWrite
@@ -227,7 +236,7 @@ class NoOpTracer(Tracer):
 class _DirectSpan(SpanHandle):
     """A span the base tracer writes to the store itself when it ends."""
 
-    __slots__ = ("span_id", "_tracer", "_scope", "_name", "_attributes", "_parent", "_start", "_token", "_ended")
+    __slots__ = ("_attributes", "_ended", "_name", "_parent", "_scope", "_start", "_token", "_tracer", "span_id")
 
     def __init__(self, tracer: Tracer, scope: TraceScope, name: str, attributes: Mapping[str, Any], current: bool):
         self.span_id = new_span_id()
@@ -243,7 +252,7 @@ class _DirectSpan(SpanHandle):
     def set_attributes(self, attributes: Mapping[str, Any]) -> None:
         self._attributes.update(attributes)
 
-    def end(self, error: Optional[BaseException] = None) -> None:
+    def end(self, error: BaseException | None = None) -> None:
         if self._ended:
             return
         self._ended = True
@@ -296,7 +305,7 @@ def _log_failed_write(future: _SpanWrite) -> None:
         logger.warning("agl could not store an emitted span: %s: %s", type(error).__name__, error)
 
 
-def _trace_hooks() -> Optional[tuple[Any, bool]]:
+def _trace_hooks() -> tuple[Any, bool] | None:
     """The pluggy hook relay and whether anyone implements ``agl_on_trace_end``, or ``None`` when no plugin
     implements either trace hook (the common case: nothing to call, no spans to keep)."""
     from agl_kernel.plugins import get_plugin_manager

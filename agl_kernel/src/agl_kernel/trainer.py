@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Optional, Union
+from typing import Any
 
 from rich.console import Console
 
@@ -35,7 +35,7 @@ from agl_kernel.strategy import ExecutionStrategy
 
 __all__ = ["Trainer"]
 
-Spec = Union[str, type, Any, None]
+Spec = str | type | Any | None
 
 
 class Trainer:
@@ -62,36 +62,36 @@ class Trainer:
         algorithm: Spec = "baseline",
         n_runners: int = 1,
         store: Spec = None,
-        store_path: Union[str, os.PathLike[str], None] = None,
+        store_path: str | os.PathLike[str] | None = None,
         tracer: Spec = "noop",
-        runner: Union[str, type, None] = "litagent",
+        runner: str | type | None = "litagent",
         adapter: Spec = None,
         strategy: Spec = "shm",
-        options: Optional[Mapping[str, Mapping[str, Any]]] = None,
-        initial_resources: Optional[Mapping[str, Resource]] = None,
+        options: Mapping[str, Mapping[str, Any]] | None = None,
+        initial_resources: Mapping[str, Resource] | None = None,
         progress: bool = True,
-        console: Optional[Console] = None,
+        console: Console | None = None,
     ) -> None:
         if n_runners < 1:
             raise ConfigError(f"run.runners: must be at least 1, not {n_runners}")
         options = dict(options or {})
         unknown = sorted(set(options) - set(COMPONENT_TABLES))
         if unknown:
-            raise ConfigError(
-                f"options: unknown table(s) {unknown}. Valid tables: {', '.join(COMPONENT_TABLES)}"
-            )
+            raise ConfigError(f"options: unknown table(s) {unknown}. Valid tables: {', '.join(COMPONENT_TABLES)}")
         self.n_runners = n_runners
         self.algorithm: Algorithm = create_component("algorithms", algorithm, options=options.get("algorithm"))
         self.store: LightningStore = make_store(store, path=store_path, options=options.get("store"))
         self.tracer = create_component("tracers", tracer, options=options.get("tracer"))
         self.runner = RunnerSpec(runner or "litagent", options.get("runner") or {})
-        self.adapter = None if adapter is None else create_component("adapters", adapter, options=options.get("adapter"))
+        self.adapter = (
+            None if adapter is None else create_component("adapters", adapter, options=options.get("adapter"))
+        )
         strategy_options = {"n_runners": n_runners} if isinstance(strategy, (str, type)) else {}
         self.strategy: ExecutionStrategy = create_component(
             "strategies", strategy, options=options.get("strategy"), **strategy_options
         )
         self.initial_resources = dict(initial_resources or {})
-        self.run_id: Optional[str] = None
+        self.run_id: str | None = None
         """The id of the run started last (``None`` before the first ``fit``/``dev``)."""
         self.console = console or Console()
         self.progress = progress
@@ -99,11 +99,11 @@ class Trainer:
     @classmethod
     def from_config(
         cls,
-        config: Union[RunConfig, str, os.PathLike[str], Mapping[str, Any], None] = None,
+        config: RunConfig | str | os.PathLike[str] | Mapping[str, Any] | None = None,
         *,
         overrides: Iterable[str] = (),
         **kwargs: Any,
-    ) -> "Trainer":
+    ) -> Trainer:
         """A trainer for a run configuration: a :class:`~agl_kernel.config.RunConfig`, the path of a TOML run
         file, or its tables as a mapping, with ``overrides`` (``"algorithm.steps=3"``) and ``AGL_*__*`` environment
         variables on top (see :mod:`agl_kernel.config`). ``kwargs`` go to the constructor (``console=``...)."""
@@ -124,11 +124,11 @@ class Trainer:
             **{**chosen, **kwargs},
         )
 
-    def fit(self, agent: Any, train_dataset: Sequence[Any], val_dataset: Optional[Sequence[Any]] = None) -> Any:
+    def fit(self, agent: Any, train_dataset: Sequence[Any], val_dataset: Sequence[Any] | None = None) -> Any:
         """Train ``agent`` on ``train_dataset`` (validating on ``val_dataset``); returns the algorithm's report."""
         return asyncio.run(self.fit_async(agent, train_dataset, val_dataset))
 
-    def dev(self, agent: Any, dataset: Sequence[Any], val_dataset: Optional[Sequence[Any]] = None) -> Any:
+    def dev(self, agent: Any, dataset: Sequence[Any], val_dataset: Sequence[Any] | None = None) -> Any:
         """Run ``agent`` on every task of ``dataset`` through the whole loop with the baseline algorithm (whatever
         ``algorithm`` was given: the trainer's own when it is a baseline, so ``options={"algorithm":
         {"max_attempts": 1}}`` applies), for debugging an agent before training it. Failed rollouts are summarised
@@ -140,9 +140,9 @@ class Trainer:
         self,
         agent: Any,
         train_dataset: Sequence[Any],
-        val_dataset: Optional[Sequence[Any]] = None,
+        val_dataset: Sequence[Any] | None = None,
         *,
-        algorithm: Optional[Algorithm] = None,
+        algorithm: Algorithm | None = None,
     ) -> Any:
         algorithm = algorithm or self.algorithm
         if self.adapter is not None:
@@ -184,7 +184,7 @@ class Trainer:
         """Close the store (a trainer can run ``fit``/``dev`` any number of times before)."""
         asyncio.run(self.store.close())
 
-    def __enter__(self) -> "Trainer":
+    def __enter__(self) -> Trainer:
         return self
 
     def __exit__(self, *exc_info: Any) -> None:

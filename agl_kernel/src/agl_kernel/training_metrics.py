@@ -21,7 +21,7 @@ import json
 import os
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any, Optional
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -31,14 +31,14 @@ from agl_kernel.models import AttemptStatus, Span
 from agl_kernel.store import LightningStore
 
 __all__ = [
-    "Column",
-    "METRIC_PREFIX",
     "METRICS_ROLLOUT_KIND",
-    "MetricsRecorder",
+    "METRIC_PREFIX",
     "NO_TRIPLET_REASONS",
     "STEP_ATTRIBUTE",
     "TRAINING_STEP_SPAN",
     "VALIDATION_SPAN",
+    "Column",
+    "MetricsRecorder",
 ]
 
 TRAINING_STEP_SPAN = "agl.training.step"
@@ -60,10 +60,10 @@ class MetricsRecorder:
         store: LightningStore,
         *,
         algorithm: str,
-        console: Optional[Console] = None,
-        tensorboard_dir: Optional[str] = None,
-        columns: Optional[Sequence[Column]] = None,
-        validation_columns: Optional[Sequence[Column]] = None,
+        console: Console | None = None,
+        tensorboard_dir: str | None = None,
+        columns: Sequence[Column] | None = None,
+        validation_columns: Sequence[Column] | None = None,
     ) -> None:
         self.store = store
         self.algorithm = algorithm
@@ -73,8 +73,8 @@ class MetricsRecorder:
         loss of a step without an update); ``None``: every metric of the step, as ``{:.4g}``."""
         self.validation_columns = list(validation_columns) if validation_columns is not None else None
         """What the console line of a validation shows (``header: value``); ``None``: every metric, as ``{:.3f}``."""
-        self.rollout_id: Optional[str] = None
-        self.attempt_id: Optional[str] = None
+        self.rollout_id: str | None = None
+        self.attempt_id: str | None = None
         self._trace_id = os.urandom(16).hex()
         self._writer: Any = None
         if tensorboard_dir is not None:
@@ -86,7 +86,7 @@ class MetricsRecorder:
                 ) from exc
             self._writer = SummaryWriter(tensorboard_dir)
 
-    async def open(self, metadata: Optional[Mapping[str, Any]] = None) -> str:
+    async def open(self, metadata: Mapping[str, Any] | None = None) -> str:
         rollout = await self.store.start_rollout(
             input={"kind": METRICS_ROLLOUT_KIND, "algorithm": self.algorithm},
             mode=None,
@@ -102,7 +102,7 @@ class MetricsRecorder:
         *,
         validation: bool = False,
         no_triplet_reasons: Sequence[Mapping[str, str]] = (),
-        started: Optional[float] = None,
+        started: float | None = None,
     ) -> None:
         """Store ``metrics`` for ``step`` as a span, log them to TensorBoard and print them."""
         now = time.time()
@@ -121,7 +121,7 @@ class MetricsRecorder:
             self._print(step, metrics, validation, no_triplet_reasons)
 
     async def add_span(
-        self, name: str, attributes: Mapping[str, Any], *, started: Optional[float] = None, ended: Optional[float] = None
+        self, name: str, attributes: Mapping[str, Any], *, started: float | None = None, ended: float | None = None
     ) -> None:
         """Add a span to the run's metrics rollout (nothing before :meth:`open` or after :meth:`close`)."""
         if self.rollout_id is None or self.attempt_id is None:

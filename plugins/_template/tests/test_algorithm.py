@@ -9,13 +9,14 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from agl_kernel.errors import ConfigError
 from agl_kernel.plugins import create_component
 from agl_kernel.trainer import Trainer
 from agl_store_template import TemplateAlgorithm, TemplateReport
 
 sys.path.insert(0, str(Path(__file__).parent))
-import toy_agent  # noqa: E402
+import toy_agent
 
 
 def test_the_algorithm_is_made_from_its_options() -> None:

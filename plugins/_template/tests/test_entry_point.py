@@ -1,6 +1,7 @@
 """The distribution registers each skeleton under its name, and agl loads them through the kernel's one loader."""
 
 import pytest
+
 from agl_kernel.plugins import list_plugins, load_component
 from agl_store_template import TemplateAlgorithm, TemplateLightningStore, TemplateRunner, TemplateTracer
 

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from agl_kernel import AttemptStatus, EnqueueRequest, RolloutConfig, RolloutStatus
 from agl_kernel.agent import as_lit_agent
 from agl_kernel.algorithm import collect_outcomes
@@ -17,7 +18,7 @@ from agl_kernel.trainer import Trainer
 from agl_store_template import TemplateRunner
 
 sys.path.insert(0, str(Path(__file__).parent))
-import toy_agent  # noqa: E402
+import toy_agent
 
 
 async def _serve(runner: TemplateRunner, agent, tasks: list, config: RolloutConfig | None = None) -> list:

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from agl_kernel.emit import emit_reward
 from agl_kernel.errors import ConfigError
 from agl_kernel.plugins import create_component
@@ -15,7 +16,7 @@ from agl_kernel.trainer import Trainer
 from agl_store_template import TemplateTracer
 
 sys.path.insert(0, str(Path(__file__).parent))
-import toy_agent  # noqa: E402
+import toy_agent
 
 
 def test_the_tracer_records_a_root_span_with_the_agents_spans_under_it() -> None:
@@ -48,11 +49,11 @@ def test_an_error_in_the_context_ends_the_root_span_with_it() -> None:
         store = create_component("stores", "memory")
         attempted = await store.start_rollout({"q": 1})
         tracer = TemplateTracer()
-        with pytest.raises(KeyError):
-            with tracer.trace_context(
-                rollout_id=attempted.rollout_id, attempt_id=attempted.attempt.attempt_id, store=store
-            ):
-                raise KeyError("boom")
+        with (
+            pytest.raises(KeyError),
+            tracer.trace_context(rollout_id=attempted.rollout_id, attempt_id=attempted.attempt.attempt_id, store=store),
+        ):
+            raise KeyError("boom")
         await tracer.flush()
         spans = (await store.query_spans(attempted.rollout_id)).items
         await store.close()

@@ -148,7 +148,7 @@ def test_beam_keeps_the_better_candidates_and_publishes_the_best(tmp_path: Path,
             assert latest.resources_id == report.resources_id and latest.version == report.version
             assert latest.resources["llm"].model == "agent"  # what APO does not optimize is passed on
             history = (await store.query_resources(resources_id=report.resources_id)).items
-            assert [h.resources["instructions"].template for h in history][0] == "Compute {question}."  # the seed
+            assert next(h.resources["instructions"].template for h in history) == "Compute {question}."  # the seed
             metrics = [
                 r for r in (await store.query_rollouts()).items if (r.metadata or {}).get("kind") == "training-metrics"
             ]
@@ -230,7 +230,7 @@ def test_optimizer_down_or_failing_rejects_candidates_and_keeps_the_seed(tmp_pat
     with FakeOpenAIServer(make_router(single_template_optimizer)) as server:
         with FakeOpenAIServer() as gone:
             down_url = gone.base_url  # a port that nothing listens on once this server has stopped
-        report, db = fit(
+        report, _db = fit(
             tmp_path / "down",
             server,
             {"instructions": "Compute {question}."},
@@ -271,9 +271,11 @@ def test_bad_configuration_is_refused_before_the_run(tmp_path: Path) -> None:
         APO(critique_template=str(template))
     with pytest.raises(ValueError, match="cannot read the optimizer template"):
         APO(edit_template=str(tmp_path / "missing.md"))
-    with FakeOpenAIServer(make_router(single_template_optimizer)) as server:
-        with pytest.raises(ValueError, match="templates names 'nope'"):
-            fit(tmp_path, server, {"instructions": "Compute {question}."}, templates=["nope"])
+    with (
+        FakeOpenAIServer(make_router(single_template_optimizer)) as server,
+        pytest.raises(ValueError, match="templates names 'nope'"),
+    ):
+        fit(tmp_path, server, {"instructions": "Compute {question}."}, templates=["nope"])
 
 
 def test_a_repeated_prompt_is_not_run_again(tmp_path: Path) -> None:

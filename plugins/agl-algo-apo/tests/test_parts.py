@@ -9,8 +9,16 @@ from typing import Any
 
 import pytest
 
-from agl_algo_apo import APO, Candidate, CandidateRecord, OptimizerError, check_edit, pareto_front, render_trajectory
-from agl_algo_apo import select_beam
+from agl_algo_apo import (
+    APO,
+    Candidate,
+    CandidateRecord,
+    OptimizerError,
+    check_edit,
+    pareto_front,
+    render_trajectory,
+    select_beam,
+)
 from agl_algo_apo._algorithm import Proposal, Rejected, Search, examples, outcome_score, template_names
 from agl_algo_apo._optimizer import load_template
 from agl_algo_apo._report import round_metrics, round_rows, span_attributes

@@ -17,11 +17,11 @@ from rich.console import Console
 
 from agl_algo_grpo import (
     GRPO,
-    GRPOConfig,
     METRIC_PREFIX,
     NO_TRIPLET_REASONS,
     TRAINING_STEP_SPAN,
     VALIDATION_SPAN,
+    GRPOConfig,
     LLMPublisher,
     MetricsRecorder,
 )

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+
 from agl_algo_grpo._policy import glibc_malloc
 
 SCRIPT = """

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from setuptools import build_meta as _setuptools
-from setuptools.build_meta import *  # every other hook is setuptools' own
+from setuptools.build_meta import *  # noqa: F403 - every other hook is setuptools' own
 from setuptools.build_meta import __all__  # noqa: F401
 
 PAGE = Path("src", "agl_dashboard", "static", "index.html")

@@ -82,12 +82,23 @@ def run_apo(db: Path, workdir: Path) -> None:
 
     tasks = [{"a": a, "b": 2} for a in range(1, 5)]
     with FakeOpenAIServer(_apo_server_reply) as server:
-        apo = APO(rounds=2, beam_width=2, branch_factor=2, train_batch_size=2, critique_model="optimizer",
-                  optimizer_base_url=server.base_url, output_path=str(workdir / "apo.json"), console=False)
-        resources = {"instructions": PromptTemplate(template="Compute {question}."),
-                     "llm": LLM(endpoint=server.base_url, model="agent")}
-        with Trainer(algorithm=apo, n_runners=2, store_path=db, tracer="otel", initial_resources=resources,
-                     progress=False) as trainer:
+        apo = APO(
+            rounds=2,
+            beam_width=2,
+            branch_factor=2,
+            train_batch_size=2,
+            critique_model="optimizer",
+            optimizer_base_url=server.base_url,
+            output_path=str(workdir / "apo.json"),
+            console=False,
+        )
+        resources = {
+            "instructions": PromptTemplate(template="Compute {question}."),
+            "llm": LLM(endpoint=server.base_url, model="agent"),
+        }
+        with Trainer(
+            algorithm=apo, n_runners=2, store_path=db, tracer="otel", initial_resources=resources, progress=False
+        ) as trainer:
             trainer.fit(adder, tasks, tasks)
 
 

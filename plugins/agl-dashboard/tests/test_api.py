@@ -9,9 +9,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import agl_dashboard._routes as routes
 import httpx
 import pytest
+
+import agl_dashboard._routes as routes
 from agl_dashboard import dashboard_routes
 from agl_kernel.models import AttemptStatus, RolloutStatus, Span
 from agl_kernel.server import ServerThread, create_app
@@ -62,7 +63,8 @@ async def _fill(store: InMemoryLightningStore) -> dict[str, str]:
             spans.append(_span(run.rollout_id, run.attempt.attempt_id, "agl.apo.candidate", **{
                 "agl.apo.round": round_, "agl.apo.candidate": f"{round_}{candidate}", "agl.apo.parent": "c0",
                 "agl.apo.template": "instructions", "agl.apo.prompt": f"Solve {{question}} ({candidate})",
-                "agl.apo.score": 0.1 * round_, "agl.apo.status": "beam" if candidate == "a" else "dropped"}))  # fmt: skip
+                "agl.apo.score": 0.1 * round_,
+                "agl.apo.status": "beam" if candidate == "a" else "dropped"}))  # fmt: skip
         spans.append(_span(run.rollout_id, run.attempt.attempt_id, "agl.apo.candidate", **{
             "agl.apo.round": round_, "agl.apo.candidate": f"{round_}c", "agl.apo.parent": "c0",
             "agl.apo.template": "instructions", "agl.apo.status": "rejected",

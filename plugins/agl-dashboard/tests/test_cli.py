@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 pytest.importorskip("agl_store_sqlite")
-from agl_store_sqlite import SqliteLightningStore  # noqa: E402
+from agl_store_sqlite import SqliteLightningStore
 
 
 @pytest.fixture

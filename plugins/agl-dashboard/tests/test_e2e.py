@@ -19,10 +19,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from agl_dashboard import assets_built, dashboard_routes
-from agl_kernel.server import ServerThread, create_app
 
+from agl_dashboard import assets_built, dashboard_routes
 from agl_kernel import semconv
+from agl_kernel.server import ServerThread, create_app
 
 FRONTEND = Path(__file__).resolve().parents[1] / "frontend"
 CHROMIUM = os.environ.get("AGL_E2E_CHROMIUM", "/usr/bin/chromium")

@@ -90,5 +90,6 @@ def test_the_wheel_and_sdist_ship_the_page_and_the_license(tmp_path: Path) -> No
     sdist = call_hook(source, "build_sdist", tmp_path / "sdist")
     assert sdist.returncode == 0, sdist.stderr[-2000:]
     [archive] = (tmp_path / "sdist").glob("agl_dashboard-*.tar.gz")
-    members = {name.split("/", 1)[1] for name in tarfile.open(archive).getnames() if "/" in name}
+    with tarfile.open(archive) as sdist_file:
+        members = {name.split("/", 1)[1] for name in sdist_file.getnames() if "/" in name}
     assert {"_build/agl_dashboard_build.py", "src/agl_dashboard/static/index.html", "LICENSE"} <= members

@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 import pytest
+
 from agl_model_server.testing import make_tiny_model, make_tiny_tokenizer
 
 

@@ -6,6 +6,7 @@ from typing import Any
 
 import httpx
 import pytest
+
 from agl_model_server.testing import forward_logprobs, sse_events
 
 # Incremental decoding (KV cache, one token per step) vs one full forward pass, both float32: they differ by
@@ -56,7 +57,7 @@ def test_chat_token_ids_and_logprobs(client: httpx.Client, tiny_server: Any, tin
     }
     content = choice["logprobs"]["content"]
     assert len(content) == len(ids)
-    for entry, token in zip(content, ids):
+    for entry, _token in zip(content, ids):
         assert set(entry) == {"token", "logprob", "bytes", "top_logprobs"}
         assert len(entry["top_logprobs"]) == 3
         # greedy: the chosen token is the most likely one

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from agl_model_server import _cpu_kernel
 from agl_model_server._static import StaticDecoder
 from agl_model_server.testing import make_tiny_model

@@ -5,6 +5,7 @@ in the batch."""
 from __future__ import annotations
 
 import torch
+
 from agl_model_server._sampling import SamplingParams, sample_batch
 
 

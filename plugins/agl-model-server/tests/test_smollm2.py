@@ -8,6 +8,7 @@ from typing import Any
 import httpx
 import pytest
 import torch
+
 from agl_model_server.testing import forward_logprobs, sse_events
 
 # Logprobs from the server's incremental decoding vs one full forward pass of the same model on the same tokens,
@@ -121,7 +122,6 @@ def test_partial_weight_update_on_the_real_model(smol_server: Any, smol: Any) ->
     after = _chat(smol_server, QUESTIONS[2])
     assert after["choices"][0]["token_ids"] == before["choices"][0]["token_ids"]
     assert after["choices"][0]["model_logprobs"] == pytest.approx(before["choices"][0]["model_logprobs"], abs=1e-5)
-
 
 
 def test_the_server_answers_to_the_names_it_was_started_with() -> None:

@@ -2,8 +2,8 @@
 
 The API tests run on both paths through the parametrized server fixtures; these check the decoder itself: prefill
 and decode against a full forward pass, rows joining and leaving at different lengths, identical prompts prefilled
-once, prompts with common first tokens running them once, the cache growing, models it refuses, and, where CUDA is available, graph replay (with weights loaded in place
-between steps).
+once, prompts with common first tokens running them once, the cache growing, models it refuses, and, where CUDA is
+available, graph replay (with weights loaded in place between steps).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import torch
+
 from agl_model_server._static import StaticBatch, StaticDecoder, supported
 from agl_model_server.testing import make_tiny_model
 
@@ -145,8 +146,9 @@ def test_unsupported_models_are_refused_with_the_reason() -> None:
 
 
 def test_engine_falls_back_to_the_dynamic_path() -> None:
-    from agl_model_server._engine import Engine
     from transformers import GPT2Config, GPT2LMHeadModel
+
+    from agl_model_server._engine import Engine
 
     gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=32, vocab_size=100))
     assert not Engine(gpt2, eos_token_ids=[], max_model_len=32).static

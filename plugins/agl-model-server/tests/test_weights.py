@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import pytest
 import torch
+
 from agl_model_server.testing import forward_logprobs, make_tiny_model, sse_events, state_bytes
 
 TOL = 1e-4  # float32 incremental decoding vs one full forward pass (see test_api)

@@ -120,8 +120,9 @@ async def check_acknowledged(path: Path, acks: list[list[str]]) -> None:
         # Still fully usable: the queue, new writes, and the interrupted rollouts.
         await store.enqueue_rollout("after the crash")
         while (attempted := await store.dequeue_rollout(worker_id="survivor")) is not None:
-            await store.update_attempt(attempted.rollout_id, attempted.attempt.attempt_id,
-                                       status=AttemptStatus.SUCCEEDED)
+            await store.update_attempt(
+                attempted.rollout_id, attempted.attempt.attempt_id, status=AttemptStatus.SUCCEEDED
+            )
         interrupted = await store.query_rollouts(status_in=[RolloutStatus.PREPARING, RolloutStatus.RUNNING])
         for rollout in interrupted.items:
             await store.update_rollout(rollout.rollout_id, status=RolloutStatus.CANCELLED)

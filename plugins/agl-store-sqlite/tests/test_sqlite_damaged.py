@@ -252,7 +252,7 @@ def cli_as_nobody(*args: str, timeout: float = 30.0) -> subprocess.CompletedProc
                 code = 0
             except SystemExit as exc:
                 code = exc.code if isinstance(exc.code, int) else 1
-            except BaseException:  # noqa: BLE001 - shown to the parent, which fails the test
+            except BaseException:
                 import traceback
 
                 traceback.print_exc()
@@ -329,7 +329,7 @@ async def test_damage_found_while_running_stops_the_store_cleanly(
             for name, call in calls.items():
                 try:
                     await call()
-                except Exception as exc:  # noqa: BLE001 - collected and checked below
+                except Exception as exc:
                     failures.setdefault(name, set()).add(f"{type(exc).__name__}: {exc}")
                 else:
                     failures.setdefault(name, set()).add("succeeded")

@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 
 from agl_kernel.models import AttemptStatus, RolloutStatus, encode_msgpack
-from agl_store_sqlite import SCHEMA_VERSION, SqliteLightningStore, SqliteStoreError
-from agl_store_sqlite import _schema
+from agl_store_sqlite import SCHEMA_VERSION, SqliteLightningStore, SqliteStoreError, _schema
 
 pytestmark = pytest.mark.asyncio
 
@@ -95,7 +94,7 @@ async def test_concurrent_openers_migrate_once(tmp_path: Path) -> None:
     def open_store() -> None:
         try:
             stores.append(SqliteLightningStore(path))
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=open_store) for _ in range(4)]

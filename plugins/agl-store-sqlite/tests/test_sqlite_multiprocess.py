@@ -79,8 +79,10 @@ async def test_two_processes_never_get_the_same_rollout(tmp_path: Path) -> None:
         outputs = [c.communicate(timeout=120) for c in consumers]
         for consumer, (_, err) in zip(consumers, outputs):
             assert consumer.returncode == 0, err
-        handed = {name: [line.split()[1] for line in out.splitlines() if line.startswith("got ")]
-                  for name, (out, _) in zip("ab", outputs)}
+        handed = {
+            name: [line.split()[1] for line in out.splitlines() if line.startswith("got ")]
+            for name, (out, _) in zip("ab", outputs)
+        }
         everything = handed["a"] + handed["b"]
         duplicates = [rid for rid, n in Counter(everything).items() if n > 1]
         assert not duplicates, f"handed out twice: {duplicates[:5]}"
@@ -119,9 +121,7 @@ async def test_two_instances_in_one_process(tmp_path: Path) -> None:
         got = await asyncio.wait_for(waiting, 2)
         assert got is not None and got.rollout_id == rollout.rollout_id
         await first.enqueue_many_rollouts([EnqueueRequest(input=i) for i in range(100)])
-        results = await asyncio.gather(
-            *(store.dequeue_rollout() for store in (first, second) for _ in range(60))
-        )
+        results = await asyncio.gather(*(store.dequeue_rollout() for store in (first, second) for _ in range(60)))
         ids = [r.rollout_id for r in results if r is not None]
         assert len(ids) == len(set(ids)) == 100
         await second.update_attempt(got.rollout_id, "latest", status=AttemptStatus.SUCCEEDED)

@@ -40,8 +40,13 @@ async def test_default_path_under_working_directory(tmp_path: Path, monkeypatch:
 
 
 async def test_invalid_options(tmp_path: Path) -> None:
-    for options in ({"watchdog_interval": 0}, {"watchdog_interval": "soon"}, {"cross_process_poll": -1},
-                    {"synchronous": "SOMETIMES"}, {"busy_timeout": 0}):
+    for options in (
+        {"watchdog_interval": 0},
+        {"watchdog_interval": "soon"},
+        {"cross_process_poll": -1},
+        {"synchronous": "SOMETIMES"},
+        {"busy_timeout": 0},
+    ):
         with pytest.raises(ValueError):
             SqliteLightningStore(tmp_path / "x.db", **options)
 
@@ -139,6 +144,7 @@ async def test_watchdog_runs_on_its_own(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------------------------------------------- growth
 
+
 async def test_hot_statements_use_indexes(tmp_path: Path) -> None:
     """Every statement of the rollout cycle is an index search, never a scan of a table that grows: throughput
     must not depend on how much the file holds."""
@@ -166,8 +172,11 @@ async def test_hot_statements_use_indexes(tmp_path: Path) -> None:
         if not sql.lstrip().upper().startswith(("SELECT", "INSERT", "UPDATE", "DELETE")):
             continue
         plan = [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}")]
-        scans += [(sql, step) for step in plan if step.startswith("SCAN ") and "json_each" not in step
-                  and " USING " not in step]
+        scans += [
+            (sql, step)
+            for step in plan
+            if step.startswith("SCAN ") and "json_each" not in step and " USING " not in step
+        ]
     conn.close()
     assert not scans, "\n".join(f"{step}: {sql}" for sql, step in scans)
 
@@ -182,8 +191,14 @@ async def test_integers_beyond_64_bits_are_refused_with_a_reason(tmp_path: Path)
         fits = await store.enqueue_rollout({"n": 2**64 - 1})
         taken = await store.dequeue_rollout(worker_id="w")
         assert taken is not None and taken.input == {"n": 2**64 - 1} and taken.rollout_id == fits.rollout_id
-        span = Span(rollout_id=taken.rollout_id, attempt_id=taken.attempt.attempt_id, trace_id="t", span_id="s1",
-                    name="n", attributes={"big": -(2**64)})
+        span = Span(
+            rollout_id=taken.rollout_id,
+            attempt_id=taken.attempt.attempt_id,
+            trace_id="t",
+            span_id="s1",
+            name="n",
+            attributes={"big": -(2**64)},
+        )
         with pytest.raises(ValueError, match="integer outside"):
             await store.add_span(span)
         assert (await store.query_spans(taken.rollout_id)).items == []

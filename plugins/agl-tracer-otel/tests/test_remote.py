@@ -11,12 +11,12 @@ import pytest
 
 pytest.importorskip("litestar", reason="needs the store server: pip install 'agl-kernel[server]'")
 
-from agl_kernel import semconv  # noqa: E402
-from agl_kernel.adapters import TripletAdapter  # noqa: E402
-from agl_kernel.client import LightningStoreClient  # noqa: E402
-from agl_kernel.emit import emit_reward, last_llm_call, operation  # noqa: E402
-from agl_kernel.server import ServerThread, create_app  # noqa: E402
-from agl_store_sqlite import SqliteLightningStore  # noqa: E402
+from agl_kernel import semconv
+from agl_kernel.adapters import TripletAdapter
+from agl_kernel.client import LightningStoreClient
+from agl_kernel.emit import emit_reward, last_llm_call, operation
+from agl_kernel.server import ServerThread, create_app
+from agl_store_sqlite import SqliteLightningStore
 
 
 def test_spans_reach_a_remote_store_over_otlp(openai_server, make_tracer, serve, db, monkeypatch):

@@ -17,10 +17,10 @@ from agl_kernel.adapters._triplets import CallReason, CallReport, TripletAdapter
 __all__ = [
     "Adapter",
     "AttemptTrace",
-    "LlmCall",
     "CallReason",
     "CallReport",
     "ChatSample",
+    "LlmCall",
     "MessagesAdapter",
     "TripletAdapter",
     "TripletResult",

@@ -4,7 +4,7 @@ supervised fine-tuning, inspection)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Optional
+from typing import Any
 
 import attrs
 import msgspec
@@ -21,21 +21,21 @@ class ChatSample(msgspec.Struct, frozen=True, kw_only=True):
     """One LLM call in OpenAI's fine-tuning format: the request's ``messages`` followed by the model's reply."""
 
     messages: list[dict[str, Any]]
-    tools: Optional[list[Any]] = None
-    reward: Optional[float] = None
+    tools: list[Any] | None = None
+    reward: float | None = None
     """The call's per-step rewards plus the attempt's final reward (``None`` when it has neither)."""
-    model: Optional[str] = None
-    agent: Optional[str] = None
-    rollout_id: Optional[str] = None
-    attempt_id: Optional[str] = None
-    span_id: Optional[str] = None
+    model: str | None = None
+    agent: str | None = None
+    rollout_id: str | None = None
+    attempt_id: str | None = None
+    span_id: str | None = None
 
 
 @attrs.define(kw_only=True)
 class MessagesAdapterOptions:
     """Options of the chat messages adapter (``messages``)."""
 
-    agent_match: Optional[str] = None
+    agent_match: str | None = None
     """Only LLM calls of agents whose name matches this regular expression (default: every call)."""
 
 
@@ -47,7 +47,7 @@ class MessagesAdapter(Adapter[list[ChatSample]]):
 
     Options = MessagesAdapterOptions
 
-    def __init__(self, *, agent_match: Optional[str] = None) -> None:
+    def __init__(self, *, agent_match: str | None = None) -> None:
         self.agent_match = agent_match
         self._agent = agent_matcher(agent_match)
 

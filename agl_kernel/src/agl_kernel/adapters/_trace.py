@@ -6,7 +6,7 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from agl_kernel import semconv
 from agl_kernel.genai import message_text, to_openai_messages
@@ -20,16 +20,16 @@ class LlmCall:
 
     span: Span
     operation: str
-    agent: Optional[str]
+    agent: str | None
     """``gen_ai.agent.name`` of the call or of its nearest ancestor that has one."""
     ancestors: list[str]
     """Span ids from the parent up to the root (as far as the attempt's spans reach)."""
-    prompt_token_ids: Optional[list[int]] = None
-    response_token_ids: Optional[list[int]] = None
-    response_logprobs: Optional[list[float]] = None
-    input_messages: Optional[list[dict[str, Any]]] = None
-    output_messages: Optional[list[dict[str, Any]]] = None
-    tools: Optional[list[Any]] = None
+    prompt_token_ids: list[int] | None = None
+    response_token_ids: list[int] | None = None
+    response_logprobs: list[float] | None = None
+    input_messages: list[dict[str, Any]] | None = None
+    output_messages: list[dict[str, Any]] | None = None
+    tools: list[Any] | None = None
     step_rewards: list[Reward] = field(default_factory=list)
 
     @property
@@ -37,15 +37,15 @@ class LlmCall:
         return self.span.status.status_code == "ERROR"
 
     @property
-    def model(self) -> Optional[str]:
+    def model(self) -> str | None:
         attributes = self.span.attributes
         return attributes.get(semconv.GEN_AI_RESPONSE_MODEL) or attributes.get(semconv.GEN_AI_REQUEST_MODEL)
 
     @property
-    def step_reward(self) -> Optional[float]:
+    def step_reward(self) -> float | None:
         return sum(r.value for r in self.step_rewards) if self.step_rewards else None
 
-    def prompt_text(self) -> Optional[str]:
+    def prompt_text(self) -> str | None:
         text = self.span.attributes.get(semconv.LLM_PROMPT_TEXT)
         if isinstance(text, str):
             return text
@@ -53,7 +53,7 @@ class LlmCall:
             return None
         return "\n".join(f"{m.get('role', 'user')}: {message_text(m)}" for m in self.input_messages)
 
-    def response_text(self) -> Optional[str]:
+    def response_text(self) -> str | None:
         text = self.span.attributes.get(semconv.LLM_RESPONSE_TEXT)
         if isinstance(text, str):
             return text
@@ -79,16 +79,16 @@ class AttemptTrace:
 
     spans: list[Span]
     calls: list[LlmCall]
-    final: Optional[Reward]
+    final: Reward | None
     unknown_steps: list[str]
     """Span ids that per-step rewards name but that are not among the spans."""
 
     @property
-    def rollout_id(self) -> Optional[str]:
+    def rollout_id(self) -> str | None:
         return self.spans[0].rollout_id if self.spans else None
 
     @property
-    def attempt_id(self) -> Optional[str]:
+    def attempt_id(self) -> str | None:
         return self.spans[0].attempt_id if self.spans else None
 
 
@@ -135,7 +135,7 @@ def read_attempt(spans: Sequence[Span]) -> AttemptTrace:
     return AttemptTrace(spans=spans, calls=calls, final=final_reward(spans), unknown_steps=unknown)
 
 
-def agent_matcher(pattern: Optional[str]) -> Optional[re.Pattern[str]]:
+def agent_matcher(pattern: str | None) -> re.Pattern[str] | None:
     if pattern is None:
         return None
     try:
@@ -153,19 +153,19 @@ def _ancestors(span: Span, by_id: dict[str, Span]) -> list[str]:
     return chain
 
 
-def _int_list(raw: Any) -> Optional[list[int]]:
+def _int_list(raw: Any) -> list[int] | None:
     if isinstance(raw, (list, tuple)) and all(isinstance(x, int) and not isinstance(x, bool) for x in raw):
         return list(raw)
     return None
 
 
-def _float_list(raw: Any) -> Optional[list[float]]:
+def _float_list(raw: Any) -> list[float] | None:
     if isinstance(raw, (list, tuple)) and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in raw):
         return [float(x) for x in raw]
     return None
 
 
-def _json_list(raw: Any) -> Optional[list[Any]]:
+def _json_list(raw: Any) -> list[Any] | None:
     if not isinstance(raw, str):
         return None
     try:

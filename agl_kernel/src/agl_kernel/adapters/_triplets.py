@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Sequence
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 import attrs
 import msgspec
@@ -34,16 +34,16 @@ class CallReport(msgspec.Struct, frozen=True, kw_only=True):
     span_id: str
     sequence_id: int
     name: str
-    agent: Optional[str] = None
-    model: Optional[str] = None
-    prompt_tokens: Optional[int] = None
+    agent: str | None = None
+    model: str | None = None
+    prompt_tokens: int | None = None
     """How many prompt token ids the span carries (``None``: none captured)."""
-    response_tokens: Optional[int] = None
-    reward: Optional[float] = None
+    response_tokens: int | None = None
+    reward: float | None = None
     """The reward of its triplet, when it has one."""
-    triplet: Optional[int] = None
+    triplet: int | None = None
     """The index of the triplet it went into, if any."""
-    reason: Optional[CallReason] = None
+    reason: CallReason | None = None
     detail: str = ""
     """A sentence for people: what happened and what to do about it."""
 
@@ -51,11 +51,11 @@ class CallReport(msgspec.Struct, frozen=True, kw_only=True):
 class TripletResult(msgspec.Struct, frozen=True, kw_only=True):
     """The triplets of one attempt, and a report for every LLM call in it."""
 
-    rollout_id: Optional[str] = None
-    attempt_id: Optional[str] = None
+    rollout_id: str | None = None
+    attempt_id: str | None = None
     triplets: list[Triplet] = []
     calls: list[CallReport] = []
-    final_reward: Optional[float] = None
+    final_reward: float | None = None
     problems: list[str] = []
     """Reasons that concern the whole attempt (no LLM call at all, rewards for unknown steps, ...)."""
 
@@ -78,7 +78,7 @@ _HOW_TO_GET_TOKEN_IDS = (
 class TripletAdapterOptions:
     """Options of the triplet adapter (``triplets``)."""
 
-    agent_match: Optional[str] = None
+    agent_match: str | None = None
     """Only LLM calls of agents whose name matches this regular expression (default: every call)."""
     merge: bool = False
     """Merge consecutive calls whose tokens continue each other into one triplet."""
@@ -109,7 +109,7 @@ class TripletAdapter(Adapter[TripletResult]):
     def __init__(
         self,
         *,
-        agent_match: Optional[str] = None,
+        agent_match: str | None = None,
         merge: bool = False,
         final_reward: Literal["all", "last", "none"] = "all",
         require_reward: bool = True,
@@ -194,7 +194,7 @@ class TripletAdapter(Adapter[TripletResult]):
             "response_tokens": None if call.response_token_ids is None else len(call.response_token_ids),
         }
 
-    def _skip_reason(self, call: LlmCall) -> Optional[tuple[CallReason, str]]:
+    def _skip_reason(self, call: LlmCall) -> tuple[CallReason, str] | None:
         if call.failed:
             return CallReason.CALL_FAILED, f"the call failed: {call.span.status.description or 'status ERROR'}"
         if self._agent is not None and (call.agent is None or not self._agent.search(call.agent)):
@@ -233,12 +233,12 @@ def _full_sequence(group: list[LlmCall]) -> list[int]:
     return list(last.prompt_token_ids or []) + list(last.response_token_ids or [])
 
 
-def _triplet(group: list[LlmCall], step: Optional[float], final: Optional[float], total: Optional[float]) -> Triplet:
+def _triplet(group: list[LlmCall], step: float | None, final: float | None, total: float | None) -> Triplet:
     first = group[0]
     prompt = list(first.prompt_token_ids or [])
     response: list[int] = []
     mask: list[int] = []
-    logprobs: Optional[list[float]] = []
+    logprobs: list[float] | None = []
     seen = len(prompt)
     for call in group:
         gap = (call.prompt_token_ids or [])[seen:]

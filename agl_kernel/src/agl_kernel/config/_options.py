@@ -22,7 +22,7 @@ import textwrap
 import types
 import typing
 from collections.abc import Mapping
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal, Union
 
 import attrs
 import cattrs
@@ -32,6 +32,8 @@ if sys.version_info >= (3, 11):
     import tomllib
 else:  # Python 3.10: the same parser, published as tomli
     import tomli as tomllib
+
+import itertools
 
 from agl_kernel.errors import ConfigError
 
@@ -55,7 +57,7 @@ _TRUE = ("true", "yes", "on", "1")
 _FALSE = ("false", "no", "off", "0")
 
 
-def options_class(component: Any) -> Optional[type]:
+def options_class(component: Any) -> type | None:
     """The attrs class ``component`` declares as its ``Options`` (``None`` when it declares none)."""
     options = getattr(component, "Options", None)
     if options is None:
@@ -275,7 +277,7 @@ def _unknown_keys(cls: type, data: Mapping[str, Any], path: str) -> None:
             _unknown_keys(nested, value, _join(path, key))
 
 
-def _nested_attrs(tp: Any) -> Optional[type]:
+def _nested_attrs(tp: Any) -> type | None:
     for candidate in [tp, *_non_none(tp)]:
         if isinstance(candidate, type) and attrs.has(candidate):
             return candidate
@@ -301,7 +303,7 @@ def _message(exc: BaseException) -> str:
     return str(exc.args[0]) if exc.args and isinstance(exc.args[0], str) else str(exc)
 
 
-def build_options(cls: type, data: Optional[Mapping[str, Any]] = None, *, path: str = "") -> Any:
+def build_options(cls: type, data: Mapping[str, Any] | None = None, *, path: str = "") -> Any:
     """An instance of the options class ``cls`` from ``data`` (a mapping of field name to value; nested tables for
     nested options classes). Values may be typed (TOML) or strings (environment, ``--set``). Any mistake, an
     unknown key, a wrong type, a value a validator refuses, raises :class:`ConfigError` naming ``path.key``."""
@@ -322,7 +324,7 @@ def build_options(cls: type, data: Optional[Mapping[str, Any]] = None, *, path: 
         raise ConfigError(_locate(_join(path, field) if field else path or cls.__qualname__, message)) from None
 
 
-def _class_at(cls: type, dotted: str) -> Optional[type]:
+def _class_at(cls: type, dotted: str) -> type | None:
     """The options class at ``dotted`` (``"lora"``) below ``cls``; ``None`` when it is not an options class."""
     for part in filter(None, dotted.split(".")):
         field = attrs.fields_dict(cls).get(part)
@@ -333,7 +335,7 @@ def _class_at(cls: type, dotted: str) -> Optional[type]:
     return cls
 
 
-def _named_field(cls: Optional[type], message: str) -> Optional[str]:
+def _named_field(cls: type | None, message: str) -> str | None:
     """A field of ``cls`` that a validator's message names in quotes (``Length of 'name' must be >= 1: 0``)."""
     if cls is None:
         return None
@@ -359,7 +361,7 @@ def _locate(where: str, message: str) -> str:
     return f"{where}: {message}"
 
 
-def options_with(cls: type, base: Any = None, overrides: Optional[Mapping[str, Any]] = None, *, path: str = "") -> Any:
+def options_with(cls: type, base: Any = None, overrides: Mapping[str, Any] | None = None, *, path: str = "") -> Any:
     """An instance of the options class ``cls`` from ``base`` (an instance, a mapping or ``None``) with ``overrides``
     on top, validated as :func:`build_options` does (the ``make_config(config, **overrides)`` of a component)."""
     if isinstance(base, cls) and not overrides:
@@ -399,7 +401,7 @@ def options_fields(cls: type, prefix: str = "") -> list[OptionInfo]:
     return infos
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _field_docs(cls: type) -> dict[str, str]:
     """The docstrings written under the fields of ``cls`` (``x: int = 1`` then ``\"\"\"doc\"\"\"``)."""
     try:
@@ -412,7 +414,7 @@ def _field_docs(cls: type) -> dict[str, str]:
         if not (isinstance(node, ast.ClassDef) and node.name == cls.__name__):
             continue
         body = node.body
-        for statement, following in zip(body, body[1:]):
+        for statement, following in itertools.pairwise(body):
             if (
                 isinstance(statement, ast.AnnAssign)
                 and isinstance(statement.target, ast.Name)
@@ -425,13 +427,13 @@ def _field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
-def describe_options(cls: Optional[type]) -> list[OptionInfo]:
+def describe_options(cls: type | None) -> list[OptionInfo]:
     """:func:`options_fields` of ``cls``, or nothing for a component that declares no options."""
     return [] if cls is None else options_fields(cls)
 
 
 def make_component(
-    target: Any, options: Optional[Mapping[str, Any]], kwargs: dict[str, Any], *, path: str, what: str
+    target: Any, options: Mapping[str, Any] | None, kwargs: dict[str, Any], *, path: str, what: str
 ) -> Any:
     """Call ``target`` (a component class or factory) with its options built from ``options`` and the ``kwargs``
     that name an option; the other ``kwargs`` are passed as they are. ``target.from_options(options, **rest)`` is

@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterable, Mapping
-from typing import Any, Optional
+from typing import Any
 
 import attrs
 
@@ -56,7 +56,7 @@ COMPONENT_TABLES: dict[str, str] = {
 }
 """The run file's component tables and the plugin kind each one picks from."""
 
-DEFAULT_NAMES: dict[str, Optional[str]] = {
+DEFAULT_NAMES: dict[str, str | None] = {
     "store": None,  # the durable default: sqlite when installed (agl_kernel.store.defaults)
     "tracer": "noop",
     "runner": "litagent",
@@ -78,20 +78,20 @@ def _positive(_instance: Any, attribute: attrs.Attribute[int], value: int) -> No
 class RunOptions:
     """The ``[run]`` table: what to train and how many runners serve it."""
 
-    agent: Optional[str] = None
+    agent: str | None = None
     """The agent: module:name or path/to/file.py:name."""
-    dataset: Optional[str] = None
+    dataset: str | None = None
     """The training tasks: a .jsonl/.json file, or module:name of a list (or of a function returning one)."""
-    val_dataset: Optional[str] = None
+    val_dataset: str | None = None
     """The validation tasks, in the same forms as dataset."""
     runners: int = attrs.field(default=1, validator=_positive)
     """How many runners serve the agent (tasks in one process under shm, processes under cs)."""
-    llm: Optional[str] = None
+    llm: str | None = None
     """An OpenAI-compatible endpoint (http://127.0.0.1:8000/v1: `agl serve-model`) the agent calls: the run starts
     with it as its LLM resource main_llm (an agent's @llm_rollout gets it)."""
-    llm_model: Optional[str] = None
+    llm_model: str | None = None
     """The model name to ask that endpoint for (required with llm)."""
-    resources: Optional[str] = None
+    resources: str | None = None
     """Resources the run starts from (seed prompts, LLMs): a .json file of name -> resource (with its
     resource_type: prompt_template, llm, proxy_llm), or module:name of such a dict (or of a function returning one)."""
 
@@ -151,7 +151,7 @@ def import_spec(spec: str, key: str) -> Any:
         raise ConfigError(f"{key}: {err}") from None
     except SyntaxError as err:
         raise ConfigError(f"{key}: {spec!r}: {err.msg} ({err.filename}, line {err.lineno})") from None
-    except Exception as err:  # noqa: BLE001 - the user's module failed as it was imported: one line, where
+    except Exception as err:
         import traceback
 
         frames = traceback.extract_tb(err.__traceback__)
@@ -164,7 +164,7 @@ class Choice:
     """The component a table picks: its name (``None``: the default) and its options, validated."""
 
     table: str
-    name: Optional[str]
+    name: str | None
     options: Mapping[str, Any]
     """The raw options as given (validated against the component's options class by :meth:`resolve`)."""
 
@@ -215,7 +215,7 @@ class RunConfig:
     def choice(self, table: str) -> Choice:
         return self.choices[table]
 
-    def resolved(self, tables: Optional[Iterable[str]] = None) -> dict[str, Any]:
+    def resolved(self, tables: Iterable[str] | None = None) -> dict[str, Any]:
         """The effective configuration as plain data (every option, defaults filled in), as ``agl config`` prints
         it; only ``tables`` when given (a runner process checks the store, tracer and runner it uses, not the
         algorithm an ``AGL_ALGORITHM__*`` variable configures for the trainer). Loads each component, so unknown
@@ -233,7 +233,7 @@ class RunConfig:
         return out
 
 
-def _default_name(table: str) -> Optional[str]:
+def _default_name(table: str) -> str | None:
     if table == "store":
         from agl_kernel.store.defaults import default_store_name
 
@@ -287,12 +287,12 @@ def _read_file(path: str) -> dict[str, Any]:
 
 
 def load_run_config(
-    path: Optional[str] = None,
+    path: str | None = None,
     *,
     overrides: Iterable[str] = (),
-    flags: Optional[Mapping[str, Any]] = None,
-    environ: Optional[Mapping[str, str]] = None,
-    data: Optional[Mapping[str, Any]] = None,
+    flags: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    data: Mapping[str, Any] | None = None,
 ) -> RunConfig:
     """A :class:`RunConfig` from (lowest precedence first) ``data`` or the TOML file at ``path``, ``AGL_*__*``
     environment variables (``environ``, default ``os.environ``), ``--set`` ``overrides`` and ``flags`` (a command's

@@ -19,7 +19,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from packaging.requirements import InvalidRequirement, Requirement
@@ -29,19 +29,19 @@ from stevedore.named import NamedExtensionManager
 from agl_kernel.errors import MissingDependencyError, PluginError, PluginNotFoundError
 
 __all__ = [
-    "KINDS",
-    "PLUGIN_API_VERSION",
-    "KERNEL_DISTRIBUTION",
     "DISABLE_AUTOLOAD_ENV",
+    "KERNEL_DISTRIBUTION",
+    "KINDS",
     "PLUGINS_ENV",
+    "PLUGIN_API_VERSION",
     "AglPluginWarning",
     "PluginInfo",
-    "entry_point_group",
-    "load_component",
     "create_component",
+    "entry_point_group",
     "interface_of",
     "kernel_version",
     "list_plugins",
+    "load_component",
     "resolve_name",
 ]
 
@@ -93,11 +93,11 @@ class PluginInfo(msgspec.Struct, frozen=True, kw_only=True):
     version: str
     module: str
     """The entry point's value, ``"module:attr"``."""
-    error: Optional[str] = None
+    error: str | None = None
     """Why it cannot be used: needs another kernel version, or (``list_plugins(check=True)``) fails to load."""
-    requires_kernel: Optional[str] = None
+    requires_kernel: str | None = None
     """The ``agl-kernel`` versions its distribution declares it works with (``None``: it declares none)."""
-    note: Optional[str] = None
+    note: str | None = None
     """A name clash (another distribution registers the same name for the same kind, and which one is used), or
     the kernel extra a built-in needs (``list_plugins(check=True)``)."""
 
@@ -117,8 +117,8 @@ class _Entry:
     entry_point: EntryPoint
     distribution: str
     version: str
-    requires_kernel: Optional[str] = None
-    incompatible: Optional[str] = None
+    requires_kernel: str | None = None
+    incompatible: str | None = None
     """Why the installed kernel does not satisfy the distribution's ``agl-kernel`` range (``None``: it does)."""
 
     @property
@@ -129,7 +129,7 @@ class _Entry:
     def is_builtin(self) -> bool:
         return _normalize(self.distribution) == KERNEL_DISTRIBUTION
 
-    def info(self, error: Optional[str] = None, note: Optional[str] = None) -> PluginInfo:
+    def info(self, error: str | None = None, note: str | None = None) -> PluginInfo:
         return PluginInfo(
             kind=self.kind,
             name=self.name,
@@ -146,7 +146,7 @@ class _Entry:
 
 
 _lock = threading.RLock()
-_snapshot: Optional[tuple[tuple[str, ...], tuple[_Entry, ...]]] = None
+_snapshot: tuple[tuple[str, ...], tuple[_Entry, ...]] | None = None
 
 
 def _normalize(name: str) -> str:
@@ -197,7 +197,7 @@ def kernel_version() -> str:
         return __version__
 
 
-def _kernel_range(dist: Any, dist_name: str, version: str) -> tuple[Optional[str], Optional[str]]:
+def _kernel_range(dist: Any, dist_name: str, version: str) -> tuple[str | None, str | None]:
     """(the ``agl-kernel`` range ``dist`` requires, why the installed kernel is outside it, or ``None``)."""
     if dist is None or _normalize(dist_name) == KERNEL_DISTRIBUTION:
         return None, None
@@ -229,7 +229,7 @@ def _clear_discovery_cache() -> None:
     importlib.invalidate_caches()
 
 
-def _selection() -> tuple[Optional[frozenset[str]], str]:
+def _selection() -> tuple[frozenset[str] | None, str]:
     """The names the environment switches allow (``None``: all) and how to describe the switch in use."""
     chosen = [p.strip() for p in os.environ.get(PLUGINS_ENV, "").split(",") if p.strip()]
     if chosen:
@@ -239,13 +239,13 @@ def _selection() -> tuple[Optional[frozenset[str]], str]:
     return None, ""
 
 
-def _is_visible(entry: _Entry, allowed: Optional[frozenset[str]]) -> bool:
+def _is_visible(entry: _Entry, allowed: frozenset[str] | None) -> bool:
     if allowed is None or _normalize(entry.distribution) == KERNEL_DISTRIBUTION:
         return True
     return _normalize(entry.distribution) in allowed or entry.name in allowed
 
 
-def _entries(kind: Optional[str]) -> tuple[list[_Entry], list[_Entry], str]:
+def _entries(kind: str | None) -> tuple[list[_Entry], list[_Entry], str]:
     """(visible, hidden by the environment switches, the switch in use) for ``kind`` (``None``: every kind)."""
     allowed, switch = _selection()
     visible: list[_Entry] = []
@@ -374,7 +374,7 @@ def _install_hint(entry: _Entry, top_module: str) -> str:
     return f"pip install {top_module}  (or the package that provides the module {top_module!r})"
 
 
-def _split_name(name: str) -> tuple[str, Optional[str]]:
+def _split_name(name: str) -> tuple[str, str | None]:
     """``"NAME@DISTRIBUTION"`` → (``NAME``, ``DISTRIBUTION``); a plain name → (``name``, ``None``)."""
     plain, sep, distribution = name.partition("@")
     return plain, (distribution.strip() or None) if sep else None
@@ -437,7 +437,7 @@ def resolve_name(kind: str, name: str) -> Any:
     return load_component(kind, name)
 
 
-def interface_of(kind: str) -> Optional[type]:
+def interface_of(kind: str) -> type | None:
     """The base class components of ``kind`` implement (``None`` for hook plugins, which are modules)."""
     _check_kind(kind)
     if kind == "plugins":
@@ -457,7 +457,7 @@ _INTERFACES = {
 }
 
 
-def _missing_methods(kind: str, obj: Any) -> Optional[str]:
+def _missing_methods(kind: str, obj: Any) -> str | None:
     """Why ``obj`` (a loaded class or factory, or a made instance) does not implement ``kind``; ``None`` if it does.
     A class that does not subclass the interface passes if it has every abstract method (duck typing)."""
     base = interface_of(kind)
@@ -473,7 +473,7 @@ def _missing_methods(kind: str, obj: Any) -> Optional[str]:
     return None
 
 
-def _interface_problem(kind: str, obj: Any) -> Optional[str]:
+def _interface_problem(kind: str, obj: Any) -> str | None:
     if kind == "plugins":
         return None
     if isinstance(obj, type):
@@ -508,7 +508,7 @@ def _not_found_message(kind: str, name: str, visible: list[_Entry], hidden: list
     return message
 
 
-def create_component(kind: str, spec: Any, *, options: Optional[Mapping[str, Any]] = None, **kwargs: Any) -> Any:
+def create_component(kind: str, spec: Any, *, options: Mapping[str, Any] | None = None, **kwargs: Any) -> Any:
     """Make a component from ``spec``: a name (``NAME`` or ``NAME@DISTRIBUTION``, loaded with
     :func:`load_component`), a class, or an instance (returned as is; no options may be given with it).
 
@@ -552,7 +552,7 @@ def create_component(kind: str, spec: Any, *, options: Optional[Mapping[str, Any
     return obj
 
 
-def list_plugins(kind: Optional[str] = None, *, check: bool = False) -> list[PluginInfo]:
+def list_plugins(kind: str | None = None, *, check: bool = False) -> list[PluginInfo]:
     """The visible plugins of ``kind`` (``None``: every kind), sorted by kind and name.
 
     Listing reads installed metadata only and imports nothing, so a broken plugin is listed like any other;
@@ -581,7 +581,7 @@ def list_plugins(kind: Optional[str] = None, *, check: bool = False) -> list[Plu
     return sorted(infos, key=lambda i: (i.kind, i.name, i.distribution))
 
 
-def _clash_note(entry: _Entry, visible: list[_Entry]) -> Optional[str]:
+def _clash_note(entry: _Entry, visible: list[_Entry]) -> str | None:
     others = [e for e in visible if e.kind == entry.kind and e.name == entry.name and e is not entry]
     if not others:
         return None

@@ -11,7 +11,7 @@ import logging
 import os
 import threading
 import warnings
-from typing import Any, Optional
+from typing import Any
 
 import pluggy
 
@@ -30,7 +30,7 @@ STRICT_ENV = "AGL_STRICT_PLUGINS"
 log = logging.getLogger(__name__)
 
 _lock = threading.RLock()
-_manager: Optional[pluggy.PluginManager] = None
+_manager: pluggy.PluginManager | None = None
 _distributions: dict[str, str] = {}  # registered plugin name -> "distribution version"
 _reported: set[tuple[str, str]] = set()  # (plugin name, hook) whose failure was logged already
 
@@ -99,7 +99,12 @@ def report_hook_failure(plugin_name: str, hook: str, err: BaseException) -> None
     log.error(
         "the agl hook plugin %r (from %s) raised in %s and is skipped: %s: %s. The run goes on; set %s=1 to raise "
         "such errors instead.",
-        plugin_name, source, hook, type(err).__name__, err, STRICT_ENV,
+        plugin_name,
+        source,
+        hook,
+        type(err).__name__,
+        err,
+        STRICT_ENV,
         exc_info=err,
     )
 

@@ -29,16 +29,16 @@ if TYPE_CHECKING:
     from agl_kernel.tracer import Tracer
 
 __all__ = [
-    "hookspec",
-    "hookimpl",
     "RouteRegistrar",
+    "agl_on_rollout_end",
+    "agl_on_rollout_start",
+    "agl_on_store_created",
+    "agl_on_trace_end",
+    "agl_on_trace_start",
     "agl_register_commands",
     "agl_register_routes",
-    "agl_on_rollout_start",
-    "agl_on_rollout_end",
-    "agl_on_trace_start",
-    "agl_on_trace_end",
-    "agl_on_store_created",
+    "hookimpl",
+    "hookspec",
 ]
 
 hookspec = pluggy.HookspecMarker("agl")

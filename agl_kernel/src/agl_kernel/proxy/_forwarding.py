@@ -4,7 +4,7 @@ a backend's failure becomes an OpenAI-style error that says whose fault it is.""
 import contextlib
 import json
 from collections.abc import AsyncIterator, Iterable
-from typing import Any, Optional
+from typing import Any
 
 import httpx
 
@@ -25,8 +25,15 @@ class LLMProxy(BackendPool):
     """
 
     def __init__(
-        self, store: LightningStore, backends: Iterable[str] = (), *, request_token_ids: bool = True,
-        request_logprobs: bool = True, timeout: float = 300.0, retry_after: float = 5.0, sticky_rollouts: int = 100_000,
+        self,
+        store: LightningStore,
+        backends: Iterable[str] = (),
+        *,
+        request_token_ids: bool = True,
+        request_logprobs: bool = True,
+        timeout: float = 300.0,
+        retry_after: float = 5.0,
+        sticky_rollouts: int = 100_000,
     ) -> None:
         super().__init__(backends, retry_after=retry_after, sticky_rollouts=sticky_rollouts)
         self.store, self.timeout = store, timeout
@@ -78,7 +85,7 @@ class LLMProxy(BackendPool):
     async def _relay(self, response: httpx.Response, backend: Backend, record: CallRecord) -> AsyncIterator[bytes]:
         """Pass the backend's server-sent events through as they come, adding up the chunks for the span."""
         stream = StreamAccumulator(record.operation)
-        error: Optional[BaseException] = None
+        error: BaseException | None = None
         try:
             async for line in response.aiter_lines():
                 data = line[5:].strip() if line.startswith("data:") else ""

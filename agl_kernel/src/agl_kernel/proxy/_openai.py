@@ -3,7 +3,7 @@ proxy and every backend rely on is checked, so that a malformed request gets a 4
 reaching a backend (where it might break the connection); the backend judges the values (an unknown model, ...)."""
 
 import json
-from typing import Any, Optional
+from typing import Any
 
 from agl_kernel.errors import AglError
 
@@ -11,7 +11,7 @@ from agl_kernel.errors import AglError
 class ProxyError(AglError):
     """A call the proxy refuses or cannot complete: ``status`` and an OpenAI-style error ``type``."""
 
-    def __init__(self, status: int, message: str, kind: str = "invalid_request_error", param: Optional[str] = None):
+    def __init__(self, status: int, message: str, kind: str = "invalid_request_error", param: str | None = None):
         super().__init__(message)
         self.status, self.kind, self.param = status, kind, param
 
@@ -25,7 +25,9 @@ MODELS_PATH = "/models"
 
 # Optional top-level fields: (the types a value may have, what to call them). Booleans are not numbers here.
 _FIELDS: dict[str, tuple[Any, str]] = {
-    "model": (str, "a string"), "stream": (bool, "true or false"), "stream_options": (dict, "an object"),
+    "model": (str, "a string"),
+    "stream": (bool, "true or false"),
+    "stream_options": (dict, "an object"),
     **dict.fromkeys(("max_tokens", "max_completion_tokens", "n", "seed", "top_k"), (int, "an integer")),
     **dict.fromkeys(("temperature", "top_p", "presence_penalty", "frequency_penalty"), ((int, float), "a number")),
 }
@@ -86,7 +88,7 @@ def _check_messages(body: dict[str, Any]) -> None:
             raise _refuse(where, f"must be an object with a role and a content, not {_type_name(message)}")
         role = message.get("role")
         if not isinstance(role, str) or not role:
-            raise _refuse(f"{where}.role", f"must be a string such as \"user\", not {_type_name(role)}")
+            raise _refuse(f"{where}.role", f'must be a string such as "user", not {_type_name(role)}')
         _check_fields(message, _MESSAGE_FIELDS, f"{where}.")
         if isinstance(message.get("content"), list):
             _check_objects(f"{where}.content", message["content"], ' such as {"type": "text", "text": "hi"}')

@@ -58,7 +58,7 @@ def proxy_routes(proxy: LLMProxy) -> list[Any]:
     async def put_backends(data: JSONBody[dict[str, Any]]) -> Any:
         urls = data.get("backends")
         if not isinstance(urls, list) or not all(isinstance(u, str) for u in urls):
-            raise ProxyError(400, "send {\"backends\": [\"http://host:port/v1\", ...]}", param="backends")
+            raise ProxyError(400, 'send {"backends": ["http://host:port/v1", ...]}', param="backends")
         try:
             proxy.set_backends(urls)
         except ValueError as exc:

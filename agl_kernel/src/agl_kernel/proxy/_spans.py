@@ -16,6 +16,7 @@ from agl_kernel.tracer import exception_attributes, new_span_id, new_trace_id
 
 log = logging.getLogger(__name__)
 
+
 async def attempt_resources(store: LightningStore, rollout_id: str, attempt_id: str) -> dict[str, Any]:
     """The attributes of the resources the attempt's rollout runs with; a 404 when there is no such attempt."""
     try:
@@ -53,9 +54,16 @@ class CallRecord:
     async def _write(self, attributes: dict[str, Any], status: SpanStatus) -> None:
         attributes[semconv.LLM_LATENCY_SECONDS] = time.monotonic() - self.started
         span = Span(
-            rollout_id=self.rollout_id, attempt_id=self.attempt_id, trace_id=new_trace_id(), span_id=new_span_id(),
-            name=span_name(self.operation, attributes), kind="CLIENT", status=status, attributes=attributes,
-            start_time=self.start, end_time=time.time(),
+            rollout_id=self.rollout_id,
+            attempt_id=self.attempt_id,
+            trace_id=new_trace_id(),
+            span_id=new_span_id(),
+            name=span_name(self.operation, attributes),
+            kind="CLIENT",
+            status=status,
+            attributes=attributes,
+            start_time=self.start,
+            end_time=time.time(),
         )
         try:
             await self.store.add_span(span)

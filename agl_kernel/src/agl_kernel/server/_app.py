@@ -158,7 +158,7 @@ def _plugin_routes(plugin_manager: Any) -> list[ControllerRouterHandler]:
 
         try:
             impl.function(**{name: register for name in impl.argnames})
-        except Exception as err:  # noqa: BLE001 - a plugin's bug must not take the server down
+        except Exception as err:
             from agl_kernel.plugins import AglPluginWarning, strict_plugins
 
             if strict_plugins():
@@ -245,7 +245,7 @@ def create_app(
         except OtlpError as exc:
             content, media = encode_error(exc.status, str(exc), protobuf, {"error": "invalid_otlp"})
             return Response(content=content, status_code=exc.status, media_type=media)
-        except Exception as exc:  # noqa: BLE001 - mapped to a status like every other route
+        except Exception as exc:
             status, error = error_body(exc)
             if status >= 500 and error.error_id:
                 logger.error("error id %s: OTLP export failed: %s", error.error_id, exc, exc_info=exc)
@@ -270,7 +270,7 @@ def create_app(
         if close_store:
             try:
                 await store.close()
-            except Exception:  # noqa: BLE001 - shutting down anyway
+            except Exception:
                 logger.exception("closing the store failed")
 
     handlers: list[ControllerRouterHandler] = [

@@ -65,7 +65,7 @@ async def _run(ctx: ServerContext, op: Any) -> OpResult:
     operation = _BY_STRUCT[type(op)]
     try:
         result = await ctx.metrics.timed(operation.name, operation.call(ctx.store, *operation.from_batch(op)))
-    except Exception as exc:  # noqa: BLE001 - each call of a batch answers for itself
+    except Exception as exc:
         status, body = error_body(exc)
         if status >= 500 and body.error_id is not None:
             logger.error("error id %s: batch call %s failed: %s", body.error_id, type(op).__name__, exc, exc_info=exc)
@@ -78,7 +78,7 @@ async def _add_spans(ctx: ServerContext, spans: list[tuple[int, AddSpanOp]], res
     own, so that only the faulty ones fail."""
     try:
         stored = await ctx.metrics.timed("add_many_spans", ctx.store.add_many_spans([op.span for _, op in spans]))
-    except Exception as exc:  # noqa: BLE001 - retried span by span below
+    except Exception as exc:
         if error_body(exc)[0] >= 500:
             logger.warning("a batch of %d spans failed (%s); adding them one by one", len(spans), exc)
         for i, op in spans:

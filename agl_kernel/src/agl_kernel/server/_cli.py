@@ -138,8 +138,14 @@ def serve_command(
 
 
 @click.command("proxy", context_settings={"ignore_unknown_options": False})
-@click.option("--llm-backend", "llm_backends", multiple=True, required=True, metavar="URL",
-              help="An OpenAI-compatible server (http://host:port/v1; repeatable).")
+@click.option(
+    "--llm-backend",
+    "llm_backends",
+    multiple=True,
+    required=True,
+    metavar="URL",
+    help="An OpenAI-compatible server (http://host:port/v1; repeatable).",
+)
 @click.option("--backend", default=None, help="The store plugin the calls are recorded in. Default: sqlite.")
 @click.option("--path", default=None, help="The store's file. Default: ./.agl/agl.db.")
 @click.option("--host", default="127.0.0.1", show_default=True)
@@ -147,10 +153,29 @@ def serve_command(
 @click.option("--token", envvar="AGL_STORE_TOKEN", default=None, help="Bearer token (default: $AGL_STORE_TOKEN).")
 @click.option("--insecure-bind", is_flag=True, help="Allow a non-loopback address without a token.")
 @click.pass_context
-def proxy_command(ctx: click.Context, llm_backends: tuple[str, ...], backend: str | None, path: str | None,
-                  host: str, port: int, token: str | None, insecure_bind: bool) -> None:
+def proxy_command(
+    ctx: click.Context,
+    llm_backends: tuple[str, ...],
+    backend: str | None,
+    path: str | None,
+    host: str,
+    port: int,
+    token: str | None,
+    insecure_bind: bool,
+) -> None:
     """The LLM proxy with its store (`agl store serve --llm-backend URL`): agents call
     /rollout/ID/attempt/ID/v1/chat/completions and every call is recorded with token ids and logprobs."""
-    ctx.invoke(serve_command, backend=backend, path=path, options=(), host=host, port=port, token=token,
-               insecure_bind=insecure_bind, max_wait=60.0, log_level="warning", access_log=False,
-               llm_backends=llm_backends)
+    ctx.invoke(
+        serve_command,
+        backend=backend,
+        path=path,
+        options=(),
+        host=host,
+        port=port,
+        token=token,
+        insecure_bind=insecure_bind,
+        max_wait=60.0,
+        log_level="warning",
+        access_log=False,
+        llm_backends=llm_backends,
+    )

@@ -132,7 +132,7 @@ def _choices(kind: Any, field: str) -> list[str]:
     optional one), else []."""
     try:
         info = msgspec.inspect.type_info(kind)
-    except Exception:  # noqa: BLE001 - not a type msgspec knows: no hint
+    except Exception:
         return []
     for found in getattr(info, "fields", ()):
         if found.encode_name != field:

@@ -179,7 +179,7 @@ def _make_span(
     raw_sequence = attributes.get(semconv.SEQUENCE_ID, resource.get(semconv.SEQUENCE_ID, 0))
     try:
         sequence_id = int(raw_sequence)
-        if not 0 <= sequence_id <= _INT64_MAX or isinstance(raw_sequence, float) and raw_sequence != sequence_id:
+        if not 0 <= sequence_id <= _INT64_MAX or (isinstance(raw_sequence, float) and raw_sequence != sequence_id):
             raise ValueError
     except (TypeError, ValueError, OverflowError):  # OverflowError: int(inf)
         raise OtlpError(

@@ -126,5 +126,5 @@ async def _requeue(store: LightningStore, taken: Any) -> None:
         )
         try:
             await store.update_rollout(attempted.rollout_id, status=RolloutStatus.REQUEUING)
-        except Exception:  # noqa: BLE001 - best effort; the watchdog covers what this misses
+        except Exception:
             logger.exception("could not put rollout %s back in the queue", attempted.rollout_id)

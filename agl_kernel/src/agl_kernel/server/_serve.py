@@ -191,7 +191,7 @@ class ServerThread:
     def _run(self) -> None:
         try:
             self.server.run(sockets=[self._sock])
-        except BaseException as exc:  # noqa: BLE001 - reported by start()
+        except BaseException as exc:
             self._error = exc
 
     def start(self, timeout: float = 10.0) -> ServerThread:

@@ -126,8 +126,8 @@ class RolloutPatch(_Body, frozen=True, kw_only=True):
     """Fields to change; a field left out is left alone (``null`` is a value: it clears ``mode``/``resources_id``)."""
 
     status: RolloutStatus | UnsetType = UNSET
-    mode: RolloutMode | None | UnsetType = UNSET
-    resources_id: str | None | UnsetType = UNSET
+    mode: RolloutMode | UnsetType | None = UNSET
+    resources_id: str | UnsetType | None = UNSET
     config: RolloutConfig | UnsetType = UNSET
     metadata: dict[str, Any] | UnsetType = UNSET
 
@@ -151,7 +151,7 @@ class AttemptPatch(_Body, frozen=True, kw_only=True):
     """Fields to change; every PATCH of an attempt is also a heartbeat."""
 
     status: AttemptStatus | UnsetType = UNSET
-    worker_id: str | None | UnsetType = UNSET
+    worker_id: str | UnsetType | None = UNSET
     last_heartbeat_time: float | UnsetType = UNSET
     metadata: dict[str, Any] | UnsetType = UNSET
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Sequence
-from typing import Any, ClassVar, Literal, Optional, Union
+from typing import Any, ClassVar, Literal
 
 from msgspec import UNSET, UnsetType
 
@@ -47,7 +47,7 @@ from agl_kernel.models import (
     WorkerStatus,
 )
 
-__all__ = ["LightningStore", "SORT_FIELDS", "SortOrder", "LATEST"]
+__all__ = ["LATEST", "SORT_FIELDS", "LightningStore", "SortOrder"]
 
 SortOrder = Literal["asc", "desc"]
 LATEST = "latest"
@@ -80,7 +80,7 @@ class LightningStore(abc.ABC):
     def capabilities(self) -> StoreCapabilities:
         """What this backend can do (thread safety, durability, sharing between processes, ...)."""
 
-    async def __aenter__(self) -> "LightningStore":
+    async def __aenter__(self) -> LightningStore:
         return self
 
     async def __aexit__(self, *exc_info: Any) -> None:
@@ -98,10 +98,10 @@ class LightningStore(abc.ABC):
         self,
         input: Any,
         *,
-        mode: Optional[RolloutMode] = None,
-        resources_id: Optional[str] = None,
-        config: Optional[RolloutConfig] = None,
-        metadata: Optional[dict[str, Any]] = None,
+        mode: RolloutMode | None = None,
+        resources_id: str | None = None,
+        config: RolloutConfig | None = None,
+        metadata: dict[str, Any] | None = None,
     ) -> Rollout:
         """Create a rollout in ``queuing`` status, at the back of the queue, with no attempt yet.
 
@@ -118,18 +118,16 @@ class LightningStore(abc.ABC):
         self,
         input: Any,
         *,
-        mode: Optional[RolloutMode] = None,
-        resources_id: Optional[str] = None,
-        config: Optional[RolloutConfig] = None,
-        metadata: Optional[dict[str, Any]] = None,
-        worker_id: Optional[str] = None,
+        mode: RolloutMode | None = None,
+        resources_id: str | None = None,
+        config: RolloutConfig | None = None,
+        metadata: dict[str, Any] | None = None,
+        worker_id: str | None = None,
     ) -> AttemptedRollout:
         """Create a rollout that skips the queue: it is ``preparing`` with attempt 1 (``preparing``) at once."""
 
     @abc.abstractmethod
-    async def dequeue_rollout(
-        self, *, worker_id: Optional[str] = None, timeout: float = 0.0
-    ) -> Optional[AttemptedRollout]:
+    async def dequeue_rollout(self, *, worker_id: str | None = None, timeout: float = 0.0) -> AttemptedRollout | None:
         """Take the oldest queued rollout and start a new attempt on it (``preparing``; rollout ``preparing``).
 
         Exactly once: under any concurrency (tasks, threads and, where ``capabilities.multi_process``, processes)
@@ -142,13 +140,13 @@ class LightningStore(abc.ABC):
 
     @abc.abstractmethod
     async def dequeue_many_rollouts(
-        self, *, limit: int, worker_id: Optional[str] = None, timeout: float = 0.0
+        self, *, limit: int, worker_id: str | None = None, timeout: float = 0.0
     ) -> list[AttemptedRollout]:
         """Dequeue up to ``limit`` rollouts at once, oldest first; waits like :meth:`dequeue_rollout` while the
         queue is empty and returns as soon as at least one is available."""
 
     @abc.abstractmethod
-    async def start_attempt(self, rollout_id: str, *, worker_id: Optional[str] = None) -> AttemptedRollout:
+    async def start_attempt(self, rollout_id: str, *, worker_id: str | None = None) -> AttemptedRollout:
         """Start a new attempt on an existing rollout by hand (its queue entry, if any, goes stale).
         Raises ``InvalidStatusTransitionError`` for a rollout in a terminal status."""
 
@@ -160,12 +158,12 @@ class LightningStore(abc.ABC):
     async def query_rollouts(
         self,
         *,
-        status_in: Optional[Sequence[RolloutStatus]] = None,
-        rollout_id_in: Optional[Sequence[str]] = None,
-        mode_in: Optional[Sequence[RolloutMode]] = None,
-        sort_by: Optional[str] = None,
+        status_in: Sequence[RolloutStatus] | None = None,
+        rollout_id_in: Sequence[str] | None = None,
+        mode_in: Sequence[RolloutMode] | None = None,
+        sort_by: str | None = None,
         sort_order: SortOrder = "asc",
-        limit: Optional[int] = None,
+        limit: int | None = None,
         offset: int = 0,
     ) -> PaginatedResult[Rollout]:
         """Rollouts matching every given filter (``None`` = no filter), in creation order unless sorted."""
@@ -175,11 +173,11 @@ class LightningStore(abc.ABC):
         self,
         rollout_id: str,
         *,
-        status: Union[RolloutStatus, UnsetType] = UNSET,
-        mode: Union[Optional[RolloutMode], UnsetType] = UNSET,
-        resources_id: Union[Optional[str], UnsetType] = UNSET,
-        config: Union[RolloutConfig, UnsetType] = UNSET,
-        metadata: Union[dict[str, Any], UnsetType] = UNSET,
+        status: RolloutStatus | UnsetType = UNSET,
+        mode: RolloutMode | UnsetType | None = UNSET,
+        resources_id: str | UnsetType | None = UNSET,
+        config: RolloutConfig | UnsetType = UNSET,
+        metadata: dict[str, Any] | UnsetType = UNSET,
     ) -> Rollout:
         """Change the given fields (``metadata`` is replaced whole).
 
@@ -197,7 +195,7 @@ class LightningStore(abc.ABC):
         return await self.update_rollout(rollout_id, status=RolloutStatus.CANCELLED)
 
     @abc.abstractmethod
-    async def wait_for_rollouts(self, rollout_ids: Sequence[str], *, timeout: Optional[float] = None) -> list[Rollout]:
+    async def wait_for_rollouts(self, rollout_ids: Sequence[str], *, timeout: float | None = None) -> list[Rollout]:
         """Wait until every named rollout has ended, or ``timeout`` seconds (``None`` = no limit, 0 = just look).
 
         Returns the rollouts that have ended (``succeeded``/``failed``/``cancelled``) by then, in the order of
@@ -207,7 +205,7 @@ class LightningStore(abc.ABC):
 
     @abc.abstractmethod
     async def delete_rollouts(
-        self, rollout_ids: Optional[Sequence[str]] = None, *, ended_before: Optional[float] = None
+        self, rollout_ids: Sequence[str] | None = None, *, ended_before: float | None = None
     ) -> int:
         """Delete ended rollouts with their attempts and spans; returns how many were deleted.
 
@@ -227,10 +225,10 @@ class LightningStore(abc.ABC):
         self,
         rollout_id: str,
         *,
-        status_in: Optional[Sequence[AttemptStatus]] = None,
-        sort_by: Optional[str] = None,
+        status_in: Sequence[AttemptStatus] | None = None,
+        sort_by: str | None = None,
         sort_order: SortOrder = "asc",
-        limit: Optional[int] = None,
+        limit: int | None = None,
         offset: int = 0,
     ) -> PaginatedResult[Attempt]:
         """The rollout's attempts, by ``sequence_id`` unless sorted otherwise."""
@@ -241,10 +239,10 @@ class LightningStore(abc.ABC):
         rollout_id: str,
         attempt_id: str = LATEST,
         *,
-        status: Union[AttemptStatus, UnsetType] = UNSET,
-        worker_id: Union[Optional[str], UnsetType] = UNSET,
-        last_heartbeat_time: Union[float, UnsetType] = UNSET,
-        metadata: Union[dict[str, Any], UnsetType] = UNSET,
+        status: AttemptStatus | UnsetType = UNSET,
+        worker_id: str | UnsetType | None = UNSET,
+        last_heartbeat_time: float | UnsetType = UNSET,
+        metadata: dict[str, Any] | UnsetType = UNSET,
     ) -> Attempt:
         """Change an attempt; every call counts as a heartbeat (``last_heartbeat_time`` defaults to now).
 
@@ -286,12 +284,12 @@ class LightningStore(abc.ABC):
     async def query_spans(
         self,
         rollout_id: str,
-        attempt_id: Optional[str] = None,
+        attempt_id: str | None = None,
         *,
-        name: Optional[str] = None,
-        sort_by: Optional[str] = None,
+        name: str | None = None,
+        sort_by: str | None = None,
         sort_order: SortOrder = "asc",
-        limit: Optional[int] = None,
+        limit: int | None = None,
         offset: int = 0,
     ) -> PaginatedResult[Span]:
         """Spans of a rollout (all attempts when ``attempt_id`` is ``None``; ``"latest"`` allowed), ordered by
@@ -309,21 +307,21 @@ class LightningStore(abc.ABC):
         Concurrent updates each get their own version; none is lost."""
 
     @abc.abstractmethod
-    async def get_resources(self, resources_id: str, version: Optional[int] = None) -> ResourcesUpdate:
+    async def get_resources(self, resources_id: str, version: int | None = None) -> ResourcesUpdate:
         """A resources set at ``version`` (default: its newest); ``NotFoundError`` if absent."""
 
     @abc.abstractmethod
-    async def get_latest_resources(self) -> Optional[ResourcesUpdate]:
+    async def get_latest_resources(self) -> ResourcesUpdate | None:
         """The most recently added or updated resources set, or ``None`` if there is none."""
 
     @abc.abstractmethod
     async def query_resources(
         self,
         *,
-        resources_id: Optional[str] = None,
-        sort_by: Optional[str] = None,
+        resources_id: str | None = None,
+        sort_by: str | None = None,
         sort_order: SortOrder = "asc",
-        limit: Optional[int] = None,
+        limit: int | None = None,
         offset: int = 0,
     ) -> PaginatedResult[ResourcesUpdate]:
         """Every stored version (of ``resources_id`` only, if given), in write order unless sorted."""
@@ -335,7 +333,7 @@ class LightningStore(abc.ABC):
         self,
         worker_id: str,
         *,
-        heartbeat_stats: Union[dict[str, Any], UnsetType] = UNSET,
+        heartbeat_stats: dict[str, Any] | UnsetType = UNSET,
     ) -> Worker:
         """Record a heartbeat of a worker (created on first call): ``last_heartbeat_time`` = now, stats replaced.
         An ``unresponsive`` worker becomes ``idle`` (or ``busy`` if it still holds an attempt)."""
@@ -348,10 +346,10 @@ class LightningStore(abc.ABC):
     async def query_workers(
         self,
         *,
-        status_in: Optional[Sequence[WorkerStatus]] = None,
-        sort_by: Optional[str] = None,
+        status_in: Sequence[WorkerStatus] | None = None,
+        sort_by: str | None = None,
         sort_order: SortOrder = "asc",
-        limit: Optional[int] = None,
+        limit: int | None = None,
         offset: int = 0,
     ) -> PaginatedResult[Worker]:
         """Workers, in order of first appearance unless sorted."""

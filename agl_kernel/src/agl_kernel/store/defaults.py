@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Mapping
-from typing import Any, Optional, Union
+from typing import Any
 
 from agl_kernel.errors import PluginNotFoundError
 from agl_kernel.store.base import LightningStore
@@ -24,10 +24,10 @@ def default_store_name() -> str:
 
 
 def make_store(
-    spec: Union[str, type, LightningStore, None] = None,
+    spec: str | type | LightningStore | None = None,
     *,
-    path: Union[str, os.PathLike[str], None] = None,
-    options: Optional[Mapping[str, Any]] = None,
+    path: str | os.PathLike[str] | None = None,
+    options: Mapping[str, Any] | None = None,
     **kwargs: Any,
 ) -> LightningStore:
     """The store for ``spec``: a registered name, a class, or an instance (returned as is).
@@ -68,7 +68,7 @@ def describe_store(store: LightningStore) -> str:
     describe = getattr(store, "describe", None)
     if callable(describe):
         return str(describe())
-    path: Optional[Any] = getattr(store, "path", None)
+    path: Any | None = getattr(store, "path", None)
     name = type(store).__name__
     if path is not None:
         return f"{name} at {os.path.abspath(path)}"

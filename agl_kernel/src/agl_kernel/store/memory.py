@@ -15,7 +15,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Sequence
-from typing import Any, Optional, Union
+from typing import Any
 
 import attrs
 import msgspec
@@ -43,9 +43,9 @@ from agl_kernel.models import (
     encode_msgpack,
 )
 from agl_kernel.store import policy
+from agl_kernel.store.base import LATEST, LightningStore, SortOrder
 from agl_kernel.store.query import check_query, paginate
 from agl_kernel.store.waiting import Signal
-from agl_kernel.store.base import LATEST, LightningStore, SortOrder
 
 __all__ = ["InMemoryLightningStore"]
 
@@ -89,7 +89,7 @@ def _check_span(span: Span) -> None:
     _check_value(span, f"span {span.span_id!r}")
 
 
-def _check_rollout_values(input: Any, config: Optional[RolloutConfig], metadata: Optional[dict[str, Any]]) -> None:
+def _check_rollout_values(input: Any, config: RolloutConfig | None, metadata: dict[str, Any] | None) -> None:
     _check_value(input, "rollout input")
     if config is not None:
         _check_value(config, "rollout config")
@@ -130,7 +130,7 @@ class InMemoryLightningStore(LightningStore):
         self._span_count = 0
         self._resources: list[ResourcesUpdate] = []  # every version, in write order
         self._resources_latest_version: dict[str, ResourcesUpdate] = {}
-        self._latest_resources: Optional[ResourcesUpdate] = None
+        self._latest_resources: ResourcesUpdate | None = None
         self._workers: dict[str, Worker] = {}
         self._supervised: dict[str, str] = {}  # attempt id -> rollout id, for attempts the watchdog watches
         self._ended = Signal()
@@ -183,7 +183,7 @@ class InMemoryLightningStore(LightningStore):
             raise NotFoundError(f"rollout {rollout_id!r} has no attempt with id {attempt_id!r}")
         return attempts[index]
 
-    def _resources_id_for(self, resources_id: Optional[str]) -> Optional[str]:
+    def _resources_id_for(self, resources_id: str | None) -> str | None:
         if resources_id is None:
             return None if self._latest_resources is None else self._latest_resources.resources_id
         if resources_id not in self._resources_latest_version:
@@ -225,7 +225,7 @@ class InMemoryLightningStore(LightningStore):
         if attempt.status.is_final:
             self._supervised.pop(attempt.attempt_id, None)
 
-    def _new_attempt(self, rollout: Rollout, worker_id: Optional[str], now: float) -> AttemptedRollout:
+    def _new_attempt(self, rollout: Rollout, worker_id: str | None, now: float) -> AttemptedRollout:
         attempts = self._attempts[rollout.rollout_id]
         attempt = Attempt(
             rollout_id=rollout.rollout_id,
@@ -283,10 +283,10 @@ class InMemoryLightningStore(LightningStore):
     def _make_rollout(
         self,
         input: Any,
-        mode: Optional[RolloutMode],
-        resources_id: Optional[str],
-        config: Optional[RolloutConfig],
-        metadata: Optional[dict[str, Any]],
+        mode: RolloutMode | None,
+        resources_id: str | None,
+        config: RolloutConfig | None,
+        metadata: dict[str, Any] | None,
         status: RolloutStatus,
         now: float,
     ) -> Rollout:
@@ -307,15 +307,17 @@ class InMemoryLightningStore(LightningStore):
         self,
         input: Any,
         *,
-        mode: Optional[RolloutMode] = None,
-        resources_id: Optional[str] = None,
-        config: Optional[RolloutConfig] = None,
-        metadata: Optional[dict[str, Any]] = None,
+        mode: RolloutMode | None = None,
+        resources_id: str | None = None,
+        config: RolloutConfig | None = None,
+        metadata: dict[str, Any] | None = None,
     ) -> Rollout:
         _check_rollout_values(input, config, metadata)
         with self._lock:
             self._check_open()
-            rollout = self._make_rollout(input, mode, resources_id, config, metadata, RolloutStatus.QUEUING, time.time())
+            rollout = self._make_rollout(
+                input, mode, resources_id, config, metadata, RolloutStatus.QUEUING, time.time()
+            )
             self._put_rollout(rollout)
         self._wake()
         return rollout
@@ -341,11 +343,11 @@ class InMemoryLightningStore(LightningStore):
         self,
         input: Any,
         *,
-        mode: Optional[RolloutMode] = None,
-        resources_id: Optional[str] = None,
-        config: Optional[RolloutConfig] = None,
-        metadata: Optional[dict[str, Any]] = None,
-        worker_id: Optional[str] = None,
+        mode: RolloutMode | None = None,
+        resources_id: str | None = None,
+        config: RolloutConfig | None = None,
+        metadata: dict[str, Any] | None = None,
+        worker_id: str | None = None,
     ) -> AttemptedRollout:
         _check_rollout_values(input, config, metadata)
         with self._lock:
@@ -355,7 +357,7 @@ class InMemoryLightningStore(LightningStore):
             self._rollouts[rollout.rollout_id] = rollout
             return self._new_attempt(rollout, worker_id, now)
 
-    def _pop_queue(self, limit: int, worker_id: Optional[str]) -> list[AttemptedRollout]:
+    def _pop_queue(self, limit: int, worker_id: str | None) -> list[AttemptedRollout]:
         taken: list[AttemptedRollout] = []
         with self._lock:
             self._check_open()
@@ -373,14 +375,12 @@ class InMemoryLightningStore(LightningStore):
                 taken.append(self._new_attempt(rollout, worker_id, now))
         return taken
 
-    async def dequeue_rollout(
-        self, *, worker_id: Optional[str] = None, timeout: float = 0.0
-    ) -> Optional[AttemptedRollout]:
+    async def dequeue_rollout(self, *, worker_id: str | None = None, timeout: float = 0.0) -> AttemptedRollout | None:
         taken = await self.dequeue_many_rollouts(limit=1, worker_id=worker_id, timeout=timeout)
         return taken[0] if taken else None
 
     async def dequeue_many_rollouts(
-        self, *, limit: int, worker_id: Optional[str] = None, timeout: float = 0.0
+        self, *, limit: int, worker_id: str | None = None, timeout: float = 0.0
     ) -> list[AttemptedRollout]:
         if limit < 1:
             raise ValueError(f"limit must be at least 1, not {limit!r}")
@@ -389,14 +389,14 @@ class InMemoryLightningStore(LightningStore):
         if taken or timeout <= 0:
             return taken
 
-        def check() -> Optional[list[AttemptedRollout]]:
+        def check() -> list[AttemptedRollout] | None:
             if self._closed:
                 return []
             return self._pop_queue(limit, worker_id) or None
 
         return await self._enqueued.wait_for(check, timeout) or []
 
-    async def start_attempt(self, rollout_id: str, *, worker_id: Optional[str] = None) -> AttemptedRollout:
+    async def start_attempt(self, rollout_id: str, *, worker_id: str | None = None) -> AttemptedRollout:
         with self._lock:
             rollout = self._rollout(rollout_id)
             if rollout.status.is_terminal:
@@ -414,12 +414,12 @@ class InMemoryLightningStore(LightningStore):
     async def query_rollouts(
         self,
         *,
-        status_in: Optional[Sequence[RolloutStatus]] = None,
-        rollout_id_in: Optional[Sequence[str]] = None,
-        mode_in: Optional[Sequence[RolloutMode]] = None,
-        sort_by: Optional[str] = None,
+        status_in: Sequence[RolloutStatus] | None = None,
+        rollout_id_in: Sequence[str] | None = None,
+        mode_in: Sequence[RolloutMode] | None = None,
+        sort_by: str | None = None,
         sort_order: SortOrder = "asc",
-        limit: Optional[int] = None,
+        limit: int | None = None,
         offset: int = 0,
     ) -> PaginatedResult[Rollout]:
         check_query("rollouts", sort_by, sort_order, limit, offset)
@@ -443,11 +443,11 @@ class InMemoryLightningStore(LightningStore):
         self,
         rollout_id: str,
         *,
-        status: Union[RolloutStatus, UnsetType] = UNSET,
-        mode: Union[Optional[RolloutMode], UnsetType] = UNSET,
-        resources_id: Union[Optional[str], UnsetType] = UNSET,
-        config: Union[RolloutConfig, UnsetType] = UNSET,
-        metadata: Union[dict[str, Any], UnsetType] = UNSET,
+        status: RolloutStatus | UnsetType = UNSET,
+        mode: RolloutMode | UnsetType | None = UNSET,
+        resources_id: str | UnsetType | None = UNSET,
+        config: RolloutConfig | UnsetType = UNSET,
+        metadata: dict[str, Any] | UnsetType = UNSET,
     ) -> Rollout:
         changes: dict[str, Any] = {}
         if mode is not UNSET:
@@ -474,7 +474,7 @@ class InMemoryLightningStore(LightningStore):
         self._wake()
         return rollout
 
-    async def wait_for_rollouts(self, rollout_ids: Sequence[str], *, timeout: Optional[float] = None) -> list[Rollout]:
+    async def wait_for_rollouts(self, rollout_ids: Sequence[str], *, timeout: float | None = None) -> list[Rollout]:
         rollout_ids = list(dict.fromkeys(rollout_ids))
         with self._lock:
             for rollout_id in rollout_ids:
@@ -485,7 +485,7 @@ class InMemoryLightningStore(LightningStore):
                 found = (self._rollouts.get(r) for r in rollout_ids)
                 return [r for r in found if r is not None and r.status.is_terminal]
 
-        def check() -> Optional[list[Rollout]]:
+        def check() -> list[Rollout] | None:
             done = finished()
             return done if len(done) == len(rollout_ids) or self._closed else None
 
@@ -495,7 +495,7 @@ class InMemoryLightningStore(LightningStore):
         return finished() if result is None else result
 
     async def delete_rollouts(
-        self, rollout_ids: Optional[Sequence[str]] = None, *, ended_before: Optional[float] = None
+        self, rollout_ids: Sequence[str] | None = None, *, ended_before: float | None = None
     ) -> int:
         _check_int64(ended_before, "ended_before")
         with self._lock:
@@ -504,8 +504,7 @@ class InMemoryLightningStore(LightningStore):
                 running = [r.rollout_id for r in targets if not r.status.is_terminal]
                 if running:
                     raise InvalidStatusTransitionError(
-                        f"only ended rollouts can be deleted; still active: {', '.join(running)}. "
-                        "Cancel them first."
+                        f"only ended rollouts can be deleted; still active: {', '.join(running)}. Cancel them first."
                     )
             else:
                 self._check_open()
@@ -537,10 +536,10 @@ class InMemoryLightningStore(LightningStore):
         self,
         rollout_id: str,
         *,
-        status_in: Optional[Sequence[AttemptStatus]] = None,
-        sort_by: Optional[str] = None,
+        status_in: Sequence[AttemptStatus] | None = None,
+        sort_by: str | None = None,
         sort_order: SortOrder = "asc",
-        limit: Optional[int] = None,
+        limit: int | None = None,
         offset: int = 0,
     ) -> PaginatedResult[Attempt]:
         check_query("attempts", sort_by, sort_order, limit, offset)
@@ -558,10 +557,10 @@ class InMemoryLightningStore(LightningStore):
         rollout_id: str,
         attempt_id: str = LATEST,
         *,
-        status: Union[AttemptStatus, UnsetType] = UNSET,
-        worker_id: Union[Optional[str], UnsetType] = UNSET,
-        last_heartbeat_time: Union[float, UnsetType] = UNSET,
-        metadata: Union[dict[str, Any], UnsetType] = UNSET,
+        status: AttemptStatus | UnsetType = UNSET,
+        worker_id: str | UnsetType | None = UNSET,
+        last_heartbeat_time: float | UnsetType = UNSET,
+        metadata: dict[str, Any] | UnsetType = UNSET,
     ) -> Attempt:
         if metadata is not UNSET:
             _check_value(metadata, "attempt metadata")
@@ -570,7 +569,9 @@ class InMemoryLightningStore(LightningStore):
         with self._lock:
             attempt = self._attempt(rollout_id, attempt_id)
             now = time.time()
-            changes: dict[str, Any] = {"last_heartbeat_time": now if last_heartbeat_time is UNSET else last_heartbeat_time}
+            changes: dict[str, Any] = {
+                "last_heartbeat_time": now if last_heartbeat_time is UNSET else last_heartbeat_time
+            }
             if worker_id is not UNSET:
                 changes["worker_id"] = worker_id
             if metadata is not UNSET:
@@ -649,12 +650,12 @@ class InMemoryLightningStore(LightningStore):
     async def query_spans(
         self,
         rollout_id: str,
-        attempt_id: Optional[str] = None,
+        attempt_id: str | None = None,
         *,
-        name: Optional[str] = None,
-        sort_by: Optional[str] = None,
+        name: str | None = None,
+        sort_by: str | None = None,
         sort_order: SortOrder = "asc",
-        limit: Optional[int] = None,
+        limit: int | None = None,
         offset: int = 0,
     ) -> PaginatedResult[Span]:
         check_query("spans", sort_by, sort_order, limit, offset)
@@ -694,7 +695,7 @@ class InMemoryLightningStore(LightningStore):
             self._latest_resources = update
         return update
 
-    async def get_resources(self, resources_id: str, version: Optional[int] = None) -> ResourcesUpdate:
+    async def get_resources(self, resources_id: str, version: int | None = None) -> ResourcesUpdate:
         with self._lock:
             self._check_open()
             latest = self._resources_latest_version.get(resources_id)
@@ -708,7 +709,7 @@ class InMemoryLightningStore(LightningStore):
                     return update
             raise NotFoundError(f"resources {resources_id!r} have no version {version}; newest is {latest.version}")
 
-    async def get_latest_resources(self) -> Optional[ResourcesUpdate]:
+    async def get_latest_resources(self) -> ResourcesUpdate | None:
         with self._lock:
             self._check_open()
             return self._latest_resources
@@ -716,10 +717,10 @@ class InMemoryLightningStore(LightningStore):
     async def query_resources(
         self,
         *,
-        resources_id: Optional[str] = None,
-        sort_by: Optional[str] = None,
+        resources_id: str | None = None,
+        sort_by: str | None = None,
         sort_order: SortOrder = "asc",
-        limit: Optional[int] = None,
+        limit: int | None = None,
         offset: int = 0,
     ) -> PaginatedResult[ResourcesUpdate]:
         check_query("resources", sort_by, sort_order, limit, offset)
@@ -733,9 +734,7 @@ class InMemoryLightningStore(LightningStore):
 
     # ------------------------------------------------------------------------------------------------ workers
 
-    async def update_worker(
-        self, worker_id: str, *, heartbeat_stats: Union[dict[str, Any], UnsetType] = UNSET
-    ) -> Worker:
+    async def update_worker(self, worker_id: str, *, heartbeat_stats: dict[str, Any] | UnsetType = UNSET) -> Worker:
         if heartbeat_stats is not UNSET:
             _check_value(heartbeat_stats, "worker heartbeat stats")
         with self._lock:
@@ -760,10 +759,10 @@ class InMemoryLightningStore(LightningStore):
     async def query_workers(
         self,
         *,
-        status_in: Optional[Sequence[WorkerStatus]] = None,
-        sort_by: Optional[str] = None,
+        status_in: Sequence[WorkerStatus] | None = None,
+        sort_by: str | None = None,
         sort_order: SortOrder = "asc",
-        limit: Optional[int] = None,
+        limit: int | None = None,
         offset: int = 0,
     ) -> PaginatedResult[Worker]:
         check_query("workers", sort_by, sort_order, limit, offset)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from typing import Optional
 
 from agl_kernel.errors import InvalidStatusTransitionError
 from agl_kernel.models import Attempt, AttemptStatus, Rollout, RolloutConfig, RolloutStatus, WorkerStatus
@@ -24,7 +23,7 @@ def new_resources_id() -> str:
     return "rs-" + uuid.uuid4().hex[:16]
 
 
-def rollout_status_after_attempt(rollout: Rollout, attempt: Attempt, status: AttemptStatus) -> Optional[RolloutStatus]:
+def rollout_status_after_attempt(rollout: Rollout, attempt: Attempt, status: AttemptStatus) -> RolloutStatus | None:
     """The status a rollout takes when its newest attempt moves to ``status``; ``None`` = leave it.
 
     A terminal rollout never follows its attempts, with one exception: a rollout that failed because this attempt
@@ -43,10 +42,12 @@ def rollout_status_after_attempt(rollout: Rollout, attempt: Attempt, status: Att
         return RolloutStatus.RUNNING
     if status is AttemptStatus.SUCCEEDED:
         return RolloutStatus.SUCCEEDED
-    return RolloutStatus.REQUEUING if should_retry(rollout.config, attempt.sequence_id, status) else RolloutStatus.FAILED
+    return (
+        RolloutStatus.REQUEUING if should_retry(rollout.config, attempt.sequence_id, status) else RolloutStatus.FAILED
+    )
 
 
-def worker_status_after_attempt(previous: AttemptStatus, status: AttemptStatus) -> Optional[WorkerStatus]:
+def worker_status_after_attempt(previous: AttemptStatus, status: AttemptStatus) -> WorkerStatus | None:
     """The status the worker running an attempt takes when the attempt moves from ``previous`` to ``status``;
     ``None`` = leave it. A final attempt frees its worker (``idle``: the backend also clears its current rollout
     and attempt), an unresponsive one makes it ``unresponsive``, and a revived one (a late heartbeat) makes it
@@ -61,7 +62,9 @@ def worker_status_after_attempt(previous: AttemptStatus, status: AttemptStatus) 
 
 
 def should_retry(config: RolloutConfig, attempt_sequence_id: int, status: AttemptStatus) -> bool:
-    return status in RETRYABLE_STATUSES and status in config.retry_condition and attempt_sequence_id < config.max_attempts
+    return (
+        status in RETRYABLE_STATUSES and status in config.retry_condition and attempt_sequence_id < config.max_attempts
+    )
 
 
 def check_attempt_transition(attempt: Attempt, status: AttemptStatus) -> bool:
@@ -88,7 +91,7 @@ def check_rollout_transition(rollout: Rollout, status: RolloutStatus) -> bool:
     return True
 
 
-def deadline_status(attempt: Attempt, config: RolloutConfig, now: float) -> Optional[AttemptStatus]:
+def deadline_status(attempt: Attempt, config: RolloutConfig, now: float) -> AttemptStatus | None:
     """What the watchdog makes of ``attempt`` at ``now``: ``timeout``, ``unresponsive`` or ``None`` (leave it)."""
     if attempt.status.is_final:
         return None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, Optional, TypeVar
+from typing import Any, TypeVar
 
 from agl_kernel.errors import InvalidQueryError
 from agl_kernel.models import PaginatedResult
@@ -12,7 +12,7 @@ from agl_kernel.store.base import SORT_FIELDS
 T = TypeVar("T")
 
 
-def check_query(collection: str, sort_by: Optional[str], sort_order: str, limit: Optional[int], offset: int) -> None:
+def check_query(collection: str, sort_by: str | None, sort_order: str, limit: int | None, offset: int) -> None:
     """Raise InvalidQueryError for a sort field, order, limit or offset the contract does not allow."""
     allowed = SORT_FIELDS[collection]
     if sort_by is not None and sort_by not in allowed:
@@ -40,9 +40,9 @@ def paginate(
     items: Sequence[T],
     collection: str,
     *,
-    sort_by: Optional[str],
+    sort_by: str | None,
     sort_order: str,
-    limit: Optional[int],
+    limit: int | None,
     offset: int,
 ) -> PaginatedResult[T]:
     """Sort (stable: ties keep the given order), then cut one page. ``items`` is in creation order."""

@@ -6,7 +6,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable
-from typing import Optional, TypeVar
+from typing import TypeVar
 
 T = TypeVar("T")
 
@@ -33,7 +33,7 @@ class Signal:
         with self._lock:
             waiters, self._waiters = self._waiters, {}
         try:
-            current: Optional[asyncio.AbstractEventLoop] = asyncio.get_running_loop()
+            current: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
             current = None
         for fut, loop in waiters.items():
@@ -45,7 +45,7 @@ class Signal:
                 except RuntimeError:  # that loop has closed; nobody is waiting there any more
                     pass
 
-    async def wait_for(self, check: Callable[[], Optional[T]], timeout: Optional[float]) -> Optional[T]:
+    async def wait_for(self, check: Callable[[], T | None], timeout: float | None) -> T | None:
         """Return ``check()``'s first non-``None`` result, re-checking after every notify, or ``None`` once
         ``timeout`` seconds (``None`` = forever) have passed."""
         loop = asyncio.get_running_loop()

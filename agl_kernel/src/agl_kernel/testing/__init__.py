@@ -24,10 +24,22 @@ import pytest
 # Detailed assertion messages for the suite's own modules (they are not test modules, so pytest would not
 # rewrite their asserts otherwise). Must run before they are imported.
 pytest.register_assert_rewrite(
-    *(f"agl_kernel.testing.{name}" for name in (
-        "_attempts", "_base", "_concurrency", "_integers", "_lifecycle", "_queries", "_resources", "_rollouts",
-        "_spans", "_waiting", "_watchdog",
-    ))
+    *(
+        f"agl_kernel.testing.{name}"
+        for name in (
+            "_attempts",
+            "_base",
+            "_concurrency",
+            "_integers",
+            "_lifecycle",
+            "_queries",
+            "_resources",
+            "_rollouts",
+            "_spans",
+            "_waiting",
+            "_watchdog",
+        )
+    )
 )
 
 from agl_kernel.testing._attempts import FinalStatusTests, NewestAttemptTests, RetryTests, WorkerTests

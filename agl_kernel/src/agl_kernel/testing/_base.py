@@ -8,7 +8,7 @@ import itertools
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from typing import Any, Optional, TypeVar
+from typing import Any, TypeVar
 
 import pytest
 import pytest_asyncio
@@ -54,13 +54,13 @@ def make_span(
     rollout_id: str,
     attempt_id: str,
     *,
-    span_id: Optional[str] = None,
+    span_id: str | None = None,
     name: str = "step",
     sequence_id: int = 0,
-    start_time: Optional[float] = None,
-    end_time: Optional[float] = None,
-    attributes: Optional[dict[str, Any]] = None,
-    trace_id: Optional[str] = None,
+    start_time: float | None = None,
+    end_time: float | None = None,
+    attributes: dict[str, Any] | None = None,
+    trace_id: str | None = None,
 ) -> Span:
     now = time.time()
     return Span(
@@ -156,8 +156,8 @@ class SuiteBase:
     async def start_running(
         store: LightningStore,
         *,
-        config: Optional[RolloutConfig] = None,
-        worker_id: Optional[str] = None,
+        config: RolloutConfig | None = None,
+        worker_id: str | None = None,
         input: Any = "task",
     ) -> AttemptedRollout:
         """Enqueue a rollout, dequeue it (with ``worker_id``) and move its attempt to ``running``."""

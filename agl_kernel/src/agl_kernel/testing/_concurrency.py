@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import Counter
-from typing import Any, Optional
+from typing import Any
 
 from agl_kernel.models import AttemptedRollout, AttemptStatus, EnqueueRequest, PromptTemplate
 from agl_kernel.store.base import LightningStore
 from agl_kernel.testing._base import SuiteBase, make_span
 
 
-def _assert_exactly_once(got: list[Optional[AttemptedRollout]], expected_ids: list[str]) -> None:
+def _assert_exactly_once(got: list[AttemptedRollout | None], expected_ids: list[str]) -> None:
     handed_out = [a.rollout_id for a in got if a is not None]
     duplicates = [rid for rid, n in Counter(handed_out).items() if n > 1]
     assert not duplicates, f"handed out more than once: {duplicates}"
@@ -58,7 +58,7 @@ class ConcurrentDequeueTests(SuiteBase):
         self.require(store.capabilities.async_safe, "store is not async-safe")
         rollouts = await store.enqueue_many_rollouts([EnqueueRequest(input=i) for i in range(20)])
         batches = await asyncio.gather(*(store.dequeue_many_rollouts(limit=5) for _ in range(6)))
-        flat: list[Optional[AttemptedRollout]] = [a for batch in batches for a in batch]
+        flat: list[AttemptedRollout | None] = [a for batch in batches for a in batch]
         _assert_exactly_once(flat, [r.rollout_id for r in rollouts])
         position = {r.rollout_id: i for i, r in enumerate(rollouts)}
         for batch in batches:
@@ -102,7 +102,7 @@ class ConcurrentDequeueTests(SuiteBase):
     async def test_threads_dequeue_exactly_once(self, store: LightningStore) -> None:
         self.require(store.capabilities.thread_safe, "store is not thread-safe")
         rollouts = await store.enqueue_many_rollouts([EnqueueRequest(input=i) for i in range(40)])
-        results: list[list[Optional[AttemptedRollout]]] = [[] for _ in range(8)]
+        results: list[list[AttemptedRollout | None]] = [[] for _ in range(8)]
         errors: list[BaseException] = []
         barrier = threading.Barrier(8)
 
@@ -114,7 +114,7 @@ class ConcurrentDequeueTests(SuiteBase):
 
             try:
                 asyncio.run(loop())
-            except BaseException as exc:  # noqa: BLE001 - reported below
+            except BaseException as exc:
                 errors.append(exc)
 
         await run_threads([threading.Thread(target=run, args=(i,)) for i in range(8)])
@@ -138,13 +138,12 @@ class ConcurrentDequeueTests(SuiteBase):
 
             try:
                 asyncio.run(loop())
-            except BaseException as exc:  # noqa: BLE001 - reported below
+            except BaseException as exc:
                 errors.append(exc)
 
         await run_threads([threading.Thread(target=run) for _ in range(6)])
         assert not errors, errors
         assert sorted(stored) == list(range(1, 61))
-
 
     async def test_waiters_woken_from_other_threads(self, store: LightningStore) -> None:
         self.require(store.capabilities.thread_safe, "store is not thread-safe")
@@ -163,7 +162,7 @@ class ConcurrentDequeueTests(SuiteBase):
 
             try:
                 asyncio.run(act())
-            except BaseException as exc:  # noqa: BLE001 - reported below
+            except BaseException as exc:
                 errors.append(exc)
 
         await run_threads([threading.Thread(target=run)])

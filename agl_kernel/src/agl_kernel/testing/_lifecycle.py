@@ -218,8 +218,9 @@ class SnapshotAndCodecTests(SuiteBase):
         rollout = await store.enqueue_rollout(
             {"q": "2+2", "list": [1, 2.5, None, True], "nested": {"k": ["v"]}},
             mode=RolloutMode.TRAIN,
-            config=RolloutConfig(timeout_seconds=30.0, unresponsive_seconds=5.0, max_attempts=3,
-                                 retry_condition=(AttemptStatus.TIMEOUT,)),
+            config=RolloutConfig(
+                timeout_seconds=30.0, unresponsive_seconds=5.0, max_attempts=3, retry_condition=(AttemptStatus.TIMEOUT,)
+            ),
             metadata={"m": {"x": 1}},
         )
         attempted = await store.dequeue_rollout(worker_id="w-codec")

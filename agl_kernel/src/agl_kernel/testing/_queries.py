@@ -95,8 +95,13 @@ class RolloutQueryTests(SuiteBase):
     async def test_default_order_and_statuses(self, store: LightningStore) -> None:
         rollouts = await self._rollouts(store)
         assert [r.status for r in rollouts] == [
-            RolloutStatus.QUEUING, RolloutStatus.SUCCEEDED, RolloutStatus.FAILED, RolloutStatus.CANCELLED,
-            RolloutStatus.REQUEUING, RolloutStatus.RUNNING, RolloutStatus.PREPARING,
+            RolloutStatus.QUEUING,
+            RolloutStatus.SUCCEEDED,
+            RolloutStatus.FAILED,
+            RolloutStatus.CANCELLED,
+            RolloutStatus.REQUEUING,
+            RolloutStatus.RUNNING,
+            RolloutStatus.PREPARING,
         ]
         page = await store.query_rollouts()
         assert page.items == rollouts and page.total == 7
@@ -238,8 +243,9 @@ class ResourceAndWorkerQueryTests(SuiteBase):
         # First appearance order: w-c, w-a, w-b.
         for worker_id in ("w-c", "w-a", "w-b"):
             assert await store.dequeue_rollout(worker_id=worker_id) is not None
-        await store.update_attempt((await store.get_worker("w-a")).current_rollout_id or "", "latest",
-                                   status=AttemptStatus.SUCCEEDED)
+        await store.update_attempt(
+            (await store.get_worker("w-a")).current_rollout_id or "", "latest", status=AttemptStatus.SUCCEEDED
+        )
         for worker_id in ("w-b", "w-c", "w-a"):
             await store.update_worker(worker_id, heartbeat_stats={"n": worker_id})
         workers = (await store.query_workers()).items

@@ -87,9 +87,7 @@ class ResourceTests(SuiteBase):
             await store.update_resources("x", prompt("x3")),
         ]
         everything = await store.query_resources()
-        assert [(r.resources_id, r.version) for r in everything.items] == [
-            (r.resources_id, r.version) for r in writes
-        ]
+        assert [(r.resources_id, r.version) for r in everything.items] == [(r.resources_id, r.version) for r in writes]
         assert everything.total == 4
         only_x = await store.query_resources(resources_id="x")
         assert [r.version for r in only_x.items] == [1, 2, 3] and only_x.total == 3

@@ -59,8 +59,9 @@ class RolloutCreationTests(SuiteBase):
         assert len({r.rollout_id for r in rollouts}) == 10
 
     async def test_enqueue_keeps_given_config(self, store: LightningStore) -> None:
-        config = RolloutConfig(timeout_seconds=12.5, unresponsive_seconds=3.0, max_attempts=4,
-                               retry_condition=(AttemptStatus.TIMEOUT,))
+        config = RolloutConfig(
+            timeout_seconds=12.5, unresponsive_seconds=3.0, max_attempts=4, retry_condition=(AttemptStatus.TIMEOUT,)
+        )
         rollout = await store.enqueue_rollout("x", config=config)
         assert rollout.config == config
         assert (await store.get_rollout(rollout.rollout_id)).config == config
@@ -269,7 +270,10 @@ class UpdateRolloutTests(SuiteBase):
         rollout = await store.enqueue_rollout("x", metadata={"a": 1, "b": 2})
         config = RolloutConfig(max_attempts=5)
         updated = await store.update_rollout(
-            rollout.rollout_id, metadata={"c": 3}, mode=RolloutMode.VAL, config=config,
+            rollout.rollout_id,
+            metadata={"c": 3},
+            mode=RolloutMode.VAL,
+            config=config,
             resources_id=resources.resources_id,
         )
         assert updated.metadata == {"c": 3}

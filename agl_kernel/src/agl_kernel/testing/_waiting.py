@@ -29,8 +29,14 @@ class WaitForRolloutsTests(SuiteBase):
         await self.finish(store, requeuing.rollout_id, AttemptStatus.FAILED)
         queued = await store.enqueue_rollout("queued")
 
-        order = [cancelled.rollout_id, running.rollout_id, queued.rollout_id, done.rollout_id,
-                 requeuing.rollout_id, failed.rollout_id]
+        order = [
+            cancelled.rollout_id,
+            running.rollout_id,
+            queued.rollout_id,
+            done.rollout_id,
+            requeuing.rollout_id,
+            failed.rollout_id,
+        ]
         started = time.monotonic()
         ended = await store.wait_for_rollouts(order, timeout=0)
         assert time.monotonic() - started < 1.0

@@ -10,7 +10,8 @@ character-level "tokenizer" (token id = code point) and a chat template in which
 previous call's prompt + response (``<|role|>content<|end|>`` per message, then ``<|assistant|>``), as real chat
 templates do. The reply is ``reply_for(request)`` (default: ``"echo: " + the last user text``), cut at
 ``max_tokens``; a reply may also be ``{"content": ..., "tool_calls": [{"name": ..., "arguments": {...}}]}``,
-answered (without streaming) as an assistant message that calls those tools. With ``return_token_ids: true`` the response has ``prompt_token_ids`` (chat: on the response;
+answered (without streaming) as an assistant message that calls those tools. With ``return_token_ids: true`` the
+response has ``prompt_token_ids`` (chat: on the response;
 completions: on each choice) and ``token_ids`` on each choice (streams: prompt ids on the first chunk, token ids
 on each chunk); with ``logprobs`` it has logprobs (``-0.01 * (i + 1)`` for token ``i``). Model ``"fail"`` answers
 HTTP 500. Standard library only; one thread per connection.
@@ -23,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Optional
+from typing import Any
 
 __all__ = ["FakeOpenAIServer", "render_chat", "tokenize"]
 
@@ -59,12 +60,12 @@ class FakeOpenAIServer:
     """Start on enter (a free port on 127.0.0.1), stop on exit. ``calls`` lists every request with what the server
     answered: ``{"path", "request", "prompt_token_ids", "token_ids", "logprobs", "text"}``."""
 
-    def __init__(self, reply_for: Optional[Callable[[dict[str, Any]], Any]] = None, chunk_chars: int = 3) -> None:
+    def __init__(self, reply_for: Callable[[dict[str, Any]], Any] | None = None, chunk_chars: int = 3) -> None:
         self.reply_for = reply_for or (lambda request: "echo: " + _last_user_text(request))
         self.chunk_chars = chunk_chars
         self.calls: list[dict[str, Any]] = []
-        self._server: Optional[ThreadingHTTPServer] = None
-        self._thread: Optional[threading.Thread] = None
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
 
     @property
     def base_url(self) -> str:
@@ -72,7 +73,7 @@ class FakeOpenAIServer:
         host, port = self._server.server_address[:2]
         return f"http://{host!s}:{port}/v1"
 
-    def __enter__(self) -> "FakeOpenAIServer":
+    def __enter__(self) -> FakeOpenAIServer:
         owner = self
 
         class Handler(_Handler):
@@ -114,8 +115,11 @@ class FakeOpenAIServer:
             "text": text,
             "finish_reason": "tool_calls" if tool_calls else finish,
             "tool_calls": [
-                {"id": f"call_{len(self.calls)}_{i}", "type": "function",
-                 "function": {"name": c["name"], "arguments": json.dumps(c.get("arguments", {}))}}
+                {
+                    "id": f"call_{len(self.calls)}_{i}",
+                    "type": "function",
+                    "function": {"name": c["name"], "arguments": json.dumps(c.get("arguments", {}))},
+                }
                 for i, c in enumerate(tool_calls or ())
             ],
         }

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Sequence
-from typing import Any, Optional
+from typing import Any
 
 import attrs
 import msgspec
@@ -26,7 +26,7 @@ __all__ = ["EpochResult", "RolloutSettings", "TemplateAlgorithm", "TemplateAlgor
 class RolloutSettings:
     """How the store supervises each rollout: a nested options table (``[algorithm.rollout]`` in a run file)."""
 
-    timeout_seconds: Optional[float] = attrs.field(
+    timeout_seconds: float | None = attrs.field(
         default=None, validator=attrs.validators.optional(attrs.validators.gt(0))
     )
     """Seconds an attempt may run before the store times it out (unset: no limit)."""
@@ -49,14 +49,14 @@ class EpochResult(msgspec.Struct, frozen=True, kw_only=True):
     epoch: int
     """1, 2, ...; 0 for the validation run."""
     by_status: dict[str, int]
-    mean_reward: Optional[float]
-    samples: Optional[int] = None
+    mean_reward: float | None
+    samples: int | None = None
     """How many training samples the adapter made of the epoch's rollouts (``None`` without an adapter)."""
 
 
 class TemplateReport(msgspec.Struct, frozen=True, kw_only=True):
     epochs: list[EpochResult]
-    validation: Optional[EpochResult] = None
+    validation: EpochResult | None = None
 
     # What `agl train` prints: the last epoch's.
     @property
@@ -64,7 +64,7 @@ class TemplateReport(msgspec.Struct, frozen=True, kw_only=True):
         return self.epochs[-1].by_status
 
     @property
-    def mean_reward(self) -> Optional[float]:
+    def mean_reward(self) -> float | None:
         return self.epochs[-1].mean_reward
 
 
@@ -77,12 +77,12 @@ class TemplateAlgorithm(Algorithm):
 
     Options = TemplateAlgorithmOptions
 
-    def __init__(self, *, epochs: int = 1, config: Optional[RolloutConfig] = None) -> None:
+    def __init__(self, *, epochs: int = 1, config: RolloutConfig | None = None) -> None:
         self.epochs = epochs
         self.config = config
 
     @classmethod
-    def from_options(cls, options: TemplateAlgorithmOptions, **objects: Any) -> "TemplateAlgorithm":
+    def from_options(cls, options: TemplateAlgorithmOptions, **objects: Any) -> TemplateAlgorithm:
         """How the kernel makes it from validated options (``objects``: what the kernel passes besides; nothing
         for an algorithm). Turns the user-facing settings into what the store takes."""
         config = RolloutConfig(
@@ -91,7 +91,7 @@ class TemplateAlgorithm(Algorithm):
         return cls(epochs=options.epochs, config=config, **objects)
 
     async def run(
-        self, store: LightningStore, train_dataset: Sequence[Any], val_dataset: Optional[Sequence[Any]] = None
+        self, store: LightningStore, train_dataset: Sequence[Any], val_dataset: Sequence[Any] | None = None
     ) -> TemplateReport:
         epochs = []
         for epoch in range(1, self.epochs + 1):
@@ -115,7 +115,7 @@ class TemplateAlgorithm(Algorithm):
         )
         return [ended[r.rollout_id] for r in rollouts]
 
-    async def _training_data(self, store: LightningStore, outcomes: list[RolloutOutcome]) -> Optional[list[Any]]:
+    async def _training_data(self, store: LightningStore, outcomes: list[RolloutOutcome]) -> list[Any] | None:
         """What the adapter (``--adapter``, or the one the trainer was given) makes of each rollout's spans."""
         if self.adapter is None:
             return None
@@ -127,7 +127,7 @@ class TemplateAlgorithm(Algorithm):
         return samples
 
 
-def _summary(epoch: int, outcomes: list[RolloutOutcome], samples: Optional[int]) -> EpochResult:
+def _summary(epoch: int, outcomes: list[RolloutOutcome], samples: int | None) -> EpochResult:
     by_status: dict[str, int] = {}
     for outcome in outcomes:
         by_status[outcome.status] = by_status.get(outcome.status, 0) + 1

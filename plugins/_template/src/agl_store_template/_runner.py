@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from typing import Any, Optional
+from typing import Any
 
 import attrs
 
@@ -59,8 +59,8 @@ class TemplateRunner(Runner):
     def __init__(
         self,
         *,
-        worker_id: Optional[str] = None,
-        tracer: Optional[Tracer] = None,
+        worker_id: str | None = None,
+        tracer: Tracer | None = None,
         wait_seconds: float = 0.5,
         heartbeat_interval: float = 5.0,
     ) -> None:

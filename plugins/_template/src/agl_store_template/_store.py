@@ -8,7 +8,7 @@ so fill in methods until it passes. Import only public names from ``agl_kernel``
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Optional, Union
+from typing import Any
 
 import attrs
 from msgspec import UNSET, UnsetType
@@ -82,10 +82,10 @@ class TemplateLightningStore(LightningStore):
         self,
         input: Any,
         *,
-        mode: Optional[RolloutMode] = None,
-        resources_id: Optional[str] = None,
-        config: Optional[RolloutConfig] = None,
-        metadata: Optional[dict[str, Any]] = None,
+        mode: RolloutMode | None = None,
+        resources_id: str | None = None,
+        config: RolloutConfig | None = None,
+        metadata: dict[str, Any] | None = None,
     ) -> Rollout:
         raise NotImplementedError("TemplateLightningStore.enqueue_rollout")
 
@@ -96,25 +96,23 @@ class TemplateLightningStore(LightningStore):
         self,
         input: Any,
         *,
-        mode: Optional[RolloutMode] = None,
-        resources_id: Optional[str] = None,
-        config: Optional[RolloutConfig] = None,
-        metadata: Optional[dict[str, Any]] = None,
-        worker_id: Optional[str] = None,
+        mode: RolloutMode | None = None,
+        resources_id: str | None = None,
+        config: RolloutConfig | None = None,
+        metadata: dict[str, Any] | None = None,
+        worker_id: str | None = None,
     ) -> AttemptedRollout:
         raise NotImplementedError("TemplateLightningStore.start_rollout")
 
-    async def dequeue_rollout(
-        self, *, worker_id: Optional[str] = None, timeout: float = 0.0
-    ) -> Optional[AttemptedRollout]:
+    async def dequeue_rollout(self, *, worker_id: str | None = None, timeout: float = 0.0) -> AttemptedRollout | None:
         raise NotImplementedError("TemplateLightningStore.dequeue_rollout")
 
     async def dequeue_many_rollouts(
-        self, *, limit: int, worker_id: Optional[str] = None, timeout: float = 0.0
+        self, *, limit: int, worker_id: str | None = None, timeout: float = 0.0
     ) -> list[AttemptedRollout]:
         raise NotImplementedError("TemplateLightningStore.dequeue_many_rollouts")
 
-    async def start_attempt(self, rollout_id: str, *, worker_id: Optional[str] = None) -> AttemptedRollout:
+    async def start_attempt(self, rollout_id: str, *, worker_id: str | None = None) -> AttemptedRollout:
         raise NotImplementedError("TemplateLightningStore.start_attempt")
 
     async def get_rollout(self, rollout_id: str) -> Rollout:
@@ -123,12 +121,12 @@ class TemplateLightningStore(LightningStore):
     async def query_rollouts(
         self,
         *,
-        status_in: Optional[Sequence[RolloutStatus]] = None,
-        rollout_id_in: Optional[Sequence[str]] = None,
-        mode_in: Optional[Sequence[RolloutMode]] = None,
-        sort_by: Optional[str] = None,
+        status_in: Sequence[RolloutStatus] | None = None,
+        rollout_id_in: Sequence[str] | None = None,
+        mode_in: Sequence[RolloutMode] | None = None,
+        sort_by: str | None = None,
         sort_order: SortOrder = "asc",
-        limit: Optional[int] = None,
+        limit: int | None = None,
         offset: int = 0,
     ) -> PaginatedResult[Rollout]:
         raise NotImplementedError("TemplateLightningStore.query_rollouts")
@@ -137,19 +135,19 @@ class TemplateLightningStore(LightningStore):
         self,
         rollout_id: str,
         *,
-        status: Union[RolloutStatus, UnsetType] = UNSET,
-        mode: Union[Optional[RolloutMode], UnsetType] = UNSET,
-        resources_id: Union[Optional[str], UnsetType] = UNSET,
-        config: Union[RolloutConfig, UnsetType] = UNSET,
-        metadata: Union[dict[str, Any], UnsetType] = UNSET,
+        status: RolloutStatus | UnsetType = UNSET,
+        mode: RolloutMode | UnsetType | None = UNSET,
+        resources_id: str | UnsetType | None = UNSET,
+        config: RolloutConfig | UnsetType = UNSET,
+        metadata: dict[str, Any] | UnsetType = UNSET,
     ) -> Rollout:
         raise NotImplementedError("TemplateLightningStore.update_rollout")
 
-    async def wait_for_rollouts(self, rollout_ids: Sequence[str], *, timeout: Optional[float] = None) -> list[Rollout]:
+    async def wait_for_rollouts(self, rollout_ids: Sequence[str], *, timeout: float | None = None) -> list[Rollout]:
         raise NotImplementedError("TemplateLightningStore.wait_for_rollouts")
 
     async def delete_rollouts(
-        self, rollout_ids: Optional[Sequence[str]] = None, *, ended_before: Optional[float] = None
+        self, rollout_ids: Sequence[str] | None = None, *, ended_before: float | None = None
     ) -> int:
         raise NotImplementedError("TemplateLightningStore.delete_rollouts")
 
@@ -162,10 +160,10 @@ class TemplateLightningStore(LightningStore):
         self,
         rollout_id: str,
         *,
-        status_in: Optional[Sequence[AttemptStatus]] = None,
-        sort_by: Optional[str] = None,
+        status_in: Sequence[AttemptStatus] | None = None,
+        sort_by: str | None = None,
         sort_order: SortOrder = "asc",
-        limit: Optional[int] = None,
+        limit: int | None = None,
         offset: int = 0,
     ) -> PaginatedResult[Attempt]:
         raise NotImplementedError("TemplateLightningStore.query_attempts")
@@ -175,10 +173,10 @@ class TemplateLightningStore(LightningStore):
         rollout_id: str,
         attempt_id: str = LATEST,
         *,
-        status: Union[AttemptStatus, UnsetType] = UNSET,
-        worker_id: Union[Optional[str], UnsetType] = UNSET,
-        last_heartbeat_time: Union[float, UnsetType] = UNSET,
-        metadata: Union[dict[str, Any], UnsetType] = UNSET,
+        status: AttemptStatus | UnsetType = UNSET,
+        worker_id: str | UnsetType | None = UNSET,
+        last_heartbeat_time: float | UnsetType = UNSET,
+        metadata: dict[str, Any] | UnsetType = UNSET,
     ) -> Attempt:
         raise NotImplementedError("TemplateLightningStore.update_attempt")
 
@@ -196,12 +194,12 @@ class TemplateLightningStore(LightningStore):
     async def query_spans(
         self,
         rollout_id: str,
-        attempt_id: Optional[str] = None,
+        attempt_id: str | None = None,
         *,
-        name: Optional[str] = None,
-        sort_by: Optional[str] = None,
+        name: str | None = None,
+        sort_by: str | None = None,
         sort_order: SortOrder = "asc",
-        limit: Optional[int] = None,
+        limit: int | None = None,
         offset: int = 0,
     ) -> PaginatedResult[Span]:
         raise NotImplementedError("TemplateLightningStore.query_spans")
@@ -214,19 +212,19 @@ class TemplateLightningStore(LightningStore):
     async def update_resources(self, resources_id: str, resources: dict[str, Resource]) -> ResourcesUpdate:
         raise NotImplementedError("TemplateLightningStore.update_resources")
 
-    async def get_resources(self, resources_id: str, version: Optional[int] = None) -> ResourcesUpdate:
+    async def get_resources(self, resources_id: str, version: int | None = None) -> ResourcesUpdate:
         raise NotImplementedError("TemplateLightningStore.get_resources")
 
-    async def get_latest_resources(self) -> Optional[ResourcesUpdate]:
+    async def get_latest_resources(self) -> ResourcesUpdate | None:
         raise NotImplementedError("TemplateLightningStore.get_latest_resources")
 
     async def query_resources(
         self,
         *,
-        resources_id: Optional[str] = None,
-        sort_by: Optional[str] = None,
+        resources_id: str | None = None,
+        sort_by: str | None = None,
         sort_order: SortOrder = "asc",
-        limit: Optional[int] = None,
+        limit: int | None = None,
         offset: int = 0,
     ) -> PaginatedResult[ResourcesUpdate]:
         raise NotImplementedError("TemplateLightningStore.query_resources")
@@ -237,7 +235,7 @@ class TemplateLightningStore(LightningStore):
         self,
         worker_id: str,
         *,
-        heartbeat_stats: Union[dict[str, Any], UnsetType] = UNSET,
+        heartbeat_stats: dict[str, Any] | UnsetType = UNSET,
     ) -> Worker:
         raise NotImplementedError("TemplateLightningStore.update_worker")
 
@@ -247,10 +245,10 @@ class TemplateLightningStore(LightningStore):
     async def query_workers(
         self,
         *,
-        status_in: Optional[Sequence[WorkerStatus]] = None,
-        sort_by: Optional[str] = None,
+        status_in: Sequence[WorkerStatus] | None = None,
+        sort_by: str | None = None,
         sort_order: SortOrder = "asc",
-        limit: Optional[int] = None,
+        limit: int | None = None,
         offset: int = 0,
     ) -> PaginatedResult[Worker]:
         raise NotImplementedError("TemplateLightningStore.query_workers")

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any, Optional
+from typing import Any
 
 import attrs
 
-from agl_kernel.tracer import TraceScope, Tracer
+from agl_kernel.tracer import Tracer, TraceScope
 
 __all__ = ["TemplateTracer", "TemplateTracerOptions"]
 
@@ -41,9 +41,7 @@ class TemplateTracer(Tracer):
 
     Options = TemplateTracerOptions
 
-    def __init__(
-        self, *, root_span_name: str = "template.attempt", attributes: Optional[dict[str, str]] = None
-    ) -> None:
+    def __init__(self, *, root_span_name: str = "template.attempt", attributes: dict[str, str] | None = None) -> None:
         self.root_span_name = root_span_name
         self.attributes = dict(attributes or {})
 
@@ -54,7 +52,7 @@ class TemplateTracer(Tracer):
         root = self.start_span(scope, self.root_span_name, dict(self.attributes))
         # The runner records the reward it gets back and a failed agent's exception itself: under the root too.
         scope.parent = (scope.trace_id, root.span_id)
-        error: Optional[BaseException] = None
+        error: BaseException | None = None
         try:
             yield root
         except BaseException as exc:

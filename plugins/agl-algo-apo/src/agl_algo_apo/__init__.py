@@ -17,9 +17,9 @@ from agl_algo_apo._trajectory import render_trajectory
 
 __all__ = [
     "APO",
+    "CANDIDATE_SPAN",
     "APOConfig",
     "APOReport",
-    "CANDIDATE_SPAN",
     "Candidate",
     "CandidateRecord",
     "OptimizerError",

@@ -15,24 +15,37 @@ import random
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple, Optional, Union
+from typing import Any, NamedTuple
 
 from rich.console import Console
-
-from agl_kernel.algorithm import Algorithm, RolloutOutcome, collect_outcomes
-from agl_kernel.config import to_plain
-from agl_kernel.errors import ConfigError
-from agl_kernel.models import EnqueueRequest, PromptTemplate, Resource, ResourcesUpdate, RolloutConfig, RolloutMode
-from agl_kernel.models import RolloutStatus
-from agl_kernel.store import LightningStore
-from agl_kernel.training_metrics import MetricsRecorder
 
 from agl_algo_apo._beam import Candidate, select_beam
 from agl_algo_apo._config import APOConfig, make_config, optimizer_endpoint
 from agl_algo_apo._optimizer import OptimizerError, PromptOptimizer, load_template
-from agl_algo_apo._report import CANDIDATE_SPAN, APOReport, CandidateRecord, round_metrics, round_rows, round_table
-from agl_algo_apo._report import span_attributes
+from agl_algo_apo._report import (
+    CANDIDATE_SPAN,
+    APOReport,
+    CandidateRecord,
+    round_metrics,
+    round_rows,
+    round_table,
+    span_attributes,
+)
 from agl_algo_apo._trajectory import render_trajectory
+from agl_kernel.algorithm import Algorithm, RolloutOutcome, collect_outcomes
+from agl_kernel.config import to_plain
+from agl_kernel.errors import ConfigError
+from agl_kernel.models import (
+    EnqueueRequest,
+    PromptTemplate,
+    Resource,
+    ResourcesUpdate,
+    RolloutConfig,
+    RolloutMode,
+    RolloutStatus,
+)
+from agl_kernel.store import LightningStore
+from agl_kernel.training_metrics import MetricsRecorder
 
 __all__ = ["APO"]
 
@@ -55,16 +68,16 @@ class APO(Algorithm):
     Options = APOConfig
 
     @classmethod
-    def from_options(cls, options: APOConfig, **objects: Any) -> "APO":
+    def from_options(cls, options: APOConfig, **objects: Any) -> APO:
         """APO selected by name: ``options`` built by the kernel, ``objects`` (``rollout_config``, ``console``)."""
         return cls(options, **objects)
 
     def __init__(
         self,
-        config: Union[APOConfig, Mapping[str, Any], None] = None,
+        config: APOConfig | Mapping[str, Any] | None = None,
         *,
-        rollout_config: Optional[RolloutConfig] = None,
-        console: Union[Console, bool, None] = None,
+        rollout_config: RolloutConfig | None = None,
+        console: Console | bool | None = None,
         **options: Any,
     ) -> None:
         if isinstance(console, bool):  # console=False: the option of that name (no console output)
@@ -77,7 +90,7 @@ class APO(Algorithm):
         self.edit_template = load_template(self.config.edit_template, "edit")
 
     async def run(
-        self, store: LightningStore, train_dataset: Sequence[Any], val_dataset: Optional[Sequence[Any]] = None
+        self, store: LightningStore, train_dataset: Sequence[Any], val_dataset: Sequence[Any] | None = None
     ) -> APOReport:
         """The search (:class:`Search`) from the store's latest resources; its report."""
         train = list(train_dataset)
@@ -98,11 +111,11 @@ Run = tuple[Any, RolloutOutcome]  # a training task and how its rollout ended
 class Rejected(NamedTuple):
     """A child that is not run: the template it would have edited, and why."""
 
-    template: Optional[str]
+    template: str | None
     reason: str
 
 
-Proposal = Union[tuple[str, PromptTemplate], Rejected]  # one child: a template's name and edited text, or why none
+Proposal = tuple[str, PromptTemplate] | Rejected  # one child: a template's name and edited text, or why none
 
 
 class Search:
@@ -381,7 +394,7 @@ class Search:
         temporary.replace(path)
 
     async def record(
-        self, round_no: int, rows: list[CandidateRecord], pool: list[Candidate], *, calls: int, started: Optional[float]
+        self, round_no: int, rows: list[CandidateRecord], pool: list[Candidate], *, calls: int, started: float | None
     ) -> None:
         """The round in the history, as spans and metrics in the store, and as a table on the console."""
         self.history.append(rows)
@@ -394,7 +407,7 @@ class Search:
             self.console.print(round_table(title, rows))
 
 
-def template_names(resources: Mapping[str, Resource], templates: Optional[list[str]]) -> list[str]:
+def template_names(resources: Mapping[str, Resource], templates: list[str] | None) -> list[str]:
     """The names of the templates to optimize: ``templates`` (option ``templates``), or every PromptTemplate."""
     prompts = [name for name, resource in resources.items() if isinstance(resource, PromptTemplate)]
     if templates is None:

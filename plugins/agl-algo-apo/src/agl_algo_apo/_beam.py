@@ -5,7 +5,6 @@ from __future__ import annotations
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Optional
 
 from agl_kernel.models import PromptTemplate
 
@@ -19,10 +18,10 @@ class Candidate:
     candidate_id: str
     prompts: dict[str, PromptTemplate]
     round: int
-    parent: Optional[str] = None
-    edited: Optional[str] = None
+    parent: str | None = None
+    edited: str | None = None
     """The template this candidate changed from its parent (``None`` for the seed)."""
-    resources_id: Optional[str] = None
+    resources_id: str | None = None
     """The resources set in the store that its rollouts pin."""
     scores: dict[int, float] = field(default_factory=dict)
     """Reward per validation task (by its index in the validation set)."""

@@ -9,7 +9,6 @@ import string
 from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Optional, Union
 
 from agl_kernel.errors import AglError, ConfigError
 from agl_kernel.models import PromptTemplate
@@ -26,7 +25,7 @@ class OptimizerError(AglError):
     """The optimizer LLM gave no usable answer (endpoint down, HTTP error, garbage); the message says which."""
 
 
-def load_template(source: Union[str, Path, None], kind: str) -> str:
+def load_template(source: str | Path | None, kind: str) -> str:
     """The text of the ``kind`` ("critique" or "edit") template: the file ``source``, or the packaged
     ``prompts/<kind>.md``; checked to name only the fields the optimizer fills in (else a ``ConfigError``)."""
     if source is None:
@@ -48,7 +47,9 @@ def _check_fields(template: str, fields: Sequence[str], what: str) -> None:
     try:
         named = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
     except ValueError as exc:
-        raise ConfigError(f"algorithm.{what}_template: not a format string ({exc}); write literal braces as {{{{ }}}}")
+        raise ConfigError(
+            f"algorithm.{what}_template: not a format string ({exc}); write literal braces as {{{{ }}}}"
+        ) from None
     unknown = sorted(n for n in named if n not in fields)
     if unknown:
         raise ConfigError(
@@ -77,7 +78,7 @@ def check_edit(original: PromptTemplate, text: str) -> PromptTemplate:
     edited = PromptTemplate(template=text, engine=original.engine)
     try:
         found = template_variables(edited)
-    except Exception as exc:  # noqa: BLE001 - string.Formatter / jinja2 syntax errors
+    except Exception as exc:
         raise ValueError(f"the edited prompt does not parse as a {original.engine} template: {exc}") from None
     needed = template_variables(original)
     missing, extra = sorted(needed - found), sorted(found - needed)
@@ -99,8 +100,8 @@ class PromptOptimizer:
     def __init__(
         self,
         *,
-        base_url: Optional[str],
-        api_key: Optional[str],
+        base_url: str | None,
+        api_key: str | None,
         critique_model: str,
         edit_model: str,
         critique_temperature: float,
@@ -154,10 +155,10 @@ class PromptOptimizer:
         self,
         *,
         templates: Mapping[str, PromptTemplate],
-        target: Optional[str],
+        target: str | None,
         worst: Sequence[str],
         best: Sequence[str],
-    ) -> tuple[str, Optional[str]]:
+    ) -> tuple[str, str | None]:
         """A critique of ``target`` (or, with ``target=None``, of whichever template the model blames) and the
         template it blames (``None`` when the model names none, or a ``target`` was given)."""
         if target is None:

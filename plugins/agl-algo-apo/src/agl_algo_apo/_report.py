@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Sequence
-from typing import Any, Optional
+from typing import Any
 
 import msgspec
 from rich.markup import escape
@@ -13,7 +13,7 @@ from rich.table import Table
 
 from agl_algo_apo._beam import Candidate
 
-__all__ = ["APOReport", "CANDIDATE_SPAN", "CandidateRecord"]
+__all__ = ["CANDIDATE_SPAN", "APOReport", "CandidateRecord"]
 
 CANDIDATE_SPAN = "agl.apo.candidate"
 """One span per candidate and round in the run's training-metrics rollout (see ``agl_kernel.training_metrics``)."""
@@ -24,13 +24,13 @@ class CandidateRecord(msgspec.Struct, kw_only=True):
 
     round: int
     candidate: str
-    parent: Optional[str]
-    template: Optional[str]
-    score: Optional[float]
+    parent: str | None
+    template: str | None
+    score: float | None
     """Mean reward on the round's validation batch (``None`` if it was rejected before being run)."""
     status: str
     """``seed``, ``beam`` (kept), ``dropped``, or ``rejected``."""
-    reason: Optional[str] = None
+    reason: str | None = None
 
 
 class APOReport(msgspec.Struct, kw_only=True):
@@ -45,7 +45,7 @@ class APOReport(msgspec.Struct, kw_only=True):
     rounds: list[list[CandidateRecord]]
     optimizer_calls: int
     rollouts: int
-    output_path: Optional[str] = None
+    output_path: str | None = None
 
 
 def round_rows(
@@ -68,7 +68,7 @@ def round_rows(
     return sorted(rows, key=lambda r: (r.status == "rejected", -(r.score or 0.0), r.candidate))
 
 
-def span_attributes(row: CandidateRecord, candidate: Optional[Candidate]) -> dict[str, Any]:
+def span_attributes(row: CandidateRecord, candidate: Candidate | None) -> dict[str, Any]:
     """The attributes of a row's :data:`CANDIDATE_SPAN`: its fields that are set, and for a candidate that was run
     the edited template's text (for the seed, which edited none, its template(s))."""
     attributes = {f"agl.apo.{key}": value for key, value in msgspec.structs.asdict(row).items() if value is not None}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any, Optional
+from typing import Any
 
 from agl_kernel import semconv
 from agl_kernel.adapters import read_attempt
@@ -51,7 +51,7 @@ def render_trajectory(
     spans: Sequence[Span],
     *,
     task: Any,
-    reward: Optional[float],
+    reward: float | None,
     status: str,
     message_chars: int = 600,
     max_chars: int = 4000,

@@ -26,6 +26,9 @@ from agl_algo_grpo._batching import (
 from agl_algo_grpo._checkpoint import disk_usage, format_size
 from agl_algo_grpo._config import GRPOConfig, LoraSettings, make_config
 from agl_algo_grpo._losses import group_advantages, policy_loss, token_logprobs
+from agl_algo_grpo._policy import PolicyTrainer, keep_freed_memory
+from agl_algo_grpo._publish import LLMPublisher, PolicyPublisher, WeightSink
+from agl_algo_grpo._serving import SERVE_EXTRA, SERVED_MODEL_NAME, load_named_model
 from agl_kernel.training_metrics import (
     METRIC_PREFIX,
     METRICS_ROLLOUT_KIND,
@@ -35,41 +38,38 @@ from agl_kernel.training_metrics import (
     VALIDATION_SPAN,
     MetricsRecorder,
 )
-from agl_algo_grpo._policy import PolicyTrainer, keep_freed_memory
-from agl_algo_grpo._publish import LLMPublisher, PolicyPublisher, WeightSink
-from agl_algo_grpo._serving import SERVE_EXTRA, SERVED_MODEL_NAME, load_named_model
 
 __all__ = [
     "GRPO",
-    "GRPOConfig",
-    "GRPOReport",
-    "LoraSettings",
-    "make_config",
-    "disk_usage",
-    "format_size",
-    "PolicyTrainer",
-    "keep_freed_memory",
-    "PolicyPublisher",
-    "LLMPublisher",
-    "WeightSink",
-    "SERVE_EXTRA",
-    "SERVED_MODEL_NAME",
-    "load_named_model",
-    "RolloutSample",
-    "TrainingSample",
-    "Batch",
-    "PackedBatch",
-    "pack_prefixes",
-    "assign_advantages",
-    "collate",
-    "group_advantages",
-    "policy_loss",
-    "token_logprobs",
-    "MetricsRecorder",
-    "TRAINING_STEP_SPAN",
-    "VALIDATION_SPAN",
-    "STEP_ATTRIBUTE",
+    "METRICS_ROLLOUT_KIND",
     "METRIC_PREFIX",
     "NO_TRIPLET_REASONS",
-    "METRICS_ROLLOUT_KIND",
+    "SERVED_MODEL_NAME",
+    "SERVE_EXTRA",
+    "STEP_ATTRIBUTE",
+    "TRAINING_STEP_SPAN",
+    "VALIDATION_SPAN",
+    "Batch",
+    "GRPOConfig",
+    "GRPOReport",
+    "LLMPublisher",
+    "LoraSettings",
+    "MetricsRecorder",
+    "PackedBatch",
+    "PolicyPublisher",
+    "PolicyTrainer",
+    "RolloutSample",
+    "TrainingSample",
+    "WeightSink",
+    "assign_advantages",
+    "collate",
+    "disk_usage",
+    "format_size",
+    "group_advantages",
+    "keep_freed_memory",
+    "load_named_model",
+    "make_config",
+    "pack_prefixes",
+    "policy_loss",
+    "token_logprobs",
 ]

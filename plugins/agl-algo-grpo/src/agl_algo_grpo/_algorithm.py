@@ -8,24 +8,15 @@ import concurrent.futures
 import contextlib
 import random
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any
 
 import attrs
 import msgspec
 from rich.console import Console
 from torch import nn
-
-from agl_kernel.algorithm import Algorithm
-from agl_kernel.config import to_plain
-from agl_kernel.errors import ConfigError
-from agl_kernel.models import EnqueueRequest, Rollout, RolloutConfig, RolloutMode, RolloutStatus, Triplet
-from agl_kernel.progress import FAILED, FINISHED, FULL_REWARD, MEAN_REWARD, ProgressReporter, count_full_rewards
-from agl_kernel.rewards import final_reward, get_reward
-from agl_kernel.store import LightningStore
-from agl_kernel.training_metrics import Column, MetricsRecorder
 
 from agl_algo_grpo._batching import RolloutSample, assign_advantages
 from agl_algo_grpo._checkpoint import disk_usage, format_size, list_checkpoints
@@ -40,7 +31,14 @@ from agl_algo_grpo._serving import (
     served_copy,
     serving,
 )
-
+from agl_kernel.algorithm import Algorithm
+from agl_kernel.config import to_plain
+from agl_kernel.errors import ConfigError
+from agl_kernel.models import EnqueueRequest, Rollout, RolloutConfig, RolloutMode, RolloutStatus, Triplet
+from agl_kernel.progress import FAILED, FINISHED, FULL_REWARD, MEAN_REWARD, ProgressReporter, count_full_rewards
+from agl_kernel.rewards import final_reward, get_reward
+from agl_kernel.store import LightningStore
+from agl_kernel.training_metrics import Column, MetricsRecorder
 
 __all__ = ["GRPO", "GRPOReport"]
 
@@ -79,10 +77,10 @@ class GRPOReport(msgspec.Struct, frozen=True, kw_only=True):
     steps_done: int
     history: list[dict[str, float]]
     validations: list[dict[str, float]]
-    metrics_rollout_id: Optional[str] = None
-    checkpoint: Optional[str] = None
-    resumed_from: Optional[str] = None
-    checkpoint_dir: Optional[str] = None
+    metrics_rollout_id: str | None = None
+    checkpoint: str | None = None
+    resumed_from: str | None = None
+    checkpoint_dir: str | None = None
     checkpoints: list[str] = msgspec.field(default_factory=list)
     checkpoints_bytes: int = 0
 
@@ -129,14 +127,14 @@ class GRPO(Algorithm):
 
     def __init__(
         self,
-        model: Union[nn.Module, str, None] = None,
-        config: Union[GRPOConfig, Mapping[str, Any], None] = None,
+        model: nn.Module | str | None = None,
+        config: GRPOConfig | Mapping[str, Any] | None = None,
         *,
-        policy: Optional[PolicyTrainer] = None,
-        publisher: Union[PolicyPublisher, Callable[..., Any], None] = None,
-        serve: Optional[bool] = None,
-        rollout_config: Optional[RolloutConfig] = None,
-        console: Optional[Console] = None,
+        policy: PolicyTrainer | None = None,
+        publisher: PolicyPublisher | Callable[..., Any] | None = None,
+        serve: bool | None = None,
+        rollout_config: RolloutConfig | None = None,
+        console: Console | None = None,
         **options: Any,
     ) -> None:
         self.config = make_config(config, **options)
@@ -161,14 +159,14 @@ class GRPO(Algorithm):
             check_model_name(model)  # type: ignore[arg-type]
         self.rollout_config = rollout_config
         self.console = console if console is not None else (Console() if self.config.console else None)
-        self._published: Optional[tuple[int, Optional[str]]] = None  # (version, resources_id)
-        self._active_publisher: Optional[PolicyPublisher] = self.publisher
-        self._served: Optional[tuple[nn.Module, Any]] = None  # (the served copy, its tokenizer)
+        self._published: tuple[int, str | None] | None = None  # (version, resources_id)
+        self._active_publisher: PolicyPublisher | None = self.publisher
+        self._served: tuple[nn.Module, Any] | None = None  # (the served copy, its tokenizer)
         self._orders: dict[int, list[int]] = {}
-        self._trainer_thread: Optional[concurrent.futures.ThreadPoolExecutor] = None
+        self._trainer_thread: concurrent.futures.ThreadPoolExecutor | None = None
 
     @classmethod
-    def from_options(cls, options: GRPOConfig, **objects: Any) -> "GRPO":
+    def from_options(cls, options: GRPOConfig, **objects: Any) -> GRPO:
         """GRPO selected by name (``Trainer(algorithm="grpo", options=...)``, ``agl train --algorithm grpo``): the
         model is ``options.model``; with no ``publisher`` among ``objects`` GRPO serves the policy itself."""
         model = objects.pop("model", None)  # a module given from Python, in place of the model option
@@ -182,7 +180,7 @@ class GRPO(Algorithm):
     # ------------------------------------------------------------------------------------------------ the loop
 
     async def run(
-        self, store: LightningStore, train_dataset: Sequence[Any], val_dataset: Optional[Sequence[Any]] = None
+        self, store: LightningStore, train_dataset: Sequence[Any], val_dataset: Sequence[Any] | None = None
     ) -> GRPOReport:
         if not train_dataset:
             raise ValueError("GRPO needs a non-empty train_dataset")
@@ -222,7 +220,7 @@ class GRPO(Algorithm):
         return await asyncio.get_running_loop().run_in_executor(self._trainer_thread, function, *args)
 
     async def _run(
-        self, store: LightningStore, train_dataset: Sequence[Any], val_dataset: Optional[Sequence[Any]]
+        self, store: LightningStore, train_dataset: Sequence[Any], val_dataset: Sequence[Any] | None
     ) -> GRPOReport:
         assert self.policy is not None
         policy = self.policy
@@ -243,7 +241,7 @@ class GRPO(Algorithm):
         metrics_rollout_id = await recorder.open({"config": to_plain(self.config), "resumed_from": resumed})
         history: list[dict[str, float]] = []
         validations: list[dict[str, float]] = []
-        checkpoint: Optional[str] = None
+        checkpoint: str | None = None
         try:
             if val_dataset and policy.step == 0:
                 validations.append(await self._validate(store, policy, val_dataset, recorder))
@@ -351,7 +349,7 @@ class GRPO(Algorithm):
             tasks.append(dataset[self._orders[epoch][index]])
         return tasks
 
-    async def _publish(self, store: LightningStore, policy: PolicyTrainer) -> Optional[str]:
+    async def _publish(self, store: LightningStore, policy: PolicyTrainer) -> str | None:
         if self._active_publisher is None:
             return None
         if self._published is not None and self._published[0] == policy.version:
@@ -420,11 +418,9 @@ class GRPO(Algorithm):
                 no_triplets.append({"rollout_id": rid, "reason": reason})
                 continue
             samples.append(RolloutSample(rollout_id=rid, group=group, triplets=triplets, final_reward=reward))
-        return _Collected(
-            samples=samples, rewards=rewards, succeeded=succeeded, failed=failed, no_triplets=no_triplets
-        )
+        return _Collected(samples=samples, rewards=rewards, succeeded=succeeded, failed=failed, no_triplets=no_triplets)
 
-    def _adapt(self, spans: Sequence[Any]) -> tuple[list[Triplet], Optional[float], str]:
+    def _adapt(self, spans: Sequence[Any]) -> tuple[list[Triplet], float | None, str]:
         """(triplets, final reward, why there are none) from one attempt's spans, whatever the adapter returns: a
         ``TripletResult`` (with its report) or a plain list of triplets."""
         assert self.adapter is not None

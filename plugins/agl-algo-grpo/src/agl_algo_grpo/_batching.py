@@ -18,13 +18,11 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import Optional
 
 import torch
 
-from agl_kernel.models import Triplet
-
 from agl_algo_grpo._losses import group_advantages
+from agl_kernel.models import Triplet
 
 __all__ = ["Batch", "PackedBatch", "RolloutSample", "TrainingSample", "assign_advantages", "collate", "pack_prefixes"]
 
@@ -36,7 +34,7 @@ class RolloutSample:
     rollout_id: str
     group: Hashable
     triplets: list[Triplet]
-    final_reward: Optional[float] = None
+    final_reward: float | None = None
 
 
 @dataclass
@@ -46,7 +44,7 @@ class TrainingSample:
     triplet: Triplet
     advantage: float
     group: Hashable = None
-    rollout_id: Optional[str] = None
+    rollout_id: str | None = None
 
 
 def _rollout_return(rollout: RolloutSample) -> float:
@@ -101,7 +99,7 @@ class Batch:
     """Sequences cut to ``max_length``."""
     rows: list[int] = field(default_factory=list)
     """Which training samples the rows are, in order."""
-    ref_logps: Optional[torch.Tensor] = None
+    ref_logps: torch.Tensor | None = None
     """The reference policy's logprobs (set by the trainer when a KL penalty is asked)."""
     recomputed: int = 0
     """Rows whose old logprobs the trainer recomputed."""
@@ -116,7 +114,7 @@ class Batch:
         scored = self.loss_mask.any(dim=0).nonzero()
         return int(scored[0]) if len(scored) else 0
 
-    def to(self, device: torch.device) -> "Batch":
+    def to(self, device: torch.device) -> Batch:
         for name in ("input_ids", "attention_mask", "targets", "loss_mask", "old_logps", "advantages"):
             setattr(self, name, getattr(self, name).to(device))
         return self
@@ -126,8 +124,8 @@ def collate(
     samples: Sequence[TrainingSample],
     *,
     pad_token_id: int = 0,
-    max_length: Optional[int] = None,
-    rows: Optional[list[int]] = None,
+    max_length: int | None = None,
+    rows: list[int] | None = None,
 ) -> Batch:
     """Pad ``samples`` into a :class:`Batch`. Sequences longer than ``max_length`` lose the end of their response.
     A response token with no prompt token before it cannot be scored and is left out of the loss."""
@@ -198,7 +196,7 @@ class PackedBatch:
     index: torch.Tensor
     """``[B, L]``: where token ``j`` of the batch's row ``b`` is, as ``r * P + p``; -1 past the row's end."""
 
-    def to(self, device: torch.device) -> "PackedBatch":
+    def to(self, device: torch.device) -> PackedBatch:
         for name in ("input_ids", "position_ids", "attention_mask", "index"):
             setattr(self, name, getattr(self, name).to(device))
         return self

@@ -11,7 +11,7 @@ import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
@@ -42,12 +42,12 @@ def list_checkpoints(directory: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def latest_checkpoint(directory: Path) -> Optional[Path]:
+def latest_checkpoint(directory: Path) -> Path | None:
     checkpoints = list_checkpoints(directory)
     return checkpoints[-1][1] if checkpoints else None
 
 
-def prune_checkpoints(directory: Path, keep: Optional[int], *, newest: Optional[Path] = None) -> None:
+def prune_checkpoints(directory: Path, keep: int | None, *, newest: Path | None = None) -> None:
     """Delete all but ``keep`` checkpoints in ``directory`` (``None``: keep all): the highest steps are kept, and
     ``newest`` (the one just written) always is, even when an earlier run left checkpoints of later steps."""
     if keep is None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal
 
 import attrs
 from attrs import validators as v
@@ -50,14 +50,14 @@ class LoraSettings:
     """peft's ``lora_alpha``: the adapters' output is scaled by ``alpha / r``."""
     dropout: float = attrs.field(default=0.0, validator=[v.ge(0), v.lt(1)])
     """Dropout on the adapters' input (keep 0 for GRPO: dropout moves the ratio to the sampling policy off 1)."""
-    target_modules: Union[str, tuple[str, ...]] = attrs.field(
+    target_modules: str | tuple[str, ...] = attrs.field(
         default="all-linear", converter=_target_modules, validator=_non_empty_modules
     )
     """peft's ``target_modules``: module names (``["q_proj", "v_proj"]``, or ``q_proj,v_proj`` on the command
     line) or ``"all-linear"``."""
 
 
-def _lora(value: Any) -> Optional[LoraSettings]:
+def _lora(value: Any) -> LoraSettings | None:
     """``True`` means the default settings, ``False`` none (``lora = true`` in a run file, ``--set
     algorithm.lora=true``)."""
     if value is True:
@@ -72,7 +72,7 @@ class GRPOConfig:
     """How GRPO samples, computes advantages, updates the policy, checkpoints and validates (``GRPO.Options``)."""
 
     # ---------------------------------------------------------------- the model
-    model: Optional[str] = None
+    model: str | None = None
     """The model to train, when GRPO is selected by name: a Hugging Face model name or a local directory, a name
     agl-model-server knows (``smollm2``: the bundled SmolLM2-135M-Instruct), or ``module:factory`` (a function
     returning ``(model, tokenizer)``, e.g. ``agl_algo_grpo.testing:tiny_chat_model``). GRPO then serves the
@@ -86,7 +86,7 @@ class GRPOConfig:
     """Rollouts per task: the group whose rewards are compared with each other."""
     seed: int = 0
     """Seeds torch (the initial weights of LoRA adapters, dropout) and the order the tasks are walked in."""
-    rollout_timeout: Optional[float] = attrs.field(default=None, validator=v.optional(v.gt(0)))
+    rollout_timeout: float | None = attrs.field(default=None, validator=v.optional(v.gt(0)))
     """Seconds to wait for a step's rollouts; those still running then are cancelled and reported."""
     val_every: int = attrs.field(default=0, validator=v.ge(0))
     """Validate every N steps (and after the last) when a validation set is given; 0 = only after the last."""
@@ -116,7 +116,7 @@ class GRPOConfig:
     run once, with a mask that lets each token see its own sequence only. Same logprobs and gradients, less compute
     (most of it when prompts are long). Needs a model whose attention takes a custom mask (``sdpa`` or ``eager``);
     others run padded."""
-    grad_accumulation: Optional[int] = attrs.field(default=None, validator=v.optional(v.ge(1)))
+    grad_accumulation: int | None = attrs.field(default=None, validator=v.optional(v.ge(1)))
     """Micro-batches per optimizer step; ``None``: one optimizer step per epoch (the whole batch)."""
     clip_low: float = attrs.field(default=0.2, validator=[v.ge(0), v.lt(1)])
     """ε below: the ratio is clipped at ``1 - clip_low`` (in [0, 1))."""
@@ -125,14 +125,14 @@ class GRPOConfig:
     kl_coef: float = attrs.field(default=0.0, validator=v.ge(0))
     """Weight of the k3 KL penalty to the initial policy; 0 = no reference model is kept."""
     # attrs' stubs type a validator by the default's type (float), not the field's (float | None)
-    max_grad_norm: Optional[float] = attrs.field(default=1.0, validator=v.optional(v.gt(0)))  # type: ignore[arg-type]
+    max_grad_norm: float | None = attrs.field(default=1.0, validator=v.optional(v.gt(0)))  # type: ignore[arg-type]
     """Clip the gradient's norm to this before each optimizer step; ``None``: no clipping."""
     recompute_logprobs: bool = False
     """Recompute the old logprobs with the trainer's model instead of using those recorded at sampling time (use
     it when the server's numerics differ from the trainer's); triplets without recorded logprobs always are."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass instead of keeping them: less memory, more compute."""
-    lora: Union[bool, LoraSettings, None] = attrs.field(default=None, converter=_lora)
+    lora: bool | LoraSettings | None = attrs.field(default=None, converter=_lora)
     """Train LoRA adapters instead of every weight (needs ``agl-algo-grpo[lora]``): ``true`` for the default
     settings, or a table of them (``lora.r``, ...); ``None``/``false``: full fine-tuning."""
     # ---------------------------------------------------------------- hardware
@@ -147,19 +147,19 @@ class GRPOConfig:
     checkpoint_dir: str = ".agl/grpo"
     """Where checkpoints go (one folder per step: ``step-000012``)."""
     # attrs' stubs type a validator by the default's type (int), not the field's (int | None)
-    keep_checkpoints: Optional[int] = attrs.field(default=2, validator=v.optional(v.ge(1)))  # type: ignore[arg-type]
+    keep_checkpoints: int | None = attrs.field(default=2, validator=v.optional(v.ge(1)))  # type: ignore[arg-type]
     """Delete older checkpoints beyond this many (the one just written is always kept); ``None`` keeps all. Each
     holds the weights and the optimizer state: with full fine-tuning in float32 about 12 bytes per parameter (1.6 GB
     for SmolLM2-135M); with LoRA only the adapter's."""
     resume: bool = False
     """Start from the latest checkpoint in ``checkpoint_dir`` (weights, optimizer, step), if there is one."""
-    tensorboard_dir: Optional[str] = None
+    tensorboard_dir: str | None = None
     """Also log each step's metrics to TensorBoard there (needs ``pip install tensorboard``)."""
     console: bool = True
     """Print a table of metrics per step."""
 
 
-def make_config(config: Union[GRPOConfig, Mapping[str, Any], None] = None, **overrides: Any) -> GRPOConfig:
+def make_config(config: GRPOConfig | Mapping[str, Any] | None = None, **overrides: Any) -> GRPOConfig:
     """A :class:`GRPOConfig` from a config, a mapping or nothing, with ``overrides`` on top. Values may be strings
     (``"8"``, ``"true"``, as the command line gives them; ``lora=True`` means the default LoRA settings). A wrong key
     or value raises :class:`~agl_kernel.errors.ConfigError` (a ``ValueError``): one line that names

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Hashable, Sequence
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
@@ -58,9 +58,9 @@ def policy_loss(
     *,
     clip_low: float = 0.2,
     clip_high: float = 0.2,
-    ref_logps: Optional[torch.Tensor] = None,
+    ref_logps: torch.Tensor | None = None,
     kl_coef: float = 0.0,
-    normalizer: Optional[float] = None,
+    normalizer: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The clipped policy-gradient loss, a token-level mean over the completion tokens (``mask`` 1).
 

@@ -15,17 +15,16 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Union, cast
+from typing import Any, cast
 
 import torch
 from torch import nn
-
-from agl_kernel.errors import MissingDependencyError
 
 from agl_algo_grpo._batching import Batch, TrainingSample, collate, pack_prefixes
 from agl_algo_grpo._checkpoint import latest_checkpoint, prune_checkpoints, read_checkpoint, write_checkpoint
 from agl_algo_grpo._config import GRPOConfig
 from agl_algo_grpo._losses import policy_loss, token_logprobs
+from agl_kernel.errors import MissingDependencyError
 
 __all__ = ["PolicyTrainer", "glibc_malloc", "keep_freed_memory", "resolve_device"]
 
@@ -73,7 +72,7 @@ def keep_freed_memory() -> bool:
     return all(applied)
 
 
-def resolve_device(config: GRPOConfig) -> tuple[torch.device, torch.dtype, Optional[torch.dtype]]:
+def resolve_device(config: GRPOConfig) -> tuple[torch.device, torch.dtype, torch.dtype | None]:
     """``(device, weights dtype, autocast dtype or None)`` for ``config.device`` / ``config.dtype``."""
     if config.device == "auto":
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -104,7 +103,7 @@ class PolicyTrainer:
     """
 
     def __init__(
-        self, model: Union[CausalLM, str], config: Optional[GRPOConfig] = None, *, pad_token_id: Optional[int] = None
+        self, model: CausalLM | str, config: GRPOConfig | None = None, *, pad_token_id: int | None = None
     ) -> None:
         self.config = config or GRPOConfig()
         self.device, self.weights_dtype, self.autocast_dtype = resolve_device(self.config)
@@ -113,7 +112,7 @@ class PolicyTrainer:
             model = _load_pretrained(model, self.weights_dtype)
         model = model.to(device=self.device, dtype=self.weights_dtype)
         self.pad_token_id = _pad_token_id(model) if pad_token_id is None else pad_token_id
-        self.reference: Optional[nn.Module] = None
+        self.reference: nn.Module | None = None
         if self.config.lora is not None:
             model = _with_lora(model, self.config)
         elif self.config.kl_coef > 0:
@@ -136,7 +135,7 @@ class PolicyTrainer:
         self.optimizer = _adamw(self.parameters, lr=self.config.learning_rate, weight_decay=self.config.weight_decay)
         self.step = 0
         self.checkpoint_dir = Path(self.config.checkpoint_dir)
-        self.resumed_from: Optional[Path] = self.resume() if self.config.resume else None
+        self.resumed_from: Path | None = self.resume() if self.config.resume else None
 
     @property
     def version(self) -> int:
@@ -325,7 +324,7 @@ class PolicyTrainer:
 
     # ------------------------------------------------------------------------------------------------ weights
 
-    def state_dict_for_serving(self, dtype: Optional[torch.dtype] = None) -> dict[str, torch.Tensor]:
+    def state_dict_for_serving(self, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
         """The policy's weights under the original model's names, ready for ``load_state_dict`` on a copy of the
         model a server holds. With LoRA the adapters are merged in (``W + ΔW``; the trained model is not changed).
         Tensors may share storage with the training weights: copy them if you keep them across updates."""
@@ -340,7 +339,7 @@ class PolicyTrainer:
 
     # ------------------------------------------------------------------------------------------------ checkpoints
 
-    def save_checkpoint(self, directory: Union[str, Path, None] = None) -> Path:
+    def save_checkpoint(self, directory: str | Path | None = None) -> Path:
         """Save weights (the adapter only, with LoRA), optimizer state and ``step`` under ``directory`` (default
         ``config.checkpoint_dir``) as ``step-NNNNNN/``; keeps the newest ``config.keep_checkpoints``."""
         root = Path(directory) if directory is not None else self.checkpoint_dir
@@ -354,7 +353,7 @@ class PolicyTrainer:
         prune_checkpoints(root, self.config.keep_checkpoints, newest=path)
         return path
 
-    def resume(self, directory: Union[str, Path, None] = None) -> Optional[Path]:
+    def resume(self, directory: str | Path | None = None) -> Path | None:
         """Load the latest checkpoint under ``directory`` (default ``config.checkpoint_dir``), or a checkpoint
         folder itself; returns its path, or ``None`` when there is none (the policy is left as it is)."""
         root = Path(directory) if directory is not None else self.checkpoint_dir

@@ -9,8 +9,8 @@ the weights to a model server and publishes the LLM resource (a ``ProxyLLM``) in
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol, Union, runtime_checkable
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import msgspec
 import torch
@@ -30,12 +30,12 @@ class PolicyPublisher(Protocol):
 
     async def publish(
         self,
-        policy: "PolicyTrainer",
+        policy: PolicyTrainer,
         *,
         version: int,
         store: LightningStore,
         sampling_parameters: dict[str, Any],
-    ) -> Optional[str]:
+    ) -> str | None:
         """Serve ``policy``'s current weights as ``version`` and publish resources that point at them; return the
         ``resources_id`` rollouts should pin (``None``: whatever resources are latest when they are enqueued).
         ``sampling_parameters`` (``temperature``, ``max_tokens``) belong on the published LLM."""
@@ -59,13 +59,13 @@ class LLMPublisher:
 
     def __init__(
         self,
-        sink: Optional[WeightSink],
+        sink: WeightSink | None,
         llm: LLM,
         *,
         resource_name: str = "main_llm",
         resources_id: str = "grpo-policy",
-        extra_resources: Optional[Mapping[str, Resource]] = None,
-        dtype: Optional[torch.dtype] = None,
+        extra_resources: Mapping[str, Resource] | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         self.sink = sink
         self.llm = llm
@@ -76,12 +76,12 @@ class LLMPublisher:
 
     async def publish(
         self,
-        policy: "PolicyTrainer",
+        policy: PolicyTrainer,
         *,
         version: int,
         store: LightningStore,
         sampling_parameters: dict[str, Any],
-    ) -> Optional[str]:
+    ) -> str | None:
         if self.sink is not None:
             loaded = self.sink.load_weights(policy.state_dict_for_serving(self.dtype), version=version)
             if inspect.isawaitable(loaded):
@@ -97,12 +97,12 @@ class _FunctionPublisher:
     def __init__(self, function: Callable[..., Any]) -> None:
         self.function = function
 
-    async def publish(self, policy: "PolicyTrainer", **kwargs: Any) -> Optional[str]:
+    async def publish(self, policy: PolicyTrainer, **kwargs: Any) -> str | None:
         result = self.function(policy, **kwargs)
         return await result if inspect.isawaitable(result) else result
 
 
-def as_publisher(publisher: Union[PolicyPublisher, Callable[..., Any], None]) -> Optional[PolicyPublisher]:
+def as_publisher(publisher: PolicyPublisher | Callable[..., Any] | None) -> PolicyPublisher | None:
     """``publisher`` as an object with ``publish``: a publisher as is, a function wrapped, ``None`` kept."""
     if publisher is None or hasattr(publisher, "publish"):
         return publisher

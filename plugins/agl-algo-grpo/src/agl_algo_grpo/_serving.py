@@ -19,18 +19,18 @@ import importlib
 import importlib.util
 import os
 import re
-from collections.abc import AsyncIterator, Mapping
-from typing import Any, Callable, Optional
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any
 
 import torch
-from agl_kernel.errors import ConfigError, MissingDependencyError
-from agl_kernel.models import LLM, ProxyLLM, Resource
-from agl_kernel.store import LightningStore
 from torch import nn
 
 from agl_algo_grpo._publish import LLMPublisher
+from agl_kernel.errors import ConfigError, MissingDependencyError
+from agl_kernel.models import LLM, ProxyLLM, Resource
+from agl_kernel.store import LightningStore
 
-__all__ = ["SERVE_EXTRA", "SERVED_MODEL_NAME", "load_named_model", "require_model_server", "serving"]
+__all__ = ["SERVED_MODEL_NAME", "SERVE_EXTRA", "load_named_model", "require_model_server", "serving"]
 
 SERVE_EXTRA = "agl-algo-grpo[serve]"
 """The extra that brings agl-model-server, which GRPO needs to serve the policy itself."""
@@ -75,7 +75,7 @@ def check_model_name(name: str) -> None:
         _import_factory(name)
 
 
-def load_named_model(name: str, *, dtype: Optional[torch.dtype] = None) -> tuple[nn.Module, Any]:
+def load_named_model(name: str, *, dtype: torch.dtype | None = None) -> tuple[nn.Module, Any]:
     """``(model, tokenizer)`` for the ``model`` option: ``module:factory`` (called with no arguments; it returns
     ``(model, tokenizer)``), else what agl-model-server's ``load_model`` knows (a local Hugging Face directory, or
     ``smollm2``), else a Hugging Face model name for ``transformers`` (which may download it)."""

@@ -14,10 +14,9 @@ from typing import Any
 
 import torch
 
-from agl_kernel.models import Triplet
-
 from agl_algo_grpo._batching import TrainingSample
 from agl_algo_grpo._policy import PolicyTrainer
+from agl_kernel.models import Triplet
 
 __all__ = ["VOCAB", "sequence_logps", "synthetic_samples", "tiny_chat_model", "tiny_llama", "with_sampling_logprobs"]
 

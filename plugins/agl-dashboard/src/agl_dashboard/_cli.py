@@ -13,7 +13,7 @@ import os
 import signal
 import threading
 import webbrowser
-from typing import Any, Optional
+from typing import Any
 
 import click
 
@@ -23,7 +23,7 @@ _STORE_FILE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
-def _store_flags(store: Optional[str], path: Optional[str]) -> dict[str, Any]:
+def _store_flags(store: str | None, path: str | None) -> dict[str, Any]:
     """``--store`` and ``--path`` as configuration keys; the old form ``--store FILE`` becomes the sqlite store at
     that file (with a note on stderr)."""
     from agl_kernel.errors import ConfigError
@@ -56,7 +56,7 @@ def _is_store_file(value: str) -> bool:
 
 
 def _open_store(
-    config_path: Optional[str], overrides: tuple[str, ...], flags: dict[str, Any], *, where: str = "store.path"
+    config_path: str | None, overrides: tuple[str, ...], flags: dict[str, Any], *, where: str = "store.path"
 ) -> Any:
     """The store the configuration names (``sqlite`` when it names none), checked before anything is made: an
     unknown name or option is a ConfigError, and a store file that does not exist is an error, not a new file."""
@@ -110,13 +110,13 @@ def _open_store(
 )
 @click.option("--no-open", is_flag=True, help="Do not open a browser; just print the address.")
 def dashboard_command(
-    store: Optional[str],
-    path: Optional[str],
+    store: str | None,
+    path: str | None,
     overrides: tuple[str, ...],
-    config_path: Optional[str],
+    config_path: str | None,
     host: str,
     port: int,
-    token: Optional[str],
+    token: str | None,
     no_open: bool,
 ) -> None:
     """Serve a store with the dashboard (rollouts, traces, resources, workers, training curves) and open it. The
@@ -127,10 +127,9 @@ def dashboard_command(
     agl dashboard --path runs/a.db                 # another file
     agl dashboard --store NAME --set store.KEY=V   # another store plugin, with its options
     """
+    from agl_dashboard._routes import assets_built
     from agl_kernel.server import ServerThread, create_app, require_server_dependencies
     from agl_kernel.store.defaults import describe_store
-
-    from agl_dashboard._routes import assets_built
 
     require_server_dependencies()
     if host not in _LOOPBACK and not token:

@@ -9,13 +9,12 @@ import weakref
 from collections.abc import Sequence
 from typing import Any
 
+from agl_kernel import semconv
 from agl_kernel.errors import InvalidQueryError
 from agl_kernel.genai import json_or_text
 from agl_kernel.models import Attempt, Rollout, RolloutMode, RolloutStatus, Span, encode_json
 from agl_kernel.rewards import final_reward, read_rewards
 from agl_kernel.store.base import SORT_FIELDS, LightningStore
-
-from agl_kernel import semconv
 
 __all__ = [
     "MAX_OFFSET",

@@ -6,9 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any
 
-from agl_kernel.models import RolloutMode, RolloutStatus
-from agl_kernel.server import PUBLIC
-from agl_kernel.store.base import SORT_FIELDS, LightningStore
 from litestar import Response, Router, get
 from litestar.di import NamedDependency
 from litestar.openapi.spec import OpenAPIType, Schema
@@ -16,6 +13,9 @@ from litestar.params import FromPath, FromQuery, Parameter
 from litestar.static_files import create_static_files_router
 
 from agl_dashboard import _data
+from agl_kernel.models import RolloutMode, RolloutStatus
+from agl_kernel.server import PUBLIC
+from agl_kernel.store.base import SORT_FIELDS, LightningStore
 
 __all__ = ["API_PREFIX", "STATIC_DIR", "assets_built", "dashboard_routes"]
 

@@ -21,8 +21,8 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
 
 import torch
 
@@ -44,7 +44,7 @@ Linear = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 contiguous float32 ``weight``."""
 
 
-def _unsupported() -> Optional[str]:
+def _unsupported() -> str | None:
     if os.environ.get("AGL_CPU_KERNEL", "1") == "0":
         return "AGL_CPU_KERNEL=0"
     if torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
@@ -52,7 +52,7 @@ def _unsupported() -> Optional[str]:
     return None
 
 
-def _compiler() -> Optional[str]:
+def _compiler() -> str | None:
     return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
 
 
@@ -80,7 +80,7 @@ def _build(compiler: str) -> Path:
 
 
 @functools.cache
-def load() -> Optional[Linear]:
+def load() -> Linear | None:
     """The kernel as ``linear(x, weight)``, or ``None`` where it cannot run (the reason is logged)."""
     reason = _unsupported()
     compiler = _compiler()
@@ -89,7 +89,7 @@ def load() -> Optional[Linear]:
     if reason is None:
         try:
             function = ctypes.CDLL(str(_build(compiler))).agl_linear_f32  # type: ignore[arg-type]
-        except Exception as err:  # noqa: BLE001 - a failed build falls back to torch.mm; it must not stop the server
+        except Exception as err:
             reason = f"building {_SOURCE.name} failed: {err}"
     if reason is not None:
         logger.info("the CPU decode kernel is not used (%s); decode steps use torch.mm", reason)

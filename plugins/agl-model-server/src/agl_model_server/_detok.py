@@ -34,7 +34,7 @@ class TokenTexts:
         self._special = set(getattr(tokenizer, "all_special_ids", []) or [])
         try:
             self._added = set(tokenizer.get_added_vocab().values())
-        except Exception:  # noqa: BLE001 - slow tokenizers may not have it
+        except Exception:
             self._added = set()
         self._cache: dict[int, tuple[str, bytes]] = {}
 

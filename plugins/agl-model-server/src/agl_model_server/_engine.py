@@ -194,7 +194,7 @@ class Engine:
                 return future
         try:
             future.set_result(fn())
-        except BaseException as err:  # noqa: BLE001 - handed to the caller through the future
+        except BaseException as err:
             future.set_exception(err)
         return future
 
@@ -287,7 +287,7 @@ class Engine:
                 result = fn()
             if isinstance(self._batch, _static.StaticBatch):
                 self._batch.decoder.refresh()
-        except BaseException as err:  # noqa: BLE001 - handed to the caller through the future
+        except BaseException as err:
             future.set_exception(err)
         else:
             future.set_result(result)

@@ -6,6 +6,7 @@ Importing this module loads only click: torch and transformers load when the com
 from __future__ import annotations
 
 import click
+
 from agl_kernel.plugins import hookimpl
 
 __all__ = ["agl_register_commands"]

@@ -6,7 +6,7 @@ Enums are stored as their string values, so SQL sorts them the way the contract 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Optional
+from typing import Any
 
 import msgspec
 from msgspec import NODEFAULT
@@ -49,25 +49,25 @@ def encode_any(value: Any, what: str) -> bytes:
         raise TypeError(f"the SQLite store cannot serialize the {what}: {exc}. Use JSON-like values") from exc
 
 
-def encode_dict(value: Optional[dict[str, Any]], what: str) -> Optional[bytes]:
+def encode_dict(value: dict[str, Any] | None, what: str) -> bytes | None:
     """``None`` (stored as NULL) for an empty dict."""
     return encode_any(value, what) if value else None
 
 
-def decode_dict(blob: Optional[bytes]) -> dict[str, Any]:
+def decode_dict(blob: bytes | None) -> dict[str, Any]:
     return {} if blob is None else decode_msgpack(blob)
 
 
 _configs: dict[bytes, RolloutConfig] = {}
 
 
-def encode_config(config: Optional[RolloutConfig]) -> Optional[bytes]:
+def encode_config(config: RolloutConfig | None) -> bytes | None:
     if config is None or config == DEFAULT_CONFIG:
         return None
     return encode_msgpack(config)
 
 
-def decode_config(blob: Optional[bytes]) -> RolloutConfig:
+def decode_config(blob: bytes | None) -> RolloutConfig:
     if blob is None:
         return DEFAULT_CONFIG
     config = _configs.get(blob)
@@ -116,9 +116,9 @@ def rollout_from_row(row: Sequence[Any]) -> Rollout:
 class RolloutState:
     """What the state machine needs of a rollout (duck-types ``Rollout`` for :mod:`agl_kernel.store.policy`)."""
 
-    __slots__ = ("rid", "rollout_id", "status", "config", "attempt_count")
+    __slots__ = ("attempt_count", "config", "rid", "rollout_id", "status")
 
-    def __init__(self, rid: int, rollout_id: str, status: str, config: Optional[bytes], attempt_count: int) -> None:
+    def __init__(self, rid: int, rollout_id: str, status: str, config: bytes | None, attempt_count: int) -> None:
         self.rid = rid
         self.rollout_id = rollout_id
         self.status = ROLLOUT_STATUS[status]
@@ -138,16 +138,33 @@ class AttemptState:
     """An attempt row (duck-types ``Attempt`` for the policy functions); ``to_attempt()`` makes the struct."""
 
     __slots__ = (
-        "aid", "rollout_id", "attempt_id", "sequence_id", "status", "start_time", "end_time", "worker_id",
-        "last_heartbeat_time", "metadata_blob", "span_seq",
+        "aid",
+        "attempt_id",
+        "end_time",
+        "last_heartbeat_time",
+        "metadata_blob",
+        "rollout_id",
+        "sequence_id",
+        "span_seq",
+        "start_time",
+        "status",
+        "worker_id",
     )
 
     def __init__(self, rollout_id: str, row: Sequence[Any]) -> None:
         """``row`` holds ``ATTEMPT_COLUMNS``."""
         self.rollout_id = rollout_id
         (
-            self.aid, self.attempt_id, self.sequence_id, status, self.start_time, self.end_time, self.worker_id,
-            self.last_heartbeat_time, self.metadata_blob, self.span_seq,
+            self.aid,
+            self.attempt_id,
+            self.sequence_id,
+            status,
+            self.start_time,
+            self.end_time,
+            self.worker_id,
+            self.last_heartbeat_time,
+            self.metadata_blob,
+            self.span_seq,
         ) = row[:10]
         self.status = ATTEMPT_STATUS[status]
 
@@ -180,9 +197,7 @@ def _default(field: Any) -> Any:
 
 # The Span fields kept in the blob, with the default each may be left out for. Computed from the kernel's
 # struct, so fields the kernel adds later (always at the end, with defaults) are stored too.
-_SPAN_BLOB_FIELDS = [
-    (f.name, _default(f)) for f in msgspec.structs.fields(Span) if f.name not in _SPAN_COLUMN_FIELDS
-]
+_SPAN_BLOB_FIELDS = [(f.name, _default(f)) for f in msgspec.structs.fields(Span) if f.name not in _SPAN_COLUMN_FIELDS]
 
 SPAN_COLUMNS = "s.sequence_id, s.span_id, s.name, s.start_time, s.end_time, s.data"
 

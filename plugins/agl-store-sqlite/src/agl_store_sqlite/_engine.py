@@ -26,10 +26,9 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Optional, TypeVar
+from typing import Any, TypeVar
 
 from agl_kernel.errors import StoreClosedError
-
 from agl_store_sqlite._schema import SqliteStoreDamagedError, SqliteStoreError, connect, damage_kind
 
 T = TypeVar("T")
@@ -58,7 +57,7 @@ class Busy(Exception):
 class Tx:
     """One write transaction: the connection, and what to wake once it commits."""
 
-    __slots__ = ("conn", "execute", "wake_queue", "wake_ended")
+    __slots__ = ("conn", "execute", "wake_ended", "wake_queue")
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
@@ -74,7 +73,7 @@ def is_busy(exc: BaseException) -> bool:
 
 
 class _Batch:
-    __slots__ = ("loop", "items", "scheduled")
+    __slots__ = ("items", "loop", "scheduled")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -104,7 +103,7 @@ class Engine:
         self._write_lock = threading.Lock()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agl-sqlite-wait")
         self.closed = False
-        self.damaged: Optional[str] = None
+        self.damaged: str | None = None
         """Why this engine stopped serving (the message of its :class:`SqliteStoreDamagedError`), or None."""
         self._on_damaged = on_damaged
         self._damage_lock = threading.Lock()
@@ -117,7 +116,7 @@ class Engine:
         if self.damaged is not None:
             raise SqliteStoreDamagedError(self.damaged, self.path)
 
-    def damage(self, exc: BaseException) -> Optional[SqliteStoreDamagedError]:
+    def damage(self, exc: BaseException) -> SqliteStoreDamagedError | None:
         """If ``exc`` says the file is damaged or can no longer be written, stop serving (the first time: call
         ``on_damaged`` with the message, once) and return the error to raise instead of ``exc``; else None."""
         kind = damage_kind(exc)
@@ -260,7 +259,7 @@ class Engine:
     async def write(self, op: Callable[[Tx], T]) -> T:
         """Run ``op`` in a write transaction, together with the other writes of this loop iteration."""
         loop = asyncio.get_running_loop()
-        batch: Optional[_Batch] = getattr(self._local, "batch", None)
+        batch: _Batch | None = getattr(self._local, "batch", None)
         if batch is None or batch.loop is not loop:
             batch = self._local.batch = _Batch(loop)
         future = loop.create_future()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Any, Optional, Union
+from typing import Any
 
 from msgspec.structs import replace
 
@@ -19,8 +19,8 @@ from agl_kernel.models import (
     Attempt,
     AttemptedRollout,
     AttemptStatus,
-    ResourcesUpdate,
     Resource,
+    ResourcesUpdate,
     Rollout,
     RolloutStatus,
     Span,
@@ -30,7 +30,6 @@ from agl_kernel.models import (
 )
 from agl_kernel.store import policy
 from agl_kernel.store.base import LATEST
-
 from agl_store_sqlite._codec import (
     ATTEMPT_COLUMNS,
     ROLLOUT_COLUMNS,
@@ -97,7 +96,7 @@ def attempt_state(db: Db, rollout_id: str, attempt_id: str) -> tuple[RolloutStat
     return RolloutState(*row[:5]), AttemptState(rollout_id, row[5:])
 
 
-def resources_id_for(db: Db, resources_id: Optional[str]) -> Optional[str]:
+def resources_id_for(db: Db, resources_id: str | None) -> str | None:
     """``None`` → the latest resources id (or ``None``); a given id must exist."""
     if resources_id is None:
         row = db.execute("SELECT resources_id FROM resources WHERE id = (SELECT max(id) FROM resources)").fetchone()
@@ -150,7 +149,7 @@ def set_rollout_status(
     rollout.status = status
 
 
-def new_attempt(tx: Any, rollout: RolloutState, worker_id: Optional[str], now: float) -> Attempt:
+def new_attempt(tx: Any, rollout: RolloutState, worker_id: str | None, now: float) -> Attempt:
     """Start the rollout's next attempt (``preparing``; the rollout too) and mark the worker busy."""
     attempt = Attempt(
         rollout_id=rollout.rollout_id,
@@ -163,8 +162,15 @@ def new_attempt(tx: Any, rollout: RolloutState, worker_id: Optional[str], now: f
     tx.execute(
         "INSERT INTO attempts (attempt_id, rid, sequence_id, status, start_time, worker_id, last_heartbeat_time, "
         "watch) VALUES (?, ?, ?, 'preparing', ?, ?, ?, ?)",
-        (attempt.attempt_id, rollout.rid, attempt.sequence_id, now, worker_id, now,
-         1 if policy.is_supervised(rollout.config) else None),
+        (
+            attempt.attempt_id,
+            rollout.rid,
+            attempt.sequence_id,
+            now,
+            worker_id,
+            now,
+            1 if policy.is_supervised(rollout.config) else None,
+        ),
     )
     tx.execute(
         "UPDATE rollouts SET status = 'preparing', attempt_count = ?, queue_ticket = NULL WHERE rid = ?",
@@ -242,7 +248,7 @@ def set_attempt_status(
 # ---------------------------------------------------------------------------------------------------- rollouts
 
 
-EnqueueItem = tuple[Any, bytes, Any, Optional[str], Any, Optional[bytes], Any, Optional[bytes]]
+EnqueueItem = tuple[Any, bytes, Any, str | None, Any, bytes | None, Any, bytes | None]
 
 
 def enqueue(tx: Any, requests: Sequence[EnqueueItem]) -> list[Rollout]:
@@ -257,12 +263,27 @@ def enqueue(tx: Any, requests: Sequence[EnqueueItem]) -> list[Rollout]:
         tx.execute(
             "INSERT INTO rollouts (rollout_id, status, mode, start_time, resources_id, queue_ticket, config, input, "
             f"metadata) VALUES (?, 'queuing', ?, ?, ?, {_NEXT_TICKET}, ?, ?, ?)",
-            (rollout_id, None if mode is None else mode.value, now, resources_id, config_blob, input_blob,
-             metadata_blob),
+            (
+                rollout_id,
+                None if mode is None else mode.value,
+                now,
+                resources_id,
+                config_blob,
+                input_blob,
+                metadata_blob,
+            ),
         )
         rollouts.append(
-            Rollout(rollout_id=rollout_id, input=input, start_time=now, mode=mode, resources_id=resources_id,
-                    status=RolloutStatus.QUEUING, config=config, metadata=metadata)
+            Rollout(
+                rollout_id=rollout_id,
+                input=input,
+                start_time=now,
+                mode=mode,
+                resources_id=resources_id,
+                status=RolloutStatus.QUEUING,
+                config=config,
+                metadata=metadata,
+            )
         )
     if rollouts:
         tx.wake_queue = True
@@ -270,23 +291,35 @@ def enqueue(tx: Any, requests: Sequence[EnqueueItem]) -> list[Rollout]:
 
 
 def start_rollout(
-    tx: Any, input_blob: bytes, mode: Any, resources_id: Optional[str], config_blob: Optional[bytes],
-    metadata_blob: Optional[bytes], worker_id: Optional[str],
+    tx: Any,
+    input_blob: bytes,
+    mode: Any,
+    resources_id: str | None,
+    config_blob: bytes | None,
+    metadata_blob: bytes | None,
+    worker_id: str | None,
 ) -> AttemptedRollout:
     resources_id = resources_id_for(tx, resources_id)
     now = time.time()
     cursor = tx.execute(
         "INSERT INTO rollouts (rollout_id, status, mode, start_time, resources_id, config, input, metadata) "
         "VALUES (?, 'preparing', ?, ?, ?, ?, ?, ?)",
-        (policy.new_rollout_id(), None if mode is None else mode.value, now, resources_id, config_blob, input_blob,
-         metadata_blob),
+        (
+            policy.new_rollout_id(),
+            None if mode is None else mode.value,
+            now,
+            resources_id,
+            config_blob,
+            input_blob,
+            metadata_blob,
+        ),
     )
     row = tx.execute(f"SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE rid = ?", (cursor.lastrowid,)).fetchone()
     state = RolloutState(row[0], row[1], row[2], row[8], row[6])
     return attempted(row, state, new_attempt(tx, state, worker_id, now))
 
 
-def pop_queue(tx: Any, limit: int, worker_id: Optional[str]) -> list[AttemptedRollout]:
+def pop_queue(tx: Any, limit: int, worker_id: str | None) -> list[AttemptedRollout]:
     """Take up to ``limit`` rollouts from the head of the queue, each with a new attempt. Only queued rollouts
     hold a ticket, so there are no stale entries to skip."""
     rows = tx.execute(
@@ -305,7 +338,7 @@ def queue_has_work(db: Db) -> bool:
     return db.execute("SELECT 1 FROM rollouts WHERE queue_ticket IS NOT NULL LIMIT 1").fetchone() is not None
 
 
-def start_attempt(tx: Any, rollout_id: str, worker_id: Optional[str]) -> AttemptedRollout:
+def start_attempt(tx: Any, rollout_id: str, worker_id: str | None) -> AttemptedRollout:
     row = rollout_row(tx, rollout_id)
     state = RolloutState(row[0], row[1], row[2], row[8], row[6])
     if state.status.is_terminal:
@@ -316,7 +349,7 @@ def start_attempt(tx: Any, rollout_id: str, worker_id: Optional[str]) -> Attempt
     return attempted(row, state, new_attempt(tx, state, worker_id, time.time()))
 
 
-def update_rollout(tx: Any, rollout_id: str, status: Optional[RolloutStatus], changes: dict[str, Any]) -> Rollout:
+def update_rollout(tx: Any, rollout_id: str, status: RolloutStatus | None, changes: dict[str, Any]) -> Rollout:
     """``changes``: column → value for mode / config / metadata / resources_id (an id is checked here)."""
     row = rollout_row(tx, rollout_id)
     state = RolloutState(row[0], row[1], row[2], row[8], row[6])
@@ -338,7 +371,7 @@ def update_rollout(tx: Any, rollout_id: str, status: Optional[RolloutStatus], ch
     return rollout_from_row(rollout_row(tx, rollout_id))
 
 
-def delete_rollouts(tx: Any, rollout_ids: Optional[Sequence[str]], ended_before: Optional[float]) -> int:
+def delete_rollouts(tx: Any, rollout_ids: Sequence[str] | None, ended_before: float | None) -> int:
     if rollout_ids is not None:
         wanted = list(dict.fromkeys(rollout_ids))
         found = {
@@ -388,8 +421,8 @@ def update_attempt(
     tx: Any,
     rollout_id: str,
     attempt_id: str,
-    status: Optional[AttemptStatus],
-    heartbeat: Optional[float],
+    status: AttemptStatus | None,
+    heartbeat: float | None,
     changes: dict[str, Any],
 ) -> Attempt:
     """Every update is a heartbeat (``heartbeat``, default now). ``changes``: column → value for ``worker_id``
@@ -476,7 +509,7 @@ def update_resources(tx: Any, resources_id: str, resources: dict[str, Resource],
     )
 
 
-def update_worker(tx: Any, worker_id: str, stats: Union[bytes, None, bool]) -> Worker:
+def update_worker(tx: Any, worker_id: str, stats: bytes | bool | None) -> Worker:
     """``stats``: the new stats blob (``None`` = {}), or ``False`` to keep them. An unresponsive worker comes
     back as ``busy`` if it still holds an attempt, else ``idle``."""
     keep = stats is False
@@ -524,4 +557,3 @@ def apply_deadlines(tx: Any, now: float) -> int:
             set_attempt_status(tx, rollout, attempt, status, now, {})
             changed += 1
     return changed
-

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Sequence
-from typing import Any, Optional, TypeVar
+from typing import Any, TypeVar
 
 from agl_kernel.errors import NotFoundError
 from agl_kernel.models import (
@@ -47,10 +47,10 @@ def _page(
     source: str,
     where: list[str],
     params: list[Any],
-    sort_column: Optional[str],
+    sort_column: str | None,
     sort_order: str,
     creation_order: str,
-    limit: Optional[int],
+    limit: int | None,
     offset: int,
     convert: Callable[[Any], T],
 ) -> PaginatedResult[T]:
@@ -95,12 +95,12 @@ def get_rollout(conn: sqlite3.Connection, rollout_id: str) -> Rollout:
 
 def query_rollouts(
     conn: sqlite3.Connection,
-    status_in: Optional[Sequence[RolloutStatus]],
-    rollout_id_in: Optional[Sequence[str]],
-    mode_in: Optional[Sequence[RolloutMode]],
-    sort_by: Optional[str],
+    status_in: Sequence[RolloutStatus] | None,
+    rollout_id_in: Sequence[str] | None,
+    mode_in: Sequence[RolloutMode] | None,
+    sort_by: str | None,
     sort_order: str,
-    limit: Optional[int],
+    limit: int | None,
     offset: int,
 ) -> PaginatedResult[Rollout]:
     where: list[str] = []
@@ -112,8 +112,17 @@ def query_rollouts(
     if mode_in is not None:
         _in("mode", _values([RolloutMode(m) for m in mode_in]), where, params)
     return _page(
-        conn, columns=ROLLOUT_COLUMNS, source="rollouts", where=where, params=params, sort_column=sort_by,
-        sort_order=sort_order, creation_order="rid", limit=limit, offset=offset, convert=rollout_from_row,
+        conn,
+        columns=ROLLOUT_COLUMNS,
+        source="rollouts",
+        where=where,
+        params=params,
+        sort_column=sort_by,
+        sort_order=sort_order,
+        creation_order="rid",
+        limit=limit,
+        offset=offset,
+        convert=rollout_from_row,
     )
 
 
@@ -148,10 +157,10 @@ def get_attempt(conn: sqlite3.Connection, rollout_id: str, attempt_id: str) -> A
 def query_attempts(
     conn: sqlite3.Connection,
     rollout_id: str,
-    status_in: Optional[Sequence[AttemptStatus]],
-    sort_by: Optional[str],
+    status_in: Sequence[AttemptStatus] | None,
+    sort_by: str | None,
     sort_order: str,
-    limit: Optional[int],
+    limit: int | None,
     offset: int,
 ) -> PaginatedResult[Any]:
     where = ["a.rid = ?"]
@@ -159,9 +168,16 @@ def query_attempts(
     if status_in is not None:
         _in("a.status", _values([AttemptStatus(s) for s in status_in]), where, params)
     return _page(
-        conn, columns=ATTEMPT_COLUMNS, source="attempts a", where=where, params=params,
-        sort_column=None if sort_by is None else f"a.{sort_by}", sort_order=sort_order,
-        creation_order="a.sequence_id", limit=limit, offset=offset,
+        conn,
+        columns=ATTEMPT_COLUMNS,
+        source="attempts a",
+        where=where,
+        params=params,
+        sort_column=None if sort_by is None else f"a.{sort_by}",
+        sort_order=sort_order,
+        creation_order="a.sequence_id",
+        limit=limit,
+        offset=offset,
         convert=lambda row: AttemptState(rollout_id, row).to_attempt(),
     )
 
@@ -172,11 +188,11 @@ def query_attempts(
 def query_spans(
     conn: sqlite3.Connection,
     rollout_id: str,
-    attempt_id: Optional[str],
-    name: Optional[str],
-    sort_by: Optional[str],
+    attempt_id: str | None,
+    name: str | None,
+    sort_by: str | None,
     sort_order: str,
-    limit: Optional[int],
+    limit: int | None,
     offset: int,
 ) -> PaginatedResult[Span]:
     if attempt_id is None:
@@ -189,9 +205,16 @@ def query_spans(
         where.append("s.name = ?")
         params.append(name)
     return _page(
-        conn, columns=f"a.attempt_id, {SPAN_COLUMNS}", source="spans s JOIN attempts a ON a.aid = s.aid",
-        where=where, params=params, sort_column=None if sort_by is None else f"s.{sort_by}", sort_order=sort_order,
-        creation_order="a.sequence_id, s.sequence_id, s.id", limit=limit, offset=offset,
+        conn,
+        columns=f"a.attempt_id, {SPAN_COLUMNS}",
+        source="spans s JOIN attempts a ON a.aid = s.aid",
+        where=where,
+        params=params,
+        sort_column=None if sort_by is None else f"s.{sort_by}",
+        sort_order=sort_order,
+        creation_order="a.sequence_id, s.sequence_id, s.id",
+        limit=limit,
+        offset=offset,
         convert=lambda row: span_from_row(rollout_id, row[0], row[1:]),
     )
 
@@ -199,7 +222,7 @@ def query_spans(
 # ---------------------------------------------------------------------------------------------------- resources
 
 
-def get_resources(conn: sqlite3.Connection, resources_id: str, version: Optional[int]) -> ResourcesUpdate:
+def get_resources(conn: sqlite3.Connection, resources_id: str, version: int | None) -> ResourcesUpdate:
     newest = conn.execute(
         f"SELECT {RESOURCES_COLUMNS} FROM resources WHERE resources_id = ? ORDER BY version DESC LIMIT 1",
         (resources_id,),
@@ -216,7 +239,7 @@ def get_resources(conn: sqlite3.Connection, resources_id: str, version: Optional
     return resources_from_row(row)
 
 
-def get_latest_resources(conn: sqlite3.Connection) -> Optional[ResourcesUpdate]:
+def get_latest_resources(conn: sqlite3.Connection) -> ResourcesUpdate | None:
     row = conn.execute(
         f"SELECT {RESOURCES_COLUMNS} FROM resources WHERE id = (SELECT max(id) FROM resources)"
     ).fetchone()
@@ -225,16 +248,25 @@ def get_latest_resources(conn: sqlite3.Connection) -> Optional[ResourcesUpdate]:
 
 def query_resources(
     conn: sqlite3.Connection,
-    resources_id: Optional[str],
-    sort_by: Optional[str],
+    resources_id: str | None,
+    sort_by: str | None,
     sort_order: str,
-    limit: Optional[int],
+    limit: int | None,
     offset: int,
 ) -> PaginatedResult[ResourcesUpdate]:
     where, params = ([], []) if resources_id is None else (["resources_id = ?"], [resources_id])
     return _page(
-        conn, columns=RESOURCES_COLUMNS, source="resources", where=where, params=params, sort_column=sort_by,
-        sort_order=sort_order, creation_order="id", limit=limit, offset=offset, convert=resources_from_row,
+        conn,
+        columns=RESOURCES_COLUMNS,
+        source="resources",
+        where=where,
+        params=params,
+        sort_column=sort_by,
+        sort_order=sort_order,
+        creation_order="id",
+        limit=limit,
+        offset=offset,
+        convert=resources_from_row,
     )
 
 
@@ -250,10 +282,10 @@ def get_worker(conn: sqlite3.Connection, worker_id: str) -> Worker:
 
 def query_workers(
     conn: sqlite3.Connection,
-    status_in: Optional[Sequence[WorkerStatus]],
-    sort_by: Optional[str],
+    status_in: Sequence[WorkerStatus] | None,
+    sort_by: str | None,
     sort_order: str,
-    limit: Optional[int],
+    limit: int | None,
     offset: int,
 ) -> PaginatedResult[Worker]:
     where: list[str] = []
@@ -261,8 +293,17 @@ def query_workers(
     if status_in is not None:
         _in("status", _values([WorkerStatus(s) for s in status_in]), where, params)
     return _page(
-        conn, columns=WORKER_COLUMNS, source="workers", where=where, params=params, sort_column=sort_by,
-        sort_order=sort_order, creation_order="wid", limit=limit, offset=offset, convert=worker_from_row,
+        conn,
+        columns=WORKER_COLUMNS,
+        source="workers",
+        where=where,
+        params=params,
+        sort_column=sort_by,
+        sort_order=sort_order,
+        creation_order="wid",
+        limit=limit,
+        offset=offset,
+        convert=worker_from_row,
     )
 
 
@@ -282,4 +323,3 @@ def statistics(conn: sqlite3.Connection) -> StoreStatistics:
         total_resources=conn.execute("SELECT COUNT(DISTINCT resources_id) FROM resources").fetchone()[0],
         total_workers=conn.execute("SELECT COUNT(*) FROM workers").fetchone()[0],
     )
-

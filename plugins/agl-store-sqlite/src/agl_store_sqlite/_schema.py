@@ -17,7 +17,6 @@ import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Optional, Union
 
 from agl_kernel.errors import AglError, StoreDamagedError
 
@@ -42,7 +41,7 @@ SQLITE_HEADER = b"SQLite format 3\x00"
 class SqliteStoreError(AglError):
     """The file (or its directory) cannot serve as a SQLite store; the message names the path and what to do."""
 
-    def __init__(self, message: str, path: Union[str, os.PathLike]) -> None:
+    def __init__(self, message: str, path: str | os.PathLike) -> None:
         super().__init__(message)
         self.path = str(path)
 
@@ -69,7 +68,7 @@ _NOTADB = 26  # SQLITE_NOTADB
 _READONLY = 8  # SQLITE_READONLY (and its extended codes: READONLY_DBMOVED, ...)
 
 
-def damage_kind(exc: BaseException) -> Optional[str]:
+def damage_kind(exc: BaseException) -> str | None:
     """``"damaged"`` when ``exc`` is SQLite reporting a damaged file (SQLITE_CORRUPT, SQLITE_NOTADB),
     ``"read-only"`` when it refuses a write (SQLITE_READONLY: the file was made read-only, moved or deleted),
     else None."""
@@ -188,7 +187,7 @@ SCHEMA_VERSION = MIGRATIONS[-1][0]
 # ---------------------------------------------------------------------------------------------------- opening
 
 
-def prepare_path(path: Union[str, os.PathLike]) -> Path:
+def prepare_path(path: str | os.PathLike) -> Path:
     """Create the parent directory if needed and make sure an existing file is a SQLite database (never
     touching it otherwise). Returns the absolute path."""
     path = Path(path).expanduser().absolute()
@@ -272,7 +271,7 @@ def _read_only(path: Path, message: str) -> SqliteStoreError:
 
 
 def ensure_schema(
-    conn: sqlite3.Connection, path: Path, *, busy_timeout: float, full_check_max_mb: Optional[float] = None
+    conn: sqlite3.Connection, path: Path, *, busy_timeout: float, full_check_max_mb: float | None = None
 ) -> int:
     """Check the file, switch it to WAL, then create or migrate its schema; returns the version found before.
     Raises SqliteStoreError (nothing changed) for a foreign database, a newer schema, a damaged file

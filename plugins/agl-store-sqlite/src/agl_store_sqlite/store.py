@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal
 
 import attrs
 from msgspec import UNSET, UnsetType
@@ -37,7 +37,6 @@ from agl_kernel.store import policy
 from agl_kernel.store.base import LATEST, LightningStore, SortOrder
 from agl_kernel.store.query import check_query
 from agl_kernel.store.waiting import Signal
-
 from agl_store_sqlite import _ops as ops
 from agl_store_sqlite import _reads as reads
 from agl_store_sqlite._codec import (
@@ -123,7 +122,7 @@ class SqliteLightningStore(LightningStore):
 
     def __init__(
         self,
-        path: Union[str, os.PathLike] = ".agl/agl.db",
+        path: str | os.PathLike = ".agl/agl.db",
         *,
         watchdog_interval: float = 0.5,
         cross_process_poll: float = 0.05,
@@ -218,7 +217,7 @@ class SqliteLightningStore(LightningStore):
         tick = min(watchdog_interval, poll or _CHECKPOINT_INTERVAL, _CHECKPOINT_INTERVAL)
         next_check = time.monotonic() + watchdog_interval
         next_checkpoint = time.monotonic() + _CHECKPOINT_INTERVAL
-        version: Optional[int] = None
+        version: int | None = None
         last_failure, next_report = "", 0.0
         while not self._stop.wait(tick):
             try:
@@ -264,25 +263,31 @@ class SqliteLightningStore(LightningStore):
     @staticmethod
     def _request(
         input: Any,
-        mode: Optional[RolloutMode],
-        resources_id: Optional[str],
-        config: Optional[RolloutConfig],
-        metadata: Optional[dict[str, Any]],
+        mode: RolloutMode | None,
+        resources_id: str | None,
+        config: RolloutConfig | None,
+        metadata: dict[str, Any] | None,
     ) -> tuple[Any, ...]:
         mode = None if mode is None else RolloutMode(mode)
         return (
-            input, encode_any(input, "rollout input"), mode, resources_id, config or DEFAULT_CONFIG,
-            encode_config(config), metadata or {}, encode_dict(metadata, "rollout metadata"),
+            input,
+            encode_any(input, "rollout input"),
+            mode,
+            resources_id,
+            config or DEFAULT_CONFIG,
+            encode_config(config),
+            metadata or {},
+            encode_dict(metadata, "rollout metadata"),
         )
 
     async def enqueue_rollout(
         self,
         input: Any,
         *,
-        mode: Optional[RolloutMode] = None,
-        resources_id: Optional[str] = None,
-        config: Optional[RolloutConfig] = None,
-        metadata: Optional[dict[str, Any]] = None,
+        mode: RolloutMode | None = None,
+        resources_id: str | None = None,
+        config: RolloutConfig | None = None,
+        metadata: dict[str, Any] | None = None,
     ) -> Rollout:
         request = self._request(input, mode, resources_id, config, metadata)
         return (await self._write(lambda tx: ops.enqueue(tx, [request])))[0]
@@ -298,25 +303,23 @@ class SqliteLightningStore(LightningStore):
         self,
         input: Any,
         *,
-        mode: Optional[RolloutMode] = None,
-        resources_id: Optional[str] = None,
-        config: Optional[RolloutConfig] = None,
-        metadata: Optional[dict[str, Any]] = None,
-        worker_id: Optional[str] = None,
+        mode: RolloutMode | None = None,
+        resources_id: str | None = None,
+        config: RolloutConfig | None = None,
+        metadata: dict[str, Any] | None = None,
+        worker_id: str | None = None,
     ) -> AttemptedRollout:
         _, input_blob, mode, _, _, config_blob, _, metadata_blob = self._request(input, mode, None, config, metadata)
         return await self._write(
             lambda tx: ops.start_rollout(tx, input_blob, mode, resources_id, config_blob, metadata_blob, worker_id)
         )
 
-    async def dequeue_rollout(
-        self, *, worker_id: Optional[str] = None, timeout: float = 0.0
-    ) -> Optional[AttemptedRollout]:
+    async def dequeue_rollout(self, *, worker_id: str | None = None, timeout: float = 0.0) -> AttemptedRollout | None:
         taken = await self.dequeue_many_rollouts(limit=1, worker_id=worker_id, timeout=timeout)
         return taken[0] if taken else None
 
     async def dequeue_many_rollouts(
-        self, *, limit: int, worker_id: Optional[str] = None, timeout: float = 0.0
+        self, *, limit: int, worker_id: str | None = None, timeout: float = 0.0
     ) -> list[AttemptedRollout]:
         if limit < 1:
             raise ValueError(f"limit must be at least 1, not {limit!r}")
@@ -328,7 +331,7 @@ class SqliteLightningStore(LightningStore):
             return []
         loop = asyncio.get_running_loop()
 
-        def check() -> Optional[list[AttemptedRollout]]:
+        def check() -> list[AttemptedRollout] | None:
             if self._closed:
                 return []
             if not self._engine.read(ops.queue_has_work):
@@ -341,7 +344,7 @@ class SqliteLightningStore(LightningStore):
 
         return await self._enqueued.wait_for(check, timeout) or []
 
-    async def start_attempt(self, rollout_id: str, *, worker_id: Optional[str] = None) -> AttemptedRollout:
+    async def start_attempt(self, rollout_id: str, *, worker_id: str | None = None) -> AttemptedRollout:
         return await self._write(lambda tx: ops.start_attempt(tx, rollout_id, worker_id))
 
     async def get_rollout(self, rollout_id: str) -> Rollout:
@@ -350,12 +353,12 @@ class SqliteLightningStore(LightningStore):
     async def query_rollouts(
         self,
         *,
-        status_in: Optional[Sequence[RolloutStatus]] = None,
-        rollout_id_in: Optional[Sequence[str]] = None,
-        mode_in: Optional[Sequence[RolloutMode]] = None,
-        sort_by: Optional[str] = None,
+        status_in: Sequence[RolloutStatus] | None = None,
+        rollout_id_in: Sequence[str] | None = None,
+        mode_in: Sequence[RolloutMode] | None = None,
+        sort_by: str | None = None,
         sort_order: SortOrder = "asc",
-        limit: Optional[int] = None,
+        limit: int | None = None,
         offset: int = 0,
     ) -> PaginatedResult[Rollout]:
         check_query("rollouts", sort_by, sort_order, limit, offset)
@@ -370,11 +373,11 @@ class SqliteLightningStore(LightningStore):
         self,
         rollout_id: str,
         *,
-        status: Union[RolloutStatus, UnsetType] = UNSET,
-        mode: Union[Optional[RolloutMode], UnsetType] = UNSET,
-        resources_id: Union[Optional[str], UnsetType] = UNSET,
-        config: Union[RolloutConfig, UnsetType] = UNSET,
-        metadata: Union[dict[str, Any], UnsetType] = UNSET,
+        status: RolloutStatus | UnsetType = UNSET,
+        mode: RolloutMode | UnsetType | None = UNSET,
+        resources_id: str | UnsetType | None = UNSET,
+        config: RolloutConfig | UnsetType = UNSET,
+        metadata: dict[str, Any] | UnsetType = UNSET,
     ) -> Rollout:
         changes: dict[str, Any] = {}
         if mode is not UNSET:
@@ -388,7 +391,7 @@ class SqliteLightningStore(LightningStore):
         new_status = None if status is UNSET else RolloutStatus(status)
         return await self._write(lambda tx: ops.update_rollout(tx, rollout_id, new_status, changes))
 
-    async def wait_for_rollouts(self, rollout_ids: Sequence[str], *, timeout: Optional[float] = None) -> list[Rollout]:
+    async def wait_for_rollouts(self, rollout_ids: Sequence[str], *, timeout: float | None = None) -> list[Rollout]:
         wanted = list(dict.fromkeys(rollout_ids))
         missing = self._read(lambda conn: reads.missing_rollouts(conn, wanted))
         if missing:
@@ -399,7 +402,7 @@ class SqliteLightningStore(LightningStore):
         def known() -> list[Rollout]:
             return [ended[r] for r in wanted if r in ended]
 
-        def check() -> Optional[list[Rollout]]:
+        def check() -> list[Rollout] | None:
             nonlocal remaining
             if self._closed:
                 return known()
@@ -427,7 +430,7 @@ class SqliteLightningStore(LightningStore):
         return [final[r] for r in wanted if r in final]
 
     async def delete_rollouts(
-        self, rollout_ids: Optional[Sequence[str]] = None, *, ended_before: Optional[float] = None
+        self, rollout_ids: Sequence[str] | None = None, *, ended_before: float | None = None
     ) -> int:
         ids = None if rollout_ids is None else list(rollout_ids)
         return await self._write(lambda tx: ops.delete_rollouts(tx, ids, ended_before))
@@ -441,10 +444,10 @@ class SqliteLightningStore(LightningStore):
         self,
         rollout_id: str,
         *,
-        status_in: Optional[Sequence[AttemptStatus]] = None,
-        sort_by: Optional[str] = None,
+        status_in: Sequence[AttemptStatus] | None = None,
+        sort_by: str | None = None,
         sort_order: SortOrder = "asc",
-        limit: Optional[int] = None,
+        limit: int | None = None,
         offset: int = 0,
     ) -> PaginatedResult[Attempt]:
         check_query("attempts", sort_by, sort_order, limit, offset)
@@ -458,10 +461,10 @@ class SqliteLightningStore(LightningStore):
         rollout_id: str,
         attempt_id: str = LATEST,
         *,
-        status: Union[AttemptStatus, UnsetType] = UNSET,
-        worker_id: Union[Optional[str], UnsetType] = UNSET,
-        last_heartbeat_time: Union[float, UnsetType] = UNSET,
-        metadata: Union[dict[str, Any], UnsetType] = UNSET,
+        status: AttemptStatus | UnsetType = UNSET,
+        worker_id: str | UnsetType | None = UNSET,
+        last_heartbeat_time: float | UnsetType = UNSET,
+        metadata: dict[str, Any] | UnsetType = UNSET,
     ) -> Attempt:
         changes: dict[str, Any] = {}
         if worker_id is not UNSET:
@@ -495,12 +498,12 @@ class SqliteLightningStore(LightningStore):
     async def query_spans(
         self,
         rollout_id: str,
-        attempt_id: Optional[str] = None,
+        attempt_id: str | None = None,
         *,
-        name: Optional[str] = None,
-        sort_by: Optional[str] = None,
+        name: str | None = None,
+        sort_by: str | None = None,
         sort_order: SortOrder = "asc",
-        limit: Optional[int] = None,
+        limit: int | None = None,
         offset: int = 0,
     ) -> PaginatedResult[Span]:
         check_query("spans", sort_by, sort_order, limit, offset)
@@ -518,19 +521,19 @@ class SqliteLightningStore(LightningStore):
         blob = encode_resources(resources)
         return await self._write(lambda tx: ops.update_resources(tx, resources_id, resources, blob))
 
-    async def get_resources(self, resources_id: str, version: Optional[int] = None) -> ResourcesUpdate:
+    async def get_resources(self, resources_id: str, version: int | None = None) -> ResourcesUpdate:
         return self._read(lambda conn: reads.get_resources(conn, resources_id, version), snapshot=True)
 
-    async def get_latest_resources(self) -> Optional[ResourcesUpdate]:
+    async def get_latest_resources(self) -> ResourcesUpdate | None:
         return self._read(reads.get_latest_resources)
 
     async def query_resources(
         self,
         *,
-        resources_id: Optional[str] = None,
-        sort_by: Optional[str] = None,
+        resources_id: str | None = None,
+        sort_by: str | None = None,
         sort_order: SortOrder = "asc",
-        limit: Optional[int] = None,
+        limit: int | None = None,
         offset: int = 0,
     ) -> PaginatedResult[ResourcesUpdate]:
         check_query("resources", sort_by, sort_order, limit, offset)
@@ -540,9 +543,7 @@ class SqliteLightningStore(LightningStore):
 
     # ------------------------------------------------------------------------------------------------ workers
 
-    async def update_worker(
-        self, worker_id: str, *, heartbeat_stats: Union[dict[str, Any], UnsetType] = UNSET
-    ) -> Worker:
+    async def update_worker(self, worker_id: str, *, heartbeat_stats: dict[str, Any] | UnsetType = UNSET) -> Worker:
         stats = False if heartbeat_stats is UNSET else encode_dict(heartbeat_stats, "worker heartbeat stats")
         return await self._write(lambda tx: ops.update_worker(tx, worker_id, stats))
 
@@ -552,10 +553,10 @@ class SqliteLightningStore(LightningStore):
     async def query_workers(
         self,
         *,
-        status_in: Optional[Sequence[WorkerStatus]] = None,
-        sort_by: Optional[str] = None,
+        status_in: Sequence[WorkerStatus] | None = None,
+        sort_by: str | None = None,
         sort_order: SortOrder = "asc",
-        limit: Optional[int] = None,
+        limit: int | None = None,
         offset: int = 0,
     ) -> PaginatedResult[Worker]:
         check_query("workers", sort_by, sort_order, limit, offset)

@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 from collections.abc import Mapping
-from typing import Any, Optional
+from typing import Any
 from urllib.parse import urlsplit
 
 from opentelemetry import trace
@@ -43,7 +43,6 @@ _lock = threading.Lock()
 _patched: list[tuple[type, Any]] = []
 
 
-
 def instrument_openai() -> bool:
     """Wrap the OpenAI client's ``create`` methods (idempotent). ``False`` when ``openai`` is not installed."""
     try:
@@ -57,7 +56,7 @@ def instrument_openai() -> bool:
             cls = getattr(importlib.import_module(module_name), class_name)
             original = cls.__dict__["create"]
             wrapper = (_async_wrapper if is_async else _sync_wrapper)(original, operation)
-            setattr(cls, "create", wrapper)
+            setattr(cls, "create", wrapper)  # noqa: B010 - cls is a type; create is its own method
             _patched.append((cls, original))
     return True
 
@@ -108,7 +107,7 @@ def uninstrument_openai() -> None:
             sys.meta_path.remove(_on_import)
         while _patched:
             cls, original = _patched.pop()
-            setattr(cls, "create", original)
+            setattr(cls, "create", original)  # noqa: B010 - cls is a type; create is its own method
 
 
 def _active_tracer() -> Any:
@@ -179,7 +178,7 @@ def _start(tracer: Any, operation: str, resource: Any, kwargs: dict[str, Any]) -
     return kwargs, span
 
 
-def _finish(span: Any, attributes: dict[str, Any], error: Optional[BaseException]) -> None:
+def _finish(span: Any, attributes: dict[str, Any], error: BaseException | None) -> None:
     if attributes:
         span.set_attributes(attributes)
     if error is not None and not isinstance(error, GeneratorExit):
@@ -216,7 +215,7 @@ def _record_result(span: Any, operation: str, result: Any, started: float) -> An
     return result
 
 
-def _close_with(stream: Any, span: Any, record: "_StreamRecord") -> None:
+def _close_with(stream: Any, span: Any, record: _StreamRecord) -> None:
     """Closing the stream (``close()``, leaving ``with``) ends the span at once, not when the stream is collected."""
     original = getattr(stream, "close", None)
     if original is None:
@@ -246,9 +245,9 @@ def _close_with(stream: Any, span: Any, record: "_StreamRecord") -> None:
         stream.close = close
 
 
-def _traced(iterator: Any, span: Any, record: "_StreamRecord") -> Any:
+def _traced(iterator: Any, span: Any, record: _StreamRecord) -> Any:
     record.reading = True
-    error: Optional[BaseException] = None
+    error: BaseException | None = None
     try:
         for chunk in iterator:
             record.add(chunk)
@@ -260,9 +259,9 @@ def _traced(iterator: Any, span: Any, record: "_StreamRecord") -> Any:
         record.end(span, error)
 
 
-async def _traced_async(iterator: Any, span: Any, record: "_StreamRecord") -> Any:
+async def _traced_async(iterator: Any, span: Any, record: _StreamRecord) -> Any:
     record.reading = True
-    error: Optional[BaseException] = None
+    error: BaseException | None = None
     try:
         async for chunk in iterator:
             record.add(chunk)
@@ -309,12 +308,12 @@ class _StreamRecord:
 
     def __init__(self, operation: str, started: float) -> None:
         self.started = started
-        self.first_chunk: Optional[float] = None
+        self.first_chunk: float | None = None
         self.accumulator = StreamAccumulator(operation)
         self.reading = False
         self.ended = False
 
-    def end(self, span: Any, error: Optional[BaseException]) -> None:
+    def end(self, span: Any, error: BaseException | None) -> None:
         if not self.ended:
             self.ended = True
             _finish(span, self.attributes(), error)

@@ -12,7 +12,7 @@ import http.client
 import logging
 import time
 from collections.abc import Sequence
-from typing import Any, Optional
+from typing import Any
 from urllib.parse import urlsplit
 
 import msgspec
@@ -103,7 +103,7 @@ class OtlpJsonClient:
     """POSTs bodies to ``<url>/v1/traces`` over one kept-alive connection, retrying what never got an answer and
     5xx answers (``RETRIES`` times, with backoff); a 4xx answer is reported and not retried."""
 
-    def __init__(self, url: str, *, headers: Optional[dict[str, str]] = None, timeout: float = 30.0) -> None:
+    def __init__(self, url: str, *, headers: dict[str, str] | None = None, timeout: float = 30.0) -> None:
         parts = urlsplit(url.rstrip("/") + "/v1/traces")
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"a store server URL looks like http://host:port, not {url!r}")
@@ -111,7 +111,7 @@ class OtlpJsonClient:
         self._parts = parts
         self._headers = {"Content-Type": "application/json", **(headers or {})}
         self._timeout = timeout
-        self._connection: Optional[http.client.HTTPConnection] = None
+        self._connection: http.client.HTTPConnection | None = None
 
     def _connect(self) -> http.client.HTTPConnection:
         if self._connection is None:

@@ -16,7 +16,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any, Optional
+from typing import Any
 
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
@@ -25,7 +25,6 @@ from opentelemetry.sdk.trace import Span as SdkSpan
 
 from agl_kernel import semconv
 from agl_kernel.tracer import TraceScope, current_scope
-
 from agl_tracer_otel._convert import to_span
 
 logger = logging.getLogger(__name__)
@@ -53,7 +52,7 @@ class StoreSink(Sink):
     stores are thread-safe (``capabilities.thread_safe``), so this loop may use them alongside the agent's."""
 
     def __init__(self) -> None:
-        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def write(self, items: Sequence[Item]) -> None:
         if self._loop is None:
@@ -68,7 +67,7 @@ class StoreSink(Sink):
         for store, spans in by_store.values():
             try:
                 self._loop.run_until_complete(store.add_many_spans(spans))
-            except Exception:  # noqa: BLE001 - one attempt's bad spans must not lose the others'
+            except Exception:
                 self._write_by_attempt(store, spans)
 
     def _write_by_attempt(self, store: Any, spans: list) -> None:
@@ -79,7 +78,7 @@ class StoreSink(Sink):
         for (rollout_id, attempt_id), group in by_attempt.items():
             try:
                 self._loop.run_until_complete(store.add_many_spans(group))
-            except Exception as err:  # noqa: BLE001 - reported, and the writer goes on
+            except Exception as err:
                 logger.warning(
                     "agl could not store %d spans of rollout %s attempt %s: %s: %s",
                     len(group),
@@ -99,7 +98,7 @@ class OtlpSink(Sink):
     """Sends batches to a store server's OTLP/HTTP endpoint (``<url>/v1/traces``, JSON bodies); the server reads
     the ``agl.rollout_id`` / ``agl.attempt_id`` resource attributes and assigns sequence ids in arrival order."""
 
-    def __init__(self, url: str, *, headers: Optional[dict[str, str]] = None, timeout: float = 30.0) -> None:
+    def __init__(self, url: str, *, headers: dict[str, str] | None = None, timeout: float = 30.0) -> None:
         from agl_tracer_otel._otlp import OtlpJsonClient
 
         self._client = OtlpJsonClient(url, headers=headers, timeout=timeout)
@@ -156,7 +155,7 @@ class BatchWriter(SpanProcessor):
 
     # ------------------------------------------------------------------------------------------ agent's thread
 
-    def on_start(self, span: SdkSpan, parent_context: Optional[Context] = None) -> None:
+    def on_start(self, span: SdkSpan, parent_context: Context | None = None) -> None:
         scope = current_scope()
         if scope is None or scope.tracer is not self._owner or self._closed:
             return
@@ -238,14 +237,14 @@ class BatchWriter(SpanProcessor):
             self._wake.clear()
             try:
                 self._drain()
-            except Exception:  # noqa: BLE001 - the writer must outlive any one bad batch
+            except Exception:
                 logger.exception("agl's span writer failed on a batch")
             if self._closed and not self._queue:
                 break
         for sink in self._sinks:
             try:
                 sink.close()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 logger.exception("agl's span writer could not close %r", sink)
 
     def _drain(self) -> None:
@@ -274,7 +273,7 @@ class BatchWriter(SpanProcessor):
         for sink, items in by_sink.values():
             try:
                 sink.write(items)
-            except Exception:  # noqa: BLE001 - reported; the other sinks still get theirs
+            except Exception:
                 logger.exception("agl could not write %d spans through %r", len(items), sink)
             else:
                 self.written += len(items)

@@ -7,7 +7,7 @@ import logging
 import os
 import threading
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, Optional, Union
+from typing import Any
 
 import attrs
 from opentelemetry import context as otel_context
@@ -17,9 +17,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import Status, StatusCode
 
 from agl_kernel import semconv
-from agl_kernel.tracer import SpanHandle, TraceScope, Tracer
+from agl_kernel.tracer import SpanHandle, Tracer, TraceScope
 from agl_kernel.tracer import exception_attributes as _exception_attributes
-
 from agl_tracer_otel._convert import to_span
 from agl_tracer_otel._processor import BatchWriter, OtlpSink, Sink, StoreSink
 
@@ -88,7 +87,7 @@ class OtelTracer(Tracer):
     def __init__(
         self,
         *,
-        instrument: Union[str, Sequence[str]] = _INSTRUMENTATIONS,
+        instrument: str | Sequence[str] = _INSTRUMENTATIONS,
         request_token_ids: bool = False,
         request_logprobs: bool = False,
         install_global: bool = True,
@@ -115,7 +114,7 @@ class OtelTracer(Tracer):
         )
         self.provider.add_span_processor(self.writer)
         self.otel_tracer = self.provider.get_tracer("agl_tracer_otel")
-        self._store_sink: Optional[StoreSink] = None
+        self._store_sink: StoreSink | None = None
         self._remote_sinks: dict[str, Sink] = {}
         self._sinks_lock = threading.Lock()
         self.global_mode = self._hook_global_provider() if install_global else "off"
@@ -208,7 +207,7 @@ class OtelTracer(Tracer):
         return _OtelSpan(self.otel_tracer.start_span(name, attributes=attributes), current)
 
     def emit_span(
-        self, scope: TraceScope, name: str, attributes: Mapping[str, Any], *, error: Optional[BaseException] = None
+        self, scope: TraceScope, name: str, attributes: Mapping[str, Any], *, error: BaseException | None = None
     ) -> str:
         span = self.otel_tracer.start_span(name, attributes=attributes)
         if error is not None:
@@ -219,7 +218,7 @@ class OtelTracer(Tracer):
 
 
 class _OtelSpan(SpanHandle):
-    __slots__ = ("span_id", "_span", "_token")
+    __slots__ = ("_span", "_token", "span_id")
 
     def __init__(self, span: Any, current: bool) -> None:
         self._span = span
@@ -229,12 +228,12 @@ class _OtelSpan(SpanHandle):
     def set_attributes(self, attributes: Mapping[str, Any]) -> None:
         self._span.set_attributes(attributes)
 
-    def end(self, error: Optional[BaseException] = None) -> None:
+    def end(self, error: BaseException | None = None) -> None:
         if self._token is not None:
             token, self._token = self._token, None
             try:
                 otel_context.detach(token)
-            except Exception:  # noqa: BLE001 - ended in another context; that context keeps its own
+            except Exception:
                 pass
         if error is not None:
             self._span.set_attributes(_exception_attributes(error))
