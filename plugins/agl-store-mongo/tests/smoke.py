@@ -17,11 +17,10 @@ import subprocess
 import sys
 import time
 
-from agl_store_mongo import MongoLightningStore, MongoUnreachableError
-
 from agl_kernel.errors import ConfigError
 from agl_kernel.models import AttemptStatus, RolloutStatus, Span
 from agl_kernel.plugins import create_component
+from agl_store_mongo import MongoLightningStore, MongoUnreachableError
 
 
 def check(condition: object, what: str) -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from agl_store_mongo import MongoLightningStore
 
 from agl_kernel.testing import StoreConformanceSuite
+from agl_store_mongo import MongoLightningStore
 
 
 class TestMongoStore(StoreConformanceSuite):

@@ -9,6 +9,10 @@ from pathlib import Path
 
 import pytest
 from _secantus import SecantusServer, executable, free_port
+from pymongo import MongoClient
+
+from agl_kernel.errors import AglError, ConfigError, StoreClosedError
+from agl_kernel.plugins import create_component
 from agl_store_mongo import (
     SCHEMA_VERSION,
     MongoAuthError,
@@ -17,10 +21,6 @@ from agl_store_mongo import (
     NotAReplicaSetError,
     SchemaVersionError,
 )
-from pymongo import MongoClient
-
-from agl_kernel.errors import AglError, ConfigError, StoreClosedError
-from agl_kernel.plugins import create_component
 
 needs_secantus = pytest.mark.skipif(executable() is None, reason="pip install 'agl-store-mongo[testing]' (secantusdb)")
 

@@ -11,9 +11,9 @@ import asyncio
 from typing import Any
 
 import pytest
-from agl_store_mongo import MongoLightningStore
 
 from agl_kernel.models import AttemptStatus, PromptTemplate, RolloutConfig
+from agl_store_mongo import MongoLightningStore
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(120)]
 
