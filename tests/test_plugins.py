@@ -183,8 +183,8 @@ class RecordingPlugin:
         self.calls.append(("agl_register_commands", {"cli": cli}))
 
     @hookimpl
-    def agl_register_routes(self, register: Any) -> None:
-        self.calls.append(("agl_register_routes", {"register": register}))
+    def agl_register_routes(self, register: Any, server: Any) -> None:
+        self.calls.append(("agl_register_routes", {"register": register, "server": server}))
 
     @hookimpl
     def agl_on_rollout_start(self, rollout: Any, attempt: Any, runner: Any) -> None:
@@ -219,7 +219,7 @@ def test_every_hook_can_be_implemented_and_is_called_with_keywords(hook: str, mo
     reset_plugin_manager()
     plugin = RecordingPlugin()
     manager = get_plugin_manager()
-    manager.unregister(name=BUILTIN_HOOKS)  # the kernel's own commands would be added to the placeholder "cli"
+    manager.unregister(name=BUILTIN_HOOKS)  # the kernel's own would use the placeholder arguments
     manager.register(plugin)  # pluggy checks the implementation's arguments against the spec
     arguments = {name: object() for name in inspect.signature(getattr(hookspecs, hook)).parameters}
     try:
@@ -822,3 +822,17 @@ def test_a_plugin_raising_in_every_hook_does_not_break_a_run_unless_strict(site:
         assert f"'buggy' (from agl-buggy 1.0) raised in {hook}" in result.stderr
     assert "failed to add its server routes" in result.stderr
     assert cli.returncode == 0 and "failed to add its commands" in cli.stderr
+
+
+def test_the_kernels_commands_and_store_routes_come_through_the_hooks() -> None:
+    """Built-ins use the same hooks as plugins (agl_kernel._builtin_hooks), so a plugin can do what they do."""
+    manager = get_plugin_manager()
+    for hook in ("agl_register_commands", "agl_register_routes"):
+        assert BUILTIN_HOOKS in {impl.plugin_name for impl in getattr(manager.hook, hook).get_hookimpls()}, hook
+    pytest.importorskip("litestar")
+    from agl_kernel.server import create_app
+    from agl_kernel.store.memory import InMemoryLightningStore
+
+    app = create_app(InMemoryLightningStore(), plugins=False)  # no plugin routes, the kernel's store API all the same
+    paths = {route.path for route in app.routes}
+    assert {"/api/v1/rollouts", "/api/v1/rollouts/dequeue", "/api/v1/spans", "/api/v1/statistics"} <= paths, paths

@@ -1,11 +1,17 @@
 """The kernel's own hook implementations, registered first in every plugin manager under the name
-``agl-kernel``: the built-in ``agl`` commands arrive through ``agl_register_commands`` exactly as a plugin's do."""
+``agl-kernel``: the built-in ``agl`` commands arrive through ``agl_register_commands`` and the store server's
+REST API through ``agl_register_routes``, exactly as a plugin's commands and routes do."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
-from agl_kernel.plugins.hookspecs import hookimpl
+from agl_kernel.plugins.hookspecs import RouteRegistrar, hookimpl
+
+if TYPE_CHECKING:
+    from agl_kernel.server import ServerContext
 
 
 @hookimpl
@@ -18,3 +24,10 @@ def agl_register_commands(cli: click.Group) -> None:
         cli.add_command(command)
     cli.add_command(store_group)
     cli.add_command(proxy_command)
+
+
+@hookimpl
+def agl_register_routes(register: RouteRegistrar, server: ServerContext) -> None:
+    from agl_kernel.server._routes import store_routes
+
+    register(*store_routes(server))

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
     from agl_kernel.models import Attempt, AttemptedRollout, AttemptStatus, Span
     from agl_kernel.runner import Runner
+    from agl_kernel.server import ServerContext
     from agl_kernel.store.base import LightningStore
     from agl_kernel.tracer import Tracer
 
@@ -54,8 +55,8 @@ def agl_register_commands(cli: click.Group) -> None:
 
 
 @hookspec
-def agl_register_routes(register: RouteRegistrar) -> None:
-    """Add routes to every store server: ``register(handler, ...)`` with Litestar handlers (``server_context(app)``)."""
+def agl_register_routes(register: RouteRegistrar, server: ServerContext) -> None:
+    """Add routes to every store server: ``register(handler, ...)``; ``server``: its context (store, metrics)."""
 
 
 @hookspec

@@ -20,7 +20,17 @@ from typing import Any
 from agl_kernel.server._auth import PUBLIC
 from agl_kernel.server._wire import API_PREFIX
 
-__all__ = ["API_PREFIX", "PUBLIC", "ServerThread", "create_app", "make_server", "running_server", "serve"]
+__all__ = [
+    "API_PREFIX",
+    "PUBLIC",
+    "ServerContext",
+    "ServerThread",
+    "create_app",
+    "make_server",
+    "running_server",
+    "serve",
+    "server_context",
+]
 
 _LAZY = {
     "create_app": "agl_kernel.server._app",
@@ -28,6 +38,8 @@ _LAZY = {
     "make_server": "agl_kernel.server._serve",
     "running_server": "agl_kernel.server._serve",
     "ServerThread": "agl_kernel.server._serve",
+    "ServerContext": "agl_kernel.server._context",
+    "server_context": "agl_kernel.server._app",
 }
 
 

@@ -20,7 +20,7 @@ from agl_kernel.server._errors import error_body, handle_exception, logger
 from agl_kernel.server._metrics import CONTENT_TYPE_LATEST, UNMATCHED, ServerMetrics
 from agl_kernel.server._openapi import OPENAPI, render_plugins
 from agl_kernel.server._otlp import OtlpError, decode_request, decompress, encode_error, encode_success, is_protobuf
-from agl_kernel.server._routes import ServerContext, store_routes
+from agl_kernel.server._routes import ServerContext
 from agl_kernel.server._wire import API_PREFIX, MAX_WAIT_SECONDS, ServerInfo
 from agl_kernel.store.base import LightningStore
 
@@ -140,15 +140,20 @@ def server_context(app: Litestar) -> ServerContext:
     return ctx
 
 
-def _plugin_routes(plugin_manager: Any) -> list[ControllerRouterHandler]:
-    """Route handlers (or routers/controllers) that plugins register through ``agl_register_routes``."""
-    if plugin_manager is None:
-        from agl_kernel.plugins import get_plugin_manager
+def _hook_routes(
+    ctx: ServerContext, plugins: bool
+) -> tuple[list[ControllerRouterHandler], list[ControllerRouterHandler]]:
+    """The routes of the ``agl_register_routes`` implementations: (the kernel's own: the store API, always, its
+    errors raised; with ``plugins``, each plugin's, called on its own: a broken plugin is skipped with a warning and
+    the others' routes stay)."""
+    from agl_kernel.plugins import BUILTIN_HOOKS, AglPluginWarning, get_plugin_manager, strict_plugins
 
-        plugin_manager = get_plugin_manager()
+    impls = get_plugin_manager().hook.agl_register_routes.get_hookimpls()
+    builtin = [impl for impl in impls if impl.plugin_name == BUILTIN_HOOKS]
+    others = [impl for impl in impls if impl.plugin_name != BUILTIN_HOOKS] if plugins else []
+    kernel: list[ControllerRouterHandler] = []
     collected: list[ControllerRouterHandler] = []
-    # Each implementation on its own: a broken plugin is skipped with a warning, the others' routes stay.
-    for impl in plugin_manager.hook.agl_register_routes.get_hookimpls():
+    for impl in [*builtin, *others]:
         mine: list[ControllerRouterHandler] = []
 
         def register(*handlers: ControllerRouterHandler, _into: list[ControllerRouterHandler] = mine) -> None:
@@ -156,12 +161,11 @@ def _plugin_routes(plugin_manager: Any) -> list[ControllerRouterHandler]:
                 raise TypeError("register() takes one or more litestar route handlers, routers or controllers")
             _into.extend(handlers)
 
+        arguments = {"register": register, "server": ctx}
         try:
-            impl.function(**{name: register for name in impl.argnames})
+            impl.function(**{name: arguments[name] for name in impl.argnames})
         except Exception as err:
-            from agl_kernel.plugins import AglPluginWarning, strict_plugins
-
-            if strict_plugins():
+            if impl.plugin_name == BUILTIN_HOOKS or strict_plugins():
                 raise
             warnings.warn(
                 f"The agl plugin {impl.plugin_name!r} failed to add its server routes ({type(err).__name__}: {err});"
@@ -170,8 +174,8 @@ def _plugin_routes(plugin_manager: Any) -> list[ControllerRouterHandler]:
                 stacklevel=3,
             )
             continue
-        collected.extend(mine)
-    return collected
+        (kernel if impl.plugin_name == BUILTIN_HOOKS else collected).extend(mine)
+    return kernel, collected
 
 
 def create_app(
@@ -180,7 +184,6 @@ def create_app(
     token: str | None = None,
     route_handlers: Sequence[ControllerRouterHandler] = (),
     plugins: bool = True,
-    plugin_manager: Any = None,
     close_store: bool = True,
     max_wait: float = MAX_WAIT_SECONDS,
     poll_slice: float = 1.0,
@@ -193,8 +196,8 @@ def create_app(
 
     - ``token``: require ``Authorization: Bearer <token>`` on every route but ``/health`` (checked before the
       method: without the token, a wrong method or an unknown path is 401 too, not 405/404).
-    - ``route_handlers``: more routes (litestar handlers, routers or controllers); with ``plugins``, the routes of
-      every ``agl_register_routes`` hook implementation too (of ``plugin_manager``, default: agl's).
+    - ``route_handlers``: more routes (litestar handlers, routers or controllers). The store API comes from the
+      kernel's own ``agl_register_routes`` implementation; with ``plugins``, every plugin's routes too.
       Handlers may take a ``store: LightningStore`` parameter (it is injected).
     - ``close_store``: close the store when the app shuts down (after in-flight requests have finished).
     - ``max_wait``: the longest a long-poll request is held (clients ask again); ``poll_slice``: how often a long
@@ -278,11 +281,9 @@ def create_app(
         server_info,
         prometheus_metrics,
         otlp_traces,
-        *store_routes(ctx),
     ]
-    handlers.extend(route_handlers)
-    if plugins:
-        handlers.extend(_plugin_routes(plugin_manager))
+    store_api, plugin_routes = _hook_routes(ctx, plugins)
+    handlers += [*store_api, *route_handlers, *plugin_routes]
     middleware: list[Any] = [metrics.middleware]
     if token:
         middleware.append(bearer_auth(token))
