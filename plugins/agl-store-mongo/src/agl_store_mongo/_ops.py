@@ -17,7 +17,6 @@ from typing import Any
 
 from msgspec.structs import replace
 from pymongo import DESCENDING, ReturnDocument
-from pymongo.errors import DuplicateKeyError
 
 from agl_kernel.errors import InvalidStatusTransitionError, NotFoundError
 from agl_kernel.models import (
@@ -311,19 +310,18 @@ async def claim(tx: Tx, limit: int, worker_id: str | None) -> list[AttemptedRoll
     taken = []
     now = time.time()
     for _ in range(limit):
-        doc = await tx.cols.rollouts.find_one_and_update(
-            {"ticket": {"$gt": 0}},
-            {
-                "$set": {"status": RolloutStatus.PREPARING.value},
-                "$unset": {"ticket": ""},
-                "$inc": {"attempt_count": 1},
-            },
-            sort=[("ticket", 1)],
-            return_document=ReturnDocument.AFTER,
+        # A read of the head by its index, then an update by _id (findAndModify with a sort scans the collection on
+        # some servers); inside the transaction, two claimers of one head conflict on the update and one retries.
+        head = await tx.cols.rollouts.find_one({"ticket": {"$gt": 0}}, sort=[("ticket", 1)], session=tx.session)
+        if head is None:
+            break
+        await tx.cols.rollouts.update_one(
+            {"_id": head["_id"]},
+            {"$set": {"status": RolloutStatus.PREPARING.value}, "$unset": {"ticket": ""}, "$inc": {"attempt_count": 1}},
             session=tx.session,
         )
-        if doc is None:
-            break
+        doc = {**head, "status": RolloutStatus.PREPARING.value, "attempt_count": head.get("attempt_count", 0) + 1}
+        doc.pop("ticket", None)
         state = RolloutState(doc)
         taken.append(attempted(doc, state, await new_attempt(tx, state, worker_id, now, claimed=True)))
     return taken
@@ -465,35 +463,37 @@ async def store_spans(tx: Tx, spans: Sequence[tuple[Span, bytes]]) -> list[Span]
     return [item if isinstance(item, Span) else span_from_doc(item) for item in plan]
 
 
-async def store_running_span(tx: Tx, span: Span, blob: bytes) -> Span | None:
-    """One span of a ``running`` attempt, without a transaction: the sequence id is taken (with the heartbeat) by
-    one atomic update of the attempt, then the span is inserted. ``None`` when the attempt is not running (or not
-    found): the caller takes the transactional path, which handles every case."""
-    now = time.time()
-    query: Doc = {"_id": span.attempt_id, "rollout_id": span.rollout_id, "status": AttemptStatus.RUNNING.value}
-    if span.sequence_id > 0:
-        update: Doc = {"$max": {"span_seq": span.sequence_id}, "$set": {"last_heartbeat_time": now}}
-    else:
-        query["span_seq"] = {"$lt": INT64_MAX}
-        update = {"$inc": {"span_seq": 1}, "$set": {"last_heartbeat_time": now}}
-    attempt = await tx.cols.attempts.find_one_and_update(
-        query, update, {"span_seq": 1, "sequence_id": 1}, return_document=ReturnDocument.AFTER
-    )
-    if attempt is None:
-        return None
-    sequence_id = span.sequence_id if span.sequence_id > 0 else attempt["span_seq"]
-    doc = span_doc(span, blob, attempt["sequence_id"], sequence_id)
-    try:
-        await tx.cols.spans.insert_one(doc)
-    except DuplicateKeyError:
-        if span.sequence_id <= 0:  # give the id back unless another span took the next one meanwhile
-            await tx.cols.attempts.update_one(
-                {"_id": span.attempt_id, "span_seq": sequence_id}, {"$inc": {"span_seq": -1}}
-            )
-        stored = await tx.cols.spans.find_one({"_id": doc["_id"]})
-        assert stored is not None  # spans are deleted only with their ended rollout
-        return span_from_doc(stored)
+async def store_one_span(tx: Tx, span: Span, blob: bytes) -> Span:
+    """One span of a ``running`` (or final) attempt in four requests: read the attempt, insert the span, move the
+    attempt's sequence id and heartbeat, commit. Anything else (an unknown id, a transition) takes
+    :func:`store_spans`. A span stored before raises ``DuplicateKeyError`` (the transaction is dropped, nothing is
+    written): the caller reads the stored one."""
+    if span.attempt_id == LATEST:
+        return (await store_spans(tx, [(span, blob)]))[0]
+    doc = await tx.cols.attempts.find_one({"_id": span.attempt_id}, session=tx.session)
+    if doc is None or doc["rollout_id"] != span.rollout_id:
+        return (await store_spans(tx, [(span, blob)]))[0]
+    attempt = AttemptState(doc)
+    if attempt.status in (AttemptStatus.PREPARING, AttemptStatus.UNRESPONSIVE):
+        return (await store_spans(tx, [(span, blob)]))[0]
+    sequence_id = span.sequence_id if span.sequence_id > 0 else attempt.span_seq + 1
+    if sequence_id > INT64_MAX:
+        raise ValueError(
+            f"the next sequence id of attempt {span.attempt_id!r} must lie in the signed 64-bit range "
+            "-2**63 .. 2**63-1; nothing was written"
+        )
+    await tx.cols.spans.insert_one(span_doc(span, blob, attempt.sequence_id, sequence_id), session=tx.session)
+    changes: Doc = {"span_seq": max(attempt.span_seq, sequence_id)}
+    if not attempt.status.is_final:
+        changes["last_heartbeat_time"] = time.time()
+    await tx.cols.attempts.update_one({"_id": attempt.attempt_id}, {"$set": changes}, session=tx.session)
     return replace(span, sequence_id=sequence_id) if sequence_id != span.sequence_id else span
+
+
+async def stored_span(tx: Tx, span: Span) -> Span:
+    doc = await tx.cols.spans.find_one({"_id": span_key(span.attempt_id, span.span_id)})
+    assert doc is not None  # spans are deleted only with their ended rollout
+    return span_from_doc(doc)
 
 
 async def reserve_sequence_ids(tx: Tx, rollout_id: str, attempt_id: str, count: int) -> list[int]:

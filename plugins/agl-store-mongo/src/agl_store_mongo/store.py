@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 from msgspec import UNSET, UnsetType
 from pymongo import AsyncMongoClient
-from pymongo.errors import PyMongoError
+from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from agl_kernel.errors import NotFoundError, StoreClosedError
 from agl_kernel.models import (
@@ -494,11 +494,11 @@ class MongoLightningStore(LightningStore):
         return span, encode_span(span)
 
     async def add_span(self, span: Span) -> Span:
-        pair = self._encode_span(span)
-        stored = await self._direct(lambda tx: ops.store_running_span(tx, *pair))
-        if stored is not None:
-            return stored
-        return (await self._tx(lambda tx: ops.store_spans(tx, [pair])))[0]
+        _, blob = self._encode_span(span)
+        try:
+            return await self._tx(lambda tx: ops.store_one_span(tx, span, blob))
+        except DuplicateKeyError:  # stored before: adding it again returns it as stored
+            return await self._direct(lambda tx: ops.stored_span(tx, span))
 
     async def add_many_spans(self, spans: Sequence[Span]) -> list[Span]:
         pairs = [self._encode_span(span) for span in spans]
