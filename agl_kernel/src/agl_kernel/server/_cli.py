@@ -24,6 +24,7 @@ def _parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
     options: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
+        key = key.removeprefix("store.")  # --set store.KEY=VALUE, the spelling of `agl train`
         if not sep or not key:
             raise click.BadParameter(f"expected key=value, not {pair!r}", param_hint="--option")
         try:
@@ -47,7 +48,14 @@ def store_group() -> None:
     help="The store plugin behind the server, by name (`agl plugins --kind stores`). Default: sqlite at --path.",
 )
 @click.option("--path", default=None, help="The store's file, for stores that keep one. Default: ./.agl/agl.db.")
-@click.option("--option", "options", multiple=True, metavar="KEY=VALUE", help="A store option (repeatable).")
+@click.option(
+    "--option",
+    "--set",
+    "options",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A store option (repeatable): --option uri=URI, or --set store.uri=URI as in `agl train`.",
+)
 @click.option("--host", default="127.0.0.1", show_default=True, help="The address to listen on.")
 @click.option("--port", default=4747, show_default=True, type=click.IntRange(0, 65535), help="0 picks a free port.")
 @click.option(
