@@ -44,10 +44,18 @@ def mongo_uri() -> Iterator[str]:
 
 @pytest.fixture
 def database(mongo_uri: str) -> Iterator[str]:
-    """A database name no other test uses; dropped after the test when the server lets it within seconds (a
-    transaction of a process killed by a test holds its locks until the server reaps it)."""
+    """A database name no other test uses.
+
+    On a server given by ``AGL_TEST_MONGO_URI`` it is dropped after the test when the server lets it within seconds
+    (a transaction of a process killed by a test holds its locks until the server reaps it). On the session's own
+    in-memory secantus server it is not: that server is thrown away at the end of the session, and secantus drops a
+    database row by row under its one storage lock — minutes for the two-process tests' databases, during which
+    every other test's requests wait (and the server keeps a core busy after pytest's client gave up).
+    """
     name = f"agl_test_{_RUN}_{next(_databases)}"
     yield name
+    if not os.environ.get("AGL_TEST_MONGO_URI"):
+        return
     from pymongo import MongoClient
     from pymongo.errors import PyMongoError
 
