@@ -99,3 +99,46 @@ class TestPartitions:
             on_b = await b.enqueue_rollout("for b")
             assert await a.dequeue_rollout() is None
             assert [r.rollout_id for r in (await b.query_rollouts()).items] == [on_b.rollout_id]
+
+
+async def test_a_server_refusing_change_streams_falls_back_to_polling_then_streams_again(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A server that refuses the change stream (here a fail point makes secantus answer the stream's ``aggregate``
+    with mongod's "change streams are only supported on replica sets" code): the store still opens, says once that
+    waiters check every poll_interval, wakes them that way, and streams again once the server lets it."""
+    from _secantus import SecantusServer, executable
+    from pymongo import AsyncMongoClient
+
+    if executable() is None:
+        pytest.skip("needs secantusd-py (pip install 'agl-store-mongo[testing]'): a server with test commands on")
+    server = SecantusServer(extra=("--enable-test-commands",))
+    admin: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(server.uri)
+    try:
+        await admin.admin.command(
+            {
+                "configureFailPoint": "failCommand",
+                "mode": "alwaysOn",
+                "data": {"failCommands": ["aggregate"], "errorCode": 40573, "appName": "agl-store-mongo"},
+            }
+        )
+        waiter, writer = open_pair(server.uri, "fallback", poll_interval=0.05)
+        async with waiter, writer:
+            waiting = asyncio.create_task(waiter.dequeue_rollout(timeout=30))
+            await asyncio.sleep(0.3)
+            assert not waiter.streaming
+            assert "no change stream on fallback.default.rollouts" in caplog.text
+            assert "waiters check every 0.05 s instead" in caplog.text
+            queued = await writer.enqueue_rollout("woken by a check")
+            taken = await asyncio.wait_for(waiting, 10)
+            assert taken is not None and taken.rollout_id == queued.rollout_id
+
+            await admin.admin.command({"configureFailPoint": "failCommand", "mode": "off"})
+            for _ in range(300):  # the store retries the stream every 5 s
+                if waiter.streaming:
+                    break
+                await asyncio.sleep(0.1)
+            assert waiter.streaming
+    finally:
+        await admin.close()
+        server.close()
