@@ -233,6 +233,7 @@ def cli_as_nobody(*args: str, timeout: float = 30.0) -> subprocess.CompletedProc
     needed = ("agl_kernel.config", "agl_kernel.server._app", "agl_kernel.server._cli", "agl_kernel.server._serve")
     for module in (*needed, "uvicorn"):
         importlib.import_module(module)
+    cli.add_hook_commands()  # and every plugin's commands (the dashboard's import webbrowser), whatever ran before
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # child

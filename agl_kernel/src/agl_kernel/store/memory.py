@@ -20,7 +20,7 @@ from typing import Any
 import attrs
 import msgspec
 from msgspec import UNSET, UnsetType
-from msgspec.structs import asdict, replace
+from msgspec.structs import replace
 
 from agl_kernel.errors import InvalidStatusTransitionError, NotFoundError, StoreClosedError
 from agl_kernel.models import (
@@ -44,6 +44,7 @@ from agl_kernel.models import (
 )
 from agl_kernel.store import policy
 from agl_kernel.store.base import LATEST, LightningStore, SortOrder
+from agl_kernel.store.blobs import with_attempt
 from agl_kernel.store.query import check_query, paginate
 from agl_kernel.store.waiting import Signal
 
@@ -251,7 +252,7 @@ class InMemoryLightningStore(LightningStore):
                 current_rollout_id=rollout.rollout_id,
                 current_attempt_id=attempt.attempt_id,
             )
-        return AttemptedRollout(**asdict(rollout), attempt=attempt)
+        return with_attempt(rollout, attempt)
 
     def _release_worker(self, attempt: Attempt, status: WorkerStatus, now: float) -> None:
         worker = self._workers.get(attempt.worker_id) if attempt.worker_id else None

@@ -11,32 +11,20 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import msgspec
-from msgspec import NODEFAULT
-
-from agl_kernel.models import (
-    Attempt,
-    AttemptStatus,
-    Resource,
-    ResourcesUpdate,
-    Rollout,
-    RolloutConfig,
-    RolloutMode,
-    RolloutStatus,
-    Span,
-    Worker,
-    WorkerStatus,
-    decode_msgpack,
-    encode_msgpack,
+from agl_kernel.models import Attempt, ResourcesUpdate, Rollout, Span, Worker, decode_msgpack
+from agl_kernel.store.blobs import (
+    ATTEMPT_STATUS,
+    MODES,
+    ROLLOUT_STATUS,
+    WORKER_STATUS,
+    BlobCodec,
+    decode_config,
+    decode_dict,
+    decode_resources,
+    span_from_blob,
 )
 
-DEFAULT_CONFIG = RolloutConfig()
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
-
-ROLLOUT_STATUS = {s.value: s for s in RolloutStatus}
-ATTEMPT_STATUS = {s.value: s for s in AttemptStatus}
-WORKER_STATUS = {s.value: s for s in WorkerStatus}
-MODES = {m.value: m for m in RolloutMode}
 
 Doc = Mapping[str, Any]
 
@@ -54,59 +42,11 @@ def check_int64(value: Any, what: str) -> None:
 
 # ---------------------------------------------------------------------------------------------------- blobs
 
-
-def encode_any(value: Any, what: str) -> bytes:
-    try:
-        return encode_msgpack(value)
-    except OverflowError as exc:  # a ValueError, as a store's refused arguments are (a server answers 400)
-        raise ValueError(
-            f"the MongoDB store cannot keep the {what}: it holds an integer outside -2**63 .. 2**64-1 ({exc}). "
-            "Store such numbers as strings (or floats); nothing was written"
-        ) from exc
-    except (TypeError, msgspec.EncodeError) as exc:
-        raise TypeError(f"the MongoDB store cannot serialize the {what}: {exc}. Use JSON-like values") from exc
-
-
-def encode_dict(value: dict[str, Any] | None, what: str) -> bytes | None:
-    """``None`` for an empty dict."""
-    return encode_any(value, what) if value else None
-
-
-def decode_dict(blob: bytes | None) -> dict[str, Any]:
-    if blob is None:
-        return {}
-    value: dict[str, Any] = decode_msgpack(blob)
-    return value
-
-
-_configs: dict[bytes, RolloutConfig] = {}
-
-
-def encode_config(config: RolloutConfig | None) -> bytes | None:
-    if config is None or config == DEFAULT_CONFIG:
-        return None
-    return encode_msgpack(config)
-
-
-def decode_config(blob: bytes | None) -> RolloutConfig:
-    if blob is None:
-        return DEFAULT_CONFIG
-    config = _configs.get(blob)
-    if config is None:  # configs repeat a lot (one per experiment): decode each once
-        config = decode_msgpack(blob, type=RolloutConfig)
-        if len(_configs) > 1024:
-            _configs.clear()
-        _configs[blob] = config
-    return config
-
-
-def encode_resources(resources: dict[str, Resource]) -> bytes:
-    return encode_any(dict(resources), "resources")
-
-
-def decode_resources(blob: bytes) -> dict[str, Resource]:
-    resources: dict[str, Resource] = decode_msgpack(blob, type=dict[str, Resource])
-    return resources
+_blobs = BlobCodec("the MongoDB store")
+encode_any = _blobs.encode
+encode_dict = _blobs.encode_dict
+encode_resources = _blobs.encode_resources
+encode_span = _blobs.encode_span
 
 
 # ---------------------------------------------------------------------------------------------------- rollouts
@@ -184,30 +124,6 @@ def attempt_from_doc(doc: Doc) -> Attempt:
 
 # ---------------------------------------------------------------------------------------------------- spans
 
-_SPAN_FIELD_NAMES = {"rollout_id", "attempt_id", "sequence_id", "span_id", "name", "start_time", "end_time"}
-
-
-def _default(field: Any) -> Any:
-    if field.default is not NODEFAULT:
-        return field.default
-    if field.default_factory is not NODEFAULT:
-        return field.default_factory()
-    return NODEFAULT  # required: always stored
-
-
-# The Span fields kept in the blob, with the default each may be left out for. Computed from the kernel's struct,
-# so fields the kernel adds later (always at the end, with defaults) are stored too.
-_SPAN_BLOB_FIELDS = [(f.name, _default(f)) for f in msgspec.structs.fields(Span) if f.name not in _SPAN_FIELD_NAMES]
-
-
-def encode_span(span: Span) -> bytes:
-    rest = {}
-    for name, default in _SPAN_BLOB_FIELDS:
-        value = getattr(span, name)
-        if default is NODEFAULT or value != default:
-            rest[name] = value
-    return encode_any(rest, f"span {span.span_id}")
-
 
 def span_key(attempt_id: str, span_id: str) -> str:
     """A span's ``_id``: unique per attempt, so adding it twice stores it once."""
@@ -230,16 +146,16 @@ def span_doc(span: Span, blob: bytes, attempt_sequence_id: int, sequence_id: int
 
 
 def span_from_doc(doc: Doc) -> Span:
-    fields = decode_msgpack(doc["data"])
-    fields["rollout_id"] = doc["rollout_id"]
-    fields["attempt_id"] = doc["attempt_id"]
-    fields["sequence_id"] = doc["sequence_id"]
-    fields["span_id"] = doc["span_id"]
-    fields["name"] = doc["name"]
-    fields["start_time"] = doc.get("start_time")
-    fields["end_time"] = doc.get("end_time")
-    span: Span = msgspec.convert(fields, type=Span)
-    return span
+    return span_from_blob(
+        doc["data"],
+        rollout_id=doc["rollout_id"],
+        attempt_id=doc["attempt_id"],
+        sequence_id=doc["sequence_id"],
+        span_id=doc["span_id"],
+        name=doc["name"],
+        start_time=doc.get("start_time"),
+        end_time=doc.get("end_time"),
+    )
 
 
 # ---------------------------------------------------------------------------------------------------- others

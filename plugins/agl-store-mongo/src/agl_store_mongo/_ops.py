@@ -34,6 +34,7 @@ from agl_kernel.models import (
 )
 from agl_kernel.store import policy
 from agl_kernel.store.base import LATEST
+from agl_kernel.store.blobs import with_attempt
 from agl_store_mongo._codec import (
     INT64_MAX,
     AttemptState,
@@ -104,20 +105,7 @@ async def resources_id_for(tx: Tx, resources_id: str | None, latest: str | None)
 
 def attempted(doc: Doc, rollout: RolloutState, attempt: Attempt) -> AttemptedRollout:
     """The rollout of ``doc`` with its new attempt, in the status the attempt put it in."""
-    base = rollout_from_doc(doc)
-    return AttemptedRollout(
-        rollout_id=base.rollout_id,
-        input=base.input,
-        start_time=base.start_time,
-        end_time=base.end_time,
-        mode=base.mode,
-        resources_id=base.resources_id,
-        status=rollout.status,
-        config=base.config,
-        metadata=base.metadata,
-        attempt_count=rollout.attempt_count,
-        attempt=attempt,
-    )
+    return with_attempt(rollout_from_doc(doc), attempt, status=rollout.status, attempt_count=rollout.attempt_count)
 
 
 # ---------------------------------------------------------------------------------------------------- transitions

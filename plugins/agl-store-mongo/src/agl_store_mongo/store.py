@@ -36,18 +36,11 @@ from agl_kernel.models import (
 )
 from agl_kernel.store import policy
 from agl_kernel.store.base import LATEST, LightningStore, SortOrder
+from agl_kernel.store.blobs import DEFAULT_CONFIG, encode_config
 from agl_kernel.store.query import check_query
 from agl_store_mongo import _ops as ops
 from agl_store_mongo import _reads as reads
-from agl_store_mongo._codec import (
-    DEFAULT_CONFIG,
-    check_int64,
-    encode_any,
-    encode_config,
-    encode_dict,
-    encode_resources,
-    encode_span,
-)
+from agl_store_mongo._codec import check_int64, encode_any, encode_dict, encode_resources, encode_span
 from agl_store_mongo._database import (
     Collections,
     Tx,

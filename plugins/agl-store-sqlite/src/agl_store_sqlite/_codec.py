@@ -8,87 +8,24 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import msgspec
-from msgspec import NODEFAULT
-
-from agl_kernel.models import (
-    Attempt,
-    AttemptStatus,
-    Resource,
-    ResourcesUpdate,
-    Rollout,
-    RolloutConfig,
-    RolloutMode,
-    RolloutStatus,
-    Span,
-    Worker,
-    WorkerStatus,
-    decode_msgpack,
-    encode_msgpack,
+from agl_kernel.models import Attempt, ResourcesUpdate, Rollout, Span, Worker, decode_msgpack
+from agl_kernel.store.blobs import (
+    ATTEMPT_STATUS,
+    MODES,
+    ROLLOUT_STATUS,
+    WORKER_STATUS,
+    BlobCodec,
+    decode_config,
+    decode_dict,
+    decode_resources,
+    span_from_blob,
 )
 
-DEFAULT_CONFIG = RolloutConfig()
-
-ROLLOUT_STATUS = {s.value: s for s in RolloutStatus}
-ATTEMPT_STATUS = {s.value: s for s in AttemptStatus}
-WORKER_STATUS = {s.value: s for s in WorkerStatus}
-MODES = {m.value: m for m in RolloutMode}
-
-# ---------------------------------------------------------------------------------------------------- blobs
-
-
-def encode_any(value: Any, what: str) -> bytes:
-    try:
-        return encode_msgpack(value)
-    except OverflowError as exc:  # a ValueError, as a store's refused arguments are (a server answers 400)
-        raise ValueError(
-            f"the SQLite store cannot serialize the {what}: it holds an integer outside -2**63 .. 2**64-1 ({exc}). "
-            "Store such numbers as strings (or floats); nothing was written"
-        ) from exc
-    except (TypeError, msgspec.EncodeError) as exc:
-        raise TypeError(f"the SQLite store cannot serialize the {what}: {exc}. Use JSON-like values") from exc
-
-
-def encode_dict(value: dict[str, Any] | None, what: str) -> bytes | None:
-    """``None`` (stored as NULL) for an empty dict."""
-    return encode_any(value, what) if value else None
-
-
-def decode_dict(blob: bytes | None) -> dict[str, Any]:
-    return {} if blob is None else decode_msgpack(blob)
-
-
-_configs: dict[bytes, RolloutConfig] = {}
-
-
-def encode_config(config: RolloutConfig | None) -> bytes | None:
-    if config is None or config == DEFAULT_CONFIG:
-        return None
-    return encode_msgpack(config)
-
-
-def decode_config(blob: bytes | None) -> RolloutConfig:
-    if blob is None:
-        return DEFAULT_CONFIG
-    config = _configs.get(blob)
-    if config is None:  # configs repeat a lot (one per experiment): decode each once
-        config = decode_msgpack(blob, type=RolloutConfig)
-        if len(_configs) > 1024:
-            _configs.clear()
-        _configs[blob] = config
-    return config
-
-
-_RESOURCES_TYPE = dict[str, Resource]
-
-
-def encode_resources(resources: dict[str, Resource]) -> bytes:
-    return encode_any(dict(resources), "resources")
-
-
-def decode_resources(blob: bytes) -> dict[str, Resource]:
-    return decode_msgpack(blob, type=_RESOURCES_TYPE)
-
+_blobs = BlobCodec("the SQLite store")
+encode_any = _blobs.encode
+encode_dict = _blobs.encode_dict
+encode_resources = _blobs.encode_resources
+encode_span = _blobs.encode_span
 
 # ---------------------------------------------------------------------------------------------------- rollouts
 
@@ -184,44 +121,21 @@ class AttemptState:
 
 # ---------------------------------------------------------------------------------------------------- spans
 
-_SPAN_COLUMN_FIELDS = {"rollout_id", "attempt_id", "sequence_id", "span_id", "name", "start_time", "end_time"}
-
-
-def _default(field: Any) -> Any:
-    if field.default is not NODEFAULT:
-        return field.default
-    if field.default_factory is not NODEFAULT:
-        return field.default_factory()
-    return NODEFAULT  # required: always stored
-
-
-# The Span fields kept in the blob, with the default each may be left out for. Computed from the kernel's
-# struct, so fields the kernel adds later (always at the end, with defaults) are stored too.
-_SPAN_BLOB_FIELDS = [(f.name, _default(f)) for f in msgspec.structs.fields(Span) if f.name not in _SPAN_COLUMN_FIELDS]
-
 SPAN_COLUMNS = "s.sequence_id, s.span_id, s.name, s.start_time, s.end_time, s.data"
-
-
-def encode_span(span: Span) -> bytes:
-    rest = {}
-    for name, default in _SPAN_BLOB_FIELDS:
-        value = getattr(span, name)
-        if default is NODEFAULT or value != default:
-            rest[name] = value
-    return encode_any(rest, f"span {span.span_id}")
 
 
 def span_from_row(rollout_id: str, attempt_id: str, row: Sequence[Any]) -> Span:
     """``row`` holds ``SPAN_COLUMNS``."""
-    fields = decode_msgpack(row[5])
-    fields["rollout_id"] = rollout_id
-    fields["attempt_id"] = attempt_id
-    fields["sequence_id"] = row[0]
-    fields["span_id"] = row[1]
-    fields["name"] = row[2]
-    fields["start_time"] = row[3]
-    fields["end_time"] = row[4]
-    return msgspec.convert(fields, type=Span)
+    return span_from_blob(
+        row[5],
+        rollout_id=rollout_id,
+        attempt_id=attempt_id,
+        sequence_id=row[0],
+        span_id=row[1],
+        name=row[2],
+        start_time=row[3],
+        end_time=row[4],
+    )
 
 
 # ---------------------------------------------------------------------------------------------------- others

@@ -30,6 +30,7 @@ from agl_kernel.models import (
 )
 from agl_kernel.store import policy
 from agl_kernel.store.base import LATEST
+from agl_kernel.store.blobs import with_attempt
 from agl_store_sqlite._codec import (
     ATTEMPT_COLUMNS,
     ROLLOUT_COLUMNS,
@@ -108,20 +109,7 @@ def resources_id_for(db: Db, resources_id: str | None) -> str | None:
 
 def attempted(row: Sequence[Any], state: RolloutState, attempt: Attempt) -> AttemptedRollout:
     """The rollout of ``row`` (``ROLLOUT_COLUMNS``, read before the attempt started) with its new attempt."""
-    rollout = rollout_from_row(row)
-    return AttemptedRollout(
-        rollout_id=rollout.rollout_id,
-        input=rollout.input,
-        start_time=rollout.start_time,
-        end_time=rollout.end_time,
-        mode=rollout.mode,
-        resources_id=rollout.resources_id,
-        status=state.status,
-        config=rollout.config,
-        metadata=rollout.metadata,
-        attempt_count=state.attempt_count,
-        attempt=attempt,
-    )
+    return with_attempt(rollout_from_row(row), attempt, status=state.status, attempt_count=state.attempt_count)
 
 
 # ---------------------------------------------------------------------------------------------------- transitions

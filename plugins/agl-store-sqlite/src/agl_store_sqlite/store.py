@@ -35,18 +35,12 @@ from agl_kernel.models import (
 )
 from agl_kernel.store import policy
 from agl_kernel.store.base import LATEST, LightningStore, SortOrder
+from agl_kernel.store.blobs import DEFAULT_CONFIG, encode_config
 from agl_kernel.store.query import check_query
 from agl_kernel.store.waiting import Signal
 from agl_store_sqlite import _ops as ops
 from agl_store_sqlite import _reads as reads
-from agl_store_sqlite._codec import (
-    DEFAULT_CONFIG,
-    encode_any,
-    encode_config,
-    encode_dict,
-    encode_resources,
-    encode_span,
-)
+from agl_store_sqlite._codec import encode_any, encode_dict, encode_resources, encode_span
 from agl_store_sqlite._engine import Busy, Engine
 from agl_store_sqlite._schema import FULL_CHECK_MAX_MB, connect, ensure_schema, prepare_path
 
