@@ -2,7 +2,8 @@
 
 Runs with the throw-away venv's interpreter (``.bench/agentlightning-0.3.0``, where ``pymongo`` is installed beside
 ``agentlightning``). One JSON request per line on stdin (``{"uri", "workers", "rollouts"}``), one JSON reply per
-line on stdout; each run gets a fresh partition of the database ``al_bench``, as agl's side gets a fresh one.
+line on stdout; each run gets a fresh database (and partition), as agl's side does, so no run is slowed by the rows of
+the runs before it.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from _cycle import run_cycles
 async def measure(uri: str, workers: int, rollouts: int) -> dict[str, float]:
     from agentlightning.store.mongo import MongoLightningStore
 
-    store = MongoLightningStore(mongo_uri=uri, database_name="al_bench", partition_id="pt-" + uuid.uuid4().hex[:12])
+    store = MongoLightningStore(mongo_uri=uri, database_name="al_" + uuid.uuid4().hex[:12], partition_id="pt")
     try:
         return await run_cycles(AgentLightningOps(store), workers=workers, rollouts=rollouts)
     finally:

@@ -9,7 +9,8 @@ sharing one store) against the same server: a secantus server (``pip install 'ag
 run as a separate process only) started here on a free port of 127.0.0.1 with in-memory storage, presenting itself
 as the one-node replica set ``secantus``. Agent Lightning runs in its throw-away venv (``.bench/agentlightning-0.3.0``,
 made by compare_agentlightning.py's ``ensure_venv``; pymongo is added to it) through
-``_agentlightning_mongo_side.py``. Every run gets a fresh partition; runs interleave, the order flipping on odd
+``_agentlightning_mongo_side.py``. Every run gets a fresh database (none is dropped: secantus drops row by row under
+its storage lock, which would stall the next run); runs interleave, the order flipping on odd
 repeats. agl's side calls the store exactly as compare_agentlightning.py does (``store_cycle.AglOps``).
 
 It also measures the wake-up latency of agl's store: a dequeue waiting in one store (``timeout=10``) and an enqueue
@@ -46,7 +47,7 @@ SIDE_SCRIPT = BENCHMARKS_DIR / "_agentlightning_mongo_side.py"
 
 
 async def agl_run(uri: str, workers: int, rollouts: int) -> dict[str, float]:
-    store = MongoLightningStore(uri, database="agl_bench", partition="p" + uuid.uuid4().hex[:12])
+    store = MongoLightningStore(uri, database="agl_" + uuid.uuid4().hex[:12], partition="p")
     try:
         return await run_cycles(AglOps(store), workers=workers, rollouts=rollouts)
     finally:
