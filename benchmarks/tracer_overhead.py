@@ -16,6 +16,11 @@ Per span: the wall time the agent's thread spent creating and ending spans (µs)
 the OpenTelemetry SDK alone (a provider without processors) and agl's no-op tracer for ``operation()``.
 ``drain`` is how long the final ``flush()`` took; ``stored/s`` is spans stored per second from the first span to
 the end of that flush. Every run checks that the store holds every span. Median of --repeat runs.
+
+``--agentops`` adds agl's AgentOps tracer (agl-tracer-agentops, with ``agentops`` installed), writing to the
+in-memory store beside the ``otel`` rows of the same store: OTel spans and ``operation()`` through it, and
+``@tool``, a function decorated with AgentOps (AgentOps' own decorator work is in that row: it serialises the
+call's arguments and result into attributes). One AgentOps tracer serves all its runs: AgentOps is process-wide.
 """
 
 from __future__ import annotations
@@ -100,6 +105,14 @@ def make_store(target: str, scratch: str, server: RemoteServer | None) -> Any:
 
 
 def span_body(kind: str, otel_tracer: Any) -> Callable[[int], None]:
+    if kind == "tool":
+        from agentops import tool
+
+        @tool
+        def step(i: int) -> int:
+            return i
+
+        return step
     if kind == "operation":
 
         def body(i: int) -> None:
@@ -151,7 +164,7 @@ async def measure(
 
     from agl_tracer_otel import OtelTracer
 
-    store = make_store("memory" if target in ("sdk", "noop") else target, scratch, server)
+    store = make_store("memory" if target in ("sdk", "noop", "agentops") else target, scratch, server)
     async with store:
         if target in ("sdk", "noop"):
             tracer: Any = NoOpTracer()
@@ -161,15 +174,31 @@ async def measure(
             result["drain_s"] = float("nan")
             result["stored_per_s"] = float("nan")
             return result
-        tracer = OtelTracer(instrument=(), root_span=False)
-        try:
+        if target == "agentops":
+            tracer = agentops_tracer()
             result = await one_run(tracer, tracer.otel_tracer, store, kind, mode, spans)
-        finally:
-            tracer.shutdown()
+        else:
+            tracer = OtelTracer(instrument=(), root_span=False, install_global=False)
+            try:
+                result = await one_run(tracer, tracer.otel_tracer, store, kind, mode, spans)
+            finally:
+                tracer.shutdown()
         stored = (await store.query_spans(result.pop("rollout_id"), limit=1)).total  # type: ignore[arg-type]
         if stored != spans:
             raise RuntimeError(f"{target}: {stored} of {spans} spans were stored")
         return result
+
+
+_agentops: list[Any] = []
+
+
+def agentops_tracer() -> Any:
+    """The one AgentOps tracer of this process (AgentOps' state is process-wide), offline, without LLM spans."""
+    if not _agentops:
+        from agl_tracer_agentops import AgentOpsTracer
+
+        _agentops.append(AgentOpsTracer(root_span=False))
+    return _agentops[0]
 
 
 async def processor_hot_path(spans: int = 20000, repeat: int = 5) -> float:
@@ -209,8 +238,11 @@ def main() -> None:
     parser.add_argument("--spans", type=int, default=20000, help="spans per burst run (paced runs: a quarter)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per row; the median is reported")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--agentops", action="store_true", help="add the agentops tracer (memory store) and @tool")
     args = parser.parse_args()
     targets = args.target or ["sqlite", "memory", "remote"]
+    if args.agentops and "memory" not in targets:
+        targets.append("memory")  # the otel rows the agentops rows compare with
     rows: list[tuple[str, str, str]] = [
         ("sdk", "span", "burst"),
         ("sdk", "span", "paced"),
@@ -218,6 +250,9 @@ def main() -> None:
     ]
     for target in targets:
         rows += [(target, "span", "burst"), (target, "span", "paced"), (target, "operation", "paced")]
+    if args.agentops:
+        rows += [(t, "span", m) for t in ("agentops",) for m in ("burst", "paced")]
+        rows += [("agentops", "operation", "paced"), ("agentops", "tool", "burst"), ("agentops", "tool", "paced")]
 
     runs: dict[str, list[dict[str, float]]] = {f"{t}/{k}/{m}": [] for t, k, m in rows}
     console = Console(stderr=True)
@@ -236,11 +271,13 @@ def main() -> None:
         finally:
             if server is not None:
                 server.stop()
+            for tracer in _agentops:
+                tracer.shutdown()
     results = {key: median_of(values) for key, values in runs.items()}
     hot_path = asyncio.run(processor_hot_path())
     for key, r in results.items():  # the tracer's own share: the same spans with the SDK (or no-op tracer) alone
         _target, kind, mode = key.split("/")
-        base = results["sdk/span/" + mode] if kind == "span" else results["noop/operation/paced"]
+        base = results["sdk/span/" + mode] if kind in ("span", "tool") else results["noop/operation/paced"]
         r["over_baseline_us"] = r["us_per_span"] - base["us_per_span"]
 
     if args.json:
@@ -260,11 +297,12 @@ def main() -> None:
     for column in columns:
         table.add_column(column, justify="left" if column in ("writes to", "span", "mode") else "right")
     labels = {"sdk": "(OTel SDK alone)", "noop": "(no-op tracer)"}
+    names = {"agentops": "memory, agentops tracer"}
     for key, r in results.items():
         target, kind, mode = key.split("/")
         table.add_row(
-            labels.get(target, target),
-            "operation()" if kind == "operation" else "OTel span",
+            labels.get(target, names.get(target, target)),
+            {"operation": "operation()", "tool": "AgentOps @tool"}.get(kind, "OTel span"),
             mode,
             f"{r['us_per_span']:.1f}",
             f"{r['cpu_us_per_span']:.1f}",

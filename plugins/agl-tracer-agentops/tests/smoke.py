@@ -38,9 +38,8 @@ async def main() -> None:
         async with InMemoryLightningStore() as store:
             attempted = await store.start_rollout({"a": 2, "b": 2})
             rid, aid = attempted.rollout_id, attempted.attempt.attempt_id
-            with tracer.trace_context(rollout_id=rid, attempt_id=aid, store=store):
-                with agentops.start_trace("smoke"):
-                    check(Adder().run(2, 2) == 4, "the agent's answer")
+            with tracer.trace_context(rollout_id=rid, attempt_id=aid, store=store), agentops.start_trace("smoke"):
+                check(Adder().run(2, 2) == 4, "the agent's answer")
             await tracer.flush()
             spans = (await store.query_spans(rid)).items
     finally:

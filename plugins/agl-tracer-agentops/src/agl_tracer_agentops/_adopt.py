@@ -214,7 +214,7 @@ def _patch_network_paths() -> None:
     from agentops.client import client as client_module
     from agentops.sdk import core, processors
 
-    original_configure_logging = client_module.configure_logging
+    original_configure_logging = getattr(client_module, "configure_logging")  # noqa: B009 - not exported
 
     def configure_logging(config: Any = None) -> Any:
         if os.environ.get("AGENTOPS_LOGGING_TO_FILE") is not None:  # the user chose; AgentOps' default is a file
@@ -228,13 +228,14 @@ def _patch_network_paths() -> None:
     def start_auth_task(self: Any, api_key: str) -> None:
         logger.info("agl keeps AgentOps offline: no authentication with AgentOps' cloud (tracer.cloud=true sends)")
 
-    client_module.configure_logging = configure_logging
-    core.log_trace_url = lambda span, title=None: None  # links to AgentOps' dashboard, where nothing was sent
+    # setattr: these are module globals AgentOps' own functions look up when they run.
+    setattr(client_module, "configure_logging", configure_logging)  # noqa: B010
+    setattr(core, "log_trace_url", lambda span, title=None: None)  # noqa: B010 - its dashboard got nothing
     client_module.Client._start_auth_task = start_auth_task  # type: ignore[method-assign]
-    processors.upload_logfile = lambda trace_id: None
-    core.setup_telemetry = _offline_setup_telemetry
-    # AgentOps ends a trace with an enum (TraceState, StatusCode) as an attribute value; OpenTelemetry warns about it on every trace once
-    # its logger is no longer silenced by AgentOps (the value is stored as its string all the same).
+    setattr(processors, "upload_logfile", lambda trace_id: None)  # noqa: B010
+    setattr(core, "setup_telemetry", _offline_setup_telemetry)  # noqa: B010
+    # AgentOps ends a trace with an enum (TraceState, StatusCode) as an attribute value; OpenTelemetry warns about
+    # it on every trace once its logger is no longer silenced by AgentOps (the value is stored as its string).
     logging.getLogger("opentelemetry.attributes").addFilter(_drop_trace_state_warning)
     _state["patched"] = True
 
@@ -266,9 +267,9 @@ def _take_offline(core_tracer: Any) -> None:
 
     provider = core_tracer.provider
     if provider is not None:
-        removed = []
+        removed: list[SpanProcessor] = []
         for processor in processors_of(provider):
-            inner = getattr(processor, "_batch_processor", processor)
+            inner: Any = getattr(processor, "_batch_processor", processor)
             exporter = getattr(inner, "_exporter", None)
             if isinstance(processor, InternalSpanProcessor):
                 removed.append(processor)

@@ -67,7 +67,7 @@ class AgentOpsTracer(OtelTracer):
     batching and token-id options.
     """
 
-    Options = AgentOpsTracerOptions
+    Options = AgentOpsTracerOptions  # type: ignore[assignment]
 
     def __init__(
         self,
