@@ -267,7 +267,7 @@ def test_builtins_are_listed_from_metadata() -> None:
 
 
 def test_kinds_and_groups() -> None:
-    assert KINDS == ("stores", "tracers", "runners", "strategies", "algorithms", "adapters", "plugins")
+    assert KINDS == ("stores", "tracers", "runners", "strategies", "algorithms", "adapters", "credit", "plugins")
     assert [entry_point_group(kind) for kind in KINDS][:2] == ["agl.stores", "agl.tracers"]
 
 
@@ -299,7 +299,7 @@ def test_unknown_name_lists_available_names_and_how_to_install() -> None:
 
 
 def test_unknown_kind_lists_kinds() -> None:
-    with pytest.raises(ValueError, match="stores, tracers, runners, strategies, algorithms, adapters, plugins"):
+    with pytest.raises(ValueError, match="stores, tracers, runners, strategies, algorithms, adapters, credit, plugins"):
         load_component("widgets", "memory")
     with pytest.raises(ValueError, match="Did you mean 'stores'"):
         load_component("store", "memory")

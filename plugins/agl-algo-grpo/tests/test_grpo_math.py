@@ -204,3 +204,24 @@ def test_make_config_takes_strings_and_names_unknown_options() -> None:
     with pytest.raises(ValueError, match="clip_low"):
         GRPOConfig(clip_low=1.5)
     assert issubclass(ConfigError, ValueError)
+
+
+def test_the_credit_rule_is_picked_by_name_with_its_options() -> None:
+    from agl_algo_grpo._config import credit_rule
+    from agl_kernel.credit import AutoCredit, DiscountedCredit
+
+    assert credit_rule(make_config()) == AutoCredit(scale=True)
+    assert credit_rule(make_config(scale_rewards="false")) == AutoCredit(scale=False)  # the rule's scale by default
+    rule = credit_rule(make_config(credit="discounted", credit_options={"gamma": "0.5"}))
+    assert rule == DiscountedCredit(gamma=0.5, scale=True)
+    rollouts = [
+        RolloutSample(rollout_id="a", group=0, triplets=[_t(0.0, step=0.0), _t(1.0, step=1.0)], final_reward=0.0),
+        RolloutSample(rollout_id="b", group=0, triplets=[_t(0.0, step=0.0), _t(0.0, step=0.0)], final_reward=0.0),
+    ]
+    # discounted returns 0.5, 1.0 | 0, 0 (mean 0.375): the first turn of "a" shares in its later reward
+    got = [(s.rollout_id, s.advantage) for s in assign_advantages(rollouts, rule=DiscountedCredit(0.5, scale=False))]
+    assert got == [("a", 0.125), ("a", 0.625), ("b", -0.375), ("b", -0.375)]
+    with pytest.raises(ConfigError, match=r"^algorithm\.credit: .*'nope'"):
+        credit_rule(make_config(credit="nope"))
+    with pytest.raises(ConfigError, match=r"^algorithm\.credit_options\.gamma: must be <= 1"):
+        credit_rule(make_config(credit="discounted", credit_options={"gamma": 2}))

@@ -45,7 +45,16 @@ __all__ = [
     "resolve_name",
 ]
 
-KINDS: tuple[str, ...] = ("stores", "tracers", "runners", "strategies", "algorithms", "adapters", "plugins")
+KINDS: tuple[str, ...] = (
+    "stores",
+    "tracers",
+    "runners",
+    "strategies",
+    "algorithms",
+    "adapters",
+    "credit",
+    "plugins",
+)
 """The plugin kinds; kind ``k`` is registered in the entry-point group ``agl.k``."""
 
 KERNEL_DISTRIBUTION = "agl-kernel"
@@ -66,6 +75,7 @@ _DIST_PREFIX = {
     "strategies": "agl-strategy-",
     "algorithms": "agl-algo-",
     "adapters": "agl-adapter-",
+    "credit": "agl-credit-",
     "plugins": "agl-",
 }
 
@@ -76,6 +86,7 @@ _KIND_LABEL = {
     "strategies": "strategy",
     "algorithms": "algorithm",
     "adapters": "adapter",
+    "credit": "credit",
     "plugins": "hook",
 }
 
@@ -454,6 +465,7 @@ _INTERFACES = {
     "strategies": ("agl_kernel.strategy", "ExecutionStrategy"),
     "algorithms": ("agl_kernel.algorithm", "Algorithm"),
     "adapters": ("agl_kernel.adapter", "Adapter"),
+    "credit": ("agl_kernel.credit", "CreditRule"),
 }
 
 

@@ -20,7 +20,7 @@ from torch import nn
 
 from agl_algo_grpo._batching import RolloutSample, assign_advantages
 from agl_algo_grpo._checkpoint import disk_usage, format_size, list_checkpoints
-from agl_algo_grpo._config import GRPOConfig, make_config
+from agl_algo_grpo._config import GRPOConfig, credit_rule, make_config
 from agl_algo_grpo._policy import PolicyTrainer, keep_freed_memory, resolve_device
 from agl_algo_grpo._publish import PolicyPublisher, as_publisher
 from agl_algo_grpo._serving import (
@@ -138,6 +138,7 @@ class GRPO(Algorithm):
         **options: Any,
     ) -> None:
         self.config = make_config(config, **options)
+        self.credit = credit_rule(self.config)
         if model is None:
             model = self.config.model
         elif isinstance(model, str) and model != self.config.model:
@@ -304,7 +305,7 @@ class GRPO(Algorithm):
         collected = await self._collect(store, rollouts, ended)
         rollout_time = time.perf_counter() - started
 
-        samples = assign_advantages(collected.samples, scale=self.config.scale_rewards)
+        samples = assign_advantages(collected.samples, rule=self.credit)
         total = len(samples)
         if self.config.skip_zero_advantage:
             samples = [s for s in samples if s.advantage != 0.0]

@@ -1,17 +1,19 @@
 """From rollouts' triplets to training samples (the advantage rule) and to padded tensors.
 
-**The advantage rule.** Advantages are computed within a *group*: the ``group_size`` rollouts of one task.
+**The advantage rule.** Advantages are computed within a *group*: the ``group_size`` rollouts of one task, by a
+credit rule (:mod:`agl_kernel.credit`, GRPO's ``credit`` option). The default, ``auto``:
 
 - *Outcome rewards only* (no triplet of the group has a ``step_reward``): each rollout's return is its final reward
   (``RolloutSample.final_reward``; when that is unknown, the reward of its last triplet); returns are normalised
-  over the group's rollouts (:func:`~agl_algo_grpo.group_advantages`) and **every triplet of a rollout gets its
-  rollout's advantage** — all turns of a multi-turn rollout share the credit.
+  over the group's rollouts and **every triplet of a rollout gets its rollout's advantage** — all turns of a
+  multi-turn rollout share the credit.
 - *Per-step rewards* (some triplet of the group has a ``step_reward``, put there by the adapter): each triplet is
   scored by its own ``reward`` (the adapter's sum of its step reward and the final reward it applies to it;
   ``None`` counts as 0) and normalised over **all triplets of the group's rollouts**, so a turn that earned more
   than the group's turns on average is pushed up, whatever the rollout's outcome.
 
-Rollouts without triplets take no part (the algorithm counts and reports them).
+``discounted`` gives each turn its discounted return from that turn on instead; a third party's rule comes by
+entry point (``agl.credit``). Rollouts without triplets take no part (the algorithm counts and reports them).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from agl_algo_grpo._losses import group_advantages
+from agl_kernel.credit import AutoCredit, CreditRule
 from agl_kernel.models import Triplet
 
 __all__ = ["Batch", "PackedBatch", "RolloutSample", "TrainingSample", "assign_advantages", "collate", "pack_prefixes"]
@@ -47,33 +49,29 @@ class TrainingSample:
     rollout_id: str | None = None
 
 
-def _rollout_return(rollout: RolloutSample) -> float:
-    if rollout.final_reward is not None:
-        return float(rollout.final_reward)
-    rewards = [t.reward for t in rollout.triplets if t.reward is not None]
-    return float(rewards[-1]) if rewards else 0.0
-
-
-def assign_advantages(rollouts: Sequence[RolloutSample], *, scale: bool = True) -> list[TrainingSample]:
-    """Training samples for every triplet of ``rollouts``, by the rule in this module's docstring."""
+def assign_advantages(
+    rollouts: Sequence[RolloutSample], *, scale: bool = True, rule: CreditRule | None = None
+) -> list[TrainingSample]:
+    """Training samples for every triplet of ``rollouts``, the advantages given group by group by ``rule``
+    (default: ``auto`` with ``scale``; see this module's docstring)."""
+    rule = rule if rule is not None else AutoCredit(scale=scale)
     by_group: dict[Hashable, list[RolloutSample]] = {}
     for rollout in rollouts:
         if rollout.triplets:
             by_group.setdefault(rollout.group, []).append(rollout)
     samples: list[TrainingSample] = []
     for group, members in by_group.items():
-        per_step = any(t.step_reward is not None for r in members for t in r.triplets)
-        if per_step:
-            flat = [(r, t) for r in members for t in r.triplets]
-            advantages = group_advantages(
-                [t.reward if t.reward is not None else 0.0 for _, t in flat], [group] * len(flat), scale=scale
+        advantages = rule.advantages(members)
+        if [len(a) for a in advantages] != [len(r.triplets) for r in members]:
+            raise ValueError(
+                f"the credit rule {type(rule).__name__} gave advantages shaped {[len(a) for a in advantages]} for "
+                f"rollouts of {[len(r.triplets) for r in members]} triplets: one advantage per triplet is needed"
             )
-            samples += [TrainingSample(t, a, group, r.rollout_id) for (r, t), a in zip(flat, advantages)]
-        else:
-            advantages = group_advantages([_rollout_return(r) for r in members], [group] * len(members), scale=scale)
-            samples += [
-                TrainingSample(t, a, group, r.rollout_id) for r, a in zip(members, advantages) for t in r.triplets
-            ]
+        samples += [
+            TrainingSample(t, a, group, r.rollout_id)
+            for r, per_triplet in zip(members, advantages)
+            for t, a in zip(r.triplets, per_triplet)
+        ]
     return samples
 
 

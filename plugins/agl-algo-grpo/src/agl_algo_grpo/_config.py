@@ -15,8 +15,9 @@ import attrs
 from attrs import validators as v
 
 from agl_kernel.config import options_with
+from agl_kernel.credit import CreditRule
 
-__all__ = ["GRPOConfig", "LoraSettings", "make_config"]
+__all__ = ["GRPOConfig", "LoraSettings", "credit_rule", "make_config"]
 
 
 def _target_modules(value: Any) -> Any:
@@ -97,7 +98,14 @@ class GRPOConfig:
     """Completion tokens per LLM call (also the served model's default when an agent does not say)."""
     # ---------------------------------------------------------------- advantages
     scale_rewards: bool = True
-    """Divide by the group's standard deviation (``False``: only subtract the mean, as Dr. GRPO does)."""
+    """Divide by the group's standard deviation (``False``: only subtract the mean, as Dr. GRPO does); the credit
+    rule's ``scale`` when its options do not say."""
+    credit: str = "auto"
+    """The credit rule (``agl.credit``) that turns a group's rewards into an advantage per triplet: ``auto`` (step
+    rewards where the group has them, else the outcome broadcast), ``final``, ``steps``, ``discounted``, or a
+    third party's (``agl plugins --kind credit`` lists them)."""
+    credit_options: Mapping[str, Any] = attrs.field(factory=dict, converter=dict)
+    """The credit rule's options (``--set algorithm.credit_options.gamma=0.9`` for ``discounted``)."""
     skip_zero_advantage: bool = True
     """Leave out triplets whose advantage is 0 (groups where every rollout scored the same): they carry no
     policy gradient, only compute."""
@@ -165,3 +173,23 @@ def make_config(config: GRPOConfig | Mapping[str, Any] | None = None, **override
     or value raises :class:`~agl_kernel.errors.ConfigError` (a ``ValueError``): one line that names
     ``algorithm.KEY`` and, for an unknown key, the valid ones."""
     return options_with(GRPOConfig, config, overrides, path="algorithm")
+
+
+def credit_rule(config: GRPOConfig) -> CreditRule:
+    """The credit rule ``config`` names, with its options (and ``scale_rewards`` as its ``scale`` when it has one
+    and its options do not set it). A wrong name or option raises :class:`~agl_kernel.errors.ConfigError`."""
+    from agl_kernel.errors import ConfigError
+    from agl_kernel.plugins import create_component, resolve_name
+
+    options = dict(config.credit_options)
+    try:
+        target = resolve_name("credit", config.credit)
+    except Exception as err:
+        raise ConfigError(f"algorithm.credit: {err}") from None
+    options_class = getattr(target, "Options", None)
+    if isinstance(options_class, type) and attrs.has(options_class):
+        if "scale" in attrs.fields_dict(options_class) and "scale" not in options:
+            options["scale"] = config.scale_rewards
+        options_with(options_class, None, options, path="algorithm.credit_options")  # errors named by that path
+    rule: CreditRule = create_component("credit", config.credit, options=options)
+    return rule

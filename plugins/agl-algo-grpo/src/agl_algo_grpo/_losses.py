@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Hashable, Sequence
 from typing import Any
 
 import torch
 
-__all__ = ["group_advantages", "policy_loss", "token_logprobs"]
+from agl_kernel.credit import relative
 
-_ZERO_STD = 1e-8
-"""A group whose standard deviation is below this has no variance: all its advantages are 0."""
+__all__ = ["group_advantages", "policy_loss", "token_logprobs"]
 
 
 def group_advantages(
@@ -30,13 +28,8 @@ def group_advantages(
         members.setdefault(group, []).append(index)
     advantages = [0.0] * len(rewards)
     for indices in members.values():
-        values = [float(rewards[i]) for i in indices]
-        mean = math.fsum(values) / len(values)
-        std = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / len(values))
-        if std < _ZERO_STD:
-            continue
-        for i, value in zip(indices, values):
-            advantages[i] = (value - mean) / (std + eps) if scale else value - mean
+        for i, value in zip(indices, relative([rewards[i] for i in indices], scale=scale, eps=eps)):
+            advantages[i] = value
     return advantages
 
 
