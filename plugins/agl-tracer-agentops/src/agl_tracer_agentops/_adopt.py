@@ -231,7 +231,7 @@ def _patch_network_paths() -> None:
     # setattr: these are module globals AgentOps' own functions look up when they run.
     setattr(client_module, "configure_logging", configure_logging)  # noqa: B010
     setattr(core, "log_trace_url", lambda span, title=None: None)  # noqa: B010 - its dashboard got nothing
-    client_module.Client._start_auth_task = start_auth_task  # type: ignore[method-assign]
+    client_module.Client._start_auth_task = start_auth_task
     setattr(processors, "upload_logfile", lambda trace_id: None)  # noqa: B010
     setattr(core, "setup_telemetry", _offline_setup_telemetry)  # noqa: B010
     # AgentOps ends a trace with an enum (TraceState, StatusCode) as an attribute value; OpenTelemetry warns about
