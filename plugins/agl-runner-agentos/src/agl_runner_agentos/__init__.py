@@ -1,11 +1,11 @@
 """agl-runner-agentos: run agents with their tools governed by an Agent-OS kernel (``agentos`` in ``agl.runners``).
 
-    from agl_runner_agentos import AgentOSRunner, governed_tool, deny_sql
+from agl_runner_agentos import AgentOSRunner, governed_tool, deny_sql
 
-    @governed_tool
-    def run_sql(query: str) -> list: ...     # its calls go through the kernel's policy check when governed
+@governed_tool
+def run_sql(query: str) -> list: ...     # its calls go through the kernel's policy check when governed
 
-    Trainer(runner="agentos", options={"runner": {"policy": "policy.yaml"}})
+Trainer(runner="agentos", options={"runner": {"policy": "policy.yaml"}})
 """
 
 from agl_runner_agentos._audit import audit_records, export_audit

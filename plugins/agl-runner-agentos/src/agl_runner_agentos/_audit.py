@@ -10,7 +10,6 @@ from typing import Any
 
 from agl_kernel.runs import run_of
 from agl_kernel.store import LightningStore
-
 from agl_runner_agentos._governance import DECISION_SPAN
 from agl_runner_agentos._runner import AUDIT_SPAN
 
@@ -21,9 +20,7 @@ _KINDS = {DECISION_SPAN: "decision", AUDIT_SPAN: "audit"}
 
 def _record(span: Any) -> dict[str, Any]:
     prefix = "agentos.audit." if span.name == AUDIT_SPAN else "agentos."
-    fields = {
-        key[len(prefix) :]: value for key, value in span.attributes.items() if key.startswith(prefix)
-    }
+    fields = {key[len(prefix) :]: value for key, value in span.attributes.items() if key.startswith(prefix)}
     return {
         "kind": _KINDS[span.name],
         "rollout_id": span.rollout_id,
@@ -51,7 +48,11 @@ async def audit_records(
 
 
 async def export_audit(
-    store: LightningStore, path: str | os.PathLike[str], *, run: str | None = None, rollout_ids: Sequence[str] | None = None
+    store: LightningStore,
+    path: str | os.PathLike[str],
+    *,
+    run: str | None = None,
+    rollout_ids: Sequence[str] | None = None,
 ) -> int:
     """Write :func:`audit_records` to ``path`` as JSONL; returns how many records were written."""
     records = await audit_records(store, run=run, rollout_ids=rollout_ids)

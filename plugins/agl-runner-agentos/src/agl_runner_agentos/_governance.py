@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 from agl_kernel.emit import last_llm_call, to_json
 from agl_kernel.errors import AglError
 from agl_kernel.tracer import current_scope
-
+from agl_runner_agentos._agentos import agent_os
 from agl_runner_agentos._policy import AgentOSPolicy, ToolDecision, load_policy
 
 __all__ = [
@@ -86,6 +86,7 @@ class Governance:
     """
 
     def __init__(self, policy: Any = None, *, default_severity: str = "high", audit_path: str | None = None) -> None:
+        agent_os()
         from agent_os import FlightRecorder, KernelSpace
 
         self.policy: AgentOSPolicy = load_policy(policy, default_severity=default_severity)
@@ -193,6 +194,7 @@ class GovernedSession:
     # ------------------------------------------------------------------------------------------------ tool calls
 
     def _request(self, tool: str, fn: Callable[..., Any], arguments: dict[str, Any]) -> tuple[Any, str]:
+        agent_os()
         from agent_os import SyscallRequest, SyscallType
 
         self.governance.kernel.register_tool(tool, fn)
@@ -223,6 +225,7 @@ class GovernedSession:
         return self._settle(tool, arguments, call_id, result)
 
     def _settle_panic(self, tool: str, arguments: dict[str, Any], call_id: str, exc: Exception) -> Any:
+        agent_os()
         from agent_os import AgentKernelPanic
 
         decision = self.pending.pop(call_id, None)

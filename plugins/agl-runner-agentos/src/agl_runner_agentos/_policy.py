@@ -11,6 +11,7 @@ the key, agl uses it for the penalty of a denied call (``PolicyReward``). In Pyt
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import json
 import os
@@ -20,6 +21,7 @@ from typing import Any, Literal
 import attrs
 
 from agl_kernel.errors import ConfigError
+from agl_runner_agentos._agentos import agent_os
 
 __all__ = [
     "SEVERITIES",
@@ -87,11 +89,14 @@ class AgentOSPolicy:
         default_severity: str = "high",
         source: str | None = None,
     ) -> None:
+        agent_os()
         from agent_os.policies import PolicyEvaluator
 
         self.default_severity = _rule_severity(default_severity, "high")
         self.documents = list(documents)
-        self.severities = {name: _rule_severity(value, self.default_severity) for name, value in (severities or {}).items()}
+        self.severities = {
+            name: _rule_severity(value, self.default_severity) for name, value in (severities or {}).items()
+        }
         self.engine = engine
         self.source = source
         self.evaluator = PolicyEvaluator(policies=self.documents) if self.documents else None
@@ -151,6 +156,7 @@ def deny_sql(
 ) -> AgentOSPolicy:
     """A policy that denies any call whose ``field`` argument contains one of the SQL ``keywords`` (as a word, in
     any case): the manual's ``SQLPolicy(deny=["DROP", "DELETE"])`` written in Agent-OS's own policy format."""
+    agent_os()
     from agent_os.policies import PolicyAction, PolicyCondition, PolicyDocument, PolicyOperator, PolicyRule
 
     pattern = r"(?i)\b(" + "|".join(k.strip() for k in keywords) + r")\b"
@@ -175,6 +181,7 @@ def _pydantic_errors(error: Any) -> str:
 
 
 def _load_file(path: str, default_severity: str) -> AgentOSPolicy:
+    agent_os()
     from agent_os.policies import PolicyDocument
     from pydantic import ValidationError
 
@@ -188,8 +195,7 @@ def _load_file(path: str, default_severity: str) -> AgentOSPolicy:
         if path.endswith(".json"):
             data = json.loads(text)
         else:
-            import yaml
-
+            yaml: Any = importlib.import_module("yaml")  # declared by this plugin: agent-os-kernel needs it too
             data = yaml.safe_load(text)
     except (ValueError, Exception) as exc:  # yaml.YAMLError, json.JSONDecodeError
         mark = getattr(exc, "problem_mark", None)
@@ -208,7 +214,9 @@ def _load_file(path: str, default_severity: str) -> AgentOSPolicy:
         try:
             parsed.append(PolicyDocument.model_validate(raw))
         except ValidationError as exc:
-            raise PolicyFileError(f"the policy file {label} is not an Agent-OS policy: {_pydantic_errors(exc)}") from None
+            raise PolicyFileError(
+                f"the policy file {label} is not an Agent-OS policy: {_pydantic_errors(exc)}"
+            ) from None
         for rule in raw.get("rules") or ():
             if isinstance(rule, Mapping) and "severity" in rule:
                 try:
@@ -221,6 +229,7 @@ def _load_file(path: str, default_severity: str) -> AgentOSPolicy:
 
 
 def _from_object(obj: Any, default_severity: str, source: str | None) -> AgentOSPolicy:
+    agent_os()
     from agent_os.policies import PolicyDocument, PolicyEvaluator
 
     if isinstance(obj, AgentOSPolicy):

@@ -15,7 +15,7 @@ to the final reward counts the penalty twice on that call: set ``reward.per_step
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Optional
+from typing import Any
 
 import attrs
 
@@ -40,9 +40,9 @@ class PolicyRewardOptions:
     """Penalty for each denied call of a low-severity rule."""
     clean_bonus: float = 5.0
     """Added when no tool call of the attempt was denied."""
-    min_reward: Optional[float] = None
+    min_reward: float | None = None
     """Lowest total (unset: no floor)."""
-    max_reward: Optional[float] = None
+    max_reward: float | None = None
     """Highest total (unset: no ceiling)."""
     per_step: bool = True
     """Also emit each penalty as a per-step reward on the LLM call that asked for the denied tool."""
@@ -71,7 +71,8 @@ class PolicyReward:
     """
 
     def __init__(self, options: PolicyRewardOptions | None = None, **overrides: float | bool | None) -> None:
-        self.options = attrs.evolve(options or PolicyRewardOptions(), **overrides)
+        changes: dict[str, Any] = dict(overrides)
+        self.options = attrs.evolve(options or PolicyRewardOptions(), **changes)
 
     @classmethod
     def from_options(cls, options: PolicyRewardOptions) -> PolicyReward:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 import attrs
 
@@ -28,7 +28,6 @@ from agl_kernel.rewards import final_reward
 from agl_kernel.runner import LitAgentRunner
 from agl_kernel.store import LightningStore
 from agl_kernel.tracer import Tracer, current_scope
-
 from agl_runner_agentos._governance import Governance, GovernedSession, PolicyViolationError
 from agl_runner_agentos._policy import PolicyFileError, load_policy
 from agl_runner_agentos._reward import PolicyReward, PolicyRewardOptions
@@ -49,11 +48,14 @@ def _check_policy(instance: Any, attribute: Any, value: Any) -> None:
             raise ValueError(f"'{attribute.name}' {exc}") from None
 
 
+_LitAgentRunnerOptions: Any = LitAgentRunner.Options  # the kernel runner's options (heartbeat_interval, ...)
+
+
 @attrs.define(kw_only=True)
-class AgentOSRunnerOptions(LitAgentRunner.Options):  # type: ignore[name-defined,misc]
+class AgentOSRunnerOptions(_LitAgentRunnerOptions):
     """Options of the Agent-OS runner (``agentos``): the kernel runner's, and the governance's."""
 
-    policy: Optional[str] = attrs.field(default=None, validator=_check_policy)
+    policy: str | None = attrs.field(default=None, validator=_check_policy)
     """The policy: an Agent-OS policy file (.yaml/.yml/.json) or module:attr naming one in Python (unset: every
     tool call is allowed, and audited)."""
     fail_on_violation: bool = False
@@ -62,7 +64,7 @@ class AgentOSRunnerOptions(LitAgentRunner.Options):  # type: ignore[name-defined
     """Severity of a denied call whose rule names none."""
     import_audit: bool = True
     """Store the flight recorder's entries for each attempt as agentos.audit spans."""
-    audit_path: Optional[str] = None
+    audit_path: str | None = None
     """The flight recorder's SQLite file (unset: a temporary file per runner, removed when it stops)."""
     reward: PolicyRewardOptions = attrs.field(factory=PolicyRewardOptions)
     """How denied calls change the attempt's reward (PolicyReward)."""
@@ -78,7 +80,7 @@ class AgentOSRunner(LitAgentRunner):
     object in Python (under ``shm``; under ``cs`` give ``module:attr`` so that runner processes can load it).
     """
 
-    Options = AgentOSRunnerOptions
+    Options = AgentOSRunnerOptions  # type: ignore[assignment]  # a subclass of the kernel runner's options
 
     def __init__(
         self,
@@ -132,9 +134,7 @@ class AgentOSRunner(LitAgentRunner):
         reward = final_reward(spans)
         return None if reward is None else reward.value
 
-    def _finish(
-        self, session: GovernedSession, result: Any, error: Exception | None, emitted: float | None
-    ) -> Any:
+    def _finish(self, session: GovernedSession, result: Any, error: Exception | None, emitted: float | None) -> Any:
         """What the attempt ends with, once the agent has returned (``result``) or raised (``error``)."""
         if self.import_audit:
             self._import_audit(session)
