@@ -1,0 +1,188 @@
+"""The store's own thread: an event loop running the watchdog and the LISTEN/NOTIFY listener.
+
+They must run whether or not anyone calls the store, and callers' event loops come and go (threads, ``asyncio.run``
+per call), so they live on a loop of their own.
+
+The listener holds one dedicated connection that LISTENs on the schema's two channels and rings the store's bells:
+``queue`` when another process queued a rollout, ``ended`` when one ended a rollout (this process's own commits ring
+them directly). When that connection drops (a restarting server, a network cut), waiters are rung every
+``poll_interval`` seconds while the listener reconnects; every time it (re)connects it rings both bells, for what it
+may have missed. With ``notify`` off, waiters are rung every ``poll_interval`` seconds for ever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import threading
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg import sql
+
+from agl_store_postgres._database import channels, connect
+from agl_store_postgres._errors import PostgresStoreError, redact
+from agl_store_postgres._waiting import Bell
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_RECONNECT_EVERY = 1.0
+"""Seconds between attempts to reconnect the listener while waiters poll."""
+_CHECK_EVERY = 5.0
+"""Seconds without a notification after which the listener checks that its connection is alive."""
+_REPEAT_FAILURE_EVERY = 60.0
+"""Seconds between two log lines about the same failure of the watchdog."""
+
+
+class BackgroundLoop:
+    """An event loop on a daemon thread; coroutines are submitted to it from any thread."""
+
+    def __init__(self, name: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.loop.run_forever()
+        finally:
+            pending = [t for t in asyncio.all_tasks(self.loop) if not t.done()]
+            for task in pending:
+                task.cancel()
+            if pending:
+                self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            self.loop.close()
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.loop.is_closed():
+            return
+        try:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+        except RuntimeError:  # closed meanwhile
+            return
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+
+class Monitor:
+    """The watchdog and the listener, as tasks on the background loop."""
+
+    def __init__(
+        self,
+        dsn: str,
+        schema: str,
+        *,
+        queue: Bell,
+        ended: Bell,
+        notify: bool,
+        connect_timeout: float,
+        poll_interval: float,
+        watchdog_interval: float,
+        check_deadlines: Callable[[float], Awaitable[int]],
+    ) -> None:
+        self._dsn = dsn
+        self._schema = schema
+        self._queue = queue
+        self._ended = ended
+        self._notify = notify
+        self._connect_timeout = connect_timeout
+        self._poll_interval = poll_interval
+        self._watchdog_interval = watchdog_interval
+        self._check_deadlines = check_deadlines
+        self._tasks: list[asyncio.Task[None]] = []
+        self.listening = False
+        """Whether the listener's connection is up now (else waiters are rung every poll_interval)."""
+        self.connection_pid: int | None = None
+        """The server process id of the listener's connection (tests end it to check the reconnection)."""
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._listen()), asyncio.create_task(self._watchdog())]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _ring_all(self) -> None:
+        self._queue.ring()
+        self._ended.ring()
+
+    # ------------------------------------------------------------------------------------------------ listener
+
+    async def _listen(self) -> None:
+        warned = False
+        while True:
+            if self._notify:
+                try:
+                    await self._listen_once()
+                except asyncio.CancelledError:
+                    raise
+                except (psycopg.Error, PostgresStoreError, OSError) as exc:
+                    if not warned:
+                        logger.warning(
+                            "agl-store-postgres: the listener's connection to %s is down (%s); waiters check every "
+                            "%g s while it reconnects", redact(self._dsn), str(exc).splitlines()[0][:200] if str(exc)
+                            else type(exc).__name__, self._poll_interval,
+                        )  # fmt: skip
+                        warned = True
+                finally:
+                    self.listening = False
+                    self.connection_pid = None
+            await self._poll(_RECONNECT_EVERY if self._notify else None)
+
+    async def _listen_once(self) -> None:
+        queue_channel, ended_channel = channels(self._schema)
+        conn = await connect(self._dsn, self._connect_timeout, keepalives=1, keepalives_idle=5,
+                             keepalives_interval=2, keepalives_count=3)  # fmt: skip
+        async with conn:
+            await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(queue_channel)))
+            await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(ended_channel)))
+            self.connection_pid = conn.info.backend_pid
+            if not self.listening:
+                logger.debug("agl-store-postgres: listening on %s", redact(self._dsn))
+            self.listening = True
+            self._ring_all()  # whatever changed while nobody listened
+            while True:
+                async for note in conn.notifies(timeout=_CHECK_EVERY):
+                    if note.channel == queue_channel:
+                        self._queue.ring()
+                    elif note.channel == ended_channel:
+                        self._ended.ring()
+                await conn.execute("SELECT 1")  # a quiet while: is the connection still there?
+
+    async def _poll(self, duration: float | None) -> None:
+        """Ring both bells every poll_interval seconds, for ``duration`` seconds (``None``: for ever)."""
+        until = None if duration is None else time.monotonic() + duration
+        while until is None or time.monotonic() < until:
+            await asyncio.sleep(min(self._poll_interval, duration or self._poll_interval))
+            self._ring_all()
+
+    # ------------------------------------------------------------------------------------------------ watchdog
+
+    async def _watchdog(self) -> None:
+        last_failure, next_report = "", 0.0
+        while True:
+            await asyncio.sleep(self._watchdog_interval)
+            try:
+                await self._check_deadlines(time.time())
+                last_failure = ""
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # keep watching: a failed round is retried at the next one
+                failure = f"{type(exc).__name__}: {exc}"
+                if failure != last_failure:
+                    logger.exception("agl-store-postgres: the watchdog failed; retrying")
+                elif time.monotonic() >= next_report:
+                    logger.error("agl-store-postgres: the watchdog still fails: %s", failure)
+                else:
+                    continue
+                last_failure, next_report = failure, time.monotonic() + _REPEAT_FAILURE_EVERY
