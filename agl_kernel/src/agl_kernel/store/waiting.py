@@ -1,12 +1,23 @@
-"""Push-based waiting: wake asyncio waiters on any event loop, from any thread, without polling."""
+"""Push-based waiting: wake asyncio waiters on any event loop, from any thread, without polling (public: store
+backends use it).
+
+- :class:`Signal` re-runs a synchronous check after every notify (the in-memory store's waits).
+- :class:`Bell` counts its rings, for checks that need I/O: a waiter notes the count *before* it queries and
+  sleeps only if nobody rang since, so a ring between the query and the sleep is never lost. A networked backend
+  rings it from its own commits and from what tells it of other processes' (a change stream, LISTEN/NOTIFY).
+- :class:`BackgroundLoop`: an event loop on a daemon thread, where such a backend runs its listener and watchdog.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 import time
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+__all__ = ["BackgroundLoop", "Bell", "Signal"]
 
 T = TypeVar("T")
 
@@ -32,18 +43,7 @@ class Signal:
             return
         with self._lock:
             waiters, self._waiters = self._waiters, {}
-        try:
-            current: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-        except RuntimeError:
-            current = None
-        for fut, loop in waiters.items():
-            if loop is current:
-                _wake(fut)
-            else:
-                try:
-                    loop.call_soon_threadsafe(_wake, fut)
-                except RuntimeError:  # that loop has closed; nobody is waiting there any more
-                    pass
+        _wake_all(waiters)
 
     async def wait_for(self, check: Callable[[], T | None], timeout: float | None) -> T | None:
         """Return ``check()``'s first non-``None`` result, re-checking after every notify, or ``None`` once
@@ -65,3 +65,88 @@ class Signal:
             finally:
                 with self._lock:
                     self._waiters.pop(fut, None)
+
+
+def _wake_all(waiters: dict[asyncio.Future[None], asyncio.AbstractEventLoop]) -> None:
+    try:
+        current: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+    except RuntimeError:
+        current = None
+    for fut, loop in waiters.items():
+        if loop is current:
+            _wake(fut)
+        else:
+            try:
+                loop.call_soon_threadsafe(_wake, fut)
+            except RuntimeError:  # that loop has closed; nobody waits there any more
+                pass
+
+
+class Bell:
+    """A bell that counts its rings: ``wait(seen, timeout)`` returns once it rang after it showed ``seen``.
+
+    Ring from any thread; waiters may sit on different event loops."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._count = 0
+        self._waiters: dict[asyncio.Future[None], asyncio.AbstractEventLoop] = {}
+
+    @property
+    def count(self) -> int:
+        return self._count
+
+    def ring(self) -> None:
+        with self._lock:
+            self._count += 1
+            waiters, self._waiters = self._waiters, {}
+        _wake_all(waiters)
+
+    async def wait(self, seen: int, timeout: float | None) -> None:
+        """Return once the bell rang after it showed ``seen``, or after ``timeout`` seconds (``None``: no limit)."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        with self._lock:
+            if self._count != seen:
+                return
+            self._waiters[fut] = loop
+        try:
+            await asyncio.wait((fut,), timeout=timeout)
+        finally:
+            with self._lock:
+                self._waiters.pop(fut, None)
+
+
+class BackgroundLoop:
+    """An event loop on a daemon thread; coroutines are submitted to it from any thread. ``stop()`` cancels what
+    still runs there and closes the loop."""
+
+    def __init__(self, name: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.loop.run_forever()
+        finally:
+            pending = [t for t in asyncio.all_tasks(self.loop) if not t.done()]
+            for task in pending:
+                task.cancel()
+            if pending:
+                self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            self.loop.close()
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.loop.is_closed():
+            return
+        try:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+        except RuntimeError:  # closed meanwhile
+            return
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout)

@@ -13,18 +13,16 @@ the stream again now and then; every time a stream (re)starts it rings both bell
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
-import threading
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from pymongo.errors import PyMongoError
 
+from agl_kernel.store.waiting import Bell
 from agl_store_mongo._database import Collections
 from agl_store_mongo._ops import TERMINAL
-from agl_store_mongo._waiting import Bell
 
 logger = logging.getLogger(__name__)
 
@@ -34,40 +32,6 @@ _RETRY_STREAM_EVERY = 5.0
 """Seconds between attempts to (re)open the change stream while waiters poll."""
 _REPEAT_FAILURE_EVERY = 60.0
 """Seconds between two log lines about the same failure of the watchdog."""
-
-
-class BackgroundLoop:
-    """An event loop on a daemon thread; coroutines are submitted to it from any thread."""
-
-    def __init__(self, name: str) -> None:
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        try:
-            self.loop.run_forever()
-        finally:
-            pending = [t for t in asyncio.all_tasks(self.loop) if not t.done()]
-            for task in pending:
-                task.cancel()
-            if pending:
-                self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-            self.loop.close()
-
-    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop)
-
-    def stop(self, timeout: float = 10.0) -> None:
-        if self.loop.is_closed():
-            return
-        try:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-        except RuntimeError:  # closed meanwhile
-            return
-        if self._thread is not threading.current_thread():
-            self._thread.join(timeout)
 
 
 class Monitor:

@@ -38,6 +38,7 @@ from agl_kernel.store import policy
 from agl_kernel.store.base import LATEST, LightningStore, SortOrder
 from agl_kernel.store.blobs import DEFAULT_CONFIG, encode_config
 from agl_kernel.store.query import check_query
+from agl_kernel.store.waiting import BackgroundLoop, Bell
 from agl_store_mongo import _ops as ops
 from agl_store_mongo import _reads as reads
 from agl_store_mongo._codec import check_int64, encode_any, encode_dict, encode_resources, encode_span
@@ -51,9 +52,8 @@ from agl_store_mongo._database import (
     translate_error,
 )
 from agl_store_mongo._errors import redact
-from agl_store_mongo._monitor import BackgroundLoop, Monitor
+from agl_store_mongo._monitor import Monitor
 from agl_store_mongo._options import DEFAULT_URI, MongoStoreOptions, check_name, seconds
-from agl_store_mongo._waiting import Bell
 
 __all__ = ["MongoLightningStore"]
 
