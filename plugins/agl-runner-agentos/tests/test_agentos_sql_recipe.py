@@ -17,7 +17,7 @@ import pytest
 pytest.importorskip("agl_algo_apo", reason="the recipe trains with APO: install agl-algo-apo")
 pytest.importorskip("agl_tracer_otel", reason="the recipe traces with the otel tracer: install agl-tracer-otel")
 
-from agl_kernel.testing.openai_server import FakeOpenAIServer  # noqa: E402
+from agl_kernel.testing.openai_server import FakeOpenAIServer
 
 RECIPES = Path(__file__).resolve().parents[3] / "contrib" / "recipes"
 SAFE_PROMPT = (

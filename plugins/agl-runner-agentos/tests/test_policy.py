@@ -6,9 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import governed_agents
 import pytest
 
-import governed_agents
 from agl_kernel.errors import ConfigError
 from agl_kernel.plugins import create_component
 from agl_runner_agentos import AgentOSPolicy, PolicyFileError, deny_sql, load_policy
@@ -43,9 +43,10 @@ def test_a_json_policy_and_python_policies(tmp_path: Path) -> None:
     assert not from_function.decide("a", "t", {"query": "DROP x"}).allowed
     assert from_function.decide("a", "t", {"query": "DELETE FROM x"}).allowed
     document = deny_sql().documents[0]
-    assert isinstance(load_policy(document), AgentOSPolicy) and not load_policy([document]).decide(
-        "a", "t", {"query": "delete from x"}
-    ).allowed
+    assert (
+        isinstance(load_policy(document), AgentOSPolicy)
+        and not load_policy([document]).decide("a", "t", {"query": "delete from x"}).allowed
+    )
 
     class Engine:  # Agent-OS's policy-engine protocol
         def check_violation(self, agent_role: str, tool_name: str, args: dict) -> str | None:

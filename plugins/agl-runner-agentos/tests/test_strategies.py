@@ -12,9 +12,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import governed_agents
 import pytest
 
-import governed_agents
 from agl_kernel.client import LightningStoreClient
 from agl_kernel.rewards import final_reward
 from agl_kernel.store.defaults import make_store
