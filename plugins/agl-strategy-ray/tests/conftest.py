@@ -25,6 +25,8 @@ os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
 os.environ.setdefault("AGL_STRICT_PLUGINS", "1")
 
 CLUSTER_CPUS = 4
+CLUSTER_DIR = f"/tmp/agl-ray-test-{os.getpid()}"
+"""The session cluster's temp dir: every process of the cluster has it in its command line."""
 
 
 def free_port() -> int:
@@ -62,6 +64,7 @@ class Processes:
 
     matching = staticmethod(processes_matching)
     wait_gone = staticmethod(wait_gone)
+    cluster_dir = CLUSTER_DIR
 
 
 @pytest.fixture
@@ -72,7 +75,7 @@ def processes() -> type[Processes]:
 @pytest.fixture(scope="session")
 def ray_cluster() -> Iterator[str]:
     """The address (``127.0.0.1:PORT``) of a local Ray cluster of CLUSTER_CPUS logical CPUs."""
-    temp_dir = f"/tmp/agl-ray-test-{os.getpid()}"
+    temp_dir = CLUSTER_DIR
     port = free_port()
     command = [
         sys.executable,

@@ -4,9 +4,12 @@ server on 127.0.0.1, real kills. The slow ones kill actors and drivers or scale 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ipaddress
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -58,6 +61,44 @@ def test_options_are_checked_with_their_path() -> None:
 
 
 # ---------------------------------------------------------------------------------------------------- the loop
+
+
+def listening_addresses(pid: int) -> set[str]:
+    """The local addresses of the TCP sockets ``pid`` listens on (from /proc: its socket inodes, then net/tcp*)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    found = set()
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                found.add(_address(fields[1].rsplit(":", 1)[0]))
+    return found
+
+
+def _address(hex_address: str) -> str:
+    raw = bytes.fromhex(hex_address)
+    if len(raw) == 4:
+        return socket.inet_ntop(socket.AF_INET, raw[::-1])
+    words = b"".join(raw[i : i + 4][::-1] for i in range(0, 16, 4))
+    return socket.inet_ntop(socket.AF_INET6, words)
+
+
+def test_the_session_cluster_listens_on_the_loopback_only(ray_cluster: str, processes: Any) -> None:
+    pids = processes.matching(processes.cluster_dir)
+    assert pids, "no process of the session's cluster"
+    addresses = set().union(*(listening_addresses(pid) for pid in pids))
+    assert addresses and all(is_loopback(a) for a in addresses), addresses
+
+
+def is_loopback(address: str) -> bool:
+    ip = ipaddress.ip_address(address)
+    mapped = getattr(ip, "ipv4_mapped", None)  # ::ffff:127.0.0.1, how a dual-stack socket shows 127.0.0.1
+    return ip.is_loopback or (mapped is not None and mapped.is_loopback)
 
 
 def test_calc_agent_through_the_whole_loop_with_4_actors(ray_cluster: str, tmp_path: Path) -> None:
@@ -166,8 +207,8 @@ def test_scale_from_2_to_4_actors_and_back_mid_run(ray_cluster: str, tmp_path: P
     assert listed.returncode == 0, listed.stderr
     actors = [json.loads(line) for line in listed.stdout.splitlines() if line.startswith("{")]
     ours = [a for a in actors if a.get("run_id") == trainer.run_id]
-    assert len(ours) == 4 and all(a["running"] and a["rollout_id"] for a in ours), actors
-    assert {a["rollout_id"] for a in ours} <= {o.rollout_id for o in report.outcomes}
+    assert len(ours) == 4 and all(a["running"] and len(a["rollout_ids"]) == 1 for a in ours), actors
+    assert {a["rollout_ids"][0] for a in ours} <= {o.rollout_id for o in report.outcomes}
 
 
 def test_agl_train_with_the_ray_strategy(ray_cluster: str, tmp_path: Path) -> None:

@@ -99,11 +99,11 @@ def status_command(address: str | None, namespace: str, run_id: str | None, as_j
         rows.append(
             (
                 entry["actor"],
-                entry["worker_id"],
+                ",".join(entry["worker_ids"]),
                 entry["host"],
                 str(entry["pid"]),
                 str(entry["finished"]),
-                entry.get("rollout_id") or "-",
+                ",".join(entry.get("rollout_ids") or []) or "-",
                 state,
             )
         )

@@ -18,6 +18,9 @@ class RayStrategyOptions:
     one for the run, bound to ``node_ip_address``, stopped at its end."""
     runners: int | None = attrs.field(default=None, validator=attrs.validators.optional(attrs.validators.ge(1)))
     """Runner actors at the start (unset: the run's ``runners``); ``RayStrategy.scale(n)`` changes it mid-run."""
+    runners_per_actor: int = attrs.field(default=1, validator=attrs.validators.ge(1))
+    """Runners in each actor (asyncio tasks of its event loop): more than 1 suits agents that mostly wait on an LLM,
+    and saves a process per runner. ``runners`` counts actors."""
     num_cpus: float = attrs.field(default=1.0, validator=attrs.validators.ge(0))
     """CPUs Ray reserves for each runner actor (fractions allowed: 0.25 packs four on a core)."""
     num_gpus: float = attrs.field(default=0.0, validator=attrs.validators.ge(0))

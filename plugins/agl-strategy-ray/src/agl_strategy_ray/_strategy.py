@@ -38,7 +38,7 @@ from agl_kernel.runner import RunnerSpec
 from agl_kernel.store.base import LightningStore
 from agl_kernel.strategy import ExecutionStrategy
 from agl_kernel.tracer import Tracer
-from agl_strategy_ray._actor import RunnerActor
+from agl_strategy_ray._actor import RunnerActor, worker_ids
 from agl_strategy_ray._cluster import connect, disconnect
 from agl_strategy_ray._options import RayStrategyOptions
 
@@ -58,7 +58,7 @@ class _Slot:
 
     index: int
     name: str
-    worker_id: str
+    worker_ids: list[str]
     handle: Any
     run_ref: Any = None
     ping_ref: Any = None
@@ -236,8 +236,12 @@ class RayStrategy(ExecutionStrategy):
             actor_options["resources"] = dict(options.resources)
         if options.runtime_env:
             actor_options["runtime_env"] = dict(options.runtime_env)
-        handle = _actor_class().options(**actor_options).remote(worker_id=worker_id, run_id=self.run_id, **actor_args)
-        slot = _Slot(index=index, name=name, worker_id=worker_id, handle=handle)
+        handle = (
+            _actor_class()
+            .options(**actor_options)
+            .remote(worker_id=worker_id, run_id=self.run_id, runners=options.runners_per_actor, **actor_args)
+        )
+        slot = _Slot(index=index, name=name, worker_ids=worker_ids(worker_id, options.runners_per_actor), handle=handle)
         slot.run_ref = handle.run.remote()
         self.slots.append(slot)
         return slot
@@ -248,7 +252,7 @@ class RayStrategy(ExecutionStrategy):
         import ray
 
         deadline = time.monotonic() + self.options.start_timeout
-        expected = {s.worker_id for s in self.slots}
+        expected = {w for s in self.slots for w in s.worker_ids}
         while not expected <= {w.worker_id for w in (await store.query_workers()).items}:
             ready, _ = ray.wait([s.run_ref for s in self.slots], num_returns=len(self.slots), timeout=0)
             for ref in ready:
@@ -306,8 +310,8 @@ class RayStrategy(ExecutionStrategy):
         back (a ping answers once it is restarted)."""
         import ray
 
-        log.warning("ray: runner actor %s (%s) died: %s", slot.name, slot.worker_id, _reason(exc))
-        await _fail_in_flight(store, slot.worker_id)
+        log.warning("ray: runner actor %s died: %s", slot.name, _reason(exc))
+        await _fail_in_flight(store, set(slot.worker_ids))
         if slot.stopping:
             self.slots.remove(slot)
             with contextlib.suppress(Exception):
@@ -363,21 +367,21 @@ class RayStrategy(ExecutionStrategy):
         self.slots = []
 
 
-async def _fail_in_flight(store: LightningStore, worker_id: str) -> None:
-    """Mark the attempt ``worker_id`` was running failed: the store retries its rollout (if attempts are left) at
-    once. An attempt that already ended is left as it is."""
+async def _fail_in_flight(store: LightningStore, worker_ids: set[str]) -> None:
+    """Mark the attempts ``worker_ids`` were running failed: the store retries their rollouts (if attempts are left)
+    at once. An attempt that already ended is left as it is."""
     try:
         workers = (await store.query_workers()).items
     except Exception as exc:  # the watchdog will find the attempt unresponsive instead
-        log.warning("ray: could not look up what %s was running: %s", worker_id, exc)
+        log.warning("ray: could not look up what %s were running: %s", sorted(worker_ids), exc)
         return
     for worker in workers:
-        if worker.worker_id != worker_id or not worker.current_rollout_id or not worker.current_attempt_id:
+        if worker.worker_id not in worker_ids or not worker.current_rollout_id or not worker.current_attempt_id:
             continue
         attempts = (await store.query_attempts(worker.current_rollout_id)).items
         attempt = next((a for a in attempts if a.attempt_id == worker.current_attempt_id), None)
         if attempt is None or attempt.status not in (AttemptStatus.PREPARING, AttemptStatus.RUNNING):
-            return
+            continue
         with contextlib.suppress(InvalidStatusTransitionError, NotFoundError):
             await store.update_attempt(
                 worker.current_rollout_id, worker.current_attempt_id, status=AttemptStatus.FAILED
@@ -386,7 +390,7 @@ async def _fail_in_flight(store: LightningStore, worker_id: str) -> None:
                 "ray: rollout %s (attempt %s) failed with its actor %s; the store retries it",
                 worker.current_rollout_id,
                 worker.current_attempt_id,
-                worker_id,
+                worker.worker_id,
             )
 
 
