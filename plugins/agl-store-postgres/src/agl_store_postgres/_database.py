@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import psycopg
@@ -58,7 +58,7 @@ class Tx:
         self.wake_queue = False
         self.wake_ended = False
 
-    async def one(self, query: str, params: Sequence[Any] | None = None) -> DictRow | None:
+    async def one(self, query: str, params: Sequence[Any] | Mapping[str, Any] | None = None) -> DictRow | None:
         cur = await self.conn.execute(query, params)
         return await cur.fetchone()
 

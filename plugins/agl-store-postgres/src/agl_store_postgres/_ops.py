@@ -92,10 +92,12 @@ STATE_COLUMNS = "rollout_id, status, config, attempt_count"
 
 
 async def attempt_state(
-    tx: Tx, rollout_id: str, attempt_id: str, lock: bool = True
+    tx: Tx, rollout_id: str, attempt_id: str, lock: bool = True, lock_attempt: bool | None = None
 ) -> tuple[RolloutState, AttemptState]:
     """The rollout (locked) and one of its attempts (``"latest"``: its newest); ``NotFoundError`` names what is
-    missing."""
+    missing. ``lock_attempt`` (default: ``lock``) locks the attempt's row too: spans of a running attempt change it
+    without the rollout's lock (:func:`store_running_span`)."""
+    suffix = " FOR UPDATE" if (lock if lock_attempt is None else lock_attempt) else ""
     if lock:
         rollout = RolloutState(await lock_rollout(tx, rollout_id, STATE_COLUMNS))
     else:
@@ -107,11 +109,11 @@ async def attempt_state(
         if rollout.attempt_count == 0:
             raise NotFoundError(f"rollout {rollout_id!r} has no attempt yet")
         row = await tx.one(
-            f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE rollout_id = %s AND sequence_id = %s",
+            f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE rollout_id = %s AND sequence_id = %s" + suffix,
             (rollout_id, rollout.attempt_count),
         )
     else:
-        row = await tx.one(f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE attempt_id = %s", (attempt_id,))
+        row = await tx.one(f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE attempt_id = %s" + suffix, (attempt_id,))
     if row is None or row["rollout_id"] != rollout_id:
         raise NotFoundError(f"rollout {rollout_id!r} has no attempt with id {attempt_id!r}")
     return rollout, AttemptState(row)
@@ -451,7 +453,7 @@ async def store_spans(tx: Tx, spans: Sequence[tuple[Span, bytes]]) -> list[Span]
         await lock_rollout(tx, rollout_id, "rollout_id")
     for span, _ in spans:  # every attempt exists (NotFoundError before any write)
         if (span.rollout_id, span.attempt_id) not in attempts:
-            rollout, attempt = await attempt_state(tx, span.rollout_id, span.attempt_id, lock=False)
+            rollout, attempt = await attempt_state(tx, span.rollout_id, span.attempt_id, lock=False, lock_attempt=True)
             rollouts.setdefault(span.rollout_id, rollout)
             attempts[(span.rollout_id, span.attempt_id)] = attempt
             if span.attempt_id == LATEST:
@@ -504,6 +506,37 @@ async def store_spans(tx: Tx, spans: Sequence[tuple[Span, bytes]]) -> list[Span]
         elif reached != attempt.span_seq:
             await update_attempt_row(tx, attempt, {"span_seq": reached})
     return plan
+
+
+_ONE_SPAN = (
+    "WITH a AS (UPDATE attempts SET "
+    "span_seq = CASE WHEN %(seq)s > 0 THEN greatest(span_seq, %(seq)s) ELSE span_seq + 1 END, "
+    "last_heartbeat_time = %(now)s "
+    "WHERE attempt_id = %(attempt_id)s AND rollout_id = %(rollout_id)s AND status = 'running' "
+    "AND NOT EXISTS (SELECT 1 FROM spans WHERE attempt_id = %(attempt_id)s AND span_id = %(span_id)s) "
+    "RETURNING sequence_id, span_seq) "
+    f"INSERT INTO spans ({SPAN_COLUMNS}) SELECT %(rollout_id)s, %(attempt_id)s, a.sequence_id, "
+    "CASE WHEN %(seq)s > 0 THEN %(seq)s ELSE a.span_seq END, %(span_id)s, %(name)s, %(start)s, %(end)s, %(data)s "
+    "FROM a RETURNING sequence_id"
+)
+
+
+async def store_running_span(tx: Tx, span: Span, blob: bytes) -> Span | None:
+    """One span of a ``running`` attempt in one statement (atomic by itself, no transaction): move the attempt's
+    sequence id and heartbeat, insert the span. ``None`` when the span needs :func:`store_spans` (the attempt is
+    not running, is unknown or ``latest``, or the span is stored already). The attempt's row lock orders it with
+    every other change of the attempt."""
+    if span.attempt_id == LATEST:
+        return None
+    row = await tx.one(
+        _ONE_SPAN,
+        {"seq": span.sequence_id, "now": time.time(), "attempt_id": span.attempt_id, "rollout_id": span.rollout_id,
+         "span_id": span.span_id, "name": span.name, "start": span.start_time, "end": span.end_time, "data": blob},
+    )  # fmt: skip
+    if row is None:
+        return None
+    sequence_id = int(row["sequence_id"])
+    return replace(span, sequence_id=sequence_id) if sequence_id != span.sequence_id else span
 
 
 async def reserve_sequence_ids(tx: Tx, rollout_id: str, attempt_id: str, count: int) -> list[int]:

@@ -10,6 +10,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
+import psycopg
 from msgspec import UNSET, UnsetType
 from psycopg_pool import AsyncConnectionPool
 
@@ -480,6 +481,12 @@ class PostgresLightningStore(LightningStore):
 
     async def add_span(self, span: Span) -> Span:
         pair = self._encode_span(span)
+        try:
+            stored = await self._direct(lambda tx: ops.store_running_span(tx, span, pair[1]))
+        except (psycopg.errors.UniqueViolation, psycopg.errors.DataError):
+            stored = None  # stored meanwhile, or a sequence id out of range: the full path says which
+        if stored is not None:
+            return stored
         return (await self._tx(lambda tx: ops.store_spans(tx, [pair])))[0]
 
     async def add_many_spans(self, spans: Sequence[Span]) -> list[Span]:

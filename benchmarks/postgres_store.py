@@ -1,0 +1,181 @@
+"""agl's ``postgres`` store beside agl's ``sqlite`` store and Agent Lightning 0.3.0's in-memory store, in one run.
+
+    python benchmarks/postgres_store.py                    # 8 and 32 workers, 3 runs each, medians; wake-ups
+    python benchmarks/postgres_store.py --workers 1,8,32 --rollouts 200 --repeat 3
+    python benchmarks/postgres_store.py --dsn postgresql://agl:secret@db:5432/agl   # a server of yours instead
+
+All three run ``_cycle.run_cycles`` (enqueue → dequeue → 10 spans → succeed, N asyncio workers in one process
+sharing one store). Postgres: a throw-away cluster (``initdb`` + ``pg_ctl``, as ``nobody`` when run as root, fsync
+on, on a free port of 127.0.0.1; plugins/agl-store-postgres/tests/_cluster.py) unless ``--dsn`` is given; every run
+gets a fresh schema. SQLite: a fresh file per run in a temporary directory. Agent Lightning runs its
+``InMemoryLightningStore`` in its throw-away venv (``.bench/agentlightning-0.3.0``, made by
+compare_agentlightning.py's ``ensure_venv``) through ``_agentlightning_side.py``. Runs interleave, the order
+rotating on each repeat. agl's side calls the store exactly as compare_agentlightning.py does
+(``store_cycle.AglOps``).
+
+Wake-up latency: a dequeue waiting in one store (``timeout=10``) and an enqueue from another *process* on the same
+schema (file), timed from just before the enqueue call to the waiter's return (the two processes' clocks are the
+same machine's ``time.time()``); p50/p99 of ``--wakeups`` samples, for Postgres (LISTEN/NOTIFY) and SQLite (its
+50 ms poll of the file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+BENCHMARKS_DIR = Path(__file__).resolve().parent
+REPO_ROOT = BENCHMARKS_DIR.parent
+sys.path.insert(0, str(BENCHMARKS_DIR))
+sys.path.insert(0, str(REPO_ROOT / "plugins" / "agl-store-postgres" / "tests"))
+
+from _cluster import PostgresCluster  # noqa: E402
+from _cycle import median_of, run_cycles  # noqa: E402
+from compare_agentlightning import BenchError, SideProcess, ensure_venv  # noqa: E402
+from store_cycle import AglOps  # noqa: E402
+
+from agl_kernel.store.base import LightningStore  # noqa: E402
+from agl_store_postgres import PostgresLightningStore  # noqa: E402
+from agl_store_sqlite import SqliteLightningStore  # noqa: E402
+
+
+def open_store(kind: str, target: str, name: str) -> LightningStore:
+    if kind == "postgres":
+        return PostgresLightningStore(target, schema=name, pool_size=16)
+    return SqliteLightningStore(str(Path(target) / f"{name}.db"))
+
+
+async def agl_run(kind: str, target: str, workers: int, rollouts: int) -> dict[str, float]:
+    store = open_store(kind, target, "b" + uuid.uuid4().hex[:12])
+    try:
+        return await run_cycles(AglOps(store), workers=workers, rollouts=rollouts)
+    finally:
+        await store.close()
+
+
+ENQUEUER = """
+import asyncio, sys, time
+sys.path.insert(0, {benchmarks!r})
+from postgres_store import open_store
+
+async def main():
+    store = open_store({kind!r}, {target!r}, {name!r})
+    print("ready", flush=True)
+    for line in sys.stdin:
+        started = time.time()
+        await store.enqueue_rollout("wake")
+        print(started, flush=True)
+    await store.close()
+
+asyncio.run(main())
+"""
+
+
+async def wakeups(kind: str, target: str, samples: int) -> dict[str, float]:
+    name = "w" + uuid.uuid4().hex[:12]
+    waiter = open_store(kind, target, name)
+    script = ENQUEUER.format(benchmarks=str(BENCHMARKS_DIR), kind=kind, target=target, name=name)
+    other = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert other.stdin is not None and other.stdout is not None
+    latencies = []
+    try:
+        if other.stdout.readline().strip() != "ready":
+            raise BenchError("the enqueuing process did not start")
+        for _ in range(samples):
+            waiting = asyncio.create_task(waiter.dequeue_rollout(timeout=10))
+            await asyncio.sleep(0.1)  # the waiter is asleep on its bell
+            other.stdin.write("go\n")
+            other.stdin.flush()
+            got = await waiting
+            woke = time.time()
+            started = float(await asyncio.to_thread(other.stdout.readline))
+            if got is None:
+                raise BenchError("a waiting dequeue was not woken within 10 s")
+            latencies.append(woke - started)
+    finally:
+        other.stdin.close()
+        other.wait(30)
+        await waiter.close()
+    latencies.sort()
+    return {
+        "wakeup_p50_ms": 1000 * statistics.median(latencies),
+        "wakeup_p99_ms": 1000 * latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
+        "samples": float(len(latencies)),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workers", default="8,32")
+    parser.add_argument("--rollouts", type=int, default=200, help="rollouts per run (default 200)")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--wakeups", type=int, default=100, help="samples of the wake-up latency (0: skip)")
+    parser.add_argument("--dsn", default=None, help="a PostgreSQL database to use instead of a throw-away cluster")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    counts = [int(w) for w in args.workers.split(",")]
+    cluster = None if args.dsn else PostgresCluster(fsync=True)
+    dsn = args.dsn or cluster.dsn()  # type: ignore[union-attr]
+    folder = tempfile.TemporaryDirectory(prefix="agl-bench-sqlite-")
+    side = SideProcess(ensure_venv(False))
+    names = ("al", "postgres", "sqlite")
+    runs: dict[str, dict[int, list[dict[str, float]]]] = {n: {w: [] for w in counts} for n in names}
+    wake: dict[str, Any] = {}
+    try:
+        for workers in counts:
+            for repeat in range(args.repeat):
+                order = names[repeat % 3 :] + names[: repeat % 3]
+                for name in order:
+                    if name == "al":
+                        result = side.run(workers=workers, rollouts=args.rollouts)
+                    else:
+                        target = dsn if name == "postgres" else folder.name
+                        result = asyncio.run(agl_run(name, target, workers, args.rollouts))
+                    runs[name][workers].append(result)
+                    print(f"{workers} workers, run {repeat + 1}, {name}: {result['rollouts_per_s']:.2f} rollouts/s",
+                          file=sys.stderr, flush=True)  # fmt: skip
+        if args.wakeups:
+            wake["postgres"] = asyncio.run(wakeups("postgres", dsn, args.wakeups))
+            wake["sqlite"] = asyncio.run(wakeups("sqlite", folder.name, args.wakeups))
+    finally:
+        side.close()
+        folder.cleanup()
+        if cluster is not None:
+            cluster.close()
+    medians = {name: {w: median_of(runs[name][w]) for w in counts} for name in runs}
+    report: dict[str, Any] = {
+        "server": "a throw-away PostgreSQL 15 cluster (fsync on)" if cluster else "the given --dsn",
+        "rollouts": args.rollouts,
+        "repeat": args.repeat,
+        "agentlightning": {"version": side.version, "results": medians["al"]},
+        "postgres": medians["postgres"],
+        "sqlite": medians["sqlite"],
+        "wakeup": wake,
+    }
+    if args.json:
+        print(json.dumps(report))
+        return
+    print(f"Full cycle, {args.rollouts} rollouts per run, median of {args.repeat}; Postgres on {report['server']}")
+    print("| workers | AGL 0.3.0 in-memory rollouts/s | agl postgres rollouts/s | agl sqlite rollouts/s | "
+          "postgres / AGL | postgres deq p99 ms |")  # fmt: skip
+    print("| ---: | ---: | ---: | ---: | ---: | ---: |")
+    for w in counts:
+        a, p, s = medians["al"][w], medians["postgres"][w], medians["sqlite"][w]
+        print(f"| {w} | {a['rollouts_per_s']:.2f} | {p['rollouts_per_s']:.2f} | {s['rollouts_per_s']:.2f} | "
+              f"{p['rollouts_per_s'] / a['rollouts_per_s']:.2f}× | {p['dequeue_p99_ms']:.0f} |")  # fmt: skip
+    for kind, w in wake.items():
+        print(f"wake-up, {kind} (enqueue in another process → waiting dequeue): p50 {w['wakeup_p50_ms']:.1f} ms, "
+              f"p99 {w['wakeup_p99_ms']:.1f} ms over {w['samples']:.0f}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
