@@ -267,7 +267,17 @@ def test_builtins_are_listed_from_metadata() -> None:
 
 
 def test_kinds_and_groups() -> None:
-    assert KINDS == ("stores", "tracers", "runners", "strategies", "algorithms", "adapters", "credit", "plugins")
+    assert KINDS == (
+        "stores",
+        "tracers",
+        "runners",
+        "strategies",
+        "algorithms",
+        "adapters",
+        "credit",
+        "llm_backends",
+        "plugins",
+    )
     assert [entry_point_group(kind) for kind in KINDS][:2] == ["agl.stores", "agl.tracers"]
 
 
@@ -299,7 +309,8 @@ def test_unknown_name_lists_available_names_and_how_to_install() -> None:
 
 
 def test_unknown_kind_lists_kinds() -> None:
-    with pytest.raises(ValueError, match="stores, tracers, runners, strategies, algorithms, adapters, credit, plugins"):
+    kinds = "stores, tracers, runners, strategies, algorithms, adapters, credit, llm_backends, plugins"
+    with pytest.raises(ValueError, match=kinds):
         load_component("widgets", "memory")
     with pytest.raises(ValueError, match="Did you mean 'stores'"):
         load_component("store", "memory")

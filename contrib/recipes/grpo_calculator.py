@@ -113,36 +113,25 @@ def load_models(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     return policy, served, tokenizer
 
 
-class _ServerSink:
-    """Hands GRPO's weights to the model server (it copies them in place between batches of requests)."""
-
-    def __init__(self, server: Any) -> None:
-        self.server = server
-
-    async def load_weights(self, state_dict: Any, *, version: int) -> None:
-        await asyncio.to_thread(self.server.load_state_dict, state_dict, version=version)
-
-
 async def train(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     from agl_algo_grpo import GRPO, LLMPublisher, keep_freed_memory
     from agl_kernel.proxy import LLMProxy
     from agl_kernel.server import running_server
     from agl_kernel.store.defaults import describe_store, make_store
     from agl_kernel.trainer import Trainer
-    from agl_model_server import ModelServer
+    from agl_model_server.backend import ModelServerBackend
 
     if args.device == "cpu":
         keep_freed_memory()  # before the threads that load, serve and train start (see its docstring)
     policy_model, served_model, tokenizer = await asyncio.to_thread(load_models, args)
-    server = await asyncio.to_thread(
-        lambda: ModelServer(model=served_model, tokenizer=tokenizer, model_name="policy").start()
-    )
+    backend = ModelServerBackend()  # the LLM backend GRPO serves with when it is selected by name
+    base_url = await backend.start(served_model, tokenizer, model_name="policy")
     store = make_store(args.store, path=args.path)
-    proxy = LLMProxy(store, [server.base_url])
+    proxy = LLMProxy(store, [base_url])
     train_tasks, val_tasks = make_tasks(args.train_tasks, args.seed), make_tasks(args.val_tasks, args.seed + 10_000)
     try:
         async with running_server(store, route_handlers=proxy.routes()) as url:
-            publisher = LLMPublisher(_ServerSink(server), ProxyLLM(endpoint=url, model="policy"))
+            publisher = LLMPublisher(backend, ProxyLLM(endpoint=url, model="policy"))
             grpo = GRPO(
                 policy_model,
                 steps=args.steps,
@@ -168,7 +157,7 @@ async def train(args: argparse.Namespace, console: Console) -> dict[str, Any]:
             elapsed = time.monotonic() - t0
     finally:
         await proxy.aclose()
-        await asyncio.to_thread(server.stop)
+        await backend.stop()
         await store.close()
     return {
         "report": report,

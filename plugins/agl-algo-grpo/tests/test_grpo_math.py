@@ -225,3 +225,15 @@ def test_the_credit_rule_is_picked_by_name_with_its_options() -> None:
         credit_rule(make_config(credit="nope"))
     with pytest.raises(ConfigError, match=r"^algorithm\.credit_options\.gamma: must be <= 1"):
         credit_rule(make_config(credit="discounted", credit_options={"gamma": 2}))
+
+
+def test_the_llm_backend_is_picked_by_name_and_checked_when_grpo_is_made() -> None:
+    from agl_algo_grpo import GRPO
+    from agl_algo_grpo._config import llm_backend
+
+    assert type(llm_backend(make_config())).__name__ == "ModelServerBackend"
+    assert llm_backend(make_config(backend_options={"max_batch_size": "8"})).options.max_batch_size == 8
+    with pytest.raises(ConfigError, match=r"^algorithm\.backend: No llm_backends plugin named 'nope'"):
+        GRPO("agl_algo_grpo.testing:tiny_chat_model", backend="nope")
+    with pytest.raises(ConfigError, match=r"^algorithm\.backend_options\.max_batch_size: must be >= 1"):
+        GRPO("agl_algo_grpo.testing:tiny_chat_model", backend_options={"max_batch_size": 0})

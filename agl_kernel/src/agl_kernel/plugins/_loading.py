@@ -53,6 +53,7 @@ KINDS: tuple[str, ...] = (
     "algorithms",
     "adapters",
     "credit",
+    "llm_backends",
     "plugins",
 )
 """The plugin kinds; kind ``k`` is registered in the entry-point group ``agl.k``."""
@@ -76,6 +77,7 @@ _DIST_PREFIX = {
     "algorithms": "agl-algo-",
     "adapters": "agl-adapter-",
     "credit": "agl-credit-",
+    "llm_backends": "agl-llm-",
     "plugins": "agl-",
 }
 
@@ -87,6 +89,7 @@ _KIND_LABEL = {
     "algorithms": "algorithm",
     "adapters": "adapter",
     "credit": "credit",
+    "llm_backends": "LLM backend",
     "plugins": "hook",
 }
 
@@ -466,6 +469,7 @@ _INTERFACES = {
     "algorithms": ("agl_kernel.algorithm", "Algorithm"),
     "adapters": ("agl_kernel.adapter", "Adapter"),
     "credit": ("agl_kernel.credit", "CreditRule"),
+    "llm_backends": ("agl_kernel.llm_backend", "LLMBackend"),
 }
 
 

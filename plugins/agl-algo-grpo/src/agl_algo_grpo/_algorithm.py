@@ -20,7 +20,7 @@ from torch import nn
 
 from agl_algo_grpo._batching import RolloutSample, assign_advantages
 from agl_algo_grpo._checkpoint import disk_usage, format_size, list_checkpoints
-from agl_algo_grpo._config import GRPOConfig, credit_rule, make_config
+from agl_algo_grpo._config import GRPOConfig, credit_rule, llm_backend, make_config
 from agl_algo_grpo._policy import PolicyTrainer, keep_freed_memory, resolve_device
 from agl_algo_grpo._publish import PolicyPublisher, as_publisher
 from agl_algo_grpo._serving import (
@@ -156,7 +156,9 @@ class GRPO(Algorithm):
             )
         self.serve = can_serve if serve is None else serve
         if self.serve:
-            require_model_server()
+            if self.config.backend == "model-server":
+                require_model_server()
+            llm_backend(self.config)  # a wrong backend or option fails here, not when the run starts
             check_model_name(model)  # type: ignore[arg-type]
         self.rollout_config = rollout_config
         self.console = console if console is not None else (Console() if self.config.console else None)
@@ -199,7 +201,7 @@ class GRPO(Algorithm):
                     assert self._served is not None
                     model, tokenizer = self._served
                     self._active_publisher = await stack.enter_async_context(
-                        serving(store, model, tokenizer, max_tokens=self.config.max_tokens)
+                        serving(store, llm_backend(self.config), model, tokenizer, max_tokens=self.config.max_tokens)
                     )
                 return await self._run(store, train_dataset, val_dataset)
         finally:

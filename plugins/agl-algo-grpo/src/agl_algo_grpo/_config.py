@@ -16,8 +16,9 @@ from attrs import validators as v
 
 from agl_kernel.config import options_with
 from agl_kernel.credit import CreditRule
+from agl_kernel.llm_backend import LLMBackend
 
-__all__ = ["GRPOConfig", "LoraSettings", "credit_rule", "make_config"]
+__all__ = ["GRPOConfig", "LoraSettings", "credit_rule", "llm_backend", "make_config", "named_component"]
 
 
 def _target_modules(value: Any) -> Any:
@@ -78,6 +79,11 @@ class GRPOConfig:
     agl-model-server knows (``smollm2``: the bundled SmolLM2-135M-Instruct), or ``module:factory`` (a function
     returning ``(model, tokenizer)``, e.g. ``agl_algo_grpo.testing:tiny_chat_model``). GRPO then serves the
     policy itself (needs ``agl-algo-grpo[serve]``). In Python, ``GRPO(model, ...)`` also takes a loaded module."""
+    backend: str = "model-server"
+    """The LLM backend (``agl.llm_backends``) that serves the policy when GRPO serves it itself: ``model-server``
+    (agl-model-server, in this process) or another installed one (``agl plugins --kind llm_backends``)."""
+    backend_options: Mapping[str, Any] = attrs.field(factory=dict, converter=dict)
+    """The backend's options (``--set algorithm.backend_options.max_batch_size=32``)."""
     # ---------------------------------------------------------------- the loop
     steps: int = attrs.field(default=100, validator=v.ge(1))
     """Training steps; each samples ``batch_size`` tasks × ``group_size`` rollouts and updates once."""
@@ -175,21 +181,41 @@ def make_config(config: GRPOConfig | Mapping[str, Any] | None = None, **override
     return options_with(GRPOConfig, config, overrides, path="algorithm")
 
 
+def named_component(
+    kind: str, name: str, options: Mapping[str, Any], *, path: str, defaults: Mapping[str, Any] | None = None
+) -> Any:
+    """The component ``name`` of ``kind`` made with ``options`` (plus each of ``defaults`` its options class has and
+    ``options`` do not set). A wrong name raises a :class:`~agl_kernel.errors.ConfigError` naming ``path``, a wrong
+    option one naming ``PATH_options.KEY``."""
+    from agl_kernel.errors import AglError, ConfigError
+    from agl_kernel.plugins import create_component, resolve_name
+
+    given = dict(options)
+    try:
+        target = resolve_name(kind, name)
+    except (AglError, LookupError, ImportError) as err:
+        raise ConfigError(f"{path}: {err}") from None
+    options_class = getattr(target, "Options", None)
+    if isinstance(options_class, type) and attrs.has(options_class):
+        fields = attrs.fields_dict(options_class)
+        given.update({k: v for k, v in (defaults or {}).items() if k in fields and k not in given})
+        options_with(options_class, None, given, path=f"{path}_options")  # the errors, named by that path
+    return create_component(kind, name, options=given)
+
+
 def credit_rule(config: GRPOConfig) -> CreditRule:
     """The credit rule ``config`` names, with its options (and ``scale_rewards`` as its ``scale`` when it has one
     and its options do not set it). A wrong name or option raises :class:`~agl_kernel.errors.ConfigError`."""
-    from agl_kernel.errors import ConfigError
-    from agl_kernel.plugins import create_component, resolve_name
-
-    options = dict(config.credit_options)
-    try:
-        target = resolve_name("credit", config.credit)
-    except Exception as err:
-        raise ConfigError(f"algorithm.credit: {err}") from None
-    options_class = getattr(target, "Options", None)
-    if isinstance(options_class, type) and attrs.has(options_class):
-        if "scale" in attrs.fields_dict(options_class) and "scale" not in options:
-            options["scale"] = config.scale_rewards
-        options_with(options_class, None, options, path="algorithm.credit_options")  # errors named by that path
-    rule: CreditRule = create_component("credit", config.credit, options=options)
+    defaults = {"scale": config.scale_rewards}
+    rule: CreditRule = named_component(
+        "credit", config.credit, config.credit_options, path="algorithm.credit", defaults=defaults
+    )
     return rule
+
+
+def llm_backend(config: GRPOConfig) -> LLMBackend:
+    """The LLM backend ``config`` names, with its options; a wrong name or option raises a ``ConfigError``."""
+    backend: LLMBackend = named_component(
+        "llm_backends", config.backend, config.backend_options, path="algorithm.backend"
+    )
+    return backend

@@ -3,23 +3,22 @@ publisher.
 
 ``Trainer(algorithm="grpo", options={"algorithm": {"model": ...}})`` and ``agl train --algorithm grpo --set
 algorithm.model=...`` cannot hand GRPO a model server or a publisher, so for the length of ``run()`` GRPO starts
-what its rollouts need (as ``contrib/recipes/grpo_calculator.py`` does by hand): agl-model-server's
-``ModelServer`` holding a copy of the policy, the kernel's LLM proxy in front of it on 127.0.0.1 (it records
-every call with token ids and logprobs), and an :class:`~agl_algo_grpo.LLMPublisher` that hands each version's
-weights to the server and publishes a ``ProxyLLM`` for the rollouts to pin. All of it stops when ``run()`` ends,
-also on an error.
+what its rollouts need (as ``contrib/recipes/grpo_calculator.py`` does by hand): the LLM backend its ``backend``
+option names (``model-server``: agl-model-server holding a copy of the policy in this process) serving the policy,
+the kernel's LLM proxy in front of it on 127.0.0.1 (it records every call with token ids and logprobs), and an
+:class:`~agl_algo_grpo.LLMPublisher` that hands each version's weights to the backend and publishes a ``ProxyLLM``
+for the rollouts to pin. All of it stops when ``run()`` ends, also on an error.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import copy
 import importlib
 import importlib.util
 import os
 import re
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import torch
@@ -27,6 +26,7 @@ from torch import nn
 
 from agl_algo_grpo._publish import LLMPublisher
 from agl_kernel.errors import ConfigError, MissingDependencyError
+from agl_kernel.llm_backend import LLMBackend
 from agl_kernel.models import LLM, ProxyLLM, Resource
 from agl_kernel.store import LightningStore
 
@@ -121,27 +121,16 @@ def served_copy(model: nn.Module, device: torch.device) -> nn.Module:
     return served.eval()
 
 
-class _ServerSink:
-    """Hands GRPO's weights to the model server (it copies them in place between batches of requests)."""
-
-    def __init__(self, server: Any) -> None:
-        self.server = server
-
-    async def load_weights(self, state_dict: Mapping[str, torch.Tensor], *, version: int) -> None:
-        await asyncio.to_thread(self.server.load_state_dict, state_dict, version=version)
-
-
 @contextlib.asynccontextmanager
 async def serving(
-    store: LightningStore, model: nn.Module, tokenizer: Any, *, max_tokens: int
+    store: LightningStore, backend: LLMBackend, model: nn.Module, tokenizer: Any, *, max_tokens: int
 ) -> AsyncIterator[LLMPublisher]:
-    """Serve ``model`` (updated in place with each published version) behind an LLM proxy on 127.0.0.1 while the
-    body runs; yields the publisher. The published resources are a ``ProxyLLM`` under ``main_llm``, next to the
-    store's latest resources that are not LLMs (e.g. a prompt given with ``Trainer(initial_resources=...)``)."""
-    require_model_server()
+    """Serve ``model`` with ``backend`` (each published version's weights handed to it) behind an LLM proxy on
+    127.0.0.1 while the body runs; yields the publisher. The published resources are a ``ProxyLLM`` under
+    ``main_llm``, next to the store's latest resources that are not LLMs (e.g. a prompt given with
+    ``Trainer(initial_resources=...)``)."""
     from agl_kernel.proxy import LLMProxy
     from agl_kernel.server import running_server
-    from agl_model_server import ModelServer
 
     latest = await store.get_latest_resources()
     extra: dict[str, Resource] = {
@@ -149,15 +138,14 @@ async def serving(
         for name, resource in (latest.resources.items() if latest is not None else ())
         if not isinstance(resource, LLM)
     }
-    server = ModelServer(model=model, tokenizer=tokenizer, model_name=SERVED_MODEL_NAME, default_max_tokens=max_tokens)
-    await asyncio.to_thread(server.start)
     try:
-        proxy = LLMProxy(store, [server.base_url])
+        base_url = await backend.start(model, tokenizer, model_name=SERVED_MODEL_NAME, max_tokens=max_tokens)
+        proxy = LLMProxy(store, [base_url])
         try:
             async with running_server(store, route_handlers=proxy.routes(), plugins=False) as url:
                 llm = ProxyLLM(endpoint=url, model=SERVED_MODEL_NAME)
-                yield LLMPublisher(_ServerSink(server), llm, extra_resources=extra)
+                yield LLMPublisher(backend, llm, extra_resources=extra)
         finally:
             await proxy.aclose()
     finally:
-        await asyncio.to_thread(server.stop)
+        await backend.stop()
