@@ -68,12 +68,12 @@ class _Slot:
 
 
 class RayStrategy(ExecutionStrategy):
-    """Runners as Ray actors over a Ray cluster; the store server and the algorithm in this process (``ray`` in
-    ``agl.strategies``).
+    """Runners as Ray actors over a Ray cluster, the store server and the algorithm in the driver process.
 
-    ``RayStrategy(n_runners=4, address="auto", num_cpus=0.5)``, or by name: ``Trainer(strategy="ray",
-    options={"strategy": {"address": "auto"}})``, ``agl train --strategy ray --set strategy.runners=8``. The
-    options (:class:`RayStrategyOptions`) say where the cluster is and what each actor gets.
+    Registered as ``ray`` in ``agl.strategies``: ``RayStrategy(n_runners=4, address="auto", num_cpus=0.5)``, or
+    by name: ``Trainer(strategy="ray", options={"strategy": {"address": "auto"}})``, ``agl train --strategy ray
+    --set strategy.runners=8``. The options (:class:`RayStrategyOptions`) say where the cluster is and what each
+    actor gets.
     """
 
     Options = RayStrategyOptions
