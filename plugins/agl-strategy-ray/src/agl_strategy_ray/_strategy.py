@@ -277,12 +277,15 @@ class RayStrategy(ExecutionStrategy):
         target count."""
         import ray
 
+        serving_refs = [s.run_ref for s in self.slots if s.ping_ref is None]
+        ready = set()
+        if serving_refs:  # one call for all: this runs 4 times a second in the store server's process
+            ready = set(ray.wait(serving_refs, num_returns=len(serving_refs), timeout=0)[0])
         for slot in list(self.slots):
             if slot.ping_ref is not None:
                 await self._after_ping(slot, actor_args)
                 continue
-            ready, _ = ray.wait([slot.run_ref], timeout=0)
-            if not ready:
+            if slot.run_ref not in ready:
                 continue
             try:
                 ray.get(slot.run_ref)
