@@ -13,19 +13,17 @@ may have missed. With ``notify`` off, waiters are rung every ``poll_interval`` s
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
-import threading
 import time
-from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import psycopg
 from psycopg import sql
 
+from agl_kernel.store.waiting import Bell
 from agl_store_postgres._database import channels, connect
 from agl_store_postgres._errors import PostgresStoreError, redact
-from agl_store_postgres._waiting import Bell
 
 logger = logging.getLogger(__name__)
 
@@ -37,40 +35,6 @@ _CHECK_EVERY = 5.0
 """Seconds without a notification after which the listener checks that its connection is alive."""
 _REPEAT_FAILURE_EVERY = 60.0
 """Seconds between two log lines about the same failure of the watchdog."""
-
-
-class BackgroundLoop:
-    """An event loop on a daemon thread; coroutines are submitted to it from any thread."""
-
-    def __init__(self, name: str) -> None:
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        try:
-            self.loop.run_forever()
-        finally:
-            pending = [t for t in asyncio.all_tasks(self.loop) if not t.done()]
-            for task in pending:
-                task.cancel()
-            if pending:
-                self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-            self.loop.close()
-
-    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop)
-
-    def stop(self, timeout: float = 10.0) -> None:
-        if self.loop.is_closed():
-            return
-        try:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-        except RuntimeError:  # closed meanwhile
-            return
-        if self._thread is not threading.current_thread():
-            self._thread.join(timeout)
 
 
 class Monitor:

@@ -37,15 +37,15 @@ from agl_kernel.store import policy
 from agl_kernel.store.base import LATEST, LightningStore, SortOrder
 from agl_kernel.store.blobs import DEFAULT_CONFIG, encode_config
 from agl_kernel.store.query import check_query
+from agl_kernel.store.waiting import BackgroundLoop, Bell
 from agl_store_postgres import _ops as ops
 from agl_store_postgres import _reads as reads
 from agl_store_postgres._codec import check_int64, encode_any, encode_dict, encode_resources, encode_span
 from agl_store_postgres._database import Conn, Tx, channels, connect, make_pool, run_read, run_transaction
 from agl_store_postgres._errors import redact
-from agl_store_postgres._monitor import BackgroundLoop, Monitor
+from agl_store_postgres._monitor import Monitor
 from agl_store_postgres._options import DEFAULT_DSN, PostgresStoreOptions, check_name, seconds
 from agl_store_postgres._schema import ensure_schema
-from agl_store_postgres._waiting import Bell
 
 __all__ = ["PostgresLightningStore"]
 
