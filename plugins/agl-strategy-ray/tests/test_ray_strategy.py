@@ -132,6 +132,24 @@ def test_the_runtime_env_reaches_the_actors(ray_cluster: str) -> None:
     assert report.mean_reward == 0.25
 
 
+def test_actors_use_a_store_server_they_are_given(ray_cluster: str) -> None:
+    """``store_url``: no server of the strategy's own; the trainer's store is the same server (``--store http``)."""
+    from agl_kernel.server import ServerThread, create_app
+    from agl_kernel.store.memory import InMemoryLightningStore
+
+    with ServerThread(create_app(InMemoryLightningStore(), token="secret", plugins=False)) as server:
+        options = {
+            "store": {"url": server.url, "token": "secret"},
+            "strategy": {"address": ray_cluster, "num_cpus": 0.5, "store_url": server.url, "token": "secret"},
+        }
+        trainer = Trainer(strategy="ray", n_runners=2, store="http", progress=False, options=options)
+        with trainer:
+            report = trainer.dev(f"{AGENTS}:noop", [{}, {}, {}])
+            workers = asyncio.run(trainer.store.query_workers()).items
+    assert report.by_status == {"succeeded": 3}
+    assert sorted(w.worker_id for w in workers) == ["ray-0", "ray-1"]
+
+
 # ---------------------------------------------------------------------------------------------------- faults
 
 
