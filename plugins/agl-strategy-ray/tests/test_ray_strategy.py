@@ -25,7 +25,7 @@ from agl_kernel.algorithm import Baseline
 from agl_kernel.errors import ConfigError
 from agl_kernel.models import AttemptStatus, RolloutConfig
 from agl_kernel.trainer import Trainer
-from agl_strategy_ray import RayStrategy
+from agl_strategy_ray import RayStrategy, RayStrategyError
 
 REPO = Path(__file__).resolve().parents[3]
 CALC = REPO / "contrib" / "calc_agent" / "calc_agent.py"
@@ -150,6 +150,28 @@ def test_actors_use_a_store_server_they_are_given(ray_cluster: str) -> None:
     assert sorted(w.worker_id for w in workers) == ["ray-0", "ray-1"]
 
 
+def test_a_closure_agent_is_sent_by_value(ray_cluster: str) -> None:
+    reward = 0.5
+
+    def agent(task: Any, resources: Any) -> float:  # no module:name another process could import it by
+        return reward
+
+    options = {"strategy": {"address": ray_cluster, "num_cpus": 0.5}}
+    with Trainer(strategy="ray", store="memory", progress=False, options=options) as trainer:
+        report = trainer.dev(agent, [{}])
+    assert report.by_status == {"succeeded": 1} and report.mean_reward == 0.5
+
+
+def test_actors_the_cluster_cannot_place_stop_the_run_with_a_reason(ray_cluster: str) -> None:
+    options = {"address": ray_cluster, "resources": {"no_such_accelerator": 1}, "start_timeout": 3}
+    trainer = Trainer(strategy="ray", store="memory", progress=False, options={"strategy": options})
+    with trainer, pytest.raises(RayStrategyError, match=r"did not start within 3 s.*short of the resources"):
+        trainer.dev(f"{AGENTS}:noop", [{}])
+    from agl_strategy_ray._cli import actor_statuses
+
+    assert not [s for s in actor_statuses(ray_cluster) if s.get("run_id") == trainer.run_id]  # none left pending
+
+
 # ---------------------------------------------------------------------------------------------------- faults
 
 
@@ -243,14 +265,14 @@ def test_agl_train_with_the_ray_strategy(ray_cluster: str, tmp_path: Path) -> No
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("cluster", ["joined", "its own"])
+@pytest.mark.parametrize("cluster", ["joined", "its own", "joined, SIGTERM to agl dev"])
 def test_a_killed_driver_leaves_no_actor_or_raylet(
     ray_cluster: str, tmp_path: Path, cluster: str, processes: Any
 ) -> None:
     """SIGKILL of the driver: Ray ends the actors it owned (they are not detached); a local cluster it started
-    goes with it, raylet and all."""
+    goes with it, raylet and all. SIGTERM to `agl dev`: the strategy stops its actors itself, exit status 143."""
     strategy_options: dict[str, Any] = {"num_cpus": 0.5}
-    if cluster == "joined":
+    if cluster.startswith("joined"):
         strategy_options["address"] = ray_cluster
     else:
         strategy_options["local_cpus"] = 2
@@ -265,8 +287,17 @@ def test_a_killed_driver_leaves_no_actor_or_raylet(
         )
     """)
     )
+    command = [sys.executable, str(script)]
+    if cluster.endswith("agl dev"):
+        tasks = tmp_path / "tasks.jsonl"
+        tasks.write_text("".join(json.dumps({"dir": str(tmp_path), "i": i}) + "\n" for i in range(4)))
+        command = [
+            *(sys.executable, "-m", "agl_kernel.cli", "dev", "--agent", f"{AGENTS}:gated", "--dataset", str(tasks)),
+            *("--store", "memory", "--strategy", "ray", "--runners", "2", "--set", f"strategy.address={ray_cluster}"),
+            *("--set", "strategy.num_cpus=0.5"),
+        ]
     log = tmp_path / "driver.log"
-    driver = subprocess.Popen([sys.executable, str(script)], stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    driver = subprocess.Popen(command, stdout=log.open("wb"), stderr=subprocess.STDOUT)
     try:
         wait_for(lambda: len(list(tmp_path.glob("started-*"))) == 2 or driver.poll() is not None, "2 actors busy")
         assert driver.poll() is None, log.read_text()[-3000:]
@@ -274,8 +305,12 @@ def test_a_killed_driver_leaves_no_actor_or_raylet(
         own_cluster = f"_{driver.pid}/"  # a local cluster's session folder ends with its driver's pid
         if cluster == "its own":
             assert processes.matching(own_cluster), "the driver's own cluster is not running"
-        driver.kill()
-        driver.wait()
+        if cluster.endswith("agl dev"):
+            driver.send_signal(signal.SIGTERM)
+            assert driver.wait(120) == 143, log.read_text()[-3000:]
+        else:
+            driver.kill()
+            driver.wait()
     finally:
         if driver.poll() is None:
             driver.kill()

@@ -11,6 +11,8 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import signal
+import threading
 from typing import Any
 
 LOOPBACK = "127.0.0.1"
@@ -71,7 +73,12 @@ def connect(
             keep_on_loopback()  # this driver is on the cluster's only node, which Ray knows as 127.0.0.1
             options["_node_ip_address"] = LOOPBACK
         options["address"] = address
+    # ray.init installs a SIGTERM handler of its own in a driver (sys.exit(15)); keep the host program's (`agl train`
+    # stops its run and exits 143 on SIGTERM).
+    on_sigterm = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
     ray.init(**options)
+    if on_sigterm is not None:
+        signal.signal(signal.SIGTERM, on_sigterm)
     return True
 
 
