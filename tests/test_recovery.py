@@ -387,9 +387,15 @@ def test_a_permanent_error_or_an_outage_past_the_window_ends_agl_runner(tmp_path
     assert time.monotonic() - t0 < 30
 
 
-def test_sigterm_stops_agl_dev_cleanly(tmp_path: Path) -> None:
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@pytest.mark.parametrize("sigint", ["default", "ignored"])
+def test_sigterm_stops_agl_dev_cleanly(tmp_path: Path, sigint: str) -> None:
     """SIGTERM to `agl dev --strategy cs`: the runner processes are stopped, nothing prints a traceback, and the
-    command exits with 143 after saying why."""
+    command exits with 143 after saying why — also where SIGINT is ignored, as in a job a script started with &
+    (asyncio.run then installs no handler of its own)."""
     needs_server()
     dataset = tmp_path / "tasks.json"
     dataset.write_text(json.dumps([{"seconds": 30}] * 4))
@@ -409,7 +415,8 @@ def test_sigterm_stops_agl_dev_cleanly(tmp_path: Path) -> None:
         str(dataset),
     ]
     with log.open("wb") as out:
-        dev = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+        preexec = _ignore_sigint if sigint == "ignored" else None
+        dev = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, preexec_fn=preexec)
     try:
         deadline = time.monotonic() + 60
         while len(runners := _children(dev.pid)) < 2:

@@ -221,6 +221,13 @@ def _stopped_by_sigterm(command: str) -> Iterator[None]:
         yield
         return
     terminated = False
+    # Where SIGINT is ignored (a job started with & by a script inherits that), asyncio.run would not install its
+    # handler, and SIGTERM could only raise KeyboardInterrupt wherever the main thread happens to be (inside a
+    # request the store server is answering, say). With Python's default handler in place, asyncio.run installs
+    # its own: SIGTERM then cancels the run's main task, as Ctrl-C does.
+    ignored_sigint = signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    if ignored_sigint:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def on_sigterm(signum: int, frame: Any) -> None:
         nonlocal terminated
@@ -228,7 +235,7 @@ def _stopped_by_sigterm(command: str) -> Iterator[None]:
         handler = signal.getsignal(signal.SIGINT)
         if callable(handler):  # asyncio's own (it cancels the run's main task), or the default one
             handler(signal.SIGINT, frame)
-        else:  # SIGINT is ignored (a background job): interrupt all the same
+        else:  # SIGINT was set to be ignored meanwhile: interrupt all the same
             raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, on_sigterm)
@@ -241,6 +248,8 @@ def _stopped_by_sigterm(command: str) -> Iterator[None]:
         sys.exit(SIGTERM_EXIT_CODE)
     finally:
         signal.signal(signal.SIGTERM, previous)
+        if ignored_sigint:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 # ---------------------------------------------------------------------------------------------------- commands
