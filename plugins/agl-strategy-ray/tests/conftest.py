@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -113,6 +114,8 @@ def ray_cluster() -> Iterator[str]:
             os.kill(pid, signal.SIGKILL)
         left = wait_gone(temp_dir, 10)
         assert not left, f"Ray processes left after the session: {left}"
+        shutil.rmtree(temp_dir, ignore_errors=True)  # the session's logs; kept (with the .log) only if this fails
+        log.unlink(missing_ok=True)
 
 
 def _answers(port: int) -> bool:

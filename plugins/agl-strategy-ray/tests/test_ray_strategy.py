@@ -8,6 +8,7 @@ import contextlib
 import ipaddress
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -163,7 +164,7 @@ def test_a_closure_agent_is_sent_by_value(ray_cluster: str) -> None:
 
 
 def test_actors_the_cluster_cannot_place_stop_the_run_with_a_reason(ray_cluster: str) -> None:
-    options = {"address": ray_cluster, "resources": {"no_such_accelerator": 1}, "start_timeout": 3}
+    options = {"address": ray_cluster, "resources": {"no_such_accelerator": 1}, "start_timeout": 3, "stop_timeout": 1}
     trainer = Trainer(strategy="ray", store="memory", progress=False, options={"strategy": options})
     with trainer, pytest.raises(RayStrategyError, match=r"did not start within 3 s.*short of the resources"):
         trainer.dev(f"{AGENTS}:noop", [{}])
@@ -319,6 +320,8 @@ def test_a_killed_driver_leaves_no_actor_or_raylet(
     assert not left, f"runner actors left after their driver died: {left}"
     if cluster == "its own":
         assert not processes.wait_gone(own_cluster), "the driver's own Ray cluster outlived it"
+        for session in Path("/tmp/ray").glob(f"session_*_{driver.pid}"):  # its logs, left where Ray puts them
+            shutil.rmtree(session, ignore_errors=True)
     else:
         from agl_strategy_ray._cli import actor_statuses
 
