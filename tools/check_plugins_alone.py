@@ -21,8 +21,9 @@ check is what catches it:
    distribution, load its entry points and exit 0 (a load error that only names an extra of the entry's own
    distribution, such as the kernel's ``http`` store without ``agl-kernel[client]``, is what installing without
    extras means: it is shown as a note, not failed); no other plugin may be there unless the plugin declares it.
-   Then the plugin's ``tests/smoke.py`` (copied there, run with the venv's python; it needs no pytest; every
-   plugin must have one) must exit 0. The kernel is checked alone the same way first (without a smoke script).
+   Then the plugin's ``tests/smoke.py`` (copied there with the ``tests/_*.py`` helper modules beside it, run with
+   the venv's python; it needs no pytest; every plugin must have one) must exit 0. The kernel is checked alone the
+   same way first (without a smoke script).
 
 Exit status 0 when every distribution passes, 1 otherwise, naming each one that failed and the step that broke
 (with the end of its output). Run it with the dev venv's python (``make plugins-alone``); ``--only FOLDER`` checks
@@ -236,6 +237,8 @@ def check_alone(dist: Distribution, kernel: Distribution, work: Path, wheelhouse
                          "use (start from plugins/_template/tests/smoke.py)")  # fmt: skip
     started = time.monotonic()
     shutil.copy2(smoke, cwd / "smoke.py")
+    for helper in smoke.parent.glob("_*.py"):  # the tests' own helper modules it may import (a server to start)
+        shutil.copy2(helper, cwd / helper.name)
     output = run("tests/smoke.py", [str(venv / "bin" / "python"), "smoke.py"], timeout=TIMEOUTS["smoke"], cwd=cwd,
                  env=env)  # fmt: skip
     dist.timings["smoke"] = time.monotonic() - started

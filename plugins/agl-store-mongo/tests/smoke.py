@@ -3,7 +3,7 @@ fresh venv's python; it needs nothing else, not even pytest).
 
 Without a server it checks what a user meets first: the store loads by name, its options are checked, and a server
 that is not there is a one-line error within seconds. With ``AGL_TEST_MONGO_URI`` set, or ``secantusd-py`` (the
-``testing`` extra) on PATH, it also enqueues a rollout, dequeues it, records a span and reads everything back from
+``testing`` extra) installed, it also enqueues a rollout, dequeues it, records a span and reads everything back from
 a second store on the same partition.
 """
 
@@ -11,48 +11,23 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
-import socket
-import subprocess
 import sys
 import time
+from pathlib import Path
 
 from agl_kernel.errors import ConfigError
 from agl_kernel.models import AttemptStatus, RolloutStatus, Span
 from agl_kernel.plugins import create_component
 from agl_store_mongo import MongoLightningStore, MongoUnreachableError
 
+sys.path.insert(0, str(Path(__file__).parent))  # _secantus.py beside it (check_plugins_alone copies it too)
+
+from _secantus import SecantusServer, executable, free_port
+
 
 def check(condition: object, what: str) -> None:
     if not condition:
         sys.exit(f"smoke failed: {what}")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def start_secantus() -> tuple[subprocess.Popen[bytes], str] | None:
-    command = shutil.which("secantusd-py")
-    if command is None:
-        return None
-    port = free_port()
-    server = subprocess.Popen(
-        [command, "--host", "127.0.0.1", "--port", str(port), "--storage-path", ":memory:", "--log-level", "WARNING"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return server, f"mongodb://127.0.0.1:{port}/?replicaSet=secantus"
-        except OSError:
-            time.sleep(0.05)
-    server.kill()
-    sys.exit("smoke failed: secantusd-py did not start")
 
 
 def offline_checks() -> None:
@@ -101,17 +76,16 @@ def main() -> None:
     uri = os.environ.get("AGL_TEST_MONGO_URI")
     server = None
     if not uri:
-        started = start_secantus()
-        if started is None:
+        if executable() is None:
             print("agl-store-mongo smoke: ok (offline checks; no server: set AGL_TEST_MONGO_URI or install secantusdb)")
             return
-        server, uri = started
+        server = SecantusServer()
+        uri = server.uri
     try:
         asyncio.run(online_checks(uri))
     finally:
         if server is not None:
-            server.terminate()
-            server.wait(30)
+            server.close()
 
 
 if __name__ == "__main__":

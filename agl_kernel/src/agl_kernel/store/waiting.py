@@ -6,6 +6,8 @@ backends use it).
   sleeps only if nobody rang since, so a ring between the query and the sleep is never lost. A networked backend
   rings it from its own commits and from what tells it of other processes' (a change stream, LISTEN/NOTIFY).
 - :class:`BackgroundLoop`: an event loop on a daemon thread, where such a backend runs its listener and watchdog.
+- :func:`claim_waiting` and :func:`wait_until_ended`: the two waits of the contract (a dequeue with a timeout,
+  ``wait_for_rollouts``) written once over a bell and the backend's queries.
 """
 
 from __future__ import annotations
@@ -14,10 +16,10 @@ import asyncio
 import concurrent.futures
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Any, TypeVar
 
-__all__ = ["BackgroundLoop", "Bell", "Signal"]
+__all__ = ["BackgroundLoop", "Bell", "Signal", "claim_waiting", "wait_until_ended"]
 
 T = TypeVar("T")
 
@@ -150,3 +152,65 @@ class BackgroundLoop:
             return
         if self._thread is not threading.current_thread():
             self._thread.join(timeout)
+
+
+async def claim_waiting(
+    bell: Bell,
+    claim: Callable[[], Awaitable[list[T]]],
+    has_work: Callable[[], Awaitable[bool]],
+    timeout: float,
+    closed: Callable[[], bool],
+) -> list[T]:
+    """A dequeue that waits: ``claim()`` now, and while it takes nothing, sleep on ``bell`` (rung when work may
+    have arrived) and try again once ``has_work()`` says the queue holds something, until ``timeout`` seconds
+    have passed or ``closed()``. A claim that loses to another worker looks again at once."""
+    taken = await claim()
+    if taken or timeout <= 0:
+        return taken
+    deadline = time.monotonic() + timeout
+    while True:
+        seen = bell.count
+        if closed():
+            return []
+        if await has_work():
+            taken = await claim()
+            if taken:
+                return taken
+            continue  # another worker was faster: look again
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return []
+        await bell.wait(seen, remaining)
+
+
+async def wait_until_ended(
+    bell: Bell,
+    ended_among: Callable[[list[str]], Awaitable[Mapping[str, T]]],
+    wanted: Sequence[str],
+    timeout: float | None,
+    closed: Callable[[], bool],
+) -> list[T]:
+    """``wait_for_rollouts`` over a bell rung when rollouts may have ended: ``ended_among(ids)`` returns those of
+    ``ids`` that are in a terminal status now (id → rollout). Only the ids not seen ended yet are asked again
+    after each ring; once all were seen, all are confirmed together (one may have been queued again meanwhile).
+    Returns the ended ones in the order of ``wanted``, at the latest after ``timeout`` seconds (``None``: none)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    ended: dict[str, T] = {}
+    remaining = list(wanted)
+    while True:
+        seen = bell.count
+        if closed():
+            break
+        newly = await ended_among(remaining)
+        ended.update(newly)
+        remaining = [r for r in remaining if r not in newly]
+        if not remaining:
+            ended = dict(await ended_among(list(wanted)))
+            remaining = [r for r in wanted if r not in ended]
+            if not remaining:
+                break
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            break
+        await bell.wait(seen, left)
+    return [ended[r] for r in wanted if r in ended]

@@ -6,7 +6,6 @@ import asyncio
 import functools
 import logging
 import threading
-import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -38,7 +37,7 @@ from agl_kernel.store import policy
 from agl_kernel.store.base import LATEST, LightningStore, SortOrder
 from agl_kernel.store.blobs import DEFAULT_CONFIG, encode_config
 from agl_kernel.store.query import check_query
-from agl_kernel.store.waiting import BackgroundLoop, Bell
+from agl_kernel.store.waiting import BackgroundLoop, Bell, claim_waiting, wait_until_ended
 from agl_store_mongo import _ops as ops
 from agl_store_mongo import _reads as reads
 from agl_store_mongo._codec import check_int64, encode_any, encode_dict, encode_resources, encode_span
@@ -334,23 +333,13 @@ class MongoLightningStore(LightningStore):
         if limit < 1:
             raise ValueError(f"limit must be at least 1, not {limit!r}")
         check_int64(limit, "limit")
-        taken = await self._claim(limit, worker_id)
-        if taken or timeout <= 0:
-            return taken
-        deadline = time.monotonic() + timeout
-        while True:
-            seen = self._queue_bell.count
-            if self._closed:
-                return []
-            if await self._direct(ops.queue_has_work):
-                taken = await self._claim(limit, worker_id)
-                if taken:
-                    return taken
-                continue  # another worker was faster: look again
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return []
-            await self._queue_bell.wait(seen, remaining)
+        return await claim_waiting(
+            self._queue_bell,
+            lambda: self._claim(limit, worker_id),
+            lambda: self._direct(ops.queue_has_work),
+            timeout,
+            lambda: self._closed,
+        )
 
     async def start_attempt(self, rollout_id: str, *, worker_id: str | None = None) -> AttemptedRollout:
         return await self._tx(lambda tx: ops.start_attempt(tx, rollout_id, worker_id))
@@ -403,29 +392,13 @@ class MongoLightningStore(LightningStore):
         missing = await self._direct(lambda tx: reads.missing_rollouts(tx, wanted))
         if missing:
             raise NotFoundError(f"no rollout with id {missing[0]!r}")
-        deadline = None if timeout is None else time.monotonic() + timeout
-        ended: dict[str, Rollout] = {}
-        remaining = list(wanted)
-        while True:
-            seen = self._ended_bell.count
-            if self._closed:
-                break
-            # Look only at those not seen ended yet; confirm all of them once, at the end (one may have been queued
-            # again meanwhile).
-            newly = await self._direct(functools.partial(reads.ended_rollouts, ids=remaining))
-            ended.update(newly)
-            remaining = [r for r in remaining if r not in newly]
-            if not remaining:
-                final = await self._direct(lambda tx: reads.ended_rollouts(tx, wanted))
-                ended = final
-                remaining = [r for r in wanted if r not in final]
-                if not remaining:
-                    break
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                break
-            await self._ended_bell.wait(seen, left)
-        return [ended[r] for r in wanted if r in ended]
+        return await wait_until_ended(
+            self._ended_bell,
+            lambda ids: self._direct(functools.partial(reads.ended_rollouts, ids=ids)),
+            wanted,
+            timeout,
+            lambda: self._closed,
+        )
 
     async def delete_rollouts(
         self, rollout_ids: Sequence[str] | None = None, *, ended_before: float | None = None
