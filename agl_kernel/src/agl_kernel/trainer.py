@@ -148,8 +148,9 @@ class Trainer:
         if self.adapter is not None:
             algorithm.adapter = self.adapter
         algorithm.progress = RichProgress(self.console) if self.progress else NoProgress()
+        runners = getattr(self.strategy, "n_runners", self.n_runners)  # the strategy's own option may say more
         self.console.print(
-            f"[bold]agl[/bold] {type(algorithm).__name__} with {self.n_runners} runner(s) "
+            f"[bold]agl[/bold] {type(algorithm).__name__} with {runners} runner(s) "
             f"({type(self.strategy).__name__}); store [cyan]{describe_store(self.store)}[/cyan]"
         )
         run = RunStore(self.store, algorithm=type(algorithm).__name__)
