@@ -111,6 +111,21 @@ def test_the_listener_reconnects_after_its_connection_is_dropped(postgres_dsn: s
     asyncio.run(main())
 
 
+def test_close_returns_whenever_it_comes(postgres_dsn: str, schema: str) -> None:
+    """Closing stops the listener and the watchdog wherever they are (waiting for a notification, checking its
+    connection, between rounds): psycopg's notifies() can end quietly when cancelled, and a close() once waited for
+    ever on a listener that carried on. Stores are opened and closed at varied moments; each close must return."""
+
+    async def main() -> None:
+        for round_ in range(12):
+            store = PostgresLightningStore(postgres_dsn, schema=schema, watchdog_interval=0.05)
+            await _wait_until(lambda: store.listener_pid is not None, "the listener's connection")  # noqa: B023
+            await asyncio.sleep(0.013 * round_)  # somewhere in the listener's wait, or the watchdog's round
+            await asyncio.wait_for(store.close(), 30)
+
+    asyncio.run(main())
+
+
 @pytest.mark.slow
 def test_the_store_and_its_watchdog_ride_through_a_server_restart(own_cluster: PostgresCluster) -> None:
     async def main() -> None:

@@ -63,6 +63,7 @@ class Monitor:
         self._watchdog_interval = watchdog_interval
         self._check_deadlines = check_deadlines
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
         self.listening = False
         """Whether the listener's connection is up now (else waiters are rung every poll_interval)."""
         self.connection_pid: int | None = None
@@ -72,6 +73,9 @@ class Monitor:
         self._tasks = [asyncio.create_task(self._listen()), asyncio.create_task(self._watchdog())]
 
     async def stop(self) -> None:
+        # The flag too, not only the cancellation: psycopg's notifies() can end quietly when it is cancelled while
+        # waiting, and the listener would then carry on (seen: a store's close() waiting for ever).
+        self._stopping = True
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -84,7 +88,7 @@ class Monitor:
 
     async def _listen(self) -> None:
         warned = False
-        while True:
+        while not self._stopping:
             if self._notify:
                 try:
                     await self._listen_once()
@@ -101,6 +105,8 @@ class Monitor:
                 finally:
                     self.listening = False
                     self.connection_pid = None
+                if self._stopping:
+                    return
             await self._poll(_RECONNECT_EVERY if self._notify else None)
 
     async def _listen_once(self) -> None:
@@ -115,7 +121,7 @@ class Monitor:
                 logger.debug("agl-store-postgres: listening on %s", redact(self._dsn))
             self.listening = True
             self._ring_all()  # whatever changed while nobody listened
-            while True:
+            while not self._stopping:
                 async for note in conn.notifies(timeout=_CHECK_EVERY):
                     if note.channel == queue_channel:
                         self._queue.ring()
@@ -134,7 +140,7 @@ class Monitor:
 
     async def _watchdog(self) -> None:
         last_failure, next_report = "", 0.0
-        while True:
+        while not self._stopping:
             await asyncio.sleep(self._watchdog_interval)
             try:
                 await self._check_deadlines(time.time())
