@@ -241,7 +241,7 @@ def project(tmp_path: Path) -> Path:
         (["--algorithm", "grpoo"], {}, "algorithm.name: No algorithms plugin named 'grpoo'. Available algorithms:"),
         (["--tracer", "otell"], {}, "tracer.name: No tracers plugin named 'otell'"),
         (["--runner", "nope"], {}, "runner.name: No runners plugin named 'nope'"),
-        (["--strategy", "ray"], {}, "strategy.name: No strategies plugin named 'ray'"),
+        (["--strategy", "slurm"], {}, "strategy.name: No strategies plugin named 'slurm'"),
         (["--store", "memory", "--path", "x.db"], {}, "store.path: unknown option. Valid keys: watchdog_interval"),
         (["--set", "store.bogus=1"], {}, "store.bogus: unknown option"),
         (["--agent", "agents.py:nobody"], {}, "run.agent: 'agents.py:nobody': "),
