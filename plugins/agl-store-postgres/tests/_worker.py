@@ -72,7 +72,7 @@ async def load(store: PostgresLightningStore, name: str) -> None:
 
 
 async def main(mode: str, dsn: str, schema: str, name: str) -> None:
-    store = PostgresLightningStore(dsn, schema=schema, pool_size=32 if mode == "load" else 10, transaction_timeout=5)
+    store = PostgresLightningStore(dsn, schema=schema)  # default settings: what users run
     async with store:
         say("ready")
         await {"drain": drain, "write": write, "load": load}[mode](store, name)
