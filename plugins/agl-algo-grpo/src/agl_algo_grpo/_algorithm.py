@@ -18,7 +18,7 @@ import msgspec
 from rich.console import Console
 from torch import nn
 
-from agl_algo_grpo._batching import RolloutSample, assign_advantages
+from agl_algo_grpo._batching import RolloutSample, TrainingSample, assign_advantages, split_stale
 from agl_algo_grpo._checkpoint import disk_usage, format_size, list_checkpoints
 from agl_algo_grpo._config import GRPOConfig, credit_rule, llm_backend, make_config
 from agl_algo_grpo._policy import PolicyTrainer, keep_freed_memory, resolve_device
@@ -31,9 +31,10 @@ from agl_algo_grpo._serving import (
     served_copy,
     serving,
 )
+from agl_kernel import semconv
 from agl_kernel.algorithm import Algorithm
 from agl_kernel.config import to_plain
-from agl_kernel.errors import ConfigError
+from agl_kernel.errors import ConfigError, NotFoundError
 from agl_kernel.models import EnqueueRequest, Rollout, RolloutConfig, RolloutMode, RolloutStatus, Triplet
 from agl_kernel.progress import FAILED, FINISHED, FULL_REWARD, MEAN_REWARD, ProgressReporter, count_full_rewards
 from agl_kernel.rewards import final_reward, get_reward
@@ -60,6 +61,10 @@ CONSOLE_COLUMNS: list[Column] = [
     ("rollout_time_s", "rollout s", "{:.1f}"),
     ("update_time_s", "update s", "{:.1f}"),
 ]
+ASYNC_COLUMNS: list[Column] = [  # added with max_staleness >= 1
+    ("staleness_mean", "stale", "{:.2f}"),
+    ("stale_dropped", "dropped", "{:.0f}"),
+]
 VALIDATION_COLUMNS: list[Column] = [  # the console line of each validation
     ("val_rollouts", "rollouts", "{:.0f}"),
     ("val_finished", FINISHED, "{:.0f}"),
@@ -83,6 +88,8 @@ class GRPOReport(msgspec.Struct, frozen=True, kw_only=True):
     checkpoint_dir: str | None = None
     checkpoints: list[str] = msgspec.field(default_factory=list)
     checkpoints_bytes: int = 0
+    stale_dropped: int = 0
+    """Asynchronous GRPO: triplets left out of their update for being more than ``max_staleness`` versions old."""
 
 
 @dataclass
@@ -98,7 +105,8 @@ class GRPO(Algorithm):
     """Group Relative Policy Optimization for agents.
 
     Each step: publish the policy (``publisher``), enqueue ``group_size`` rollouts of each of ``batch_size`` tasks
-    pinned to it, wait for them (woken by the store), turn each rollout's spans into triplets with ``adapter``
+    pinned to it (with ``max_staleness`` k ≥ 1 also those of the next k steps, ahead: see :meth:`_rollouts_for`),
+    wait for them (woken by the store), turn each rollout's spans into triplets with ``adapter``
     (default: the kernel's ``TripletAdapter``), compute group-relative advantages (rule: :mod:`agl_algo_grpo._batching`)
     and update the policy; then record the step's metrics (:mod:`agl_kernel.training_metrics`), validate (before the
     first step, every ``val_every`` steps and after the last) and checkpoint every ``checkpoint_every`` steps.
@@ -166,6 +174,8 @@ class GRPO(Algorithm):
         self._active_publisher: PolicyPublisher | None = self.publisher
         self._served: tuple[nn.Module, Any] | None = None  # (the served copy, its tokenizer)
         self._orders: dict[int, list[int]] = {}
+        self._ahead: dict[int, list[Rollout]] = {}  # step -> its rollouts, enqueued (asynchronous GRPO)
+        self._policy_versions: dict[tuple[str, int], int] = {}  # (resources_id, resources version) -> policy version
         self._trainer_thread: concurrent.futures.ThreadPoolExecutor | None = None
 
     @classmethod
@@ -232,12 +242,13 @@ class GRPO(Algorithm):
 
             self.adapter = TripletAdapter()
         self._published = None
+        self._ahead = {}
         recorder = MetricsRecorder(
             store,
             algorithm="grpo",
             console=self.console,
             tensorboard_dir=self.config.tensorboard_dir,
-            columns=CONSOLE_COLUMNS,
+            columns=CONSOLE_COLUMNS + ASYNC_COLUMNS if self.config.max_staleness else CONSOLE_COLUMNS,
             validation_columns=VALIDATION_COLUMNS,
         )
         resumed = str(policy.resumed_from) if policy.resumed_from is not None else None
@@ -259,6 +270,7 @@ class GRPO(Algorithm):
                 if val_dataset and (last or (every and policy.step % every == 0)):
                     validations.append(await self._validate(store, policy, val_dataset, recorder))
         except BaseException:
+            await self._cancel_ahead(store)
             await recorder.close(succeeded=False)
             raise
         await recorder.close(succeeded=True)
@@ -282,6 +294,7 @@ class GRPO(Algorithm):
             checkpoint_dir=str(policy.checkpoint_dir) if checkpoint else None,
             checkpoints=kept,
             checkpoints_bytes=size,
+            stale_dropped=int(sum(m.get("stale_dropped", 0.0) for m in history)),
         )
 
     async def _step(
@@ -290,25 +303,16 @@ class GRPO(Algorithm):
         started_wall, started = time.time(), time.perf_counter()
         step = policy.step
         resources_id = await self._publish(store, policy)
-        tasks = self.tasks_for_step(dataset, step)
-        requests = [
-            EnqueueRequest(
-                input=task,
-                mode=RolloutMode.TRAIN,
-                resources_id=resources_id,
-                config=self.rollout_config,
-                metadata={"grpo_step": step, "grpo_group": group, "policy_version": policy.version},
-            )
-            for group, task in enumerate(tasks)
-            for _ in range(self.config.group_size)
-        ]
-        rollouts = await store.enqueue_many_rollouts(requests)
+        rollouts = await self._rollouts_for(store, policy, dataset, resources_id)
         ended = await self._wait(store, rollouts, f"step {step + 1}/{self.config.steps}")
         collected = await self._collect(store, rollouts, ended)
         rollout_time = time.perf_counter() - started
 
         samples = assign_advantages(collected.samples, rule=self.credit)
         total = len(samples)
+        if self.config.max_staleness:
+            samples, dropped = split_stale(samples, policy.version, self.config.max_staleness)
+            stale_metrics = _staleness_metrics(samples, dropped, policy.version)
         if self.config.skip_zero_advantage:
             samples = [s for s in samples if s.advantage != 0.0]
         metrics: dict[str, float] = {}
@@ -335,8 +339,43 @@ class GRPO(Algorithm):
             metrics["rollouts_full_reward"] = float(count_full_rewards(rewards))
             metrics["success_rate"] = metrics["rollouts_full_reward"] / len(rewards)  # share with reward ≥ 1
         metrics["update_time_s"] = metrics["step_time_s"] - rollout_time
+        if self.config.max_staleness:
+            metrics.update(stale_metrics)
         await recorder.record(policy.step, metrics, no_triplet_reasons=collected.no_triplets, started=started_wall)
         return metrics
+
+    async def _rollouts_for(
+        self, store: LightningStore, policy: PolicyTrainer, dataset: Sequence[Any], resources_id: str | None
+    ) -> list[Rollout]:
+        """The rollouts of the step about to be trained: ``group_size`` of each of its tasks, enqueued now, or
+        earlier when they were enqueued ahead. With ``max_staleness`` k the rollouts of the next k steps are
+        enqueued now too (those not yet), so the runners work on them while this step updates the policy: a step's
+        rollouts are enqueued at the earliest k versions before the update that trains on them (the producer's
+        bound). With k = 0 only this step's, as synchronous GRPO does."""
+        last = min(policy.step + self.config.max_staleness, self.config.steps - 1)
+        for step in range(policy.step, last + 1):
+            if step not in self._ahead:
+                requests = [
+                    EnqueueRequest(
+                        input=task,
+                        mode=RolloutMode.TRAIN,
+                        resources_id=resources_id,
+                        config=self.rollout_config,
+                        metadata={"grpo_step": step, "grpo_group": group, "policy_version": policy.version},
+                    )
+                    for group, task in enumerate(self.tasks_for_step(dataset, step))
+                    for _ in range(self.config.group_size)
+                ]
+                self._ahead[step] = await store.enqueue_many_rollouts(requests)
+        return self._ahead.pop(policy.step)
+
+    async def _cancel_ahead(self, store: LightningStore) -> None:
+        """Cancel the rollouts enqueued ahead for steps that will not be trained (the run failed or was stopped)."""
+        ahead, self._ahead = self._ahead, {}
+        for rollouts in ahead.values():
+            for rollout in rollouts:
+                with contextlib.suppress(Exception):
+                    await store.cancel_rollout(rollout.rollout_id)
 
     def tasks_for_step(self, dataset: Sequence[Any], step: int) -> list[Any]:
         """The ``batch_size`` tasks of ``step``: the dataset walked in a seeded random order, reshuffled each pass,
@@ -362,6 +401,10 @@ class GRPO(Algorithm):
             policy, version=policy.version, store=store, sampling_parameters=sampling
         )
         self._published = (policy.version, resources_id)
+        if resources_id is not None:  # which policy version the proxy's calls under this resources version used
+            with contextlib.suppress(NotFoundError):
+                update = await store.get_resources(resources_id)
+                self._policy_versions[(resources_id, update.version)] = policy.version
         return resources_id
 
     async def _wait(self, store: LightningStore, rollouts: list[Rollout], phase: str) -> dict[str, Rollout]:
@@ -420,8 +463,27 @@ class GRPO(Algorithm):
             if not triplets:
                 no_triplets.append({"rollout_id": rid, "reason": reason})
                 continue
-            samples.append(RolloutSample(rollout_id=rid, group=group, triplets=triplets, final_reward=reward))
+            versions = self._sampled_by(triplets, spans, rollout.metadata.get("policy_version"))
+            samples.append(
+                RolloutSample(rollout_id=rid, group=group, triplets=triplets, final_reward=reward, versions=versions)
+            )
         return _Collected(samples=samples, rewards=rewards, succeeded=succeeded, failed=failed, no_triplets=no_triplets)
+
+    def _sampled_by(self, triplets: list[Triplet], spans: Sequence[Any], enqueued: int | None) -> list[int | None]:
+        """The policy version that sampled each triplet: the oldest of its LLM calls' (the resources version the
+        proxy recorded on each call, as published by :meth:`_publish`); where the calls do not say, the version
+        the rollout was enqueued under (never newer than the one that ran it)."""
+        by_span = {span.span_id: span.attributes for span in spans}
+        versions: list[int | None] = []
+        for triplet in triplets:
+            found = []
+            for span_id in triplet.metadata.get("span_ids") or [triplet.span_id]:
+                attributes = by_span.get(span_id) or {}
+                key = (attributes.get(semconv.RESOURCES_ID), attributes.get(semconv.RESOURCES_VERSION))
+                found.append(self._policy_versions.get(key))  # type: ignore[arg-type]
+            known = [v for v in found if v is not None]
+            versions.append(min(known) if known and len(known) == len(found) else enqueued)
+        return versions
 
     def _adapt(self, spans: Sequence[Any]) -> tuple[list[Triplet], float | None, str]:
         """(triplets, final reward, why there are none) from one attempt's spans, whatever the adapter returns: a
@@ -477,3 +539,13 @@ class GRPO(Algorithm):
         }
         await recorder.record(policy.step, metrics, validation=True, started=started_wall)
         return metrics
+
+
+def _staleness_metrics(kept: list[TrainingSample], dropped: list[TrainingSample], version: int) -> dict[str, float]:
+    """How stale a step's triplets were: those dropped, and the mean and largest staleness of those kept."""
+    staleness = [version - s.version for s in kept if s.version is not None]
+    return {
+        "stale_dropped": float(len(dropped)),
+        "staleness_mean": sum(staleness) / len(staleness) if staleness else 0.0,
+        "staleness_max": float(max(staleness, default=0)),
+    }

@@ -14,6 +14,10 @@ credit rule (:mod:`agl_kernel.credit`, GRPO's ``credit`` option). The default, `
 
 ``discounted`` gives each turn its discounted return from that turn on instead; a third party's rule comes by
 entry point (``agl.credit``). Rollouts without triplets take no part (the algorithm counts and reports them).
+
+**Staleness** (asynchronous GRPO, ``max_staleness``): each sample may carry the policy ``version`` its LLM calls
+used; at update time :func:`split_stale` keeps those at most ``max_staleness`` versions behind the policy and
+drops the others (after the advantages are given: a stale rollout's reward still counts in its group's baseline).
 """
 
 from __future__ import annotations
@@ -26,7 +30,16 @@ import torch
 from agl_kernel.credit import AutoCredit, CreditRule
 from agl_kernel.models import Triplet
 
-__all__ = ["Batch", "PackedBatch", "RolloutSample", "TrainingSample", "assign_advantages", "collate", "pack_prefixes"]
+__all__ = [
+    "Batch",
+    "PackedBatch",
+    "RolloutSample",
+    "TrainingSample",
+    "assign_advantages",
+    "collate",
+    "pack_prefixes",
+    "split_stale",
+]
 
 
 @dataclass
@@ -37,6 +50,8 @@ class RolloutSample:
     group: Hashable
     triplets: list[Triplet]
     final_reward: float | None = None
+    versions: list[int | None] | None = None
+    """Per triplet, the policy version that sampled it (``None``: unknown, taken as current)."""
 
 
 @dataclass
@@ -47,6 +62,9 @@ class TrainingSample:
     advantage: float
     group: Hashable = None
     rollout_id: str | None = None
+    version: int | None = None
+    """The policy version that sampled the triplet; older than the policy being updated, the sample is *stale*
+    and its loss is importance-weighted (:func:`agl_algo_grpo.importance_weights`). ``None``: current."""
 
 
 def assign_advantages(
@@ -68,11 +86,24 @@ def assign_advantages(
                 f"rollouts of {[len(r.triplets) for r in members]} triplets: one advantage per triplet is needed"
             )
         samples += [
-            TrainingSample(t, a, group, r.rollout_id)
+            TrainingSample(t, a, group, r.rollout_id, version)
             for r, per_triplet in zip(members, advantages)
-            for t, a in zip(r.triplets, per_triplet)
+            for t, a, version in zip(r.triplets, per_triplet, r.versions or [None] * len(r.triplets))
         ]
     return samples
+
+
+def split_stale(
+    samples: Sequence[TrainingSample], version: int, max_staleness: int
+) -> tuple[list[TrainingSample], list[TrainingSample]]:
+    """``(kept, dropped)``: the samples at most ``max_staleness`` versions behind ``version`` (the policy about to
+    be updated; a sample of unknown version counts as current), and those older."""
+    kept: list[TrainingSample] = []
+    dropped: list[TrainingSample] = []
+    for sample in samples:
+        stale = sample.version is not None and version - sample.version > max_staleness
+        (dropped if stale else kept).append(sample)
+    return kept, dropped
 
 
 @dataclass
@@ -101,6 +132,13 @@ class Batch:
     """The reference policy's logprobs (set by the trainer when a KL penalty is asked)."""
     recomputed: int = 0
     """Rows whose old logprobs the trainer recomputed."""
+    is_weights: torch.Tensor | None = None
+    """Asynchronous GRPO: per position, the truncated importance weight of a stale row's token (1.0 elsewhere);
+    ``None`` when no row is stale (see :func:`agl_algo_grpo.importance_weights`)."""
+    stale_mask: torch.Tensor | None = None
+    """1.0 on the scored tokens of stale rows that have weights (with :attr:`is_weights`)."""
+    truncated_tokens: int = 0
+    """Stale tokens whose importance weight was truncated."""
 
     @property
     def loss_tokens(self) -> int:

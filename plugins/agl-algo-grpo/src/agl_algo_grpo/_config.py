@@ -97,6 +97,18 @@ class GRPOConfig:
     """Seconds to wait for a step's rollouts; those still running then are cancelled and reported."""
     val_every: int = attrs.field(default=0, validator=v.ge(0))
     """Validate every N steps (and after the last) when a validation set is given; 0 = only after the last."""
+    max_staleness: int = attrs.field(default=0, validator=v.ge(0))
+    """Asynchronous GRPO: how many policy versions behind the policy it updates a sample may be. ``0`` (the
+    default): on-policy, each step's rollouts are enqueued after the previous update, as GRPO always did. ``k ≥ 1``:
+    the rollouts of the next ``k`` steps are enqueued ahead, so the runners keep generating while the policy
+    updates (no rollout is enqueued more than ``k`` versions before the update that uses it). Each triplet carries
+    the policy version its LLM calls used (the published resources version the proxy records on each call);
+    triplets more than ``k`` versions old at update time are dropped and counted (``stale_dropped``), the others
+    are weighted by truncated importance weights (``importance_cap``; the loss: :func:`agl_algo_grpo.policy_loss`).
+    Give the run more concurrent agents (runners) than one step's rollouts, or the steps ahead wait in the queue."""
+    importance_cap: float = attrs.field(default=2.0, validator=v.ge(1))
+    """With ``max_staleness ≥ 1``: the truncation ``C`` of each stale token's importance weight
+    ``min(π_prox / π_behav, C)`` (the policy at the start of the update over the one that sampled the token)."""
     # ---------------------------------------------------------------- sampling (published with the LLM resource)
     temperature: float = attrs.field(default=1.0, validator=v.gt(0))
     """Sampling temperature; the trainer divides its logits by it too, so its logprobs match the sampler's."""

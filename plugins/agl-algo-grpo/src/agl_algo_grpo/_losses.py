@@ -1,4 +1,5 @@
-"""The pure mathematics of GRPO: group-relative advantages, per-token logprobs and the clipped policy loss."""
+"""The pure mathematics of GRPO: group-relative advantages, per-token logprobs, the clipped policy loss and the
+truncated importance weights of asynchronous GRPO."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import torch
 
 from agl_kernel.credit import relative
 
-__all__ = ["group_advantages", "policy_loss", "token_logprobs"]
+__all__ = ["group_advantages", "importance_weights", "policy_loss", "token_logprobs"]
 
 
 def group_advantages(
@@ -54,6 +55,7 @@ def policy_loss(
     ref_logps: torch.Tensor | None = None,
     kl_coef: float = 0.0,
     normalizer: float | None = None,
+    weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The clipped policy-gradient loss, a token-level mean over the completion tokens (``mask`` 1).
 
@@ -61,6 +63,15 @@ def policy_loss(
     plus ``kl_coef · k3`` with ``k3 = exp(ref - new) - (ref - new) - 1`` when ``ref_logps`` is given. The loss is the
     sum over masked tokens divided by ``normalizer`` (default: their count), so micro-batches of one optimizer step
     can share one normaliser and add up to the exact token mean of the step.
+
+    ``weights`` (``[B, T]``, no gradient) multiply each token's clipped term: the behaviour-policy correction of
+    asynchronous GRPO, the *decoupled* PPO objective (Hilton et al., "Batch size-invariance for policy
+    optimization", 2022; used for stale rollouts by AReaL, Fu et al., 2025). For a token sampled by an older policy
+    ``π_behav``, ``old_logps`` are then those of the *proximal* policy ``π_prox`` (the weights at the start of this
+    update) and ``weights`` are ``min(π_prox / π_behav, C)`` (:func:`importance_weights`): the ratio is clipped
+    around ``π_prox``, so a stale sample still moves the policy by at most the usual trust region, and the weight
+    corrects the expectation from ``π_behav``'s samples to ``π_prox``'s. ``None`` (every sample fresh): the plain
+    loss, exactly.
 
     Shapes: ``new_logps``, ``old_logps``, ``mask`` (and ``ref_logps``) ``[B, T]``; ``advantages`` ``[B]`` (one per
     sequence) or ``[B, T]``. Metrics (token means over the masked tokens of these inputs, whatever the
@@ -80,6 +91,8 @@ def policy_loss(
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
     per_token = torch.maximum(unclipped, clipped)
+    if weights is not None:
+        per_token = per_token * weights.to(per_token.dtype)
     pg_loss = (per_token * mask).sum() / denominator
 
     kl_value = None
@@ -105,3 +118,20 @@ def policy_loss(
         if kl_value is not None:
             metrics["kl"] = float((k3 * mask).sum() / n)
     return loss, metrics
+
+
+def importance_weights(
+    proximal_logps: torch.Tensor, behaviour_logps: torch.Tensor, mask: torch.Tensor, *, cap: float = 2.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Truncated importance weights of tokens sampled by a behaviour policy older than the proximal one:
+    ``w = min(exp(proximal - behaviour), cap)`` per token (1 outside ``mask``), as truncated importance sampling
+    does (Ionides, "Truncated importance sampling", 2008; the truncated ratio ``ρ̄`` of IMPALA's V-trace, Espeholt
+    et al., 2018): capping the ratio bounds the variance a token the old policy found unlikely would bring, at the
+    price of a small bias. Returns ``(weights, truncated)``: ``truncated`` is 1.0 on the masked tokens whose ratio
+    was above ``cap``. Computed without gradient (the weights are constants of the loss)."""
+    with torch.no_grad():
+        mask = mask.to(torch.float32)
+        ratio = torch.exp(proximal_logps.float() - behaviour_logps.float())
+        truncated = (ratio > cap).to(torch.float32) * mask
+        weights = torch.where(mask > 0, ratio.clamp(max=cap), torch.ones_like(ratio))
+    return weights, truncated

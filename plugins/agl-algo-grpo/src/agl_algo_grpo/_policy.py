@@ -23,7 +23,7 @@ from torch import nn
 from agl_algo_grpo._batching import Batch, TrainingSample, collate, pack_prefixes
 from agl_algo_grpo._checkpoint import latest_checkpoint, prune_checkpoints, read_checkpoint, write_checkpoint
 from agl_algo_grpo._config import GRPOConfig
-from agl_algo_grpo._losses import policy_loss, token_logprobs
+from agl_algo_grpo._losses import importance_weights, policy_loss, token_logprobs
 from agl_kernel.errors import MissingDependencyError
 
 __all__ = ["PolicyTrainer", "glibc_malloc", "keep_freed_memory", "resolve_device"]
@@ -228,18 +228,29 @@ class PolicyTrainer:
         for start in range(0, len(order), size):
             rows = order[start : start + size]
             batch = collate([samples[i] for i in rows], pad_token_id=self.pad_token_id, rows=rows).to(self.device)
-            # old logprobs: those recorded at sampling time, unless missing or recomputing is asked for
-            recompute = batch.has_old_logps.logical_not()
+            # old logprobs: those recorded at sampling time, unless missing or recomputing is asked for; a stale row
+            # (sampled by an older version) gets the current weights' (the proximal policy) and importance weights
+            stale = torch.tensor([self._is_stale(samples[i]) for i in rows], dtype=torch.bool)
+            recompute = batch.has_old_logps.logical_not() | stale
             if self.config.recompute_logprobs:
                 recompute[:] = True
             if bool(recompute.any()):
                 fresh = self._frozen_logps(batch, reference=False)
+                if bool((weighted := stale & batch.has_old_logps).any()):
+                    batch.stale_mask = batch.loss_mask * weighted.to(self.device).unsqueeze(-1)
+                    batch.is_weights, truncated = importance_weights(
+                        fresh, batch.old_logps, batch.stale_mask, cap=self.config.importance_cap
+                    )
+                    batch.truncated_tokens = int(truncated.sum())
                 rows_to_fill = recompute.to(self.device).unsqueeze(-1)
                 batch.old_logps = torch.where(rows_to_fill, fresh, batch.old_logps) * batch.loss_mask
             batch.ref_logps = self._frozen_logps(batch, reference=True) if self.config.kl_coef > 0 else None
             batch.recomputed = int(recompute.sum())
             batches.append(batch)
         return batches
+
+    def _is_stale(self, sample: TrainingSample) -> bool:
+        return sample.version is not None and sample.version < self.version
 
     def train_step(self, samples: Sequence[TrainingSample]) -> dict[str, float]:
         """One GRPO update on ``samples``: ``epochs_per_step`` passes, each in optimizer steps of
@@ -281,6 +292,7 @@ class PolicyTrainer:
                         ref_logps=batch.ref_logps,
                         kl_coef=self.config.kl_coef,
                         normalizer=normalizer,
+                        weights=batch.is_weights,
                     )
                     loss.backward()
                     update_loss += float(loss.detach())
@@ -315,6 +327,8 @@ class PolicyTrainer:
             recomputed_logprobs=float(sum(b.recomputed for b in batches)),
             lr=float(self.optimizer.param_groups[0]["lr"]),
         )
+        if stale := [b for b in batches if b.stale_mask is not None]:
+            result.update(_importance_metrics(stale))
         return result
 
     def skip_step(self) -> None:
@@ -363,6 +377,18 @@ class PolicyTrainer:
         state = read_checkpoint(path, model=self.model, optimizer=self.optimizer, lora=self.lora, device=self.device)
         self.step = int(state["step"])
         return path
+
+
+def _importance_metrics(batches: list[Batch]) -> dict[str, float]:
+    """Over the stale tokens of ``batches``: their count, mean importance weight and the share truncated."""
+    pairs = [(b.is_weights, b.stale_mask) for b in batches if b.is_weights is not None and b.stale_mask is not None]
+    tokens = sum(float(mask.sum()) for _, mask in pairs)
+    total = sum(float((weights * mask).sum()) for weights, mask in pairs)
+    return {
+        "stale_tokens": tokens,
+        "is_weight_mean": total / max(tokens, 1.0),
+        "is_truncated_fraction": sum(b.truncated_tokens for b in batches) / max(tokens, 1.0),
+    }
 
 
 def _load_pretrained(name: str, dtype: torch.dtype) -> CausalLM:

@@ -18,7 +18,7 @@ from agl_model_server._detok import TextAssembler, TokenTexts
 from agl_model_server._engine import Engine, TokenEvent
 from agl_model_server._models import DEFAULT_MODEL_ALIASES, DEFAULT_MODEL_NAME, load_model
 from agl_model_server._sampling import SamplingParams
-from agl_model_server._weights import apply_state_dict, read_weights_path
+from agl_model_server._weights import apply_state_dict, read_weights_path, stage_state_dict
 
 __all__ = ["ModelServer"]
 
@@ -47,6 +47,7 @@ class ModelServer:
         client = openai.OpenAI(base_url=server.base_url, api_key="none")
         ...
         server.load_state_dict(new_state)                                 # drains in-flight requests first
+        server.load_state_dict(new_state, drain=False)                    # or swaps between two decode steps
         server.stop()
     """
 
@@ -187,25 +188,52 @@ class ModelServer:
 
     # ----------------------------------------------------------------------------------------------- weights
     def load_state_dict_async(
-        self, state: Mapping[str, Any], *, partial: bool = False, version: int | None = None
+        self, state: Mapping[str, Any], *, partial: bool = False, version: int | None = None, drain: bool = True
     ) -> concurrent.futures.Future:
-        """Like :meth:`load_state_dict`, returning a future of ``{"version", "loaded_tensors"}``."""
+        """Like :meth:`load_state_dict`, returning a future of ``{"version", "loaded_tensors"}``. With ``drain``
+        false the weights are staged here, on the calling thread, before the future is returned."""
+
+        def bump() -> int:
+            self.engine.weights_version = self.engine.weights_version + 1 if version is None else int(version)
+            return self.engine.weights_version
 
         def apply() -> dict[str, int]:
             count = apply_state_dict(self.model, state, partial=partial)
-            self.engine.weights_version = self.engine.weights_version + 1 if version is None else int(version)
-            return {"version": self.engine.weights_version, "loaded_tensors": count}
+            return {"version": bump(), "loaded_tensors": count}
 
-        return self.engine.run_exclusive(apply)
+        if drain:
+            return self.engine.run_exclusive(apply)
+        staged = stage_state_dict(self.model, state, partial=partial)  # raises WeightsError here if it does not fit
+        in_place = self.engine.captures_weights
+
+        def swap() -> dict[str, int]:
+            count = staged.swap(in_place=in_place)
+            return {"version": bump(), "loaded_tensors": count}
+
+        return self.engine.between_steps(swap)
 
     def load_state_dict(
-        self, state: Mapping[str, Any], *, partial: bool = False, version: int | None = None, timeout: float = 600
+        self,
+        state: Mapping[str, Any],
+        *,
+        partial: bool = False,
+        version: int | None = None,
+        timeout: float = 600,
+        drain: bool = True,
     ) -> int:
-        """Copy ``state`` (parameter name → tensor) into the served model in place and return the new weights
-        version (``version`` if given, else the old one + 1). Requests being generated finish first with the old
-        weights; new ones wait and then use the new weights. Raises ``WeightsError`` (nothing changed) when names or
-        shapes do not fit, or when tensors are missing and ``partial`` is false."""
-        return self.load_state_dict_async(state, partial=partial, version=version).result(timeout)["version"]
+        """Put ``state`` (parameter name → tensor) into the served model and return the new weights version
+        (``version`` if given, else the old one + 1). Raises ``WeightsError`` (nothing changed) when names or shapes
+        do not fit, or when tensors are missing and ``partial`` is false.
+
+        ``drain=True``: requests being generated finish first with the old weights, new ones wait, then the tensors
+        are copied in place; every completion comes from one version, but generation stops until the longest running
+        request ends. ``drain=False``: the new weights are copied into tensors of their own on this thread while
+        generation goes on, then swapped in between two decode steps (generation stops for the swap alone, about a
+        millisecond); running requests continue with the new weights (their ``weights_version`` stays the one they
+        started with; their logprobs are those each token was sampled with). Asynchronous RL uses it (GRPO's
+        ``max_staleness``); it holds a second copy of the weights while staging."""
+        future = self.load_state_dict_async(state, partial=partial, version=version, drain=drain)
+        return future.result(timeout)["version"]
 
     def load_weights(self, path: str | os.PathLike[str], *, partial: bool = False, version: int | None = None) -> int:
         """:meth:`load_state_dict` from a ``.safetensors`` file or a ``save_pretrained`` directory."""

@@ -1,5 +1,6 @@
 """Reading new weights (a safetensors file, a Hugging Face directory, or safetensors bytes pushed by a trainer) and
-copying them into the served module in place."""
+putting them into the served module: copied in place (:func:`apply_state_dict`), or staged into tensors of their
+own while generation goes on and then swapped in at once (:func:`stage_state_dict`, :meth:`StagedWeights.swap`)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,14 @@ import torch
 
 from agl_kernel.errors import AglError
 
-__all__ = ["WeightsError", "apply_state_dict", "read_safetensors_bytes", "read_weights_path"]
+__all__ = [
+    "StagedWeights",
+    "WeightsError",
+    "apply_state_dict",
+    "read_safetensors_bytes",
+    "read_weights_path",
+    "stage_state_dict",
+]
 
 
 class WeightsError(AglError, ValueError):
@@ -65,12 +73,10 @@ def _normalize_names(state: Mapping[str, torch.Tensor], known: Mapping[str, Any]
     return out
 
 
-def apply_state_dict(model: torch.nn.Module, state: Mapping[str, torch.Tensor], *, partial: bool = False) -> int:
-    """Copy ``state`` into ``model``'s parameters and buffers in place; returns how many tensors were copied.
-
-    Everything is checked before anything is copied: unknown names, shape mismatches, and (unless ``partial``)
-    tensors of the model that ``state`` leaves out raise :class:`WeightsError`. Tied weights count as present when
-    any of their names is given (``save_pretrained`` stores a tied ``lm_head.weight`` once, as the embedding)."""
+def _checked_targets(
+    model: torch.nn.Module, state: Mapping[str, torch.Tensor], partial: bool
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """``(state with normalised names, the model's tensors by name)``, once every check has passed."""
     targets = model.state_dict(keep_vars=True)
     state = _normalize_names(state, targets)
     unknown = sorted(set(state) - set(targets))
@@ -97,8 +103,60 @@ def apply_state_dict(model: torch.nn.Module, state: Mapping[str, torch.Tensor], 
                 f"{len(missing)} tensor(s) of the model are missing, e.g. {missing[:3]}; send them all, or set "
                 f"partial=true to update only the ones sent"
             )
+    return state, targets
+
+
+def apply_state_dict(model: torch.nn.Module, state: Mapping[str, torch.Tensor], *, partial: bool = False) -> int:
+    """Copy ``state`` into ``model``'s parameters and buffers in place; returns how many tensors were copied.
+
+    Everything is checked before anything is copied: unknown names, shape mismatches, and (unless ``partial``)
+    tensors of the model that ``state`` leaves out raise :class:`WeightsError`. Tied weights count as present when
+    any of their names is given (``save_pretrained`` stores a tied ``lm_head.weight`` once, as the embedding)."""
+    state, targets = _checked_targets(model, state, partial)
     with torch.no_grad():
         for name, tensor in state.items():
             target = targets[name]
             target.copy_(tensor.to(device=target.device, dtype=target.dtype))
     return len(state)
+
+
+class StagedWeights:
+    """New weights copied into tensors of their own, laid out as the served model's (device, dtype, strides),
+    ready to be swapped in: made by :func:`stage_state_dict` while the old weights keep serving."""
+
+    def __init__(self, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        self.pairs = pairs  # (the model's parameter or buffer, its staged replacement)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def swap(self, *, in_place: bool = False) -> int:
+        """Make the staged tensors the model's: each parameter (and buffer) is pointed at its staged tensor, a
+        reference swap that costs microseconds whatever the model's size (tied weights are one parameter, so
+        they stay tied); ``in_place`` copies them into the existing tensors instead (a device-to-device copy, for
+        a decoder whose CUDA graphs captured the old tensors' addresses). Returns how many tensors changed."""
+        with torch.no_grad():
+            for target, staged in self.pairs:
+                if in_place:
+                    target.copy_(staged)
+                else:
+                    target.data = staged
+        count, self.pairs = len(self.pairs), []
+        return count
+
+
+def stage_state_dict(
+    model: torch.nn.Module, state: Mapping[str, torch.Tensor], *, partial: bool = False
+) -> StagedWeights:
+    """Check ``state`` as :func:`apply_state_dict` does (nothing is staged when it does not fit) and copy each tensor
+    into a new one shaped, typed and placed like the model's (on the caller's thread: generation goes on with the
+    old weights meanwhile). The copies share nothing with ``state``, so a trainer may go on changing its tensors."""
+    state, targets = _checked_targets(model, state, partial)
+    pairs: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # by tensor: a tied weight sent twice is staged once
+    with torch.no_grad():
+        for name, tensor in state.items():
+            target = targets[name]
+            staged = torch.empty_like(target, requires_grad=False)
+            staged.copy_(tensor)
+            pairs[id(target)] = (target, staged)
+    return StagedWeights(list(pairs.values()))

@@ -1,5 +1,6 @@
 """agl-model-server as an LLM backend (``model-server`` in ``agl.llm_backends``): the policy served in this
-process, on a free port of 127.0.0.1, its weights swapped in place between batches of requests."""
+process, on a free port of 127.0.0.1, new weights staged while it generates and swapped in between two decode
+steps."""
 
 from __future__ import annotations
 
@@ -26,12 +27,17 @@ class ModelServerBackendOptions:
     """The attention kernel: auto (sdpa where it is faster), sdpa, eager, ..."""
     static_decode: bool | None = None
     """Decode with static caches and shapes (default: on a GPU only)."""
+    drain_on_load: bool = False
+    """Let the requests being generated finish with the old weights before new ones are loaded (every completion
+    from one version, but generation stops until the longest running request ends). Off (the default): the new
+    weights are staged while generation goes on and swapped in between two decode steps (a millisecond's stop;
+    running requests go on with the new weights, what asynchronous RL wants)."""
 
 
 class ModelServerBackend(LLMBackend):
     """Serves the policy with :class:`~agl_model_server.ModelServer` on a background thread of this process: the
-    model is served as given (no copy), and ``load_weights`` copies the new tensors into it in place once the
-    requests being generated have finished (new ones wait for the swap)."""
+    model is served as given (no copy), and ``load_weights`` stages the new tensors on its own thread and swaps them
+    in between two decode steps (``drain_on_load``: copies them in place once the running requests have finished)."""
 
     Options = ModelServerBackendOptions
 
@@ -42,12 +48,14 @@ class ModelServerBackend(LLMBackend):
         max_model_len: int | None = None,
         attn_implementation: str = "auto",
         static_decode: bool | None = None,
+        drain_on_load: bool = False,
     ) -> None:
         self.options = ModelServerBackendOptions(
             max_batch_size=max_batch_size,
             max_model_len=max_model_len,
             attn_implementation=attn_implementation,
             static_decode=static_decode,
+            drain_on_load=drain_on_load,
         )
         self.server: Any = None
 
@@ -59,7 +67,7 @@ class ModelServerBackend(LLMBackend):
             tokenizer=tokenizer,
             model_name=model_name,
             default_max_tokens=max_tokens,
-            **attrs.asdict(self.options),
+            **attrs.asdict(self.options, filter=lambda attribute, _: attribute.name != "drain_on_load"),
         )
         await asyncio.to_thread(self.server.start)
         base_url: str = self.server.base_url
@@ -68,7 +76,8 @@ class ModelServerBackend(LLMBackend):
     async def load_weights(self, state_dict: Mapping[str, Any], *, version: int) -> None:
         if self.server is None:
             raise RuntimeError("the model-server backend is not started: call start() first")
-        await asyncio.to_thread(self.server.load_state_dict, state_dict, version=version)
+        drain = self.options.drain_on_load
+        await asyncio.to_thread(self.server.load_state_dict, state_dict, version=version, drain=drain)
 
     async def stop(self) -> None:
         if self.server is not None:
