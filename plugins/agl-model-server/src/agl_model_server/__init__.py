@@ -5,6 +5,7 @@
     with ModelServer(model=model, tokenizer=tokenizer) as server:   # background thread, free port on 127.0.0.1
         print(server.base_url)                              # http://127.0.0.1:PORT/v1
         server.load_state_dict(new_weights)                 # in place; in-flight requests finish first
+        server.load_adapter("planner", lora_tensors, scale=2.0)  # a LoRA adapter, served as model "<name>:planner"
 
 From the command line: ``agl serve-model --model smollm2``. Importing this package is cheap: torch and
 transformers load when a name below is first used.
@@ -20,6 +21,7 @@ __all__ = [
     "ModelServer",
     "SamplingParams",
     "WeightsError",
+    "adapter_state_from_peft",
     "default_model_dir",
     "load_default_model",
     "load_model",
@@ -34,10 +36,12 @@ _WHERE = {
     "ModelServer": "agl_model_server._server",
     "SamplingParams": "agl_model_server._sampling",
     "WeightsError": "agl_model_server._weights",
+    "adapter_state_from_peft": "agl_model_server._lora",
 }
 
 if TYPE_CHECKING:
     from agl_model_server._engine import Engine
+    from agl_model_server._lora import adapter_state_from_peft
     from agl_model_server._models import DEFAULT_MODEL_NAME, default_model_dir, load_default_model, load_model
     from agl_model_server._sampling import SamplingParams
     from agl_model_server._server import ModelServer

@@ -17,6 +17,7 @@ from litestar.response import Stream
 
 from agl_model_server import _format as fmt
 from agl_model_server._generation import RequestRun
+from agl_model_server._lora import split_model_name
 from agl_model_server._protocol import (
     ApiError,
     ChatRequest,
@@ -68,11 +69,25 @@ def create_app(server: ModelServer) -> Litestar:
     tokenizer = server.tokenizer
     engine = server.engine
 
-    def check_model(name: str | None) -> str:
+    def check_model(name: str | None) -> tuple[str, str | None]:
+        """``(the model name to answer with, the LoRA adapter or None)``: ``<model>:<adapter>`` names an adapter
+        (loaded with ``ModelServer.load_adapter``)."""
         if name is None or name in server.served_names:
-            return server.model_name
+            return server.model_name, None
+        base, adapter = split_model_name(name)
+        if adapter is not None and base in server.served_names:
+            if adapter in engine.adapters:
+                return f"{server.model_name}:{adapter}", adapter
+            loaded = ", ".join(repr(f"{server.model_name}:{a}") for a in engine.adapters.names) or "none"
+            raise ApiError(
+                f"The LoRA adapter {adapter!r} is not loaded on this server (adapters: {loaded}).",
+                status=404,
+                param="model",
+                code="model_not_found",
+            )
+        adapters = "".join(f", {server.model_name}:{a!s}" for a in engine.adapters.names)
         raise ApiError(
-            f"The model {name!r} does not exist here. This server serves {server.model_name!r}.",
+            f"The model {name!r} does not exist here. This server serves {server.model_name!r}{adapters}.",
             status=404,
             param="model",
             code="model_not_found",
@@ -121,7 +136,7 @@ def create_app(server: ModelServer) -> Litestar:
             ignore_eos=req.ignore_eos,
         )
 
-    def run_for(req: Any, prompts: list[list[int]], params: SamplingParams) -> RequestRun:
+    def run_for(req: Any, prompts: list[list[int]], params: SamplingParams, adapter: str | None) -> RequestRun:
         return RequestRun(
             engine,
             tokenizer,
@@ -132,6 +147,7 @@ def create_app(server: ModelServer) -> Litestar:
             include_stop=req.include_stop_str_in_output,
             skip_special_tokens=req.skip_special_tokens,
             incremental=bool(req.stream),
+            adapter=adapter,
         )
 
     async def finish(run: RequestRun) -> None:
@@ -155,7 +171,7 @@ def create_app(server: ModelServer) -> Litestar:
     async def chat_completions(request: Request) -> Response | Stream:
         try:
             req = decode_body(await request.body(), ChatRequest)
-            model = check_model(req.model)
+            model, adapter = check_model(req.model)
             if not req.messages:
                 raise ApiError("`messages` must hold at least one message.", param="messages")
             prompt = server.chat_prompt_ids(
@@ -173,7 +189,7 @@ def create_app(server: ModelServer) -> Litestar:
             if req.top_logprobs is not None and not req.logprobs:
                 raise ApiError("`top_logprobs` needs `logprobs: true`.", param="top_logprobs")
             params = sampling(req, max_tokens, req.top_logprobs or 0)
-            run = run_for(req, [prompt], params)
+            run = run_for(req, [prompt], params, adapter)
             shape = fmt.ChatShape(model=model, request=req, texts=server.token_texts)
             if req.stream:
                 return stream(shape.stream(run), run)
@@ -186,7 +202,7 @@ def create_app(server: ModelServer) -> Litestar:
     async def completions(request: Request) -> Response | Stream:
         try:
             req = decode_body(await request.body(), CompletionRequest)
-            model = check_model(req.model)
+            model, adapter = check_model(req.model)
             if req.echo:
                 raise ApiError("`echo` is not supported by this server.", param="echo")
             if req.suffix:
@@ -206,7 +222,7 @@ def create_app(server: ModelServer) -> Litestar:
             longest = max(len(p) for p in prompts)
             max_tokens = check_length(longest, req.max_tokens if req.max_tokens is not None else 16, None, "prompt")
             params = sampling(req, max_tokens, req.logprobs or 0)
-            run = run_for(req, prompts, params)
+            run = run_for(req, prompts, params, adapter)
             shape = fmt.CompletionShape(model=model, request=req, texts=server.token_texts)
             if req.stream:
                 return stream(shape.stream(run), run)
@@ -217,7 +233,12 @@ def create_app(server: ModelServer) -> Litestar:
 
     @get("/v1/models")
     async def models() -> Response:
-        return _json({"object": "list", "data": [server.model_card()]})
+        base = server.model_card()
+        cards = [base] + [
+            {**base, "id": f"{server.model_name}:{name}", "parent": server.model_name, "adapter_version": version}
+            for name, version in server.adapters.items()
+        ]
+        return _json({"object": "list", "data": cards})
 
     @get("/health")
     async def health() -> Response:

@@ -40,6 +40,7 @@ import torch
 
 from agl_kernel.errors import AglError
 from agl_model_server import _kvcache, _static
+from agl_model_server._lora import AdapterBank
 from agl_model_server._sampling import SamplingParams, sample_batch
 
 __all__ = ["Engine", "EngineError", "TokenEvent"]
@@ -69,10 +70,18 @@ class EngineError(AglError, RuntimeError):
 
 
 class _Seq:
-    __slots__ = ("generated", "generator", "id", "params", "prompt", "sink", "stop_ids", "version")
+    __slots__ = ("adapter", "generated", "generator", "id", "params", "prompt", "sink", "stop_ids", "version")
 
-    def __init__(self, seq_id: int, prompt: list[int], params: SamplingParams, sink: Callable[[TokenEvent], None]):
+    def __init__(
+        self,
+        seq_id: int,
+        prompt: list[int],
+        params: SamplingParams,
+        sink: Callable[[TokenEvent], None],
+        adapter: int = 0,
+    ):
         self.id = seq_id
+        self.adapter = adapter
         self.prompt = prompt
         self.params = params
         self.sink = sink
@@ -132,11 +141,16 @@ class Engine:
             if refused is not None:
                 logger.info("decoding on the dynamic path: the static path does not support %s", refused)
         self._batch: _kvcache.DynamicBatch | _static.StaticBatch
+        self.adapters = AdapterBank(model)
+        """The LoRA adapters served over the model (:mod:`agl_model_server._lora`); none until one is loaded."""
         if static:
-            decoder = _static.StaticDecoder(model, max_slots=self.max_batch_size, max_len=self.max_model_len)
+            decoder = _static.StaticDecoder(
+                model, max_slots=self.max_batch_size, max_len=self.max_model_len, adapters=self.adapters
+            )
             self._batch = _static.StaticBatch(decoder)
         else:
-            self._batch = _kvcache.DynamicBatch(model, pad_token_id=self.pad_token_id)
+            self.adapters.hooks = True
+            self._batch = _kvcache.DynamicBatch(model, pad_token_id=self.pad_token_id, adapters=self.adapters)
         self.static = bool(static)
         self._stats_lock = threading.Lock()
         self.reset_stats()
@@ -173,12 +187,20 @@ class Engine:
             self._thread = None
 
     # ----------------------------------------------------------------------------------------------- requests
-    def submit(self, prompt: list[int], params: SamplingParams, sink: Callable[[TokenEvent], None]) -> int:
+    def submit(
+        self,
+        prompt: list[int],
+        params: SamplingParams,
+        sink: Callable[[TokenEvent], None],
+        *,
+        adapter: str | None = None,
+    ) -> int:
         """Queue a sequence; returns its id. ``sink`` receives its :class:`TokenEvent` objects, the last one with a
-        ``finish_reason``."""
+        ``finish_reason``. ``adapter``: the LoRA adapter to generate under (loaded before; ``None``: the base
+        model); one not loaded is a ``KeyError``."""
         if not prompt:
             raise ValueError("the prompt has no tokens")
-        seq = _Seq(next(self._ids), list(prompt), params, sink)
+        seq = _Seq(next(self._ids), list(prompt), params, sink, self.adapters.slot(adapter))
         if params.seed is not None:
             seq.generator = torch.Generator(device=self.device)
             seq.generator.manual_seed(int(params.seed) & 0xFFFF_FFFF_FFFF_FFFF)
@@ -252,6 +274,7 @@ class Engine:
                 "running": len(self._rows),
                 "waiting": len(self._waiting) + len(self._incoming),
                 "weights_version": self.weights_version,
+                "adapters": dict(self.adapters.versions),
             }
 
     # ----------------------------------------------------------------------------------------------- the loop
@@ -456,11 +479,13 @@ class Engine:
             seq.version = self.weights_version
         # Identical prompts (a GRPO group: one prompt, several completions) are prefilled once and their KV cache
         # copied, so a group of n costs one prompt's prefill instead of n.
-        unique: dict[tuple[int, ...], int] = {}
-        sources = [unique.setdefault(tuple(seq.prompt), len(unique)) for seq in new]
-        prompts = [list(p) for p in unique]
+        # (The same prompt under two LoRA adapters is two prompts: the adapter changes its keys and values.)
+        unique: dict[tuple[int, tuple[int, ...]], int] = {}
+        sources = [unique.setdefault((seq.adapter, tuple(seq.prompt)), len(unique)) for seq in new]
+        prompts = [list(p) for _, p in unique]
+        adapters = [a for a, _ in unique] if self.adapters else None
         before = len(self._rows)
-        logits = self._batch.admit(prompts, sources)
+        logits = self._batch.admit(prompts, sources, adapters)
         self._rows = self._rows + new
         try:
             next_tokens, alive = self._emit(new, logits, events, sinks)

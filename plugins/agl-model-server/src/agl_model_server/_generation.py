@@ -90,10 +90,13 @@ class RequestRun:
         include_stop: bool = False,
         skip_special_tokens: bool = True,
         incremental: bool = True,
+        adapter: str | None = None,
     ) -> None:
         """``incremental=False``: the caller only wants the end result (no stream); without stop strings the
-        tokens are then taken in one piece when each choice ends."""
+        tokens are then taken in one piece when each choice ends. ``adapter``: the LoRA adapter to generate under
+        (``None``: the base model)."""
         self.engine = engine
+        self.adapter = adapter
         self.whole = not incremental and not any(stop)
         self.prompts = [list(p) for p in prompts]
         self.choices: list[Choice] = []
@@ -132,7 +135,7 @@ class RequestRun:
         try:
             for choice in self.choices:
                 sink = _Sink(loop, queue, choice.index, self.whole)
-                choice.seq_id = self.engine.submit(choice.prompt_ids, choice.params, sink)
+                choice.seq_id = self.engine.submit(choice.prompt_ids, choice.params, sink, adapter=self.adapter)
         except EngineError as err:
             self.cancel()
             raise ApiError(f"The model server is shutting down: {err}", status=503, code="unavailable") from err

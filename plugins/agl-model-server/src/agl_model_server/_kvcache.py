@@ -138,8 +138,10 @@ class DynamicBatch:
     rows, ``step`` decodes every row, ``set_next`` gives rows their next input tokens, ``keep``/``clear`` drop rows.
     """
 
-    def __init__(self, model: Any, *, pad_token_id: int) -> None:
+    def __init__(self, model: Any, *, pad_token_id: int, adapters: Any = None) -> None:
+        """``adapters``: an :class:`agl_model_server._lora.AdapterBank` whose hooks add each row's LoRA delta."""
         self.model = model
+        self.adapters = adapters
         self.pad_token_id = pad_token_id
         self.device = next(model.parameters()).device
         accepted = inspect.signature(model.forward).parameters
@@ -152,15 +154,20 @@ class DynamicBatch:
         self._mask: torch.Tensor | None = None
         self._pos: torch.Tensor | None = None
         self._next: torch.Tensor | None = None
+        self._adapters: torch.Tensor | None = None  # per row: its LoRA adapter slot
 
     def _forward(self, cache: Any, **kwargs: Any) -> tuple[torch.Tensor, Any]:
         """Run the model; returns ``(logits of the last position, the updated cache)``."""
         out = self.model(use_cache=True, return_dict=True, **{self._cache_arg: cache}, **kwargs)
         return out.logits[:, -1, :], output_cache(out)
 
-    def admit(self, prompts: list[list[int]], sources: list[int]) -> torch.Tensor:
+    def admit(self, prompts: list[list[int]], sources: list[int], adapters: list[int] | None = None) -> torch.Tensor:
         """Add a row per entry of ``sources`` (an index into ``prompts``; rows sharing a prompt run it once) and
-        return their first logits; the caller then sets their tokens (``set_next(tokens, start)``) or drops them."""
+        return their first logits; the caller then sets their tokens (``set_next(tokens, start)``) or drops them.
+        ``adapters``: the LoRA adapter slot each prompt runs under (default: the base model)."""
+        per_prompt = torch.tensor(adapters or [0] * len(prompts), dtype=torch.long, device=self.device)
+        if self.adapters is not None:
+            self.adapters.rows = per_prompt
         width = max(len(p) for p in prompts)
         ids = torch.full((len(prompts), width), self.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(prompts), width), dtype=torch.long)
@@ -178,8 +185,10 @@ class DynamicBatch:
             mask, logits = mask.index_select(0, rows), logits.index_select(0, rows)
         pos = torch.tensor([len(prompts[s]) for s in sources], dtype=torch.long, device=self.device)
         tokens = torch.zeros(len(sources), dtype=torch.long, device=self.device)
+        row_adapters = per_prompt.index_select(0, torch.tensor(sources, device=self.device))
         if self._mask is None:
             self._cache, self._mask, self._pos, self._next = cache, mask, pos, tokens
+            self._adapters = row_adapters
             self._trim()
             return logits
         assert self._pos is not None and self._next is not None
@@ -189,11 +198,14 @@ class DynamicBatch:
         self._mask = torch.cat([F.pad(self._mask, (length - old_len, 0)), F.pad(mask, (length - new_len, 0))], dim=0)
         self._pos = torch.cat([self._pos, pos])
         self._next = torch.cat([self._next, tokens])
+        self._adapters = torch.cat([self._adapters, row_adapters]) if self._adapters is not None else row_adapters
         return logits
 
     def step(self) -> torch.Tensor:
         assert self._mask is not None and self._pos is not None and self._next is not None
         mask = torch.cat([self._mask, self._mask.new_ones((self._mask.shape[0], 1))], dim=1)
+        if self.adapters is not None:
+            self.adapters.rows = self._adapters
         logits, self._cache = self._forward(
             self._cache, input_ids=self._next[:, None], attention_mask=mask, position_ids=self._pos[:, None]
         )
@@ -214,6 +226,8 @@ class DynamicBatch:
         self._mask = self._mask.index_select(0, rows)
         self._pos = self._pos.index_select(0, rows)
         self._next = self._next.index_select(0, rows)
+        if self._adapters is not None:
+            self._adapters = self._adapters.index_select(0, rows)
         self._trim()
 
     def _trim(self) -> None:

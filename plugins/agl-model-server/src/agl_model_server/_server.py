@@ -235,6 +235,46 @@ class ModelServer:
         future = self.load_state_dict_async(state, partial=partial, version=version, drain=drain)
         return future.result(timeout)["version"]
 
+    def load_adapter_async(
+        self, name: str, state: Mapping[str, Any], *, scale: float = 1.0, version: int | None = None
+    ) -> concurrent.futures.Future:
+        """Like :meth:`load_adapter`, returning a future of ``{"adapter", "version", "loaded_tensors", "new",
+        "resized", "seconds"}`` (``seconds``: the copy itself, on the engine thread)."""
+        self.engine.adapters.check(name, state)  # a bad adapter fails here, before it waits for the engine
+
+        def apply() -> dict[str, Any]:
+            started = time.perf_counter()
+            result = self.engine.adapters.load(name, state, scale=scale, version=version)
+            if result["resized"] and hasattr(self.engine._batch, "decoder"):
+                self.engine._batch.decoder.drop_graphs()
+            return {**result, "seconds": time.perf_counter() - started}
+
+        return self.engine.run_exclusive(apply)
+
+    def load_adapter(
+        self,
+        name: str,
+        state: Mapping[str, Any],
+        *,
+        scale: float = 1.0,
+        version: int | None = None,
+        timeout: float = 600,
+    ) -> int:
+        """Serve LoRA adapter ``name`` with the weights in ``state`` (``{module}.lora_A`` ``[r, in]`` and
+        ``{module}.lora_B`` ``[out, r]``, module names as the served model's; :func:`adapter_state_from_peft`
+        converts peft's), its output scaled by ``scale`` (peft's ``alpha / r``); adds it if new. Returns the
+        adapter's version. Requests name it as the model ``<served name>:<adapter>``; they are batched with those of
+        other adapters and of the base model. Only the adapter's tensors are copied (the base weights stay as
+        they are); requests in flight finish first, as with :meth:`load_state_dict`. Raises ``WeightsError``
+        (nothing changed) when the tensors do not fit the model."""
+        future = self.load_adapter_async(name, state, scale=scale, version=version)
+        return int(future.result(timeout)["version"])
+
+    @property
+    def adapters(self) -> dict[str, int]:
+        """The LoRA adapters served, with their versions."""
+        return dict(self.engine.adapters.versions)
+
     def load_weights(self, path: str | os.PathLike[str], *, partial: bool = False, version: int | None = None) -> int:
         """:meth:`load_state_dict` from a ``.safetensors`` file or a ``save_pretrained`` directory."""
         return self.load_state_dict(read_weights_path(path), partial=partial, version=version)
@@ -281,11 +321,13 @@ class ModelServer:
         top_logprobs: int = 0,
         stop: Sequence[str] = (),
         timeout: float = 600,
+        adapter: str | None = None,
     ) -> dict[str, Any]:
         """Generate one completion through the engine (batched with everything else in flight), without HTTP.
         ``prompt`` is a text, token ids, or chat messages. Returns ``text``, ``token_ids``, ``prompt_token_ids``,
         ``logprobs`` (sampling distribution), ``model_logprobs`` (temperature 1), ``finish_reason`` and
-        ``weights_version``."""
+        ``weights_version``. ``adapter``: a LoRA adapter loaded with :meth:`load_adapter` (``None``: the base
+        model)."""
         if isinstance(prompt, str):
             prompt_ids = self.encode(prompt)
         elif prompt and isinstance(prompt[0], Mapping):
@@ -301,7 +343,7 @@ class ModelServer:
             top_logprobs=top_logprobs,
         )
         events: queue.Queue[TokenEvent] = queue.Queue()
-        seq_id = self.engine.submit(prompt_ids, params, events.put)
+        seq_id = self.engine.submit(prompt_ids, params, events.put, adapter=adapter)
         assembler = TextAssembler(self.tokenizer, stop=stop)
         out: dict[str, Any] = {"prompt_token_ids": prompt_ids, "token_ids": [], "logprobs": [], "model_logprobs": []}
         out["top_logprobs"] = []

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from agl_model_server import _cpu_kernel
+from agl_model_server._lora import AdapterBank
 
 __all__ = ["StaticDecoder", "supported"]
 
@@ -116,7 +117,15 @@ def _bucket(n: int, smallest: int) -> int:
 class StaticDecoder:
     """Fixed-slot KV cache and decode step for one model. Not thread-safe: the engine thread alone calls it."""
 
-    def __init__(self, model: Any, *, max_slots: int, max_len: int, use_graphs: bool | None = None) -> None:
+    def __init__(
+        self,
+        model: Any,
+        *,
+        max_slots: int,
+        max_len: int,
+        use_graphs: bool | None = None,
+        adapters: AdapterBank | None = None,
+    ) -> None:
         reason = supported(model)
         if reason is not None:
             raise ValueError(f"the static decode path does not support this model: {reason}")
@@ -148,6 +157,9 @@ class StaticDecoder:
         self._columns = torch.zeros(0, dtype=torch.long, device=self.device)
         self._graphs: dict[tuple[int, int], tuple[Any, torch.Tensor]] = {}
         self._pool: Any = None
+        # LoRA adapters (served together): the adapter slot of each KV slot's sequence, read by every forward pass
+        self.adapters = adapters
+        self.slot_adapters = torch.zeros(self.max_slots, dtype=torch.long, device=self.device)
         self.captures = 0
         self._signature = self._parameters()
 
@@ -190,6 +202,10 @@ class StaticDecoder:
         self._slots, self._len = new_slots, new_len
         self._drop_graphs()  # they captured the old buffers
 
+    def drop_graphs(self) -> None:
+        """Forget the captured decode graphs (they read tensors that were replaced, e.g. grown adapter stacks)."""
+        self._drop_graphs()
+
     def _drop_graphs(self) -> None:
         # A memory pool is freed with its last graph: the next capture needs a new one.
         self._graphs.clear()
@@ -214,6 +230,8 @@ class StaticDecoder:
         dst = torch.tensor(slots, device=self.device)
         slot_ids = dst[:, None].expand(rows, width)
         mask = self._columns[None, None, None, :columns] <= positions[:, None, :, None]  # [rows, 1, width, cols]
+        if self.adapters:
+            self.adapters.rows = self.slot_adapters.index_select(0, dst)
 
         def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scale: float) -> torch.Tensor:
             out = F.scaled_dot_product_attention(
@@ -283,6 +301,8 @@ class StaticDecoder:
         positions = self.positions[:rows, None]
         mask = (self._columns[None, :columns] <= positions)[:, None, None, :]  # [rows, 1, 1, cols]
         groups = self.heads // self.kv_heads
+        if self.adapters:
+            self.adapters.rows = self.slot_adapters[:rows]
 
         def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scale: float) -> torch.Tensor:
             # The query heads sharing a KV head act as that head's queries: no copy of the cache per head.
@@ -299,6 +319,12 @@ class StaticDecoder:
         hidden = self._layers_forward(hidden, positions, self._rows[:rows, None], attend)
         return self._linear(self.model.lm_head, hidden[:, 0])
 
+    def _adapted_linear(self, module: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+        """The projection plus each row's LoRA delta (see :mod:`agl_model_server._lora`)."""
+        out = self._linear(module, x)
+        delta = self.adapters.delta(module, x) if self.adapters is not None else None
+        return out if delta is None else out + delta
+
     def _layers_forward(
         self, hidden: torch.Tensor, positions: torch.Tensor, slot_ids: torch.Tensor, attend: Any
     ) -> torch.Tensor:
@@ -306,7 +332,7 @@ class StaticDecoder:
         ``slot_ids``, both ``[rows, width]``): each layer writes its keys/values into the slots, then ``attend(q,
         keys, values, scale)`` reads them. Returns the final-normed hidden states."""
         rows, width = hidden.shape[:2]
-        linear = self._linear
+        linear = self._adapted_linear if self.adapters else self._linear
         cos, sin = self._inner.rotary_emb(hidden, positions)
         for index, layer in enumerate(self._layers):
             attn = layer.self_attn
@@ -342,12 +368,17 @@ class StaticBatch:
         self._slots, self._lengths = [], []
         self._index = self._index[:0]
 
-    def admit(self, prompts: list[list[int]], sources: list[int]) -> torch.Tensor:
+    def admit(self, prompts: list[list[int]], sources: list[int], adapters: list[int] | None = None) -> torch.Tensor:
         """Add a row per entry of ``sources`` (an index into ``prompts``; rows sharing a prompt run it once) and
-        return their first logits; the caller then sets their tokens (``set_next(tokens, start)``) or drops them."""
+        return their first logits; the caller then sets their tokens (``set_next(tokens, start)``) or drops them.
+        ``adapters``: the LoRA adapter slot each prompt runs under (default: the base model)."""
         used = set(self._slots)
         free = (slot for slot in range(self.decoder.max_slots) if slot not in used)
         slots = [next(free) for _ in sources]
+        per_prompt = adapters or [0] * len(prompts)
+        self.decoder.slot_adapters[torch.tensor(slots, device=self.decoder.device)] = torch.tensor(
+            [per_prompt[s] for s in sources], device=self.decoder.device
+        )
         groups: dict[int, list[int]] = {}  # prompt -> the slots of the rows that share it
         for slot, source in zip(slots, sources):
             groups.setdefault(source, []).append(slot)
@@ -355,7 +386,11 @@ class StaticBatch:
         self.decoder.reserve(max(slots) + 1, max(len(p) for p in distinct) + 1)  # the copies' slots too
         # The tokens every prompt starts with (a system prompt, the agent's instructions) run once, into one slot,
         # and are copied to the others; each prompt's own tokens run after them (at least its last one).
-        shared = min(_common_prefix(distinct), min(len(p) for p in distinct) - 1) if len(distinct) > 1 else 0
+        # (Only under one adapter: a prefix's keys and values depend on the adapter that ran it.)
+        one_adapter = len({per_prompt[s] for s in groups}) == 1
+        shared = 0
+        if len(distinct) > 1 and one_adapter:
+            shared = min(_common_prefix(distinct), min(len(p) for p in distinct) - 1)
         if shared >= _SHARED_PREFIX_MIN:
             self.decoder.prefill(firsts[:1], [distinct[0][:shared]], logits=False)
             self.decoder.copy_slot(firsts[0], firsts[1:], shared)
