@@ -22,10 +22,11 @@ from agl_algo_grpo._batching import (
     assign_advantages,
     collate,
     pack_prefixes,
+    split_stale,
 )
 from agl_algo_grpo._checkpoint import disk_usage, format_size
 from agl_algo_grpo._config import GRPOConfig, LoraSettings, make_config
-from agl_algo_grpo._losses import group_advantages, policy_loss, token_logprobs
+from agl_algo_grpo._losses import group_advantages, importance_weights, policy_loss, token_logprobs
 from agl_algo_grpo._policy import PolicyTrainer, keep_freed_memory
 from agl_algo_grpo._publish import LLMPublisher, PolicyPublisher, WeightSink
 from agl_algo_grpo._serving import SERVE_EXTRA, SERVED_MODEL_NAME, load_named_model
@@ -66,10 +67,12 @@ __all__ = [
     "disk_usage",
     "format_size",
     "group_advantages",
+    "importance_weights",
     "keep_freed_memory",
     "load_named_model",
     "make_config",
     "pack_prefixes",
     "policy_loss",
+    "split_stale",
     "token_logprobs",
 ]
