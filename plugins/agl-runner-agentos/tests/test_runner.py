@@ -14,7 +14,17 @@ import pytest
 from agl_kernel import EnqueueRequest, RolloutConfig
 from agl_kernel.plugins import create_component
 from agl_kernel.rewards import final_reward, read_rewards
-from agl_runner_agentos import AUDIT_SPAN, DECISION_SPAN, AgentOSRunner, audit_records, governed_tool
+from agl_runner_agentos import (
+    AUDIT_SPAN,
+    DECISION_SPAN,
+    AgentOSRunner,
+    Governance,
+    PolicyViolationError,
+    ToolCallError,
+    audit_records,
+    governed_tool,
+)
+from agl_runner_agentos._governance import one_entry_per_call
 
 NO_RETRY = RolloutConfig(max_attempts=1)
 
@@ -139,8 +149,13 @@ def test_the_flight_recorder_is_imported_as_spans_of_each_attempt(tmp_path: Path
         entry = next(s for s in audits if s.attributes["agentos.audit.tool_name"] == "run_sql")
         assert entry.attributes["agentos.audit.policy_verdict"] == verdict
         assert entry.attributes["agentos.audit.entry_hash"]  # the recorder's tamper-evident chain comes along
+        # one audit span per decision (Agent-OS's never-settled 'pending' row merged into its outcome's), linked to
+        # the decision by the call id, with the time the call started
+        [decision] = named(result["spans"], DECISION_SPAN)
+        assert [s.attributes["agentos.audit.call_id"] for s in audits] == [decision.attributes["agentos.call_id"]]
+        assert entry.attributes["agentos.audit.pending_timestamp"] <= entry.attributes["agentos.audit.timestamp"]
         kinds = [r["kind"] for r in result["records"]]
-        assert kinds.count("decision") == 1 and kinds.count("audit") == len(audits)
+        assert kinds.count("decision") == 1 and kinds.count("audit") == len(audits) == 1
         assert {r["attempt_id"] for r in result["records"]} == {attempt.attempt_id}
     assert (tmp_path / "audit.db").exists()  # a kept audit file stays
 
@@ -165,3 +180,46 @@ def test_a_tool_that_fails_raises_in_the_agent(tmp_path: Path) -> None:
     assert result["attempt"].status == "failed"
     [error] = named(result["spans"], "agl.exception")
     assert error.attributes["exception.message"] == "tool 'broken' failed: RuntimeError: disk full"
+
+
+def test_the_flight_recorder_gives_one_entry_per_call_with_its_outcome(tmp_path: Path) -> None:
+    """Agent-OS writes a 'pending' row at each syscall and the outcome in a second row; the import merges them."""
+    governance = Governance(str(governed_agents.write_policy(tmp_path)))
+
+    def tool(query: str) -> list:
+        if query == "SELECT broken":
+            raise RuntimeError("no such table")
+        return [[1]]
+
+    try:
+        with governance.session("r:a") as session:
+            assert session.call("run_sql", tool, {"query": "SELECT 1"}) == [[1]]
+            with pytest.raises(PolicyViolationError):
+                session.call("run_sql", tool, {"query": "DROP TABLE x"})
+            with pytest.raises(ToolCallError):
+                session.call("run_sql", tool, {"query": "SELECT broken"})
+            assert session.call("run_sql", tool, {"query": "SELECT 1"}) == [[1]]  # the same call again
+        raw = len(governance.recorder.query_logs(agent_id="r:a", limit=100))
+        entries = governance.audit_rows("r:a")
+    finally:
+        governance.close()
+    assert raw == 8  # two rows a call, as Agent-OS 3.7 writes them
+    assert [e["policy_verdict"] for e in entries] == ["allowed", "blocked", "error", "allowed"]
+    assert [e["call_id"] for e in entries] == [d.call_id for d in session.decisions]
+    assert len({e["call_id"] for e in entries}) == 4
+    for entry in entries:
+        assert entry["tool_name"] == "run_sql" and entry["pending_timestamp"] <= entry["timestamp"]
+        assert entry["pending_trace_id"] != entry["trace_id"] and entry["pending_entry_hash"]
+
+
+def test_a_pending_row_without_an_outcome_is_kept() -> None:
+    pending = {
+        "id": 1,
+        "trace_id": "t1",
+        "timestamp": "2026-01-01T00:00:00",
+        "tool_name": "syscall_SYS_EXEC",
+        "tool_args": json.dumps({"tool": "run_sql", "args": {"query": "SELECT 1"}, "call_id": "c1"}),
+        "policy_verdict": "pending",
+    }
+    other = {"id": 2, "trace_id": "t2", "tool_name": "kernel_panic", "tool_args": None, "policy_verdict": "error"}
+    assert one_entry_per_call([pending, other]) == [{**pending, "call_id": "c1"}, other]

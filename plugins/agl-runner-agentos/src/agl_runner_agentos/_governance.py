@@ -18,16 +18,18 @@ only, unless ``fail_on_violation`` asks for the attempt to end there.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
 import inspect
+import json
 import logging
 import os
 import shutil
 import tempfile
 import threading
 import uuid
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any, TypeVar
 
 from agl_kernel.emit import last_llm_call, to_json
@@ -106,14 +108,15 @@ class Governance:
         return session
 
     def audit_rows(self, agent_id: str) -> list[dict[str, Any]]:
-        """The flight recorder's entries for one agent (attempt), oldest first."""
+        """The flight recorder's entries for one agent (attempt), oldest first, one per tool call
+        (:func:`one_entry_per_call`)."""
         import sqlite3
 
         self.recorder.flush()
-        with contextlib_closing(sqlite3.connect(self.audit_path)) as conn:
+        with contextlib.closing(sqlite3.connect(self.audit_path)) as conn:
             conn.row_factory = sqlite3.Row
             rows = conn.execute("SELECT * FROM audit_log WHERE agent_id = ? ORDER BY id", (agent_id,)).fetchall()
-        return [dict(row) for row in rows]
+        return one_entry_per_call([dict(row) for row in rows])
 
     def close(self) -> None:
         self.kernel.shutdown()
@@ -125,10 +128,65 @@ class Governance:
             shutil.rmtree(self._tempdir, ignore_errors=True)
 
 
-def contextlib_closing(conn: Any) -> Any:
-    import contextlib
+def _json(text: Any) -> Any:
+    try:
+        return json.loads(text) if isinstance(text, str) else None
+    except ValueError:
+        return None
 
-    return contextlib.closing(conn)
+
+def _pending_request(row: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The syscall request of a row the kernel wrote at the syscall and left ``pending``; ``None`` for others."""
+    if row.get("policy_verdict") != "pending" or not str(row.get("tool_name") or "").startswith("syscall_"):
+        return None
+    request = _json(row.get("tool_args"))
+    return request if isinstance(request, dict) and "tool" in request else None
+
+
+def _settles(row: Mapping[str, Any], request: Mapping[str, Any]) -> bool:
+    """Whether ``row`` is the outcome of the call ``request`` asked for: the policy check's ``blocked`` row holds
+    the request (its call id); the executor's row holds the tool's arguments."""
+    if row.get("tool_name") != request["tool"] or row.get("policy_verdict") == "pending":
+        return False
+    arguments = _json(row.get("tool_args"))
+    if isinstance(arguments, dict) and "call_id" in arguments:
+        return bool(arguments["call_id"] == request.get("call_id"))
+    return (arguments or {}) == (request.get("args") or {})
+
+
+def one_entry_per_call(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The flight recorder's rows of one agent, one entry per tool call.
+
+    Agent-OS (3.7) writes two rows for one governed call: at the syscall, a ``pending`` row (tool
+    ``syscall_SYS_EXEC``, arguments: the request with its ``call_id``) that it never settles; then the outcome's row
+    (the tool's name): ``allowed``/``error`` from the executor, or ``blocked`` from the policy check. Each outcome
+    row takes its pending row's place, its own fields as recorded (so its hashes still verify), with the call's
+    ``call_id`` (the decision span's) and the pending row's ``timestamp``, ``trace_id`` and ``entry_hash`` (the
+    hash chain runs through it) as ``pending_*``. A pending row no outcome followed (the kernel refused the call
+    before any check) stays as it is; rows of other kinds too.
+    """
+    entries: list[dict[str, Any]] = []
+    waiting: list[tuple[int, dict[str, Any]]] = []  # (index in entries, request) of calls without an outcome yet
+    for row in rows:
+        request = _pending_request(row)
+        if request is not None:
+            waiting.append((len(entries), request))
+            entries.append({**row, "call_id": request.get("call_id")})
+            continue
+        match = next((i for i, (_, req) in enumerate(waiting) if _settles(row, req)), None)
+        if match is None:
+            entries.append(dict(row))
+            continue
+        index, request = waiting.pop(match)
+        pending = entries[index]
+        entries[index] = {
+            **row,
+            "call_id": request.get("call_id"),
+            "pending_timestamp": pending.get("timestamp"),
+            "pending_trace_id": pending.get("trace_id"),
+            "pending_entry_hash": pending.get("entry_hash"),
+        }
+    return entries
 
 
 class _KernelPolicy:
