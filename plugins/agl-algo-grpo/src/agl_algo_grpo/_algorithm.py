@@ -18,6 +18,7 @@ import msgspec
 from rich.console import Console
 from torch import nn
 
+from agl_algo_grpo._adapters import RoleRewards, split_rollouts
 from agl_algo_grpo._batching import RolloutSample, TrainingSample, assign_advantages, split_stale
 from agl_algo_grpo._checkpoint import disk_usage, format_size, list_checkpoints
 from agl_algo_grpo._config import GRPOConfig, credit_rule, llm_backend, make_config
@@ -211,7 +212,14 @@ class GRPO(Algorithm):
                     assert self._served is not None
                     model, tokenizer = self._served
                     self._active_publisher = await stack.enter_async_context(
-                        serving(store, llm_backend(self.config), model, tokenizer, max_tokens=self.config.max_tokens)
+                        serving(
+                            store,
+                            llm_backend(self.config),
+                            model,
+                            tokenizer,
+                            max_tokens=self.config.max_tokens,
+                            adapters=list(self.policy.adapters),
+                        )
                     )
                 return await self._run(store, train_dataset, val_dataset)
         finally:
@@ -241,6 +249,8 @@ class GRPO(Algorithm):
             from agl_kernel.adapters import TripletAdapter
 
             self.adapter = TripletAdapter()
+        if policy.adapters and not isinstance(self.adapter, RoleRewards):  # each role's reward to its triplets
+            self.adapter = RoleRewards(self.adapter, list(policy.adapters))
         self._published = None
         self._ahead = {}
         recorder = MetricsRecorder(
@@ -308,7 +318,10 @@ class GRPO(Algorithm):
         collected = await self._collect(store, rollouts, ended)
         rollout_time = time.perf_counter() - started
 
-        samples = assign_advantages(collected.samples, rule=self.credit)
+        rollout_samples, role_metrics = collected.samples, dict[str, float]()
+        if policy.adapters:  # one LoRA per role (agl_algo_grpo._adapters): advantages within each role's triplets
+            rollout_samples, role_metrics = split_rollouts(collected.samples, list(policy.adapters))
+        samples = assign_advantages(rollout_samples, rule=self.credit)
         total = len(samples)
         if self.config.max_staleness:
             samples, dropped = split_stale(samples, policy.version, self.config.max_staleness)
@@ -339,6 +352,7 @@ class GRPO(Algorithm):
             metrics["rollouts_full_reward"] = float(count_full_rewards(rewards))
             metrics["success_rate"] = metrics["rollouts_full_reward"] / len(rewards)  # share with reward ≥ 1
         metrics["update_time_s"] = metrics["step_time_s"] - rollout_time
+        metrics.update(role_metrics)
         if self.config.max_staleness:
             metrics.update(stale_metrics)
         await recorder.record(policy.step, metrics, no_triplet_reasons=collected.no_triplets, started=started_wall)

@@ -1,5 +1,6 @@
 """Checkpoints on disk: ``{checkpoint_dir}/step-000010/`` holds ``model/`` (``save_pretrained``: the full model, or
-only the LoRA adapter), ``optimizer.pt``, ``rng.pt`` and ``state.json`` (step, whether LoRA is on). A checkpoint
+only the LoRA adapter; with several named adapters, one folder each), ``optimizer.pt`` (one state per adapter with
+several), ``rng.pt`` and ``state.json`` (step, whether LoRA is on, the adapters' names). A checkpoint
 is written under a temporary name and renamed when complete, so a crash never leaves a half-written "latest"."""
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ import json
 import math
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -105,15 +106,24 @@ def write_checkpoint(directory: Path, step: int, *, model: Any, optimizer: Any, 
     return final
 
 
-def read_checkpoint(path: Path, *, model: Any, optimizer: Any, lora: bool, device: torch.device) -> dict[str, Any]:
-    """Load ``path`` into ``model`` and ``optimizer``; returns its ``state.json``."""
+def read_checkpoint(
+    path: Path, *, model: Any, optimizer: Any, lora: bool, device: torch.device, adapters: Sequence[str] = ()
+) -> dict[str, Any]:
+    """Load ``path`` into ``model`` and ``optimizer``; returns its ``state.json``. ``adapters``: the named LoRA
+    adapters the run trains (the checkpoint must hold the same ones)."""
     state = json.loads((path / "state.json").read_text())
+    saved = list(state.get("adapters") or [])
+    if saved != list(adapters):
+        raise ValueError(
+            f"the checkpoint {path} holds the adapters {saved or 'none'}, but this run trains "
+            f"{list(adapters) or 'none'}: use the same adapters option, or another checkpoint_dir"
+        )
     if bool(state.get("lora")) != lora:
         raise ValueError(
             f"the checkpoint {path} was written with LoRA {'on' if state.get('lora') else 'off'}, but this run has "
             f"it {'on' if lora else 'off'}: use the same lora setting, or another checkpoint_dir"
         )
-    load_model_weights(model, path / "model", lora=lora, device=device)
+    load_model_weights(model, path / "model", lora=lora, device=device, adapters=adapters)
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=device, weights_only=True))
     rng_path = path / "rng.pt"
     if rng_path.is_file():
@@ -150,11 +160,17 @@ def _no_progress_bar() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def load_model_weights(model: Any, source: Path, *, lora: bool, device: torch.device) -> None:
+def load_model_weights(
+    model: Any, source: Path, *, lora: bool, device: torch.device, adapters: Sequence[str] = ()
+) -> None:
     if lora:
         from peft import set_peft_model_state_dict
         from peft.utils import load_peft_weights
 
+        for name in adapters:  # peft's save_pretrained writes each named adapter in a folder of its name
+            set_peft_model_state_dict(model, load_peft_weights(str(source / name), device=str(device)), name)
+        if adapters:
+            return
         set_peft_model_state_dict(model, load_peft_weights(str(source), device=str(device)))
         return
     plain = source / "weights.pt"

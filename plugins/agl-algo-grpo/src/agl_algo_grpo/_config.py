@@ -8,6 +8,7 @@ options that may be strings, as they come from the command line (with the kernel
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -18,7 +19,15 @@ from agl_kernel.config import options_with
 from agl_kernel.credit import CreditRule
 from agl_kernel.llm_backend import LLMBackend
 
-__all__ = ["GRPOConfig", "LoraSettings", "credit_rule", "llm_backend", "make_config", "named_component"]
+__all__ = [
+    "GRPOConfig",
+    "LoraSettings",
+    "adapter_settings",
+    "credit_rule",
+    "llm_backend",
+    "make_config",
+    "named_component",
+]
 
 
 def _target_modules(value: Any) -> Any:
@@ -67,6 +76,46 @@ def _lora(value: Any) -> LoraSettings | None:
     if value is False:
         return None
     return value
+
+
+_ADAPTER_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,63}$")  # as agl-model-server takes them (base:name)
+
+
+def _adapters(value: Any) -> Any:
+    """``"planner,solver"`` / ``'["planner", "solver"]'`` (as ``--set`` gives them) or a list as a tuple of names;
+    a table (name → settings) as a dict; ``None`` stays."""
+    if value is None or isinstance(value, Mapping):
+        return None if value is None else dict(value)
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                value = json.loads(text)
+            except ValueError:
+                raise ValueError(f"expected a list of adapter names, got {value!r}") from None
+        else:
+            value = [part.strip() for part in text.split(",") if part.strip()]
+    return tuple(value)
+
+
+def _check_adapters(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if value is None:
+        return
+    names = list(value)
+    if not names:
+        raise ValueError(f"'{attribute.name}' must name at least one adapter (or be left out)")
+    for name in names:
+        if not isinstance(name, str) or not _ADAPTER_NAME.match(name):
+            raise ValueError(
+                f"'{attribute.name}' must hold names of letters, digits, '_' and '-' (at most 64), not {name!r}"
+            )
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise ValueError(f"'{attribute.name}' must name each adapter once; given twice: {', '.join(map(repr, twice))}")
+    if isinstance(value, Mapping):
+        for name, settings in value.items():
+            if not isinstance(settings, LoraSettings):
+                raise ValueError(f"'{attribute.name}' must map each name to a table of LoRA settings ({name!r})")
 
 
 @attrs.frozen(kw_only=True)
@@ -161,6 +210,16 @@ class GRPOConfig:
     lora: bool | LoraSettings | None = attrs.field(default=None, converter=_lora)
     """Train LoRA adapters instead of every weight (needs ``agl-algo-grpo[lora]``): ``true`` for the default
     settings, or a table of them (``lora.r``, ...); ``None``/``false``: full fine-tuning."""
+    adapters: tuple[str, ...] | Mapping[str, LoraSettings] | None = attrs.field(
+        default=None, converter=_adapters, validator=_check_adapters
+    )
+    """One LoRA adapter per agent role, trained side by side on one frozen base model (multi-agent runs; turns
+    LoRA on): a list of names (``["planner", "solver"]``, ``--set algorithm.adapters=planner,solver``), each with
+    the ``lora`` settings, or a table of name → settings (``[algorithm.adapters.solver] r = 8``). Each adapter is
+    published as its own LLM resource, named by the role, whose model is ``policy:<role>`` (the first is also
+    ``main_llm``); the model server serves all of them over one base model in the same batches; each triplet
+    updates the adapter of the LLM call it came from, with that adapter's own optimizer, and advantages are
+    computed per role."""
     # ---------------------------------------------------------------- hardware
     device: str = "auto"
     """``"auto"``: CUDA if available, else the CPU; or any torch device string."""
@@ -213,6 +272,17 @@ def named_component(
         given.update({k: v for k, v in (defaults or {}).items() if k in fields and k not in given})
         options_with(options_class, None, given, path=f"{path}_options")  # the errors, named by that path
     return create_component(kind, name, options=given)
+
+
+def adapter_settings(config: GRPOConfig) -> dict[str, LoraSettings]:
+    """The adapters ``config`` trains, name → settings: those of ``adapters`` (a list takes ``lora``'s settings,
+    or the defaults), or ``{}`` without ``adapters`` (``lora`` alone: one adapter, the single-policy run)."""
+    if config.adapters is None:
+        return {}
+    if isinstance(config.adapters, Mapping):
+        return dict(config.adapters)
+    lora = config.lora if isinstance(config.lora, LoraSettings) else LoraSettings()
+    return dict.fromkeys(config.adapters, lora)
 
 
 def credit_rule(config: GRPOConfig) -> CreditRule:

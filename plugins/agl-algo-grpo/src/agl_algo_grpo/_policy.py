@@ -13,16 +13,17 @@ import platform
 import random
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
 
 import torch
 from torch import nn
 
+from agl_algo_grpo._adapters import AdapterOptimizers, route
 from agl_algo_grpo._batching import Batch, TrainingSample, collate, pack_prefixes
 from agl_algo_grpo._checkpoint import latest_checkpoint, prune_checkpoints, read_checkpoint, write_checkpoint
-from agl_algo_grpo._config import GRPOConfig
+from agl_algo_grpo._config import GRPOConfig, LoraSettings, adapter_settings
 from agl_algo_grpo._losses import importance_weights, policy_loss, token_logprobs
 from agl_kernel.errors import MissingDependencyError
 
@@ -81,7 +82,7 @@ def resolve_device(config: GRPOConfig) -> tuple[torch.device, torch.dtype, torch
     if config.dtype != "auto":
         weights = _DTYPES[config.dtype]
     elif device.type == "cuda":
-        weights = torch.bfloat16 if config.lora is not None else torch.float32
+        weights = torch.bfloat16 if config.lora is not None or config.adapters is not None else torch.float32
     else:
         weights = torch.float32
     autocast = torch.bfloat16 if device.type == "cuda" and config.dtype in ("auto", "bfloat16") else None
@@ -113,7 +114,11 @@ class PolicyTrainer:
         model = model.to(device=self.device, dtype=self.weights_dtype)
         self.pad_token_id = _pad_token_id(model) if pad_token_id is None else pad_token_id
         self.reference: nn.Module | None = None
-        if self.config.lora is not None:
+        self.adapters = adapter_settings(self.config)
+        """With the ``adapters`` option: the LoRA adapters trained, name → settings (else empty)."""
+        if self.adapters:
+            model = _with_adapters(model, self.adapters)
+        elif self.config.lora is not None:
             model = _with_lora(model, self.config)
         elif self.config.kl_coef > 0:
             self.reference = copy.deepcopy(model).eval().requires_grad_(False)
@@ -123,7 +128,7 @@ class PolicyTrainer:
                 model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
             else:
                 model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            if self.config.lora is not None:
+            if self.lora:
                 model.enable_input_require_grads()
         self.model: CausalLM = model
         self._keeps_logits = _accepts_logits_to_keep(model)
@@ -132,7 +137,15 @@ class PolicyTrainer:
         self.parameters = [p for p in model.parameters() if p.requires_grad]
         if not self.parameters:
             raise ValueError("the model has no trainable parameters")
-        self.optimizer = _adamw(self.parameters, lr=self.config.learning_rate, weight_decay=self.config.weight_decay)
+        options = {"lr": self.config.learning_rate, "weight_decay": self.config.weight_decay}
+        self.optimizer: Any
+        if self.adapters:  # one optimizer per adapter: an update of one never moves another's weights or moments
+            self.adapter_parameters = {name: _adapter_parameters(model, name) for name in self.adapters}
+            self.optimizer = AdapterOptimizers(
+                {name: _adamw(params, **options) for name, params in self.adapter_parameters.items()}
+            )
+        else:
+            self.optimizer = _adamw(self.parameters, **options)
         self.step = 0
         self.checkpoint_dir = Path(self.config.checkpoint_dir)
         self.resumed_from: Path | None = self.resume() if self.config.resume else None
@@ -143,7 +156,7 @@ class PolicyTrainer:
 
     @property
     def lora(self) -> bool:
-        return self.config.lora is not None
+        return self.config.lora is not None or bool(self.adapters)
 
     # ------------------------------------------------------------------------------------------------ logprobs
 
@@ -252,7 +265,9 @@ class PolicyTrainer:
     def _is_stale(self, sample: TrainingSample) -> bool:
         return sample.version is not None and sample.version < self.version
 
-    def train_step(self, samples: Sequence[TrainingSample]) -> dict[str, float]:
+    def train_step(
+        self, samples: Sequence[TrainingSample], *, adapter: str | None = None, advance: bool = True
+    ) -> dict[str, float]:
         """One GRPO update on ``samples``: ``epochs_per_step`` passes, each in optimizer steps of
         ``grad_accumulation`` micro-batches (default: all), the loss a token mean over each optimizer step.
 
@@ -260,9 +275,16 @@ class PolicyTrainer:
         ``ratio_mean``, ``ratio_max``, ``grad_norm`` (before clipping, mean over optimizer steps), ``advantage_mean``,
         ``advantage_abs_mean``, ``sequences``, ``loss_tokens``, ``tokens_per_s``, ``time_s``, ``optimizer_steps``,
         ``recomputed_logprobs``, ``lr``.
+
+        With ``adapters``: ``adapter`` names the one to update (it is made active, and only its optimizer steps);
+        without it the samples go to the adapters their groups name (:func:`agl_algo_grpo._adapters.route`);
+        ``advance=False`` leaves ``step`` as it is (:meth:`train_adapters` counts one step for all adapters).
         """
         if not samples:
             raise ValueError("train_step needs at least one sample")
+        if self.adapters and adapter is None:  # samples of several adapters: each updates its own
+            return self.train_adapters(route(samples, list(self.adapters)))
+        optimizer, parameters = self._optimizer_for(adapter)
         started = time.perf_counter()
         self.model.train()
         batches = self._micro_batches(samples)
@@ -278,7 +300,7 @@ class PolicyTrainer:
             for start in range(0, len(order), per_update):
                 group = [batches[i] for i in order[start : start + per_update]]
                 normalizer = max(sum(b.loss_tokens for b in group), 1)
-                self.optimizer.zero_grad(set_to_none=True)
+                optimizer.zero_grad(set_to_none=True)
                 update_loss = 0.0
                 for batch in group:
                     new_logps = self._forward_logps(self.model, batch)
@@ -303,11 +325,11 @@ class PolicyTrainer:
                         sums[key] += metrics.get(key, 0.0) * tokens
                     ratio_max = max(ratio_max, metrics["ratio_max"])
                 limit = self.config.max_grad_norm if self.config.max_grad_norm is not None else math.inf
-                norms.append(float(torch.nn.utils.clip_grad_norm_(self.parameters, limit)))
-                self.optimizer.step()
+                norms.append(float(torch.nn.utils.clip_grad_norm_(parameters, limit)))
+                optimizer.step()
                 losses.append(update_loss)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.step += 1
+        optimizer.zero_grad(set_to_none=True)
+        self.step += int(advance)
         elapsed = time.perf_counter() - started
         advantages = [s.advantage for s in samples]
         result = {key: sums[key] / max(weight, 1.0) for key in token_weighted}
@@ -325,10 +347,44 @@ class PolicyTrainer:
             time_s=elapsed,
             optimizer_steps=float(len(losses)),
             recomputed_logprobs=float(sum(b.recomputed for b in batches)),
-            lr=float(self.optimizer.param_groups[0]["lr"]),
+            lr=float(optimizer.param_groups[0]["lr"]),
         )
         if stale := [b for b in batches if b.stale_mask is not None]:
             result.update(_importance_metrics(stale))
+        return result
+
+    def _optimizer_for(self, adapter: str | None) -> tuple[Any, list[torch.Tensor]]:
+        if not self.adapters:
+            if adapter is not None:
+                raise ValueError(f"adapter={adapter!r}, but this policy trains no named adapters (GRPO's adapters)")
+            return self.optimizer, self.parameters
+        if adapter not in self.adapters:
+            raise ValueError(f"adapter={adapter!r}: this policy trains the adapters {list(self.adapters)}")
+        self.model.set_adapter(adapter)
+        return self.optimizer[adapter], self.adapter_parameters[adapter]
+
+    def train_adapters(self, routed: Mapping[str, Sequence[TrainingSample]]) -> dict[str, float]:
+        """One GRPO step over several adapters: each adapter is updated on its own samples only (``routed``:
+        adapter → samples), with its own optimizer; ``step`` moves on once. Metrics: each adapter's as
+        ``<adapter>/<metric>``, and over all: sums of ``sequences``, ``loss_tokens``, ``time_s``,
+        ``optimizer_steps``, ``recomputed_logprobs``, the others averaged weighted by sequences."""
+        per: dict[str, dict[str, float]] = {}
+        for name, samples in routed.items():
+            if samples:
+                per[name] = self.train_step(samples, adapter=name, advance=False)
+        if not per:
+            raise ValueError("train_adapters needs at least one sample")
+        self.step += 1
+        summed = ("sequences", "loss_tokens", "time_s", "optimizer_steps", "recomputed_logprobs")
+        total = sum(m["sequences"] for m in per.values())
+        result: dict[str, float] = {}
+        for key in set.intersection(*(set(m) for m in per.values())):
+            values = [(m[key], m["sequences"]) for m in per.values()]
+            result[key] = sum(v for v, _ in values) if key in summed else sum(v * w for v, w in values) / total
+        result["ratio_max"] = max(m["ratio_max"] for m in per.values())
+        result["tokens_per_s"] = sum(m["tokens_per_s"] * m["time_s"] for m in per.values()) / result["time_s"]
+        for name, metrics in per.items():
+            result.update({f"{name}/{key}": value for key, value in metrics.items()})
         return result
 
     def skip_step(self) -> None:
@@ -351,6 +407,17 @@ class PolicyTrainer:
                 weights = {k: v.to(dtype) if v.is_floating_point() else v for k, v in weights.items()}
         return weights
 
+    def adapter_state_for_serving(self, name: str) -> tuple[dict[str, torch.Tensor], float]:
+        """Adapter ``name``'s tensors as agl-model-server's ``load_adapter`` takes them (``{module}.lora_A`` /
+        ``{module}.lora_B``, names of the base model), and its scale (``alpha / r``). Copies: kilobytes to a few MB,
+        never the base weights."""
+        from agl_model_server import adapter_state_from_peft
+
+        with torch.no_grad():
+            lora = {k: v.detach().clone() for k, v in self.model.state_dict().items() if f".{name}.weight" in k}
+            state = adapter_state_from_peft(lora, name)
+        return state, _adapter_scale(self.model, name)
+
     # ------------------------------------------------------------------------------------------------ checkpoints
 
     def save_checkpoint(self, directory: str | Path | None = None) -> Path:
@@ -362,7 +429,7 @@ class PolicyTrainer:
             self.step,
             model=self.model,
             optimizer=self.optimizer,
-            state={"lora": self.lora, "seed": self.config.seed},
+            state={"lora": self.lora, "seed": self.config.seed, "adapters": list(self.adapters)},
         )
         prune_checkpoints(root, self.config.keep_checkpoints, newest=path)
         return path
@@ -374,7 +441,14 @@ class PolicyTrainer:
         path = root if (root / "state.json").is_file() else latest_checkpoint(root)
         if path is None:
             return None
-        state = read_checkpoint(path, model=self.model, optimizer=self.optimizer, lora=self.lora, device=self.device)
+        state = read_checkpoint(
+            path,
+            model=self.model,
+            optimizer=self.optimizer,
+            lora=self.lora,
+            device=self.device,
+            adapters=list(self.adapters),
+        )
         self.step = int(state["step"])
         return path
 
@@ -420,21 +494,59 @@ def _pad_token_id(model: nn.Module) -> int:
 
 
 def _with_lora(model: CausalLM, config: GRPOConfig) -> CausalLM:
+    lora = config.lora
+    assert lora is not None and not isinstance(lora, bool)  # the option's converter turns true into LoraSettings()
+    settings = _peft_config(lora)  # first: it says to install peft when it is missing
+    import peft
+
+    return peft.get_peft_model(model, settings)
+
+
+def _peft_config(settings: LoraSettings) -> Any:
     try:
         import peft
     except ModuleNotFoundError as exc:
-        raise MissingDependencyError("GRPOConfig.lora needs peft: pip install 'agl-algo-grpo[lora]'") from exc
-    lora = config.lora
-    assert lora is not None and not isinstance(lora, bool)  # the option's converter turns true into LoraSettings()
-    targets = lora.target_modules if isinstance(lora.target_modules, str) else list(lora.target_modules)
-    settings = peft.LoraConfig(
-        r=lora.r,
-        lora_alpha=lora.alpha,  # type: ignore[arg-type]  # peft types it int; it only scales (alpha / r), a float works
-        lora_dropout=lora.dropout,
+        raise MissingDependencyError("GRPO's lora and adapters need peft: pip install 'agl-algo-grpo[lora]'") from exc
+    targets = settings.target_modules if isinstance(settings.target_modules, str) else list(settings.target_modules)
+    return peft.LoraConfig(
+        r=settings.r,
+        lora_alpha=settings.alpha,  # type: ignore[arg-type]  # peft types it int; it only scales (alpha / r)
+        lora_dropout=settings.dropout,
         target_modules=targets,
         task_type="CAUSAL_LM",
     )
-    return peft.get_peft_model(model, settings)
+
+
+def _with_adapters(model: CausalLM, adapters: Mapping[str, LoraSettings]) -> CausalLM:
+    """``model`` wrapped by peft with one named LoRA adapter per entry of ``adapters``, all trainable (each
+    update activates one)."""
+    names = list(adapters)
+    first = _peft_config(adapters[names[0]])
+    import peft
+
+    wrapped = peft.get_peft_model(model, first, adapter_name=names[0])
+    for name in names[1:]:
+        wrapped.add_adapter(name, _peft_config(adapters[name]))
+    for name in names:
+        for parameter in _adapter_parameters(wrapped, name):
+            parameter.requires_grad_(True)
+    return wrapped
+
+
+def _adapter_parameters(model: CausalLM, name: str) -> list[torch.Tensor]:
+    found = [p for key, p in model.named_parameters() if ".lora_" in key and f".{name}." in key]
+    if not found:
+        raise ValueError(f"the LoRA adapter {name!r} has no parameters: do its target_modules exist in the model?")
+    return found
+
+
+def _adapter_scale(model: CausalLM, name: str) -> float:
+    from peft.tuners.lora import LoraLayer
+
+    for module in model.modules():
+        if isinstance(module, LoraLayer) and name in module.scaling:
+            return float(module.scaling[name])
+    raise ValueError(f"no LoRA layer of the model has the adapter {name!r}")
 
 
 def _merged_lora_state_dict(model: CausalLM) -> dict[str, torch.Tensor]:

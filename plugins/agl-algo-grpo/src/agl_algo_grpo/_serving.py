@@ -18,12 +18,13 @@ import importlib
 import importlib.util
 import os
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
+from agl_algo_grpo._adapters import AdapterPublisher
 from agl_algo_grpo._publish import LLMPublisher
 from agl_kernel.errors import ConfigError, MissingDependencyError
 from agl_kernel.llm_backend import LLMBackend
@@ -123,12 +124,19 @@ def served_copy(model: nn.Module, device: torch.device) -> nn.Module:
 
 @contextlib.asynccontextmanager
 async def serving(
-    store: LightningStore, backend: LLMBackend, model: nn.Module, tokenizer: Any, *, max_tokens: int
-) -> AsyncIterator[LLMPublisher]:
+    store: LightningStore,
+    backend: LLMBackend,
+    model: nn.Module,
+    tokenizer: Any,
+    *,
+    max_tokens: int,
+    adapters: Sequence[str] = (),
+) -> AsyncIterator[LLMPublisher | AdapterPublisher]:
     """Serve ``model`` with ``backend`` (each published version's weights handed to it) behind an LLM proxy on
     127.0.0.1 while the body runs; yields the publisher. The published resources are a ``ProxyLLM`` under
     ``main_llm``, next to the store's latest resources that are not LLMs (e.g. a prompt given with
-    ``Trainer(initial_resources=...)``)."""
+    ``Trainer(initial_resources=...)``). With ``adapters`` (one LoRA per role) an :class:`AdapterPublisher`: each
+    adapter's tensors only go to the backend, and each is published as an LLM of its own."""
     from agl_kernel.proxy import LLMProxy
     from agl_kernel.server import running_server
 
@@ -144,7 +152,10 @@ async def serving(
         try:
             async with running_server(store, route_handlers=proxy.routes(), plugins=False) as url:
                 llm = ProxyLLM(endpoint=url, model=SERVED_MODEL_NAME)
-                yield LLMPublisher(backend, llm, extra_resources=extra)
+                if adapters:
+                    yield AdapterPublisher(backend, llm, adapters, extra_resources=extra)
+                else:
+                    yield LLMPublisher(backend, llm, extra_resources=extra)
         finally:
             await proxy.aclose()
     finally:

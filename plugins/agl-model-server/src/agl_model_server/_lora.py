@@ -128,10 +128,10 @@ class AdapterBank:
             )
         pairs: dict[str, dict[str, torch.Tensor]] = {}
         for key, tensor in state.items():
-            module, _, kind = key.rpartition(".")
-            if kind not in ("lora_A", "lora_B") or not module:
+            owner, _, kind = key.rpartition(".")
+            if kind not in ("lora_A", "lora_B") or not owner:
                 raise WeightsError(f"adapter tensor {key!r}: names must be '<module>.lora_A' or '<module>.lora_B'")
-            pairs.setdefault(module, {})[kind] = tensor
+            pairs.setdefault(owner, {})[kind] = tensor
         if not pairs:
             raise WeightsError(f"the adapter {name!r} has no tensors")
         out = {}
@@ -202,9 +202,8 @@ class AdapterBank:
         if layer is not None and have_slots >= slots and have_rank >= rank:
             return False
         new_slots, new_rank = max(slots, have_slots), max(rank, have_rank)
-        kw = {"device": self.device, "dtype": self.dtype}
-        a = torch.zeros(new_slots, new_rank, module.in_features, **kw)  # type: ignore[arg-type]
-        b = torch.zeros(new_slots, module.out_features, new_rank, **kw)  # type: ignore[arg-type]
+        a = torch.zeros(new_slots, new_rank, module.in_features, device=self.device, dtype=self.dtype)
+        b = torch.zeros(new_slots, module.out_features, new_rank, device=self.device, dtype=self.dtype)
         if layer is not None:
             a[:have_slots, :have_rank].copy_(layer.a)
             b[:have_slots, :, :have_rank].copy_(layer.b)

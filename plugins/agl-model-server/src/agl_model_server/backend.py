@@ -79,6 +79,18 @@ class ModelServerBackend(LLMBackend):
         drain = self.options.drain_on_load
         await asyncio.to_thread(self.server.load_state_dict, state_dict, version=version, drain=drain)
 
+    async def load_adapter(
+        self, name: str, state_dict: Mapping[str, Any], *, scale: float = 1.0, version: int
+    ) -> dict[str, Any]:
+        """Serve LoRA adapter ``name`` (``{module}.lora_A``/``lora_B`` tensors, see
+        :meth:`agl_model_server.ModelServer.load_adapter`) as model ``<model_name>:<name>``: only its tensors are
+        copied. Returns what the server reports (``seconds``: the copy on the engine thread)."""
+        if self.server is None:
+            raise RuntimeError("the model-server backend is not started: call start() first")
+        future = self.server.load_adapter_async(name, state_dict, scale=scale, version=version)
+        result: dict[str, Any] = await asyncio.wrap_future(future)
+        return result
+
     async def stop(self) -> None:
         if self.server is not None:
             await asyncio.to_thread(self.server.stop)
