@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from agl_runner_agentos import (
     PolicyViolationError,
     ToolCallError,
     audit_records,
+    deny_sql,
     governed_tool,
 )
 from agl_runner_agentos._governance import one_entry_per_call
@@ -223,3 +225,26 @@ def test_a_pending_row_without_an_outcome_is_kept() -> None:
     }
     other = {"id": 2, "trace_id": "t2", "tool_name": "kernel_panic", "tool_args": None, "policy_verdict": "error"}
     assert one_entry_per_call([pending, other]) == [{**pending, "call_id": "c1"}, other]
+
+
+def test_agent_os_own_log_lines_for_a_governed_call_go_to_debug(caplog: pytest.LogCaptureFixture) -> None:
+    """Agent-OS logs a denied call up to CRITICAL ("[SIGKILL] Agent ... TERMINATED", though the agent goes on);
+    the decision is a span already, so under governance those lines are DEBUG: hidden at the default level."""
+    governance = Governance(deny_sql())
+    try:
+        with governance.session("r:a") as session:
+            with caplog.at_level(logging.WARNING), pytest.raises(PolicyViolationError):
+                session.call("run_sql", lambda query: [], {"query": "DROP TABLE x"})
+            assert not [r for r in caplog.records if r.name.startswith(("agent_control_plane", "FlightRecorder"))]
+            caplog.clear()
+            with caplog.at_level(logging.DEBUG, logger="agent_control_plane"), pytest.raises(PolicyViolationError):
+                session.call("run_sql", lambda query: [], {"query": "DROP TABLE y"})
+            shown = [r for r in caplog.records if r.name == "agent_control_plane.signals"]
+            assert shown and {r.levelname for r in shown} == {"DEBUG"} and "TERMINATED" in shown[-1].getMessage()
+    finally:
+        governance.close()
+    # outside a governed call Agent-OS's loggers are left as they are
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        logging.getLogger("agent_control_plane.signals").warning("not governed")
+    assert [r.levelname for r in caplog.records] == ["WARNING"]

@@ -29,7 +29,7 @@ import shutil
 import tempfile
 import threading
 import uuid
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 from agl_kernel.emit import last_llm_call, to_json
@@ -56,6 +56,8 @@ DECISION_SPAN = "agentos.decision"
 """The span recording one policy decision (a child of the attempt's trace)."""
 
 _SESSION: contextvars.ContextVar[GovernedSession | None] = contextvars.ContextVar("agl_agentos_session", default=None)
+_IN_KERNEL: contextvars.ContextVar[bool] = contextvars.ContextVar("agl_agentos_in_kernel", default=False)
+_KERNEL_LOGGERS = ("agent_control_plane.kernel_space", "agent_control_plane.signals", "FlightRecorder")
 _open_lock = threading.Lock()
 _open: dict[int, GovernedSession] = {}
 
@@ -80,6 +82,32 @@ def current_session() -> GovernedSession | None:
     return None
 
 
+class _KernelLogsToDebug(logging.Filter):
+    """Agent-OS logs every denied call at WARNING to CRITICAL (with "[SIGKILL] Agent ... TERMINATED", though the
+    runner lets the agent go on) and every failing tool at ERROR. Inside a governed call each of these is already a
+    decision span, an audit span and the exception the agent sees, so its lines go to DEBUG there (shown only where
+    DEBUG is on for Agent-OS's loggers). Agent-OS used elsewhere in the process logs as it does."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if _IN_KERNEL.get() and record.levelno > logging.DEBUG:
+            if not logging.getLogger(record.name).isEnabledFor(logging.DEBUG):
+                return False  # as a DEBUG line would have been
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return True
+
+
+_KERNEL_LOG_FILTER = _KernelLogsToDebug()
+
+
+@contextlib.contextmanager
+def _in_kernel() -> Iterator[None]:
+    token = _IN_KERNEL.set(True)
+    try:
+        yield
+    finally:
+        _IN_KERNEL.reset(token)
+
+
 class Governance:
     """An Agent-OS kernel with a policy and a flight recorder, shared by the attempts of one runner.
 
@@ -92,6 +120,8 @@ class Governance:
         from agent_os import FlightRecorder, KernelSpace
 
         self.policy: AgentOSPolicy = load_policy(policy, default_severity=default_severity)
+        for name in _KERNEL_LOGGERS:  # the same filter object: added once per logger
+            logging.getLogger(name).addFilter(_KERNEL_LOG_FILTER)
         self._tempdir: str | None = None
         if audit_path is None:
             self._tempdir = tempfile.mkdtemp(prefix="agl-agentos-")
@@ -268,7 +298,8 @@ class GovernedSession:
         """Run ``fn(**arguments)`` as the tool ``tool`` through the kernel (awaiting it when it is async)."""
         request, call_id = self._request(tool, fn, arguments)
         try:
-            result = await self.governance.kernel.syscall(request, self.context)
+            with _in_kernel():
+                result = await self.governance.kernel.syscall(request, self.context)
         except Exception as exc:
             return self._settle_panic(tool, arguments, call_id, exc)
         return self._settle(tool, arguments, call_id, result)
@@ -277,7 +308,8 @@ class GovernedSession:
         """:meth:`acall` for a sync tool, from sync code (its own thread) or from code on an event loop."""
         request, call_id = self._request(tool, fn, arguments)
         try:
-            result = _run_to_end(self.governance.kernel.syscall(request, self.context))
+            with _in_kernel():
+                result = _run_to_end(self.governance.kernel.syscall(request, self.context))
         except Exception as exc:
             return self._settle_panic(tool, arguments, call_id, exc)
         return self._settle(tool, arguments, call_id, result)
@@ -290,8 +322,9 @@ class GovernedSession:
         if not isinstance(exc, AgentKernelPanic) or decision is None:
             raise exc
         # Agent-OS killed the agent for the violation; training lets it go on, blocked, in a fresh context.
-        self.governance.kernel.destroy_agent_context(self.agent_id)
-        self.context = self.governance.kernel.create_agent_context(self.agent_id)
+        with _in_kernel():
+            self.governance.kernel.destroy_agent_context(self.agent_id)
+            self.context = self.governance.kernel.create_agent_context(self.agent_id)
         self._record(decision)
         raise PolicyViolationError(decision) from None
 
