@@ -190,8 +190,8 @@ async def sql_agent(task: dict[str, Any], resources: dict[str, Any]) -> float:
     for _ in range(5):
         reply = await client.chat.completions.create(
             model=llm.model,
-            messages=messages,  # type: ignore[arg-type]
-            tools=TOOLS,  # type: ignore[arg-type]
+            messages=messages,
+            tools=TOOLS,
             **llm.sampling_parameters,
         )
         message = reply.choices[0].message
@@ -276,7 +276,7 @@ async def sql_text_agent(task: dict[str, Any], llm: Any) -> float:
     messages = text_messages(task)
     answer, found, selected = None, False, False
     for _ in range(TEXT_TURNS):
-        reply = await client.chat.completions.create(model=llm.model, messages=messages, **params)  # type: ignore[arg-type]
+        reply = await client.chat.completions.create(model=llm.model, messages=messages, **params)
         text = reply.choices[0].message.content or ""
         action = parse_action(text)
         if action is None:
@@ -506,7 +506,7 @@ async def grpo_train(args: argparse.Namespace) -> dict[str, Any]:
     return {"report": report, "elapsed": elapsed, "validations": validations}
 
 
-async def validation_figures(store: Any, run_id: str) -> list[dict[str, Any]]:
+async def validation_figures(store: Any, run_id: str | None) -> list[dict[str, Any]]:
     """Per validation of the run (GRPO's before training, then after each ``val_every`` steps): its figures."""
     by_step: dict[int, list[Any]] = {}
     for item in (await store.query_rollouts()).items:
