@@ -16,13 +16,22 @@ made by the first run and reused). ``make clean`` removes them all.
 
     python contrib/recipes/grpo_calculator.py                  # the README's main job (make demo)
     python contrib/recipes/grpo_calculator.py --steps 2 --tiny  # seconds: a tiny random model, for tests
+    python contrib/recipes/grpo_calculator.py --async           # asynchronous GRPO (max_staleness 1)
+    python contrib/recipes/grpo_calculator.py --tool-seconds 1-2 --async  # a tool that takes 1-2 s, async
+
+``--async`` (``--max-staleness K``) runs GRPO asynchronously: the rollouts of the next K steps run while the policy
+updates, with twice (K + 1 times) the concurrent agents, each stale sample importance-weighted (see GRPO's
+``max_staleness``). ``--tool-seconds LO-HI`` makes the calculator take that long (a uniform random wait, as an agent
+waits on its environment). ``benchmarks/grpo_async.py`` compares the two modes.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
+import random
 import sys
 import time
 from pathlib import Path
@@ -62,6 +71,10 @@ def score(task: dict[str, Any], reply: str) -> float:
     return calc_task.score(reply, answers)
 
 
+TOOL_SECONDS: tuple[float, float] | None = None
+"""``--tool-seconds``: how long (uniformly between the two) the calculator takes in each rollout; ``None``: no wait."""
+
+
 @llm_rollout
 async def calculator_agent(task: dict[str, Any], llm: Any) -> float:
     """One tool-using turn through the proxy: the model calls the calculator; the tool's result is the answer."""
@@ -69,6 +82,8 @@ async def calculator_agent(task: dict[str, Any], llm: Any) -> float:
     params = {k: v for k, v in llm.sampling_parameters.items() if k in ("temperature", "max_tokens", "top_p")}
     messages = [{"role": "user", "content": PROMPT.format(question=task["question"])}]
     response = await client.chat.completions.create(model=llm.model, messages=messages, **params)
+    if TOOL_SECONDS is not None:  # the environment's latency: the agent waits, the CPU does not
+        await asyncio.sleep(random.uniform(*TOOL_SECONDS))
     return score(task, response.choices[0].message.content or "")
 
 
@@ -142,7 +157,8 @@ async def train(args: argparse.Namespace, console: Console) -> dict[str, Any]:
                 temperature=1.0,
                 val_every=args.val_every,
                 seed=args.seed,
-                checkpoint_every=args.steps,
+                max_staleness=args.max_staleness,
+                checkpoint_every=args.steps if args.checkpoint else 0,
                 checkpoint_dir=args.checkpoint_dir,
                 micro_batch_size=args.micro_batch_size,
                 device=args.device,
@@ -150,7 +166,8 @@ async def train(args: argparse.Namespace, console: Console) -> dict[str, Any]:
                 rollout_config=RolloutConfig(timeout_seconds=900, max_attempts=1),
                 console=console,
             )
-            trainer = Trainer(algorithm=grpo, n_runners=args.runners, store=store, console=console, progress=False)
+            runners = args.runners or args.batch_size * args.group_size * (1 + args.max_staleness)
+            trainer = Trainer(algorithm=grpo, n_runners=runners, store=store, console=console, progress=False)
             console.print(f"store: [cyan]{describe_store(store)}[/cyan]; proxy and store server at {url}")
             t0 = time.monotonic()
             report = await trainer.fit_async(calculator_agent, train_tasks, val_tasks)
@@ -227,7 +244,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--micro-batch-size", type=int, default=24, help="sequences per forward/backward pass (one prefix tree)"
     )
-    parser.add_argument("--runners", type=int, default=24, help="concurrent agents (asyncio tasks)")
+    parser.add_argument(
+        "--runners",
+        type=int,
+        default=None,
+        help="concurrent agents (asyncio tasks); default: one step's rollouts (batch x group), x (K + 1) with --async",
+    )
+    parser.add_argument(
+        "--max-staleness",
+        type=int,
+        default=0,
+        metavar="K",
+        help="asynchronous GRPO: the rollouts of the next K steps run while the policy updates (0: synchronous)",
+    )
+    parser.add_argument("--async", dest="max_staleness", action="store_const", const=1, help="--max-staleness 1")
+    parser.add_argument(
+        "--tool-seconds",
+        type=_seconds_range,
+        default=None,
+        metavar="LO-HI",
+        help="the calculator takes LO to HI seconds (uniform) in each rollout, as a real environment would",
+    )
     parser.add_argument("--train-tasks", type=int, default=200)
     parser.add_argument("--val-tasks", type=int, default=24)
     parser.add_argument("--val-every", type=int, default=6)
@@ -238,7 +275,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", default="smollm2", help="a local model directory (default: the bundled SmolLM2)")
     parser.add_argument("--device", default="cpu", help="cpu, or cuda: the policy and the model server on one GPU")
     parser.add_argument("--tiny", action="store_true", help="a tiny random model instead of SmolLM2 (for tests)")
-    return parser.parse_args(argv)
+    parser.add_argument("--no-checkpoint", dest="checkpoint", action="store_false", help="write no checkpoint")
+    parser.add_argument("--report-json", default=None, help="also write the GRPO report and the run's time here")
+    args = parser.parse_args(argv)
+    if args.max_staleness < 0:
+        parser.error("--max-staleness must be 0 (synchronous) or more")
+    return args
+
+
+def _seconds_range(text: str) -> tuple[float, float]:
+    """``"1-2"`` → ``(1.0, 2.0)``; ``"1.5"`` → ``(1.5, 1.5)``."""
+    low, _, high = text.partition("-")
+    try:
+        values = (float(low), float(high or low))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds as LO-HI, e.g. 1-2, not {text!r}") from None
+    if not 0 <= values[0] <= values[1]:
+        raise argparse.ArgumentTypeError(f"expected 0 <= LO <= HI, not {text!r}")
+    return values
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -250,8 +304,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # matplotlib (imported by reasoning-gym, unused here) logs "generated new fontManager" on a first run
     logging.getLogger("matplotlib").setLevel(logging.ERROR)
     console = Console() if sys.stdout.isatty() else Console(width=160)  # a log file gets the whole table
+    global TOOL_SECONDS
+    TOOL_SECONDS = args.tool_seconds
     result = asyncio.run(train(args, console))
     summarize(result, console)
+    if args.report_json:
+        import msgspec
+
+        report = msgspec.to_builtins(result["report"])
+        Path(args.report_json).write_text(json.dumps({"elapsed_s": result["elapsed"], "report": report}))
     return result
 
 

@@ -237,7 +237,8 @@ async def _runner(store: InMemoryLightningStore, served: _Served, stop: asyncio.
 async def test_stale_samples_are_dropped_and_counted_in_the_loop() -> None:
     """max_staleness=1 over 4 steps: the rollouts of step s+1 are enqueued (ahead) with step s's; the lagging
     agent's samples are 0, 1, 2, 3 versions old at steps 1..4: dropped from step 3 on, in the step's metrics and
-    the report; the others are trained on, importance-weighted where one version old."""
+    the report; the others are trained on, importance-weighted where one version old. Validations (every step)
+    run in the background, each on the version it validates."""
     served = _Served()
     tasks = [{"prompt": [5, 17, 33, 2], "lagging": False}, {"prompt": [9, 90, 4], "lagging": True}]
     publisher = LLMPublisher(served, ProxyLLM(endpoint="http://127.0.0.1:1/v1", model="tiny"))
@@ -253,17 +254,28 @@ async def test_stale_samples_are_dropped_and_counted_in_the_loop() -> None:
         micro_batch_size=8,
         max_staleness=1,
         skip_zero_advantage=False,
+        val_every=1,
         **CPU,
     )
     async with InMemoryLightningStore() as store:
         stop = asyncio.Event()
         runner = asyncio.create_task(_runner(store, served, stop))
         try:
-            report = await asyncio.wait_for(grpo.run(store, tasks), timeout=120)
+            report = await asyncio.wait_for(grpo.run(store, tasks, tasks[:1]), timeout=120)
         finally:
             stop.set()
             await runner
         train = (await store.query_rollouts(mode_in=[RolloutMode.TRAIN])).items
+        validation = (await store.query_rollouts(mode_in=[RolloutMode.VAL])).items
+        # validations ran in the background while the next step trained, each on the version it validates: the
+        # proxy-recorded resources version is the one published for it (resources version = policy version + 1)
+        validated = []
+        for rollout in validation:
+            [call] = [s for s in (await store.query_spans(rollout.rollout_id, "latest")).items if s.name == "chat tiny"]
+            validated.append((rollout.metadata["grpo_validation"], call.attributes[semconv.RESOURCES_VERSION] - 1))
+    assert sorted(validated) == [(step, step) for step in range(5)]
+    assert [v["val_rollouts"] for v in report.validations] == [1.0] * 5
+    assert [v["run_time_s"] for v in report.validations] == sorted(v["run_time_s"] for v in report.validations)
     dropped = [m["stale_dropped"] for m in report.history]
     assert dropped == [0.0, 0.0, 4.0, 4.0]  # the lagging task's group of 4, 2 and 3 versions old
     assert report.stale_dropped == 8 and report.steps_done == 4

@@ -37,7 +37,15 @@ from agl_kernel.algorithm import Algorithm
 from agl_kernel.config import to_plain
 from agl_kernel.errors import ConfigError, NotFoundError
 from agl_kernel.models import EnqueueRequest, Rollout, RolloutConfig, RolloutMode, RolloutStatus, Triplet
-from agl_kernel.progress import FAILED, FINISHED, FULL_REWARD, MEAN_REWARD, ProgressReporter, count_full_rewards
+from agl_kernel.progress import (
+    FAILED,
+    FINISHED,
+    FULL_REWARD,
+    MEAN_REWARD,
+    NoProgress,
+    ProgressReporter,
+    count_full_rewards,
+)
 from agl_kernel.rewards import final_reward, get_reward
 from agl_kernel.store import LightningStore
 from agl_kernel.training_metrics import Column, MetricsRecorder
@@ -178,6 +186,8 @@ class GRPO(Algorithm):
         self._ahead: dict[int, list[Rollout]] = {}  # step -> its rollouts, enqueued (asynchronous GRPO)
         self._policy_versions: dict[tuple[str, int], int] = {}  # (resources_id, resources version) -> policy version
         self._trainer_thread: concurrent.futures.ThreadPoolExecutor | None = None
+        self._validating: asyncio.Future[dict[str, float]] | None = None  # a validation in the background
+        self._run_started = time.perf_counter()
 
     @classmethod
     def from_options(cls, options: GRPOConfig, **objects: Any) -> GRPO:
@@ -253,6 +263,8 @@ class GRPO(Algorithm):
             self.adapter = RoleRewards(self.adapter, list(policy.adapters))
         self._published = None
         self._ahead = {}
+        self._validating = None
+        self._run_started = time.perf_counter()
         recorder = MetricsRecorder(
             store,
             algorithm="grpo",
@@ -278,8 +290,19 @@ class GRPO(Algorithm):
                 last = policy.step == self.config.steps
                 every = self.config.val_every
                 if val_dataset and (last or (every and policy.step % every == 0)):
-                    validations.append(await self._validate(store, policy, val_dataset, recorder))
+                    if self.config.max_staleness and not last:  # it runs while the next step trains
+                        await self._publish(store, policy)  # (before: the next step must find it published)
+                        self._validating = asyncio.ensure_future(
+                            self._validate(store, policy, val_dataset, recorder, into=validations)
+                        )
+                    else:
+                        validations.append(await self._validate(store, policy, val_dataset, recorder))
+            await self._settle_validation()
         except BaseException:
+            if self._validating is not None:
+                self._validating.cancel()
+                await asyncio.gather(self._validating, return_exceptions=True)
+                self._validating = None
             await self._cancel_ahead(store)
             await recorder.close(succeeded=False)
             raise
@@ -352,6 +375,7 @@ class GRPO(Algorithm):
             metrics["rollouts_full_reward"] = float(count_full_rewards(rewards))
             metrics["success_rate"] = metrics["rollouts_full_reward"] / len(rewards)  # share with reward ≥ 1
         metrics["update_time_s"] = metrics["step_time_s"] - rollout_time
+        metrics["run_time_s"] = time.perf_counter() - self._run_started  # wall time to this step's end
         metrics.update(role_metrics)
         if self.config.max_staleness:
             metrics.update(stale_metrics)
@@ -410,6 +434,7 @@ class GRPO(Algorithm):
             return None
         if self._published is not None and self._published[0] == policy.version:
             return self._published[1]
+        await self._settle_validation()  # a validation of the published version holds it until it ends
         sampling = {"temperature": self.config.temperature, "max_tokens": self.config.max_tokens}
         resources_id = await self._active_publisher.publish(
             policy, version=policy.version, store=store, sampling_parameters=sampling
@@ -421,16 +446,25 @@ class GRPO(Algorithm):
                 self._policy_versions[(resources_id, update.version)] = policy.version
         return resources_id
 
-    async def _wait(self, store: LightningStore, rollouts: list[Rollout], phase: str) -> dict[str, Rollout]:
+    async def _settle_validation(self) -> None:
+        """Wait for the validation running in the background (asynchronous GRPO), if any."""
+        if self._validating is not None:
+            validating, self._validating = self._validating, None
+            await validating
+
+    async def _wait(
+        self, store: LightningStore, rollouts: list[Rollout], phase: str, progress: ProgressReporter | None = None
+    ) -> dict[str, Rollout]:
         """Wait (woken by the store) for the rollouts to end, up to ``rollout_timeout``; those left then are
-        cancelled. Returns the ended rollouts by id."""
+        cancelled. Returns the ended rollouts by id. Reports to ``progress`` (default: the trainer's)."""
+        progress = self.progress if progress is None else progress
         timeout = self.config.rollout_timeout
         deadline = None if timeout is None else time.monotonic() + timeout
         ended: dict[str, Rollout] = {}
         rewards: dict[str, float] = {}
-        shown = type(self.progress) is not ProgressReporter  # the silent reporter needs no rewards read
+        shown = type(progress) is not ProgressReporter  # the silent reporter needs no rewards read
         pending = [r.rollout_id for r in rollouts]
-        self.progress.start(phase, len(pending))
+        progress.start(phase, len(pending))
         try:
             while pending:
                 left = None if deadline is None else deadline - time.monotonic()
@@ -443,14 +477,14 @@ class GRPO(Algorithm):
                         if reward is not None:
                             rewards[rollout.rollout_id] = reward
                 pending = [r for r in pending if r not in ended]
-                self.progress.rollouts(
+                progress.rollouts(
                     done=len(ended),
                     succeeded=sum(r.status is RolloutStatus.SUCCEEDED for r in ended.values()),
                     failed=sum(r.status is RolloutStatus.FAILED for r in ended.values()),
                     rewards=list(rewards.values()),
                 )
         finally:
-            self.progress.finish()
+            progress.finish()
         for rollout_id in pending:
             await store.cancel_rollout(rollout_id)
         return ended
@@ -518,9 +552,17 @@ class GRPO(Algorithm):
         return triplets, reward, "; ".join(why[:2]) or "the adapter gave no triplets"
 
     async def _validate(
-        self, store: LightningStore, policy: PolicyTrainer, dataset: Sequence[Any], recorder: MetricsRecorder
+        self,
+        store: LightningStore,
+        policy: PolicyTrainer,
+        dataset: Sequence[Any],
+        recorder: MetricsRecorder,
+        into: list[dict[str, float]] | None = None,
     ) -> dict[str, float]:
-        """Run every validation task once (``mode=VAL``) on the current policy; mean final reward and more."""
+        """Run every validation task once (``mode=VAL``) on the current policy; mean final reward and more.
+        ``into``: the validation runs in the background while training goes on (asynchronous GRPO; no progress
+        display), its metrics appended to that list; the next version is not published before it ends, so every
+        validation rollout samples the version validated."""
         started_wall = time.time()
         resources_id = await self._publish(store, policy)
         requests = [
@@ -534,7 +576,8 @@ class GRPO(Algorithm):
             for task in dataset
         ]
         rollouts = await store.enqueue_many_rollouts(requests)
-        ended = await self._wait(store, rollouts, f"validation at step {policy.step}")
+        phase = f"validation at step {policy.step}"
+        ended = await self._wait(store, rollouts, phase, NoProgress() if into is not None else None)
         rewards = []
         for rollout in rollouts:
             if rollout.rollout_id in ended:
@@ -550,8 +593,11 @@ class GRPO(Algorithm):
             "val_finished": float(succeeded),
             "val_failed": float(sum(r.status is RolloutStatus.FAILED for r in ended.values())),
             "val_full_reward": float(count_full_rewards(rewards)),
+            "run_time_s": time.perf_counter() - self._run_started,
         }
         await recorder.record(policy.step, metrics, validation=True, started=started_wall)
+        if into is not None:
+            into.append(metrics)
         return metrics
 
 

@@ -154,7 +154,9 @@ class GRPOConfig:
     the policy version its LLM calls used (the published resources version the proxy records on each call);
     triplets more than ``k`` versions old at update time are dropped and counted (``stale_dropped``), the others
     are weighted by truncated importance weights (``importance_cap``; the loss: :func:`agl_algo_grpo.policy_loss`).
-    Give the run more concurrent agents (runners) than one step's rollouts, or the steps ahead wait in the queue."""
+    Validations but the last run while the next step trains (the version they validate stays served until they
+    end). Give the run more concurrent agents (runners) than one step's rollouts, or the steps ahead wait in the
+    queue."""
     importance_cap: float = attrs.field(default=2.0, validator=v.ge(1))
     """With ``max_staleness ≥ 1``: the truncation ``C`` of each stale token's importance weight
     ``min(π_prox / π_behav, C)`` (the policy at the start of the update over the one that sampled the token)."""
