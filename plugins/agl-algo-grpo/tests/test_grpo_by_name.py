@@ -158,7 +158,10 @@ def test_agl_train_runs_grpo_by_name(tmp_path: Path) -> None:
     ("setting", "message"),
     [
         ("algorithm.steps=zero", "Error: algorithm.steps: expected an integer, got 'zero'"),
-        ("algorithm.stepz=1", "Error: algorithm.stepz: unknown option. Did you mean 'steps'? Valid keys: backend,"),
+        (
+            "algorithm.stepz=1",
+            "Error: algorithm.stepz: unknown option. Did you mean 'steps'? Valid keys: adapters, backend,",
+        ),
         ("algorithm.steps=0", "Error: algorithm.steps: must be >= 1: 0"),
         ("algorithm.lora.rank=4", "Error: algorithm.lora.rank: unknown option. Valid keys: alpha, dropout, r, target"),
         ("algorithm.group_size=", "Error: algorithm.group_size: expected an integer, got ''"),

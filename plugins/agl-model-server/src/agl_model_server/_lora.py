@@ -69,13 +69,28 @@ class AdapterBank:
         self._layers: dict[int, _Layer] = {}  # id(module) -> its stacks
         self.slots: dict[str, int] = {}  # adapter name -> slot (1, 2, ...)
         self.versions: dict[str, int] = {}
-        self.rows: torch.Tensor | None = None
-        """The adapter slot of each row of the forward pass that runs now (set by the decode path)."""
+        self._rows: torch.Tensor | None = None
+        self._uniform: int | None = None
         self._hooks: list[Any] = []
         self.hooks = False
         """Whether :meth:`load` hooks the adapted layers (the dynamic path runs transformers' forward)."""
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
+
+    @property
+    def rows(self) -> torch.Tensor | None:
+        """The adapter slot of each row of the forward pass that runs now (set by the decode path)."""
+        return self._rows
+
+    @rows.setter
+    def rows(self, rows: torch.Tensor | None) -> None:
+        self._rows = rows
+        # On the CPU, a batch whose rows all use one adapter (or none) takes a plain matmul (or nothing); looking
+        # costs nothing there. On a GPU it would wait for the device (and break a captured graph): always gather.
+        self._uniform = None
+        if rows is not None and rows.device.type == "cpu" and rows.numel():
+            first = int(rows[0])
+            self._uniform = first if bool((rows == first).all()) else None
 
     def __bool__(self) -> bool:
         return bool(self.slots)
@@ -96,9 +111,12 @@ class AdapterBank:
         """The low-rank part of ``module``'s output for ``x`` (``[rows, width, in]``), each row under its own
         adapter (``rows``, default :attr:`rows`); ``None`` when no adapter touches ``module``."""
         layer = self._layers.get(id(module))
-        rows = self.rows if rows is None else rows
-        if layer is None or rows is None:
+        uniform = self._uniform if rows is None else None
+        rows = self._rows if rows is None else rows
+        if layer is None or rows is None or uniform == 0:
             return None
+        if uniform is not None:  # every row under one adapter
+            return (x @ layer.a[uniform].t()) @ layer.b[uniform].t()
         shaped = x if x.dim() == 3 else x.reshape(rows.shape[0], -1, x.shape[-1])
         a = layer.a.index_select(0, rows)  # [rows, r, in]
         b = layer.b.index_select(0, rows)  # [rows, out, r]
