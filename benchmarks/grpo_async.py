@@ -1,0 +1,226 @@
+"""Asynchronous GRPO on the main job (``contrib/recipes/grpo_calculator.py``): wall time to reach the synchronous
+run's validation reward, synchronous vs asynchronous, several seeds, two figures.
+
+    python benchmarks/grpo_async.py                         # figures a and b, seeds 0 1 2 (about 20 minutes)
+    python benchmarks/grpo_async.py --figure b --max-staleness 2
+    python benchmarks/grpo_async.py --quick                 # the tiny random model, 2 steps (a smoke test)
+
+- **a**: the main job as it is (``make demo``): on a 2-core CPU the rollouts (the model server decoding) and the
+  update compete for the same cores, so overlapping them gains only what either leaves idle.
+- **b**: the same job with an agent that waits on its environment, as real agents do: the calculator takes
+  ``--tool-seconds`` (1-2 s, uniform) in each rollout; asynchronous GRPO keeps the update going meanwhile.
+
+For each seed the synchronous run (``max_staleness`` 0) runs first, then the asynchronous one (``--max-staleness``,
+with (K + 1) x the runners), each as its own process with no checkpoint, validating every ``--val-every`` steps.
+The *target* is the synchronous run's last validation reward; each run's *time to target* is the wall time (since
+the run started: ``run_time_s``) at the end of its first validation that reached it. The asynchronous run may go
+``--extra-steps`` further to reach it (its time then counts them; ``-`` if it never does). Also shown: the time of
+the ``--steps`` training steps, and the final validation reward. Medians over the seeds; the load average before
+each run is printed (the machine is shared: quiet is best). ``--plot`` draws validation reward against wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = ROOT / "contrib" / "recipes" / "grpo_calculator.py"
+
+
+def run_job(args: argparse.Namespace, work: Path, figure: str, seed: int, staleness: int) -> dict[str, Any]:
+    """One run of the main job in its own process; its report, wall time and the load before it."""
+    name = f"{figure}-seed{seed}-k{staleness}"
+    steps = args.steps + (args.extra_steps if staleness else 0)
+    command = [
+        sys.executable,
+        str(RECIPE),
+        "--seed", str(seed),
+        "--steps", str(steps),
+        "--val-every", str(args.val_every),
+        "--max-staleness", str(staleness),
+        "--no-checkpoint",
+        "--path", str(work / f"{name}.db"),
+        "--report-json", str(work / f"{name}.json"),
+    ]  # fmt: skip
+    if figure == "b":
+        command += ["--tool-seconds", args.tool_seconds]
+    if args.quick:
+        command += ["--tiny"]
+    load = os.getloadavg()[0]
+    started = time.monotonic()
+    done = subprocess.run(command, capture_output=True, text=True, cwd=work, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{name} failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
+    result = json.loads((work / f"{name}.json").read_text())
+    return {
+        "figure": figure,
+        "seed": seed,
+        "max_staleness": staleness,
+        "load": load,
+        "process_s": time.monotonic() - started,
+        "history": result["report"]["history"],
+        "validations": result["report"]["validations"],
+    }
+
+
+def time_to(run: dict[str, Any], target: float) -> float | None:
+    """The wall time at the end of the run's first validation whose reward reached ``target``."""
+    for validation in run["validations"]:
+        if validation["val_reward_mean"] >= target - 1e-9:
+            return float(validation["run_time_s"])
+    return None
+
+
+def steps_time(run: dict[str, Any], steps: int) -> float:
+    return float(run["history"][steps - 1]["run_time_s"])
+
+
+def summarize(figure: str, runs: list[dict[str, Any]], args: argparse.Namespace, console: Console) -> dict[str, Any]:
+    title = {
+        "a": "a: the main job as it is",
+        "b": f"b: the calculator takes {args.tool_seconds} s",
+    }[figure]
+    table = Table(title=f"{title} (max_staleness {args.max_staleness} vs synchronous; 2-core CPU)")
+    for column in (
+        "seed",
+        "target (sync final val)",
+        "sync: time to target s",
+        "async: time to target s",
+        "async / sync",
+        f"sync: {args.steps} steps s",
+        f"async: {args.steps} steps s",
+        "async final val",
+        "load before (sync, async)",
+    ):
+        table.add_column(column, justify="right")
+    ratios, step_ratios, rows = [], [], []
+    for seed in args.seeds:
+        sync = next(r for r in runs if r["seed"] == seed and r["max_staleness"] == 0)
+        fast = next(r for r in runs if r["seed"] == seed and r["max_staleness"] > 0)
+        target = sync["validations"][-1]["val_reward_mean"]
+        t_sync, t_async = time_to(sync, target), time_to(fast, target)
+        ratio = None if t_sync is None or t_async is None else t_async / t_sync
+        s_sync, s_async = steps_time(sync, args.steps), steps_time(fast, args.steps)
+        if ratio is not None:
+            ratios.append(ratio)
+        step_ratios.append(s_async / s_sync)
+        row = {
+            "seed": seed,
+            "target": target,
+            "sync_time_to_target_s": t_sync,
+            "async_time_to_target_s": t_async,
+            "ratio": ratio,
+            "sync_steps_s": s_sync,
+            "async_steps_s": s_async,
+            "async_final_val": fast["validations"][-1]["val_reward_mean"],
+            "load": [sync["load"], fast["load"]],
+        }
+        rows.append(row)
+        table.add_row(
+            str(seed),
+            f"{target:.3f}",
+            f"{t_sync:.0f}" if t_sync is not None else "-",
+            f"{t_async:.0f}" if t_async is not None else "not reached",
+            f"{ratio:.2f}" if ratio is not None else "-",
+            f"{s_sync:.0f}",
+            f"{s_async:.0f}",
+            f"{row['async_final_val']:.3f}",
+            f"{sync['load']:.1f}, {fast['load']:.1f}",
+        )
+    median = statistics.median(ratios) if len(ratios) == len(args.seeds) else None
+    table.add_row(
+        "median",
+        "",
+        "",
+        "",
+        f"{median:.2f}" if median is not None else f"- ({len(args.seeds) - len(ratios)} not reached)",
+        "",
+        f"x{statistics.median(step_ratios):.2f}",
+        "",
+        "",
+    )
+    console.print(table)
+    steps_ratio = statistics.median(step_ratios)
+    return {"figure": figure, "rows": rows, "median_ratio": median, "median_steps_ratio": steps_ratio}
+
+
+def plot(runs: list[dict[str, Any]], figures: list[str], path: Path, args: argparse.Namespace) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(figures), figsize=(6 * len(figures), 4), squeeze=False)
+    colors = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple"]
+    for axis, figure in zip(axes[0], figures):
+        for run in (r for r in runs if r["figure"] == figure):
+            color = colors[args.seeds.index(run["seed"]) % len(colors)]
+            times = [v["run_time_s"] for v in run["validations"]]
+            rewards = [v["val_reward_mean"] for v in run["validations"]]
+            style = "--" if run["max_staleness"] else "-"
+            label = f"seed {run['seed']} " + (f"async k={run['max_staleness']}" if run["max_staleness"] else "sync")
+            axis.plot(times, rewards, style, marker="o", color=color, label=label)
+        axis.set_title("a: main job" if figure == "a" else f"b: calculator takes {args.tool_seconds} s", fontsize=10)
+        axis.set_xlabel("wall time (s), 2-core CPU")
+        axis.set_ylabel("validation reward")
+        axis.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--figure", choices=["a", "b", "both"], default="both")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--max-staleness", type=int, default=1, help="K of the asynchronous runs")
+    parser.add_argument("--steps", type=int, default=12, help="the synchronous run's steps (the main job's)")
+    parser.add_argument("--extra-steps", type=int, default=3, help="further steps the asynchronous run may take")
+    parser.add_argument("--val-every", type=int, default=3)
+    parser.add_argument("--tool-seconds", default="1-2", help="figure b: the calculator's latency, LO-HI seconds")
+    parser.add_argument("--plot", default=None, help="write a PNG of validation reward vs wall time here")
+    parser.add_argument("--json", default=None, help="write every run's numbers here")
+    parser.add_argument("--quick", action="store_true", help="the tiny random model, 2 steps, one seed")
+    args = parser.parse_args()
+    if args.quick:
+        args.seeds, args.steps, args.extra_steps, args.val_every, args.tool_seconds = [0], 2, 1, 1, "0.1-0.2"
+    if args.max_staleness < 1:
+        parser.error("--max-staleness must be 1 or more (the synchronous run is always made)")
+    console = Console(width=200)
+    figures = ["a", "b"] if args.figure == "both" else [args.figure]
+    runs: list[dict[str, Any]] = []
+    summaries = []
+    with tempfile.TemporaryDirectory(prefix="agl-grpo-async-") as tmp:
+        work = Path(tmp)
+        for figure in figures:
+            for seed in args.seeds:
+                for staleness in (0, args.max_staleness):
+                    run = run_job(args, work, figure, seed, staleness)
+                    runs.append(run)
+                    last = run["validations"][-1]
+                    console.print(
+                        f"figure {figure} seed {seed} max_staleness {staleness}: {len(run['history'])} steps, "
+                        f"final validation {last['val_reward_mean']:.3f} at {last['run_time_s']:.0f} s "
+                        f"(load before {run['load']:.1f})"
+                    )
+            summaries.append(summarize(figure, [r for r in runs if r["figure"] == figure], args, console))
+    if args.plot:
+        plot(runs, figures, Path(args.plot), args)
+        console.print(f"plot: {args.plot}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"args": vars(args), "summaries": summaries, "runs": runs}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
