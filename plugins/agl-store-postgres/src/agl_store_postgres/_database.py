@@ -4,8 +4,9 @@ Every change runs in one transaction (READ COMMITTED; each operation first locks
 ``SELECT ... FOR UPDATE``, the queue's head with ``FOR UPDATE SKIP LOCKED``), retried from the start on
 serialization failures and deadlocks with jittered backoff, and on a connection lost *before* the commit (a
 restarting server), within ``transaction_timeout`` and ``max_transaction_tries``. A connection lost during the
-commit leaves its outcome unknown: that is reported, never retried. Reads run outside transactions and are retried
-on a lost connection.
+commit leaves its outcome unknown: that is reported, never retried. Reads, and the hot operations that are one call
+of a schema function each (a transaction by itself, made safe to send twice), run outside explicit transactions and
+are retried on a lost connection.
 
 Connections come from a pool per event loop (psycopg's async connections belong to the loop that made them),
 autocommit (a read is one round trip; a change is ``BEGIN`` ... ``COMMIT``), with the store's schema on their
@@ -33,7 +34,7 @@ from agl_store_postgres._errors import (
     redact,
 )
 
-__all__ = ["Tx", "channels", "connect", "make_pool", "run_read", "run_transaction"]
+__all__ = ["Tx", "channels", "connect", "make_pool", "run_direct", "run_transaction"]
 
 T = TypeVar("T")
 Conn = AsyncConnection[DictRow]
@@ -235,8 +236,12 @@ async def run_transaction(
         return result
 
 
-async def run_read(pool: AsyncConnectionPool[Conn], op: Callable[[Tx], Awaitable[T]], *, dsn: str, timeout: float) -> T:
-    """Run a read (no transaction); retried on a lost connection within ``timeout``."""
+async def run_direct(
+    pool: AsyncConnectionPool[Conn], op: Callable[[Tx], Awaitable[T]], *, dsn: str, timeout: float
+) -> T:
+    """Run ``op`` outside a transaction: a read, or one statement that is a transaction by itself (the schema's
+    functions). Retried on a deadlock and on a lost connection within ``timeout``: such a statement may be sent
+    again after a commit whose answer was lost, so each one is written to do nothing the second time."""
     started = time.monotonic()
     tries = 0
     while True:
@@ -244,6 +249,11 @@ async def run_read(pool: AsyncConnectionPool[Conn], op: Callable[[Tx], Awaitable
         try:
             async with pool.connection() as conn:
                 return await op(Tx(conn))
+        except psycopg.errors.DeadlockDetected:
+            if time.monotonic() - started < timeout:
+                await _backoff(tries, False)
+                continue
+            raise
         except (psycopg.OperationalError, PoolTimeout) as exc:
             if not _lost_connection(exc):
                 raise

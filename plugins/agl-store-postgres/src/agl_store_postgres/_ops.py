@@ -13,10 +13,13 @@ back is a gap, never a duplicate, and concurrent writers never wait on it.
 
 from __future__ import annotations
 
+import functools
+import itertools
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
+import psycopg
 from msgspec.structs import replace
 
 from agl_kernel.errors import InvalidStatusTransitionError, NotFoundError
@@ -27,6 +30,7 @@ from agl_kernel.models import (
     Resource,
     ResourcesUpdate,
     Rollout,
+    RolloutConfig,
     RolloutMode,
     RolloutStatus,
     Span,
@@ -35,7 +39,7 @@ from agl_kernel.models import (
 )
 from agl_kernel.store import policy
 from agl_kernel.store.base import LATEST
-from agl_kernel.store.blobs import with_attempt
+from agl_kernel.store.blobs import DEFAULT_CONFIG, with_attempt
 from agl_store_postgres._codec import (
     INT64_MAX,
     SPAN_COLUMNS,
@@ -64,20 +68,11 @@ ATTEMPT_COLUMNS = (
 # ---------------------------------------------------------------------------------------------------- lookups
 
 
-async def take_numbers(tx: Tx, count: int) -> int:
-    """Reserve ``count`` numbers from the schema's counter; returns the first (they need not be consecutive: only
-    their order matters, and they are taken in order)."""
-    if count == 1:
-        row = await tx.one("SELECT nextval('counter') AS n")
-        assert row is not None
-        return int(row["n"])
-    rows = await tx.all("SELECT nextval('counter') AS n FROM generate_series(1, %s)", (count,))
-    return int(min(r["n"] for r in rows))
-
-
-async def take_many(tx: Tx, count: int) -> list[int]:
-    rows = await tx.all("SELECT nextval('counter') AS n FROM generate_series(1, %s)", (count,))
-    return sorted(int(r["n"]) for r in rows)
+async def take_number(tx: Tx) -> int:
+    """The schema's counter's next number."""
+    row = await tx.one("SELECT nextval('counter') AS n")
+    assert row is not None
+    return int(row["n"])
 
 
 async def lock_rollout(tx: Tx, rollout_id: str, columns: str = ROLLOUT_COLUMNS) -> Row:
@@ -144,7 +139,7 @@ async def set_rollout_status(
     is queued already); leaving the queue drops its ticket; a terminal status sets ``end_time``."""
     previous = rollout.status
     if status in policy.QUEUED_STATUSES and (status is not previous or requeue):
-        ticket = await take_numbers(tx, 1)
+        ticket = await take_number(tx)
         await tx.run(
             "UPDATE rollouts SET status = %s, end_time = NULL, ticket = %s WHERE rollout_id = %s",
             (status.value, ticket, rollout.rollout_id),
@@ -160,53 +155,40 @@ async def set_rollout_status(
     rollout.status = status
 
 
-async def new_attempts(
-    tx: Tx, pairs: Sequence[tuple[RolloutState, bool]], worker_id: str | None, now: float
-) -> list[Attempt]:
-    """Start each rollout's next attempt (``preparing``; the rollout too) and mark the worker busy with the last.
-    ``claimed``: the rollout row already shows the new attempt (the queue's claim did it)."""
-    attempts, rows = [], []
-    for rollout, claimed in pairs:
-        sequence_id = rollout.attempt_count if claimed else rollout.attempt_count + 1
-        attempt = Attempt(
-            rollout_id=rollout.rollout_id,
-            attempt_id=policy.new_attempt_id(),
-            sequence_id=sequence_id,
-            start_time=now,
-            worker_id=worker_id,
-            last_heartbeat_time=now,
-        )
-        attempts.append(attempt)
-        rows.append(
-            (attempt.attempt_id, rollout.rollout_id, sequence_id, AttemptStatus.PREPARING.value, now, worker_id, now,
-             True if policy.is_supervised(rollout.config) else None)
-        )  # fmt: skip
-        if not claimed:
-            await tx.run(
-                "UPDATE rollouts SET status = %s, attempt_count = %s, ticket = NULL WHERE rollout_id = %s",
-                (RolloutStatus.PREPARING.value, sequence_id, rollout.rollout_id),
-            )
-        rollout.status = RolloutStatus.PREPARING
-        rollout.attempt_count = sequence_id
-    insert = (
-        "INSERT INTO attempts (attempt_id, rollout_id, sequence_id, status, start_time, worker_id, "
-        "last_heartbeat_time, watch) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+async def new_attempt(tx: Tx, rollout: RolloutState, worker_id: str | None, now: float) -> Attempt:
+    """Start the rollout's next attempt (``preparing``; the rollout too) and mark the worker busy with it. (A claim
+    from the queue does the same in the schema's ``agl_claim``.)"""
+    sequence_id = rollout.attempt_count + 1
+    attempt = Attempt(
+        rollout_id=rollout.rollout_id,
+        attempt_id=policy.new_attempt_id(),
+        sequence_id=sequence_id,
+        start_time=now,
+        worker_id=worker_id,
+        last_heartbeat_time=now,
     )
-    if len(rows) == 1:
-        await tx.run(insert, rows[0])
-    elif rows:
-        await tx.many(insert, rows)
-    if worker_id is not None and attempts:
-        last = attempts[-1]
+    await tx.run(
+        "UPDATE rollouts SET status = %s, attempt_count = %s, ticket = NULL WHERE rollout_id = %s",
+        (RolloutStatus.PREPARING.value, sequence_id, rollout.rollout_id),
+    )
+    rollout.status = RolloutStatus.PREPARING
+    rollout.attempt_count = sequence_id
+    await tx.run(
+        "INSERT INTO attempts (attempt_id, rollout_id, sequence_id, status, start_time, worker_id, "
+        "last_heartbeat_time, watch) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+        (attempt.attempt_id, rollout.rollout_id, sequence_id, AttemptStatus.PREPARING.value, now, worker_id, now,
+         True if policy.is_supervised(rollout.config) else None),
+    )  # fmt: skip
+    if worker_id is not None:
         await tx.run(
             "INSERT INTO workers (worker_id, status, first_seen, last_dequeue_time, last_busy_time, "
             "current_rollout_id, current_attempt_id) VALUES (%s, %s, %s, %s, %s, %s, %s) "
             "ON CONFLICT (worker_id) DO UPDATE SET status = EXCLUDED.status, "
             "last_dequeue_time = EXCLUDED.last_dequeue_time, last_busy_time = EXCLUDED.last_busy_time, "
             "current_rollout_id = EXCLUDED.current_rollout_id, current_attempt_id = EXCLUDED.current_attempt_id",
-            (worker_id, WorkerStatus.BUSY.value, now, now, now, last.rollout_id, last.attempt_id),
+            (worker_id, WorkerStatus.BUSY.value, now, now, now, rollout.rollout_id, attempt.attempt_id),
         )
-    return attempts
+    return attempt
 
 
 async def release_worker(tx: Tx, attempt: AttemptState, status: WorkerStatus, now: float) -> None:
@@ -268,85 +250,74 @@ async def set_attempt_status(
 EnqueueItem = tuple[Any, bytes, RolloutMode | None, str | None, Any, bytes | None, Any, bytes | None]
 """``(input, input_blob, mode, resources_id, config, config_blob, metadata, metadata_blob)``"""
 
-_INSERT_ROLLOUT = (
-    "INSERT INTO rollouts (n, rollout_id, status, mode, start_time, attempt_count, resources_id, ticket, config, "
-    "input, metadata) VALUES (%s, %s, %s, %s, %s, 0, %s, %s, %s, %s, %s)"
-)
+
+def _resources_missing(exc: psycopg.errors.NoDataFound) -> NotFoundError:
+    """What ``agl_enqueue`` raises for a resources id that does not exist (the id is its message)."""
+    resources_id = exc.diag.message_primary
+    return NotFoundError(f"no resources with id {resources_id!r}; add them with add_resources first")
 
 
-def _rollout_values(
-    n: int, rollout_id: str, status: RolloutStatus, item: EnqueueItem, resources_id: str | None, now: float,
-    ticket: int | None,
-) -> tuple[Any, ...]:  # fmt: skip
-    _, input_blob, mode, _, _, config_blob, _, metadata_blob = item
-    mode_value = None if mode is None else mode.value
-    return (n, rollout_id, status.value, mode_value, now, resources_id, ticket, config_blob, input_blob, metadata_blob)
-
-
-def _row_of(values: tuple[Any, ...]) -> Row:
-    n, rollout_id, status, mode, now, resources_id, _, config, input, metadata = values
-    return {
-        "n": n, "rollout_id": rollout_id, "status": status, "mode": mode, "start_time": now, "end_time": None,
-        "attempt_count": 0, "resources_id": resources_id, "config": config, "input": input, "metadata": metadata,
-    }  # fmt: skip
-
-
-async def enqueue(tx: Tx, requests: Sequence[EnqueueItem]) -> list[Rollout]:
-    """Insert queued rollouts, in order, all or nothing."""
-    numbers = await take_many(tx, len(requests)) if len(requests) > 1 else [await take_numbers(tx, 1)]
-    latest: str | None = None
-    if any(r[3] is None for r in requests):
-        latest = await resources_id_for(tx, None)
-    resources = [latest if r[3] is None else await resources_id_for(tx, r[3]) for r in requests]
-    now = time.time()
-    values, rollouts = [], []
-    for n, item, resources_id in zip(numbers, requests, resources):
-        rollout_id = policy.new_rollout_id()
-        values.append(_rollout_values(n, rollout_id, RolloutStatus.QUEUING, item, resources_id, now, n))
-        input, _, mode, _, config, _, metadata, _ = item
-        rollouts.append(
-            Rollout(rollout_id=rollout_id, input=input, start_time=now, mode=mode, resources_id=resources_id,
-                    status=RolloutStatus.QUEUING, config=config, metadata=metadata)
-        )  # fmt: skip
-    if len(values) == 1:
-        await tx.run(_INSERT_ROLLOUT, values[0])
-    else:
-        await tx.many(_INSERT_ROLLOUT, values)
-    tx.wake_queue = True
-    return rollouts
+async def enqueue(
+    tx: Tx, requests: Sequence[EnqueueItem], rollout_ids: Sequence[str], now: float, channel: str
+) -> list[Rollout]:
+    """Queue rollouts with these ids, in order, all or nothing: one call of ``agl_enqueue``."""
+    columns: tuple[list[Any], ...] = ([], [], [], [], [], [])
+    for _, input_blob, mode, resources_id, config, config_blob, _, metadata_blob in requests:
+        values = (None if mode is None else mode.value, resources_id, config_blob, policy.is_supervised(config),
+                  input_blob, metadata_blob)  # fmt: skip
+        for column, value in zip(columns, values):
+            column.append(value)
+    try:
+        row = await tx.one(
+            "SELECT agl_enqueue(%s::text[], %s::text[], %s::text[], %s::bytea[], %s::boolean[], %s::bytea[], "
+            "%s::bytea[], %s, %s) AS chosen",
+            (rollout_ids, *columns, now, channel),
+        )
+    except psycopg.errors.NoDataFound as exc:
+        raise _resources_missing(exc) from None
+    assert row is not None
+    return [
+        Rollout(rollout_id=rollout_id, input=input, start_time=now, mode=mode, resources_id=resources_id,
+                status=RolloutStatus.QUEUING, config=config, metadata=metadata)
+        for rollout_id, resources_id, (input, _, mode, _, config, _, metadata, _) in zip(
+            rollout_ids, row["chosen"], requests
+        )
+    ]  # fmt: skip
 
 
 async def start_rollout(tx: Tx, item: EnqueueItem, worker_id: str | None) -> AttemptedRollout:
-    n = await take_numbers(tx, 1)
-    resources_id = await resources_id_for(tx, item[3])
+    _, input_blob, mode, resources_id, config, config_blob, _, metadata_blob = item
+    n = await take_number(tx)
+    resources_id = await resources_id_for(tx, resources_id)
     now = time.time()
-    values = _rollout_values(n, policy.new_rollout_id(), RolloutStatus.PREPARING, item, resources_id, now, None)
-    await tx.run(_INSERT_ROLLOUT, values)
-    row = _row_of(values)
+    row: Row = {
+        "n": n, "rollout_id": policy.new_rollout_id(), "status": RolloutStatus.PREPARING.value,
+        "mode": None if mode is None else mode.value, "start_time": now, "end_time": None, "attempt_count": 0,
+        "resources_id": resources_id, "config": config_blob, "input": input_blob, "metadata": metadata_blob,
+        "supervised": policy.is_supervised(config),
+    }  # fmt: skip
+    await tx.run(f"INSERT INTO rollouts ({', '.join(row)}) VALUES ({', '.join(['%s'] * len(row))})", list(row.values()))
     state = RolloutState(row)
-    (attempt,) = await new_attempts(tx, [(state, False)], worker_id, now)
+    attempt = await new_attempt(tx, state, worker_id, now)
     return attempted(row, state, attempt)
 
 
-_CLAIMED_COLUMNS = ", ".join("r." + c.strip() for c in ROLLOUT_COLUMNS.split(","))
-
-
-async def claim(tx: Tx, limit: int, worker_id: str | None) -> list[AttemptedRollout]:
-    """Take up to ``limit`` rollouts from the head of the queue, each with a new attempt. Rows other claimers hold
-    are skipped (``FOR UPDATE SKIP LOCKED``): concurrent claimers take different rollouts, none waits."""
-    rows = await tx.all(
-        f"WITH head AS (SELECT n, ticket FROM rollouts WHERE ticket IS NOT NULL ORDER BY ticket LIMIT %s "
-        f"FOR UPDATE SKIP LOCKED) "
-        f"UPDATE rollouts r SET status = %s, ticket = NULL, attempt_count = r.attempt_count + 1 FROM head "
-        f"WHERE r.n = head.n RETURNING head.ticket AS taken, {_CLAIMED_COLUMNS}",
-        (limit, RolloutStatus.PREPARING.value),
-    )
-    if not rows:
-        return []
-    rows.sort(key=lambda r: r["taken"])
-    states = [RolloutState(r) for r in rows]
-    attempts = await new_attempts(tx, [(s, True) for s in states], worker_id, time.time())
-    return [attempted(r, s, a) for r, s, a in zip(rows, states, attempts)]
+async def claim(tx: Tx, attempt_ids: Sequence[str], worker_id: str | None, now: float) -> list[AttemptedRollout]:
+    """Take up to ``len(attempt_ids)`` rollouts from the head of the queue, each with a new attempt (these ids, in
+    queue order): one call of ``agl_claim``. Rows other claimers hold are skipped (``FOR UPDATE SKIP LOCKED``):
+    concurrent claimers take different rollouts, none waits."""
+    rows = await tx.all("SELECT * FROM agl_claim(%s::text[], %s, %s)", (attempt_ids, worker_id, now))
+    claimed = []
+    for row, attempt_id in zip(rows, attempt_ids):
+        attempt = Attempt(
+            rollout_id=row["rollout_id"], attempt_id=attempt_id, sequence_id=row["attempt_count"], start_time=now,
+            worker_id=worker_id, last_heartbeat_time=now,
+        )  # fmt: skip
+        claimed.append(
+            with_attempt(rollout_from_row(row), attempt, status=RolloutStatus.PREPARING,
+                         attempt_count=row["attempt_count"])
+        )  # fmt: skip
+    return claimed
 
 
 async def queue_has_work(tx: Tx) -> bool:
@@ -361,7 +332,7 @@ async def start_attempt(tx: Tx, rollout_id: str, worker_id: str | None) -> Attem
             f"rollout {rollout_id!r} has ended ({state.status.value}); queue it again with "
             "update_rollout(status='queuing') before starting an attempt"
         )
-    (attempt,) = await new_attempts(tx, [(state, False)], worker_id, time.time())
+    attempt = await new_attempt(tx, state, worker_id, time.time())
     return attempted(row, state, attempt)
 
 
@@ -441,6 +412,79 @@ async def update_attempt(
     return attempt.to_attempt()
 
 
+class MovePlan(NamedTuple):
+    """What moving an attempt to a status does in the common case, as the policy decided it (:func:`move_plan`)."""
+
+    rollout_from: list[str]
+    attempt_from: list[str]
+    plain_config: bool
+    rollout_status: RolloutStatus | None
+    worker_status: WorkerStatus | None
+
+
+_COMMON_ROLLOUT = (RolloutStatus.PREPARING, RolloutStatus.RUNNING)
+_COMMON_ATTEMPT = (AttemptStatus.PREPARING, AttemptStatus.RUNNING)
+_PROBE_CONFIGS = (
+    RolloutConfig(max_attempts=1, retry_condition=()),
+    RolloutConfig(max_attempts=2**31 - 1, retry_condition=tuple(AttemptStatus)),
+)
+
+
+@functools.cache
+def move_plan(status: AttemptStatus) -> MovePlan | None:
+    """The outcome of moving the newest attempt of a rollout to ``status`` while the rollout is preparing or running
+    and the attempt preparing or running (not ``status``) -- what runners do -- when the policy gives the same one
+    in all those states, whatever the attempt's sequence id and (else ``plain_config``: for the default config)
+    whatever the rollout's config; ``None`` when it does not. ``agl_move_attempt`` applies it after checking that
+    the rows are in one of those states."""
+    attempt_from = [s for s in _COMMON_ATTEMPT if s is not status]
+
+    def outcomes(configs: Sequence[RolloutConfig]) -> set[tuple[RolloutStatus | None, WorkerStatus | None]]:
+        found = set()
+        for rollout_status, attempt_status, config, sequence_id in itertools.product(
+            _COMMON_ROLLOUT, attempt_from, configs, (1, 2**31 - 1)
+        ):
+            rollout = Rollout(rollout_id="", input=None, start_time=0.0, status=rollout_status, config=config)
+            attempt = Attempt(rollout_id="", attempt_id="", sequence_id=sequence_id, start_time=0.0,
+                              status=attempt_status)  # fmt: skip
+            found.add((
+                policy.rollout_status_after_attempt(rollout, attempt, status),
+                policy.worker_status_after_attempt(attempt_status, status),
+            ))  # fmt: skip
+        return found
+
+    plain = False
+    found = outcomes((DEFAULT_CONFIG, *_PROBE_CONFIGS))
+    if len(found) != 1:
+        plain, found = True, outcomes((DEFAULT_CONFIG,))
+        if len(found) != 1:
+            return None
+    ((rollout_status, worker_status),) = found
+    return MovePlan([s.value for s in _COMMON_ROLLOUT], [s.value for s in attempt_from], plain, rollout_status,
+                    worker_status)  # fmt: skip
+
+
+async def move_attempt(
+    tx: Tx, rollout_id: str, attempt_id: str, status: AttemptStatus, heartbeat: float | None, plan: MovePlan,
+    channels: tuple[str, str],
+) -> Attempt | None:  # fmt: skip
+    """:func:`update_attempt` for a status change with nothing else, in one call of ``agl_move_attempt``;
+    ``None`` (nothing written) where the rows are not in the states ``plan`` assumed."""
+    now = time.time()
+    target = plan.rollout_status
+    queued = target is not None and target in policy.QUEUED_STATUSES
+    terminal = target is not None and target.is_terminal
+    row = await tx.one(
+        "SELECT * FROM agl_move_attempt(%s, %s, %s, %s, %s, %s, %s, %s::text[], %s::text[], %s, %s, %s, %s, %s, %s)",
+        (rollout_id, None if attempt_id == LATEST else attempt_id, status.value, now if status.is_final else None,
+         status.is_final, now if heartbeat is None else heartbeat, now, plan.rollout_from, plan.attempt_from,
+         plan.plain_config, None if plan.worker_status is None else plan.worker_status.value,
+         None if target is None else target.value, queued, now if terminal else None,
+         channels[0] if queued else channels[1] if terminal else None),
+    )  # fmt: skip
+    return None if row is None else AttemptState(row).to_attempt()
+
+
 # ---------------------------------------------------------------------------------------------------- spans
 
 
@@ -508,35 +552,32 @@ async def store_spans(tx: Tx, spans: Sequence[tuple[Span, bytes]]) -> list[Span]
     return plan
 
 
-_ONE_SPAN = (
-    "WITH a AS (UPDATE attempts SET "
-    "span_seq = CASE WHEN %(seq)s > 0 THEN greatest(span_seq, %(seq)s) ELSE span_seq + 1 END, "
-    "last_heartbeat_time = %(now)s "
-    "WHERE attempt_id = %(attempt_id)s AND rollout_id = %(rollout_id)s AND status = 'running' "
-    "AND NOT EXISTS (SELECT 1 FROM spans WHERE attempt_id = %(attempt_id)s AND span_id = %(span_id)s) "
-    "RETURNING sequence_id, span_seq) "
-    f"INSERT INTO spans ({SPAN_COLUMNS}) SELECT %(rollout_id)s, %(attempt_id)s, a.sequence_id, "
-    "CASE WHEN %(seq)s > 0 THEN %(seq)s ELSE a.span_seq END, %(span_id)s, %(name)s, %(start)s, %(end)s, %(data)s "
-    "FROM a RETURNING sequence_id"
-)
-
-
-async def store_running_span(tx: Tx, span: Span, blob: bytes) -> Span | None:
-    """One span of a ``running`` attempt in one statement (atomic by itself, no transaction): move the attempt's
-    sequence id and heartbeat, insert the span. ``None`` when the span needs :func:`store_spans` (the attempt is
-    not running, is unknown or ``latest``, or the span is stored already). The attempt's row lock orders it with
-    every other change of the attempt."""
-    if span.attempt_id == LATEST:
-        return None
-    row = await tx.one(
-        _ONE_SPAN,
-        {"seq": span.sequence_id, "now": time.time(), "attempt_id": span.attempt_id, "rollout_id": span.rollout_id,
-         "span_id": span.span_id, "name": span.name, "start": span.start_time, "end": span.end_time, "data": blob},
-    )  # fmt: skip
-    if row is None:
-        return None
-    sequence_id = int(row["sequence_id"])
-    return replace(span, sequence_id=sequence_id) if sequence_id != span.sequence_id else span
+async def store_live_spans(tx: Tx, spans: Sequence[tuple[Span, bytes]], everything: bool) -> list[Span | None]:
+    """Spans of ``preparing`` / ``running`` attempts in one call of ``agl_add_spans`` (no ``latest`` attempt id
+    among them): each stored one as stored, ``None`` for those left to :func:`store_spans` (the attempt is in
+    another status or unknown, or the span is stored already). ``everything``: all or nothing (then ``None``
+    everywhere, nothing written, where one is left). The attempt's row lock orders it with every other change of
+    the attempt; a preparing attempt's rollout is locked first, as every other change locks it."""
+    columns: tuple[list[Any], ...] = ([], [], [], [], [], [], [], [])
+    for span, blob in spans:
+        values = (span.rollout_id, span.attempt_id, span.sequence_id, span.span_id, span.name, span.start_time,
+                  span.end_time, blob)  # fmt: skip
+        for column, value in zip(columns, values):
+            column.append(value)
+    try:
+        rows = await tx.all(
+            "SELECT k, sequence_id FROM agl_add_spans(%s::text[], %s::text[], %s::bigint[], %s::text[], %s::text[], "
+            "%s::float8[], %s::float8[], %s::bytea[], %s, %s)",
+            (*columns, time.time(), everything),
+        )
+    except psycopg.errors.NoDataFound:  # everything or nothing: something was left
+        return [None] * len(spans)
+    stored: list[Span | None] = [None] * len(spans)
+    for row in rows:
+        span = spans[row["k"] - 1][0]
+        sequence_id = int(row["sequence_id"])
+        stored[row["k"] - 1] = span if sequence_id == span.sequence_id else replace(span, sequence_id=sequence_id)
+    return stored
 
 
 async def reserve_sequence_ids(tx: Tx, rollout_id: str, attempt_id: str, count: int) -> list[int]:
@@ -557,7 +598,7 @@ async def update_resources(tx: Tx, resources_id: str, resources: dict[str, Resou
     # One writer of a resources id at a time: the lock orders its versions (there is no row to lock before the
     # first version).
     await tx.run("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"{resources_id}",))
-    n = await take_numbers(tx, 1)
+    n = await take_number(tx)
     previous = await tx.one(
         "SELECT version, create_time FROM resources WHERE resources_id = %s ORDER BY version DESC LIMIT 1",
         (resources_id,),

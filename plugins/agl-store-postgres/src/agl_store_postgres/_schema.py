@@ -92,7 +92,201 @@ CREATE TABLE workers (
 CREATE INDEX workers_seen ON workers (first_seen, worker_id);
 """
 
-MIGRATIONS: list[tuple[int, str]] = [(1, _V1)]
+_V2 = """
+-- Whether the watchdog must look at the rollout's attempts (policy.is_supervised of its config), so that a claim
+-- can set an attempt's `watch` without decoding the config. Rollouts written before version 2: watched (the
+-- watchdog checks their configs itself).
+ALTER TABLE rollouts ADD COLUMN supervised boolean NOT NULL DEFAULT true;
+
+-- The hot operations, each one statement (one round trip, one implicit transaction). The decisions stay in Python
+-- (agl_kernel.store.policy): these functions do what they are told, and do nothing where the rows are not in the
+-- state the caller assumed (the caller then takes the general path). Each may be called again after a commit
+-- whose answer was lost (client-made ids make that a no-op).
+
+-- Queue rollouts (ids made by the caller), all or nothing: resources NULL = the latest; a given id must exist
+-- (else no_data_found, the id as message). Returns the resources ids in order.
+CREATE FUNCTION agl_enqueue(p_ids text[], p_modes text[], p_resources text[], p_configs bytea[],
+                            p_supervised boolean[], p_inputs bytea[], p_metadata bytea[], p_now double precision,
+                            p_channel text) RETURNS text[] LANGUAGE plpgsql AS $$
+DECLARE
+    latest text;
+    chosen text[] := '{}';
+    res text;
+    num bigint;
+BEGIN
+    IF EXISTS (SELECT 1 FROM rollouts WHERE rollout_id = p_ids[1]) THEN  -- already written by this call
+        RETURN ARRAY(SELECT r.resources_id FROM unnest(p_ids) WITH ORDINALITY AS u(id, k)
+                     JOIN rollouts r ON r.rollout_id = u.id ORDER BY u.k);
+    END IF;
+    SELECT resources_id INTO latest FROM resources ORDER BY n DESC LIMIT 1;
+    FOR i IN 1 .. cardinality(p_ids) LOOP
+        res := p_resources[i];
+        IF res IS NULL THEN
+            res := latest;
+        ELSIF NOT EXISTS (SELECT 1 FROM resources WHERE resources_id = res) THEN
+            RAISE no_data_found USING MESSAGE = res;
+        END IF;
+        num := nextval('counter');
+        INSERT INTO rollouts (n, rollout_id, status, mode, start_time, attempt_count, resources_id, ticket, config,
+                              input, metadata, supervised)
+        VALUES (num, p_ids[i], 'queuing', p_modes[i], p_now, 0, res, num, p_configs[i], p_inputs[i], p_metadata[i],
+                p_supervised[i]);
+        chosen := chosen || res;
+    END LOOP;
+    PERFORM pg_notify(p_channel, '');
+    RETURN chosen;
+END $$;
+
+-- Claim up to cardinality(p_attempt_ids) rollouts from the queue's head (rows other claimers hold are skipped),
+-- each with a new `preparing` attempt (the k-th claimed gets p_attempt_ids[k]); the worker, if any, becomes busy
+-- with the last. Returns the claimed rollouts in queue order.
+CREATE FUNCTION agl_claim(p_attempt_ids text[], p_worker text, p_now double precision)
+RETURNS SETOF rollouts LANGUAGE plpgsql AS $$
+DECLARE
+    head record;
+    taken rollouts;
+    k integer := 0;
+BEGIN
+    IF EXISTS (SELECT 1 FROM attempts WHERE attempt_id = p_attempt_ids[1]) THEN  -- already claimed by this call
+        RETURN QUERY SELECT r.* FROM unnest(p_attempt_ids) WITH ORDINALITY AS u(id, k)
+                     JOIN attempts a ON a.attempt_id = u.id JOIN rollouts r ON r.rollout_id = a.rollout_id
+                     ORDER BY u.k;
+        RETURN;
+    END IF;
+    FOR head IN SELECT n FROM rollouts WHERE ticket IS NOT NULL ORDER BY ticket
+                LIMIT cardinality(p_attempt_ids) FOR UPDATE SKIP LOCKED LOOP
+        k := k + 1;
+        UPDATE rollouts SET status = 'preparing', ticket = NULL, attempt_count = attempt_count + 1
+        WHERE n = head.n RETURNING * INTO taken;
+        INSERT INTO attempts (attempt_id, rollout_id, sequence_id, status, start_time, worker_id,
+                              last_heartbeat_time, watch)
+        VALUES (p_attempt_ids[k], taken.rollout_id, taken.attempt_count, 'preparing', p_now, p_worker, p_now,
+                CASE WHEN taken.supervised THEN true END);
+        RETURN NEXT taken;
+    END LOOP;
+    IF k > 0 AND p_worker IS NOT NULL THEN
+        INSERT INTO workers (worker_id, status, first_seen, last_dequeue_time, last_busy_time, current_rollout_id,
+                             current_attempt_id)
+        VALUES (p_worker, 'busy', p_now, p_now, p_now, taken.rollout_id, p_attempt_ids[k])
+        ON CONFLICT (worker_id) DO UPDATE SET status = EXCLUDED.status,
+            last_dequeue_time = EXCLUDED.last_dequeue_time, last_busy_time = EXCLUDED.last_busy_time,
+            current_rollout_id = EXCLUDED.current_rollout_id, current_attempt_id = EXCLUDED.current_attempt_id;
+    END IF;
+END $$;
+
+-- Store spans of `preparing` or `running` attempts, each as the one-span rule says: the attempt's sequence id
+-- moves (a given one, or the next), it counts as a heartbeat, a preparing attempt becomes running and, if it is
+-- its rollout's newest and the rollout has not ended, so does the rollout (policy.rollout_status_after_attempt).
+-- Spans are taken in attempt-id order (the order their rows are locked), each attempt's in the order given.
+-- Returns (k, sequence_id) of the spans stored; the others (another status, an unknown attempt, a span stored
+-- already) are left to the caller. p_all: all or nothing (no_data_found when one is left).
+CREATE FUNCTION agl_add_spans(p_rollouts text[], p_attempts text[], p_seqs bigint[], p_span_ids text[],
+                              p_names text[], p_starts double precision[], p_ends double precision[],
+                              p_data bytea[], p_now double precision, p_all boolean)
+RETURNS TABLE (k integer, sequence_id bigint) LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    i integer;
+    was text;
+    owner_status text;
+    owner_count integer;
+    att_seq integer;
+    seq bigint;
+BEGIN
+    FOR i IN SELECT u.k FROM unnest(p_attempts) WITH ORDINALITY AS u(a, k) ORDER BY u.a, u.k LOOP
+        SELECT status INTO was FROM attempts WHERE attempt_id = p_attempts[i] AND rollout_id = p_rollouts[i];
+        IF was = 'preparing' THEN
+            SELECT status, attempt_count INTO owner_status, owner_count FROM rollouts
+            WHERE rollout_id = p_rollouts[i] FOR UPDATE;
+        END IF;
+        att_seq := NULL;
+        IF was IN ('preparing', 'running') THEN
+            UPDATE attempts a SET
+                span_seq = CASE WHEN p_seqs[i] > 0 THEN greatest(a.span_seq, p_seqs[i]) ELSE a.span_seq + 1 END,
+                last_heartbeat_time = p_now, status = 'running'
+            WHERE a.attempt_id = p_attempts[i] AND a.status = was
+              AND NOT EXISTS (SELECT 1 FROM spans s WHERE s.attempt_id = p_attempts[i] AND s.span_id = p_span_ids[i])
+            RETURNING a.sequence_id, CASE WHEN p_seqs[i] > 0 THEN p_seqs[i] ELSE a.span_seq END INTO att_seq, seq;
+        END IF;
+        IF att_seq IS NULL THEN
+            IF p_all THEN
+                RAISE no_data_found USING MESSAGE = p_span_ids[i];
+            END IF;
+            CONTINUE;
+        END IF;
+        IF was = 'preparing' AND owner_count = att_seq
+           AND owner_status NOT IN ('succeeded', 'failed', 'cancelled', 'running') THEN
+            UPDATE rollouts SET status = 'running', end_time = NULL, ticket = NULL WHERE rollout_id = p_rollouts[i];
+        END IF;
+        INSERT INTO spans (rollout_id, attempt_id, attempt_seq, sequence_id, span_id, name, start_time, end_time, data)
+        VALUES (p_rollouts[i], p_attempts[i], att_seq, seq, p_span_ids[i], p_names[i], p_starts[i], p_ends[i],
+                p_data[i]);
+        k := i;
+        sequence_id := seq;
+        RETURN NEXT;
+    END LOOP;
+END $$;
+
+-- Move an attempt (p_attempt NULL: the rollout's newest) to p_status as the caller decided for the states it
+-- assumed: only if the attempt is its rollout's newest, its status is one of p_attempt_from, the rollout's one of
+-- p_rollout_from and (p_plain_config) the rollout has the default config. Then: the worker on it (if still)
+-- becomes p_worker_status ('idle' frees it), the attempt takes p_status, p_end_time and the heartbeat (p_final:
+-- no longer watched), and the rollout takes p_rollout_status (queued: at the back of the queue; p_rollout_end set
+-- when terminal), with p_channel notified. Returns the attempt, or nothing where the rows were not as assumed.
+CREATE FUNCTION agl_move_attempt(p_rollout text, p_attempt text, p_status text, p_end_time double precision,
+                                 p_final boolean, p_heartbeat double precision, p_now double precision,
+                                 p_rollout_from text[], p_attempt_from text[], p_plain_config boolean,
+                                 p_worker_status text, p_rollout_status text, p_rollout_queued boolean,
+                                 p_rollout_end double precision, p_channel text)
+RETURNS SETOF attempts LANGUAGE plpgsql AS $$
+DECLARE
+    owner record;
+    moved attempts;
+BEGIN
+    SELECT status, attempt_count, config IS NULL AS plain INTO owner FROM rollouts
+    WHERE rollout_id = p_rollout FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    IF NOT owner.status = ANY(p_rollout_from) OR (p_plain_config AND NOT owner.plain) THEN
+        RETURN;
+    END IF;
+    SELECT * INTO moved FROM attempts
+    WHERE rollout_id = p_rollout AND sequence_id = owner.attempt_count FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    IF (p_attempt IS NOT NULL AND moved.attempt_id <> p_attempt) OR NOT moved.status = ANY(p_attempt_from) THEN
+        RETURN;
+    END IF;
+    IF p_worker_status = 'idle' AND moved.worker_id IS NOT NULL THEN
+        UPDATE workers SET status = 'idle', last_idle_time = p_now, current_rollout_id = NULL,
+            current_attempt_id = NULL
+        WHERE worker_id = moved.worker_id AND current_attempt_id = moved.attempt_id;
+    ELSIF p_worker_status IS NOT NULL AND moved.worker_id IS NOT NULL THEN
+        UPDATE workers SET status = p_worker_status
+        WHERE worker_id = moved.worker_id AND current_attempt_id = moved.attempt_id;
+    END IF;
+    UPDATE attempts SET status = p_status, end_time = p_end_time, last_heartbeat_time = p_heartbeat,
+        watch = CASE WHEN p_final THEN NULL ELSE watch END
+    WHERE attempt_id = moved.attempt_id RETURNING * INTO moved;
+    IF p_rollout_status IS NOT NULL AND p_rollout_status <> owner.status THEN
+        IF p_rollout_queued THEN
+            UPDATE rollouts SET status = p_rollout_status, end_time = NULL, ticket = nextval('counter')
+            WHERE rollout_id = p_rollout;
+        ELSE
+            UPDATE rollouts SET status = p_rollout_status, end_time = p_rollout_end, ticket = NULL
+            WHERE rollout_id = p_rollout;
+        END IF;
+        IF p_channel IS NOT NULL THEN
+            PERFORM pg_notify(p_channel, '');
+        END IF;
+    END IF;
+    RETURN NEXT moved;
+END $$;
+"""
+
+MIGRATIONS: list[tuple[int, str]] = [(1, _V1), (2, _V2)]
 """``(version, script)`` in order; a schema at version N gets every script above N."""
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]

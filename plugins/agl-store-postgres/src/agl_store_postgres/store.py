@@ -6,12 +6,14 @@ import asyncio
 import functools
 import logging
 import threading
+import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import psycopg
 from msgspec import UNSET, UnsetType
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from agl_kernel.errors import NotFoundError, StoreClosedError
 from agl_kernel.models import (
@@ -39,8 +41,9 @@ from agl_kernel.store.query import check_query
 from agl_kernel.store.waiting import BackgroundLoop, Bell, claim_waiting, wait_until_ended
 from agl_store_postgres import _ops as ops
 from agl_store_postgres import _reads as reads
+from agl_store_postgres._batching import SpanBatcher
 from agl_store_postgres._codec import check_int64, encode_any, encode_dict, encode_resources, encode_span
-from agl_store_postgres._database import Conn, Tx, channels, connect, make_pool, run_read, run_transaction
+from agl_store_postgres._database import Conn, Tx, channels, connect, make_pool, run_direct, run_transaction
 from agl_store_postgres._errors import redact
 from agl_store_postgres._monitor import Monitor
 from agl_store_postgres._options import DEFAULT_DSN, PostgresStoreOptions, check_name, seconds
@@ -52,6 +55,18 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Row = dict[str, Any]
+
+_CLAIM_CHUNK = 1000
+"""Rollouts one call of ``agl_claim`` takes at most (a larger ``dequeue_many_rollouts`` makes several)."""
+
+
+@dataclass
+class _Lane:
+    """What the store keeps per event loop: psycopg's async connections belong to the loop that made them."""
+
+    pool: AsyncConnectionPool[Conn]
+    spans: SpanBatcher
+    opened: asyncio.Task[None]
 
 
 class PostgresLightningStore(LightningStore):
@@ -105,7 +120,7 @@ class PostgresLightningStore(LightningStore):
         self._channels = channels(self._schema)
         self._closed = False
         self._lock = threading.Lock()
-        self._pools: dict[asyncio.AbstractEventLoop, AsyncConnectionPool[Conn]] = {}
+        self._lanes: dict[asyncio.AbstractEventLoop, _Lane] = {}
         self._queue_bell = Bell()
         self._ended_bell = Bell()
         self._background = BackgroundLoop(f"agl-postgres:{self._schema}")
@@ -170,25 +185,36 @@ class PostgresLightningStore(LightningStore):
 
     # ------------------------------------------------------------------------------------------------ plumbing
 
-    async def _pool(self) -> AsyncConnectionPool[Conn]:
-        """This event loop's pool (psycopg's async connections belong to the loop that made them)."""
+    async def _lane(self) -> _Lane:
+        """This event loop's pool and span batcher."""
         loop = asyncio.get_running_loop()
-        found = self._pools.get(loop)
-        if found is not None:
-            return found
-        with self._lock:
-            for stale in [other for other in self._pools if other.is_closed()]:
-                del self._pools[stale]  # its loop is gone, and its connections with it
-            found = self._pools.get(loop)
-            if found is None:
-                found = make_pool(self._dsn, self._schema, size=self._pool_size, connect_timeout=self._connect_timeout)
-                self._pools[loop] = found
-                created = True
-            else:
-                created = False
-        if created:
-            await found.open(wait=False)
+        found = self._lanes.get(loop)
+        if found is None:
+            with self._lock:
+                for stale in [other for other in self._lanes if other.is_closed()]:
+                    del self._lanes[stale]  # its loop is gone, and its connections with it
+                found = self._lanes.get(loop)
+                if found is None:
+                    pool = make_pool(
+                        self._dsn, self._schema, size=self._pool_size, connect_timeout=self._connect_timeout
+                    )
+                    opened = loop.create_task(self._open_pool(pool))
+                    found = self._lanes[loop] = _Lane(pool, SpanBatcher(self._write_spans), opened)
+        if not found.opened.done():
+            await asyncio.shield(found.opened)
         return found
+
+    async def _open_pool(self, pool: AsyncConnectionPool[Conn]) -> None:
+        # Its first connection before the first call: a call that found none would make the pool grow in the
+        # background, and psycopg's pool cannot be cancelled while it connects (an asyncio.run() ending then would
+        # wait for ever).
+        try:
+            await pool.open(wait=True, timeout=self._connect_timeout)
+        except PoolTimeout:
+            pass  # the pool keeps trying; calls wait for it (and say so after transaction_timeout)
+
+    async def _pool(self) -> AsyncConnectionPool[Conn]:
+        return (await self._lane()).pool
 
     def _check_open(self) -> None:
         if self._closed:
@@ -215,9 +241,9 @@ class PostgresLightningStore(LightningStore):
         )  # fmt: skip
 
     async def _direct(self, op: Callable[[Tx], Awaitable[T]]) -> T:
-        """Run a read without a transaction."""
+        """Run a read, or one call of a schema function, without an explicit transaction."""
         self._check_open()
-        return await run_read(await self._pool(), op, dsn=self._dsn, timeout=self._transaction_timeout)
+        return await run_direct(await self._pool(), op, dsn=self._dsn, timeout=self._transaction_timeout)
 
     async def close(self) -> None:
         if self._closed:
@@ -232,12 +258,12 @@ class PostgresLightningStore(LightningStore):
         self._background.stop()
         current = asyncio.get_running_loop()
         with self._lock:
-            pools, self._pools = dict(self._pools), {}
-        for loop, pool in pools.items():
+            lanes, self._lanes = dict(self._lanes), {}
+        for loop, lane in lanes.items():
             if loop is current:
-                await pool.close()
+                await lane.pool.close()
             elif not loop.is_closed() and loop.is_running():
-                asyncio.run_coroutine_threadsafe(pool.close(), loop)
+                asyncio.run_coroutine_threadsafe(lane.pool.close(), loop)
 
     async def _close_background(self) -> None:
         await self._monitor.stop()
@@ -245,9 +271,9 @@ class PostgresLightningStore(LightningStore):
 
     async def _close_background_pool(self) -> None:
         with self._lock:
-            found = self._pools.pop(asyncio.get_running_loop(), None)
+            found = self._lanes.pop(asyncio.get_running_loop(), None)
         if found is not None:
-            await found.close()
+            await found.pool.close()
 
     # ------------------------------------------------------------------------------------------------ watchdog
 
@@ -289,15 +315,20 @@ class PostgresLightningStore(LightningStore):
         config: RolloutConfig | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> Rollout:
-        request = self._request(input, mode, resources_id, config, metadata)
-        return (await self._tx(lambda tx: ops.enqueue(tx, [request])))[0]
+        return (await self._enqueue([self._request(input, mode, resources_id, config, metadata)]))[0]
 
     async def enqueue_many_rollouts(self, requests: Sequence[EnqueueRequest]) -> list[Rollout]:
         prepared = [self._request(r.input, r.mode, r.resources_id, r.config, r.metadata) for r in requests]
         self._check_open()
         if not prepared:
             return []
-        return await self._tx(lambda tx: ops.enqueue(tx, prepared))
+        return await self._enqueue(prepared)
+
+    async def _enqueue(self, prepared: list[ops.EnqueueItem]) -> list[Rollout]:
+        ids, now, channel = [policy.new_rollout_id() for _ in prepared], time.time(), self._channels[0]
+        queued = await self._direct(lambda tx: ops.enqueue(tx, prepared, ids, now, channel))
+        self._queue_bell.ring()
+        return queued
 
     async def start_rollout(
         self,
@@ -318,7 +349,15 @@ class PostgresLightningStore(LightningStore):
 
     async def _claim(self, limit: int, worker_id: str | None) -> list[AttemptedRollout]:
         # Concurrent claimers skip each other's rows (FOR UPDATE SKIP LOCKED): no convoy on the queue's head.
-        return await self._tx(lambda tx: ops.claim(tx, limit, worker_id))
+        claimed: list[AttemptedRollout] = []
+        while len(claimed) < limit:
+            ids = [policy.new_attempt_id() for _ in range(min(limit - len(claimed), _CLAIM_CHUNK))]
+            now = time.time()
+            taken = await self._direct(lambda tx: ops.claim(tx, ids, worker_id, now))  # noqa: B023 (awaited here)
+            claimed += taken
+            if len(taken) < len(ids):
+                break
+        return claimed
 
     async def dequeue_many_rollouts(
         self, *, limit: int, worker_id: str | None = None, timeout: float = 0.0
@@ -373,6 +412,7 @@ class PostgresLightningStore(LightningStore):
             changes["mode"] = None if mode is None else RolloutMode(mode).value
         if config is not UNSET:
             changes["config"] = encode_config(config)
+            changes["supervised"] = policy.is_supervised(config)
         if metadata is not UNSET:
             changes["metadata"] = encode_dict(metadata, "rollout metadata")
         if resources_id is not UNSET:
@@ -440,6 +480,18 @@ class PostgresLightningStore(LightningStore):
             check_int64(last_heartbeat_time, "last_heartbeat_time")
         new_status = None if status is UNSET else AttemptStatus(status)
         heartbeat = None if last_heartbeat_time is UNSET else last_heartbeat_time
+        plan = None if new_status is None or changes else ops.move_plan(new_status)
+        if plan is not None and new_status is not None:  # the common case in one call, or nothing done
+            moved = await self._direct(
+                lambda tx: ops.move_attempt(tx, rollout_id, attempt_id, new_status, heartbeat, plan, self._channels)
+            )
+            if moved is not None:
+                target = plan.rollout_status
+                if target is not None and target in policy.QUEUED_STATUSES:
+                    self._queue_bell.ring()
+                elif target is not None and target.is_terminal:
+                    self._ended_bell.ring()
+                return moved
         return await self._tx(lambda tx: ops.update_attempt(tx, rollout_id, attempt_id, new_status, heartbeat, changes))
 
     # ------------------------------------------------------------------------------------------------ spans
@@ -454,12 +506,11 @@ class PostgresLightningStore(LightningStore):
 
     async def add_span(self, span: Span) -> Span:
         pair = self._encode_span(span)
-        try:
-            stored = await self._direct(lambda tx: ops.store_running_span(tx, span, pair[1]))
-        except (psycopg.errors.UniqueViolation, psycopg.errors.DataError):
-            stored = None  # stored meanwhile, or a sequence id out of range: the full path says which
-        if stored is not None:
-            return stored
+        self._check_open()
+        if span.attempt_id != LATEST:
+            stored = await (await self._lane()).spans.add(*pair)
+            if stored is not None:
+                return stored
         return (await self._tx(lambda tx: ops.store_spans(tx, [pair])))[0]
 
     async def add_many_spans(self, spans: Sequence[Span]) -> list[Span]:
@@ -467,7 +518,18 @@ class PostgresLightningStore(LightningStore):
         self._check_open()
         if not pairs:
             return []
+        if all(span.attempt_id != LATEST for span, _ in pairs):
+            try:
+                stored = await self._direct(lambda tx: ops.store_live_spans(tx, pairs, everything=True))
+            except (psycopg.errors.UniqueViolation, psycopg.errors.DataError):
+                stored = [None]  # stored meanwhile, or a sequence id out of range: the general path says which
+            if None not in stored:
+                return stored  # type: ignore[return-value]
         return await self._tx(lambda tx: ops.store_spans(tx, pairs))
+
+    async def _write_spans(self, pairs: Sequence[tuple[Span, bytes]]) -> list[Span | None]:
+        """A batch of :class:`SpanBatcher`: each span on its own (those left go the general path one by one)."""
+        return await self._direct(lambda tx: ops.store_live_spans(tx, pairs, everything=False))
 
     async def get_many_span_sequence_ids(self, rollout_id: str, attempt_id: str, count: int) -> list[int]:
         if count < 1:
