@@ -449,6 +449,7 @@ async def grpo_train(args: argparse.Namespace) -> dict[str, Any]:
     """GRPO on the text agent under the ``agentos`` runner, everything in this process (as
     ``grpo_calculator.py`` runs it); validation before and after training gives the figures."""
     from grpo_calculator import load_models
+    from rich.console import Console
 
     from agl_algo_grpo import GRPO, LLMPublisher, keep_freed_memory
     from agl_kernel.proxy import LLMProxy
@@ -456,6 +457,7 @@ async def grpo_train(args: argparse.Namespace) -> dict[str, Any]:
     from agl_kernel.store.defaults import make_store
     from agl_model_server.backend import ModelServerBackend
 
+    console = Console() if sys.stdout.isatty() else Console(width=160)  # a log file gets GRPO's whole table
     if args.device == "cpu":
         keep_freed_memory()
     policy_model, served_model, tokenizer = await asyncio.to_thread(load_models, args)
@@ -485,6 +487,7 @@ async def grpo_train(args: argparse.Namespace) -> dict[str, Any]:
                 device=args.device,
                 publisher=LLMPublisher(backend, ProxyLLM(endpoint=url, model="policy")),
                 rollout_config=RolloutConfig(timeout_seconds=900, max_attempts=1),
+                console=console,
             )
             trainer = Trainer(
                 algorithm=grpo,
@@ -493,6 +496,7 @@ async def grpo_train(args: argparse.Namespace) -> dict[str, Any]:
                 store=store,
                 # outcome rewards: the triplet adapter gives each turn the final reward, the penalty included
                 options={"runner": runner_options(args.penalty, per_step=False)},
+                console=console,
                 progress=False,
             )
             started = time.monotonic()
