@@ -24,6 +24,11 @@ torch threads on each side.
   default is True: ``--trl-gradient-checkpointing``). A step is on_step_begin → on_step_end of a TrainerCallback;
   its time in ``_generate_and_score_completions`` (``model.generate``, rewards) is the "rollout" part.
 
+- agl-async (in ``--sides``, e.g. ``agl,agl-async,trl``): agl with asynchronous GRPO (``--max-staleness`` K, default
+  1): the rollouts of the next K steps run while the policy updates, with (K + 1) × the runners; a step is still
+  GRPO's ``step_time_s`` (the steps follow each other, so they add up to the run's time), its rollout part now only
+  the wait for rollouts that the previous update did not cover.
+
 Each side runs ``--warmup`` + ``--steps`` steps; medians leave the warm-up out. The sides run one after the other
 (single steps of two training runs cannot be interleaved); ``--rounds N`` repeats the pair, flipping the order.
 """
@@ -115,13 +120,13 @@ def flags(**options: Any) -> list[str]:
     return [item for name, value in options.items() for item in (f"--{name.replace('_', '-')}", str(value))]
 
 
-def recipe_argv(args: argparse.Namespace, scratch: str) -> list[str]:
+def recipe_argv(args: argparse.Namespace, scratch: str, max_staleness: int = 0) -> list[str]:
     steps, batch = args.warmup + args.steps, args.batch_size
     model = flags(model=args.model) if args.model else []
     return model + flags(device=args.device) + flags(
         steps=steps, batch_size=batch, group_size=args.group_size, max_tokens=args.max_tokens, lr=args.lr,
-        runners=batch * args.group_size, micro_batch_size=args.micro_batch_size, train_tasks=steps * batch,
-        val_tasks=0, val_every=0, seed=args.seed,
+        runners=batch * args.group_size * (1 + max_staleness), max_staleness=max_staleness,
+        micro_batch_size=args.micro_batch_size, train_tasks=steps * batch, val_tasks=0, val_every=0, seed=args.seed,
         path=os.path.join(scratch, "agl.db"), checkpoint_dir=os.path.join(scratch, "checkpoints"),
     )  # fmt: skip
 
@@ -136,7 +141,9 @@ def step_tasks(recipe: Any, args: argparse.Namespace) -> list[dict[str, Any]]:
     return [t for step in range(options.steps) for t in grpo.tasks_for_step(tasks, step)]
 
 
-def run_agl(recipe: Any, args: argparse.Namespace, on_step: Callable[[], None]) -> dict[str, Any]:
+def run_agl(
+    recipe: Any, args: argparse.Namespace, on_step: Callable[[], None], max_staleness: int = 0
+) -> dict[str, Any]:
     import agl_algo_grpo
 
     base = agl_algo_grpo.GRPO
@@ -155,7 +162,8 @@ def run_agl(recipe: Any, args: argparse.Namespace, on_step: Callable[[], None]) 
     try:
         with tempfile.TemporaryDirectory(prefix="agl-bench-grpo-") as scratch, open(os.devnull, "w") as devnull:
             console = err if args.verbose else Console(file=devnull)
-            result = asyncio.run(recipe.train(recipe.parse_args(recipe_argv(args, scratch)), console))
+            options = recipe.parse_args(recipe_argv(args, scratch, max_staleness))
+            result = asyncio.run(recipe.train(options, console))
     finally:
         agl_algo_grpo.GRPO = base
     rows = []
@@ -272,8 +280,9 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
                     def advance():
                         return progress.advance(bar)
 
-                    if side == "agl":
-                        runs["agl"].append(run_agl(recipe, args, advance)["steps"])
+                    if side in ("agl", "agl-async"):
+                        staleness = args.max_staleness if side == "agl-async" else 0
+                        runs[side].append(run_agl(recipe, args, advance, staleness)["steps"])
                     else:
                         assert python is not None
                         trl_info = run_trl(python, os.path.join(scratch, "model"), tasks_file, args, advance)
@@ -292,10 +301,12 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "order": args.sides, "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
         "sides": {side: summary(runs[side], args.warmup) for side in args.sides},
     }  # fmt: skip
-    report["sides"].get("agl", {})["ran"] = (
-        f"recipe train(): model server + proxy + {args.batch_size * args.group_size} runners + GRPO, "
-        f"skip_zero_advantage={args.agl_skip_zero_advantage}"
-    )
+    for side, staleness in (("agl", 0), ("agl-async", args.max_staleness)):
+        report["sides"].get(side, {})["ran"] = (
+            f"recipe train(): model server + proxy + {args.batch_size * args.group_size * (1 + staleness)} runners "
+            f"+ GRPO, skip_zero_advantage={args.agl_skip_zero_advantage}"
+            + (f", max_staleness={staleness}" if staleness else "")
+        )
     if trl_info:
         report["sides"]["trl"].update(trl_info)
         report["sides"]["trl"]["ran"] = (
@@ -303,12 +314,13 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
             f"model.generate, gradient_checkpointing={trl_info['gradient_checkpointing']}, "
             f"loss_type={trl_info['loss_type']}"
         )
-    if "agl" in report["sides"] and "trl" in report["sides"]:
-        agl, trl = report["sides"]["agl"], report["sides"]["trl"]
-        report["ratio_trl_over_agl"] = {
-            key: trl[key] / agl[key] if trl[key] and agl[key] else None
-            for key in ("median_step_s", "min_step_s", "median_rollout_s", "median_update_s")
-        }
+    for side in ("agl", "agl-async"):
+        if side in report["sides"] and "trl" in report["sides"]:
+            agl, trl = report["sides"][side], report["sides"]["trl"]
+            report["ratio_trl_over_" + side.replace("-", "_")] = {
+                key: trl[key] / agl[key] if trl[key] and agl[key] else None
+                for key in ("median_step_s", "min_step_s", "median_rollout_s", "median_update_s")
+            }
     return report
 
 
@@ -345,11 +357,12 @@ def print_table(report: dict[str, Any]) -> None:
         cells = (fmt(row["median_rollout_s"], ".2f"), fmt(row["median_update_s"], ".2f"))
         tokens, trained = fmt(row["median_completion_tokens"]), fmt(row["median_trained"], ".0f")
         table.add_row(side, fmt(row["median_step_s"], ".2f"), spread, *cells, tokens, trained, row.get("ran", ""))
-    ratio = report.get("ratio_trl_over_agl")
-    if ratio:
-        keys = ("median_step_s", "min_step_s", "median_rollout_s", "median_update_s")
-        parts = [f"{fmt(ratio[key])}×" for key in keys]
-        table.add_row("[bold]TRL / agl[/]", f"[bold]{parts[0]}[/]", f"min {parts[1]}", *parts[2:], "", "", "")
+    for side in ("agl", "agl-async"):
+        ratio = report.get("ratio_trl_over_" + side.replace("-", "_"))
+        if ratio:
+            keys = ("median_step_s", "min_step_s", "median_rollout_s", "median_update_s")
+            parts = [f"{fmt(ratio[key])}×" for key in keys]
+            table.add_row(f"[bold]TRL / {side}[/]", f"[bold]{parts[0]}[/]", f"min {parts[1]}", *parts[2:], "", "", "")
     out = Console()
     Console(width=max(out.width, 160)).print(table)  # not squeezed into a narrow (or piped, 80) width
 
@@ -366,7 +379,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=2e-5, help="learning rate (default 2e-5, the recipe's)")
     parser.add_argument("--threads", type=int, default=2, help="torch / OpenMP threads on each side (default 2)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--sides", default="agl,trl", help="comma-separated, run in this order (default agl,trl)")
+    parser.add_argument(
+        "--sides", default="agl,trl", help="comma-separated, run in this order: agl, agl-async, trl (default agl,trl)"
+    )
+    parser.add_argument("--max-staleness", type=int, default=1, help="agl-async: GRPO's max_staleness (default 1)")
     parser.add_argument("--agl-skip-zero-advantage", action="store_true", help="agl: the recipe's default")
     parser.add_argument("--trl-gradient-checkpointing", action="store_true", help="TRL: its default")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where both sides train")
@@ -379,8 +395,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args()
     args.sides = [s.strip() for s in args.sides.split(",") if s.strip()]
-    if not args.sides or set(args.sides) - {"agl", "trl"} or len(set(args.sides)) != len(args.sides):
-        parser.error("--sides takes agl and/or trl, comma-separated")
+    if not args.sides or set(args.sides) - {"agl", "agl-async", "trl"} or len(set(args.sides)) != len(args.sides):
+        parser.error("--sides takes agl, agl-async and/or trl, comma-separated")
+    if args.max_staleness < 1:
+        parser.error("--max-staleness must be 1 or more (agl is the synchronous side)")
     if (
         min(args.steps, args.rounds, args.batch_size, args.group_size, args.max_tokens, args.threads, args.warmup + 1)
         < 1
