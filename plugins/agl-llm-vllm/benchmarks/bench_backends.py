@@ -3,7 +3,7 @@
 
 For each backend: start-up time (``start`` until the server answers), completion throughput at each concurrency
 (N requests at once, each exactly ``--tokens`` tokens: ``ignore_eos``; tokens/s = completion tokens / wall time,
-the median of ``--repeats`` rounds after one warm-up round), the server's resident memory, and the time
+the median of ``--repeats`` rounds after a short warm-up), the server's resident memory, and the time
 ``load_weights`` takes to swap in a full state dict (median of ``--swaps``). The backends run one after the other
 (each has the machine to itself); the load average is printed before and after, since it changes the figures.
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import statistics
 import time
@@ -72,8 +73,8 @@ async def measure(name: str, options: dict[str, Any], model: Any, tokenizer: Any
         started = time.perf_counter()
         base_url = await backend.start(model, tokenizer, model_name="policy", max_tokens=args.tokens)
         result["startup_s"] = round(time.perf_counter() - started, 1)
+        await one_round(base_url, 2, 8)  # warm-up: the first requests' one-time costs
         for concurrency in args.concurrency:
-            await one_round(base_url, concurrency, args.tokens)  # warm-up
             rates = [await one_round(base_url, concurrency, args.tokens) for _ in range(args.repeats)]
             result[f"tokens_per_s@{concurrency}"] = round(statistics.median(rates), 1)
             print(f"  {name} {options}: {concurrency} at once: {[round(r, 1) for r in rates]} tokens/s", flush=True)
@@ -100,6 +101,7 @@ def main() -> None:
     parser.add_argument("--skip-model-server", action="store_true")
     parser.add_argument("--json", default=None, help="Also write the results to this file.")
     args = parser.parse_args()
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per request
 
     from agl_model_server import load_default_model
 

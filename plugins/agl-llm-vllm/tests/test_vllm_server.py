@@ -79,11 +79,15 @@ def test_completions_and_chat_go_through_the_proxy_into_the_store_with_token_ids
     assert calls[0].attributes[semconv.LLM_RESPONSE_TOKEN_IDS] == chat["choices"][0]["token_ids"]
 
 
-def test_the_logprobs_are_the_models(served: VLLMBackend, smol: tuple[Any, Any]) -> None:
+def test_the_logprobs_are_those_of_the_sampling_distribution(served: VLLMBackend, smol: tuple[Any, Any]) -> None:
     model, _ = smol
     out = greedy(served.base_url, "Water boils at", tokens=8)
     assert len(out["ids"]) == 8
     assert out["logprobs"] == pytest.approx(forward_logprobs(model, out["prompt"], out["ids"]), abs=TOL)
+    # sampled at a temperature: the logprobs of the distribution sampled from (as GRPO's trainer computes them)
+    sampled = greedy(served.base_url, "Water boils at", tokens=8, temperature=0.7)
+    expected = forward_logprobs(model, sampled["prompt"], sampled["ids"], temperature=0.7)
+    assert sampled["logprobs"] == pytest.approx(expected, abs=TOL)
 
 
 def test_new_weights_change_the_output_and_the_old_ones_restore_it_exactly(

