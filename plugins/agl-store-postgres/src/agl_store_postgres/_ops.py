@@ -268,11 +268,17 @@ async def enqueue(
         for column, value in zip(columns, values):
             column.append(value)
     try:
-        row = await tx.one(
-            "SELECT agl_enqueue(%s::text[], %s::text[], %s::text[], %s::bytea[], %s::boolean[], %s::bytea[], "
-            "%s::bytea[], %s, %s) AS chosen",
-            (rollout_ids, *columns, now, channel),
-        )
+        if len(rollout_ids) == 1:
+            row = await tx.one(
+                "SELECT ARRAY[agl_enqueue_one(%s, %s, %s, %s::bytea, %s, %s::bytea, %s::bytea, %s, %s)] AS chosen",
+                (rollout_ids[0], *(column[0] for column in columns), now, channel),
+            )
+        else:
+            row = await tx.one(
+                "SELECT agl_enqueue(%s::text[], %s::text[], %s::text[], %s::bytea[], %s::boolean[], %s::bytea[], "
+                "%s::bytea[], %s, %s) AS chosen",
+                (rollout_ids, *columns, now, channel),
+            )
     except psycopg.errors.NoDataFound as exc:
         raise _resources_missing(exc) from None
     assert row is not None
@@ -415,8 +421,9 @@ async def update_attempt(
 class MovePlan(NamedTuple):
     """What moving an attempt to a status does in the common case, as the policy decided it (:func:`move_plan`)."""
 
-    rollout_from: list[str]
-    attempt_from: list[str]
+    rollout_from: str
+    """The rollout statuses it holds for, as a PostgreSQL array literal (enum values: no quoting needed)."""
+    attempt_from: str
     plain_config: bool
     rollout_status: RolloutStatus | None
     worker_status: WorkerStatus | None
@@ -460,8 +467,11 @@ def move_plan(status: AttemptStatus) -> MovePlan | None:
         if len(found) != 1:
             return None
     ((rollout_status, worker_status),) = found
-    return MovePlan([s.value for s in _COMMON_ROLLOUT], [s.value for s in attempt_from], plain, rollout_status,
-                    worker_status)  # fmt: skip
+    return MovePlan(_array(_COMMON_ROLLOUT), _array(attempt_from), plain, rollout_status, worker_status)
+
+
+def _array(statuses: Sequence[RolloutStatus | AttemptStatus]) -> str:
+    return "{" + ",".join(s.value for s in statuses) + "}"
 
 
 async def move_attempt(
@@ -552,31 +562,38 @@ async def store_spans(tx: Tx, spans: Sequence[tuple[Span, bytes]]) -> list[Span]
     return plan
 
 
+@functools.lru_cache(maxsize=512)
+def _spans_query(count: int) -> str:
+    """A batch of ``count`` spans: one ``agl_add_span`` call per row of a VALUES list, in one statement."""
+    first = "(%s, %s::text, %s::text, %s::int8, %s::text, %s::text, %s::float8, %s::float8, %s::bytea)"
+    rest = ", (%s, %s, %s, %s, %s, %s, %s, %s, %s)" * (count - 1)
+    return (
+        "SELECT v.k, agl_add_span(v.r, v.a, v.q, v.s, v.n, v.t0, v.t1, v.d, %s, %s) AS sequence_id "
+        f"FROM (VALUES {first}{rest}) AS v(k, r, a, q, s, n, t0, t1, d)"
+    )
+
+
 async def store_live_spans(tx: Tx, spans: Sequence[tuple[Span, bytes]], everything: bool) -> list[Span | None]:
-    """Spans of ``preparing`` / ``running`` attempts in one call of ``agl_add_spans`` (no ``latest`` attempt id
-    among them): each stored one as stored, ``None`` for those left to :func:`store_spans` (the attempt is in
-    another status or unknown, or the span is stored already). ``everything``: all or nothing (then ``None``
-    everywhere, nothing written, where one is left). The attempt's row lock orders it with every other change of
-    the attempt; a preparing attempt's rollout is locked first, as every other change locks it."""
-    columns: tuple[list[Any], ...] = ([], [], [], [], [], [], [], [])
-    for span, blob in spans:
-        values = (span.rollout_id, span.attempt_id, span.sequence_id, span.span_id, span.name, span.start_time,
-                  span.end_time, blob)  # fmt: skip
-        for column, value in zip(columns, values):
-            column.append(value)
+    """Spans of ``preparing`` / ``running`` attempts in one statement (one ``agl_add_span`` call each; no
+    ``latest`` attempt id among them): each stored one as stored, ``None`` for those left to :func:`store_spans`
+    (the attempt is in another status or unknown, or the span is stored already). ``everything``: all or nothing
+    (then ``None`` everywhere, nothing written, where one is left). Taken in attempt-id order, the order their rows
+    are locked in."""
+    params: list[Any] = [time.time(), everything]
+    for k in sorted(range(len(spans)), key=lambda i: spans[i][0].attempt_id):
+        span, blob = spans[k]
+        params += (k, span.rollout_id, span.attempt_id, span.sequence_id, span.span_id, span.name, span.start_time,
+                   span.end_time, blob)  # fmt: skip
     try:
-        rows = await tx.all(
-            "SELECT k, sequence_id FROM agl_add_spans(%s::text[], %s::text[], %s::bigint[], %s::text[], %s::text[], "
-            "%s::float8[], %s::float8[], %s::bytea[], %s, %s)",
-            (*columns, time.time(), everything),
-        )
+        rows = await tx.all(_spans_query(len(spans)), params)
     except psycopg.errors.NoDataFound:  # everything or nothing: something was left
         return [None] * len(spans)
     stored: list[Span | None] = [None] * len(spans)
     for row in rows:
-        span = spans[row["k"] - 1][0]
-        sequence_id = int(row["sequence_id"])
-        stored[row["k"] - 1] = span if sequence_id == span.sequence_id else replace(span, sequence_id=sequence_id)
+        if row["sequence_id"] is not None:
+            span = spans[row["k"]][0]
+            sequence_id = int(row["sequence_id"])
+            stored[row["k"]] = span if sequence_id == span.sequence_id else replace(span, sequence_id=sequence_id)
     return stored
 
 

@@ -174,58 +174,59 @@ BEGIN
     END IF;
 END $$;
 
--- Store spans of `preparing` or `running` attempts, each as the one-span rule says: the attempt's sequence id
--- moves (a given one, or the next), it counts as a heartbeat, a preparing attempt becomes running and, if it is
--- its rollout's newest and the rollout has not ended, so does the rollout (policy.rollout_status_after_attempt).
--- Spans are taken in attempt-id order (the order their rows are locked), each attempt's in the order given.
--- Returns (k, sequence_id) of the spans stored; the others (another status, an unknown attempt, a span stored
--- already) are left to the caller. p_all: all or nothing (no_data_found when one is left).
-CREATE FUNCTION agl_add_spans(p_rollouts text[], p_attempts text[], p_seqs bigint[], p_span_ids text[],
-                              p_names text[], p_starts double precision[], p_ends double precision[],
-                              p_data bytea[], p_now double precision, p_all boolean)
-RETURNS TABLE (k integer, sequence_id bigint) LANGUAGE plpgsql AS $$
-#variable_conflict use_column
+-- Store a span of a `preparing` or `running` attempt: the attempt's sequence id moves (to the given one, or the
+-- next), the span is a heartbeat, a preparing attempt becomes running and, if it is its rollout's newest and the
+-- rollout has not ended, so does the rollout (as policy.rollout_status_after_attempt says for a span). Returns the
+-- span's sequence id, or NULL (nothing written) where the attempt is in another status or unknown, or the span is
+-- stored already: the caller's general path handles those (p_all: raise no_data_found instead, so that a batch of
+-- calls in one statement is all or nothing). A batch calls it once per span in one statement, in attempt-id order
+-- (the order it locks the attempts' rows in).
+CREATE FUNCTION agl_add_span(p_rollout text, p_attempt text, p_seq bigint, p_span_id text, p_name text,
+                             p_start double precision, p_end double precision, p_data bytea,
+                             p_now double precision, p_all boolean)
+RETURNS bigint LANGUAGE plpgsql AS $$
 DECLARE
-    i integer;
     was text;
     owner_status text;
     owner_count integer;
     att_seq integer;
     seq bigint;
 BEGIN
-    FOR i IN SELECT u.k FROM unnest(p_attempts) WITH ORDINALITY AS u(a, k) ORDER BY u.a, u.k LOOP
-        SELECT status INTO was FROM attempts WHERE attempt_id = p_attempts[i] AND rollout_id = p_rollouts[i];
-        IF was = 'preparing' THEN
-            SELECT status, attempt_count INTO owner_status, owner_count FROM rollouts
-            WHERE rollout_id = p_rollouts[i] FOR UPDATE;
+    SELECT status INTO was FROM attempts WHERE attempt_id = p_attempt AND rollout_id = p_rollout;
+    IF was = 'preparing' THEN  -- the rollout changes too: its row is locked first, as every other change does
+        SELECT status, attempt_count INTO owner_status, owner_count FROM rollouts
+        WHERE rollout_id = p_rollout FOR UPDATE;
+    END IF;
+    IF was IN ('preparing', 'running') THEN
+        UPDATE attempts a SET
+            span_seq = CASE WHEN p_seq > 0 THEN greatest(a.span_seq, p_seq) ELSE a.span_seq + 1 END,
+            last_heartbeat_time = p_now, status = 'running'
+        WHERE a.attempt_id = p_attempt AND a.status = was
+          AND NOT EXISTS (SELECT 1 FROM spans s WHERE s.attempt_id = p_attempt AND s.span_id = p_span_id)
+        RETURNING a.sequence_id, CASE WHEN p_seq > 0 THEN p_seq ELSE a.span_seq END INTO att_seq, seq;
+    END IF;
+    IF att_seq IS NULL THEN
+        IF p_all THEN
+            RAISE no_data_found USING MESSAGE = p_span_id;
         END IF;
-        att_seq := NULL;
-        IF was IN ('preparing', 'running') THEN
-            UPDATE attempts a SET
-                span_seq = CASE WHEN p_seqs[i] > 0 THEN greatest(a.span_seq, p_seqs[i]) ELSE a.span_seq + 1 END,
-                last_heartbeat_time = p_now, status = 'running'
-            WHERE a.attempt_id = p_attempts[i] AND a.status = was
-              AND NOT EXISTS (SELECT 1 FROM spans s WHERE s.attempt_id = p_attempts[i] AND s.span_id = p_span_ids[i])
-            RETURNING a.sequence_id, CASE WHEN p_seqs[i] > 0 THEN p_seqs[i] ELSE a.span_seq END INTO att_seq, seq;
-        END IF;
-        IF att_seq IS NULL THEN
-            IF p_all THEN
-                RAISE no_data_found USING MESSAGE = p_span_ids[i];
-            END IF;
-            CONTINUE;
-        END IF;
-        IF was = 'preparing' AND owner_count = att_seq
-           AND owner_status NOT IN ('succeeded', 'failed', 'cancelled', 'running') THEN
-            UPDATE rollouts SET status = 'running', end_time = NULL, ticket = NULL WHERE rollout_id = p_rollouts[i];
-        END IF;
-        INSERT INTO spans (rollout_id, attempt_id, attempt_seq, sequence_id, span_id, name, start_time, end_time, data)
-        VALUES (p_rollouts[i], p_attempts[i], att_seq, seq, p_span_ids[i], p_names[i], p_starts[i], p_ends[i],
-                p_data[i]);
-        k := i;
-        sequence_id := seq;
-        RETURN NEXT;
-    END LOOP;
+        RETURN NULL;
+    END IF;
+    IF was = 'preparing' AND owner_count = att_seq
+       AND owner_status NOT IN ('succeeded', 'failed', 'cancelled', 'running') THEN
+        UPDATE rollouts SET status = 'running', end_time = NULL, ticket = NULL WHERE rollout_id = p_rollout;
+    END IF;
+    INSERT INTO spans (rollout_id, attempt_id, attempt_seq, sequence_id, span_id, name, start_time, end_time, data)
+    VALUES (p_rollout, p_attempt, att_seq, seq, p_span_id, p_name, p_start, p_end, p_data);
+    RETURN seq;
 END $$;
+
+-- agl_enqueue for one rollout.
+CREATE FUNCTION agl_enqueue_one(p_id text, p_mode text, p_resources text, p_config bytea, p_supervised boolean,
+                                p_input bytea, p_metadata bytea, p_now double precision, p_channel text)
+RETURNS text LANGUAGE sql AS $$
+    SELECT (agl_enqueue(ARRAY[p_id], ARRAY[p_mode], ARRAY[p_resources], ARRAY[p_config], ARRAY[p_supervised],
+                        ARRAY[p_input], ARRAY[p_metadata], p_now, p_channel))[1]
+$$;
 
 -- Move an attempt (p_attempt NULL: the rollout's newest) to p_status as the caller decided for the states it
 -- assumed: only if the attempt is its rollout's newest, its status is one of p_attempt_from, the rollout's one of
