@@ -536,13 +536,7 @@ def grpo_main(argv: list[str] | None = None) -> dict[str, Any]:
     import logging
 
     args = parse_grpo_args(argv)
-    for noisy in (
-        "httpx",
-        "httpx2",
-        "openai",
-        "agent_control_plane",
-        "FlightRecorder",
-    ):  # a line per request / denied call
+    for noisy in ("httpx", "httpx2", "openai"):  # a line per request
         logging.getLogger(noisy).setLevel(logging.ERROR)
     result = asyncio.run(grpo_train(args))
     for row in result["validations"]:
