@@ -326,10 +326,6 @@ async def claim(tx: Tx, attempt_ids: Sequence[str], worker_id: str | None, now: 
     return claimed
 
 
-async def queue_has_work(tx: Tx) -> bool:
-    return await tx.one("SELECT 1 FROM rollouts WHERE ticket IS NOT NULL LIMIT 1") is not None
-
-
 async def start_attempt(tx: Tx, rollout_id: str, worker_id: str | None) -> AttemptedRollout:
     row = await lock_rollout(tx, rollout_id)
     state = RolloutState(row)

@@ -365,13 +365,23 @@ class PostgresLightningStore(LightningStore):
         if limit < 1:
             raise ValueError(f"limit must be at least 1, not {limit!r}")
         check_int64(limit, "limit")
-        return await claim_waiting(
-            self._queue_bell,
-            lambda: self._claim(limit, worker_id),
-            lambda: self._direct(ops.queue_has_work),
-            timeout,
-            lambda: self._closed,
-        )
+        # A woken waiter tries the claim itself instead of first asking whether the queue holds something: a claim
+        # that finds nothing writes nothing (no commit to flush), and the wake-up saves a round trip. What it took
+        # is handed out by the claim that claim_waiting makes next, with no await in between.
+        stash: list[AttemptedRollout] = []
+
+        async def has_work() -> bool:
+            stash[:] = await self._claim(limit, worker_id)
+            return bool(stash)
+
+        async def claim() -> list[AttemptedRollout]:
+            if stash:
+                taken = stash[:]
+                stash.clear()
+                return taken
+            return await self._claim(limit, worker_id)
+
+        return await claim_waiting(self._queue_bell, claim, has_work, timeout, lambda: self._closed)
 
     async def start_attempt(self, rollout_id: str, *, worker_id: str | None = None) -> AttemptedRollout:
         return await self._tx(lambda tx: ops.start_attempt(tx, rollout_id, worker_id))
