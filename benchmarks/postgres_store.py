@@ -5,13 +5,16 @@
     python benchmarks/postgres_store.py --dsn postgresql://agl:secret@db:5432/agl   # a server of yours instead
 
 All three run ``_cycle.run_cycles`` (enqueue → dequeue → 10 spans → succeed, N asyncio workers in one process
-sharing one store). Postgres: a throw-away cluster (``initdb`` + ``pg_ctl``, as ``nobody`` when run as root, fsync
-on, on a free port of 127.0.0.1; plugins/agl-store-postgres/tests/_cluster.py) unless ``--dsn`` is given; every run
-gets a fresh schema. SQLite: a fresh file per run in a temporary directory. Agent Lightning runs its
-``InMemoryLightningStore`` in its throw-away venv (``.bench/agentlightning-0.3.0``, made by
-compare_agentlightning.py's ``ensure_venv``) through ``_agentlightning_side.py``. Runs interleave, the order
-rotating on each repeat. agl's side calls the store exactly as compare_agentlightning.py does
-(``store_cycle.AglOps``).
+sharing one store), each store with its default settings. Each run opens a fresh agl store and first runs
+``--warmup`` untimed rollouts per worker on it (its connection pool fills up, as in a trainer's steady state;
+Agent Lightning's in-memory store has nothing to warm, and its side process stays up between runs). Postgres: a
+throw-away cluster (``initdb`` + ``pg_ctl``, as ``nobody`` when run as root, fsync on, on a free port of
+127.0.0.1; plugins/agl-store-postgres/tests/_cluster.py) unless ``--dsn`` is given; every run gets a fresh schema.
+SQLite: a fresh file per run in a temporary directory. Agent Lightning runs its ``InMemoryLightningStore`` in its
+throw-away venv (``.bench/agentlightning-0.3.0``, made by compare_agentlightning.py's ``ensure_venv``) through
+``_agentlightning_side.py``. Runs interleave, the order rotating on each repeat. agl's side calls the store exactly
+as compare_agentlightning.py does (``store_cycle.AglOps``). The load average before each run is printed beside it
+(the machine may be shared).
 
 Wake-up latency: a dequeue waiting in one store (``timeout=10``) and an enqueue from another *process* on the same
 schema (file), timed from just before the enqueue call to the waiter's return (the two processes' clocks are the
@@ -24,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -50,13 +54,15 @@ from agl_store_sqlite import SqliteLightningStore  # noqa: E402
 
 def open_store(kind: str, target: str, name: str) -> LightningStore:
     if kind == "postgres":
-        return PostgresLightningStore(target, schema=name, pool_size=16)
+        return PostgresLightningStore(target, schema=name)  # default settings: what users run
     return SqliteLightningStore(str(Path(target) / f"{name}.db"))
 
 
-async def agl_run(kind: str, target: str, workers: int, rollouts: int) -> dict[str, float]:
+async def agl_run(kind: str, target: str, workers: int, rollouts: int, warmup: int) -> dict[str, float]:
     store = open_store(kind, target, "b" + uuid.uuid4().hex[:12])
     try:
+        if warmup:
+            await run_cycles(AglOps(store), workers=workers, rollouts=warmup * workers)
         return await run_cycles(AglOps(store), workers=workers, rollouts=rollouts)
     finally:
         await store.close()
@@ -116,7 +122,10 @@ async def wakeups(kind: str, target: str, samples: int) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workers", default="8,32")
-    parser.add_argument("--rollouts", type=int, default=200, help="rollouts per run (default 200)")
+    parser.add_argument("--rollouts", type=int, default=1000, help="rollouts per run (default 1000)")
+    parser.add_argument(
+        "--warmup", type=int, default=2, help="untimed rollouts per worker on each agl store first (default 2)"
+    )
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--wakeups", type=int, default=100, help="samples of the wake-up latency (0: skip)")
     parser.add_argument("--dsn", default=None, help="a PostgreSQL database to use instead of a throw-away cluster")
@@ -130,20 +139,23 @@ def main() -> None:
     names = ("al", "postgres", "sqlite")
     runs: dict[str, dict[int, list[dict[str, float]]]] = {n: {w: [] for w in counts} for n in names}
     wake: dict[str, Any] = {}
+    loads: list[float] = []
     try:
         for workers in counts:
             for repeat in range(args.repeat):
                 order = names[repeat % 3 :] + names[: repeat % 3]
                 for name in order:
+                    loads.append(os.getloadavg()[0])
                     if name == "al":
                         result = side.run(workers=workers, rollouts=args.rollouts)
                     else:
                         target = dsn if name == "postgres" else folder.name
-                        result = asyncio.run(agl_run(name, target, workers, args.rollouts))
+                        result = asyncio.run(agl_run(name, target, workers, args.rollouts, args.warmup))
                     runs[name][workers].append(result)
-                    print(f"{workers} workers, run {repeat + 1}, {name}: {result['rollouts_per_s']:.2f} rollouts/s",
-                          file=sys.stderr, flush=True)  # fmt: skip
+                    print(f"{workers} workers, run {repeat + 1}, {name}: {result['rollouts_per_s']:.2f} rollouts/s "
+                          f"(load before: {loads[-1]:.2f})", file=sys.stderr, flush=True)  # fmt: skip
         if args.wakeups:
+            loads.append(os.getloadavg()[0])
             wake["postgres"] = asyncio.run(wakeups("postgres", dsn, args.wakeups))
             wake["sqlite"] = asyncio.run(wakeups("sqlite", folder.name, args.wakeups))
     finally:
@@ -160,11 +172,13 @@ def main() -> None:
         "postgres": medians["postgres"],
         "sqlite": medians["sqlite"],
         "wakeup": wake,
+        "load_average": {"min": min(loads), "max": max(loads)},
     }
     if args.json:
         print(json.dumps(report))
         return
-    print(f"Full cycle, {args.rollouts} rollouts per run, median of {args.repeat}; Postgres on {report['server']}")
+    print(f"Full cycle, {args.rollouts} rollouts per run, median of {args.repeat}; Postgres on {report['server']}; "
+          f"load average {min(loads):.2f}–{max(loads):.2f} on {os.cpu_count()} CPUs")  # fmt: skip
     print("| workers | AGL 0.3.0 in-memory rollouts/s | agl postgres rollouts/s | agl sqlite rollouts/s | "
           "postgres / AGL | postgres deq p99 ms |")  # fmt: skip
     print("| ---: | ---: | ---: | ---: | ---: | ---: |")
