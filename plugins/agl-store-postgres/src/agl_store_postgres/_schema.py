@@ -5,6 +5,8 @@ in its own schema. The version lives in the schema's ``meta`` table. Opening the
 advisory lock on the schema's name, reads the version, refuses a newer one before anything is written, and applies
 the missing migrations in the same transaction: several processes opening an old schema at once migrate it exactly
 once, and a failed migration leaves it as it was.
+
+Version 2 adds ``rollouts.supervised`` and the functions that make the hot operations one round trip each.
 """
 
 from __future__ import annotations
