@@ -19,7 +19,9 @@ each mode in turn. Per swap:
 - ``tokens/s``: generated tokens per second from the call's start to 1 s after it returned.
 
 The same measures without a swap are the baseline (a decode step, an admission). Medians over the swaps; the table
-says the machine, and the load average at the start.
+says the machine, and the load average at the start. Last, with the server stopped, the two parts of a live swap
+alone: staging (the caller's thread, while generation goes on) and the swap itself (the engine thread, between two
+decode steps: all generation waits for it).
 """
 
 from __future__ import annotations
@@ -154,7 +156,18 @@ def measure(args: argparse.Namespace, console: Console) -> dict[str, Any]:
                     time.sleep(max(0.0, args.every - 1.0))
     finally:
         server.stop()
-    return {mode: [list(r) for r in values] for mode, values in rows.items()}
+    from agl_model_server._weights import stage_state_dict
+
+    parts: list[tuple[float, float]] = []
+    for _ in range(args.swaps):
+        started = time.perf_counter()
+        staged = stage_state_dict(model, trainer_state)
+        staged_at = time.perf_counter()
+        staged.swap(in_place=server.engine.captures_weights)
+        parts.append((staged_at - started, time.perf_counter() - staged_at))
+    result: dict[str, Any] = {mode: [list(r) for r in values] for mode, values in rows.items()}
+    result["parts"] = [list(p) for p in parts]
+    return result
 
 
 def main() -> None:
@@ -190,11 +203,18 @@ def main() -> None:
         "drain": "drain, copy in place (before)",
         "live": "stage, swap between steps (now)",
     }
-    for mode, values in rows.items():
+    for mode in ("baseline", "drain", "live"):
+        values = rows[mode]
         call, waited, gap, rate = (statistics.median(v[i] for v in values) for i in range(4))
         shown = "-" if mode == "baseline" else f"{call:.3f}"
         table.add_row(names[mode], shown, f"{waited:.3f}", f"{gap:.3f}", f"{rate:.0f}")
     console.print(table)
+    staging = statistics.median(p[0] for p in rows["parts"])
+    swap = statistics.median(p[1] for p in rows["parts"])
+    console.print(
+        f"a live swap alone (server stopped, median of {args.swaps}): staging {staging:.3f} s on the caller's "
+        f"thread, the swap itself {swap * 1000:.2f} ms on the engine thread"
+    )
     if args.json:
         print(json.dumps({"load": load_before, "device": device, "args": vars(args), "rows": rows}))
 
