@@ -19,6 +19,8 @@ from agl_kernel.trainer import Trainer
 from agl_llm_vllm import VLLMBackend
 from agl_model_server.testing import forward_logprobs
 
+# The session fixture starts vLLM (~1-3 min on a loaded 2-core CPU) in whichever test comes first.
+pytestmark = pytest.mark.timeout(900)
 TOL = 2e-3
 TASKS = [{"question": "Name a fruit."}, {"question": "Say hello."}]
 

@@ -21,6 +21,8 @@ from agl_llm_vllm import VLLMBackend, VLLMServerError
 from agl_llm_vllm.testing import SERVED_NAME, greedy
 from agl_model_server.testing import forward_logprobs
 
+# The session fixture starts vLLM (~1-3 min on a loaded 2-core CPU) in whichever test comes first.
+pytestmark = pytest.mark.timeout(900)
 TOL = 2e-3  # vLLM's float32 CPU kernels against transformers' float32 forward pass
 
 
