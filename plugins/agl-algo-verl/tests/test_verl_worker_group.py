@@ -54,10 +54,9 @@ def ray_cluster() -> Iterator[Any]:
     from agl_algo_verl import VERLOptions
     from agl_algo_verl._trainer import ray_init_kwargs
 
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-    kwargs = ray_init_kwargs(VERLOptions())
+    kwargs = ray_init_kwargs(VERLOptions())  # the algorithm's own settings: loopback, no dashboard, no usage stats
     assert kwargs["_node_ip_address"] == "127.0.0.1" and kwargs["include_dashboard"] is False
+    assert os.environ["RAY_USAGE_STATS_ENABLED"] == "0" and os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0"
     ray.init(**kwargs, num_cpus=2)
     try:
         yield ray
@@ -65,6 +64,7 @@ def ray_cluster() -> Iterator[Any]:
         ray.shutdown()
 
 
+@pytest.mark.timeout(900)  # Ray and two worker processes importing verl: minutes on a loaded 2-core machine
 def test_a_verl_worker_group_on_a_cpu_pool_takes_a_dataproto_of_agl_rows(ray_cluster: Any) -> None:
     import torch
     from verl.single_controller.ray import RayClassWithInitArgs, RayResourcePool, RayWorkerGroup
@@ -72,7 +72,9 @@ def test_a_verl_worker_group_on_a_cpu_pool_takes_a_dataproto_of_agl_rows(ray_clu
     from agl_algo_verl._dataproto import to_dataproto
 
     ray = ray_cluster
-    assert all(node["NodeManagerAddress"] == "127.0.0.1" for node in ray.nodes())
+    nodes = [(n.get("NodeManagerAddress"), n.get("Alive")) for n in ray.nodes()]
+    assert [address for address, alive in nodes if alive] == ["127.0.0.1"], nodes
+    assert ray.get_runtime_context().gcs_address.startswith("127.0.0.1:")
     pool = RayResourcePool(process_on_nodes=[2], use_gpu=False, max_colocate_count=1)
     group = RayWorkerGroup(
         resource_pool=pool, ray_cls_with_init=RayClassWithInitArgs(cls=ray.remote(_worker_class())), device_name="cpu"

@@ -157,8 +157,8 @@ class AglRollouts:
         metadata: dict[str, Any] | None = None,
         label: str = "rollouts",
     ) -> StepRollouts:
-        """``group_size`` rollouts of each task; the rows of those that succeeded (task ``i``'s group is uid
-        ``"<uid_prefix>-i"``)."""
+        """``group_size`` rollouts of each task (one in validation); the rows of those that succeeded. Task ``i``'s
+        group is uid ``"<metadata['verl_step']>-i"`` (``"val-i"`` without a step)."""
         n = self.group_size if mode is RolloutMode.TRAIN else 1
         requests = [
             EnqueueRequest(

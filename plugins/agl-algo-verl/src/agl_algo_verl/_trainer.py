@@ -205,12 +205,19 @@ def build_trainer(config: Any, n_tasks: int) -> Any:
 
 
 def ray_init_kwargs(options: VERLOptions) -> dict[str, Any]:
-    """How the algorithm starts Ray: joins ``ray_address`` if given, else a local cluster bound to 127.0.0.1 with
-    the dashboard and usage reporting off, and verl's runtime environment for its workers."""
+    """How the algorithm starts Ray: joins ``ray_address`` if given, else a local cluster on 127.0.0.1 with the
+    dashboard and usage reporting off, and verl's runtime environment for its workers. For the local one, Ray's
+    single-machine switch is set (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, also in ray's constants, read when ray
+    was imported): otherwise Ray announces the node under the machine's network address."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     env = {"RAY_USAGE_STATS_ENABLED": "0", "TOKENIZERS_PARALLELISM": "true", "NCCL_DEBUG": "WARN"}
     if options.ray_address:
         return {"address": options.ray_address, "runtime_env": {"env_vars": env}}
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    import ray._private.ray_constants as ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     return {
         "address": "local",
         "_node_ip_address": "127.0.0.1",
