@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from collections.abc import Iterator
 
 import pytest
 
@@ -29,11 +28,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.skip(reason=REASON))
 
 
-@pytest.fixture(autouse=True)
-def _fail_without_verl(request: pytest.FixtureRequest) -> Iterator[None]:
-    if MISSING and "verl" in request.keywords and os.environ.get("AGL_REQUIRE_VERL") == "1":
-        pytest.fail(f"AGL_REQUIRE_VERL=1 but this environment lacks {', '.join(MISSING)}: {REASON}")
-    yield
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Before any fixture (the module-scoped ones start servers): fail a verl test that cannot run when required."""
+    if MISSING and "verl" in item.keywords and os.environ.get("AGL_REQUIRE_VERL") == "1":
+        pytest.fail(f"AGL_REQUIRE_VERL=1 but this environment lacks {', '.join(MISSING)}: {REASON}", pytrace=False)
 
 
 if not MISSING:
