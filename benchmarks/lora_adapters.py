@@ -70,12 +70,12 @@ def payload(model: Any, rank: int, repeats: int) -> dict[str, float]:
 
     from agl_algo_grpo import PolicyTrainer, make_config
 
-    adapters = {"a": {"r": rank, "alpha": 2 * rank}, "b": {"r": rank, "alpha": 2 * rank}}
+    adapters = {"planner": {"r": rank, "alpha": 2 * rank}, "solver": {"r": rank, "alpha": 2 * rank}}
     merged_policy = PolicyTrainer(copy.deepcopy(model), make_config(lora={"r": rank}, device="cpu", console=False))
     policy = PolicyTrainer(copy.deepcopy(model), make_config(adapters=adapters, device="cpu", console=False))
     return {
         "merged_state_s": _median_time(merged_policy.state_dict_for_serving, repeats),
-        "adapter_state_s": _median_time(lambda: policy.adapter_state_for_serving("a"), repeats),
+        "adapter_state_s": _median_time(lambda: policy.adapter_state_for_serving("planner"), repeats),
     }
 
 

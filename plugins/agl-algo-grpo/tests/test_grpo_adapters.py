@@ -150,6 +150,7 @@ def test_serving_an_adapter_gives_the_trainers_logprobs(tmp_path: Path) -> None:
         ([], "algorithm.adapters: must name at least one adapter"),
         (["policy:planner"], "algorithm.adapters: must hold names of letters, digits"),
         ("planner,,planner", "given twice: 'planner'"),
+        (["a", "solver"], "algorithm.adapters: must not use a name that is part of 'lora_'"),
         ({"planner": {"rank": 4}}, "algorithm.adapters"),
     ],
 )

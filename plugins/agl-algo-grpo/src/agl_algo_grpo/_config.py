@@ -109,6 +109,11 @@ def _check_adapters(_instance: Any, attribute: attrs.Attribute, value: Any) -> N
             raise ValueError(
                 f"'{attribute.name}' must hold names of letters, digits, '_' and '-' (at most 64), not {name!r}"
             )
+    clash = [name for name in names if name in "lora_"]  # peft finds adapters by name inside "lora_A.<name>"
+    if clash:
+        raise ValueError(
+            f"'{attribute.name}' must not use a name that is part of 'lora_' (peft's prefix): {clash[0]!r}"
+        )
     twice = sorted({name for name in names if names.count(name) > 1})
     if twice:
         raise ValueError(f"'{attribute.name}' must name each adapter once; given twice: {', '.join(map(repr, twice))}")
