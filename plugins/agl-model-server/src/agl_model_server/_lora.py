@@ -71,6 +71,7 @@ class AdapterBank:
         self.versions: dict[str, int] = {}
         self._rows: torch.Tensor | None = None
         self._uniform: int | None = None
+        self._groups: list[tuple[int, torch.Tensor]] | None = None
         self._hooks: list[Any] = []
         self.hooks = False
         """Whether :meth:`load` hooks the adapted layers (the dynamic path runs transformers' forward)."""
@@ -85,12 +86,16 @@ class AdapterBank:
     @rows.setter
     def rows(self, rows: torch.Tensor | None) -> None:
         self._rows = rows
-        # On the CPU, a batch whose rows all use one adapter (or none) takes a plain matmul (or nothing); looking
-        # costs nothing there. On a GPU it would wait for the device (and break a captured graph): always gather.
-        self._uniform = None
+        # On the CPU, a batch whose rows all use one adapter (or none) takes a plain matmul (or nothing), and a
+        # mixed batch one matmul per adapter over its rows (gathering a pair per row would copy B for every row);
+        # looking costs nothing there. On a GPU it would wait for the device (and break a captured graph): gather.
+        self._uniform, self._groups = None, None
         if rows is not None and rows.device.type == "cpu" and rows.numel():
             first = int(rows[0])
-            self._uniform = first if bool((rows == first).all()) else None
+            if bool((rows == first).all()):
+                self._uniform = first
+            else:
+                self._groups = [(int(slot), (rows == slot).nonzero()[:, 0]) for slot in rows.unique() if slot]
 
     def __bool__(self) -> bool:
         return bool(self.slots)
@@ -117,6 +122,12 @@ class AdapterBank:
             return None
         if uniform is not None:  # every row under one adapter
             return (x @ layer.a[uniform].t()) @ layer.b[uniform].t()
+        groups = self._groups if rows is self._rows else None
+        if groups is not None:  # the CPU, several adapters: one product per adapter over its rows
+            out = x.new_zeros(*x.shape[:-1], layer.b.shape[1])
+            for slot, where in groups:
+                out[where] = (x[where] @ layer.a[slot].t()) @ layer.b[slot].t()
+            return out
         shaped = x if x.dim() == 3 else x.reshape(rows.shape[0], -1, x.shape[-1])
         a = layer.a.index_select(0, rows)  # [rows, r, in]
         b = layer.b.index_select(0, rows)  # [rows, out, r]
