@@ -155,16 +155,21 @@ BEGIN
                      ORDER BY u.k;
         RETURN;
     END IF;
-    FOR head IN SELECT n FROM rollouts WHERE ticket IS NOT NULL ORDER BY ticket
-                LIMIT cardinality(p_attempt_ids) FOR UPDATE SKIP LOCKED LOOP
-        k := k + 1;
-        UPDATE rollouts SET status = 'preparing', ticket = NULL, attempt_count = attempt_count + 1
-        WHERE n = head.n RETURNING * INTO taken;
-        INSERT INTO attempts (attempt_id, rollout_id, sequence_id, status, start_time, worker_id,
-                              last_heartbeat_time, watch)
-        VALUES (p_attempt_ids[k], taken.rollout_id, taken.attempt_count, 'preparing', p_now, p_worker, p_now,
-                CASE WHEN taken.supervised THEN true END);
-        RETURN NEXT taken;
+    -- A second look, on a fresh snapshot, when the first found nothing: rows queued since this statement began
+    -- (by workers that then claimed the older rows this one saw) would otherwise be missed.
+    FOR look IN 1 .. 2 LOOP
+        FOR head IN SELECT n FROM rollouts WHERE ticket IS NOT NULL ORDER BY ticket
+                    LIMIT cardinality(p_attempt_ids) FOR UPDATE SKIP LOCKED LOOP
+            k := k + 1;
+            UPDATE rollouts SET status = 'preparing', ticket = NULL, attempt_count = attempt_count + 1
+            WHERE n = head.n RETURNING * INTO taken;
+            INSERT INTO attempts (attempt_id, rollout_id, sequence_id, status, start_time, worker_id,
+                                  last_heartbeat_time, watch)
+            VALUES (p_attempt_ids[k], taken.rollout_id, taken.attempt_count, 'preparing', p_now, p_worker, p_now,
+                    CASE WHEN taken.supervised THEN true END);
+            RETURN NEXT taken;
+        END LOOP;
+        EXIT WHEN k > 0;
     END LOOP;
     IF k > 0 AND p_worker IS NOT NULL THEN
         INSERT INTO workers (worker_id, status, first_seen, last_dequeue_time, last_busy_time, current_rollout_id,
