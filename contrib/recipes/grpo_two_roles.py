@@ -4,8 +4,10 @@ Each task is a short word problem ("Tom has 5 apples and buys 7 more. How many a
 generated here from a seed. In every rollout
 
 1. the **planner** (the LLM resource ``planner``: model ``policy:planner``) turns the problem into one line
-   ``EXPR: <arithmetic>``; its reward is 1.0 for that line with an expression of the right value, 0.5 for the right
-   expression in a looser form, 0 otherwise;
+   ``EXPR: <arithmetic>``; its reward is partial credit (see :func:`plan_reward`), a quarter each for an
+   arithmetic expression, one built from the problem's numbers, one of the right value, and the ``EXPR:`` line
+   (1.0 for ``EXPR: 5 + 7`` above). A right value alone would be too sparse: the base model rarely writes one, so
+   nearly every group of planner replies would score all zeros and GRPO would have nothing to compare;
 2. the **solver** (resource ``solver``: model ``policy:solver``) gets the planner's expression (the problem's own
    when the planner gave none) and answers ``ANSWER: <number>``; its reward is 1.0 for that line with the
    expression's value, 0.5 for the value in a looser form, 0.25 for the line with a wrong number, 0 otherwise.
@@ -51,9 +53,9 @@ PLAN_PROMPT = (
     "Example: for 'Ann has 3 pens and gets 4 more. How many pens does Ann have?' reply EXPR: 3 + 4\n\n{problem}"
 )
 SOLVE_PROMPT = "Compute {expression}. Reply with one line: ANSWER: <number>"
-PLAN_LINE = re.compile(r"\s*EXPR:\s*([-+*/().\d\s]+?)\s*")
 ANSWER_LINE = re.compile(r"\s*ANSWER:\s*(-?\d+(?:\.\d+)?)\s*\.?\s*")
 EXPRESSION = re.compile(r"-?\d+(?:\.\d+)?(?:\s*[-+*/]\s*-?\d+(?:\.\d+)?)+")
+PLAN_LINE = re.compile(r"\s*EXPR:\s*(" + EXPRESSION.pattern + ")")  # opens the reply
 NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
 _TEMPLATES = (
@@ -81,15 +83,33 @@ def make_tasks(n: int, seed: int) -> list[dict[str, Any]]:
     return tasks
 
 
-def plan_reward(reply: str, answer: float) -> tuple[float, str | None]:
-    """(the planner's reward, the expression it gave or ``None``)."""
-    exact = PLAN_LINE.fullmatch(reply)
-    if exact is not None and calculate(exact.group(1)) == answer:
-        return 1.0, exact.group(1)
-    loose = EXPRESSION.search(reply)
-    if loose is not None:
-        return (0.5 if calculate(loose.group(0)) == answer else 0.0), loose.group(0)
-    return 0.0, None
+def plan_reward(reply: str, task: dict[str, Any]) -> tuple[float, str | None]:
+    """(the planner's reward for ``task``, the expression it gave or ``None``).
+
+    The expression is the one on the ``EXPR:`` line that opens the reply, else the first arithmetic expression
+    (numbers joined by ``+ - * /``) anywhere in it. Partial credit, a quarter each, summed:
+
+    * 0.25: there is such an expression and it evaluates;
+    * 0.25: its numbers are the problem's numbers (each one, in any order, no other);
+    * 0.25: its value is the problem's answer;
+    * 0.25: it is given as the ``EXPR:`` line that opens the reply.
+
+    So ``EXPR: 5 + 7`` for "5 apples, buys 7 more" scores 1.0, ``I get 5 + 7`` 0.75, ``EXPR: 7 - 5`` 0.75,
+    ``EXPR: 3 + 4`` (the prompt's example copied) 0.5, prose without an expression 0.
+    """
+    line = PLAN_LINE.match(reply)
+    found = line.group(1) if line is not None else (m.group(0) if (m := EXPRESSION.search(reply)) else None)
+    value = calculate(found) if found is not None else None
+    if found is None or value is None:
+        return 0.0, None
+    uses_problem_numbers = _operands(found) == _operands(task["expression"])
+    reward = 0.25 + 0.25 * uses_problem_numbers + 0.25 * (value == task["answer"]) + 0.25 * (line is not None)
+    return reward, found
+
+
+def _operands(expression: str) -> list[float]:
+    """The numbers an expression uses, without signs ("8-1" uses 8 and 1), sorted."""
+    return sorted(abs(float(n)) for n in NUMBER.findall(expression))
 
 
 def solve_reward(reply: str, value: float | None) -> tuple[float, float | None]:
@@ -119,8 +139,8 @@ async def _ask(llm: Any, attempted: Any, content: str) -> str:
 async def two_roles(task: dict[str, Any], resources: dict[str, Any], attempted: Any) -> None:
     """The planner writes the expression, the solver computes it; each role rewarded for its own reply."""
     plan = await _ask(resources["planner"], attempted, PLAN_PROMPT.format(problem=task["problem"]))
-    planner, expression = plan_reward(plan, task["answer"])
-    expression = expression if expression is not None and calculate(expression) is not None else task["expression"]
+    planner, expression = plan_reward(plan, task)
+    expression = expression if expression is not None else task["expression"]
     solved = await _ask(resources["solver"], attempted, SOLVE_PROMPT.format(expression=expression))
     solver, number = solve_reward(solved, calculate(expression))
     task_reward = 1.0 if number is not None and number == task["answer"] else 0.0
