@@ -10,8 +10,13 @@ run's validation reward, synchronous vs asynchronous, several seeds, two figures
 - **b**: the same job with an agent that waits on its environment, as real agents do: the calculator takes
   ``--tool-seconds`` (1-2 s, uniform) in each rollout; asynchronous GRPO keeps the update going meanwhile.
 
-For each seed the synchronous run (``max_staleness`` 0) runs first, then the asynchronous one (``--max-staleness``,
-with (K + 1) x the runners), each as its own process with no checkpoint, validating every ``--val-every`` steps.
+Both modes get the same fixed pool of ``--runners`` agents (default 12: half of a step's 4 x 6 rollouts, so with the
+1-2 s wait of figure b a step's rollouts take two waves, most of it waiting): synchronously the runners sit idle
+while the policy updates; asynchronously (``--max-staleness`` K) they go on with the next K steps' rollouts.
+(``--runners 0``: the recipe's own default, one step's rollouts at once, x (K + 1) when asynchronous.) For each seed
+the two modes run one after the other, each as its own process with no checkpoint, validating every ``--val-every``
+steps; the order alternates from seed to seed (sync first on even seeds) so a drift in the machine's load hits
+both modes; ``uptime`` is recorded before and after each run.
 The *target* is the synchronous run's last validation reward; each run's *time to target* is the wall time (since
 the run started: ``run_time_s``) at the end of its first validation that reached it. The asynchronous run may go
 ``--extra-steps`` further to reach it (its time then counts them; ``-`` if it never does). Also shown: the time of
@@ -54,13 +59,17 @@ def run_job(args: argparse.Namespace, work: Path, figure: str, seed: int, stalen
         "--path", str(work / f"{name}.db"),
         "--report-json", str(work / f"{name}.json"),
     ]  # fmt: skip
+    if args.runners:
+        command += ["--runners", str(args.runners)]
     if figure == "b":
         command += ["--tool-seconds", args.tool_seconds]
     if args.quick:
         command += ["--tiny"]
     load = os.getloadavg()[0]
+    uptime_before = uptime()
     started = time.monotonic()
     done = subprocess.run(command, capture_output=True, text=True, cwd=work, check=False)
+    uptime_after = uptime()
     if done.returncode != 0:
         raise RuntimeError(f"{name} failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
     result = json.loads((work / f"{name}.json").read_text())
@@ -68,11 +77,20 @@ def run_job(args: argparse.Namespace, work: Path, figure: str, seed: int, stalen
         "figure": figure,
         "seed": seed,
         "max_staleness": staleness,
+        "runners": args.runners or None,
         "load": load,
+        "uptime_before": uptime_before,
+        "uptime_after": uptime_after,
         "process_s": time.monotonic() - started,
         "history": result["report"]["history"],
         "validations": result["report"]["validations"],
     }
+
+
+def uptime() -> str:
+    """The machine's ``uptime`` line (its load averages), as recorded next to each run."""
+    done = subprocess.run(["uptime"], capture_output=True, text=True, check=False)
+    return done.stdout.strip() or "load average: " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def time_to(run: dict[str, Any], target: float) -> float | None:
@@ -81,6 +99,15 @@ def time_to(run: dict[str, Any], target: float) -> float | None:
         if validation["val_reward_mean"] >= target - 1e-9:
             return float(validation["run_time_s"])
     return None
+
+
+def per_step(run: dict[str, Any], steps: int) -> tuple[float, float]:
+    """Medians over the first ``steps`` steps: the wait for the step's rollouts, and the update."""
+    history = run["history"][:steps]
+    return (
+        statistics.median(h["rollout_time_s"] for h in history),
+        statistics.median(h["update_time_s"] for h in history),
+    )
 
 
 def steps_time(run: dict[str, Any], steps: int) -> float:
@@ -92,7 +119,8 @@ def summarize(figure: str, runs: list[dict[str, Any]], args: argparse.Namespace,
         "a": "a: the main job as it is",
         "b": f"b: the calculator takes {args.tool_seconds} s",
     }[figure]
-    table = Table(title=f"{title} (max_staleness {args.max_staleness} vs synchronous; 2-core CPU)")
+    pool = f"{args.runners} runners in both modes" if args.runners else "the recipe's default runners"
+    table = Table(title=f"{title} (max_staleness {args.max_staleness} vs synchronous, {pool}; 2-core CPU)")
     for column in (
         "seed",
         "target (sync final val)",
@@ -102,6 +130,7 @@ def summarize(figure: str, runs: list[dict[str, Any]], args: argparse.Namespace,
         f"sync: {args.steps} steps s",
         f"async: {args.steps} steps s",
         "async final val",
+        "step: rollout wait / update s (sync; async)",
         "load before (sync, async)",
     ):
         table.add_column(column, justify="right")
@@ -113,6 +142,7 @@ def summarize(figure: str, runs: list[dict[str, Any]], args: argparse.Namespace,
         t_sync, t_async = time_to(sync, target), time_to(fast, target)
         ratio = None if t_sync is None or t_async is None else t_async / t_sync
         s_sync, s_async = steps_time(sync, args.steps), steps_time(fast, args.steps)
+        (w_sync, u_sync), (w_async, u_async) = per_step(sync, args.steps), per_step(fast, args.steps)
         if ratio is not None:
             ratios.append(ratio)
         step_ratios.append(s_async / s_sync)
@@ -125,6 +155,11 @@ def summarize(figure: str, runs: list[dict[str, Any]], args: argparse.Namespace,
             "sync_steps_s": s_sync,
             "async_steps_s": s_async,
             "async_final_val": fast["validations"][-1]["val_reward_mean"],
+            "step_rollout_wait_update_s": {"sync": [w_sync, u_sync], "async": [w_async, u_async]},
+            "rollouts_failed": [
+                sum(h["rollouts_failed"] for h in sync["history"]),
+                sum(h["rollouts_failed"] for h in fast["history"]),
+            ],
             "load": [sync["load"], fast["load"]],
         }
         rows.append(row)
@@ -137,6 +172,7 @@ def summarize(figure: str, runs: list[dict[str, Any]], args: argparse.Namespace,
             f"{s_sync:.0f}",
             f"{s_async:.0f}",
             f"{row['async_final_val']:.3f}",
+            f"{w_sync:.1f} / {u_sync:.1f}; {w_async:.1f} / {u_async:.1f}",
             f"{sync['load']:.1f}, {fast['load']:.1f}",
         )
     median = statistics.median(ratios) if len(ratios) == len(args.seeds) else None
@@ -148,6 +184,7 @@ def summarize(figure: str, runs: list[dict[str, Any]], args: argparse.Namespace,
         f"{median:.2f}" if median is not None else f"- ({len(args.seeds) - len(ratios)} not reached)",
         "",
         f"x{statistics.median(step_ratios):.2f}",
+        "",
         "",
         "",
     )
@@ -188,6 +225,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=12, help="the synchronous run's steps (the main job's)")
     parser.add_argument("--extra-steps", type=int, default=3, help="further steps the asynchronous run may take")
     parser.add_argument("--val-every", type=int, default=3)
+    parser.add_argument(
+        "--runners",
+        type=int,
+        default=12,
+        help="agents in both modes (default 12, half a step's rollouts); 0: the recipe's default per mode",
+    )
     parser.add_argument("--tool-seconds", default="1-2", help="figure b: the calculator's latency, LO-HI seconds")
     parser.add_argument("--plot", default=None, help="write a PNG of validation reward vs wall time here")
     parser.add_argument("--json", default=None, help="write every run's numbers here")
@@ -195,6 +238,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.seeds, args.steps, args.extra_steps, args.val_every, args.tool_seconds = [0], 2, 1, 1, "0.1-0.2"
+    if args.runners < 0:
+        parser.error("--runners must be 0 (the recipe's default) or more")
     if args.max_staleness < 1:
         parser.error("--max-staleness must be 1 or more (the synchronous run is always made)")
     console = Console(width=200)
@@ -204,15 +249,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="agl-grpo-async-") as tmp:
         work = Path(tmp)
         for figure in figures:
-            for seed in args.seeds:
-                for staleness in (0, args.max_staleness):
+            for index, seed in enumerate(args.seeds):
+                order = (0, args.max_staleness) if index % 2 == 0 else (args.max_staleness, 0)
+                for staleness in order:
                     run = run_job(args, work, figure, seed, staleness)
                     runs.append(run)
                     last = run["validations"][-1]
                     console.print(
                         f"figure {figure} seed {seed} max_staleness {staleness}: {len(run['history'])} steps, "
                         f"final validation {last['val_reward_mean']:.3f} at {last['run_time_s']:.0f} s "
-                        f"(load before {run['load']:.1f})"
+                        f"({run['process_s']:.0f} s in all; before: {run['uptime_before']}; "
+                        f"after: {run['uptime_after']})"
                     )
             summaries.append(summarize(figure, [r for r in runs if r["figure"] == figure], args, console))
     if args.plot:
