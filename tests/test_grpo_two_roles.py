@@ -71,4 +71,4 @@ def test_tiny_run_trains_both_roles(recipe, tmp_path, monkeypatch):
     for step in result["history"]:  # both roles were served and rewarded in every step
         assert "reward_planner" in step and "reward_solver" in step
     assert sorted(result["validation"]) == ["0", "2"]  # before and after training, per role
-    assert set(result["validation"]["2"]) == {"task", "planner", "solver"}
+    assert set(result["validation"]["2"]) == {"task", "planner", "solver", "plan_right"}

@@ -12,12 +12,14 @@ generated here from a seed. In every rollout
    when the planner gave none) and answers ``ANSWER: <number>``; its reward is 1.0 for that line with the
    expression's value, 0.5 for the value in a looser form, 0.25 for the line with a wrong number, 0 otherwise.
 
-The agent reports ``emit_reward({"task": ..., "planner": ..., "solver": ...}, primary="task")`` (``task``: 1.0 when
-the answer solves the problem). GRPO (``adapters=["planner", "solver"]``) serves both adapters from one model
-server over one frozen base, batched together; the LLM proxy records which adapter served each call; each role's
-triplets are rewarded by its own value, compared with the same role's in their group, and update only that role's
-adapter. The summary gives each role's reward in training (first and last steps) and in validation (before and
-after training).
+The agent reports ``emit_reward({"task": ..., "planner": ..., "solver": ..., "plan_right": ...}, primary="task")``
+(``task``: 1.0 when the answer solves the problem; ``plan_right``, not trained on: 1.0 when the planner's expression
+has the right value, the strict measure the shaped planner reward is checked against). GRPO
+(``adapters=["planner", "solver"]``) serves both adapters from one model server over one frozen base, batched
+together; the LLM proxy records which adapter served each call; each role's triplets are rewarded by its own value,
+compared with the same role's in their group, and update only that role's adapter. The summary gives each role's
+reward in training (first and last steps) and in validation (before and
+after training), with ``plan_right`` in validation.
 
     python contrib/recipes/grpo_two_roles.py                  # SmolLM2-135M-Instruct on the CPU, a few minutes
     python contrib/recipes/grpo_two_roles.py --seeds 0 1 2 --json out.json   # the recorded figures
@@ -140,11 +142,13 @@ async def two_roles(task: dict[str, Any], resources: dict[str, Any], attempted: 
     """The planner writes the expression, the solver computes it; each role rewarded for its own reply."""
     plan = await _ask(resources["planner"], attempted, PLAN_PROMPT.format(problem=task["problem"]))
     planner, expression = plan_reward(plan, task)
+    plan_right = 1.0 if expression is not None and calculate(expression) == task["answer"] else 0.0
     expression = expression if expression is not None else task["expression"]
     solved = await _ask(resources["solver"], attempted, SOLVE_PROMPT.format(expression=expression))
     solver, number = solve_reward(solved, calculate(expression))
     task_reward = 1.0 if number is not None and number == task["answer"] else 0.0
-    emit_reward({"task": task_reward, "planner": planner, "solver": solver}, primary="task")
+    # plan_right (not trained on): the planner's expression has the right value, the strict measure of its reward
+    emit_reward({"task": task_reward, "planner": planner, "solver": solver, "plan_right": plan_right}, primary="task")
 
 
 async def validation_by_role(store: Any) -> dict[int, dict[str, float]]:
@@ -158,7 +162,7 @@ async def validation_by_role(store: Any) -> dict[int, dict[str, float]]:
         if found is None:
             continue
         by_name = sums.setdefault(int(row.metadata.get("grpo_validation", -1)), {})
-        for name in ("task", *ROLES):
+        for name in ("task", *ROLES, "plan_right"):
             by_name.setdefault(name, []).append(found.values.get(name, 0.0))
     return {step: {k: sum(v) / len(v) for k, v in names.items()} for step, names in sorted(sums.items())}
 
@@ -223,7 +227,8 @@ def _mean(values: list[float | None]) -> float:
 
 def summarize(results: list[dict[str, Any]], console: Console) -> None:
     table = Table(title="each role's reward: training (first → last steps) and validation (before → after)")
-    for column in ("seed", "s", "planner train", "solver train", "planner val", "solver val", "task val"):
+    columns = ("seed", "s", "planner train", "solver train", "planner val", "solver val", "task val", "plan right val")
+    for column in columns:
         table.add_column(column, justify="right")
     for result in results:
         validation = list(result["validation"].values())
@@ -238,7 +243,10 @@ def summarize(results: list[dict[str, Any]], console: Console) -> None:
             f"{result['seconds']:.0f}",
             change(train["planner"]["first"], train["planner"]["last"]),
             change(train["solver"]["first"], train["solver"]["last"]),
-            *(change(before.get(n, float("nan")), after.get(n, float("nan"))) for n in ("planner", "solver", "task")),
+            *(
+                change(before.get(n, float("nan")), after.get(n, float("nan")))
+                for n in ("planner", "solver", "task", "plan_right")
+            ),
         )
     console.print(table)
 
