@@ -7,7 +7,7 @@ the median of ``--repeats`` rounds after a short warm-up), the server's resident
 ``load_weights`` takes to swap in a full state dict (median of ``--swaps``). The backends run one after the other
 (each has the machine to itself); the load average is printed before and after, since it changes the figures.
 
-    AGL_VLLM_PYTHON=.venv-vllm/bin/python python plugins/agl-llm-vllm/benchmarks/bench_backends.py \\
+    AGL_VLLM_PYTHON=.venv-vllm/bin/python python benchmarks/vllm_backend.py \\
         --concurrency 1 8 16 --tokens 64 --json results.json
 """
 
