@@ -18,8 +18,7 @@ has the right value, the strict measure the shaped planner reward is checked aga
 (``adapters=["planner", "solver"]``) serves both adapters from one model server over one frozen base, batched
 together; the LLM proxy records which adapter served each call; each role's triplets are rewarded by its own value,
 compared with the same role's in their group, and update only that role's adapter. The summary gives each role's
-reward in training (first and last steps) and in validation (before and
-after training), with ``plan_right`` in validation.
+reward in training (first and last steps) and in validation (before and after training), and ``plan_right``.
 
     python contrib/recipes/grpo_two_roles.py                  # SmolLM2-135M-Instruct on the CPU, a few minutes
     python contrib/recipes/grpo_two_roles.py --seeds 0 1 2 --json out.json   # the recorded figures
