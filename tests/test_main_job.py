@@ -81,3 +81,20 @@ def test_tiny_run_trains_through_the_whole_loop(recipe, tmp_path, monkeypatch):
 
     assert captured["changed"] and all(captured["changed"]), "an update left the policy's weights as they were"
     assert all(math.isfinite(loss) for loss in captured["loss"])
+
+
+def test_tiny_asynchronous_run_validates_every_version_it_publishes(recipe, tmp_path, monkeypatch):
+    """The main job in asynchronous mode with a validation after every step: the validations but the last run in
+    the background while the next step trains. On the tiny model an update can end before the background
+    validation first runs; the validation must still run on the version published for it (it once published
+    itself, found the policy had moved on, waited for itself and was lost: 'Task cannot await on itself')."""
+    monkeypatch.chdir(tmp_path)
+    result = recipe.main(
+        [
+            *["--tiny", "--steps", "3", "--val-every", "1", "--max-staleness", "1", "--runners", "12"],
+            *["--tool-seconds", "0.1-0.2", "--no-checkpoint", "--val-tasks", "6", "--train-tasks", "24"],
+        ]
+    )
+    report = result["report"]
+    assert report.steps_done == 3 and len(report.validations) == 4
+    assert all(v["val_rollouts"] == 6 for v in report.validations)

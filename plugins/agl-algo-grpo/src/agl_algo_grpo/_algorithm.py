@@ -291,9 +291,11 @@ class GRPO(Algorithm):
                 every = self.config.val_every
                 if val_dataset and (last or (every and policy.step % every == 0)):
                     if self.config.max_staleness and not last:  # it runs while the next step trains
-                        await self._publish(store, policy)  # (before: the next step must find it published)
+                        # Published now (the next step must find it published), and handed to the validation
+                        # with its step and version: the task may first run after the next update has begun.
+                        published = (await self._publish(store, policy), policy.step, policy.version)
                         self._validating = asyncio.ensure_future(
-                            self._validate(store, policy, val_dataset, recorder, into=validations)
+                            self._validate(store, policy, val_dataset, recorder, into=validations, published=published)
                         )
                     else:
                         validations.append(await self._validate(store, policy, val_dataset, recorder))
@@ -558,25 +560,30 @@ class GRPO(Algorithm):
         dataset: Sequence[Any],
         recorder: MetricsRecorder,
         into: list[dict[str, float]] | None = None,
+        published: tuple[str | None, int, int] | None = None,
     ) -> dict[str, float]:
         """Run every validation task once (``mode=VAL``) on the current policy; mean final reward and more.
         ``into``: the validation runs in the background while training goes on (asynchronous GRPO; no progress
         display), its metrics appended to that list; the next version is not published before it ends, so every
-        validation rollout samples the version validated."""
+        validation rollout samples the version validated. ``published``: ``(resources id, step, policy version)``
+        already published for it (a background validation must not publish: the policy may have moved on by the
+        time it first runs)."""
         started_wall = time.time()
-        resources_id = await self._publish(store, policy)
+        if published is None:
+            published = (await self._publish(store, policy), policy.step, policy.version)
+        resources_id, step, version = published
         requests = [
             EnqueueRequest(
                 input=task,
                 mode=RolloutMode.VAL,
                 resources_id=resources_id,
                 config=self.rollout_config,
-                metadata={"grpo_validation": policy.step, "policy_version": policy.version},
+                metadata={"grpo_validation": step, "policy_version": version},
             )
             for task in dataset
         ]
         rollouts = await store.enqueue_many_rollouts(requests)
-        phase = f"validation at step {policy.step}"
+        phase = f"validation at step {step}"
         ended = await self._wait(store, rollouts, phase, NoProgress() if into is not None else None)
         rewards = []
         for rollout in rollouts:
@@ -595,7 +602,7 @@ class GRPO(Algorithm):
             "val_full_reward": float(count_full_rewards(rewards)),
             "run_time_s": time.perf_counter() - self._run_started,
         }
-        await recorder.record(policy.step, metrics, validation=True, started=started_wall)
+        await recorder.record(step, metrics, validation=True, started=started_wall)
         if into is not None:
             into.append(metrics)
         return metrics
