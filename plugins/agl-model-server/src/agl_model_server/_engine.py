@@ -220,26 +220,23 @@ class Engine:
     def run_exclusive(self, fn: Callable[[], Any]) -> concurrent.futures.Future:
         """Run ``fn`` on the engine thread once no sequence is in flight (admission pauses until then, and resumes
         after ``fn`` returns); the future holds its result. Without a running engine ``fn`` runs right here."""
-        future: concurrent.futures.Future = concurrent.futures.Future()
-        with self._cv:
-            if self.running:
-                self._commands.append((fn, future))
-                self._cv.notify()
-                return future
-        try:
-            future.set_result(fn())
-        except BaseException as err:
-            future.set_exception(err)
-        return future
+        return self._on_engine_thread(self._commands, fn)
 
     def between_steps(self, fn: Callable[[], Any]) -> concurrent.futures.Future:
         """Run ``fn`` on the engine thread before the next decode step, without draining: the running sequences
         wait only for ``fn`` and then go on (with the new weights, when ``fn`` swaps them). Without a running engine
         ``fn`` runs right here."""
+        return self._on_engine_thread(self._swaps, fn)
+
+    def _on_engine_thread(
+        self, queue: collections.deque[tuple[Callable[[], Any], concurrent.futures.Future]], fn: Callable[[], Any]
+    ) -> concurrent.futures.Future:
+        """Queue ``fn`` for the engine thread (``queue``: drained commands or between-step swaps); without a running
+        engine run it right here."""
         future: concurrent.futures.Future = concurrent.futures.Future()
         with self._cv:
             if self.running:
-                self._swaps.append((fn, future))
+                queue.append((fn, future))
                 self._cv.notify()
                 return future
         try:
