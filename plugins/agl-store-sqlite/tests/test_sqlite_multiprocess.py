@@ -17,7 +17,9 @@ from agl_store_sqlite import SqliteLightningStore
 pytestmark = pytest.mark.asyncio
 
 # A consumer process: waits for the start signal, then dequeues (and finishes) rollouts until the queue stays
-# empty, printing each rollout id it was handed.
+# empty, printing each rollout id it was handed. Each rollout "runs" for 2 ms, as an agent would take a while:
+# with no work at all, the process that holds the CPU can win the write lock many times in a row on a loaded
+# 2-core machine (seen once in CI: 52 against 548), and the test is about exactly-once, not lock fairness.
 CONSUMER = r"""
 import asyncio, os, sys, time
 from agl_store_sqlite import SqliteLightningStore
@@ -33,6 +35,7 @@ async def main():
         async def worker(i):
             while (got := await store.dequeue_rollout(worker_id=f"{name}-{i}", timeout=0.5)) is not None:
                 print("got", got.rollout_id, flush=True)
+                await asyncio.sleep(0.002)
                 await store.update_attempt(got.rollout_id, got.attempt.attempt_id, status="succeeded")
 
         await asyncio.gather(*(worker(i) for i in range(4)))
