@@ -288,6 +288,58 @@ async def test_stale_samples_are_dropped_and_counted_in_the_loop() -> None:
     assert "dropped" in out.getvalue() and "stale" in out.getvalue()  # the console's asynchronous columns
 
 
+@pytest.mark.asyncio
+async def test_a_background_validation_has_at_most_one_step_of_training_rollouts_ahead_of_it() -> None:
+    """max_staleness=2, a validation every 2 steps: the store's queue is FIFO, so the steps after a validation's
+    next are enqueued only after the validation's rollouts (it holds the next publish until it ends; behind two
+    steps of training rollouts it would stall the run); each validation still samples the version it validates."""
+    served = _Served()
+    tasks = [{"prompt": [5, 17, 33, 2], "lagging": False}, {"prompt": [9, 90, 4], "lagging": False}]
+    publisher = LLMPublisher(served, ProxyLLM(endpoint="http://127.0.0.1:1/v1", model="tiny"))
+    grpo = GRPO(
+        tiny_llama(),
+        publisher=publisher,
+        console=Console(file=io.StringIO()),
+        steps=5,
+        batch_size=1,
+        group_size=2,
+        learning_rate=1e-2,
+        micro_batch_size=8,
+        max_staleness=2,
+        skip_zero_advantage=False,
+        val_every=2,
+        **CPU,
+    )
+    async with InMemoryLightningStore() as store:
+        stop = asyncio.Event()
+        runner = asyncio.create_task(_runner(store, served, stop))
+        try:
+            report = await asyncio.wait_for(grpo.run(store, tasks, tasks[:1]), timeout=120)
+        finally:
+            stop.set()
+            await runner
+        # in creation order (the queue's order); the metrics rollout aside
+        rollouts = (await store.query_rollouts(mode_in=[RolloutMode.TRAIN, RolloutMode.VAL])).items
+        order: list[str] = []
+        for rollout in rollouts:
+            meta = rollout.metadata
+            name = f"val {meta['grpo_validation']}" if rollout.mode is RolloutMode.VAL else f"step {meta['grpo_step']}"
+            if not order or order[-1] != name:
+                order.append(name)
+        validated = []
+        for rollout in rollouts:
+            if rollout.mode is RolloutMode.VAL:
+                [call] = [
+                    s for s in (await store.query_spans(rollout.rollout_id, "latest")).items if s.name == "chat tiny"
+                ]
+                validated.append((rollout.metadata["grpo_validation"], call.attributes[semconv.RESOURCES_VERSION] - 1))
+    # val 2 and val 4 run in the background; 3 is enqueued after val 2 (not with 1 and 2 at step 1's start)
+    assert order == ["val 0", "step 0", "step 1", "step 2", "val 2", "step 3", "step 4", "val 4", "val 5"]
+    assert validated == [(0, 0), (2, 2), (4, 4), (5, 5)]
+    assert report.steps_done == 5 and len(report.validations) == 4
+    assert max(m["staleness_max"] for m in report.history) <= 2
+
+
 # ------------------------------------------------------------------------------------------------ end to end
 
 

@@ -110,6 +110,15 @@ class _Collected:
     no_triplets: list[dict[str, str]]
 
 
+@dataclass
+class _Validation:
+    """A validation's rollouts, enqueued on the version the policy had after ``step`` steps."""
+
+    rollouts: list[Rollout]
+    step: int
+    started_wall: float
+
+
 class GRPO(Algorithm):
     """Group Relative Policy Optimization for agents.
 
@@ -187,6 +196,7 @@ class GRPO(Algorithm):
         self._policy_versions: dict[tuple[str, int], int] = {}  # (resources_id, resources version) -> policy version
         self._trainer_thread: concurrent.futures.ThreadPoolExecutor | None = None
         self._validating: asyncio.Future[dict[str, float]] | None = None  # a validation in the background
+        self._validates = False  # the run has validation tasks
         self._run_started = time.perf_counter()
 
     @classmethod
@@ -264,6 +274,7 @@ class GRPO(Algorithm):
         self._published = None
         self._ahead = {}
         self._validating = None
+        self._validates = bool(val_dataset)
         self._run_started = time.perf_counter()
         recorder = MetricsRecorder(
             store,
@@ -289,16 +300,14 @@ class GRPO(Algorithm):
                     checkpoint = str(await self._on_trainer_thread(policy.save_checkpoint))
                 last = policy.step == self.config.steps
                 every = self.config.val_every
-                if val_dataset and (last or (every and policy.step % every == 0)):
-                    if self.config.max_staleness and not last:  # it runs while the next step trains
-                        # Published now (the next step must find it published), and handed to the validation
-                        # with its step and version: the task may first run after the next update has begun.
-                        published = (await self._publish(store, policy), policy.step, policy.version)
-                        self._validating = asyncio.ensure_future(
-                            self._validate(store, policy, val_dataset, recorder, into=validations, published=published)
-                        )
-                    else:
-                        validations.append(await self._validate(store, policy, val_dataset, recorder))
+                if val_dataset and self._background_validation_after(policy.step):  # runs while the next step trains
+                    # Enqueued now, before the next step enqueues any rollouts of its own (see _rollouts_for).
+                    enqueued = await self._enqueue_validation(store, policy, val_dataset)
+                    self._validating = asyncio.ensure_future(
+                        self._finish_validation(store, enqueued, recorder, into=validations)
+                    )
+                elif val_dataset and (last or (every and policy.step % every == 0)):
+                    validations.append(await self._validate(store, policy, val_dataset, recorder))
             await self._settle_validation()
         except BaseException:
             if self._validating is not None:
@@ -391,8 +400,15 @@ class GRPO(Algorithm):
         earlier when they were enqueued ahead. With ``max_staleness`` k the rollouts of the next k steps are
         enqueued now too (those not yet), so the runners work on them while this step updates the policy: a step's
         rollouts are enqueued at the earliest k versions before the update that trains on them (the producer's
-        bound). With k = 0 only this step's, as synchronous GRPO does."""
+        bound). With k = 0 only this step's, as synchronous GRPO does.
+
+        When a validation will run in the background after this step's update, at most the next step's rollouts
+        are enqueued ahead of it: the store's queue is FIFO, and a validation queued behind k steps of training
+        rollouts would hold the next publish (see :meth:`_publish`) until all of them had run. The later steps'
+        rollouts are enqueued by the next step, after the validation's."""
         last = min(policy.step + self.config.max_staleness, self.config.steps - 1)
+        if self._background_validation_after(policy.step + 1):
+            last = min(last, policy.step + 1)
         for step in range(policy.step, last + 1):
             if step not in self._ahead:
                 requests = [
@@ -408,6 +424,14 @@ class GRPO(Algorithm):
                 ]
                 self._ahead[step] = await store.enqueue_many_rollouts(requests)
         return self._ahead.pop(policy.step)
+
+    def _background_validation_after(self, step: int) -> bool:
+        """Whether a validation runs in the background once the policy has made ``step`` steps (asynchronous GRPO:
+        every ``val_every`` steps but the last, which is validated before the run ends)."""
+        every = self.config.val_every
+        return bool(
+            self.config.max_staleness and self._validates and every and step % every == 0 and step < self.config.steps
+        )
 
     async def _cancel_ahead(self, store: LightningStore) -> None:
         """Cancel the rollouts enqueued ahead for steps that will not be trained (the run failed or was stopped)."""
@@ -554,36 +578,43 @@ class GRPO(Algorithm):
         return triplets, reward, "; ".join(why[:2]) or "the adapter gave no triplets"
 
     async def _validate(
-        self,
-        store: LightningStore,
-        policy: PolicyTrainer,
-        dataset: Sequence[Any],
-        recorder: MetricsRecorder,
-        into: list[dict[str, float]] | None = None,
-        published: tuple[str | None, int, int] | None = None,
+        self, store: LightningStore, policy: PolicyTrainer, dataset: Sequence[Any], recorder: MetricsRecorder
     ) -> dict[str, float]:
-        """Run every validation task once (``mode=VAL``) on the current policy; mean final reward and more.
-        ``into``: the validation runs in the background while training goes on (asynchronous GRPO; no progress
-        display), its metrics appended to that list; the next version is not published before it ends, so every
-        validation rollout samples the version validated. ``published``: ``(resources id, step, policy version)``
-        already published for it (a background validation must not publish: the policy may have moved on by the
-        time it first runs)."""
+        """Run every validation task once (``mode=VAL``) on the current policy; mean final reward and more."""
+        enqueued = await self._enqueue_validation(store, policy, dataset)
+        return await self._finish_validation(store, enqueued, recorder)
+
+    async def _enqueue_validation(
+        self, store: LightningStore, policy: PolicyTrainer, dataset: Sequence[Any]
+    ) -> _Validation:
+        """Publish the current policy (if not yet) and enqueue one validation rollout per task on it."""
         started_wall = time.time()
-        if published is None:
-            published = (await self._publish(store, policy), policy.step, policy.version)
-        resources_id, step, version = published
+        resources_id = await self._publish(store, policy)
         requests = [
             EnqueueRequest(
                 input=task,
                 mode=RolloutMode.VAL,
                 resources_id=resources_id,
                 config=self.rollout_config,
-                metadata={"grpo_validation": step, "policy_version": version},
+                metadata={"grpo_validation": policy.step, "policy_version": policy.version},
             )
             for task in dataset
         ]
         rollouts = await store.enqueue_many_rollouts(requests)
-        phase = f"validation at step {step}"
+        return _Validation(rollouts=rollouts, step=policy.step, started_wall=started_wall)
+
+    async def _finish_validation(
+        self,
+        store: LightningStore,
+        validation: _Validation,
+        recorder: MetricsRecorder,
+        into: list[dict[str, float]] | None = None,
+    ) -> dict[str, float]:
+        """Wait for a validation's rollouts and record its metrics. ``into``: it runs in the background while
+        training goes on (asynchronous GRPO; no progress display), its metrics appended to that list; the next
+        version is not published before it ends, so every validation rollout samples the version validated."""
+        rollouts = validation.rollouts
+        phase = f"validation at step {validation.step}"
         ended = await self._wait(store, rollouts, phase, NoProgress() if into is not None else None)
         rewards = []
         for rollout in rollouts:
@@ -602,7 +633,7 @@ class GRPO(Algorithm):
             "val_full_reward": float(count_full_rewards(rewards)),
             "run_time_s": time.perf_counter() - self._run_started,
         }
-        await recorder.record(step, metrics, validation=True, started=started_wall)
+        await recorder.record(validation.step, metrics, validation=True, started=validation.started_wall)
         if into is not None:
             into.append(metrics)
         return metrics
