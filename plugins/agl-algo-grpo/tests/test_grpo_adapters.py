@@ -16,7 +16,7 @@ from agl_algo_grpo._adapters import RoleRewards, route, split_rollouts
 from agl_algo_grpo._batching import RolloutSample, assign_advantages
 from agl_algo_grpo._config import LoraSettings, adapter_settings, make_config
 from agl_algo_grpo._policy import PolicyTrainer
-from agl_algo_grpo.testing import synthetic_samples, tiny_llama
+from agl_algo_grpo.testing import synthetic_samples, tiny_llama, vowel_share
 from agl_kernel import semconv
 from agl_kernel.adapters import TripletAdapter
 from agl_kernel.agent import openai_client, rollout
@@ -167,17 +167,12 @@ def test_adapters_from_the_command_line_take_the_lora_settings() -> None:
     assert adapter_settings(config) == {"planner": LoraSettings(r=4), "solver": LoraSettings(r=4)}
 
 
-def _vowels(text: str) -> float:
-    letters = [c for c in text.lower() if c.isalpha()]
-    return sum(c in "aeiou" for c in letters) / len(letters) if letters else 0.0
-
-
 @rollout
 async def two_roles(task: dict[str, Any], resources: dict[str, Any], attempted: Any) -> None:
     """A planner then a solver, each calling the model under its own adapter (its own LLM resource), each rewarded
     for its own reply (a named value of the final reward, named by the role)."""
     rewards = {}
-    for role, scorer in (("planner", _vowels), ("solver", lambda text: 1.0 - _vowels(text))):
+    for role, scorer in (("planner", vowel_share), ("solver", lambda text: 1.0 - vowel_share(text))):
         llm = resources[role]
         url = llm.get_base_url(attempted.rollout_id, attempted.attempt.attempt_id)
         client = openai_client(LLM(endpoint=url, model=llm.model), max_retries=0, timeout=120)

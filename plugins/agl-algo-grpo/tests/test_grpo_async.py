@@ -30,9 +30,8 @@ from agl_algo_grpo import (
     policy_loss,
     split_stale,
 )
-from agl_algo_grpo.testing import synthetic_samples, tiny_llama, with_sampling_logprobs
+from agl_algo_grpo.testing import synthetic_samples, tiny_llama, vowel_agent, with_sampling_logprobs
 from agl_kernel import semconv
-from agl_kernel.agent import llm_rollout, openai_client
 from agl_kernel.models import AttemptStatus, ProxyLLM, RolloutMode, Span, Triplet
 from agl_kernel.store.memory import InMemoryLightningStore
 from agl_kernel.trainer import Trainer
@@ -343,20 +342,6 @@ async def test_a_background_validation_has_at_most_one_step_of_training_rollouts
 # ------------------------------------------------------------------------------------------------ end to end
 
 
-@llm_rollout
-async def waiting_agent(task: dict[str, Any], llm: Any) -> float:
-    """One chat call through the proxy, then a wait on the 'environment' (a tool call's latency)."""
-    client = openai_client(llm, max_retries=0, timeout=120)
-    params = {k: v for k, v in llm.sampling_parameters.items() if k in ("temperature", "max_tokens")}
-    response = await client.chat.completions.create(
-        model=llm.model, messages=[{"role": "user", "content": task["question"]}], **params
-    )
-    await asyncio.sleep(0.3)
-    text = response.choices[0].message.content or ""
-    letters = [c for c in text.lower() if c.isalpha()]
-    return sum(c in "aeiou" for c in letters) / len(letters) if letters else 0.0
-
-
 @pytest.mark.asyncio
 async def test_an_asynchronous_run_end_to_end_on_the_tiny_model(tmp_path: Path) -> None:
     """GRPO selected by name serves the tiny model itself (model server + proxy on 127.0.0.1) with max_staleness=1
@@ -385,8 +370,9 @@ async def test_an_asynchronous_run_end_to_end_on_the_tiny_model(tmp_path: Path) 
         progress=False,
         console=Console(file=io.StringIO()),
     )
-    tasks = [{"question": "one two three"}, {"question": "hello world"}]
-    report = await trainer.fit_async(waiting_agent, tasks)
+    # the agent waits 0.3 s after its call, as on its environment
+    tasks = [{"question": "one two three", "wait_seconds": 0.3}, {"question": "hello world", "wait_seconds": 0.3}]
+    report = await trainer.fit_async(vowel_agent, tasks)
     assert report.steps_done == 3 and report.stale_dropped == 0
     assert all(m["rollouts_succeeded"] == 8 and m["triplets_trained"] == 8 for m in report.history)
     # step 1's rollouts ran with step 0's (16 runners): sampled by version 0, trained on by version 1

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from rich.console import Console
 
+from agl_algo_grpo.testing import vowel_agent
 from agl_kernel import semconv
-from agl_kernel.agent import llm_rollout, openai_client
 from agl_kernel.models import RolloutMode, RolloutStatus
 from agl_kernel.trainer import Trainer
 from agl_llm_vllm import VLLMBackend
@@ -23,18 +23,6 @@ from agl_model_server.testing import forward_logprobs
 pytestmark = pytest.mark.timeout(900)
 TOL = 2e-3
 TASKS = [{"question": "Name a fruit."}, {"question": "Say hello."}]
-
-
-@llm_rollout
-async def vowel_agent(task: dict[str, Any], llm: Any) -> float:
-    """One chat call through the rollout's LLM; the reward is the share of vowels in the reply (it varies from
-    sample to sample, so GRPO's advantages are not all zero)."""
-    client = openai_client(llm, max_retries=0, timeout=300)
-    params = {k: v for k, v in llm.sampling_parameters.items() if k in ("temperature", "max_tokens")}
-    messages = [{"role": "user", "content": task["question"]}]
-    response = await client.chat.completions.create(model=llm.model, messages=messages, **params)
-    letters = [c for c in (response.choices[0].message.content or "").lower() if c.isalpha()]
-    return sum(c in "aeiou" for c in letters) / len(letters) if letters else 0.0
 
 
 def test_a_grpo_step_publishes_weights_that_change_the_next_rollouts_logprobs(

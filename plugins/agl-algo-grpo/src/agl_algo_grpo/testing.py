@@ -1,5 +1,5 @@
-"""Test helpers: a tiny randomly initialised Llama and synthetic GRPO samples (for this plugin's tests and for
-anyone testing a loop built on it). Needs transformers.
+"""Test helpers: a tiny randomly initialised Llama, synthetic GRPO samples and a toy agent (for this plugin's tests
+and for anyone testing a loop built on it). Needs transformers.
 
 :func:`tiny_chat_model` is a model GRPO can be selected by name with, offline and in seconds (it also needs
 agl-model-server, as serving does)::
@@ -10,15 +10,27 @@ agl-model-server, as serving does)::
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import torch
 
 from agl_algo_grpo._batching import TrainingSample
 from agl_algo_grpo._policy import PolicyTrainer
+from agl_kernel.agent import llm_rollout, openai_client
 from agl_kernel.models import Triplet
 
-__all__ = ["VOCAB", "sequence_logps", "synthetic_samples", "tiny_chat_model", "tiny_llama", "with_sampling_logprobs"]
+__all__ = [
+    "TOY_TASKS",
+    "VOCAB",
+    "sequence_logps",
+    "synthetic_samples",
+    "tiny_chat_model",
+    "tiny_llama",
+    "vowel_agent",
+    "vowel_share",
+    "with_sampling_logprobs",
+]
 
 VOCAB = 128
 
@@ -82,3 +94,27 @@ def with_sampling_logprobs(policy: PolicyTrainer, samples: list[TrainingSample])
 def sequence_logps(policy: PolicyTrainer, samples: list[TrainingSample]) -> list[float]:
     """log p(response | prompt) of each sample under the current policy."""
     return policy.sequence_logprobs(samples).sum(dim=-1).tolist()
+
+
+TOY_TASKS = [{"question": "one two three"}, {"question": "hello world"}, {"question": "what is the answer?"}]
+"""Tasks for :func:`vowel_agent`."""
+
+
+def vowel_share(text: str) -> float:
+    """The share of vowels among the letters of ``text`` (0 without letters): a reward that a tiny random model's
+    samples vary in, so GRPO's advantages are not all zero."""
+    letters = [c for c in text.lower() if c.isalpha()]
+    return sum(c in "aeiou" for c in letters) / len(letters) if letters else 0.0
+
+
+@llm_rollout
+async def vowel_agent(task: dict[str, Any], llm: Any) -> float:
+    """A toy agent: one chat call through the rollout's LLM with ``task["question"]``, rewarded by the reply's
+    :func:`vowel_share`. A task's ``wait_seconds`` makes it wait that long after the call, as an agent waits on
+    its environment (a tool call's latency)."""
+    client = openai_client(llm, max_retries=0, timeout=300)
+    params = {k: v for k, v in llm.sampling_parameters.items() if k in ("temperature", "max_tokens")}
+    messages = [{"role": "user", "content": task["question"]}]
+    response = await client.chat.completions.create(model=llm.model, messages=messages, **params)
+    await asyncio.sleep(task.get("wait_seconds", 0.0))
+    return vowel_share(response.choices[0].message.content or "")
