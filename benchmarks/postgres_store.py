@@ -3,6 +3,7 @@
     python benchmarks/postgres_store.py                    # 8 and 32 workers, 3 runs each, medians; wake-ups
     python benchmarks/postgres_store.py --workers 1,8,32 --rollouts 200 --repeat 3
     python benchmarks/postgres_store.py --dsn postgresql://agl:secret@db:5432/agl   # a server of yours instead
+    python benchmarks/postgres_store.py --cpu --workers 8,32 --rollouts 1000 --repeat 3   # CPU per rollout
 
 All three run ``_cycle.run_cycles`` (enqueue → dequeue → 10 spans → succeed, N asyncio workers in one process
 sharing one store), each store with its default settings. Each run opens a fresh agl store and first runs
@@ -20,6 +21,12 @@ Wake-up latency: a dequeue waiting in one store (``timeout=10``) and an enqueue 
 schema (file), timed from just before the enqueue call to the waiter's return (the two processes' clocks are the
 same machine's ``time.time()``); p50/p99 of ``--wakeups`` samples, for Postgres (LISTEN/NOTIFY) and SQLite (its
 50 ms poll of the file).
+
+``--cpu``: only agl's Postgres store, on the throw-away cluster: the CPU time one rollout costs the client process
+(``time.process_time``: the workers, psycopg, the store's background thread) and the cluster's processes
+(utime + stime of the postmaster and its children from /proc: backends, walwriter, ...), over ``--rollouts`` timed
+rollouts on a warm store, with the commits, WAL records, WAL bytes and WAL flushes per rollout from the server's
+statistics. Unlike throughput, CPU per rollout hardly depends on what else runs on the machine.
 """
 
 from __future__ import annotations
@@ -42,7 +49,7 @@ REPO_ROOT = BENCHMARKS_DIR.parent
 sys.path.insert(0, str(BENCHMARKS_DIR))
 sys.path.insert(0, str(REPO_ROOT / "plugins" / "agl-store-postgres" / "tests"))
 
-from _cluster import PostgresCluster  # noqa: E402
+from _cluster import USER, PostgresCluster  # noqa: E402
 from _cycle import median_of, run_cycles  # noqa: E402
 from compare_agentlightning import BenchError, SideProcess, ensure_venv  # noqa: E402
 from store_cycle import AglOps  # noqa: E402
@@ -119,6 +126,118 @@ async def wakeups(kind: str, target: str, samples: int) -> dict[str, float]:
     }
 
 
+def _ticks(pid: int) -> tuple[int, str] | None:
+    """utime + stime of a process in clock ticks, and its command line."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            command = cmdline.read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except (OSError, IndexError):
+        return None
+    return int(fields[11]) + int(fields[12]), command
+
+
+def cluster_cpu(cluster: PostgresCluster) -> dict[int, tuple[int, str]]:
+    """Ticks and command of the cluster's postmaster and of each of its children (pid → (ticks, command))."""
+    postmaster = int((cluster.data / "postmaster.pid").read_text().split()[0])
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                parent = int(stat.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if int(entry) == postmaster or parent == postmaster:
+            ticks = _ticks(int(entry))
+            if ticks is not None:
+                found[int(entry)] = ticks
+    return found
+
+
+def _kind(command: str) -> str:
+    """A cluster process's role from its title: ``backend`` for a client's connection, else the title's name."""
+    title = command.removeprefix("postgres: ")
+    if title.startswith(USER + " "):
+        return "backend"
+    return title.split(" ")[0] if title else "postmaster"
+
+
+async def _server_counters(dsn: str) -> dict[str, float]:
+    import psycopg
+
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        cur = await conn.execute(
+            "SELECT (SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()), "
+            "wal_records, wal_bytes, wal_sync FROM pg_stat_wal"
+        )
+        row = await cur.fetchone()
+        assert row is not None
+        return dict(zip(("commits", "wal_records", "wal_bytes", "wal_flushes"), map(float, row)))
+
+
+async def cpu_run(cluster: PostgresCluster, workers: int, rollouts: int, warmup: int) -> dict[str, float]:
+    """CPU seconds per rollout of the client and the cluster, over ``rollouts`` timed rollouts on a warm store."""
+    dsn = cluster.dsn()
+    store = open_store("postgres", dsn, "c" + uuid.uuid4().hex[:12])
+    try:
+        await run_cycles(AglOps(store), workers=workers, rollouts=max(warmup, 1) * workers)
+        await asyncio.sleep(1.0)  # stats of the warm-up reach the statistics collector
+        counters = await _server_counters(dsn)
+        before, client = cluster_cpu(cluster), time.process_time()
+        result = await run_cycles(AglOps(store), workers=workers, rollouts=rollouts)
+        client = time.process_time() - client
+        after = cluster_cpu(cluster)
+        await asyncio.sleep(1.0)
+        counters = {k: v - counters[k] for k, v in (await _server_counters(dsn)).items()}
+    finally:
+        await store.close()
+    tick = os.sysconf("SC_CLK_TCK")
+    report = {"rollouts_per_s": result["rollouts_per_s"], "client_ms": 1000 * client / rollouts}
+    for pid, (ticks, command) in after.items():
+        key = f"server_{_kind(command)}_ms"
+        spent = ticks - before.get(pid, (0, ""))[0]
+        report[key] = report.get(key, 0.0) + 1000 * spent / tick / rollouts
+    report["server_ms"] = sum(v for k, v in report.items() if k.startswith("server_"))
+    report["total_ms"] = report["client_ms"] + report["server_ms"]
+    report.update({f"{k}_per_rollout": v / rollouts for k, v in counters.items()})
+    return report
+
+
+def cpu_main(args: argparse.Namespace, counts: list[int]) -> None:
+    if args.dsn:
+        raise SystemExit("--cpu measures the throw-away cluster's processes; it cannot be combined with --dsn")
+    cluster = PostgresCluster(fsync=True)
+    runs: dict[int, list[dict[str, float]]] = {w: [] for w in counts}
+    loads = []
+    try:
+        for repeat in range(args.repeat):
+            for workers in counts:
+                loads.append(os.getloadavg()[0])
+                result = asyncio.run(cpu_run(cluster, workers, args.rollouts, args.warmup))
+                runs[workers].append(result)
+                print(f"{workers} workers, run {repeat + 1}: client {result['client_ms']:.3f} ms + server "
+                      f"{result['server_ms']:.3f} ms = {result['total_ms']:.3f} ms CPU per rollout "
+                      f"({result['rollouts_per_s']:.1f} rollouts/s, load before {loads[-1]:.2f})",
+                      file=sys.stderr, flush=True)  # fmt: skip
+    finally:
+        cluster.close()
+    keys = sorted({k for w in counts for run in runs[w] for k in run})
+    medians = {w: {k: statistics.median(run.get(k, 0.0) for run in runs[w]) for k in keys} for w in counts}
+    if args.json:
+        print(json.dumps({"cpu_per_rollout": medians, "load_average": {"min": min(loads), "max": max(loads)}}))
+        return
+    print(f"CPU per rollout (ms), Postgres store, {args.rollouts} rollouts per run on a warm store, median of "
+          f"{args.repeat}; load average {min(loads):.2f}–{max(loads):.2f} on {os.cpu_count()} CPUs")  # fmt: skip
+    print("| | " + " | ".join(f"{w} workers" for w in counts) + " |")
+    print("| --- |" + " ---: |" * len(counts))
+    for key in keys:
+        digits = 0 if key == "wal_bytes_per_rollout" else 1 if key == "rollouts_per_s" else 3
+        print(f"| {key} | " + " | ".join(f"{medians[w][key]:.{digits}f}" for w in counts) + " |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workers", default="8,32")
@@ -130,8 +249,12 @@ def main() -> None:
     parser.add_argument("--wakeups", type=int, default=100, help="samples of the wake-up latency (0: skip)")
     parser.add_argument("--dsn", default=None, help="a PostgreSQL database to use instead of a throw-away cluster")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--cpu", action="store_true", help="CPU per rollout of the Postgres store's client and server")
     args = parser.parse_args()
     counts = [int(w) for w in args.workers.split(",")]
+    if args.cpu:
+        cpu_main(args, counts)
+        return
     cluster = None if args.dsn else PostgresCluster(fsync=True)
     dsn = args.dsn or cluster.dsn()  # type: ignore[union-attr]
     folder = tempfile.TemporaryDirectory(prefix="agl-bench-sqlite-")

@@ -1,5 +1,6 @@
-"""Schema migration: a schema written at version 1 opens, migrates in place and keeps its data; the hot paths that
-version 2 added (one function call each) work on the migrated rows."""
+"""Schema migration: a schema written at version 1 or 2 opens, migrates in place and keeps its data; the hot paths
+that version 2 added (one function call each) and version 3 changed (a span of a running attempt) work on the
+migrated rows."""
 
 from __future__ import annotations
 
@@ -17,17 +18,18 @@ from agl_store_postgres._schema import MIGRATIONS, SCHEMA_VERSION
 pytestmark = pytest.mark.asyncio
 
 
-def make_v1_schema(dsn: str, schema: str) -> None:
-    """A schema as agl-store-postgres wrote it at version 1: one queued rollout with a supervising config, one
+def make_old_schema(dsn: str, schema: str, version: int) -> None:
+    """A schema as agl-store-postgres wrote it at ``version``: one queued rollout with a supervising config, one
     running rollout with its attempt."""
-    version, script = MIGRATIONS[0]
-    assert version == 1
+    scripts = [script for target, script in MIGRATIONS if target <= version]
+    assert len(scripts) == version
     now = time.time()
     with psycopg.connect(dsn, autocommit=True) as conn, conn.transaction():
         conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
         conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(schema)))
-        conn.execute(script.encode())
-        conn.execute("INSERT INTO meta (key, value) VALUES ('schema_version', 1)")
+        for script in scripts:
+            conn.execute(script.encode())
+        conn.execute("INSERT INTO meta (key, value) VALUES ('schema_version', %s)", (version,))
         conn.execute(
             "INSERT INTO rollouts (n, rollout_id, status, start_time, ticket, config, input) "
             "VALUES (nextval('counter'), 'ro-old-queued', 'queuing', %s, 1, %s, %s)",
@@ -58,17 +60,32 @@ def schema_version(dsn: str, schema: str) -> int:
         return int(row[0])
 
 
-async def test_a_version_1_schema_is_migrated_and_keeps_its_rows(postgres_dsn: str, schema: str) -> None:
-    assert SCHEMA_VERSION >= 2
-    make_v1_schema(postgres_dsn, schema)
+@pytest.mark.parametrize("version", [1, 2])
+async def test_an_old_schema_is_migrated_and_keeps_its_rows(postgres_dsn: str, schema: str, version: int) -> None:
+    assert SCHEMA_VERSION == 3
+    make_old_schema(postgres_dsn, schema, version)
     store = PostgresLightningStore(postgres_dsn, schema=schema, watchdog_interval=0.1)
     try:
         assert schema_version(postgres_dsn, schema) == SCHEMA_VERSION
-        # The running attempt written at version 1 takes spans on the one-call path, numbered after its last one.
+        # The running attempt written before takes spans on the one-call path, numbered after its last one; the
+        # same span again (a resent call) is the stored one, and the numbering goes on after it.
         span = await store.add_span(
             Span(rollout_id="ro-old-running", attempt_id="at-old", trace_id="t", span_id="s-1", name="step")
         )
         assert span.sequence_id == 4
+        again = await store.add_span(
+            Span(rollout_id="ro-old-running", attempt_id="at-old", trace_id="t", span_id="s-1", name="step")
+        )
+        assert again.sequence_id == 4
+        both = await store.add_many_spans(
+            [
+                Span(rollout_id="ro-old-running", attempt_id="at-old", trace_id="t", span_id=i, name="step")
+                for i in ("s-1", "s-2")
+            ]
+        )
+        assert [s.sequence_id for s in both] == [4, 5]
+        stored = await store.query_spans("ro-old-running")
+        assert [(s.span_id, s.sequence_id) for s in stored.items] == [("s-1", 4), ("s-2", 5)]
         finished = await store.update_attempt("ro-old-running", "at-old", status=AttemptStatus.SUCCEEDED)
         assert finished.status is AttemptStatus.SUCCEEDED
         assert (await store.get_rollout("ro-old-running")).status is RolloutStatus.SUCCEEDED

@@ -3,19 +3,25 @@
 They must run whether or not anyone calls the store, and callers' event loops come and go (threads, ``asyncio.run``
 per call), so they live on a loop of their own.
 
-The listener holds one dedicated connection that LISTENs on the schema's two channels and rings the store's bells:
-``queue`` when another process queued a rollout, ``ended`` when one ended a rollout (this process's own commits ring
-them directly). When that connection drops (a restarting server, a network cut), waiters are rung every
-``poll_interval`` seconds while the listener reconnects; every time it (re)connects it rings both bells, for what it
-may have missed. With ``notify`` off, waiters are rung every ``poll_interval`` seconds for ever.
+The listener holds one dedicated connection and rings the store's bells: ``queue`` when another process queued a
+rollout, ``ended`` when one ended a rollout (this process's own commits ring them directly). It LISTENs on a channel
+only while something in this process waits on it (:meth:`Monitor.waiting`) and for ``_LINGER`` seconds after:
+otherwise every enqueue and every ended rollout of every process (this one's included) would reach this process,
+a wake-up of its thread for nothing, two per rollout in a process that never waits. A channel's bell is rung once
+its LISTEN is in effect, so a waiter that checked before that checks again. When that connection drops (a
+restarting server, a network cut), waiters are rung every ``poll_interval`` seconds while the listener reconnects;
+every time it (re)connects it rings both bells, for what it may have missed. With ``notify`` off, waiters are rung
+every ``poll_interval`` seconds for ever.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from typing import TypeVar
 
 import psycopg
@@ -35,6 +41,9 @@ _CHECK_EVERY = 5.0
 """Seconds without a notification after which the listener checks that its connection is alive."""
 _REPEAT_FAILURE_EVERY = 60.0
 """Seconds between two log lines about the same failure of the watchdog."""
+_LINGER = 10.0
+"""Seconds a channel stays listened to after its last waiter left (a process that waits now and then does not
+LISTEN and UNLISTEN each time)."""
 
 
 class Monitor:
@@ -64,13 +73,41 @@ class Monitor:
         self._check_deadlines = check_deadlines
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
+        self._bells = dict(zip(channels(schema), (queue, ended)))
+        self._lock = threading.Lock()
+        self._waiters = dict.fromkeys(self._bells, 0)
+        self._left = dict.fromkeys(self._bells, -_LINGER)  # when each channel's last waiter left (monotonic)
+        self._listened: set[str] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._changed: asyncio.Event | None = None  # set (on the background loop) when a channel is wanted
         self.listening = False
         """Whether the listener's connection is up now (else waiters are rung every poll_interval)."""
         self.connection_pid: int | None = None
         """The server process id of the listener's connection (tests end it to check the reconnection)."""
 
     def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._changed = asyncio.Event()
         self._tasks = [asyncio.create_task(self._listen()), asyncio.create_task(self._watchdog())]
+
+    @contextmanager
+    def waiting(self, channel: str) -> Iterator[None]:
+        """Something of this process waits on ``channel`` (from any thread): it is listened to until
+        ``_LINGER`` seconds after the last waiter left. Enter before the wait's first check."""
+        with self._lock:
+            self._waiters[channel] += 1
+            wanted = channel not in self._listened
+        if wanted and self._notify and self._loop is not None and self._changed is not None:
+            try:
+                self._loop.call_soon_threadsafe(self._changed.set)
+            except RuntimeError:  # the store's loop has closed: nothing listens any more, waiters poll
+                pass
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._waiters[channel] -= 1
+                self._left[channel] = time.monotonic()
 
     async def stop(self) -> None:
         # The flag too, not only the cancellation: psycopg's notifies() can end quietly when it is cancelled while
@@ -110,24 +147,55 @@ class Monitor:
             await self._poll(_RECONNECT_EVERY if self._notify else None)
 
     async def _listen_once(self) -> None:
-        queue_channel, ended_channel = channels(self._schema)
+        assert self._changed is not None
         conn = await connect(self._dsn, self._connect_timeout, keepalives=1, keepalives_idle=5,
                              keepalives_interval=2, keepalives_count=3)  # fmt: skip
         async with conn:
-            await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(queue_channel)))
-            await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(ended_channel)))
+            with self._lock:
+                self._listened = set()
             self.connection_pid = conn.info.backend_pid
             if not self.listening:
-                logger.debug("agl-store-postgres: listening on %s", redact(self._dsn))
+                logger.debug("agl-store-postgres: connected the listener to %s", redact(self._dsn))
             self.listening = True
             self._ring_all()  # whatever changed while nobody listened
             while not self._stopping:
-                async for note in conn.notifies(timeout=_CHECK_EVERY):
-                    if note.channel == queue_channel:
-                        self._queue.ring()
-                    elif note.channel == ended_channel:
-                        self._ended.ring()
-                await conn.execute("SELECT 1")  # a quiet while: is the connection still there?
+                self._changed.clear()
+                await self._follow_waiters(conn)
+                # Relay notifications until a channel is wanted that is not listened to yet, or a quiet while.
+                waits: list[asyncio.Future[object]] = [asyncio.ensure_future(self._changed.wait())]
+                if self._listened:
+                    waits.append(asyncio.ensure_future(self._relay(conn)))
+                try:
+                    done, _ = await asyncio.wait(waits, timeout=_CHECK_EVERY, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    for task in waits:
+                        task.cancel()
+                    await asyncio.gather(*waits, return_exceptions=True)
+                for task in done:
+                    task.result()  # the relay's error: the connection is gone
+                if not done:
+                    await conn.execute("SELECT 1")  # a quiet while: is the connection still there?
+
+    async def _follow_waiters(self, conn: psycopg.AsyncConnection[object]) -> None:
+        """LISTEN on the channels waited on, UNLISTEN those nobody waited on for ``_LINGER`` seconds."""
+        now = time.monotonic()
+        with self._lock:
+            wanted = {c for c, n in self._waiters.items() if n > 0 or now - self._left[c] < _LINGER}
+            dropped = self._listened - wanted
+            self._listened -= dropped  # a waiter arriving from now on asks for it again
+        for channel in sorted(wanted - self._listened):
+            await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+            with self._lock:
+                self._listened.add(channel)
+            self._bells[channel].ring()  # a waiter that checked before the LISTEN took effect checks again
+        for channel in sorted(dropped):
+            await conn.execute(sql.SQL("UNLISTEN {}").format(sql.Identifier(channel)))
+
+    async def _relay(self, conn: psycopg.AsyncConnection[object]) -> None:
+        async for note in conn.notifies():
+            bell = self._bells.get(note.channel)
+            if bell is not None:
+                bell.ring()
 
     async def _poll(self, duration: float | None) -> None:
         """Ring both bells every poll_interval seconds, for ``duration`` seconds (``None``: for ever)."""

@@ -1,7 +1,7 @@
 """The store's state machine on rows: each write operation runs inside one transaction (``tx.conn``).
 
 The hot ones (enqueue, claim, a span, an attempt's status change in the common states) are instead one call each of
-a function of the schema (``_schema``, version 2), with the decisions taken here all the same; the general paths
+a function of the schema (``_schema``, versions 2 and 3), with the decisions taken here all the same; the general paths
 below handle everything else, including what those calls leave (they return ``None`` where the rows were not as
 assumed).
 
@@ -274,19 +274,19 @@ async def enqueue(
             column.append(value)
     try:
         if len(rollout_ids) == 1:
-            row = await tx.one(
-                "SELECT ARRAY[agl_enqueue_one(%s, %s, %s, %s::bytea, %s, %s::bytea, %s::bytea, %s, %s)] AS chosen",
+            rows = await tx.call(
+                "SELECT ARRAY[agl_enqueue_one($1, $2, $3, $4::bytea, $5, $6::bytea, $7::bytea, $8, $9)] AS chosen",
                 (rollout_ids[0], *(column[0] for column in columns), now, channel),
             )
         else:
-            row = await tx.one(
-                "SELECT agl_enqueue(%s::text[], %s::text[], %s::text[], %s::bytea[], %s::boolean[], %s::bytea[], "
-                "%s::bytea[], %s, %s) AS chosen",
+            rows = await tx.call(
+                "SELECT agl_enqueue($1::text[], $2::text[], $3::text[], $4::bytea[], $5::boolean[], $6::bytea[], "
+                "$7::bytea[], $8, $9) AS chosen",
                 (rollout_ids, *columns, now, channel),
             )
     except psycopg.errors.NoDataFound as exc:
         raise _resources_missing(exc) from None
-    assert row is not None
+    row = rows[0]
     return [
         Rollout(rollout_id=rollout_id, input=input, start_time=now, mode=mode, resources_id=resources_id,
                 status=RolloutStatus.QUEUING, config=config, metadata=metadata)
@@ -317,7 +317,7 @@ async def claim(tx: Tx, attempt_ids: Sequence[str], worker_id: str | None, now: 
     """Take up to ``len(attempt_ids)`` rollouts from the head of the queue, each with a new attempt (these ids, in
     queue order): one call of ``agl_claim``. Rows other claimers hold are skipped (``FOR UPDATE SKIP LOCKED``):
     concurrent claimers take different rollouts, none waits."""
-    rows = await tx.all("SELECT * FROM agl_claim(%s::text[], %s, %s)", (attempt_ids, worker_id, now))
+    rows = await tx.call("SELECT * FROM agl_claim($1::text[], $2, $3)", (attempt_ids, worker_id, now))
     claimed = []
     for row, attempt_id in zip(rows, attempt_ids):
         attempt = Attempt(
@@ -485,15 +485,16 @@ async def move_attempt(
     target = plan.rollout_status
     queued = target is not None and target in policy.QUEUED_STATUSES
     terminal = target is not None and target.is_terminal
-    row = await tx.one(
-        "SELECT * FROM agl_move_attempt(%s, %s, %s, %s, %s, %s, %s, %s::text[], %s::text[], %s, %s, %s, %s, %s, %s)",
+    rows = await tx.call(
+        "SELECT * FROM agl_move_attempt($1, $2, $3, $4, $5, $6, $7, $8::text[], $9::text[], $10, $11, $12, $13, $14, "
+        "$15)",
         (rollout_id, None if attempt_id == LATEST else attempt_id, status.value, now if status.is_final else None,
          status.is_final, now if heartbeat is None else heartbeat, now, plan.rollout_from, plan.attempt_from,
          plan.plain_config, None if plan.worker_status is None else plan.worker_status.value,
          None if target is None else target.value, queued, now if terminal else None,
          channels[0] if queued else channels[1] if terminal else None),
     )  # fmt: skip
-    return None if row is None else AttemptState(row).to_attempt()
+    return AttemptState(rows[0]).to_attempt() if rows else None
 
 
 # ---------------------------------------------------------------------------------------------------- spans
@@ -566,27 +567,31 @@ async def store_spans(tx: Tx, spans: Sequence[tuple[Span, bytes]]) -> list[Span]
 @functools.lru_cache(maxsize=512)
 def _spans_query(count: int) -> str:
     """A batch of ``count`` spans: one ``agl_add_span`` call per row of a VALUES list, in one statement."""
-    first = "(%s, %s::text, %s::text, %s::int8, %s::text, %s::text, %s::float8, %s::float8, %s::bytea)"
-    rest = ", (%s, %s, %s, %s, %s, %s, %s, %s, %s)" * (count - 1)
+    casts = ("", "::text", "::text", "::int8", "::text", "::text", "::float8", "::float8", "::bytea")
+    rows = [
+        "(" + ", ".join(f"${3 + 9 * row + column}{casts[column] if row == 0 else ''}" for column in range(9)) + ")"
+        for row in range(count)
+    ]
     return (
-        "SELECT v.k, agl_add_span(v.r, v.a, v.q, v.s, v.n, v.t0, v.t1, v.d, %s, %s) AS sequence_id "
-        f"FROM (VALUES {first}{rest}) AS v(k, r, a, q, s, n, t0, t1, d)"
+        "SELECT v.k, agl_add_span(v.r, v.a, v.q, v.s, v.n, v.t0, v.t1, v.d, $1, $2) AS sequence_id "
+        f"FROM (VALUES {', '.join(rows)}) AS v(k, r, a, q, s, n, t0, t1, d)"
     )
 
 
 async def store_live_spans(tx: Tx, spans: Sequence[tuple[Span, bytes]], everything: bool) -> list[Span | None]:
     """Spans of ``preparing`` / ``running`` attempts in one statement (one ``agl_add_span`` call each; no
     ``latest`` attempt id among them): each stored one as stored, ``None`` for those left to :func:`store_spans`
-    (the attempt is in another status or unknown, or the span is stored already). ``everything``: all or nothing
-    (then ``None`` everywhere, nothing written, where one is left). Taken in attempt-id order, the order their rows
-    are locked in."""
+    (the attempt is in another status or unknown). ``everything``: all or nothing (then ``None`` everywhere,
+    nothing written, where one is left). A span stored already fails the statement (``UniqueViolation``, nothing
+    written): the caller sends each of them the general way. Taken in attempt-id order, the order their rows are
+    locked in."""
     params: list[Any] = [time.time(), everything]
     for k in sorted(range(len(spans)), key=lambda i: spans[i][0].attempt_id):
         span, blob = spans[k]
         params += (k, span.rollout_id, span.attempt_id, span.sequence_id, span.span_id, span.name, span.start_time,
                    span.end_time, blob)  # fmt: skip
     try:
-        rows = await tx.all(_spans_query(len(spans)), params)
+        rows = await tx.call(_spans_query(len(spans)), params)
     except psycopg.errors.NoDataFound:  # everything or nothing: something was left
         return [None] * len(spans)
     stored: list[Span | None] = [None] * len(spans)

@@ -6,7 +6,8 @@ advisory lock on the schema's name, reads the version, refuses a newer one befor
 the missing migrations in the same transaction: several processes opening an old schema at once migrate it exactly
 once, and a failed migration leaves it as it was.
 
-Version 2 adds ``rollouts.supervised`` and the functions that make the hot operations one round trip each.
+Version 2 adds ``rollouts.supervised`` and the functions that make the hot operations one round trip each; version 3
+makes a span of a running attempt two statements of ``agl_add_span`` instead of four.
 """
 
 from __future__ import annotations
@@ -294,7 +295,59 @@ BEGIN
 END $$;
 """
 
-MIGRATIONS: list[tuple[int, str]] = [(1, _V1), (2, _V2)]
+_V3 = """
+-- agl_add_span as in version 2, with the common case first: a span of a running attempt is one UPDATE of the
+-- attempt's row (its next sequence id, the heartbeat) and the INSERT, where version 2 first read the attempt's status
+-- and looked for the span among the stored ones. A span stored already now fails its INSERT (unique_violation, the
+-- whole statement rolled back) instead of returning NULL: the caller then takes the general path for each span of
+-- the statement, which returns the stored one (a span is stored twice only when a call is resent).
+CREATE OR REPLACE FUNCTION agl_add_span(p_rollout text, p_attempt text, p_seq bigint, p_span_id text, p_name text,
+                                        p_start double precision, p_end double precision, p_data bytea,
+                                        p_now double precision, p_all boolean)
+RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+    was text := 'running';
+    owner_status text;
+    owner_count integer;
+    att_seq integer;
+    seq bigint;
+BEGIN
+    UPDATE attempts a SET  -- the common case: a running attempt
+        span_seq = CASE WHEN p_seq > 0 THEN greatest(a.span_seq, p_seq) ELSE a.span_seq + 1 END,
+        last_heartbeat_time = p_now
+    WHERE a.attempt_id = p_attempt AND a.rollout_id = p_rollout AND a.status = 'running'
+    RETURNING a.sequence_id, CASE WHEN p_seq > 0 THEN p_seq ELSE a.span_seq END INTO att_seq, seq;
+    IF att_seq IS NULL THEN  -- else as version 2 did
+        SELECT status INTO was FROM attempts WHERE attempt_id = p_attempt AND rollout_id = p_rollout;
+        IF was = 'preparing' THEN  -- the rollout changes too: its row is locked first, as every other change does
+            SELECT status, attempt_count INTO owner_status, owner_count FROM rollouts
+            WHERE rollout_id = p_rollout FOR UPDATE;
+        END IF;
+        IF was IN ('preparing', 'running') THEN
+            UPDATE attempts a SET
+                span_seq = CASE WHEN p_seq > 0 THEN greatest(a.span_seq, p_seq) ELSE a.span_seq + 1 END,
+                last_heartbeat_time = p_now, status = 'running'
+            WHERE a.attempt_id = p_attempt AND a.status = was
+            RETURNING a.sequence_id, CASE WHEN p_seq > 0 THEN p_seq ELSE a.span_seq END INTO att_seq, seq;
+        END IF;
+    END IF;
+    IF att_seq IS NULL THEN
+        IF p_all THEN
+            RAISE no_data_found USING MESSAGE = p_span_id;
+        END IF;
+        RETURN NULL;
+    END IF;
+    IF was = 'preparing' AND owner_count = att_seq
+       AND owner_status NOT IN ('succeeded', 'failed', 'cancelled', 'running') THEN
+        UPDATE rollouts SET status = 'running', end_time = NULL, ticket = NULL WHERE rollout_id = p_rollout;
+    END IF;
+    INSERT INTO spans (rollout_id, attempt_id, attempt_seq, sequence_id, span_id, name, start_time, end_time, data)
+    VALUES (p_rollout, p_attempt, att_seq, seq, p_span_id, p_name, p_start, p_end, p_data);
+    RETURN seq;
+END $$;
+"""
+
+MIGRATIONS: list[tuple[int, str]] = [(1, _V1), (2, _V2), (3, _V3)]
 """``(version, script)`` in order; a schema at version N gets every script above N."""
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]

@@ -381,7 +381,14 @@ class PostgresLightningStore(LightningStore):
                 return taken
             return await self._claim(limit, worker_id)
 
-        return await claim_waiting(self._queue_bell, claim, has_work, timeout, lambda: self._closed)
+        started = time.monotonic()
+        taken = await claim()
+        if taken or timeout <= 0:
+            return taken
+        # Only now does this process need the queue's notifications (claim_waiting claims again first).
+        left = max(0.001, timeout - (time.monotonic() - started))
+        with self._monitor.waiting(self._channels[0]):
+            return await claim_waiting(self._queue_bell, claim, has_work, left, lambda: self._closed)
 
     async def start_attempt(self, rollout_id: str, *, worker_id: str | None = None) -> AttemptedRollout:
         return await self._tx(lambda tx: ops.start_attempt(tx, rollout_id, worker_id))
@@ -435,13 +442,14 @@ class PostgresLightningStore(LightningStore):
         missing = await self._direct(lambda tx: reads.missing_rollouts(tx, wanted))
         if missing:
             raise NotFoundError(f"no rollout with id {missing[0]!r}")
-        return await wait_until_ended(
-            self._ended_bell,
-            lambda ids: self._direct(functools.partial(reads.ended_rollouts, ids=ids)),
-            wanted,
-            timeout,
-            lambda: self._closed,
-        )
+        with self._monitor.waiting(self._channels[1]):
+            return await wait_until_ended(
+                self._ended_bell,
+                lambda ids: self._direct(functools.partial(reads.ended_rollouts, ids=ids)),
+                wanted,
+                timeout,
+                lambda: self._closed,
+            )
 
     async def delete_rollouts(
         self, rollout_ids: Sequence[str] | None = None, *, ended_before: float | None = None
