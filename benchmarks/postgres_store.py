@@ -158,11 +158,9 @@ def cluster_cpu(cluster: PostgresCluster) -> dict[int, tuple[int, str]]:
 
 
 def _kind(command: str) -> str:
-    """A cluster process's role from its title: ``backend`` for a client's connection, else the title's name."""
-    title = command.removeprefix("postgres: ")
-    if title.startswith(USER + " "):
-        return "backend"
-    return title.split(" ")[0] if title else "postmaster"
+    """A cluster process's role from its title: ``backends`` (the clients' connections) or ``others`` (postmaster,
+    walwriter, checkpointer, autovacuum, ...)."""
+    return "backends" if command.removeprefix("postgres: ").startswith(USER + " ") else "others"
 
 
 async def _server_counters(dsn: str) -> dict[str, float]:
