@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import time
 
 import psycopg
 import pytest
@@ -109,6 +110,68 @@ def test_the_listener_reconnects_after_its_connection_is_dropped(postgres_dsn: s
             assert got is not None and got.rollout_id == queued.rollout_id
 
     asyncio.run(main())
+
+
+def _listeners(dsn: str, schema: str) -> list[str]:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return [r[0] for r in conn.execute(f'SELECT channel FROM "{schema}".listeners ORDER BY channel').fetchall()]
+
+
+def test_notifications_go_out_only_while_someone_waits(postgres_dsn: str, schema: str) -> None:
+    """A store LISTENs (and is registered, so that others send their NOTIFY) only once something in it waits; a
+    waiter is then woken by another store's enqueue at once, not at the end of its timeout."""
+
+    async def main() -> None:
+        async with (
+            PostgresLightningStore(postgres_dsn, schema=schema) as waiter,
+            PostgresLightningStore(postgres_dsn, schema=schema) as other,
+        ):
+            await _wait_until(lambda: waiter.listener_pid is not None, "the listener's connection")
+            await other.enqueue_rollout("nobody waits")
+            assert await waiter.dequeue_rollout(worker_id="w") is not None  # found at once: no wait, no LISTEN
+            assert await asyncio.to_thread(_listeners, postgres_dsn, schema) == []
+            queue_channel = f"agl:{schema}:queue"
+            waiting = asyncio.create_task(waiter.dequeue_rollout(worker_id="w", timeout=60))
+            await _registered(postgres_dsn, schema, [queue_channel])
+            started = time.monotonic()
+            queued = await other.enqueue_rollout("someone waits")
+            got = await waiting
+            assert got is not None and got.rollout_id == queued.rollout_id
+            assert time.monotonic() - started < 10
+            ended = asyncio.create_task(waiter.wait_for_rollouts([queued.rollout_id], timeout=60))
+            await asyncio.sleep(0.5)  # the waiter registers on the ended channel meanwhile
+            started = time.monotonic()
+            await other.update_attempt(got.rollout_id, got.attempt.attempt_id, status=AttemptStatus.SUCCEEDED)
+            assert [r.status for r in await ended] == [RolloutStatus.SUCCEEDED]
+            assert time.monotonic() - started < 10
+            gone = waiter.listener_pid
+        # Once its listener's backend has gone, the next registration drops its rows.
+        await _wait_until(lambda: not _backend_alive(postgres_dsn, gone), "the closed listener's exit")
+        async with PostgresLightningStore(postgres_dsn, schema=schema) as later:
+            waiting = asyncio.create_task(later.dequeue_rollout(worker_id="w", timeout=60))
+            await _registered(postgres_dsn, schema, [queue_channel])
+            await _enqueue_from_another_store(postgres_dsn, schema)
+            assert await waiting is not None
+
+    asyncio.run(main())
+
+
+async def _registered(dsn: str, schema: str, channels: list[str]) -> None:
+    for _ in range(600):
+        if await asyncio.to_thread(_listeners, dsn, schema) == channels:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the listeners of {schema!r} did not become {channels}")
+
+
+def _backend_alive(dsn: str, pid: int | None) -> bool:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return conn.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone() is not None
+
+
+async def _enqueue_from_another_store(dsn: str, schema: str) -> None:
+    async with PostgresLightningStore(dsn, schema=schema) as other:
+        await other.enqueue_rollout("for the later store")
 
 
 def test_close_returns_whenever_it_comes(postgres_dsn: str, schema: str) -> None:

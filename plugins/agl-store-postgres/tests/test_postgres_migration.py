@@ -60,9 +60,9 @@ def schema_version(dsn: str, schema: str) -> int:
         return int(row[0])
 
 
-@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("version", [1, 2, 3])
 async def test_an_old_schema_is_migrated_and_keeps_its_rows(postgres_dsn: str, schema: str, version: int) -> None:
-    assert SCHEMA_VERSION == 3
+    assert SCHEMA_VERSION == 4
     make_old_schema(postgres_dsn, schema, version)
     store = PostgresLightningStore(postgres_dsn, schema=schema, watchdog_interval=0.1)
     try:

@@ -218,7 +218,7 @@ async def run_transaction(
                 async with conn.transaction():
                     result = await op(tx)
                     for channel in notify(tx):
-                        await conn.execute("SELECT pg_notify(%s, '')", (channel,))
+                        await conn.execute("SELECT agl_notify(%s)", (channel,))  # if anyone listens
                     committing = True
         except (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected) as exc:
             if _may_retry(tries, max_tries, started, timeout):

@@ -6,12 +6,13 @@ per call), so they live on a loop of their own.
 The listener holds one dedicated connection and rings the store's bells: ``queue`` when another process queued a
 rollout, ``ended`` when one ended a rollout (this process's own commits ring them directly). It LISTENs on a channel
 only while something in this process waits on it (:meth:`Monitor.waiting`) and for ``_LINGER`` seconds after:
-otherwise every enqueue and every ended rollout of every process (this one's included) would reach this process,
-a wake-up of its thread for nothing, two per rollout in a process that never waits. A channel's bell is rung once
-its LISTEN is in effect, so a waiter that checked before that checks again. When that connection drops (a
-restarting server, a network cut), waiters are rung every ``poll_interval`` seconds while the listener reconnects;
-every time it (re)connects it rings both bells, for what it may have missed. With ``notify`` off, waiters are rung
-every ``poll_interval`` seconds for ever.
+otherwise every enqueue and every ended rollout of every process (this one's included) would reach this process, a
+wake-up of its thread for nothing, two per rollout in a process that never waits. While it listens it is registered
+in the schema's ``listeners`` table: senders NOTIFY only when someone is (``agl_notify``). A channel's bell is rung
+once its LISTEN and registration are in effect, so a waiter that checked before that checks again. When that
+connection drops (a restarting server, a network cut), waiters are rung every ``poll_interval`` seconds while the
+listener reconnects; every time it (re)connects it rings both bells, for what it may have missed. With ``notify``
+off, waiters are rung every ``poll_interval`` seconds for ever.
 """
 
 from __future__ import annotations
@@ -183,12 +184,27 @@ class Monitor:
             wanted = {c for c, n in self._waiters.items() if n > 0 or now - self._left[c] < _LINGER}
             dropped = self._listened - wanted
             self._listened -= dropped  # a waiter arriving from now on asks for it again
+        listeners = sql.Identifier(self._schema, "listeners")
         for channel in sorted(wanted - self._listened):
             await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+            # Senders notify only while a listener is registered (agl_notify): the exclusive lock waits for those
+            # that looked before, and the ring below comes after their commits.
+            async with conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (channel,))
+                await conn.execute(
+                    sql.SQL(
+                        "DELETE FROM {} l WHERE NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.pid = l.pid)"
+                    ).format(listeners)
+                )  # listeners of processes gone
+                register = "INSERT INTO {} (channel, pid) VALUES (%s, pg_backend_pid()) ON CONFLICT DO NOTHING"
+                await conn.execute(sql.SQL(register).format(listeners), (channel,))
             with self._lock:
                 self._listened.add(channel)
             self._bells[channel].ring()  # a waiter that checked before the LISTEN took effect checks again
         for channel in sorted(dropped):
+            await conn.execute(
+                sql.SQL("DELETE FROM {} WHERE channel = %s AND pid = pg_backend_pid()").format(listeners), (channel,)
+            )
             await conn.execute(sql.SQL("UNLISTEN {}").format(sql.Identifier(channel)))
 
     async def _relay(self, conn: psycopg.AsyncConnection[object]) -> None:

@@ -317,7 +317,10 @@ async def claim(tx: Tx, attempt_ids: Sequence[str], worker_id: str | None, now: 
     """Take up to ``len(attempt_ids)`` rollouts from the head of the queue, each with a new attempt (these ids, in
     queue order): one call of ``agl_claim``. Rows other claimers hold are skipped (``FOR UPDATE SKIP LOCKED``):
     concurrent claimers take different rollouts, none waits."""
-    rows = await tx.call("SELECT * FROM agl_claim($1::text[], $2, $3)", (attempt_ids, worker_id, now))
+    if len(attempt_ids) == 1:  # a dequeue_rollout: no list for psycopg to dump
+        rows = await tx.call("SELECT * FROM agl_claim(ARRAY[$1::text], $2, $3)", (attempt_ids[0], worker_id, now))
+    else:
+        rows = await tx.call("SELECT * FROM agl_claim($1::text[], $2, $3)", (attempt_ids, worker_id, now))
     claimed = []
     for row, attempt_id in zip(rows, attempt_ids):
         attempt = Attempt(

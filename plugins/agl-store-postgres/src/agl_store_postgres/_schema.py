@@ -7,7 +7,8 @@ the missing migrations in the same transaction: several processes opening an old
 once, and a failed migration leaves it as it was.
 
 Version 2 adds ``rollouts.supervised`` and the functions that make the hot operations one round trip each; version 3
-makes a span of a running attempt two statements of ``agl_add_span`` instead of four.
+makes a span of a running attempt two statements of ``agl_add_span`` instead of four; version 4 sends a NOTIFY only
+while some process listens on its channel (``listeners``, ``agl_notify``).
 """
 
 from __future__ import annotations
@@ -347,7 +348,50 @@ BEGIN
 END $$;
 """
 
-MIGRATIONS: list[tuple[int, str]] = [(1, _V1), (2, _V2), (3, _V3)]
+
+def _notifying_through_agl_notify(script: str, function: str) -> str:
+    """``function``'s definition in ``script``, as ``CREATE OR REPLACE``, calling ``agl_notify`` where it called
+    ``pg_notify``."""
+    start = script.index(f"CREATE FUNCTION {function}(")
+    definition = script[start : script.index("END $$;", start) + len("END $$;")]
+    assert definition.count("PERFORM pg_notify(p_channel, '');") == 1
+    return (
+        definition.replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1).replace(
+            "PERFORM pg_notify(p_channel, '');", "PERFORM agl_notify(p_channel);"
+        )
+        + "\n"
+    )
+
+
+_V4 = (
+    """
+-- The processes that LISTEN on a channel now (their listener's backend pid, one row per channel): a change sends its
+-- NOTIFY only when there is one. A NOTIFY costs its transaction a database-wide lock held through its commit, so
+-- that notifying commits (every enqueue, every ended rollout) were flushed one at a time, never together, even when
+-- nobody listened. A listener registers after its LISTEN under the channel's advisory lock, exclusively, and a
+-- sender looks for it under the same lock, shared, held to its commit: a sender that did not see a registration
+-- committed before it, so the waiter's check after the registration sees the sender's rows.
+CREATE TABLE listeners (
+    channel text COLLATE "C" NOT NULL,
+    pid integer NOT NULL,
+    PRIMARY KEY (channel, pid)
+);
+
+CREATE FUNCTION agl_notify(p_channel text) RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_advisory_xact_lock_shared(hashtextextended(p_channel, 0));
+    IF EXISTS (SELECT 1 FROM listeners WHERE channel = p_channel) THEN
+        PERFORM pg_notify(p_channel, '');
+    END IF;
+END $$;
+
+-- agl_enqueue and agl_move_attempt as in version 2, notifying through agl_notify.
+"""
+    + _notifying_through_agl_notify(_V2, "agl_enqueue")
+    + _notifying_through_agl_notify(_V2, "agl_move_attempt")
+)
+
+MIGRATIONS: list[tuple[int, str]] = [(1, _V1), (2, _V2), (3, _V3), (4, _V4)]
 """``(version, script)`` in order; a schema at version N gets every script above N."""
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]
