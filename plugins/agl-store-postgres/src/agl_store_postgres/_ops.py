@@ -1,9 +1,8 @@
 """The store's state machine on rows: each write operation runs inside one transaction (``tx.conn``).
 
 The hot ones (enqueue, claim, a span, an attempt's status change in the common states) are instead one call each of
-a function of the schema (``_schema``, versions 2 and 3), with the decisions taken here all the same; the general paths
-below handle everything else, including what those calls leave (they return ``None`` where the rows were not as
-assumed).
+a function of the schema (``_schema``), with the decisions taken here all the same; the general paths below handle
+everything else, including what those calls leave (they return ``None`` where the rows were not as assumed).
 
 This mirrors the in-memory store (``agl_kernel.store.memory``) step by step and takes every decision from
 ``agl_kernel.store.policy``. An operation first locks the rollout rows it decides on (``SELECT ... FOR UPDATE``, in
