@@ -72,8 +72,8 @@ $(DASHBOARD)/node_modules/.installed: $(DASHBOARD)/package-lock.json
 	cd $(DASHBOARD) && npm ci --no-audit --no-fund
 	touch $@
 
-demo: setup
-	$(BIN)/python contrib/recipes/grpo_calculator.py
+demo: setup  # ARGS passes options to the recipe: make demo ARGS=--async
+	$(BIN)/python contrib/recipes/grpo_calculator.py $(ARGS)
 
 bench: setup
 	$(BIN)/python benchmarks/store_cycle.py --store memory
