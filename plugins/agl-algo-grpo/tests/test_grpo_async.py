@@ -232,28 +232,20 @@ async def _runner(store: InMemoryLightningStore, served: _Served, stop: asyncio.
         await store.update_attempt(attempted.rollout_id, attempted.attempt.attempt_id, status=AttemptStatus.SUCCEEDED)
 
 
-@pytest.mark.asyncio
-async def test_stale_samples_are_dropped_and_counted_in_the_loop() -> None:
-    """max_staleness=1 over 4 steps: the rollouts of step s+1 are enqueued (ahead) with step s's; the lagging
-    agent's samples are 0, 1, 2, 3 versions old at steps 1..4: dropped from step 3 on, in the step's metrics and
-    the report; the others are trained on, importance-weighted where one version old. Validations (every step)
-    run in the background, each on the version it validates."""
+async def _run_grpo(tasks: list[dict[str, Any]], console: Console, **options: Any) -> tuple[Any, list[Any], list[Any]]:
+    """GRPO on the tiny model behind :class:`_Served`, one :func:`_runner` running its rollouts, the first task
+    as the validation set: (the report, its training and validation rollouts in creation order — the queue's
+    order —, the policy version each validation rollout's call was served by)."""
     served = _Served()
-    tasks = [{"prompt": [5, 17, 33, 2], "lagging": False}, {"prompt": [9, 90, 4], "lagging": True}]
     publisher = LLMPublisher(served, ProxyLLM(endpoint="http://127.0.0.1:1/v1", model="tiny"))
-    out = io.StringIO()
     grpo = GRPO(
         tiny_llama(),
         publisher=publisher,
-        console=Console(file=out, width=250),
-        steps=4,
-        batch_size=2,
-        group_size=4,
+        console=console,
         learning_rate=1e-2,
         micro_batch_size=8,
-        max_staleness=1,
         skip_zero_advantage=False,
-        val_every=1,
+        **options,
         **CPU,
     )
     async with InMemoryLightningStore() as store:
@@ -264,14 +256,29 @@ async def test_stale_samples_are_dropped_and_counted_in_the_loop() -> None:
         finally:
             stop.set()
             await runner
-        train = (await store.query_rollouts(mode_in=[RolloutMode.TRAIN])).items
-        validation = (await store.query_rollouts(mode_in=[RolloutMode.VAL])).items
-        # validations ran in the background while the next step trained, each on the version it validates: the
-        # proxy-recorded resources version is the one published for it (resources version = policy version + 1)
+        rollouts = (await store.query_rollouts(mode_in=[RolloutMode.TRAIN, RolloutMode.VAL])).items
+        # the proxy-recorded resources version of each validation call (resources version = policy version + 1)
         validated = []
-        for rollout in validation:
-            [call] = [s for s in (await store.query_spans(rollout.rollout_id, "latest")).items if s.name == "chat tiny"]
-            validated.append((rollout.metadata["grpo_validation"], call.attributes[semconv.RESOURCES_VERSION] - 1))
+        for rollout in rollouts:
+            if rollout.mode is RolloutMode.VAL:
+                spans = (await store.query_spans(rollout.rollout_id, "latest")).items
+                [call] = [s for s in spans if s.name == "chat tiny"]
+                validated.append((rollout.metadata["grpo_validation"], call.attributes[semconv.RESOURCES_VERSION] - 1))
+    return report, rollouts, validated
+
+
+@pytest.mark.asyncio
+async def test_stale_samples_are_dropped_and_counted_in_the_loop() -> None:
+    """max_staleness=1 over 4 steps: the rollouts of step s+1 are enqueued (ahead) with step s's; the lagging
+    agent's samples are 0, 1, 2, 3 versions old at steps 1..4: dropped from step 3 on, in the step's metrics and
+    the report; the others are trained on, importance-weighted where one version old. Validations (every step)
+    run in the background, each on the version it validates."""
+    tasks = [{"prompt": [5, 17, 33, 2], "lagging": False}, {"prompt": [9, 90, 4], "lagging": True}]
+    out = io.StringIO()
+    report, rollouts, validated = await _run_grpo(
+        tasks, Console(file=out, width=250), steps=4, batch_size=2, group_size=4, max_staleness=1, val_every=1
+    )
+    # validations ran in the background while the next step trained, each on the version it validates
     assert sorted(validated) == [(step, step) for step in range(5)]
     assert [v["val_rollouts"] for v in report.validations] == [1.0] * 5
     assert [v["run_time_s"] for v in report.validations] == sorted(v["run_time_s"] for v in report.validations)
@@ -282,6 +289,7 @@ async def test_stale_samples_are_dropped_and_counted_in_the_loop() -> None:
     assert all(m["triplets"] == 8 and m["triplets_trained"] == 8 - d for m, d in zip(report.history, dropped))
     assert report.history[1]["stale_tokens"] > 0  # the lagging group, one version old, importance-weighted
     # enqueued ahead: steps 0 and 1 under version 0, step s+1 under version s after that
+    train = [r for r in rollouts if r.mode is RolloutMode.TRAIN]
     enqueued = {(r.metadata["grpo_step"], r.metadata["policy_version"]) for r in train}
     assert enqueued == {(0, 0), (1, 0), (2, 1), (3, 2)}
     assert "dropped" in out.getvalue() and "stale" in out.getvalue()  # the console's asynchronous columns
@@ -292,46 +300,16 @@ async def test_a_background_validation_has_at_most_one_step_of_training_rollouts
     """max_staleness=2, a validation every 2 steps: the store's queue is FIFO, so the steps after a validation's
     next are enqueued only after the validation's rollouts (it holds the next publish until it ends; behind two
     steps of training rollouts it would stall the run); each validation still samples the version it validates."""
-    served = _Served()
     tasks = [{"prompt": [5, 17, 33, 2], "lagging": False}, {"prompt": [9, 90, 4], "lagging": False}]
-    publisher = LLMPublisher(served, ProxyLLM(endpoint="http://127.0.0.1:1/v1", model="tiny"))
-    grpo = GRPO(
-        tiny_llama(),
-        publisher=publisher,
-        console=Console(file=io.StringIO()),
-        steps=5,
-        batch_size=1,
-        group_size=2,
-        learning_rate=1e-2,
-        micro_batch_size=8,
-        max_staleness=2,
-        skip_zero_advantage=False,
-        val_every=2,
-        **CPU,
+    report, rollouts, validated = await _run_grpo(
+        tasks, Console(file=io.StringIO()), steps=5, batch_size=1, group_size=2, max_staleness=2, val_every=2
     )
-    async with InMemoryLightningStore() as store:
-        stop = asyncio.Event()
-        runner = asyncio.create_task(_runner(store, served, stop))
-        try:
-            report = await asyncio.wait_for(grpo.run(store, tasks, tasks[:1]), timeout=120)
-        finally:
-            stop.set()
-            await runner
-        # in creation order (the queue's order); the metrics rollout aside
-        rollouts = (await store.query_rollouts(mode_in=[RolloutMode.TRAIN, RolloutMode.VAL])).items
-        order: list[str] = []
-        for rollout in rollouts:
-            meta = rollout.metadata
-            name = f"val {meta['grpo_validation']}" if rollout.mode is RolloutMode.VAL else f"step {meta['grpo_step']}"
-            if not order or order[-1] != name:
-                order.append(name)
-        validated = []
-        for rollout in rollouts:
-            if rollout.mode is RolloutMode.VAL:
-                [call] = [
-                    s for s in (await store.query_spans(rollout.rollout_id, "latest")).items if s.name == "chat tiny"
-                ]
-                validated.append((rollout.metadata["grpo_validation"], call.attributes[semconv.RESOURCES_VERSION] - 1))
+    order: list[str] = []  # the queue's order, a name per run of rollouts
+    for rollout in rollouts:
+        meta = rollout.metadata
+        name = f"val {meta['grpo_validation']}" if rollout.mode is RolloutMode.VAL else f"step {meta['grpo_step']}"
+        if not order or order[-1] != name:
+            order.append(name)
     # val 2 and val 4 run in the background; 3 is enqueued after val 2 (not with 1 and 2 at step 1's start)
     assert order == ["val 0", "step 0", "step 1", "step 2", "val 2", "step 3", "step 4", "val 4", "val 5"]
     assert validated == [(0, 0), (2, 2), (4, 4), (5, 5)]
