@@ -26,7 +26,9 @@ same machine's ``time.time()``); p50/p99 of ``--wakeups`` samples, for Postgres 
 (``time.process_time``: the workers, psycopg, the store's background thread) and the cluster's processes
 (utime + stime of the postmaster and its children from /proc: backends, walwriter, ...), over ``--rollouts`` timed
 rollouts on a warm store, with the commits, WAL records, WAL bytes and WAL flushes per rollout from the server's
-statistics. Unlike throughput, CPU per rollout hardly depends on what else runs on the machine.
+statistics (each run waits 10 s after its warm-up, until the backends have published their statistics). CPU per
+rollout depends less than throughput on what else runs on the machine, but still moves with it (a loaded machine
+changes how many spans go in one batch): compare versions interleaved, in the same conditions.
 """
 
 from __future__ import annotations
@@ -182,16 +184,17 @@ async def cpu_run(cluster: PostgresCluster, workers: int, rollouts: int, warmup:
     store = open_store("postgres", dsn, "c" + uuid.uuid4().hex[:12])
     try:
         await run_cycles(AglOps(store), workers=workers, rollouts=max(warmup, 1) * workers)
-        await asyncio.sleep(1.0)  # stats of the warm-up reach the statistics collector
+        # A backend publishes its statistics at most once a second while busy, and 10 s after it went idle.
+        await asyncio.sleep(10.5)
         counters = await _server_counters(dsn)
         before, client = cluster_cpu(cluster), time.process_time()
         result = await run_cycles(AglOps(store), workers=workers, rollouts=rollouts)
         client = time.process_time() - client
         after = cluster_cpu(cluster)
-        await asyncio.sleep(1.0)
-        counters = {k: v - counters[k] for k, v in (await _server_counters(dsn)).items()}
     finally:
-        await store.close()
+        await store.close()  # its backends exit, publishing what they had not yet
+    await asyncio.sleep(0.5)
+    counters = {k: v - counters[k] for k, v in (await _server_counters(dsn)).items()}
     tick = os.sysconf("SC_CLK_TCK")
     report = {"rollouts_per_s": result["rollouts_per_s"], "client_ms": 1000 * client / rollouts}
     for pid, (ticks, command) in after.items():
