@@ -405,17 +405,10 @@ class GRPO(Algorithm):
         When a validation will run in the background after this step's update, at most the next step's rollouts
         are enqueued ahead of it: the store's queue is FIFO, and a validation queued behind k steps of training
         rollouts would hold the next publish (see :meth:`_publish`) until all of them had run. The later steps'
-        rollouts are enqueued by the next step, after the validation's.
-
-        The look-ahead ramps up: one step enqueues at most two steps' rollouts (one while a validation runs in the
-        background). Runners take whatever is queued at once, so k + 1 steps' rollouts enqueued together are
-        generated together, and the step that needs the first of them waits for all of them (at the start of the
-        run, and after each validation, whose rollouts would share the cores with two steps' more)."""
+        rollouts are enqueued by the next step, after the validation's."""
         last = min(policy.step + self.config.max_staleness, self.config.steps - 1)
         if self._background_validation_after(policy.step + 1):
             last = min(last, policy.step + 1)
-        enqueued_through = max(self._ahead, default=policy.step - 1)
-        last = min(last, enqueued_through + (1 if self._validating is not None else 2))
         for step in range(policy.step, last + 1):
             if step not in self._ahead:
                 requests = [
