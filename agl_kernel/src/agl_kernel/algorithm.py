@@ -145,7 +145,9 @@ def _where(frames: list[tuple[str, str]]) -> str | None:
     import sysconfig
 
     roots = {sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["purelib"]}
-    for name, module in list(sys.modules.items()):  # agl's packages, editable installs included
+    # A copy, as the standard library takes one (inspect.getmodule): another thread, or a finalizer the garbage
+    # collector runs meanwhile, may import a module while this loop walks them (seen under Ray's actor threads).
+    for name, module in sys.modules.copy().items():  # agl's packages, editable installs included
         if "." not in name and name.startswith("agl_") and getattr(module, "__file__", None):
             roots.add(os.path.dirname(module.__file__ or ""))
     skip = tuple(os.path.join(os.path.realpath(root), "") for root in roots if root)
