@@ -139,10 +139,13 @@ async def train(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     if args.device == "cpu":
         keep_freed_memory()  # before the threads that load, serve and train start (see its docstring)
     policy_model, served_model, tokenizer = await asyncio.to_thread(load_models, args)
-    backend = ModelServerBackend()  # the LLM backend GRPO serves with when it is selected by name
+    # The LLM backend GRPO serves with when it is selected by name. At most one step's rollouts decode together:
+    # on a CPU a decode step's cost grows with its rows past a few, so a bigger batch adds no throughput; it lets
+    # the next steps' rollouts (asynchronous GRPO) slow down the oldest, which the proxy's priority serves first.
+    backend = ModelServerBackend(max_batch_size=args.max_batch or args.batch_size * args.group_size)
     base_url = await backend.start(served_model, tokenizer, model_name="policy")
     store = make_store(args.store, path=args.path)
-    proxy = LLMProxy(store, [base_url])
+    proxy = LLMProxy(store, [base_url], priority=backend.priority_scheduling)
     train_tasks, val_tasks = make_tasks(args.train_tasks, args.seed), make_tasks(args.val_tasks, args.seed + 10_000)
     try:
         async with running_server(store, route_handlers=proxy.routes()) as url:
@@ -259,6 +262,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--async", dest="max_staleness", action="store_const", const=1, help="--max-staleness 1")
     parser.add_argument(
+        "--max-batch",
+        type=int,
+        default=None,
+        help="sequences the model server decodes together at most (default: one step's rollouts, batch x group)",
+    )
+    parser.add_argument(
         "--tool-seconds",
         type=_seconds_range,
         default=None,
@@ -280,6 +289,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.max_staleness < 0:
         parser.error("--max-staleness must be 0 (synchronous) or more")
+    if args.max_batch is not None and args.max_batch < 1:
+        parser.error("--max-batch must be 1 or more")
     return args
 
 

@@ -430,3 +430,42 @@ def test_a_backend_that_is_gone_after_a_failed_call_is_skipped():
     assert first.status_code == 502, first.text
     assert second.status_code == 200, second.text  # the rollout moved to the backend that is up
     assert spans[-1].attributes["agl.llm.backend"] == healthy.base_url
+
+
+def test_with_priority_each_call_is_sent_its_rollouts_enqueue_time_and_an_agents_own_priority_is_kept():
+    """``LLMProxy(priority=True)``: the backend gets ``priority`` = when the call's rollout was enqueued (µs), so one
+    that schedules by priority serves older rollouts first; without it, no ``priority`` is sent (vLLM refuses one
+    unless started with priority scheduling)."""
+    with FakeOpenAIServer() as backend:
+
+        async def body(store, priority):
+            proxy = LLMProxy(store, [backend.base_url], priority=priority)
+            async with running_server(store, route_handlers=proxy.routes()) as url:
+                try:
+                    older = await store.start_rollout({"q": "older"})
+                    newer = await store.start_rollout({"q": "newer"})
+                    rollouts = [older, newer, older]
+                    for i, attempted in enumerate(rollouts):
+                        base = ProxyLLM(endpoint=url, model="m").get_base_url(
+                            attempted.rollout_id, attempted.attempt.attempt_id
+                        )
+                        client = openai.AsyncOpenAI(base_url=base, api_key="x", max_retries=0)
+                        extra = {"priority": -7} if i == 2 else None  # the agent's own: kept
+                        await client.chat.completions.create(
+                            model="m", messages=[{"role": "user", "content": "hi"}], extra_body=extra
+                        )
+                    return [(await store.get_rollout(r.rollout_id)).start_time for r in rollouts]
+                finally:
+                    await proxy.aclose()
+
+        async def run(priority):
+            async with InMemoryLightningStore() as store:
+                return await body(store, priority)
+
+        started = asyncio.run(run(True))
+        sent = [call["request"].get("priority") for call in backend.calls]
+        assert sent == [int(started[0] * 1_000_000), int(started[1] * 1_000_000), -7]
+        assert sent[0] < sent[1]  # the older rollout's calls come first
+        backend.calls.clear()
+        asyncio.run(run(False))
+        assert [call["request"].get("priority") for call in backend.calls] == [None, None, -7]

@@ -28,6 +28,11 @@ __all__ = ["LLMBackend"]
 class LLMBackend(abc.ABC):
     """Serves the policy being trained over an OpenAI-compatible API with token ids and logprobs."""
 
+    priority_scheduling: bool = False
+    """Whether the server takes requests' ``priority`` field (lower first) when they wait for room in its batch;
+    the LLM proxy in front of it then sends each call's rollout's enqueue time (``LLMProxy(priority=True)``), so
+    the oldest rollouts are generated first."""
+
     @abc.abstractmethod
     async def start(self, model: Any, tokenizer: Any, *, model_name: str, max_tokens: int | None = None) -> str:
         """Serve ``model`` as ``model_name`` (``max_tokens``: the default completion length); return the OpenAI

@@ -173,3 +173,48 @@ def test_requests_arriving_together_share_the_first_prefill(tiny: tuple[Any, Any
         assert engine.stats()["prefill_batch_sizes"] == {6: 1}
     finally:
         engine.stop()
+
+
+@pytest.mark.parametrize("static", [False, True], ids=["dynamic", "static"])
+def test_waiting_requests_are_admitted_lowest_priority_first_then_in_order(tiny: tuple[Any, Any], static: bool) -> None:
+    """With no room in the batch (one row here), requests wait and are admitted by ``priority`` (lower first; the
+    LLM proxy sends each rollout's enqueue time), those of equal priority in the order they came; each as soon as
+    the row before it has retired, with no new request to wake the engine (it used to sleep with some waiting)."""
+    import threading
+    import time
+
+    from agl_model_server import ModelServer
+
+    model, tokenizer = tiny
+    server = ModelServer(model=model, tokenizer=tokenizer, max_batch_size=1, static_decode=static).start()
+    finished: list[str] = []
+    lock = threading.Lock()
+
+    def generate(name: str, priority: int) -> None:
+        server.generate(f"request {name}", max_tokens=3, temperature=0, priority=priority)
+        with lock:
+            finished.append(name)
+
+    try:
+        requests = [("b", 5), ("c", -1), ("d", 5), ("e", 0), ("f", 0)]
+        threads = [threading.Thread(target=generate, args=request) for request in requests]
+        with server.paused(bump_version=False):  # nothing runs: every request is waiting when the engine resumes
+            for thread in threads:
+                thread.start()
+                deadline = time.monotonic() + 30  # each in the queue before the next, so "came first" is defined
+                while server.engine.stats()["waiting"] < len(finished) + threads.index(thread) + 1:
+                    assert time.monotonic() < deadline, server.engine.stats()
+                    time.sleep(0.002)
+        for thread in threads:
+            thread.join(30)
+        assert finished == ["c", "e", "f", "b", "d"]
+    finally:
+        server.stop()
+
+
+def test_priority_must_be_an_integer(client: httpx.Client) -> None:
+    body = {"model": "tiny", "prompt": "a", "max_tokens": 2, "priority": "high"}
+    response = client.post("/v1/completions", json=body)
+    assert response.status_code == 400, response.text
+    assert "priority" in response.text
+    assert client.post("/v1/completions", json={**body, "priority": -3}).status_code == 200

@@ -22,6 +22,11 @@ class LLMProxy(BackendPool):
     - ``request_token_ids`` / ``request_logprobs``: ask backends for them (vLLM and agl's model server answer).
     - ``timeout``: seconds a backend may take for one call; ``retry_after``: how long a backend that is down is
       skipped (see :mod:`agl_kernel.proxy._backends` for when it is).
+    - ``priority``: send each call's ``priority`` (vLLM's extension; lower is served first) as the time its
+      rollout was enqueued, in microseconds, unless the agent set one: a backend that schedules by priority then
+      serves the oldest rollouts first (a training step's before the next step's, a validation before the
+      rollouts enqueued after it). Only for backends that accept the field (agl-model-server; vLLM started with
+      ``--scheduling-policy priority``): see :attr:`agl_kernel.llm_backend.LLMBackend.priority_scheduling`.
     """
 
     def __init__(
@@ -34,9 +39,10 @@ class LLMProxy(BackendPool):
         timeout: float = 300.0,
         retry_after: float = 5.0,
         sticky_rollouts: int = 100_000,
+        priority: bool = False,
     ) -> None:
         super().__init__(backends, retry_after=retry_after, sticky_rollouts=sticky_rollouts)
-        self.store, self.timeout = store, timeout
+        self.store, self.timeout, self.priority = store, timeout, priority
         self.request_token_ids, self.request_logprobs = request_token_ids, request_logprobs
         limits = httpx.Limits(max_connections=256)
         self._client = httpx.AsyncClient(timeout=httpx.Timeout(timeout, connect=5.0), limits=limits)
@@ -56,7 +62,9 @@ class LLMProxy(BackendPool):
         Raises :class:`ProxyError` for calls refused before reaching a backend."""
         body = parse_request(operation, raw, token_ids=self.request_token_ids, logprobs=self.request_logprobs)
         request = request_attributes(operation, body)  # before entering: nothing may fail between that and the try
-        resources = await attempt_resources(self.store, rollout_id, attempt_id)
+        rollout, resources = await attempt_resources(self.store, rollout_id, attempt_id)
+        if self.priority:
+            body.setdefault("priority", int(rollout.start_time * 1_000_000))
         backend = await self._enter(rollout_id)
         attributes = {**request, semconv.LLM_BACKEND: backend.url, **resources}
         record = CallRecord(self.store, operation, rollout_id, attempt_id, attributes)

@@ -9,7 +9,7 @@ from typing import Any
 from agl_kernel import semconv
 from agl_kernel.errors import NotFoundError
 from agl_kernel.llm_calls import span_name
-from agl_kernel.models import Span, SpanStatus
+from agl_kernel.models import Rollout, Span, SpanStatus
 from agl_kernel.proxy._openai import ProxyError
 from agl_kernel.store.base import LightningStore
 from agl_kernel.tracer import exception_attributes, new_span_id, new_trace_id
@@ -17,19 +17,20 @@ from agl_kernel.tracer import exception_attributes, new_span_id, new_trace_id
 log = logging.getLogger(__name__)
 
 
-async def attempt_resources(store: LightningStore, rollout_id: str, attempt_id: str) -> dict[str, Any]:
-    """The attributes of the resources the attempt's rollout runs with; a 404 when there is no such attempt."""
+async def attempt_resources(store: LightningStore, rollout_id: str, attempt_id: str) -> tuple[Rollout, dict[str, Any]]:
+    """The attempt's rollout and the attributes of the resources it runs with; a 404 when there is no such
+    attempt."""
     try:
         rollout = await store.get_rollout(rollout_id)
         await store.get_attempt(rollout_id, attempt_id)
     except NotFoundError as exc:
         raise ProxyError(404, f"unknown rollout or attempt: {exc}", "not_found_error") from exc
     if rollout.resources_id is None:
-        return {}
+        return rollout, {}
     attributes: dict[str, Any] = {semconv.RESOURCES_ID: rollout.resources_id}
     with contextlib.suppress(NotFoundError):  # the update is gone: the id alone
         attributes[semconv.RESOURCES_VERSION] = (await store.get_resources(rollout.resources_id)).version
-    return attributes
+    return rollout, attributes
 
 
 class CallRecord:

@@ -148,7 +148,7 @@ async def serving(
     }
     try:
         base_url = await backend.start(model, tokenizer, model_name=SERVED_MODEL_NAME, max_tokens=max_tokens)
-        proxy = LLMProxy(store, [base_url])
+        proxy = LLMProxy(store, [base_url], priority=backend.priority_scheduling)
         try:
             async with running_server(store, route_handlers=proxy.routes(), plugins=False) as url:
                 llm = ProxyLLM(endpoint=url, model=SERVED_MODEL_NAME)

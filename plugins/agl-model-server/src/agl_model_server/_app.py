@@ -148,6 +148,7 @@ def create_app(server: ModelServer) -> Litestar:
             skip_special_tokens=req.skip_special_tokens,
             incremental=bool(req.stream),
             adapter=adapter,
+            priority=req.priority,
         )
 
     async def finish(run: RequestRun) -> None:

@@ -70,7 +70,9 @@ class EngineError(AglError, RuntimeError):
 
 
 class _Seq:
-    __slots__ = ("adapter", "generated", "generator", "id", "params", "prompt", "sink", "stop_ids", "version")
+    __slots__ = (
+        "adapter", "generated", "generator", "id", "params", "priority", "prompt", "sink", "stop_ids", "version",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -79,9 +81,11 @@ class _Seq:
         params: SamplingParams,
         sink: Callable[[TokenEvent], None],
         adapter: int = 0,
+        priority: int = 0,
     ):
         self.id = seq_id
         self.adapter = adapter
+        self.priority = priority
         self.prompt = prompt
         self.params = params
         self.sink = sink
@@ -194,13 +198,15 @@ class Engine:
         sink: Callable[[TokenEvent], None],
         *,
         adapter: str | None = None,
+        priority: int = 0,
     ) -> int:
         """Queue a sequence; returns its id. ``sink`` receives its :class:`TokenEvent` objects, the last one with a
         ``finish_reason``. ``adapter``: the LoRA adapter to generate under (loaded before; ``None``: the base
-        model); one not loaded is a ``KeyError``."""
+        model); one not loaded is a ``KeyError``. ``priority``: waiting sequences are admitted lowest first (then in
+        the order they came), as vLLM's priority scheduling does; it matters once ``max_batch_size`` are running."""
         if not prompt:
             raise ValueError("the prompt has no tokens")
-        seq = _Seq(next(self._ids), list(prompt), params, sink, self.adapters.slot(adapter))
+        seq = _Seq(next(self._ids), list(prompt), params, sink, self.adapters.slot(adapter), int(priority))
         if params.seed is not None:
             seq.generator = torch.Generator(device=self.device)
             seq.generator.manual_seed(int(params.seed) & 0xFFFF_FFFF_FFFF_FFFF)
@@ -288,15 +294,26 @@ class Engine:
 
     def _loop_once(self) -> bool:
         with self._cv:
-            while not (self._stopping or self._incoming or self._aborts or self._commands or self._swaps or self._rows):
+            while not (
+                self._stopping
+                or self._incoming
+                or self._waiting  # left when the batch was full; admitted as soon as its rows have retired
+                or self._aborts
+                or self._commands
+                or self._swaps
+                or self._rows
+            ):
                 self._cv.wait()
             if self._stopping:
                 return False
             swaps, self._swaps = self._swaps, collections.deque()
             if not self._rows and self._incoming and not self._commands and self.gather_s > 0:
                 self._gather()
-            self._waiting.extend(self._incoming)
-            self._incoming.clear()
+            if self._incoming:
+                self._waiting.extend(self._incoming)
+                self._incoming.clear()
+                if any(seq.priority != self._waiting[0].priority for seq in self._waiting):
+                    self._waiting = collections.deque(sorted(self._waiting, key=lambda seq: (seq.priority, seq.id)))
             aborts, self._aborts = self._aborts, set()
             command = self._commands[0] if self._commands else None
         events: list[TokenEvent] = []

@@ -91,12 +91,14 @@ class RequestRun:
         skip_special_tokens: bool = True,
         incremental: bool = True,
         adapter: str | None = None,
+        priority: int = 0,
     ) -> None:
         """``incremental=False``: the caller only wants the end result (no stream); without stop strings the
         tokens are then taken in one piece when each choice ends. ``adapter``: the LoRA adapter to generate under
-        (``None``: the base model)."""
+        (``None``: the base model). ``priority``: the engine admits lower first (see :meth:`Engine.submit`)."""
         self.engine = engine
         self.adapter = adapter
+        self.priority = priority
         self.whole = not incremental and not any(stop)
         self.prompts = [list(p) for p in prompts]
         self.choices: list[Choice] = []
@@ -135,7 +137,9 @@ class RequestRun:
         try:
             for choice in self.choices:
                 sink = _Sink(loop, queue, choice.index, self.whole)
-                choice.seq_id = self.engine.submit(choice.prompt_ids, choice.params, sink, adapter=self.adapter)
+                choice.seq_id = self.engine.submit(
+                    choice.prompt_ids, choice.params, sink, adapter=self.adapter, priority=self.priority
+                )
         except EngineError as err:
             self.cancel()
             raise ApiError(f"The model server is shutting down: {err}", status=503, code="unavailable") from err

@@ -75,6 +75,8 @@ class _Common(msgspec.Struct, kw_only=True):
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True
     min_tokens: int = 0
+    priority: int = 0
+    """Lower is admitted first when requests wait for room in the batch (vLLM's priority scheduling)."""
 
 
 class ChatRequest(_Common, kw_only=True):

@@ -322,12 +322,14 @@ class ModelServer:
         stop: Sequence[str] = (),
         timeout: float = 600,
         adapter: str | None = None,
+        priority: int = 0,
     ) -> dict[str, Any]:
         """Generate one completion through the engine (batched with everything else in flight), without HTTP.
         ``prompt`` is a text, token ids, or chat messages. Returns ``text``, ``token_ids``, ``prompt_token_ids``,
         ``logprobs`` (sampling distribution), ``model_logprobs`` (temperature 1), ``finish_reason`` and
         ``weights_version``. ``adapter``: a LoRA adapter loaded with :meth:`load_adapter` (``None``: the base
-        model)."""
+        model). ``priority``: lower is admitted first when requests wait for room in the batch (as the HTTP
+        requests' ``priority`` field)."""
         if isinstance(prompt, str):
             prompt_ids = self.encode(prompt)
         elif prompt and isinstance(prompt[0], Mapping):
@@ -343,7 +345,7 @@ class ModelServer:
             top_logprobs=top_logprobs,
         )
         events: queue.Queue[TokenEvent] = queue.Queue()
-        seq_id = self.engine.submit(prompt_ids, params, events.put, adapter=adapter)
+        seq_id = self.engine.submit(prompt_ids, params, events.put, adapter=adapter, priority=priority)
         assembler = TextAssembler(self.tokenizer, stop=stop)
         out: dict[str, Any] = {"prompt_token_ids": prompt_ids, "token_ids": [], "logprobs": [], "model_logprobs": []}
         out["top_logprobs"] = []

@@ -40,6 +40,7 @@ class ModelServerBackend(LLMBackend):
     in between two decode steps (``drain_on_load``: copies them in place once the running requests have finished)."""
 
     Options = ModelServerBackendOptions
+    priority_scheduling = True
 
     def __init__(
         self,
