@@ -174,6 +174,42 @@ def test_a_stale_sample_is_weighted_as_the_formula_says(samples: list[TrainingSa
         assert 0 < truncated < 1  # some tokens became likelier, some less: the cap cut the first ones only
 
 
+def test_the_proximal_logprobs_come_from_the_updates_own_forward_pass(samples: list[TrainingSample]) -> None:
+    """One optimizer step per update (the default): the stale rows' proximal logprobs are those of the update's own
+    forward pass, on the same weights as a pass of their own would be. Same gradients and weights, one forward pass
+    per micro-batch instead of two. A model with dropout (or several optimizer steps per update) keeps the pass."""
+    results = []
+    for own_pass in (False, True):
+        policy = PolicyTrainer(tiny_llama(), GRPOConfig(learning_rate=1e-3, micro_batch_size=8, **CPU))
+        stale = _versioned(with_sampling_logprobs(policy, samples), 0)
+        policy.train_step(synthetic_samples(seed=7))  # version 1: the samples are a version old
+        if own_pass:
+            policy._without_dropout = False  # what a model with dropout gets
+        forwards: list[int] = []
+        hook = policy.model.get_input_embeddings().register_forward_hook(lambda *_, seen=forwards: seen.append(1))
+        recorder = _GradientRecorder(policy)
+        metrics = policy.train_step(stale)
+        hook.remove()
+        results.append((recorder.steps, len(forwards), metrics))
+    (in_update, forwards_in_update, metrics), (own, forwards_own, metrics_own) = results
+    batches = math.ceil(len(samples) / 8)
+    assert (forwards_in_update, forwards_own) == (batches, 2 * batches)
+    assert len(in_update) == len(own) == 1
+    for a, b in zip(in_update[0], own[0]):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-7)
+    for key in ("stale_tokens", "is_weight_mean", "is_truncated_fraction", "recomputed_logprobs"):
+        assert metrics[key] == pytest.approx(metrics_own[key], rel=1e-5), key
+
+    dropping = tiny_llama()
+    dropping.config.attention_dropout = 0.1
+    assert PolicyTrainer(dropping, GRPOConfig(**CPU))._proximal_in_update(8) is False
+    assert PolicyTrainer(tiny_llama(), GRPOConfig(epochs_per_step=2, **CPU))._proximal_in_update(8) is False
+    assert (
+        PolicyTrainer(tiny_llama(), GRPOConfig(micro_batch_size=4, grad_accumulation=1, **CPU))._proximal_in_update(8)
+        is False
+    )
+
+
 # ------------------------------------------------------------------------------------------------ the loop
 
 

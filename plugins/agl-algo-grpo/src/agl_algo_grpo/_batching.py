@@ -139,6 +139,9 @@ class Batch:
     """1.0 on the scored tokens of stale rows that have weights (with :attr:`is_weights`)."""
     truncated_tokens: int = 0
     """Stale tokens whose importance weight was truncated."""
+    proximal_from_update: tuple[torch.Tensor, torch.Tensor] | None = None
+    """``(recompute, stale)`` per row when the rows' proximal logprobs (and importance weights) are to be taken
+    from the update's own forward pass (one optimizer step per update: its weights are the proximal policy's)."""
 
     @property
     def loss_tokens(self) -> int:
