@@ -3,12 +3,14 @@ run's validation reward, synchronous vs asynchronous, several seeds, two figures
 
     python benchmarks/grpo_async.py                         # figures a and b, seeds 0 1 2 (about 20 minutes)
     python benchmarks/grpo_async.py --figure b --max-staleness 2
+    python benchmarks/grpo_async.py --figure b --tool-seconds 1-2 2-4 4-8  # figure b at three tool latencies
     python benchmarks/grpo_async.py --quick                 # the tiny random model, 2 steps (a smoke test)
 
 - **a**: the main job as it is (``make demo``): on a 2-core CPU the rollouts (the model server decoding) and the
   update compete for the same cores, so overlapping them gains only what either leaves idle.
 - **b**: the same job with an agent that waits on its environment, as real agents do: the calculator takes
-  ``--tool-seconds`` (1-2 s, uniform) in each rollout; asynchronous GRPO keeps the update going meanwhile.
+  ``--tool-seconds`` (1-2 s, uniform) in each rollout; asynchronous GRPO keeps the update going meanwhile. Given
+  several latencies, figure b is made at each, and the plot's last panel shows the ratio against the latency.
 
 Both modes get the same fixed pool of ``--runners`` agents (default 12: half of a step's 4 x 6 rollouts, so with the
 1-2 s wait of figure b a step's rollouts take two waves, most of it waiting): synchronously the runners sit idle
@@ -44,9 +46,12 @@ ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "contrib" / "recipes" / "grpo_calculator.py"
 
 
-def run_job(args: argparse.Namespace, work: Path, figure: str, seed: int, staleness: int) -> dict[str, Any]:
-    """One run of the main job in its own process; its report, wall time and the load before it."""
-    name = f"{figure}-seed{seed}-k{staleness}"
+def run_job(
+    args: argparse.Namespace, work: Path, figure: str, tool: str | None, seed: int, staleness: int
+) -> dict[str, Any]:
+    """One run of the main job in its own process (``tool``: the calculator's latency, figure b); its report, wall
+    time and the load before it."""
+    name = f"{figure}{tool or ''}-seed{seed}-k{staleness}"
     steps = args.steps + (args.extra_steps if staleness else 0)
     command = [
         sys.executable,
@@ -61,8 +66,8 @@ def run_job(args: argparse.Namespace, work: Path, figure: str, seed: int, stalen
     ]  # fmt: skip
     if args.runners:
         command += ["--runners", str(args.runners)]
-    if figure == "b":
-        command += ["--tool-seconds", args.tool_seconds]
+    if tool is not None:
+        command += ["--tool-seconds", tool]
     if args.quick:
         command += ["--tiny"]
     load = os.getloadavg()[0]
@@ -75,6 +80,7 @@ def run_job(args: argparse.Namespace, work: Path, figure: str, seed: int, stalen
     result = json.loads((work / f"{name}.json").read_text())
     return {
         "figure": figure,
+        "tool_seconds": tool,
         "seed": seed,
         "max_staleness": staleness,
         "runners": args.runners or None,
@@ -114,11 +120,14 @@ def steps_time(run: dict[str, Any], steps: int) -> float:
     return float(run["history"][steps - 1]["run_time_s"])
 
 
-def summarize(figure: str, runs: list[dict[str, Any]], args: argparse.Namespace, console: Console) -> dict[str, Any]:
-    title = {
-        "a": "a: the main job as it is",
-        "b": f"b: the calculator takes {args.tool_seconds} s",
-    }[figure]
+def title_of(figure: str, tool: str | None) -> str:
+    return "a: the main job as it is" if tool is None else f"b: the calculator takes {tool} s"
+
+
+def summarize(
+    figure: str, tool: str | None, runs: list[dict[str, Any]], args: argparse.Namespace, console: Console
+) -> dict[str, Any]:
+    title = title_of(figure, tool)
     pool = f"{args.runners} runners in both modes" if args.runners else "the recipe's default runners"
     table = Table(title=f"{title} (max_staleness {args.max_staleness} vs synchronous, {pool}; 2-core CPU)")
     for column in (
@@ -190,28 +199,57 @@ def summarize(figure: str, runs: list[dict[str, Any]], args: argparse.Namespace,
     )
     console.print(table)
     steps_ratio = statistics.median(step_ratios)
-    return {"figure": figure, "rows": rows, "median_ratio": median, "median_steps_ratio": steps_ratio}
+    return {
+        "figure": figure,
+        "tool_seconds": tool,
+        "rows": rows,
+        "median_ratio": median,
+        "median_steps_ratio": steps_ratio,
+    }
 
 
-def plot(runs: list[dict[str, Any]], figures: list[str], path: Path, args: argparse.Namespace) -> None:
+def plot(
+    runs: list[dict[str, Any]],
+    variants: list[tuple[str, str | None]],
+    summaries: list[dict[str, Any]],
+    path: Path,
+    args: argparse.Namespace,
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(figures), figsize=(6 * len(figures), 4), squeeze=False)
+    latencies = [s for s in summaries if s["tool_seconds"] is not None]
+    panels = len(variants) + (len(latencies) > 1)
+    fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4), squeeze=False)
     colors = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple"]
-    for axis, figure in zip(axes[0], figures):
-        for run in (r for r in runs if r["figure"] == figure):
+    for axis, (figure, tool) in zip(axes[0], variants):
+        for run in (r for r in runs if r["figure"] == figure and r["tool_seconds"] == tool):
             color = colors[args.seeds.index(run["seed"]) % len(colors)]
             times = [v["run_time_s"] for v in run["validations"]]
             rewards = [v["val_reward_mean"] for v in run["validations"]]
             style = "--" if run["max_staleness"] else "-"
             label = f"seed {run['seed']} " + (f"async k={run['max_staleness']}" if run["max_staleness"] else "sync")
             axis.plot(times, rewards, style, marker="o", color=color, label=label)
-        axis.set_title("a: main job" if figure == "a" else f"b: calculator takes {args.tool_seconds} s", fontsize=10)
+        axis.set_title(title_of(figure, tool), fontsize=10)
         axis.set_xlabel("wall time (s), 2-core CPU")
         axis.set_ylabel("validation reward")
+        axis.legend(fontsize=7)
+    if len(latencies) > 1:  # the ratio against the tool's latency: each seed's, and the median
+        axis = axes[0][-1]
+        mids = [statistics.mean(float(x) for x in s["tool_seconds"].split("-")) for s in latencies]
+        for summary, mid in zip(latencies, mids):
+            ratios = [row["ratio"] for row in summary["rows"] if row["ratio"] is not None]
+            axis.scatter([mid] * len(ratios), ratios, color="tab:gray", s=14)
+        medians = [(mid, s["median_ratio"]) for mid, s in zip(mids, latencies) if s["median_ratio"] is not None]
+        if medians:
+            axis.plot(*zip(*medians), "o-", color="tab:blue", label="median over seeds")
+        axis.axhline(0.6, color="tab:red", linestyle=":", label="0.6")
+        axis.set_xticks(mids, [s["tool_seconds"] for s in latencies])
+        axis.set_xlabel("the calculator's latency (s, uniform)")
+        axis.set_ylabel("async / sync: time to the sync reward")
+        axis.set_title(f"b: max_staleness {args.max_staleness}", fontsize=10)
         axis.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -231,39 +269,48 @@ def main() -> None:
         default=12,
         help="agents in both modes (default 12, half a step's rollouts); 0: the recipe's default per mode",
     )
-    parser.add_argument("--tool-seconds", default="1-2", help="figure b: the calculator's latency, LO-HI seconds")
+    parser.add_argument(
+        "--tool-seconds",
+        nargs="+",
+        default=["1-2"],
+        help="figure b: the calculator's latency, LO-HI seconds (several: figure b at each)",
+    )
     parser.add_argument("--plot", default=None, help="write a PNG of validation reward vs wall time here")
     parser.add_argument("--json", default=None, help="write every run's numbers here")
     parser.add_argument("--quick", action="store_true", help="the tiny random model, 2 steps, one seed")
     args = parser.parse_args()
     if args.quick:
-        args.seeds, args.steps, args.extra_steps, args.val_every, args.tool_seconds = [0], 2, 1, 1, "0.1-0.2"
+        args.seeds, args.steps, args.extra_steps, args.val_every, args.tool_seconds = [0], 2, 1, 1, ["0.1-0.2"]
     if args.runners < 0:
         parser.error("--runners must be 0 (the recipe's default) or more")
     if args.max_staleness < 1:
         parser.error("--max-staleness must be 1 or more (the synchronous run is always made)")
     console = Console(width=200)
-    figures = ["a", "b"] if args.figure == "both" else [args.figure]
+    variants: list[tuple[str, str | None]] = [("a", None)] if args.figure in ("a", "both") else []
+    if args.figure in ("b", "both"):
+        variants += [("b", tool) for tool in args.tool_seconds]
     runs: list[dict[str, Any]] = []
     summaries = []
     with tempfile.TemporaryDirectory(prefix="agl-grpo-async-") as tmp:
         work = Path(tmp)
-        for figure in figures:
+        for figure, tool in variants:
             for index, seed in enumerate(args.seeds):
                 order = (0, args.max_staleness) if index % 2 == 0 else (args.max_staleness, 0)
                 for staleness in order:
-                    run = run_job(args, work, figure, seed, staleness)
+                    run = run_job(args, work, figure, tool, seed, staleness)
                     runs.append(run)
                     last = run["validations"][-1]
                     console.print(
-                        f"figure {figure} seed {seed} max_staleness {staleness}: {len(run['history'])} steps, "
+                        f"{title_of(figure, tool)}, seed {seed}, max_staleness {staleness}: "
+                        f"{len(run['history'])} steps, "
                         f"final validation {last['val_reward_mean']:.3f} at {last['run_time_s']:.0f} s "
                         f"({run['process_s']:.0f} s in all; before: {run['uptime_before']}; "
                         f"after: {run['uptime_after']})"
                     )
-            summaries.append(summarize(figure, [r for r in runs if r["figure"] == figure], args, console))
+            mine = [r for r in runs if r["figure"] == figure and r["tool_seconds"] == tool]
+            summaries.append(summarize(figure, tool, mine, args, console))
     if args.plot:
-        plot(runs, figures, Path(args.plot), args)
+        plot(runs, variants, summaries, Path(args.plot), args)
         console.print(f"plot: {args.plot}")
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "summaries": summaries, "runs": runs}, indent=1))
