@@ -244,11 +244,13 @@ def plot(
             axis.scatter([mid] * len(ratios), ratios, color="tab:gray", s=14)
         medians = [(mid, s["median_ratio"]) for mid, s in zip(mids, latencies) if s["median_ratio"] is not None]
         if medians:
-            axis.plot(*zip(*medians), "o-", color="tab:blue", label="median over seeds")
+            axis.plot(*zip(*medians), "o-", color="tab:blue", label="time to target, median over seeds")
+        steps = [s["median_steps_ratio"] for s in latencies]
+        axis.plot(mids, steps, "s--", color="tab:green", label=f"time of {args.steps} steps, median")
         axis.axhline(0.6, color="tab:red", linestyle=":", label="0.6")
         axis.set_xticks(mids, [s["tool_seconds"] for s in latencies])
         axis.set_xlabel("the calculator's latency (s, uniform)")
-        axis.set_ylabel("async / sync: time to the sync reward")
+        axis.set_ylabel("async / sync")
         axis.set_title(f"b: max_staleness {args.max_staleness}", fontsize=10)
         axis.legend(fontsize=7)
     fig.tight_layout()
