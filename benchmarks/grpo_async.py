@@ -120,14 +120,15 @@ def steps_time(run: dict[str, Any], steps: int) -> float:
     return float(run["history"][steps - 1]["run_time_s"])
 
 
-def title_of(figure: str, tool: str | None) -> str:
+def title_of(tool: str | None) -> str:
+    """Figure a (no tool latency) or figure b at ``tool`` seconds."""
     return "a: the main job as it is" if tool is None else f"b: the calculator takes {tool} s"
 
 
 def summarize(
     figure: str, tool: str | None, runs: list[dict[str, Any]], args: argparse.Namespace, console: Console
 ) -> dict[str, Any]:
-    title = title_of(figure, tool)
+    title = title_of(tool)
     pool = f"{args.runners} runners in both modes" if args.runners else "the recipe's default runners"
     table = Table(title=f"{title} (max_staleness {args.max_staleness} vs synchronous, {pool}; 2-core CPU)")
     for column in (
@@ -232,7 +233,7 @@ def plot(
             style = "--" if run["max_staleness"] else "-"
             label = f"seed {run['seed']} " + (f"async k={run['max_staleness']}" if run["max_staleness"] else "sync")
             axis.plot(times, rewards, style, marker="o", color=color, label=label)
-        axis.set_title(title_of(figure, tool), fontsize=10)
+        axis.set_title(title_of(tool), fontsize=10)
         axis.set_xlabel("wall time (s), 2-core CPU")
         axis.set_ylabel("validation reward")
         axis.legend(fontsize=7)
@@ -303,7 +304,7 @@ def main() -> None:
                     runs.append(run)
                     last = run["validations"][-1]
                     console.print(
-                        f"{title_of(figure, tool)}, seed {seed}, max_staleness {staleness}: "
+                        f"{title_of(tool)}, seed {seed}, max_staleness {staleness}: "
                         f"{len(run['history'])} steps, "
                         f"final validation {last['val_reward_mean']:.3f} at {last['run_time_s']:.0f} s "
                         f"({run['process_s']:.0f} s in all; before: {run['uptime_before']}; "
