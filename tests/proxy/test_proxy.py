@@ -14,7 +14,7 @@ openai = pytest.importorskip("openai")
 
 from agl_kernel import semconv  # noqa: E402
 from agl_kernel.adapters import TripletAdapter  # noqa: E402
-from agl_kernel.models import ProxyLLM  # noqa: E402
+from agl_kernel.models import ProxyLLM, RolloutMode  # noqa: E402
 from agl_kernel.proxy import LLMProxy  # noqa: E402
 from agl_kernel.server import running_server  # noqa: E402
 from agl_kernel.store.memory import InMemoryLightningStore  # noqa: E402
@@ -434,23 +434,26 @@ def test_a_backend_that_is_gone_after_a_failed_call_is_skipped():
 
 def test_with_priority_each_call_is_sent_its_rollouts_enqueue_time_and_an_agents_own_priority_is_kept():
     """``LLMProxy(priority=True)``: the backend gets ``priority`` = when the call's rollout was enqueued (µs), so one
-    that schedules by priority serves older rollouts first; without it, no ``priority`` is sent (vLLM refuses one
-    unless started with priority scheduling)."""
+    that schedules by priority serves older rollouts first, and validation and test rollouts before every training
+    rollout (an algorithm waits on them); without it, no ``priority`` is sent (vLLM refuses one unless started with
+    priority scheduling)."""
     with FakeOpenAIServer() as backend:
 
         async def body(store, priority):
             proxy = LLMProxy(store, [backend.base_url], priority=priority)
             async with running_server(store, route_handlers=proxy.routes()) as url:
                 try:
-                    older = await store.start_rollout({"q": "older"})
+                    older = await store.start_rollout({"q": "older"}, mode=RolloutMode.TRAIN)
                     newer = await store.start_rollout({"q": "newer"})
-                    rollouts = [older, newer, older]
+                    validation = await store.start_rollout({"q": "validated"}, mode=RolloutMode.VAL)
+                    test = await store.start_rollout({"q": "tested"}, mode=RolloutMode.TEST)
+                    rollouts = [older, newer, validation, test, older]
                     for i, attempted in enumerate(rollouts):
                         base = ProxyLLM(endpoint=url, model="m").get_base_url(
                             attempted.rollout_id, attempted.attempt.attempt_id
                         )
                         client = openai.AsyncOpenAI(base_url=base, api_key="x", max_retries=0)
-                        extra = {"priority": -7} if i == 2 else None  # the agent's own: kept
+                        extra = {"priority": -7} if i == 4 else None  # the agent's own: kept
                         await client.chat.completions.create(
                             model="m", messages=[{"role": "user", "content": "hi"}], extra_body=extra
                         )
@@ -464,8 +467,10 @@ def test_with_priority_each_call_is_sent_its_rollouts_enqueue_time_and_an_agents
 
         started = asyncio.run(run(True))
         sent = [call["request"].get("priority") for call in backend.calls]
-        assert sent == [int(started[0] * 1_000_000), int(started[1] * 1_000_000), -7]
+        enqueued = [int(t * 1_000_000) for t in started]
+        assert sent == [enqueued[0], enqueued[1], enqueued[2] - (1 << 52), enqueued[3] - (1 << 52), -7]
         assert sent[0] < sent[1]  # the older rollout's calls come first
+        assert sent[2] < sent[3] < sent[0]  # evaluations before training, each kind oldest first
         backend.calls.clear()
         asyncio.run(run(False))
-        assert [call["request"].get("priority") for call in backend.calls] == [None, None, -7]
+        assert [call["request"].get("priority") for call in backend.calls] == [None] * 4 + [-7]

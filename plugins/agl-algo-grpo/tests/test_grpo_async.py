@@ -218,9 +218,11 @@ class _Served:
 
     def __init__(self) -> None:
         self.model = tiny_llama(seed=42).eval()
+        self.version: int | None = None  # the policy version loaded
 
     async def load_weights(self, state_dict: dict[str, torch.Tensor], *, version: int) -> None:
         self.model.load_state_dict(state_dict)
+        self.version = version
 
     @torch.no_grad()
     def sample(self, prompt: list[int], generator: torch.Generator) -> tuple[list[int], list[float]]:
@@ -232,16 +234,27 @@ class _Served:
         return tokens, logps
 
 
-async def _runner(store: InMemoryLightningStore, served: _Served, stop: asyncio.Event) -> None:
+async def _runner(
+    store: InMemoryLightningStore,
+    served: _Served,
+    stop: asyncio.Event,
+    worker: str = "w1",
+    wait: float = 0.0,
+    val_wait: float = 0.0,
+) -> None:
     """Runs each task as a proxy would record it: an LLM span with the rollout's resources id and version (the
     newest, looked up when the call is made) — except ``lagging`` tasks, whose agent keeps the first resources
     version it saw (a runner that never refreshes its LLM), so their samples grow staler every step."""
     generator = torch.Generator().manual_seed(0)
     first_seen: int | None = None
     while not stop.is_set():
-        attempted = await store.dequeue_rollout(worker_id="w1", timeout=0.05)
+        attempted = await store.dequeue_rollout(worker_id=worker, timeout=0.05)
         if attempted is None:
             continue
+        if attempted.mode is RolloutMode.VAL and val_wait:
+            await asyncio.sleep(val_wait)
+        elif wait:
+            await asyncio.sleep(wait)
         resources = await store.get_resources(attempted.resources_id)
         first_seen = resources.version if first_seen is None else first_seen
         version = first_seen if attempted.input["lagging"] else resources.version
@@ -253,6 +266,7 @@ async def _runner(store: InMemoryLightningStore, served: _Served, stop: asyncio.
             semconv.LLM_RESPONSE_LOGPROBS: logps,
             semconv.RESOURCES_ID: attempted.resources_id,
             semconv.RESOURCES_VERSION: version,
+            "test.served_version": served.version,
         }
         reward = sum(t < 64 for t in tokens) / len(tokens)
         for name, attributes in [("chat tiny", llm), (semconv.REWARD_SPAN, {semconv.REWARD_VALUE: reward})]:
@@ -268,10 +282,20 @@ async def _runner(store: InMemoryLightningStore, served: _Served, stop: asyncio.
         await store.update_attempt(attempted.rollout_id, attempted.attempt.attempt_id, status=AttemptStatus.SUCCEEDED)
 
 
-async def _run_grpo(tasks: list[dict[str, Any]], console: Console, **options: Any) -> tuple[Any, list[Any], list[Any]]:
-    """GRPO on the tiny model behind :class:`_Served`, one :func:`_runner` running its rollouts, the first task
-    as the validation set: (the report, its training and validation rollouts in creation order — the queue's
-    order —, the policy version each validation rollout's call was served by)."""
+async def _run_grpo(
+    tasks: list[dict[str, Any]],
+    console: Console,
+    *,
+    runners: int = 1,
+    wait: float = 0.0,
+    val_wait: float = 0.0,
+    **options: Any,
+) -> tuple[Any, list[Any], list[Any]]:
+    """GRPO on the tiny model behind :class:`_Served`, ``runners`` :func:`_runner` running its rollouts (each
+    waiting ``wait`` seconds after taking one, ``val_wait`` a validation's, as on its environment), the first task
+    as the validation set: (the
+    report, its training and validation rollouts in creation order — the queue's order —, the policy version each
+    validation rollout's call was served by)."""
     served = _Served()
     publisher = LLMPublisher(served, ProxyLLM(endpoint="http://127.0.0.1:1/v1", model="tiny"))
     grpo = GRPO(
@@ -286,20 +310,20 @@ async def _run_grpo(tasks: list[dict[str, Any]], console: Console, **options: An
     )
     async with InMemoryLightningStore() as store:
         stop = asyncio.Event()
-        runner = asyncio.create_task(_runner(store, served, stop))
+        running = [asyncio.create_task(_runner(store, served, stop, f"w{i}", wait, val_wait)) for i in range(runners)]
         try:
             report = await asyncio.wait_for(grpo.run(store, tasks, tasks[:1]), timeout=120)
         finally:
             stop.set()
-            await runner
+            await asyncio.gather(*running)
         rollouts = (await store.query_rollouts(mode_in=[RolloutMode.TRAIN, RolloutMode.VAL])).items
-        # the proxy-recorded resources version of each validation call (resources version = policy version + 1)
+        # the policy version the model server held when each validation call was served
         validated = []
         for rollout in rollouts:
             if rollout.mode is RolloutMode.VAL:
                 spans = (await store.query_spans(rollout.rollout_id, "latest")).items
                 [call] = [s for s in spans if s.name == "chat tiny"]
-                validated.append((rollout.metadata["grpo_validation"], call.attributes[semconv.RESOURCES_VERSION] - 1))
+                validated.append((rollout.metadata["grpo_validation"], call.attributes["test.served_version"]))
     return report, rollouts, validated
 
 
@@ -332,13 +356,22 @@ async def test_stale_samples_are_dropped_and_counted_in_the_loop() -> None:
 
 
 @pytest.mark.asyncio
-async def test_a_background_validation_has_at_most_one_step_of_training_rollouts_ahead_of_it() -> None:
-    """max_staleness=2, a validation every 2 steps: the store's queue is FIFO, so the steps after a validation's
-    next are enqueued only after the validation's rollouts (it holds the next publish until it ends; behind two
-    steps of training rollouts it would stall the run); each validation still samples the version it validates."""
+async def test_with_runners_short_a_background_validation_has_at_most_one_step_of_training_rollouts_ahead() -> None:
+    """max_staleness=2, a validation every 2 steps, one runner taking 0.2 s a rollout (the rollouts enqueued ahead
+    wait in the queue): the
+    store's queue is FIFO, so the steps after a validation's next are enqueued only after the validation's
+    rollouts (it holds the next publish until it ends; behind two steps of training rollouts it would stall the
+    run); each validation still samples the version it validates."""
     tasks = [{"prompt": [5, 17, 33, 2], "lagging": False}, {"prompt": [9, 90, 4], "lagging": False}]
     report, rollouts, validated = await _run_grpo(
-        tasks, Console(file=io.StringIO()), steps=5, batch_size=1, group_size=2, max_staleness=2, val_every=2
+        tasks,
+        Console(file=io.StringIO()),
+        wait=0.2,
+        steps=5,
+        batch_size=1,
+        group_size=2,
+        max_staleness=2,
+        val_every=2,
     )
     order: list[str] = []  # the queue's order, a name per run of rollouts
     for rollout in rollouts:
@@ -351,6 +384,60 @@ async def test_a_background_validation_has_at_most_one_step_of_training_rollouts
     assert validated == [(0, 0), (2, 2), (4, 4), (5, 5)]
     assert report.steps_done == 5 and len(report.validations) == 4
     assert max(m["staleness_max"] for m in report.history) <= 2
+
+
+@pytest.mark.asyncio
+async def test_with_runners_to_spare_the_look_ahead_stays_whole_around_a_background_validation() -> None:
+    """The same run with a runner for every rollout in flight (each waits 0.2 s, as on its environment): nothing
+    enqueued ahead waits in the queue, so a validation will find a free runner and the look-ahead is not cut:
+    step 3 is enqueued with step 1's (before validation 2), and the steps after a validation do not start from an
+    empty pipeline. Each validation still samples the version it validates."""
+    tasks = [{"prompt": [5, 17, 33, 2], "lagging": False}, {"prompt": [9, 90, 4], "lagging": False}]
+    report, rollouts, validated = await _run_grpo(
+        tasks,
+        Console(file=io.StringIO()),
+        runners=8,
+        wait=0.2,
+        steps=5,
+        batch_size=1,
+        group_size=2,
+        max_staleness=2,
+        val_every=2,
+    )
+    order: list[str] = []
+    for rollout in rollouts:
+        meta = rollout.metadata
+        name = f"val {meta['grpo_validation']}" if rollout.mode is RolloutMode.VAL else f"step {meta['grpo_step']}"
+        if not order or order[-1] != name:
+            order.append(name)
+    assert order == ["val 0", "step 0", "step 1", "step 2", "step 3", "val 2", "step 4", "val 4", "val 5"]
+    assert validated == [(0, 0), (2, 2), (4, 4), (5, 5)]
+    assert report.steps_done == 5 and max(m["staleness_max"] for m in report.history) <= 2
+
+
+@pytest.mark.asyncio
+async def test_a_slow_validation_holds_its_version_but_not_the_step_after_the_next() -> None:
+    """max_staleness=2, a validation every 2 steps whose rollouts take 1.5 s, runners to spare: the validation
+    holds the version it validates, but the step after the next one does not wait for it (the published version
+    is one behind, within the bound): it trains on what the runners sampled and ends before the validation does;
+    the step after that waits (two behind). Each validation samples the version it validates; nothing is dropped."""
+    tasks = [{"prompt": [5, 17, 33, 2], "lagging": False}, {"prompt": [9, 90, 4], "lagging": False}]
+    report, _, validated = await _run_grpo(
+        tasks,
+        Console(file=io.StringIO()),
+        runners=8,
+        val_wait=1.5,
+        steps=5,
+        batch_size=1,
+        group_size=2,
+        max_staleness=2,
+        val_every=2,
+    )
+    assert validated == [(0, 0), (2, 2), (4, 4), (5, 5)]
+    after_two = report.validations[1]
+    assert report.history[3]["run_time_s"] < after_two["run_time_s"]  # step 4 did not wait for validation 2
+    assert report.history[4]["run_time_s"] > after_two["run_time_s"]  # step 5 did (version 2 would be 3 behind)
+    assert report.stale_dropped == 0 and max(m["staleness_max"] for m in report.history) <= 2
 
 
 # ------------------------------------------------------------------------------------------------ end to end

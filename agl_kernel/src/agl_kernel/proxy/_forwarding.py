@@ -10,10 +10,22 @@ import httpx
 
 from agl_kernel import semconv
 from agl_kernel.llm_calls import StreamAccumulator, request_attributes, response_attributes
+from agl_kernel.models import Rollout, RolloutMode
 from agl_kernel.proxy._backends import Backend, BackendPool
 from agl_kernel.proxy._openai import MODELS_PATH, OPERATION_PATHS, ProxyError, parse_request
 from agl_kernel.proxy._spans import CallRecord, attempt_resources
 from agl_kernel.store.base import LightningStore
+
+
+EVALUATION_AHEAD_US = 1 << 52
+"""What a validation or test rollout's ``priority`` is less than its enqueue time (µs): about 140 years, so every
+evaluation comes before every training rollout, each kind oldest first."""
+
+
+def rollout_priority(rollout: Rollout) -> int:
+    """The ``priority`` (lower first) the proxy sends with a call of ``rollout`` (see :class:`LLMProxy`)."""
+    enqueued = int(rollout.start_time * 1_000_000)
+    return enqueued if rollout.mode in (None, RolloutMode.TRAIN) else enqueued - EVALUATION_AHEAD_US
 
 
 class LLMProxy(BackendPool):
@@ -23,9 +35,11 @@ class LLMProxy(BackendPool):
     - ``timeout``: seconds a backend may take for one call; ``retry_after``: how long a backend that is down is
       skipped (see :mod:`agl_kernel.proxy._backends` for when it is).
     - ``priority``: send each call's ``priority`` (vLLM's extension; lower is served first) as the time its
-      rollout was enqueued, in microseconds, unless the agent set one: a backend that schedules by priority then
-      serves the oldest rollouts first (a training step's before the next step's, a validation before the
-      rollouts enqueued after it). Only for backends that accept the field (agl-model-server; vLLM started with
+      rollout was enqueued, in microseconds, unless the agent set one, and validation and test rollouts ahead of
+      every training one (their enqueue time less :data:`EVALUATION_AHEAD_US`): a backend that schedules by
+      priority then serves evaluations first (an algorithm waits on one to go on: asynchronous GRPO holds the
+      next policy version until the validation of the current one ends), then the oldest rollouts (a training
+      step's before the next step's). Only for backends that accept the field (agl-model-server; vLLM started with
       ``--scheduling-policy priority``): see :attr:`agl_kernel.llm_backend.LLMBackend.priority_scheduling`.
     """
 
@@ -64,7 +78,7 @@ class LLMProxy(BackendPool):
         request = request_attributes(operation, body)  # before entering: nothing may fail between that and the try
         rollout, resources = await attempt_resources(self.store, rollout_id, attempt_id)
         if self.priority:
-            body.setdefault("priority", int(rollout.start_time * 1_000_000))
+            body.setdefault("priority", rollout_priority(rollout))
         backend = await self._enter(rollout_id)
         attributes = {**request, semconv.LLM_BACKEND: backend.url, **resources}
         record = CallRecord(self.store, operation, rollout_id, attempt_id, attributes)

@@ -346,7 +346,7 @@ class GRPO(Algorithm):
     ) -> dict[str, float]:
         started_wall, started = time.time(), time.perf_counter()
         step = policy.step
-        resources_id = await self._publish(store, policy)
+        resources_id = await self._publish(store, policy, may_defer=True)
         rollouts = await self._rollouts_for(store, policy, dataset, resources_id)
         ended = await self._wait(store, rollouts, f"step {step + 1}/{self.config.steps}")
         collected = await self._collect(store, rollouts, ended)
@@ -402,13 +402,18 @@ class GRPO(Algorithm):
         rollouts are enqueued at the earliest k versions before the update that trains on them (the producer's
         bound). With k = 0 only this step's, as synchronous GRPO does.
 
-        When a validation will run in the background after this step's update, at most the next step's rollouts
-        are enqueued ahead of it: the store's queue is FIFO, and a validation queued behind k steps of training
-        rollouts would hold the next publish (see :meth:`_publish`) until all of them had run. The later steps'
-        rollouts are enqueued by the next step, after the validation's."""
+        When a validation will run in the background after this step's update and the runners are short (some
+        rollouts enqueued earlier still wait in the queue for one), at most the next step's rollouts are enqueued
+        ahead of it: the store's queue is FIFO, and a validation queued behind k steps of training rollouts would
+        hold the next publish (see :meth:`_publish`) until all of them had run; the later steps' rollouts are
+        enqueued by the next step, after the validation's. When the runners keep up (nothing of ours waits), the
+        validation will find a free runner anyway, so the look-ahead stays whole: cutting it would leave the steps
+        after the validation with nothing generated ahead (the proxy's priority serves the validation's calls
+        first, see :class:`agl_kernel.proxy.LLMProxy`)."""
         last = min(policy.step + self.config.max_staleness, self.config.steps - 1)
-        if self._background_validation_after(policy.step + 1):
-            last = min(last, policy.step + 1)
+        if last > policy.step + 1 and self._background_validation_after(policy.step + 1):
+            if await self._runners_short(store):
+                last = policy.step + 1
         for step in range(policy.step, last + 1):
             if step not in self._ahead:
                 requests = [
@@ -424,6 +429,16 @@ class GRPO(Algorithm):
                 ]
                 self._ahead[step] = await store.enqueue_many_rollouts(requests)
         return self._ahead.pop(policy.step)
+
+    async def _runners_short(self, store: LightningStore) -> bool:
+        """Whether a rollout enqueued ahead still waits in the store's queue for a runner."""
+        waiting = [r.rollout_id for rollouts in self._ahead.values() for r in rollouts]
+        if not waiting:
+            return False
+        queued = await store.query_rollouts(
+            status_in=[RolloutStatus.QUEUING, RolloutStatus.REQUEUING], rollout_id_in=waiting, limit=1
+        )
+        return bool(queued.items)
 
     def _background_validation_after(self, step: int) -> bool:
         """Whether a validation runs in the background once the policy has made ``step`` steps (asynchronous GRPO:
@@ -455,12 +470,21 @@ class GRPO(Algorithm):
             tasks.append(dataset[self._orders[epoch][index]])
         return tasks
 
-    async def _publish(self, store: LightningStore, policy: PolicyTrainer) -> str | None:
+    async def _publish(self, store: LightningStore, policy: PolicyTrainer, *, may_defer: bool = False) -> str | None:
+        """Publish the current policy (if not yet); its resources id. A validation running in the background holds
+        the version it validates until it ends. ``may_defer`` (a training step): while the published version is
+        fewer than ``max_staleness`` versions behind, the step does not wait for the validation: the runners go on
+        sampling the published version, which the next update may still train on, and the newest version is
+        published once the validation has ended."""
         if self._active_publisher is None:
             return None
         if self._published is not None and self._published[0] == policy.version:
             return self._published[1]
-        await self._settle_validation()  # a validation of the published version holds it until it ends
+        validating = self._validating is not None and not self._validating.done()
+        if may_defer and validating and self._published is not None:
+            if policy.version - self._published[0] < self.config.max_staleness:
+                return self._published[1]
+        await self._settle_validation()
         sampling = {"temperature": self.config.temperature, "max_tokens": self.config.max_tokens}
         resources_id = await self._active_publisher.publish(
             policy, version=policy.version, store=store, sampling_parameters=sampling
@@ -611,8 +635,9 @@ class GRPO(Algorithm):
         into: list[dict[str, float]] | None = None,
     ) -> dict[str, float]:
         """Wait for a validation's rollouts and record its metrics. ``into``: it runs in the background while
-        training goes on (asynchronous GRPO; no progress display), its metrics appended to that list; the next
-        version is not published before it ends, so every validation rollout samples the version validated."""
+        training goes on (asynchronous GRPO; no progress display), its metrics appended to that list; no later
+        version is published before it ends (see :meth:`_publish`), so every validation rollout samples the version
+        validated."""
         rollouts = validation.rollouts
         phase = f"validation at step {validation.step}"
         ended = await self._wait(store, rollouts, phase, NoProgress() if into is not None else None)
