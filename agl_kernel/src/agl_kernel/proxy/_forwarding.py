@@ -16,7 +16,6 @@ from agl_kernel.proxy._openai import MODELS_PATH, OPERATION_PATHS, ProxyError, p
 from agl_kernel.proxy._spans import CallRecord, attempt_resources
 from agl_kernel.store.base import LightningStore
 
-
 EVALUATION_AHEAD_US = 1 << 52
 """What a validation or test rollout's ``priority`` is less than its enqueue time (µs): about 140 years, so every
 evaluation comes before every training rollout, each kind oldest first."""

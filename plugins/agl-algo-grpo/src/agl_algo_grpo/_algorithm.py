@@ -411,9 +411,9 @@ class GRPO(Algorithm):
         after the validation with nothing generated ahead (the proxy's priority serves the validation's calls
         first, see :class:`agl_kernel.proxy.LLMProxy`)."""
         last = min(policy.step + self.config.max_staleness, self.config.steps - 1)
-        if last > policy.step + 1 and self._background_validation_after(policy.step + 1):
-            if await self._runners_short(store):
-                last = policy.step + 1
+        before_validation = self._background_validation_after(policy.step + 1)
+        if last > policy.step + 1 and before_validation and await self._runners_short(store):
+            last = policy.step + 1
         for step in range(policy.step, last + 1):
             if step not in self._ahead:
                 requests = [
@@ -480,10 +480,9 @@ class GRPO(Algorithm):
             return None
         if self._published is not None and self._published[0] == policy.version:
             return self._published[1]
-        validating = self._validating is not None and not self._validating.done()
-        if may_defer and validating and self._published is not None:
-            if policy.version - self._published[0] < self.config.max_staleness:
-                return self._published[1]
+        published, validating = self._published, self._validating is not None and not self._validating.done()
+        if may_defer and validating and published and policy.version - published[0] < self.config.max_staleness:
+            return published[1]
         await self._settle_validation()
         sampling = {"temperature": self.config.temperature, "max_tokens": self.config.max_tokens}
         resources_id = await self._active_publisher.publish(
