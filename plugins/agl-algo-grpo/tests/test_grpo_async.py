@@ -417,27 +417,32 @@ async def test_with_runners_to_spare_the_look_ahead_stays_whole_around_a_backgro
 
 @pytest.mark.asyncio
 async def test_a_slow_validation_holds_its_version_but_not_the_step_after_the_next() -> None:
-    """max_staleness=2, a validation every 2 steps whose rollouts take 1.5 s, runners to spare: the validation
+    """max_staleness=2, a validation every 3 steps whose rollouts take 1.5 s, runners to spare: the validation
     holds the version it validates, but the step after the next one does not wait for it (the published version
     is one behind, within the bound): it trains on what the runners sampled and ends before the validation does;
-    the step after that waits (two behind). Each validation samples the version it validates; nothing is dropped."""
+    the step after that waits (two behind). While the publish is deferred the look-ahead counts from the published
+    version, so nothing sampled meanwhile is too stale to train on: nothing is dropped. Each validation samples the
+    version it validates."""
     tasks = [{"prompt": [5, 17, 33, 2], "lagging": False}, {"prompt": [9, 90, 4], "lagging": False}]
-    report, _, validated = await _run_grpo(
+    report, rollouts, validated = await _run_grpo(
         tasks,
         Console(file=io.StringIO()),
         runners=8,
         val_wait=1.5,
-        steps=5,
+        steps=7,
         batch_size=1,
         group_size=2,
         max_staleness=2,
-        val_every=2,
+        val_every=3,
     )
-    assert validated == [(0, 0), (2, 2), (4, 4), (5, 5)]
-    after_two = report.validations[1]
-    assert report.history[3]["run_time_s"] < after_two["run_time_s"]  # step 4 did not wait for validation 2
-    assert report.history[4]["run_time_s"] > after_two["run_time_s"]  # step 5 did (version 2 would be 3 behind)
+    assert validated == [(0, 0), (3, 3), (6, 6), (7, 7)]
+    after_three = report.validations[1]
+    assert report.history[4]["run_time_s"] < after_three["run_time_s"]  # step 5 did not wait for validation 3
+    assert report.history[5]["run_time_s"] > after_three["run_time_s"]  # step 6 did (version 3 would be 3 behind)
     assert report.stale_dropped == 0 and max(m["staleness_max"] for m in report.history) <= 2
+    # step 7 (index 6) was not enqueued during the deferral, under version 4, but once version 5 was published
+    enqueued = {r.metadata["grpo_step"]: r.metadata["policy_version"] for r in rollouts if r.mode is RolloutMode.TRAIN}
+    assert enqueued[6] == 5
 
 
 # ------------------------------------------------------------------------------------------------ end to end

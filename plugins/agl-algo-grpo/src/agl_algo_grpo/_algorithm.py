@@ -400,7 +400,8 @@ class GRPO(Algorithm):
         earlier when they were enqueued ahead. With ``max_staleness`` k the rollouts of the next k steps are
         enqueued now too (those not yet), so the runners work on them while this step updates the policy: a step's
         rollouts are enqueued at the earliest k versions before the update that trains on them (the producer's
-        bound). With k = 0 only this step's, as synchronous GRPO does.
+        bound), counted from the published version: while a publish is deferred (see :meth:`_publish`), one step
+        fewer. With k = 0 only this step's, as synchronous GRPO does.
 
         When a validation will run in the background after this step's update and the runners are short (some
         rollouts enqueued earlier still wait in the queue for one), at most the next step's rollouts are enqueued
@@ -411,6 +412,8 @@ class GRPO(Algorithm):
         after the validation with nothing generated ahead (the proxy's priority serves the validation's calls
         first, see :class:`agl_kernel.proxy.LLMProxy`)."""
         last = min(policy.step + self.config.max_staleness, self.config.steps - 1)
+        if self._published is not None:  # a publish deferred (see _publish): the runners sample an older version
+            last -= policy.version - self._published[0]
         before_validation = self._background_validation_after(policy.step + 1)
         if last > policy.step + 1 and before_validation and await self._runners_short(store):
             last = policy.step + 1
@@ -474,8 +477,9 @@ class GRPO(Algorithm):
         """Publish the current policy (if not yet); its resources id. A validation running in the background holds
         the version it validates until it ends. ``may_defer`` (a training step): while the published version is
         fewer than ``max_staleness`` versions behind, the step does not wait for the validation: the runners go on
-        sampling the published version, which the next update may still train on, and the newest version is
-        published once the validation has ended."""
+        sampling the published version, the look-ahead counts from it (:meth:`_rollouts_for`: nothing is enqueued
+        that would be too stale when trained on), and the newest version is published once the validation has
+        ended."""
         if self._active_publisher is None:
             return None
         if self._published is not None and self._published[0] == policy.version:
