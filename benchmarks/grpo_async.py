@@ -5,6 +5,7 @@ run's validation reward, synchronous vs asynchronous, several seeds, two figures
     python benchmarks/grpo_async.py --figure b --max-staleness 2
     python benchmarks/grpo_async.py --figure b --tool-seconds 1-2 2-4 4-8  # figure b at three tool latencies
     python benchmarks/grpo_async.py --quick                 # the tiny random model, 2 steps (a smoke test)
+    python benchmarks/grpo_async.py --from-json a.json b.json --plot all.png  # earlier runs, tables and plot
 
 - **a**: the main job as it is (``make demo``): on a 2-core CPU the rollouts (the model server decoding) and the
   update compete for the same cores, so overlapping them gains only what either leaves idle.
@@ -170,6 +171,7 @@ def summarize(
                 sum(h["rollouts_failed"] for h in sync["history"]),
                 sum(h["rollouts_failed"] for h in fast["history"]),
             ],
+            "async_stale_dropped": sum(h.get("stale_dropped", 0) for h in fast["history"]),
             "load": [sync["load"], fast["load"]],
         }
         rows.append(row)
@@ -281,7 +283,16 @@ def main() -> None:
     parser.add_argument("--plot", default=None, help="write a PNG of validation reward vs wall time here")
     parser.add_argument("--json", default=None, help="write every run's numbers here")
     parser.add_argument("--quick", action="store_true", help="the tiny random model, 2 steps, one seed")
+    parser.add_argument(
+        "--from-json",
+        nargs="+",
+        default=None,
+        metavar="FILE",
+        help="run nothing: the tables and the plot from earlier runs' --json files (together, in the order given)",
+    )
     args = parser.parse_args()
+    if args.from_json:
+        return replot(args)
     if args.quick:
         args.seeds, args.steps, args.extra_steps, args.val_every, args.tool_seconds = [0], 2, 1, 1, ["0.1-0.2"]
     if args.runners < 0:
@@ -312,6 +323,29 @@ def main() -> None:
                     )
             mine = [r for r in runs if r["figure"] == figure and r["tool_seconds"] == tool]
             summaries.append(summarize(figure, tool, mine, args, console))
+    if args.plot:
+        plot(runs, variants, summaries, Path(args.plot), args)
+        console.print(f"plot: {args.plot}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"args": vars(args), "summaries": summaries, "runs": runs}, indent=1))
+
+
+def replot(args: argparse.Namespace) -> None:
+    """``--from-json``: the tables (and ``--plot``) of runs saved by earlier invocations, merged."""
+    console = Console(width=200)
+    saved = [json.loads(Path(path).read_text()) for path in args.from_json]
+    for name, value in saved[0]["args"].items():  # the runs' own settings, but where to write
+        if name not in ("plot", "json", "from_json"):
+            setattr(args, name, value)
+    runs = [run for data in saved for run in data["runs"]]
+    variants: list[tuple[str, str | None]] = []
+    for run in runs:
+        if (run["figure"], run["tool_seconds"]) not in variants:
+            variants.append((run["figure"], run["tool_seconds"]))
+    summaries = []
+    for figure, tool in variants:
+        mine = [r for r in runs if r["figure"] == figure and r["tool_seconds"] == tool]
+        summaries.append(summarize(figure, tool, mine, args, console))
     if args.plot:
         plot(runs, variants, summaries, Path(args.plot), args)
         console.print(f"plot: {args.plot}")

@@ -474,3 +474,36 @@ def test_with_priority_each_call_is_sent_its_rollouts_enqueue_time_and_an_agents
         backend.calls.clear()
         asyncio.run(run(False))
         assert [call["request"].get("priority") for call in backend.calls] == [None] * 4 + [-7]
+
+
+def test_the_proxy_reuses_a_backend_connection_only_while_the_backend_keeps_it_open():
+    """The proxy reuses an idle connection to a backend for 2 s, below uvicorn's default 5 s keep-alive (vLLM's and
+    agl-model-server's servers): a call right after another goes on the same connection; one 2.5 s later on a new
+    one, never on a connection the backend may be closing at that moment."""
+    from agl_kernel.proxy._forwarding import BACKEND_KEEPALIVE_SECONDS
+
+    assert BACKEND_KEEPALIVE_SECONDS < 5
+    with FakeOpenAIServer() as backend:
+
+        async def body():
+            async with InMemoryLightningStore() as store:
+                proxy = LLMProxy(store, [backend.base_url])
+                async with running_server(store, route_handlers=proxy.routes()) as url:
+                    try:
+                        attempted = await store.start_rollout({"q": "x"})
+                        base = ProxyLLM(endpoint=url, model="m").get_base_url(
+                            attempted.rollout_id, attempted.attempt.attempt_id
+                        )
+                        client = openai.AsyncOpenAI(base_url=base, api_key="x", max_retries=0)
+                        for pause in (0.0, 0.1, BACKEND_KEEPALIVE_SECONDS + 0.5):
+                            await asyncio.sleep(pause)
+                            await client.chat.completions.create(
+                                model="m", messages=[{"role": "user", "content": "hi"}]
+                            )
+                    finally:
+                        await proxy.aclose()
+
+        asyncio.run(body())
+        first, second, third = (call["peer"] for call in backend.calls)
+        assert first == second  # reused while fresh
+        assert third != first  # not after the reuse window: a new connection

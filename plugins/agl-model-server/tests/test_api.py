@@ -254,3 +254,30 @@ def test_openai_client(tiny_server: Any) -> None:
     with pytest.raises(openai.NotFoundError) as err:
         client.chat.completions.create(model="gpt-4o", messages=CHAT["messages"])
     assert "tiny" in str(err.value)
+
+
+def test_an_idle_connection_stays_open_past_the_clients_reuse_window(tiny: Any) -> None:
+    """The server keeps an idle keep-alive connection open 30 s (uvicorn's default, 5 s, equal to httpx's reuse
+    window, raced: a request sent on a pooled connection just as the server closed it failed with a read error).
+    Here a second request on the same connection 6 s after the first is answered."""
+    import http.client
+    import time
+    from urllib.parse import urlsplit
+
+    from agl_model_server import ModelServer
+
+    model, tokenizer = tiny
+    with ModelServer(model=model, tokenizer=tokenizer, model_name="tiny") as server:
+        where = urlsplit(server.url)
+        connection = http.client.HTTPConnection(where.hostname, where.port, timeout=30)
+        try:
+            connection.request("GET", "/v1/models")
+            assert connection.getresponse().read()
+            sock = connection.sock
+            time.sleep(6)
+            connection.request("GET", "/v1/models")
+            response = connection.getresponse()
+            assert response.status == 200 and response.read()
+            assert connection.sock is sock  # the same connection, not a new one
+        finally:
+            connection.close()

@@ -16,6 +16,11 @@ from agl_kernel.proxy._openai import MODELS_PATH, OPERATION_PATHS, ProxyError, p
 from agl_kernel.proxy._spans import CallRecord, attempt_resources
 from agl_kernel.store.base import LightningStore
 
+BACKEND_KEEPALIVE_SECONDS = 2.0
+"""How long an idle connection to a backend is kept for reuse: below the 5 s after which uvicorn (vLLM's server,
+agl-model-server's) closes an idle one by default. Equal timeouts raced: a call sent on a pooled connection just as
+the server closed it failed with a read error (a 502 to the agent)."""
+
 EVALUATION_AHEAD_US = 1 << 52
 """What a validation or test rollout's ``priority`` is less than its enqueue time (µs): about 140 years, so every
 evaluation comes before every training rollout, each kind oldest first."""
@@ -57,7 +62,7 @@ class LLMProxy(BackendPool):
         super().__init__(backends, retry_after=retry_after, sticky_rollouts=sticky_rollouts)
         self.store, self.timeout, self.priority = store, timeout, priority
         self.request_token_ids, self.request_logprobs = request_token_ids, request_logprobs
-        limits = httpx.Limits(max_connections=256)
+        limits = httpx.Limits(max_connections=256, keepalive_expiry=BACKEND_KEEPALIVE_SECONDS)
         self._client = httpx.AsyncClient(timeout=httpx.Timeout(timeout, connect=5.0), limits=limits)
 
     async def aclose(self) -> None:

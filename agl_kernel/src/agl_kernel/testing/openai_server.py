@@ -145,6 +145,7 @@ class _Handler(BaseHTTPRequestHandler):
         if request.get("model") == "fail":
             return self._json(500, {"error": {"message": "the model failed (as asked)"}})
         call = self.server_owner.answer(self.path, request)
+        call["peer"] = self.client_address  # which connection it came on
         if request.get("stream"):
             try:
                 return self._stream(request, call)

@@ -22,6 +22,11 @@ from agl_model_server._weights import apply_state_dict, read_weights_path, stage
 
 __all__ = ["ModelServer"]
 
+KEEP_ALIVE_SECONDS = 30
+"""How long the server keeps an idle client connection open (uvicorn's default is 5 s): well above the idle time
+after which clients stop reusing one (agl's LLM proxy: 2 s; httpx: 5 s), so a request is never sent on a
+connection the server is closing at that moment."""
+
 
 def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
     ids: set[int] = set()
@@ -405,6 +410,7 @@ class ModelServer:
             loop=fast_loop,
             http=fast_http,
             timeout_graceful_shutdown=5,
+            timeout_keep_alive=KEEP_ALIVE_SECONDS,
         )
 
     def serve(self, host: str = "127.0.0.1", port: int = 8000, *, log_level: str = "info") -> None:
