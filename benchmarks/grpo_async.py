@@ -304,7 +304,6 @@ def main() -> None:
     if args.figure in ("b", "both"):
         variants += [("b", tool) for tool in args.tool_seconds]
     runs: list[dict[str, Any]] = []
-    summaries = []
     with tempfile.TemporaryDirectory(prefix="agl-grpo-async-") as tmp:
         work = Path(tmp)
         for figure, tool in variants:
@@ -321,8 +320,17 @@ def main() -> None:
                         f"({run['process_s']:.0f} s in all; before: {run['uptime_before']}; "
                         f"after: {run['uptime_after']})"
                     )
-            mine = [r for r in runs if r["figure"] == figure and r["tool_seconds"] == tool]
-            summaries.append(summarize(figure, tool, mine, args, console))
+    report(runs, variants, args, console)
+
+
+def report(
+    runs: list[dict[str, Any]], variants: list[tuple[str, str | None]], args: argparse.Namespace, console: Console
+) -> None:
+    """A table per figure (and tool latency), then ``--plot`` and ``--json``."""
+    summaries = []
+    for figure, tool in variants:
+        mine = [r for r in runs if r["figure"] == figure and r["tool_seconds"] == tool]
+        summaries.append(summarize(figure, tool, mine, args, console))
     if args.plot:
         plot(runs, variants, summaries, Path(args.plot), args)
         console.print(f"plot: {args.plot}")
@@ -342,15 +350,7 @@ def replot(args: argparse.Namespace) -> None:
     for run in runs:
         if (run["figure"], run["tool_seconds"]) not in variants:
             variants.append((run["figure"], run["tool_seconds"]))
-    summaries = []
-    for figure, tool in variants:
-        mine = [r for r in runs if r["figure"] == figure and r["tool_seconds"] == tool]
-        summaries.append(summarize(figure, tool, mine, args, console))
-    if args.plot:
-        plot(runs, variants, summaries, Path(args.plot), args)
-        console.print(f"plot: {args.plot}")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"args": vars(args), "summaries": summaries, "runs": runs}, indent=1))
+    report(runs, variants, args, console)
 
 
 if __name__ == "__main__":

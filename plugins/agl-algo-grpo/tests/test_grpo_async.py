@@ -327,6 +327,21 @@ async def _run_grpo(
     return report, rollouts, validated
 
 
+_TWO_TASKS = [{"prompt": [5, 17, 33, 2], "lagging": False}, {"prompt": [9, 90, 4], "lagging": False}]
+"""Two tasks whose agents keep up with the published version (the first is also the validation set)."""
+
+
+def _queue_order(rollouts: list[Any]) -> list[str]:
+    """The queue's order (rollouts in creation order), a name per run of rollouts: ``val N`` or ``step N``."""
+    order: list[str] = []
+    for rollout in rollouts:
+        meta = rollout.metadata
+        name = f"val {meta['grpo_validation']}" if rollout.mode is RolloutMode.VAL else f"step {meta['grpo_step']}"
+        if not order or order[-1] != name:
+            order.append(name)
+    return order
+
+
 @pytest.mark.asyncio
 async def test_stale_samples_are_dropped_and_counted_in_the_loop() -> None:
     """max_staleness=1 over 4 steps: the rollouts of step s+1 are enqueued (ahead) with step s's; the lagging
@@ -358,13 +373,11 @@ async def test_stale_samples_are_dropped_and_counted_in_the_loop() -> None:
 @pytest.mark.asyncio
 async def test_with_runners_short_a_background_validation_has_at_most_one_step_of_training_rollouts_ahead() -> None:
     """max_staleness=2, a validation every 2 steps, one runner taking 0.2 s a rollout (the rollouts enqueued ahead
-    wait in the queue): the
-    store's queue is FIFO, so the steps after a validation's next are enqueued only after the validation's
-    rollouts (it holds the next publish until it ends; behind two steps of training rollouts it would stall the
-    run); each validation still samples the version it validates."""
-    tasks = [{"prompt": [5, 17, 33, 2], "lagging": False}, {"prompt": [9, 90, 4], "lagging": False}]
+    wait in the queue): the store's queue is FIFO, so the steps after a validation's next are enqueued only after
+    the validation's rollouts (it holds the next publish until it ends; behind two steps of training rollouts it
+    would stall the run); each validation still samples the version it validates."""
     report, rollouts, validated = await _run_grpo(
-        tasks,
+        _TWO_TASKS,
         Console(file=io.StringIO()),
         wait=0.2,
         steps=5,
@@ -373,14 +386,18 @@ async def test_with_runners_short_a_background_validation_has_at_most_one_step_o
         max_staleness=2,
         val_every=2,
     )
-    order: list[str] = []  # the queue's order, a name per run of rollouts
-    for rollout in rollouts:
-        meta = rollout.metadata
-        name = f"val {meta['grpo_validation']}" if rollout.mode is RolloutMode.VAL else f"step {meta['grpo_step']}"
-        if not order or order[-1] != name:
-            order.append(name)
     # val 2 and val 4 run in the background; 3 is enqueued after val 2 (not with 1 and 2 at step 1's start)
-    assert order == ["val 0", "step 0", "step 1", "step 2", "val 2", "step 3", "step 4", "val 4", "val 5"]
+    assert _queue_order(rollouts) == [
+        "val 0",
+        "step 0",
+        "step 1",
+        "step 2",
+        "val 2",
+        "step 3",
+        "step 4",
+        "val 4",
+        "val 5",
+    ]
     assert validated == [(0, 0), (2, 2), (4, 4), (5, 5)]
     assert report.steps_done == 5 and len(report.validations) == 4
     assert max(m["staleness_max"] for m in report.history) <= 2
@@ -392,9 +409,8 @@ async def test_with_runners_to_spare_the_look_ahead_stays_whole_around_a_backgro
     enqueued ahead waits in the queue, so a validation will find a free runner and the look-ahead is not cut:
     step 3 is enqueued with step 1's (before validation 2), and the steps after a validation do not start from an
     empty pipeline. Each validation still samples the version it validates."""
-    tasks = [{"prompt": [5, 17, 33, 2], "lagging": False}, {"prompt": [9, 90, 4], "lagging": False}]
     report, rollouts, validated = await _run_grpo(
-        tasks,
+        _TWO_TASKS,
         Console(file=io.StringIO()),
         runners=8,
         wait=0.2,
@@ -404,13 +420,17 @@ async def test_with_runners_to_spare_the_look_ahead_stays_whole_around_a_backgro
         max_staleness=2,
         val_every=2,
     )
-    order: list[str] = []
-    for rollout in rollouts:
-        meta = rollout.metadata
-        name = f"val {meta['grpo_validation']}" if rollout.mode is RolloutMode.VAL else f"step {meta['grpo_step']}"
-        if not order or order[-1] != name:
-            order.append(name)
-    assert order == ["val 0", "step 0", "step 1", "step 2", "step 3", "val 2", "step 4", "val 4", "val 5"]
+    assert _queue_order(rollouts) == [
+        "val 0",
+        "step 0",
+        "step 1",
+        "step 2",
+        "step 3",
+        "val 2",
+        "step 4",
+        "val 4",
+        "val 5",
+    ]
     assert validated == [(0, 0), (2, 2), (4, 4), (5, 5)]
     assert report.steps_done == 5 and max(m["staleness_max"] for m in report.history) <= 2
 
@@ -423,9 +443,8 @@ async def test_a_slow_validation_holds_its_version_but_not_the_step_after_the_ne
     the step after that waits (two behind). While the publish is deferred the look-ahead counts from the published
     version, so nothing sampled meanwhile is too stale to train on: nothing is dropped. Each validation samples the
     version it validates."""
-    tasks = [{"prompt": [5, 17, 33, 2], "lagging": False}, {"prompt": [9, 90, 4], "lagging": False}]
     report, rollouts, validated = await _run_grpo(
-        tasks,
+        _TWO_TASKS,
         Console(file=io.StringIO()),
         runners=8,
         val_wait=1.5,
