@@ -371,14 +371,28 @@ async def test_stale_samples_are_dropped_and_counted_in_the_loop() -> None:
 
 
 @pytest.mark.asyncio
-async def test_with_runners_short_a_background_validation_has_at_most_one_step_of_training_rollouts_ahead() -> None:
-    """max_staleness=2, a validation every 2 steps, one runner taking 0.2 s a rollout (the rollouts enqueued ahead
-    wait in the queue): the store's queue is FIFO, so the steps after a validation's next are enqueued only after
-    the validation's rollouts (it holds the next publish until it ends; behind two steps of training rollouts it
-    would stall the run); each validation still samples the version it validates."""
+@pytest.mark.parametrize(
+    ("runners", "order"),
+    [
+        # one runner: 3 is enqueued after val 2, not with 1 and 2 at step 1's start
+        (1, "val 0, step 0, step 1, step 2, val 2, step 3, step 4, val 4, val 5"),
+        # a runner for every rollout in flight: 3 is enqueued with step 1's, before val 2
+        (8, "val 0, step 0, step 1, step 2, step 3, val 2, step 4, val 4, val 5"),
+    ],
+)
+async def test_the_look_ahead_is_cut_before_a_background_validation_only_when_runners_are_short(
+    runners: int, order: str
+) -> None:
+    """max_staleness=2, a validation every 2 steps (val 2 and val 4 run in the background), each rollout taking 0.2 s
+    as on its environment. With one runner the rollouts enqueued ahead wait in the store's FIFO queue, so the steps
+    after a validation's next are enqueued only after the validation's rollouts (it holds the next publish until it
+    ends; behind two steps of training rollouts it would stall the run). With runners to spare nothing waits in the
+    queue, the validation will find a free runner, and the look-ahead stays whole: the steps after a validation do
+    not start from an empty pipeline. Each validation samples the version it validates."""
     report, rollouts, validated = await _run_grpo(
         _TWO_TASKS,
         Console(file=io.StringIO()),
+        runners=runners,
         wait=0.2,
         steps=5,
         batch_size=1,
@@ -386,53 +400,10 @@ async def test_with_runners_short_a_background_validation_has_at_most_one_step_o
         max_staleness=2,
         val_every=2,
     )
-    # val 2 and val 4 run in the background; 3 is enqueued after val 2 (not with 1 and 2 at step 1's start)
-    assert _queue_order(rollouts) == [
-        "val 0",
-        "step 0",
-        "step 1",
-        "step 2",
-        "val 2",
-        "step 3",
-        "step 4",
-        "val 4",
-        "val 5",
-    ]
+    assert _queue_order(rollouts) == order.split(", ")
     assert validated == [(0, 0), (2, 2), (4, 4), (5, 5)]
     assert report.steps_done == 5 and len(report.validations) == 4
     assert max(m["staleness_max"] for m in report.history) <= 2
-
-
-@pytest.mark.asyncio
-async def test_with_runners_to_spare_the_look_ahead_stays_whole_around_a_background_validation() -> None:
-    """The same run with a runner for every rollout in flight (each waits 0.2 s, as on its environment): nothing
-    enqueued ahead waits in the queue, so a validation will find a free runner and the look-ahead is not cut:
-    step 3 is enqueued with step 1's (before validation 2), and the steps after a validation do not start from an
-    empty pipeline. Each validation still samples the version it validates."""
-    report, rollouts, validated = await _run_grpo(
-        _TWO_TASKS,
-        Console(file=io.StringIO()),
-        runners=8,
-        wait=0.2,
-        steps=5,
-        batch_size=1,
-        group_size=2,
-        max_staleness=2,
-        val_every=2,
-    )
-    assert _queue_order(rollouts) == [
-        "val 0",
-        "step 0",
-        "step 1",
-        "step 2",
-        "step 3",
-        "val 2",
-        "step 4",
-        "val 4",
-        "val 5",
-    ]
-    assert validated == [(0, 0), (2, 2), (4, 4), (5, 5)]
-    assert report.steps_done == 5 and max(m["staleness_max"] for m in report.history) <= 2
 
 
 @pytest.mark.asyncio
