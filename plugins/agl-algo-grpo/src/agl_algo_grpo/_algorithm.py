@@ -411,9 +411,8 @@ class GRPO(Algorithm):
         validation will find a free runner anyway, so the look-ahead stays whole: cutting it would leave the steps
         after the validation with nothing generated ahead (the proxy's priority serves the validation's calls
         first, see :class:`agl_kernel.proxy.LLMProxy`)."""
-        last = min(policy.step + self.config.max_staleness, self.config.steps - 1)
-        if self._published is not None:  # a publish deferred (see _publish): the runners sample an older version
-            last -= policy.version - self._published[0]
+        behind = policy.version - self._published[0] if self._published is not None else 0  # a deferred publish
+        last = max(policy.step, min(policy.step + self.config.max_staleness - behind, self.config.steps - 1))
         before_validation = self._background_validation_after(policy.step + 1)
         if last > policy.step + 1 and before_validation and await self._runners_short(store):
             last = policy.step + 1
