@@ -40,6 +40,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "calc_agent"))
 # reasoning-gym imports matplotlib (through cellpylib); nothing here plots: no GUI backend, no font-cache log line.
 os.environ.setdefault("MPLBACKEND", "Agg")
+# The model server's decoding and the GRPO update share this CPU (asynchronous GRPO runs them at once): OpenMP
+# threads that finish their part sleep instead of spinning on cores the other needs. Before torch is imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import calc_task
 from calc_task import PROMPT, calculate, format_number

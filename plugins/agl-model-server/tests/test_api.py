@@ -160,7 +160,9 @@ def test_stream_equals_non_stream(client: httpx.Client, endpoint: str) -> None:
             lps = [
                 x["logprob"] for e in chunks for c in e["choices"] if c["logprobs"] for x in c["logprobs"]["content"]
             ]
-            assert lps == pytest.approx([x["logprob"] for x in choice["logprobs"]["content"]], abs=1e-6)
+            # The streamed request runs only its prompt's last token on the static path (the rest is copied from
+            # the first request's, kept in its slot): float32 sums in another order, ~1e-6 apart.
+            assert lps == pytest.approx([x["logprob"] for x in choice["logprobs"]["content"]], abs=1e-5)
         else:
             assert chunks[0]["choices"][0]["prompt_token_ids"] == choice["prompt_token_ids"]
             text = "".join(c["text"] for e in chunks for c in e["choices"])

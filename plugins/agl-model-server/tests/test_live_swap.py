@@ -1,6 +1,7 @@
 """New weights without draining (``load_state_dict(drain=False)``, the ``model-server`` backend's default): staged
 off the engine thread, swapped in between two decode steps; a running request goes on with the new weights, new
-requests get them; bad weights change nothing; staged tensors are copies; tied weights stay tied."""
+requests get them; bad weights change nothing; prompts kept from the old weights are not reused; staged tensors
+are copies; tied weights stay tied."""
 
 from __future__ import annotations
 
@@ -68,6 +69,30 @@ def test_a_swap_does_not_wait_for_the_running_request(decode: str) -> None:
         assert server.weights_version == version + 1
         again = server.generate(prompt, max_tokens=6, temperature=0)
         assert again["token_ids"] == out["token_ids"]
+    finally:
+        server.stop()
+
+
+def test_prompts_kept_from_the_old_weights_are_not_reused_after_a_swap() -> None:
+    """The static path copies the start a new prompt shares with one admitted earlier; a swap makes those keys and
+    values stale, so the first request after it runs its whole prompt on the new weights."""
+    tokenizer = make_tiny_tokenizer()
+    model = make_tiny_model(len(tokenizer))
+    new = make_tiny_model(len(tokenizer), seed=123)
+    server = ModelServer(model=model, tokenizer=tokenizer, model_name="tiny", static_decode=True)
+    server.start()
+    try:
+        start = server.encode("one two three four five six seven eight nine ten eleven twelve")
+        first, second = start + server.encode(" alpha"), start + server.encode(" beta")
+        server.generate(first, max_tokens=3, temperature=0)
+        reused = server.engine.stats()["prefix_reused_tokens"]
+        out = server.generate(second, max_tokens=3, temperature=0)
+        assert server.engine.stats()["prefix_reused_tokens"] > reused  # the common start was copied
+        server.load_state_dict(new.state_dict(), drain=False)
+        reused = server.engine.stats()["prefix_reused_tokens"]
+        out = server.generate(second, max_tokens=6, temperature=0)
+        assert server.engine.stats()["prefix_reused_tokens"] == reused
+        assert out["model_logprobs"] == pytest.approx(forward_logprobs(new, second, out["token_ids"]), abs=TOL)
     finally:
         server.stop()
 

@@ -2,8 +2,9 @@
 
 The API tests run on both paths through the parametrized server fixtures; these check the decoder itself: prefill
 and decode against a full forward pass, rows joining and leaving at different lengths, identical prompts prefilled
-once, prompts with common first tokens running them once, the cache growing, models it refuses, and, where CUDA is
-available, graph replay (with weights loaded in place between steps).
+once, prompts with common first tokens running them once, a later prompt copying what it shares with a kept one,
+the cache growing, models it refuses, and, where CUDA is available, graph replay (with weights loaded in place
+between steps).
 """
 
 from __future__ import annotations
@@ -89,6 +90,48 @@ def test_rows_join_and_leave_and_match_a_forward_pass(device: str) -> None:
         assert decoder._len > allocated
     if device == "cuda":
         assert decoder.captures >= 2
+
+
+def test_a_later_prompt_copies_the_start_it_shares_with_a_kept_one() -> None:
+    """Rows admitted one by one (as others retire, e.g. asynchronous GRPO's) copy the keys and values of the tokens
+    they share with a prompt a slot still holds, even after that row retired; not after the weights changed, and
+    not from a prompt run under another adapter."""
+    torch.manual_seed(0)
+    model = make_tiny_model(300)
+    decoder = StaticDecoder(model, max_slots=8, max_len=256)
+    batch = StaticBatch(decoder)
+    prefilled: list[tuple[int, list[list[int]]]] = []
+    prefill = decoder.prefill
+    decoder.prefill = lambda slots, prompts, start=0, **kw: (  # type: ignore[method-assign]
+        prefilled.append((start, prompts)) or prefill(slots, prompts, start, **kw)
+    )
+    common = list(range(100, 112))
+    with torch.inference_mode():
+        seqs = _admit(model, batch, [common + [1, 2]], [0])
+        _check_rows(model, batch, seqs, 2)
+        batch.keep([])  # it retired; its slot keeps the prompt's keys and values
+        assert batch.reused_tokens == 0
+        # A prompt that starts the same way: only its own tokens run (and the logits match a full forward pass).
+        seqs = _admit(model, batch, [common + [3, 4, 5]], [0])
+        assert prefilled[-1] == (12, [[3, 4, 5]])
+        assert batch.reused_tokens == 12
+        _check_rows(model, batch, seqs, 3)
+        # The same prompt again, beside the running row: only its last token runs.
+        seqs += _admit(model, batch, [common + [3, 4, 5]], [0])
+        assert prefilled[-1] == (14, [[5]])
+        _check_rows(model, batch, seqs, 2)
+        # Under another adapter nothing is shared (its keys and values differ).
+        assert batch._kept_prefix(1, [common + [6]], 12) == (0, -1)
+        assert batch._kept_prefix(0, [common + [6]], 12)[0] == 12
+        # New weights: the kept keys and values are stale, the next prompt runs whole.
+        for layer in model.model.layers:
+            layer.self_attn.k_proj.weight.mul_(-1.0)
+            layer.self_attn.v_proj.weight.mul_(0.5)
+        batch.forget_prompts()
+        batch.keep([])
+        seqs = _admit(model, batch, [common + [7]], [0])
+        assert prefilled[-1] == (0, [common + [7]])
+        _check_rows(model, batch, seqs, 2)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")

@@ -258,12 +258,14 @@ class Engine:
             self._prefill_sizes: collections.Counter[int] = collections.Counter()
             self._generated = 0
             self._prefill_tokens = 0
+            self._reused_tokens = 0
             self._step_seconds = 0.0
 
     def stats(self) -> dict[str, Any]:
         """Counters since the last :meth:`reset_stats`: decode steps by batch size, prefills by number of prompts,
-        generated tokens, prompt tokens run through prefill (a prompt shared by several requests counts once), and
-        what is running/waiting now."""
+        generated tokens, prompt tokens run through prefill (a prompt shared by several requests counts once), of
+        those the tokens copied from a prompt admitted earlier instead of run (the static path), and what is
+        running/waiting now."""
         with self._stats_lock:
             sizes = dict(sorted(self._batch_sizes.items()))
             return {
@@ -273,6 +275,7 @@ class Engine:
                 "prefill_batch_sizes": dict(sorted(self._prefill_sizes.items())),
                 "generated_tokens": self._generated,
                 "prefill_tokens": self._prefill_tokens,
+                "prefix_reused_tokens": self._reused_tokens,
                 "busy_seconds": round(self._step_seconds, 4),
                 "running": len(self._rows),
                 "waiting": len(self._waiting) + len(self._incoming),
@@ -355,6 +358,7 @@ class Engine:
                 result = fn()
             if isinstance(self._batch, _static.StaticBatch):
                 self._batch.decoder.refresh()
+                self._batch.forget_prompts()  # kept prompts' keys and values came from the weights before
         except BaseException as err:
             future.set_exception(err)
         else:
@@ -498,7 +502,7 @@ class Engine:
         sources = [unique.setdefault((seq.adapter, tuple(seq.prompt)), len(unique)) for seq in new]
         prompts = [list(p) for _, p in unique]
         adapters = [a for a, _ in unique] if self.adapters else None
-        before = len(self._rows)
+        before, reused = len(self._rows), getattr(self._batch, "reused_tokens", 0)
         logits = self._batch.admit(prompts, sources, adapters)
         self._rows = self._rows + new
         try:
@@ -509,6 +513,7 @@ class Engine:
         with self._stats_lock:
             self._prefill_sizes[len(new)] += 1
             self._prefill_tokens += sum(len(p) for p in prompts)
+            self._reused_tokens += getattr(self._batch, "reused_tokens", 0) - reused
             self._step_seconds += time.perf_counter() - started
         self._batch.set_next(next_tokens, start=before)
         if len(alive) < len(new):

@@ -253,6 +253,8 @@ class StaticDecoder:
 
     def copy_slot(self, source: int, targets: list[int], length: int) -> None:
         """Give ``targets`` the first ``length`` positions of ``source`` (a prompt shared by several sequences)."""
+        if not targets:
+            return
         dst = torch.tensor(targets, device=self.device)
         for keys, values in zip(self._keys, self._values):
             keys[dst, :, :length] = keys[source, :, :length]
@@ -363,10 +365,34 @@ class StaticBatch:
         self._lengths: list[int] = []
         """Per row: the position of the token the next step feeds, plus one."""
         self._index = torch.zeros(0, dtype=torch.long, device=decoder.device)
+        self._prompts: dict[int, tuple[int, list[int]]] = {}
+        """Per slot: the adapter and the prompt whose keys and values its first positions hold. They stay valid
+        after the row retires (decoding writes only past the prompt), until the slot is prefilled again or the
+        weights change (:meth:`forget_prompts`); a later prompt that starts the same way copies them."""
+        self.reused_tokens = 0
+        """Prompt tokens copied from a kept prompt instead of prefilled (the engine's stats)."""
 
     def clear(self) -> None:
         self._slots, self._lengths = [], []
         self._index = self._index[:0]
+
+    def forget_prompts(self) -> None:
+        """The weights or adapters changed: the keys and values kept from earlier prompts are stale."""
+        self._prompts.clear()
+
+    def _kept_prefix(self, adapter: int, prompts: list[list[int]], limit: int) -> tuple[int, int]:
+        """The longest start (at most ``limit`` tokens) that all ``prompts`` share with one kept prompt run under
+        ``adapter``: (its length, the slot that holds it); (0, -1) if none."""
+        best, source, seen = 0, -1, set()
+        for slot, (held_adapter, held) in self._prompts.items():
+            key = (held_adapter, tuple(held))
+            if held_adapter != adapter or key in seen:
+                continue
+            seen.add(key)
+            n = min(_common_prefix([held, *prompts]), limit)
+            if n > best:
+                best, source = n, slot
+        return best, source
 
     def admit(self, prompts: list[list[int]], sources: list[int], adapters: list[int] | None = None) -> torch.Tensor:
         """Add a row per entry of ``sources`` (an index into ``prompts``; rows sharing a prompt run it once) and
@@ -385,22 +411,36 @@ class StaticBatch:
         firsts, distinct = [group[0] for group in groups.values()], [prompts[s] for s in groups]
         self.decoder.reserve(max(slots) + 1, max(len(p) for p in distinct) + 1)  # the copies' slots too
         # The tokens every prompt starts with (a system prompt, the agent's instructions) run once, into one slot,
-        # and are copied to the others; each prompt's own tokens run after them (at least its last one).
+        # and are copied to the others; each prompt's own tokens run after them (at least its last one). When a
+        # slot still holds a prompt that starts the same way (admitted earlier under the same weights), its keys
+        # and values are copied instead: rows admitted one by one as others retire then skip what they share.
         # (Only under one adapter: a prefix's keys and values depend on the adapter that ran it.)
         one_adapter = len({per_prompt[s] for s in groups}) == 1
-        shared = 0
-        if len(distinct) > 1 and one_adapter:
-            shared = min(_common_prefix(distinct), min(len(p) for p in distinct) - 1)
-        if shared >= _SHARED_PREFIX_MIN:
+        shared = kept = 0
+        holder = -1
+        if one_adapter:
+            limit = min(len(p) for p in distinct) - 1
+            if len(distinct) > 1:
+                shared = min(_common_prefix(distinct), limit)
+            kept, holder = self._kept_prefix(per_prompt[sources[0]], distinct, limit)
+        for slot in slots:  # about to be written: kept again once their prompts have run (not if that fails)
+            self._prompts.pop(slot, None)
+        if kept >= max(shared, _SHARED_PREFIX_MIN):
+            shared = kept
+            self.decoder.copy_slot(holder, [slot for slot in firsts if slot != holder], shared)
+            self.reused_tokens += shared * len(firsts)
+        elif shared >= _SHARED_PREFIX_MIN:
             self.decoder.prefill(firsts[:1], [distinct[0][:shared]], logits=False)
             self.decoder.copy_slot(firsts[0], firsts[1:], shared)
         else:
             shared = 0
         logits = self.decoder.prefill(firsts, [p[shared:] for p in distinct], start=shared)
         assert logits is not None
-        for source, (first, *others) in groups.items():
+        for index, (first, *others) in groups.items():
             if others:
-                self.decoder.copy_slot(first, others, len(prompts[source]))
+                self.decoder.copy_slot(first, others, len(prompts[index]))
+            for slot in (first, *others):
+                self._prompts[slot] = (per_prompt[index], prompts[index])
         self._slots += slots
         self._lengths += [len(prompts[source]) + 1 for source in sources]
         self._index = torch.tensor(self._slots, device=self.decoder.device)
