@@ -340,8 +340,9 @@ def test_a_runner_process_rides_out_server_restarts_and_finishes_its_rollouts(tm
             attempts = run(client_call(server.url, "query_attempts", rollout_id)).items
             assert [a.status for a in attempts] == [AttemptStatus.SUCCEEDED], attempts
 
-        # 3. Both runners serve new work.
-        more = [run(client_call(server.url, "enqueue_rollout", {"seconds": 1})).rollout_id for _ in range(2)]
+        # 3. Both runners serve new work. The idle runner may still sleep out its backoff (at most 5 s) after the
+        # store is back: each rollout outlasts that, so the busy runner cannot take both.
+        more = [run(client_call(server.url, "enqueue_rollout", {"seconds": 8})).rollout_id for _ in range(2)]
         for rollout_id in more:
             wait_for(server.url, rollout_id, RolloutStatus.SUCCEEDED, 30)
         workers = {a.worker_id for r in more for a in run(client_call(server.url, "query_attempts", r)).items}
