@@ -93,6 +93,13 @@ def test_prompts_kept_from_the_old_weights_are_not_reused_after_a_swap() -> None
         out = server.generate(second, max_tokens=6, temperature=0)
         assert server.engine.stats()["prefix_reused_tokens"] == reused
         assert out["model_logprobs"] == pytest.approx(forward_logprobs(new, second, out["token_ids"]), abs=TOL)
+        # Stopped, the model changes in place without a command; started again, nothing kept from before is used.
+        server.engine.stop()
+        with server.paused():
+            model.load_state_dict(make_tiny_model(len(tokenizer), seed=7).state_dict())
+        server.engine.start()
+        out = server.generate(first, max_tokens=6, temperature=0)
+        assert out["model_logprobs"] == pytest.approx(forward_logprobs(model, first, out["token_ids"]), abs=TOL)
     finally:
         server.stop()
 

@@ -372,6 +372,8 @@ class Engine:
             commands, self._commands = list(self._commands) + list(self._swaps), collections.deque()
             self._swaps = collections.deque()
         self._clear_batch()
+        if isinstance(self._batch, _static.StaticBatch):
+            self._batch.forget_prompts()  # stopped, the model may change without a command (ModelServer.paused)
         events: list[TokenEvent] = []
         sinks: dict[int, Callable[[TokenEvent], None]] = {}
         for seq in pending:
