@@ -67,6 +67,8 @@ def run_job(
     ]  # fmt: skip
     if args.runners:
         command += ["--runners", str(args.runners)]
+    if args.val_temperature is not None:
+        command += ["--val-temperature", str(args.val_temperature)]
     if tool is not None:
         command += ["--tool-seconds", tool]
     if args.quick:
@@ -85,6 +87,7 @@ def run_job(
         "seed": seed,
         "max_staleness": staleness,
         "runners": args.runners or None,
+        "val_temperature": args.val_temperature,
         "load": load,
         "uptime_before": uptime_before,
         "uptime_after": uptime_after,
@@ -268,6 +271,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=12, help="the synchronous run's steps (the main job's)")
     parser.add_argument("--extra-steps", type=int, default=3, help="further steps the asynchronous run may take")
     parser.add_argument("--val-every", type=int, default=3)
+    parser.add_argument(
+        "--val-temperature",
+        type=float,
+        default=None,
+        help="validation's sampling temperature (0: greedy, each validation measures the policy, not one draw)",
+    )
     parser.add_argument(
         "--runners",
         type=int,

@@ -162,6 +162,7 @@ async def train(args: argparse.Namespace, console: Console) -> dict[str, Any]:
                 learning_rate=args.lr,
                 temperature=1.0,
                 val_every=args.val_every,
+                val_temperature=args.val_temperature,
                 seed=args.seed,
                 max_staleness=args.max_staleness,
                 checkpoint_every=args.steps if args.checkpoint else 0,
@@ -280,6 +281,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--train-tasks", type=int, default=200)
     parser.add_argument("--val-tasks", type=int, default=24)
     parser.add_argument("--val-every", type=int, default=6)
+    parser.add_argument(
+        "--val-temperature",
+        type=float,
+        default=None,
+        help="validation's sampling temperature (0: greedy); default: the training temperature, 1.0",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--store", default=None, help="a store plugin (default: sqlite at --path)")
     parser.add_argument("--path", default=None, help="the store file (default: ./.agl/agl.db)")
@@ -292,6 +299,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.max_staleness < 0:
         parser.error("--max-staleness must be 0 (synchronous) or more")
+    if args.val_temperature is not None and args.val_temperature < 0:
+        parser.error("--val-temperature must be 0 (greedy) or more")
     if args.max_batch is not None and args.max_batch < 1:
         parser.error("--max-batch must be 1 or more")
     return args

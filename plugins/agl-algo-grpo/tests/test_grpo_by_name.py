@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 from click.testing import CliRunner
 from rich.console import Console
@@ -106,6 +107,48 @@ async def test_trainer_selects_grpo_by_name_and_it_serves_and_trains_the_policy(
     [backend] = backends
     # everything GRPO started is stopped once the run is over: the proxy's server and the model server
     assert _refused(llm.endpoint.rstrip("/") + "/health") and _refused(backend + "/models")
+    await store.close()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("max_staleness", [0, 1])  # 1: validations but the last run in the background
+async def test_val_temperature_validates_greedily_on_the_same_weights_while_training_samples(
+    tmp_path: Path, max_staleness: int
+) -> None:
+    trainer = _trainer(tmp_path, val_temperature=0.0, temperature=1.0, val_every=1, max_staleness=max_staleness)
+    report = await trainer.fit_async(f"{AGENT_FILE}:agent", TASKS, TASKS * 2)  # each task twice
+    assert report.steps_done == 2 and len(report.validations) == 3  # before training, after each step
+
+    store = trainer.store
+
+    async def calls(mode: RolloutMode) -> list[tuple[Any, dict[str, Any]]]:
+        out = []
+        for rollout in (await store.query_rollouts(mode_in=[mode])).items:
+            spans = (await store.query_spans(rollout.rollout_id, "latest")).items
+            [call] = [s for s in spans if s.name == f"chat {SERVED_MODEL_NAME}"]
+            out.append((rollout, call.attributes))
+        return out
+
+    validation, training = await calls(RolloutMode.VAL), await calls(RolloutMode.TRAIN)
+    assert len(validation) == 18 and len(training) == 16
+    assert {a[semconv.GEN_AI_REQUEST_TEMPERATURE] for _, a in validation} == {0.0}
+    assert {a[semconv.GEN_AI_REQUEST_TEMPERATURE] for _, a in training} == {1.0}
+    assert {r.resources_id for r, _ in validation} == {"grpo-policy-val"}
+    # greedy: a task validated twice on one version gives the same reply, token for token
+    by_version_and_task: dict[tuple[int, str], set[tuple[int, ...]]] = {}
+    for rollout, attributes in validation:
+        key = (rollout.metadata["policy_version"], rollout.input["question"])
+        by_version_and_task.setdefault(key, set()).add(tuple(attributes[semconv.LLM_RESPONSE_TOKEN_IDS]))
+    assert len(by_version_and_task) == 9 and all(len(replies) == 1 for replies in by_version_and_task.values())
+    # on the weights of the version it validates: the resources differ only in the temperature
+    for rollout, _ in validation:
+        val_llm = (await store.get_resources(rollout.resources_id)).resources["main_llm"]
+        assert val_llm.sampling_parameters == {"temperature": 0.0, "max_tokens": 8}
+    train_llm = (await store.get_resources(training[-1][0].resources_id)).resources["main_llm"]
+    assert train_llm.sampling_parameters == {"temperature": 1.0, "max_tokens": 8}
+    assert msgspec.structs.replace(val_llm, sampling_parameters={}) == msgspec.structs.replace(
+        train_llm, sampling_parameters={}
+    )
     await store.close()
 
 

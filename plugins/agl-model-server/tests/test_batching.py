@@ -212,6 +212,79 @@ def test_waiting_requests_are_admitted_lowest_priority_first_then_in_order(tiny:
         server.stop()
 
 
+@pytest.mark.parametrize("static", [False, True], ids=["dynamic", "static"])
+def test_a_request_of_a_lower_priority_preempts_a_running_one_which_resumes_where_it_stopped(
+    tiny: tuple[Any, Any], static: bool
+) -> None:
+    """With no room (one row), a request of a lower priority takes the running row's place, as vLLM's priority
+    scheduling does: the preempted sequence goes back to waiting and resumes later, its prompt and what it had
+    generated prefilled again, so it gives the tokens and logprobs it gives alone. Equal priorities never preempt."""
+    import threading
+
+    from agl_model_server import ModelServer
+    from agl_model_server._sampling import SamplingParams
+
+    model, tokenizer = tiny
+    server = ModelServer(model=model, tokenizer=tokenizer, max_batch_size=1, static_decode=static).start()
+    engine = server.engine
+    long = SamplingParams(max_tokens=40, temperature=0, ignore_eos=True)
+    short = SamplingParams(max_tokens=4, temperature=0, ignore_eos=True)
+    prompt_a, prompt_b = server.encode("the long request"), server.encode("an urgent one")
+
+    def run(
+        submissions: list[tuple[str, list[int], SamplingParams, int]], after: int = 6, then: Any = None
+    ) -> tuple[dict, list[str]]:
+        """Submit the first; each next one from the engine thread once the first has ``after`` tokens (``then``
+        called at the second one's first token). Returns each one's events and the order they finished in."""
+        events: dict[str, list[Any]] = {name: [] for name, *_ in submissions}
+        finished: list[str] = []
+        done = threading.Semaphore(0)
+
+        def sink_for(name: str) -> Any:
+            def sink(event: Any) -> None:  # called on the engine thread, between two steps
+                events[name].append(event)
+                if name == submissions[0][0] and len(events[name]) == after:
+                    for other, prompt, params, priority in submissions[1:]:
+                        engine.submit(prompt, params, sink_for(other), priority=priority)
+                if then is not None and name == submissions[1][0] and len(events[name]) == 1:
+                    then(finished)
+                if event.finish_reason:
+                    finished.append(name)
+                    done.release()
+
+            return sink
+
+        name, prompt, params, priority = submissions[0]
+        engine.submit(prompt, params, sink_for(name), priority=priority)
+        for _ in submissions:
+            assert done.acquire(timeout=60)
+        return events, finished
+
+    try:
+        alone, _ = run([("a", prompt_a, long, 5)])
+        engine.reset_stats()
+        events, finished = run([("a", prompt_a, long, 5), ("b", prompt_b, short, 0)])
+        assert finished == ["b", "a"] and engine.stats()["preempted"] == 1
+        assert [e.token_id for e in events["a"]] == [e.token_id for e in alone["a"]]
+        assert [e.logprob for e in events["a"]] == pytest.approx([e.logprob for e in alone["a"]], abs=1e-4)
+        assert len(events["b"]) == 4 and {e.weights_version for e in events["a"]} == {0}
+
+        engine.reset_stats()
+        _, finished = run([("a", prompt_a, long, 5), ("c", prompt_b, short, 5)])  # equal: c waits its turn
+        assert finished == ["a", "c"] and engine.stats()["preempted"] == 0
+        _, finished = run([("a", prompt_a, long, 5), ("d", prompt_b, short, 9)])  # higher: d waits too
+        assert finished == ["a", "d"] and engine.stats()["preempted"] == 0
+
+        # A drain (run_exclusive: weights copied in place, adapters loaded) counts a preempted sequence as running:
+        # it is resumed and finishes before the command runs, so each sequence keeps one weights version.
+        drained: list[concurrent.futures.Future] = []
+        then = lambda finished: drained.append(engine.run_exclusive(lambda: list(finished)))  # noqa: E731
+        _, finished = run([("a", prompt_a, long, 5), ("b", prompt_b, short, 0)], then=then)
+        assert finished == ["b", "a"] and drained[0].result(timeout=60) == ["b", "a"]
+    finally:
+        server.stop()
+
+
 def test_priority_must_be_an_integer(client: httpx.Client) -> None:
     body = {"model": "tiny", "prompt": "a", "max_tokens": 2, "priority": "high"}
     response = client.post("/v1/completions", json=body)

@@ -36,7 +36,7 @@ from agl_kernel import semconv
 from agl_kernel.algorithm import Algorithm
 from agl_kernel.config import to_plain
 from agl_kernel.errors import ConfigError, NotFoundError
-from agl_kernel.models import EnqueueRequest, Rollout, RolloutConfig, RolloutMode, RolloutStatus, Triplet
+from agl_kernel.models import LLM, EnqueueRequest, Rollout, RolloutConfig, RolloutMode, RolloutStatus, Triplet
 from agl_kernel.progress import (
     FAILED,
     FINISHED,
@@ -615,7 +615,7 @@ class GRPO(Algorithm):
     ) -> _Validation:
         """Publish the current policy (if not yet) and enqueue one validation rollout per task on it."""
         started_wall = time.time()
-        resources_id = await self._publish(store, policy)
+        resources_id = await self._validation_resources(store, await self._publish(store, policy))
         requests = [
             EnqueueRequest(
                 input=task,
@@ -628,6 +628,25 @@ class GRPO(Algorithm):
         ]
         rollouts = await store.enqueue_many_rollouts(requests)
         return _Validation(rollouts=rollouts, step=policy.step, started_wall=started_wall)
+
+    async def _validation_resources(self, store: LightningStore, resources_id: str | None) -> str | None:
+        """The resources validation rollouts pin: with ``val_temperature`` set (and other than ``temperature``), a
+        copy of the published resources under ``<resources id>-val`` whose LLMs sample at that temperature (the
+        same served weights); otherwise the published ones. A publisher that pins nothing (``None``) leaves the
+        rollouts on the latest resources, so validation then samples as training does."""
+        temperature = self.config.val_temperature
+        if resources_id is None or temperature is None or temperature == self.config.temperature:
+            return resources_id
+        published = await store.get_resources(resources_id)
+        resources = {
+            name: msgspec.structs.replace(
+                resource, sampling_parameters={**resource.sampling_parameters, "temperature": temperature}
+            )
+            if isinstance(resource, LLM)
+            else resource
+            for name, resource in published.resources.items()
+        }
+        return (await store.update_resources(f"{resources_id}-val", resources)).resources_id
 
     async def _finish_validation(
         self,

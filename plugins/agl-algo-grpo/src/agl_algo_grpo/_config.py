@@ -170,6 +170,11 @@ class GRPOConfig:
     """Sampling temperature; the trainer divides its logits by it too, so its logprobs match the sampler's."""
     max_tokens: int = attrs.field(default=512, validator=v.ge(1))
     """Completion tokens per LLM call (also the served model's default when an agent does not say)."""
+    val_temperature: float | None = attrs.field(default=None, validator=v.optional(v.ge(0)))
+    """Validation's sampling temperature: ``0`` decodes greedily, as verl validates by default, so a validation
+    measures the policy rather than one draw from it (less noise between validations); ``None`` (the default):
+    ``temperature``, as training samples. Validation rollouts get resources of their own (``<resources id>-val``:
+    the published ones with this temperature on each LLM), on the same weights."""
     # ---------------------------------------------------------------- advantages
     scale_rewards: bool = True
     """Divide by the group's standard deviation (``False``: only subtract the mean, as Dr. GRPO does); the credit
