@@ -174,7 +174,8 @@ class GRPOConfig:
     """Validation's sampling temperature: ``0`` decodes greedily, as verl validates by default, so a validation
     measures the policy rather than one draw from it (less noise between validations); ``None`` (the default):
     ``temperature``, as training samples. Validation rollouts get resources of their own (``<resources id>-val``:
-    the published ones with this temperature on each LLM), on the same weights."""
+    the published ones with this temperature on each LLM), on the same weights; after a run that ends with a
+    validation they are the store's latest resources."""
     # ---------------------------------------------------------------- advantages
     scale_rewards: bool = True
     """Divide by the group's standard deviation (``False``: only subtract the mean, as Dr. GRPO does); the credit
