@@ -358,7 +358,7 @@ class Engine:
                 result = fn()
             if isinstance(self._batch, _static.StaticBatch):
                 self._batch.decoder.refresh()
-                self._batch.forget_prompts()  # kept prompts' keys and values came from the weights before
+            self._batch.forget_prompts()  # kept prompts' keys and values came from the weights before
         except BaseException as err:
             future.set_exception(err)
         else:
@@ -372,8 +372,7 @@ class Engine:
             commands, self._commands = list(self._commands) + list(self._swaps), collections.deque()
             self._swaps = collections.deque()
         self._clear_batch()
-        if isinstance(self._batch, _static.StaticBatch):
-            self._batch.forget_prompts()  # stopped, the model may change without a command (ModelServer.paused)
+        self._batch.forget_prompts()  # stopped, the model may change without a command (ModelServer.paused)
         events: list[TokenEvent] = []
         sinks: dict[int, Callable[[TokenEvent], None]] = {}
         for seq in pending:
@@ -504,7 +503,7 @@ class Engine:
         sources = [unique.setdefault((seq.adapter, tuple(seq.prompt)), len(unique)) for seq in new]
         prompts = [list(p) for _, p in unique]
         adapters = [a for a, _ in unique] if self.adapters else None
-        before, reused = len(self._rows), getattr(self._batch, "reused_tokens", 0)
+        before, reused = len(self._rows), self._batch.reused_tokens
         logits = self._batch.admit(prompts, sources, adapters)
         self._rows = self._rows + new
         try:
@@ -515,7 +514,7 @@ class Engine:
         with self._stats_lock:
             self._prefill_sizes[len(new)] += 1
             self._prefill_tokens += sum(len(p) for p in prompts)
-            self._reused_tokens += getattr(self._batch, "reused_tokens", 0) - reused
+            self._reused_tokens += self._batch.reused_tokens - reused
             self._step_seconds += time.perf_counter() - started
         self._batch.set_next(next_tokens, start=before)
         if len(alive) < len(new):

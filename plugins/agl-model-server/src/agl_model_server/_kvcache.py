@@ -147,7 +147,12 @@ class DynamicBatch:
         accepted = inspect.signature(model.forward).parameters
         self._logits_to_keep = {"logits_to_keep": 1} if "logits_to_keep" in accepted else {}
         self._cache_arg = cache_argument(model)
+        self.reused_tokens = 0
+        """Always 0: the dynamic path keeps no prompts (the static path's counter, for the engine's stats)."""
         self.clear()
+
+    def forget_prompts(self) -> None:
+        """Nothing to forget: the dynamic path keeps no prompts once their rows retire."""
 
     def clear(self) -> None:
         self._cache: Any = None
