@@ -435,6 +435,32 @@ async def test_a_slow_validation_holds_its_version_but_not_the_step_after_the_ne
     assert enqueued[6] == 5
 
 
+@pytest.mark.asyncio
+@pytest.mark.parametrize("staleness", [0, 2])
+async def test_the_first_policys_validation_runs_beside_the_first_steps_only_when_asynchronous(staleness: int) -> None:
+    """Validations whose rollouts take 1.5 s, runners to spare: asynchronously the first policy's validation runs in
+    the background like the later ones (its rollouts and the first step's sample the same version), so the first
+    two steps end before it does; synchronously the run waits for it before the first step."""
+    report, _, validated = await _run_grpo(
+        _TWO_TASKS,
+        Console(file=io.StringIO()),
+        runners=8,
+        val_wait=1.5,
+        steps=3,
+        batch_size=1,
+        group_size=2,
+        max_staleness=staleness,
+        val_every=0,
+    )
+    assert validated == [(0, 0), (3, 3)]
+    first = report.validations[0]["run_time_s"]
+    if staleness:
+        assert report.history[1]["run_time_s"] < first
+        assert report.stale_dropped == 0 and max(m["staleness_max"] for m in report.history) <= staleness
+    else:
+        assert report.history[0]["run_time_s"] > first
+
+
 # ------------------------------------------------------------------------------------------------ end to end
 
 

@@ -290,24 +290,17 @@ class GRPO(Algorithm):
         validations: list[dict[str, float]] = []
         checkpoint: str | None = None
         try:
-            if val_dataset and policy.step == 0:
-                validations.append(await self._validate(store, policy, val_dataset, recorder))
+            if val_dataset and policy.step == 0:  # the first policy, in the background when asynchronous
+                await self._validate_at_step(store, policy, val_dataset, recorder, validations)
             while policy.step < self.config.steps:
                 history.append(await self._step(store, policy, train_dataset, recorder))
                 if self.config.checkpoint_every and (
                     policy.step % self.config.checkpoint_every == 0 or policy.step == self.config.steps
                 ):
                     checkpoint = str(await self._on_trainer_thread(policy.save_checkpoint))
-                last = policy.step == self.config.steps
                 every = self.config.val_every
-                if val_dataset and self._background_validation_after(policy.step):  # runs while the next step trains
-                    # Enqueued now, before the next step enqueues any rollouts of its own (see _rollouts_for).
-                    enqueued = await self._enqueue_validation(store, policy, val_dataset)
-                    self._validating = asyncio.ensure_future(
-                        self._finish_validation(store, enqueued, recorder, into=validations)
-                    )
-                elif val_dataset and (last or (every and policy.step % every == 0)):
-                    validations.append(await self._validate(store, policy, val_dataset, recorder))
+                if val_dataset and (policy.step == self.config.steps or (every and policy.step % every == 0)):
+                    await self._validate_at_step(store, policy, val_dataset, recorder, validations)
             await self._settle_validation()
         except BaseException:
             if self._validating is not None:
@@ -444,11 +437,10 @@ class GRPO(Algorithm):
 
     def _background_validation_after(self, step: int) -> bool:
         """Whether a validation runs in the background once the policy has made ``step`` steps (asynchronous GRPO:
-        every ``val_every`` steps but the last, which is validated before the run ends)."""
+        the first policy's and every ``val_every`` steps' but the last, which is validated before the run ends)."""
         every = self.config.val_every
-        return bool(
-            self.config.max_staleness and self._validates and every and step % every == 0 and step < self.config.steps
-        )
+        due = step == 0 or bool(every and step % every == 0)
+        return bool(self.config.max_staleness and self._validates and due and step < self.config.steps)
 
     async def _cancel_ahead(self, store: LightningStore) -> None:
         """Cancel the rollouts enqueued ahead for steps that will not be trained (the run failed or was stopped)."""
@@ -603,12 +595,29 @@ class GRPO(Algorithm):
             )
         return triplets, reward, "; ".join(why[:2]) or "the adapter gave no triplets"
 
-    async def _validate(
-        self, store: LightningStore, policy: PolicyTrainer, dataset: Sequence[Any], recorder: MetricsRecorder
-    ) -> dict[str, float]:
-        """Run every validation task once (``mode=VAL``) on the current policy; mean final reward and more."""
+    async def _validate_at_step(
+        self,
+        store: LightningStore,
+        policy: PolicyTrainer,
+        dataset: Sequence[Any],
+        recorder: MetricsRecorder,
+        validations: list[dict[str, float]],
+    ) -> None:
+        """Validate the current policy: every validation task once (``mode=VAL``), its metrics appended to
+        ``validations``. Asynchronous GRPO validates in the background, while the next steps sample and train (see
+        :meth:`_background_validation_after`), the first policy's validation included: its rollouts run beside the
+        first step's, which sample the same version. Otherwise the run waits for it."""
+        background = self._background_validation_after(policy.step)
+        if background:
+            await self._settle_validation()  # one at a time: the one before holds the version it validates
+        # Enqueued now, before the next step enqueues any rollouts of its own (see _rollouts_for).
         enqueued = await self._enqueue_validation(store, policy, dataset)
-        return await self._finish_validation(store, enqueued, recorder)
+        if background:
+            self._validating = asyncio.ensure_future(
+                self._finish_validation(store, enqueued, recorder, into=validations)
+            )
+        else:
+            validations.append(await self._finish_validation(store, enqueued, recorder))
 
     async def _enqueue_validation(
         self, store: LightningStore, policy: PolicyTrainer, dataset: Sequence[Any]
