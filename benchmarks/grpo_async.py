@@ -23,8 +23,11 @@ both modes; ``uptime`` is recorded before and after each run.
 The *target* is the synchronous run's last validation reward; each run's *time to target* is the wall time (since
 the run started: ``run_time_s``) at the end of its first validation that reached it. The asynchronous run may go
 ``--extra-steps`` further to reach it (its time then counts them; ``-`` if it never does). Also shown: the time of
-the ``--steps`` training steps, and the final validation reward. Medians over the seeds; the load average before
-each run is printed (the machine is shared: quiet is best). ``--plot`` draws validation reward against wall time.
+the ``--steps`` training steps, the final validation reward, and the share of the machine's cores each run kept busy
+(its CPU time over its wall time). Both modes do the same work, so the synchronous run's share is a floor under
+async / sync: the asynchronous run with every core busy all the time. Medians over the seeds; the load average
+before each run is printed (the machine is shared: quiet is best). ``--plot`` draws validation reward against wall
+time, and with several tool latencies a last panel of async / sync against the latency, with that floor.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -75,8 +79,11 @@ def run_job(
         command += ["--tiny"]
     load = os.getloadavg()[0]
     uptime_before = uptime()
+    cpu_before = cpu_seconds()
     started = time.monotonic()
     done = subprocess.run(command, capture_output=True, text=True, cwd=work, check=False)
+    process_s = time.monotonic() - started
+    cpu_s = cpu_seconds() - cpu_before
     uptime_after = uptime()
     if done.returncode != 0:
         raise RuntimeError(f"{name} failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
@@ -91,10 +98,26 @@ def run_job(
         "load": load,
         "uptime_before": uptime_before,
         "uptime_after": uptime_after,
-        "process_s": time.monotonic() - started,
+        "process_s": process_s,
+        "cpu_s": cpu_s,
+        "cores": os.cpu_count(),
         "history": result["report"]["history"],
         "validations": result["report"]["validations"],
     }
+
+
+def cpu_seconds() -> float:
+    """CPU time (user + system, every core) of this process's children that have ended: a run's is the difference
+    around it."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def busy(run: dict[str, Any]) -> float | None:
+    """The share of the machine's cores the run kept busy, from its start to its end (model loading included)."""
+    if "cpu_s" not in run:  # runs saved before the CPU time was recorded
+        return None
+    return float(run["cpu_s"]) / (float(run["process_s"]) * run["cores"])
 
 
 def uptime() -> str:
@@ -145,6 +168,7 @@ def summarize(
         f"async: {args.steps} steps s",
         "async final val",
         "step: rollout wait / update s (sync; async)",
+        "cores busy (sync, async)",
         "load before (sync, async)",
     ):
         table.add_column(column, justify="right")
@@ -175,6 +199,7 @@ def summarize(
                 sum(h["rollouts_failed"] for h in fast["history"]),
             ],
             "async_stale_dropped": sum(h.get("stale_dropped", 0) for h in fast["history"]),
+            "cores_busy": [busy(sync), busy(fast)],
             "load": [sync["load"], fast["load"]],
         }
         rows.append(row)
@@ -188,6 +213,7 @@ def summarize(
             f"{s_async:.0f}",
             f"{row['async_final_val']:.3f}",
             f"{w_sync:.1f} / {u_sync:.1f}; {w_async:.1f} / {u_async:.1f}",
+            ", ".join("-" if b is None else f"{b:.0%}" for b in row["cores_busy"]),
             f"{sync['load']:.1f}, {fast['load']:.1f}",
         )
     median = statistics.median(ratios) if len(ratios) == len(args.seeds) else None
@@ -199,6 +225,7 @@ def summarize(
         f"{median:.2f}" if median is not None else f"- ({len(args.seeds) - len(ratios)} not reached)",
         "",
         f"x{statistics.median(step_ratios):.2f}",
+        "",
         "",
         "",
         "",
@@ -253,6 +280,13 @@ def plot(
             axis.plot(*zip(*medians), "o-", color="tab:blue", label="time to target, median over seeds")
         steps = [s["median_steps_ratio"] for s in latencies]
         axis.plot(mids, steps, "s--", color="tab:green", label=f"time of {args.steps} steps, median")
+        floors = [  # async doing the sync run's CPU work with every core busy: the sync run's busy share
+            (mid, statistics.median(row["cores_busy"][0] for row in s["rows"]))
+            for mid, s in zip(mids, latencies)
+            if all(row.get("cores_busy", [None])[0] is not None for row in s["rows"])
+        ]
+        if floors:
+            axis.plot(*zip(*floors), "v:", color="tab:gray", label="floor: sync's share of the cores busy")
         axis.axhline(0.6, color="tab:red", linestyle=":", label="0.6")
         axis.set_xticks(mids, [s["tool_seconds"] for s in latencies])
         axis.set_xlabel("the calculator's latency (s, uniform)")
