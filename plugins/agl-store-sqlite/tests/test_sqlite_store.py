@@ -112,6 +112,21 @@ async def test_loop_keeps_running_while_another_process_holds_the_lock(tmp_path:
         assert (await store.get_rollout(rollout.rollout_id)).status is RolloutStatus.QUEUING
 
 
+async def test_a_new_connection_waits_while_another_process_holds_the_file_for_a_moment(tmp_path: Path) -> None:
+    """Opening a connection reads the schema, which another process's last connection holds exclusively while it
+    copies and removes the log as it closes. A thread's first statement waits for that."""
+    path = tmp_path / "exclusive.db"
+    async with SqliteLightningStore(path) as store:  # opened, and its threads hold no connection yet
+        holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)  # another process
+        holder.execute("PRAGMA locking_mode=EXCLUSIVE")
+        holder.execute("BEGIN EXCLUSIVE")
+        threading.Timer(0.3, lambda: (holder.execute("COMMIT"), holder.close())).start()
+        started = time.monotonic()
+        rollout = await store.enqueue_rollout("written once the file is free")
+        assert time.monotonic() - started >= 0.25
+        assert (await store.get_rollout(rollout.rollout_id)).status is RolloutStatus.QUEUING
+
+
 async def test_failure_in_a_group_commit_fails_only_its_caller(tmp_path: Path) -> None:
     """Writes of one loop iteration share a transaction; one that raises must not take the others down."""
     async with SqliteLightningStore(tmp_path / "group.db") as store:

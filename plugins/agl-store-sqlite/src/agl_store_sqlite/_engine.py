@@ -144,13 +144,17 @@ class Engine:
         return SqliteStoreDamagedError(message, self.path)
 
     def connection(self) -> sqlite3.Connection:
-        """This thread's connection. It has no busy timeout: waiting for another process is done by
-        :meth:`wait_unlocked`, in small steps (SQLite's own busy handler backs off to sleeps of 100 ms, which
-        lets a busy process starve the others)."""
+        """This thread's connection. Its statements have no busy timeout: waiting for another process is done
+        by :meth:`wait_unlocked`, in small steps (SQLite's own busy handler backs off to sleeps of 100 ms, which
+        lets a busy process starve the others). Opening it reads the schema, which another connection may hold
+        locked for a moment: another process's last connection copying and removing the log as it closes, or
+        any connection, this store's own monitor thread too, rebuilding the log's index as it opens the file.
+        That one wait is left to SQLite's handler, up to the busy timeout."""
         conn = getattr(self._local, "conn", None)
         if conn is None:
             self.check_open()
-            conn = connect(self.path, busy_timeout=0.0, synchronous=self._synchronous)
+            conn = connect(self.path, busy_timeout=self._busy_timeout, synchronous=self._synchronous)
+            conn.execute("PRAGMA busy_timeout=0")
             with self._connections_lock:
                 if self.closed:
                     conn.close()
