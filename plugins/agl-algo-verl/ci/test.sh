@@ -2,10 +2,10 @@
 # agl-algo-verl's CI stage: build (once) the CPU environment verl needs, then run the plugin's verl tests in it.
 #
 # verl 0.9.1 pins transformers < 5.11 and vLLM needs newer ones, so verl gets an environment of its own:
-# $AGL_VERL_VENV (default: <repo>/.venv-verl) with every package pinned by ci/requirements-verl-cpu.txt, the CPU
-# build of torch 2.13.0 taken from the wheel on disk (uv does not see pip's find-links, so the folder is passed
-# explicitly; a CUDA torch is never pulled), and the agl packages the tests use installed editable from this repo.
-# The environment is stamped with the hash of the pins and of this script: a second run only runs the tests.
+# $AGL_VERL_VENV (default: <repo>/.venv-verl) with every package pinned by ci/requirements-verl-cpu.txt (installed
+# by uv), the CPU build of torch 2.13.0 from the folder tools/torch_cpu_wheel_dir.sh names (a CUDA torch is never
+# pulled), and the agl packages the tests use installed editable from this repo. The environment is stamped with
+# the hash of the pins and of the scripts that build it: a second run only runs the tests.
 #
 #   plugins/agl-algo-verl/ci/test.sh            # build if needed, run the tests
 #   plugins/agl-algo-verl/ci/test.sh --build    # build if needed, no tests
@@ -17,28 +17,11 @@ VENV="${AGL_VERL_VENV:-$ROOT/.venv-verl}"
 PYTHON="${PYTHON:-python3.11}"
 PINS="$HERE/requirements-verl-cpu.txt"
 STAMP="$VENV/.agl-verl-stamp"
-WANT="$(cat "$PINS" "${BASH_SOURCE[0]}" | sha256sum | cut -d' ' -f1)"
-
-# The folder holding the CPU torch wheel: one of pip's find-links folders, else pip downloads it (from its disk
-# copy when there is one) into the agl cache.
-torch_wheel_dir() {
-    local dir
-    for dir in $("$PYTHON" -m pip config list 2>/dev/null | sed -n "s/.*find-links='\(.*\)'/\1/p" | tr ' ' '\n'); do
-        if ls "$dir"/torch-2.13.0+cpu-*.whl >/dev/null 2>&1; then echo "$dir"; return; fi
-    done
-    dir="${XDG_CACHE_HOME:-$HOME/.cache}/agl/wheels"
-    mkdir -p "$dir"
-    "$PYTHON" -m pip download -q --no-deps -d "$dir" "torch==2.13.0+cpu" --extra-index-url https://download.pytorch.org/whl/cpu >&2
-    echo "$dir"
-}
+WANT="$(cat "$PINS" "${BASH_SOURCE[0]}" "$ROOT/tools/torch_cpu_wheel_dir.sh" | sha256sum | cut -d' ' -f1)"
 
 build() {
     local start=$SECONDS wheels
-    wheels="$(torch_wheel_dir)"
-    if ! ls "$wheels"/torch-2.13.0+cpu-*.whl >/dev/null 2>&1; then
-        echo "agl-algo-verl ci: no CPU wheel of torch 2.13.0 found (looked in pip's find-links and $wheels)" >&2
-        exit 1
-    fi
+    wheels="$("$ROOT/tools/torch_cpu_wheel_dir.sh" "$PYTHON")"
     echo "agl-algo-verl ci: building $VENV (torch from $wheels)"
     rm -rf "$VENV"
     "$PYTHON" -m venv "$VENV"
