@@ -128,6 +128,49 @@ def test_runner_rides_out_a_store_outage_and_reports_its_result_afterwards() -> 
     run(main())
 
 
+def test_an_idle_runner_wakes_when_another_runner_of_its_process_reaches_the_store() -> None:
+    """Two runners share a store in one process; it is out of reach for 4 s. The idle runner's backoff has grown to
+    a 4 s pause by then; the busy one heartbeats every 50 ms. As soon as a heartbeat gets through, the idle runner
+    tries again, and takes the next rollout at once, instead of after its pause (or after the busy runner)."""
+
+    async def main() -> None:
+        async with InMemoryLightningStore(watchdog_interval=0.05) as inner:
+            store = FlakyStore(inner)
+            release = asyncio.Event()
+
+            async def agent(task: Any, resources: Any) -> float:
+                if task == "long":
+                    await release.wait()
+                return 1.0
+
+            stop = asyncio.Event()
+            busy = LitAgentRunner(worker_id="busy", wait_seconds=0.05, heartbeat_interval=0.05)
+            serving = [asyncio.create_task(busy.run(store, agent, stop=stop))]
+            long = (await inner.enqueue_rollout("long")).rollout_id
+            await wait_status(inner, long, RolloutStatus.RUNNING)
+            idle = LitAgentRunner(worker_id="idle", wait_seconds=0.05, heartbeat_interval=0.05)
+            serving.append(asyncio.create_task(idle.run(store, agent, stop=stop)))
+            await asyncio.sleep(0.2)  # registered, waiting for work
+            store.down = True
+            await asyncio.sleep(4.0)  # the idle runner's pauses: 0.25, 0.5, 1, 2, then 4 s from about 3.75 s on
+            store.down = False
+            back = time.monotonic()
+            short = (await inner.enqueue_rollout("short")).rollout_id
+            await wait_status(inner, short, RolloutStatus.SUCCEEDED, timeout=10)
+            took = time.monotonic() - back
+            (attempt,) = (await inner.query_attempts(short)).items
+            release.set()
+            await wait_status(inner, long, RolloutStatus.SUCCEEDED)
+            stop.set()
+            assert await asyncio.wait_for(asyncio.gather(*serving), 5) == [1, 1]
+        assert attempt.worker_id == "idle"
+        assert took < 2.0, (
+            f"the idle runner slept out its pause: the rollout ended {took:.1f} s after the store was back"
+        )
+
+    run(main())
+
+
 def test_runner_gives_up_when_the_outage_outlasts_its_window() -> None:
     async def main() -> None:
         async with InMemoryLightningStore() as inner:
@@ -340,8 +383,8 @@ def test_a_runner_process_rides_out_server_restarts_and_finishes_its_rollouts(tm
             attempts = run(client_call(server.url, "query_attempts", rollout_id)).items
             assert [a.status for a in attempts] == [AttemptStatus.SUCCEEDED], attempts
 
-        # 3. Both runners serve new work. The idle runner may still sleep out its backoff (at most 5 s) after the
-        # store is back: each rollout outlasts that, so the busy runner cannot take both.
+        # 3. Both runners serve new work. The idle runner tries again as soon as the busy one gets through; each
+        # rollout outlasts the longest backoff pause (5 s) anyway, so the busy runner cannot take both.
         more = [run(client_call(server.url, "enqueue_rollout", {"seconds": 8})).rollout_id for _ in range(2)]
         for rollout_id in more:
             wait_for(server.url, rollout_id, RolloutStatus.SUCCEEDED, 30)
