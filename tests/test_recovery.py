@@ -65,8 +65,19 @@ async def wait_status(store: Any, rollout_id: str, status: RolloutStatus, timeou
         await asyncio.sleep(0.02)
 
 
-def fast_runner(**options: Any) -> LitAgentRunner:
-    return LitAgentRunner(worker_id="w", wait_seconds=0.05, heartbeat_interval=0.05, **options)
+def fast_runner(worker_id: str = "w", **options: Any) -> LitAgentRunner:
+    return LitAgentRunner(worker_id=worker_id, wait_seconds=0.05, heartbeat_interval=0.05, **options)
+
+
+def held_agent(held: str, release: asyncio.Event) -> Any:
+    """An agent that returns 1.0, on the task ``held`` only once ``release`` is set."""
+
+    async def agent(task: Any, resources: Any) -> float:
+        if task == held:
+            await release.wait()
+        return 1.0
+
+    return agent
 
 
 def test_what_is_transient() -> None:
@@ -94,12 +105,7 @@ def test_runner_rides_out_a_store_outage_and_reports_its_result_afterwards() -> 
         async with InMemoryLightningStore(watchdog_interval=0.05) as inner:
             store = FlakyStore(inner)
             release = asyncio.Event()
-
-            async def agent(task: Any, resources: Any) -> float:
-                if task == "first":
-                    await release.wait()
-                return 1.0
-
+            agent = held_agent("first", release)
             stop = asyncio.Event()
             serving = asyncio.create_task(fast_runner().run(store, agent, stop=stop))
             first = (await inner.enqueue_rollout("first")).rollout_id
@@ -137,19 +143,12 @@ def test_an_idle_runner_wakes_when_another_runner_of_its_process_reaches_the_sto
         async with InMemoryLightningStore(watchdog_interval=0.05) as inner:
             store = FlakyStore(inner)
             release = asyncio.Event()
-
-            async def agent(task: Any, resources: Any) -> float:
-                if task == "long":
-                    await release.wait()
-                return 1.0
-
+            agent = held_agent("long", release)
             stop = asyncio.Event()
-            busy = LitAgentRunner(worker_id="busy", wait_seconds=0.05, heartbeat_interval=0.05)
-            serving = [asyncio.create_task(busy.run(store, agent, stop=stop))]
+            serving = [asyncio.create_task(fast_runner("busy").run(store, agent, stop=stop))]
             long = (await inner.enqueue_rollout("long")).rollout_id
             await wait_status(inner, long, RolloutStatus.RUNNING)
-            idle = LitAgentRunner(worker_id="idle", wait_seconds=0.05, heartbeat_interval=0.05)
-            serving.append(asyncio.create_task(idle.run(store, agent, stop=stop)))
+            serving.append(asyncio.create_task(fast_runner("idle").run(store, agent, stop=stop)))
             await asyncio.sleep(0.2)  # registered, waiting for work
             store.down = True
             await asyncio.sleep(4.0)  # the idle runner's pauses: 0.25, 0.5, 1, 2, then 4 s from about 3.75 s on
