@@ -17,12 +17,15 @@ def noop(task, resources):
 
 
 def pid_then_hang_once(task, resources):
-    """First attempt: write this process's pid to ``task['pid_file']`` and hang (until the actor is killed)."""
+    """First attempt: write this process's pid to ``task['pid_file']`` and hang (until the actor is killed). The
+    retry waits for ``task['go_file']`` to exist, so the run lasts until the test has seen what it waits for."""
     marker = Path(task["pid_file"])
     if not marker.exists():
         marker.write_text(str(os.getpid()))
         while True:
             time.sleep(0.05)
+    while not Path(task["go_file"]).exists():
+        time.sleep(0.05)
     return 1.0
 
 

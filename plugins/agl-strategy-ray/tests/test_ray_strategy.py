@@ -181,7 +181,7 @@ def test_actors_the_cluster_cannot_place_stop_the_run_with_a_reason(ray_cluster:
 def test_an_actor_killed_mid_rollout_has_its_rollout_retried_once(ray_cluster: str, tmp_path: Path, how: str) -> None:
     """SIGKILL of the actor's process (Ray restarts it) or ``ray.kill`` without restart (a new actor takes the
     slot): the driver fails the attempt in flight, the store retries the rollout, and it ends once."""
-    pid_file = tmp_path / "hung.pid"
+    pid_file, go_file = tmp_path / "hung.pid", tmp_path / "go"
     killed: list[int] = []
     strategy = RayStrategy(n_runners=2, address=ray_cluster, num_cpus=0.5)
 
@@ -198,13 +198,16 @@ def test_an_actor_killed_mid_rollout_has_its_rollout_retried_once(ray_cluster: s
             (hung,) = [s for s in actor_statuses(ray_cluster) if s.get("pid") == pid]
             ray.kill(ray.get_actor(hung["actor"], namespace="agl"), no_restart=True)
         killed.append(pid)
+        # The retry ends (and with it the run) once the driver has its actor back, restarted or replaced.
+        wait_for(lambda: strategy.restarted + strategy.replaced > 0, "the killed actor restarted or replaced")
+        go_file.touch()
 
     threading.Thread(target=kill_the_hung_actor, daemon=True).start()
     # A long unresponsive window: the retry comes from the driver seeing the actor die, not from the watchdog.
     config = RolloutConfig(unresponsive_seconds=120, max_attempts=2)
     trainer = Trainer(algorithm=Baseline(config=config, timeout=120), strategy=strategy, store="memory", progress=False)
     with trainer:
-        report = trainer.fit(f"{AGENTS}:pid_then_hang_once", [{"pid_file": str(pid_file)}])
+        report = trainer.fit(f"{AGENTS}:pid_then_hang_once", [{"pid_file": str(pid_file), "go_file": str(go_file)}])
         (attempts,) = attempts_of(trainer, report)
     assert killed, "no actor hung"
     assert report.by_status == {"succeeded": 1}
