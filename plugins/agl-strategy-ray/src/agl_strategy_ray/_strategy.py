@@ -333,7 +333,11 @@ class RayStrategy(ExecutionStrategy):
             if not ready:
                 raise TimeoutError("not restarted within start_timeout")
             ray.get(slot.ping_ref)
-        except Exception as exc:  # gone for good: a new actor takes the slot
+        except Exception as exc:
+            if isinstance(exc, ray.exceptions.ActorUnavailableError) and time.monotonic() < slot.ping_deadline:
+                slot.ping_ref = slot.handle.status.remote()  # "the actor is restarting": ask again next round
+                return
+            # gone for good: a new actor takes the slot
             log.warning("ray: runner actor %s is not coming back (%s); starting a new one", slot.name, _reason(exc))
             self.slots.remove(slot)
             with contextlib.suppress(Exception):
