@@ -22,7 +22,7 @@ $(STAMP): $(SOURCES)
 test: setup lint typecheck docs-check dashboard-assets
 	cd $(DASHBOARD) && npm test
 	$(BIN)/python tools/check_plugins_alone.py
-	AGL_DASHBOARD_E2E=1 $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	AGL_DASHBOARD_E2E=1 $(BIN)/python -m pytest -q --durations=30 $(PYTEST_ARGS)
 	$(MAKE) test-vllm test-verl
 
 # The GPU engines' plugins, each in its own environment (vLLM and verl cannot share one, and neither belongs in the
