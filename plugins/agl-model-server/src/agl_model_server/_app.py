@@ -330,4 +330,5 @@ def create_app(server: ModelServer) -> Litestar:
         exception_handlers={HTTPException: on_http_error, Exception: on_unexpected},
         request_max_body_size=64 * 1024 * 1024,
         debug=False,
+        logging_config=None,  # a library's app leaves the host process's logging alone (`serve-model` sets its own)
     )

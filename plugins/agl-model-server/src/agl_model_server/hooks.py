@@ -49,7 +49,13 @@ def agl_register_commands(cli: click.Group) -> None:
     help="static: fixed KV cache slots and CUDA graphs (Llama-shaped models); dynamic: transformers' own cache; "
     "auto: static when the model allows it.",
 )
-@click.option("--log-level", default="info", show_default=True, help="uvicorn's log level.")
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["critical", "error", "warning", "info", "debug", "trace"], case_sensitive=False),
+    help="The server's log level (trace: uvicorn's protocol traces too).",
+)
 def serve_model(
     model_path: str,
     host: str,
@@ -64,7 +70,13 @@ def serve_model(
 ) -> None:
     """Serve a causal LM with an OpenAI-compatible API (/v1/chat/completions, /v1/completions, /v1/models,
     POST /v1/weights to load new weights in place), with continuous batching, token ids and logprobs."""
+    import logging
+
     import torch
+
+    log_level = log_level.lower()
+    level = logging.DEBUG if log_level == "trace" else log_level.upper()
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     from agl_model_server._server import ModelServer
 
