@@ -13,8 +13,9 @@ check is what catches it:
 2. **Dependencies, once.** One ``pip wheel`` resolves the third-party dependencies of all of them together into a
    shared wheelhouse (from the package index, through pip's cache), with ``torch==2.13.0`` pinned (the CPU build
    on this machine's disk; an unpinned ``torch`` would pull a multi-GB CUDA build).
-3. **One venv per plugin** (``python -m venv --without-pip``; this pip installs into it with ``--python``): only
-   the kernel's wheel and the plugin's wheel, their declared dependencies taken from the wheelhouse with
+3. **One venv per plugin** (``python -m venv --without-pip``; the dev venv's uv installs into it with
+   ``--python``: it links what it unpacked once instead of unpacking torch again for every plugin that needs it):
+   only the kernel's wheel and the plugin's wheel, their declared dependencies taken from the wheelhouse with
    ``--no-index``, so nothing undeclared can slip in.
 4. In that venv, from an empty directory, with an environment that names nothing of the repository (no
    ``PYTHONPATH``, no user site, Hugging Face offline): ``agl plugins --check --json`` must list the plugin's
@@ -55,7 +56,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 KERNEL_DIR = ROOT / "agl_kernel"
 PLUGINS_DIR = ROOT / "plugins"
-# pip's constraints for every install here: the CPU build of torch that this machine has on disk.
+# uv, in the dev venv (`make setup` installs it), installs into the plugins' venvs.
+UV = Path(sys.executable).with_name("uv")
+# The constraints of every install here (pip and uv): the CPU build of torch that this machine has on disk.
 CONSTRAINTS = "torch==2.13.0\n"
 # What a working tree may hold that is not part of a distribution's source (build outputs, npm packages, caches).
 NOT_SOURCE = shutil.ignore_patterns(
@@ -185,7 +188,7 @@ def check_alone(dist: Distribution, kernel: Distribution, work: Path, wheelhouse
     wheels = [str(kernel.wheel)] + ([] if alone else [str(dist.wheel)])
     run(
         "install the kernel and the plugin" if not alone else "install the kernel",
-        [sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "--no-index",
+        [str(UV), "pip", "install", "--python", str(venv / "bin" / "python"), "--no-index",
          "--find-links", str(wheelhouse), "-c", str(constraints), *wheels],
         timeout=TIMEOUTS["install"],
     )  # fmt: skip
