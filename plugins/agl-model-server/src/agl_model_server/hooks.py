@@ -74,8 +74,7 @@ def serve_model(
 
     import torch
 
-    log_level = log_level.lower()
-    level = logging.DEBUG if log_level == "trace" else log_level.upper()
+    level = logging.DEBUG if log_level == "trace" else log_level.upper()  # the choice as listed: lower case
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     from agl_model_server._server import ModelServer
